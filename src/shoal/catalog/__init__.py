@@ -1,0 +1,1 @@
+"""The shipped model catalog (``models.toml``); loaded through :class:`shoal.config.Config`."""

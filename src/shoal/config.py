@@ -1,0 +1,254 @@
+"""Typed configuration: channels (endpoint + key + limits) and models (catalog + overrides).
+
+The shipped catalog (``shoal/catalog/models.toml``) defines providers and models;
+a user's ``shoal.toml`` adds or overrides both. The environment is read only
+here, at the edge (API keys by the *name* of their variable; the key itself is
+kept in a ``SecretStr`` and never printed).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from shoal.errors import ConfigError
+
+__all__ = ["ChannelConfig", "Config", "ModelInfo"]
+
+OFFLINE_MODEL = "smollm2-135m"
+CONFIG_ENV = "SHOAL_CONFIG"
+
+
+class ChannelConfig(BaseModel):
+    """One way to reach a model: an endpoint, a key and the limits that bind there."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    protocol: Literal["openai", "anthropic"]
+    base_url: str
+    api_key_env: str | None = None
+    api_key: SecretStr | None = None
+    provider: str = ""
+    max_concurrency: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    weight: float = Field(default=1.0, gt=0)
+    adaptive: bool = False
+    shared: bool = False
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=300.0, gt=0)
+    write_timeout: float = Field(default=30.0, gt=0)
+    pool_timeout: float = Field(default=30.0, gt=0)
+    pool_size: int = Field(default=100, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    models: dict[str, str] = Field(default_factory=dict)
+
+    def key(self) -> str | None:
+        """The API key: given directly, or read from the named environment variable."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+    def has_key(self) -> bool:
+        return self.key() is not None or self.api_key_env is None
+
+    def wire_model(self, model: ModelInfo) -> str:
+        """The model id this channel expects on the wire."""
+        return self.models.get(model.name, model.wire_name or model.name)
+
+
+class ModelInfo(BaseModel):
+    """A catalog entry: capabilities, prices (USD per million tokens) and routing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    provider: str = ""
+    wire_name: str | None = None
+    context_window: int = Field(default=128_000, ge=1)
+    max_output: int = Field(default=8192, ge=1)
+    input: float = Field(default=0.0, ge=0)
+    output: float = Field(default=0.0, ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    encoding: Literal["approx", "cl100k_base", "o200k_base"] = "approx"
+    reasoning: bool = False
+    channels: list[str] = Field(default_factory=list)
+    fallbacks: list[str] = Field(default_factory=list)
+
+    def cost(
+        self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0
+    ) -> float:
+        """USD for the given usage; cached prompt tokens at the cached price."""
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        fresh = max(0, input_tokens - cached_input_tokens)
+        return (
+            fresh * self.input + cached_input_tokens * cached_price + output_tokens * self.output
+        ) / 1_000_000
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def _catalog_data() -> dict[str, Any]:
+    text = resources.files("shoal.catalog").joinpath("models.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def _validation_message(where: str, exc: ValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+    )
+    return f"invalid {where}: {problems}"
+
+
+class Config:
+    """Channels and models, resolved. Build with :meth:`load` or :meth:`from_dict`."""
+
+    def __init__(
+        self,
+        channels: dict[str, ChannelConfig],
+        models: dict[str, ModelInfo],
+        *,
+        redis_url: str | None = None,
+    ) -> None:
+        self.channels = channels
+        self.models = models
+        self.redis_url = redis_url
+        self._aliases: dict[str, str] = {}
+        for info in models.values():
+            self._aliases[info.name.lower()] = info.name
+            for alias in info.aliases:
+                self._aliases[alias.lower()] = info.name
+        for info in models.values():
+            for ch in info.channels:
+                if ch not in channels:
+                    raise ConfigError(
+                        f"model {info.name!r} names channel {ch!r}, which is not defined; "
+                        f"defined channels: {', '.join(sorted(channels)) or '(none)'}"
+                    )
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Config:
+        """The catalog plus ``path`` (or ``$SHOAL_CONFIG``, or ``./shoal.toml`` if present)."""
+        user: dict[str, Any] = {}
+        if path is None:
+            env_path = os.environ.get(CONFIG_ENV)
+            if env_path:
+                path = env_path
+            elif Path("shoal.toml").is_file():
+                path = "shoal.toml"
+        if path is not None:
+            user = _read_toml(Path(path))
+        return cls.from_dict(user)
+
+    @classmethod
+    def from_dict(cls, user: dict[str, Any] | None = None) -> Config:
+        """The catalog with ``user`` (the parsed shape of a shoal.toml) laid over it."""
+        user = dict(user or {})
+        unknown = set(user) - {"channels", "models", "redis_url"}
+        if unknown:
+            raise ConfigError(
+                f"unknown top-level config keys {sorted(unknown)}; "
+                "expected [channels.*], [models.*] and redis_url"
+            )
+        catalog = _catalog_data()
+        channels: dict[str, ChannelConfig] = {}
+        for name, raw in catalog.get("providers", {}).items():
+            channels[name] = ChannelConfig(name=name, provider=name, **raw)
+        for name, raw in (user.get("channels") or {}).items():
+            if not isinstance(raw, dict):
+                raise ConfigError(f"[channels.{name}] must be a table")
+            merged = dict(raw)
+            base = channels.get(name)
+            if base is not None:
+                merged = {**base.model_dump(exclude={"name"}), **raw}
+            merged.setdefault("provider", name)
+            try:
+                channels[name] = ChannelConfig(name=name, **merged)
+            except ValidationError as exc:
+                raise ConfigError(_validation_message(f"[channels.{name}]", exc)) from None
+
+        models: dict[str, ModelInfo] = {}
+        for name, raw in catalog.get("models", {}).items():
+            entry = dict(raw)
+            entry.setdefault("channels", [entry.get("provider", "")])
+            models[name] = ModelInfo(name=name, **entry)
+        for name, raw in (user.get("models") or {}).items():
+            if not isinstance(raw, dict):
+                raise ConfigError(f"[models.{name!r}] must be a table")
+            base_model = models.get(name)
+            merged_m = {**base_model.model_dump(exclude={"name"}), **raw} if base_model else raw
+            if not merged_m.get("channels"):
+                provider = merged_m.get("provider")
+                merged_m["channels"] = [provider] if provider else []
+            try:
+                models[name] = ModelInfo(name=name, **merged_m)
+            except ValidationError as exc:
+                raise ConfigError(_validation_message(f"[models.{name!r}]", exc)) from None
+            if not models[name].channels:
+                raise ConfigError(
+                    f"model {name!r} has no channels: set channels = [...] or provider = ..."
+                )
+        return cls(channels, models, redis_url=user.get("redis_url"))
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def model(self, name: str) -> ModelInfo:
+        """The catalog entry for a name or alias; ``ConfigError`` with close matches if unknown."""
+        canonical = self._aliases.get(name.lower())
+        if canonical is None:
+            close = difflib.get_close_matches(name.lower(), list(self._aliases), n=4, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(self._aliases[c] for c in close)}?" if close else ""
+            raise ConfigError(
+                f"unknown model {name!r}.{hint} Add it under [models.{name!r}] in shoal.toml "
+                "(see docs/config.md)."
+            )
+        return self.models[canonical]
+
+    def channels_for(self, model: str | ModelInfo) -> list[ChannelConfig]:
+        info = model if isinstance(model, ModelInfo) else self.model(model)
+        return [self.channels[c] for c in info.channels]
+
+    def add_channel(self, channel: ChannelConfig) -> None:
+        self.channels[channel.name] = channel
+
+    def add_model(self, info: ModelInfo) -> None:
+        for ch in info.channels:
+            if ch not in self.channels:
+                raise ConfigError(f"model {info.name!r} names undefined channel {ch!r}")
+        self.models[info.name] = info
+        self._aliases[info.name.lower()] = info.name
+        for alias in info.aliases:
+            self._aliases[alias.lower()] = info.name
+
+    def usable(self, model: str | ModelInfo) -> bool:
+        """True when at least one channel of the model has its API key available."""
+        return any(ch.has_key() for ch in self.channels_for(model))
+
+    def default_model(self) -> str:
+        """The offline model unless some provider key is set (then the cheapest usable model)."""
+        usable = [
+            m for m in self.models.values() if m.name != OFFLINE_MODEL and self.usable(m)
+        ]
+        if not usable:
+            return OFFLINE_MODEL
+        return min(usable, key=lambda m: (m.input + m.output, m.name)).name

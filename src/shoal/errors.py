@@ -1,0 +1,248 @@
+"""shoal's one error tree.
+
+Every failure is mapped once, at the provider edge, into one of these types;
+everything above the adapters (router, agents, flows) matches only these.
+
+::
+
+    ShoalError
+    ├── ConfigError              bad config, unknown model, misuse — never retried
+    └── RunError                 something went wrong while running
+        ├── ProviderError(status, provider, retry_after, body)
+        │   ├── RateLimited          429 / 529 overloaded — retryable, may fail over
+        │   ├── QuotaExhausted       429/402 "insufficient quota / balance" — not
+        │   │                        retried on that channel; fail over
+        │   ├── ProviderUnavailable  5xx, connection refused/reset — retryable
+        │   ├── ProviderTimeout      connect / read / pool timeouts — retryable
+        │   ├── AuthError            401/403 — never retried, opens the channel's breaker
+        │   ├── BadRequest           400/404/422 — never retried
+        │   │   └── ContextOverflow  prompt longer than the window — trim, never blind retry
+        │   ├── MalformedResponse    a body that is not the protocol (bad JSON, wrong shape)
+        │   └── StreamInterrupted    a stream cut before its end marker, or an error
+        │                            event inside a 200 stream
+        ├── CircuitOpen              no channel of the model (or its fallbacks) is healthy
+        ├── DeadlineExceeded         the call's total deadline passed while waiting/retrying
+        ├── BudgetExceeded           turns, tokens or dollars
+        ├── LoopDetected             the same tool call / state repeated k times
+        └── OutputInvalid            structured output still invalid after re-asks
+
+``retryable`` on each class says whether the router may try the call again
+(on the same or another channel). Messages say what is wrong and how to fix
+it; they never contain an API key (see :func:`redact`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+__all__ = [
+    "AuthError",
+    "BadRequest",
+    "BudgetExceeded",
+    "CircuitOpen",
+    "ConfigError",
+    "ContextOverflow",
+    "DeadlineExceeded",
+    "LoopDetected",
+    "MalformedResponse",
+    "OutputInvalid",
+    "ProviderError",
+    "ProviderTimeout",
+    "ProviderUnavailable",
+    "QuotaExhausted",
+    "RateLimited",
+    "RunError",
+    "ShoalError",
+    "StreamInterrupted",
+    "redact",
+]
+
+BODY_EXCERPT_CHARS = 500
+
+# Shapes of API keys and bearer tokens seen in the wild: sk-..., sk-ant-...,
+# long opaque tokens after "Bearer", x-api-key values. Used to scrub bodies and
+# messages before they are stored on an error.
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),
+    re.compile(r"(?i)(x-api-key[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._\-]{8,}"),
+    re.compile(r"(?i)(api[_-]?key[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._\-]{8,}"),
+)
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """Remove API keys from *text*: the given secrets verbatim, then key-like patterns."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
+    return text
+
+
+class ShoalError(Exception):
+    """Base of every error shoal raises."""
+
+    retryable: bool = False
+
+
+class ConfigError(ShoalError):
+    """Bad configuration, unknown model or misuse of the API. Never retried."""
+
+
+class RunError(ShoalError):
+    """A failure while running a call, step or flow."""
+
+
+class ProviderError(RunError):
+    """A provider answered with an error, or could not be reached.
+
+    Attributes:
+        status: HTTP status (0 when no response arrived, 200 for an error inside a stream).
+        provider: provider or channel name that produced it.
+        retry_after: seconds the provider asked us to wait, if it said.
+        body: an excerpt of the response body, secrets removed.
+        code: the provider's own error type/code when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        provider: str = "",
+        retry_after: float | None = None,
+        body: str = "",
+        code: str | None = None,
+    ) -> None:
+        self.status = status
+        self.provider = provider
+        self.retry_after = retry_after
+        self.body = redact(body[:BODY_EXCERPT_CHARS])
+        self.code = code
+        self.message = redact(message)
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.provider:
+            parts.append(f"provider={self.provider}")
+        if self.status:
+            parts.append(f"status={self.status}")
+        if self.code:
+            parts.append(f"code={self.code}")
+        if self.retry_after is not None:
+            parts.append(f"retry_after={self.retry_after:g}s")
+        return " | ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self!s})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep keyword fields when errors cross process boundaries (pickling).
+        return (
+            _rebuild_provider_error,
+            (
+                type(self),
+                self.message,
+                self.status,
+                self.provider,
+                self.retry_after,
+                self.body,
+                self.code,
+            ),
+        )
+
+
+def _rebuild_provider_error(
+    cls: type[ProviderError],
+    message: str,
+    status: int,
+    provider: str,
+    retry_after: float | None,
+    body: str,
+    code: str | None,
+) -> ProviderError:
+    return cls(
+        message, status=status, provider=provider, retry_after=retry_after, body=body, code=code
+    )
+
+
+class RateLimited(ProviderError):
+    """429 (rate limit) or 529/overloaded: wait (honour retry_after) and retry or fail over."""
+
+    retryable = True
+
+
+class QuotaExhausted(ProviderError):
+    """The account's quota or balance is exhausted (429/402). Retrying this channel is futile;
+    add credit or fail over to another channel."""
+
+
+class ProviderUnavailable(ProviderError):
+    """5xx, connection refused or reset: retryable, may fail over."""
+
+    retryable = True
+
+
+class ProviderTimeout(ProviderError):
+    """Connect, read or pool timeout: retryable."""
+
+    retryable = True
+
+
+class AuthError(ProviderError):
+    """401/403: the key is missing, wrong or lacks permission. Never retried."""
+
+
+class BadRequest(ProviderError):
+    """400/404/422: the request itself is wrong. Never retried."""
+
+
+class ContextOverflow(BadRequest):
+    """The prompt (plus max_tokens) exceeds the model's context window."""
+
+
+class MalformedResponse(ProviderError):
+    """The provider's answer is not valid protocol (bad JSON, missing fields).
+
+    Retryable: a garbled body is usually transient (proxy, overload)."""
+
+    retryable = True
+
+
+class StreamInterrupted(ProviderError):
+    """A stream ended without its end marker or carried an error event after HTTP 200.
+
+    Retryable only before the first token reached the caller; the router enforces that."""
+
+    retryable = True
+
+
+class CircuitOpen(RunError):
+    """Every channel that could serve the model (and its fallbacks) has an open breaker."""
+
+    def __init__(self, message: str, *, retry_at: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class DeadlineExceeded(RunError):
+    """The call's total deadline passed while it waited for capacity or retried."""
+
+    def __init__(self, message: str, *, last_error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.last_error = last_error
+
+
+class BudgetExceeded(RunError):
+    """A run's turn, token or dollar budget would be exceeded by the next call."""
+
+
+class LoopDetected(RunError):
+    """The agent repeated the same tool call or state too many times."""
+
+
+class OutputInvalid(RunError):
+    """Structured output failed validation after all re-asks."""

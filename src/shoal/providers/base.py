@@ -1,0 +1,43 @@
+"""The Provider seam: one wire protocol spoken to one channel.
+
+An adapter translates a provider-neutral :class:`~shoal.types.ChatRequest` into its
+protocol, speaks it over the channel's pooled HTTP session, and maps every failure
+once into :mod:`shoal.errors`. It raises nothing else.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+
+from shoal.types import ChatRequest, ChatResponse, StreamEvent
+
+__all__ = ["Provider"]
+
+
+class Provider(ABC):
+    """``complete`` and ``stream`` for one channel; ``aclose`` releases its connections.
+
+    ``model`` is the id to put on the wire (the router resolves catalog names and
+    aliases to it); ``request.model`` is left as the caller wrote it.
+    """
+
+    name: str
+
+    @abstractmethod
+    async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse: ...
+
+    @abstractmethod
+    def stream(self, request: ChatRequest, *, model: str) -> AsyncIterator[StreamEvent]:
+        """Yield deltas, then exactly one ``StreamEnd`` carrying the whole normalized answer.
+
+        A stream that stops before its end marker raises ``StreamInterrupted``."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Provider:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

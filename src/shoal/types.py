@@ -1,0 +1,217 @@
+"""Provider-neutral core types: messages, requests, responses, usage and stream events.
+
+These are plain slotted dataclasses, not pydantic models: they are built on the
+hot path of every call (thousands per second), and a dataclass costs a fraction
+of a validated model to build and to import (see docs/DECISIONS.md). Validation
+of *user* input happens at the edges (config, agent output types).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "ChatRequest",
+    "ChatResponse",
+    "FinishReason",
+    "Message",
+    "ReasoningDelta",
+    "Role",
+    "StreamEnd",
+    "StreamEvent",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolSpec",
+    "Usage",
+    "UsageEvent",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A model's request to call a tool. ``arguments`` is the raw JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def parsed_arguments(self) -> Any:
+        """The arguments as JSON; raises ``ValueError`` when the model wrote invalid JSON."""
+        return json.loads(self.arguments or "{}")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool the model may call: its name, what it is for, and a JSON schema of its arguments."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One conversation message.
+
+    Use the constructors: ``Message.system(...)``, ``Message.user(...)``,
+    ``Message.assistant(text, tool_calls)``, ``Message.tool(call_id, content)``.
+    ``reasoning`` carries a provider's reasoning text (DeepSeek ``reasoning_content``)
+    so it can be sent back where the provider requires it.
+    """
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    reasoning: str | None = None
+    is_error: bool = False
+
+    @classmethod
+    def system(cls, content: str) -> Message:
+        return cls("system", content)
+
+    @classmethod
+    def user(cls, content: str) -> Message:
+        return cls("user", content)
+
+    @classmethod
+    def assistant(
+        cls, content: str = "", tool_calls: tuple[ToolCall, ...] | list[ToolCall] = (),
+        reasoning: str | None = None,
+    ) -> Message:
+        return cls("assistant", content, tuple(tool_calls), reasoning=reasoning)
+
+    @classmethod
+    def tool(
+        cls, tool_call_id: str, content: str, *, name: str | None = None, is_error: bool = False
+    ) -> Message:
+        return cls("tool", content, tool_call_id=tool_call_id, name=name, is_error=is_error)
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """One model call, independent of any provider's wire format.
+
+    ``model`` is a catalog name or alias; the router resolves it to channels.
+    ``output_schema`` asks for JSON matching a JSON schema (``response_format`` on
+    OpenAI-compatible APIs; a forced tool on Anthropic).
+    """
+
+    model: str
+    messages: list[Message]
+    tools: list[ToolSpec] = field(default_factory=list)
+    tool_choice: Literal["auto", "none", "required"] | str | None = None
+    output_schema: dict[str, Any] | None = None
+    output_schema_name: str = "output"
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts of one or more calls.
+
+    ``input_tokens`` is the *total* prompt size, cached tokens included (OpenAI's
+    convention; Anthropic's separate cache counts are folded in by its adapter).
+    ``cached_input_tokens`` ⊂ input (cache reads), ``cache_write_tokens`` ⊂ input
+    (Anthropic cache creation), ``reasoning_tokens`` ⊂ output.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    """A normalized model answer.
+
+    ``finish_reason`` is decided from what arrived (tool calls accumulated → ``tool_calls``),
+    not only from the provider's label; the label is kept in ``raw_finish_reason``.
+    ``cost_usd`` is filled by the router from the catalog's prices (0 when unknown).
+    """
+
+    text: str
+    tool_calls: list[ToolCall]
+    finish_reason: FinishReason
+    usage: Usage
+    provider: str
+    model: str
+    latency_s: float = 0.0
+    raw_finish_reason: str | None = None
+    reasoning: str | None = None
+    id: str = ""
+    cost_usd: float = 0.0
+    channel: str = ""
+
+    def message(self) -> Message:
+        """This answer as an assistant message, to append to the conversation."""
+        return Message.assistant(self.text, tuple(self.tool_calls), reasoning=self.reasoning)
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+    type: Literal["text"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str
+    type: Literal["reasoning"] = "reasoning"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call. ``id``/``name`` come with the first piece of an index."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+    type: Literal["tool_call"] = "tool_call"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    usage: Usage
+    type: Literal["usage"] = "usage"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last event of every successful stream: the whole answer, normalized."""
+
+    response: ChatResponse
+    type: Literal["end"] = "end"
+
+
+StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | UsageEvent | StreamEnd
