@@ -1,0 +1,70 @@
+"""Shared fixtures: real Redis and PostgreSQL on 127.0.0.1.
+
+On a laptop without them, tests that need them skip with a message naming what to
+start. Under CI=true they must run: a missing service fails the test instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+REDIS_URL = os.environ.get("SHOAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_DSN = os.environ.get("SHOAL_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int, start_hint: str) -> None:
+    if _port_open(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}; start it with: {start_hint}"
+    if IN_CI:
+        pytest.fail(f"CI=true requires {name}: {message}")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_service(
+        "Redis", "127.0.0.1", 6379,
+        "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''",
+    )
+    return REDIS_URL
+
+
+@pytest.fixture
+def pg_dsn() -> str:
+    require_service(
+        "PostgreSQL", "127.0.0.1", 5432,
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    )
+    return PG_DSN
+
+
+@pytest.fixture
+def unique_prefix() -> str:
+    """A key/table prefix no other test (or concurrent test run) uses."""
+    return f"shoaltest:{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[object]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
