@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "AuthError",
@@ -141,32 +142,17 @@ class ProviderError(RunError):
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keep keyword fields when errors cross process boundaries (pickling).
-        return (
-            _rebuild_provider_error,
-            (
-                type(self),
-                self.message,
-                self.status,
-                self.provider,
-                self.retry_after,
-                self.body,
-                self.code,
-            ),
-        )
+        fields = {
+            "status": self.status, "provider": self.provider, "retry_after": self.retry_after,
+            "body": self.body, "code": self.code,
+        }
+        return (_rebuild_provider_error, (type(self), self.message, fields))
 
 
 def _rebuild_provider_error(
-    cls: type[ProviderError],
-    message: str,
-    status: int,
-    provider: str,
-    retry_after: float | None,
-    body: str,
-    code: str | None,
+    cls: type[ProviderError], message: str, fields: dict[str, Any]
 ) -> ProviderError:
-    return cls(
-        message, status=status, provider=provider, retry_after=retry_after, body=body, code=code
-    )
+    return cls(message, **fields)
 
 
 class RateLimited(ProviderError):

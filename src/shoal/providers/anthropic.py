@@ -1,0 +1,394 @@
+"""Anthropic Messages adapter.
+
+The system prompt is split out; tool calls become ``tool_use`` blocks and tool
+results ``tool_result`` blocks in a user turn; a requested output schema becomes
+a forced tool whose input is the JSON answer (returned as ``text``). Usage folds
+cache reads and writes into ``input_tokens`` (Anthropic counts them apart).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from shoal.clock import Clock, RealClock
+from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
+from shoal.providers.base import Provider
+from shoal.providers.failures import (
+    error_from_response,
+    error_from_stream_payload,
+    error_from_transport,
+)
+from shoal.providers.http import HttpPool
+from shoal.types import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Message,
+    ReasoningDelta,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    UsageEvent,
+)
+
+if TYPE_CHECKING:
+    from shoal.config import ChannelConfig
+
+__all__ = ["AnthropicProvider"]
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+_STOP: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def _usage(raw: Any, base: Usage | None = None) -> Usage:
+    """Anthropic usage → shoal usage; values present in ``raw`` overwrite ``base``
+    (message_delta usage is cumulative, not additive)."""
+    u = Usage() if base is None else Usage(
+        base.input_tokens, base.output_tokens, base.cached_input_tokens, 0,
+        base.cache_write_tokens,
+    )
+    if not isinstance(raw, dict):
+        return u
+    fresh_in = raw.get("input_tokens")
+    read = raw.get("cache_read_input_tokens")
+    write = raw.get("cache_creation_input_tokens")
+    if read is not None:
+        u.cached_input_tokens = int(read)
+    if write is not None:
+        u.cache_write_tokens = int(write)
+    if fresh_in is not None:
+        u.input_tokens = int(fresh_in) + u.cached_input_tokens + u.cache_write_tokens
+    if raw.get("output_tokens") is not None:
+        u.output_tokens = int(raw["output_tokens"])
+    return u
+
+
+class AnthropicProvider(Provider):
+    """Messages API over one pooled aiohttp session."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str = "https://api.anthropic.com",
+        api_key: str | None = None,
+        name: str = "anthropic",
+        provider: str = "anthropic",
+        headers: dict[str, str] | None = None,
+        key_env: str | None = None,
+        pool: HttpPool | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.name = name
+        self.provider = provider
+        base = base_url.rstrip("/")
+        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "anthropic-version": API_VERSION,
+        }
+        if api_key:
+            self._headers["x-api-key"] = api_key
+        self._headers.update(headers or {})
+        self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
+        self._key_env = key_env
+        self._pool = pool or HttpPool()
+        self._clock = clock or RealClock()
+
+    @classmethod
+    def from_channel(cls, channel: ChannelConfig, *, clock: Clock | None = None,
+                     base_url: str | None = None) -> AnthropicProvider:
+        return cls(
+            base_url=base_url or channel.base_url,
+            api_key=channel.key(),
+            name=channel.name,
+            provider=channel.provider or channel.name,
+            headers=dict(channel.headers),
+            key_env=channel.api_key_env,
+            pool=HttpPool(
+                pool_size=channel.pool_size, connect_timeout=channel.connect_timeout,
+                read_timeout=channel.read_timeout, pool_timeout=channel.pool_timeout,
+            ),
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(name={self.name!r}, url={self._url!r})"
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    # -- request ------------------------------------------------------------------------
+
+    @staticmethod
+    def _messages(messages: list[Message]) -> tuple[str, list[dict[str, Any]]]:
+        system: list[str] = []
+        out: list[dict[str, Any]] = []
+        for m in messages:
+            if m.role == "system":
+                system.append(m.content)
+                continue
+            if m.role == "tool":
+                block: dict[str, Any] = {
+                    "type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content,
+                }
+                if m.is_error:
+                    block["is_error"] = True
+                role, blocks = "user", [block]
+            elif m.role == "assistant":
+                role = "assistant"
+                blocks = [{"type": "text", "text": m.content}] if m.content else []
+                for c in m.tool_calls:
+                    try:
+                        args = json.loads(c.arguments or "{}")
+                    except ValueError:
+                        args = {"_raw": c.arguments}
+                    blocks.append({"type": "tool_use", "id": c.id, "name": c.name,
+                                   "input": args})
+            else:
+                role, blocks = "user", [{"type": "text", "text": m.content}]
+            if out and out[-1]["role"] == role:
+                out[-1]["content"].extend(blocks)  # the API wants alternating roles
+            else:
+                out.append({"role": role, "content": blocks})
+        return "\n\n".join(system), out
+
+    def payload(self, request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
+        system, messages = self._messages(request.messages)
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+        }
+        if system:
+            body["system"] = system
+        tools = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools
+        ]
+        if request.output_schema is not None:
+            tools.append({
+                "name": request.output_schema_name,
+                "description": "Give the final answer as this tool's input.",
+                "input_schema": request.output_schema,
+            })
+            body["tool_choice"] = {"type": "tool", "name": request.output_schema_name}
+        elif request.tool_choice and request.tools:
+            choice = request.tool_choice
+            body["tool_choice"] = (
+                {"type": "auto"} if choice == "auto" else {"type": "any"}
+                if choice == "required" else {"type": "none"} if choice == "none"
+                else {"type": "tool", "name": choice}
+            )
+        if tools:
+            body["tools"] = tools
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop_sequences"] = request.stop
+        if "user_id" in request.metadata:
+            body["metadata"] = {"user_id": request.metadata["user_id"]}
+        if stream:
+            body["stream"] = True
+        return body
+
+    def _headers_for(self, request: ChatRequest, base: dict[str, str]) -> dict[str, str]:
+        tag = request.metadata.get("tag")
+        return base if tag is None else {**base, "x-shoal-tag": tag}
+
+    def _fail(self, status: int, text: str, headers: Any) -> ProviderError:
+        return error_from_response(
+            status, text, headers, provider=self.name, now_wall=self._clock.wall(),
+            key_env=self._key_env,
+        )
+
+    # -- complete -----------------------------------------------------------------------
+
+    async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse:
+        import aiohttp
+
+        started = time.perf_counter()
+        data = json.dumps(self.payload(request, model, stream=False)).encode()
+        try:
+            async with self._pool.session().post(
+                self._url, data=data, headers=self._headers_for(request, self._headers)
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise self._fail(resp.status, raw.decode("utf-8", "replace"), resp.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise error_from_transport(exc, provider=self.name, url=self._url) from exc
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise MalformedResponse(
+                f"{self.name} returned a body that is not JSON", status=200,
+                provider=self.name, body=raw.decode("utf-8", "replace"),
+            ) from None
+        if not isinstance(body, dict) or body.get("type") == "error":
+            raise self._fail(200, raw.decode("utf-8", "replace"), {})
+        schema_tool = request.output_schema_name if request.output_schema is not None else None
+        try:
+            text: list[str] = []
+            reasoning: list[str] = []
+            calls: list[ToolCall] = []
+            for block in body["content"]:
+                kind = block.get("type")
+                if kind == "text":
+                    text.append(block.get("text", ""))
+                elif kind == "tool_use":
+                    args = json.dumps(block.get("input") or {})
+                    if block.get("name") == schema_tool:
+                        text.append(args)
+                    else:
+                        calls.append(ToolCall(block["id"], block["name"], args))
+                elif kind == "thinking":
+                    reasoning.append(block.get("thinking", ""))
+            stop = body.get("stop_reason")
+            finish: FinishReason = "tool_calls" if calls else (
+                "stop" if stop == "tool_use" else _STOP.get(stop or "end_turn", "other"))
+            return ChatResponse(
+                text="".join(text), tool_calls=calls, finish_reason=finish,
+                usage=_usage(body.get("usage")), provider=self.provider,
+                model=str(body.get("model", "")), latency_s=time.perf_counter() - started,
+                raw_finish_reason=stop, reasoning="".join(reasoning) or None,
+                id=str(body.get("id", "")), channel=self.name,
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise MalformedResponse(
+                f"{self.name} returned JSON without the message shape ({exc!r})", status=200,
+                provider=self.name, body=raw.decode("utf-8", "replace"),
+            ) from None
+
+    # -- stream -------------------------------------------------------------------------
+
+    async def stream(self, request: ChatRequest, *, model: str) -> AsyncIterator[StreamEvent]:
+        import aiohttp
+
+        from shoal.providers.sse import iter_sse
+
+        started = time.perf_counter()
+        data = json.dumps(self.payload(request, model, stream=True)).encode()
+        schema_tool = request.output_schema_name if request.output_schema is not None else None
+        st = _StreamState(schema_tool)
+        try:
+            async with self._pool.session().post(
+                self._url, data=data, headers=self._headers_for(request, self._stream_headers)
+            ) as resp:
+                if resp.status != 200:
+                    text = (await resp.read()).decode("utf-8", "replace")
+                    raise self._fail(resp.status, text, resp.headers)
+                async for event, payload in iter_sse(resp.content):
+                    try:
+                        obj = json.loads(payload)
+                    except ValueError:
+                        raise MalformedResponse(
+                            f"{self.name} sent a stream event that is not JSON", status=200,
+                            provider=self.name, body=payload,
+                        ) from None
+                    kind = obj.get("type", event) if isinstance(obj, dict) else event
+                    if kind == "error":
+                        raise error_from_stream_payload(obj, provider=self.name, raw=payload)
+                    for out in st.feed(kind, obj):
+                        yield out
+                    if st.stopped:
+                        break
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise error_from_transport(exc, provider=self.name, url=self._url,
+                                       in_stream=True) from exc
+        if not st.stopped:
+            raise StreamInterrupted(
+                f"stream from {self.name} ended without message_stop", status=200,
+                provider=self.name,
+            )
+        yield UsageEvent(st.usage)
+        calls = [ToolCall(b[0], b[1], "".join(b[2:]) or "{}") for b in st.tools.values()]
+        finish: FinishReason = "tool_calls" if calls else (
+            "stop" if st.stop == "tool_use" else _STOP.get(st.stop or "end_turn", "other"))
+        yield StreamEnd(ChatResponse(
+            text="".join(st.text), tool_calls=calls, finish_reason=finish, usage=st.usage,
+            provider=self.provider, model=st.model, latency_s=time.perf_counter() - started,
+            raw_finish_reason=st.stop, reasoning="".join(st.reasoning) or None, id=st.id,
+            channel=self.name,
+        ))
+
+
+class _StreamState:
+    """Anthropic's event sequence folded into one answer."""
+
+    def __init__(self, schema_tool: str | None) -> None:
+        self.schema_tool = schema_tool
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.tools: dict[int, list[str]] = {}  # block index -> [id, name, json pieces...]
+        self.schema_blocks: set[int] = set()
+        self.usage = Usage()
+        self.stop: str | None = None
+        self.stopped = False
+        self.id = ""
+        self.model = ""
+
+    def feed(self, kind: str, obj: Any) -> list[StreamEvent]:
+        if not isinstance(obj, dict):
+            return []
+        if kind == "message_start":
+            msg = obj.get("message") or {}
+            self.id = str(msg.get("id", ""))
+            self.model = str(msg.get("model", ""))
+            self.usage = _usage(msg.get("usage"))
+        elif kind == "content_block_start":
+            block = obj.get("content_block") or {}
+            index = int(obj.get("index", 0))
+            if block.get("type") == "tool_use":
+                if block.get("name") == self.schema_tool:
+                    self.schema_blocks.add(index)
+                else:
+                    self.tools[index] = [str(block.get("id", "")), str(block.get("name", ""))]
+                    return [ToolCallDelta(index=index, id=block.get("id"),
+                                          name=block.get("name"))]
+        elif kind == "content_block_delta":
+            return self._delta(int(obj.get("index", 0)), obj.get("delta") or {})
+        elif kind == "message_delta":
+            delta = obj.get("delta") or {}
+            self.stop = delta.get("stop_reason") or self.stop
+            self.usage = _usage(obj.get("usage"), self.usage)
+        elif kind == "message_stop":
+            self.stopped = True
+        return []
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> list[StreamEvent]:
+        dtype = delta.get("type")
+        if dtype == "text_delta":
+            piece = str(delta.get("text", ""))
+            self.text.append(piece)
+            return [TextDelta(piece)]
+        if dtype == "input_json_delta":
+            piece = str(delta.get("partial_json", ""))
+            if index in self.schema_blocks:
+                self.text.append(piece)
+                return [TextDelta(piece)]
+            if index in self.tools:
+                self.tools[index].append(piece)
+                return [ToolCallDelta(index=index, arguments=piece)]
+        elif dtype == "thinking_delta":
+            piece = str(delta.get("thinking", ""))
+            self.reasoning.append(piece)
+            return [ReasoningDelta(piece)]
+        return []

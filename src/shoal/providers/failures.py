@@ -1,0 +1,247 @@
+"""Map every provider failure, once, into :mod:`shoal.errors`.
+
+One function for HTTP error responses (every envelope shape of PROVIDERS.md §6.7),
+one for error payloads inside a 200 stream, one for transport exceptions, and
+the Retry-After parser (``retry-after-ms``, seconds, HTTP-date).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from shoal.errors import (
+    AuthError,
+    BadRequest,
+    ContextOverflow,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    QuotaExhausted,
+    RateLimited,
+    StreamInterrupted,
+)
+
+__all__ = [
+    "error_from_response",
+    "error_from_stream_payload",
+    "error_from_transport",
+    "parse_retry_after",
+]
+
+MAX_RETRY_AFTER_S = 3600.0
+
+# Provider codes/types meaning "no money or quota left": retrying the channel is futile.
+_QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "exceeded_current_quota_error",
+        "billing_error",
+        "insufficient_balance",
+        "1113",  # Zhipu: arrears / no balance
+        "1308",  # Zhipu: usage cap reached until reset
+        "1310",
+        "1008",  # MiniMax: insufficient balance
+    }
+)
+_QUOTA_TEXT = re.compile(
+    r"insufficient[ _](?:quota|balance)|exceeded (?:your )?current quota|balance (?:is )?"
+    r"(?:insufficient|exhausted)|credit balance|out of credits",
+    re.IGNORECASE,
+)
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "1261", "model_context_window_exceeded"})
+_CONTEXT_TEXT = re.compile(
+    r"context length|context window|maximum context|prompt is too long|too many tokens|"
+    r"reduce the length|exceeds? the (?:model's )?(?:maximum|context)|input is too long",
+    re.IGNORECASE,
+)
+_OVERLOAD_TYPES = frozenset({"overloaded_error", "engine_overloaded_error", "1305", "1312"})
+_RATE_CODES = frozenset(
+    {"rate_limit_exceeded", "rate_limit_error", "rate_limit_reached_error", "1302", "1303", "1002"}
+)
+
+
+def parse_retry_after(headers: Mapping[str, str], now_wall: float) -> float | None:
+    """Seconds to wait as the server asked: ``retry-after-ms`` first, then ``retry-after``
+    as (float) seconds or as an HTTP-date relative to ``now_wall`` (epoch seconds)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            value = -1.0
+        if 0 <= value <= MAX_RETRY_AFTER_S:
+            return value
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - now_wall
+        seconds = max(0.0, seconds)
+    if not 0 <= seconds <= MAX_RETRY_AFTER_S:  # also rejects NaN
+        return None
+    return seconds
+
+
+def _envelope(body: Any) -> tuple[str, str | None]:
+    """(message, code-or-type) from any known error envelope."""
+    if isinstance(body, list) and body:
+        body = body[0]  # Gemini wraps the error object in an array
+    if not isinstance(body, dict):
+        return "", None
+    base = body.get("base_resp")
+    if isinstance(base, dict) and base.get("status_code") not in (None, 0):
+        return str(base.get("status_msg", "")), str(base.get("status_code"))
+    err = body.get("error", body)
+    if isinstance(err, str):
+        return err, None
+    if not isinstance(err, dict):
+        return "", None
+    message = str(err.get("message") or err.get("msg") or "")
+    code = err.get("code")
+    etype = err.get("type") or err.get("status")
+    # Prefer the most specific signal: a string code, else the type.
+    chosen = code if isinstance(code, str) and code else etype
+    if chosen is None and code is not None:
+        chosen = code
+    return message, (str(chosen) if chosen is not None else None)
+
+
+def _codes(body: Any) -> set[str]:
+    """Every code/type string present, to test against the classification sets."""
+    found: set[str] = set()
+    if isinstance(body, list) and body:
+        body = body[0]
+    if not isinstance(body, dict):
+        return found
+    base = body.get("base_resp")
+    if isinstance(base, dict) and base.get("status_code") not in (None, 0):
+        found.add(str(base["status_code"]))
+    err = body.get("error", body)
+    if isinstance(err, dict):
+        for key in ("code", "type", "status"):
+            value = err.get(key)
+            if value is not None:
+                found.add(str(value))
+    return found
+
+
+def error_from_response(
+    status: int,
+    body_text: str,
+    headers: Mapping[str, str],
+    *,
+    provider: str,
+    now_wall: float,
+    key_env: str | None = None,
+) -> ProviderError:
+    """The shoal error for a non-2xx HTTP answer (or a 200 carrying an error body)."""
+    try:
+        body: Any = json.loads(body_text) if body_text.strip() else None
+    except ValueError:
+        body = None
+    message, code = _envelope(body)
+    codes = _codes(body)
+    retry_after = parse_retry_after(headers, now_wall)
+    text = message or body_text.strip()[:200] or f"HTTP {status}"
+    fields: dict[str, Any] = {
+        "status": status,
+        "provider": provider,
+        "retry_after": retry_after,
+        "body": body_text,
+        "code": code,
+    }
+    if status == 402 or codes & _QUOTA_CODES or (status == 429 and _QUOTA_TEXT.search(text)):
+        return QuotaExhausted(
+            f"quota or balance exhausted on {provider}: {text}. Add credit or raise the quota; "
+            "shoal will not retry this channel",
+            **fields,
+        )
+    if status in (401, 403) or codes & {"authentication_error", "permission_error", "1004", "2049"}:
+        hint = f" (the key comes from ${key_env})" if key_env else ""
+        return AuthError(
+            f"{provider} rejected the API key{hint}: {text}. Check the key and its permissions",
+            **fields,
+        )
+    if status in {429, 529} or codes & (_OVERLOAD_TYPES | _RATE_CODES):
+        kind = "overloaded" if (status == 529 or codes & _OVERLOAD_TYPES) else "rate limited"
+        return RateLimited(f"{provider} {kind}: {text}", **fields)
+    if status == 408:
+        return ProviderTimeout(f"{provider} timed out the request: {text}", **fields)
+    if status >= 500 or status == 409:
+        return ProviderUnavailable(f"{provider} unavailable: {text}", **fields)
+    if codes & _CONTEXT_CODES or _CONTEXT_TEXT.search(text):
+        return ContextOverflow(
+            f"prompt too long for the model on {provider}: {text}. Trim the conversation or "
+            "pick a model with a larger context window",
+            **fields,
+        )
+    if status == 200:
+        return ProviderUnavailable(f"{provider} returned an error in a 200 response: {text}",
+                                   **fields)
+    return BadRequest(f"{provider} rejected the request (HTTP {status}): {text}", **fields)
+
+
+def error_from_stream_payload(payload: Any, *, provider: str, raw: str) -> ProviderError:
+    """An error object that arrived inside an HTTP 200 stream."""
+    message, code = _envelope(payload)
+    codes = _codes(payload)
+    text = message or raw[:200]
+    if codes & (_OVERLOAD_TYPES | _RATE_CODES):
+        return RateLimited(
+            f"{provider} overloaded mid-stream: {text}", status=200, provider=provider,
+            body=raw, code=code,
+        )
+    if codes & _QUOTA_CODES:
+        return QuotaExhausted(
+            f"{provider} quota exhausted mid-stream: {text}", status=200, provider=provider,
+            body=raw, code=code,
+        )
+    return StreamInterrupted(
+        f"{provider} sent an error event inside the stream: {text}", status=200,
+        provider=provider, body=raw, code=code,
+    )
+
+
+def error_from_transport(exc: BaseException, *, provider: str, url: str,
+                         in_stream: bool = False) -> ProviderError:
+    """A transport failure (aiohttp or asyncio exception) as a shoal error."""
+    import aiohttp
+
+    where = f"{provider} ({url})"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ProviderTimeout(
+            f"timed out connecting to {where} or waiting for a pooled connection; "
+            "raise connect_timeout/pool_timeout or pool_size", provider=provider,
+            code="connect_timeout",
+        )
+    if isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError | TimeoutError):
+        return ProviderTimeout(
+            f"read timeout from {where}: no data within read_timeout", provider=provider,
+            code="read_timeout",
+        )
+    if in_stream and isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError
+                                | ConnectionResetError):
+        return StreamInterrupted(
+            f"stream from {where} was cut before its end marker ({type(exc).__name__})",
+            provider=provider,
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ProviderUnavailable(
+            f"cannot connect to {where}: {exc.os_error}", provider=provider, code="connect_error"
+        )
+    return ProviderUnavailable(
+        f"connection to {where} failed: {type(exc).__name__}: {exc}", provider=provider
+    )
