@@ -1,0 +1,505 @@
+"""The Limiter seam and its in-process implementation.
+
+A :class:`Limiter` holds one channel's capacity: concurrent calls, requests per
+minute (RPM) and tokens per minute (TPM). A call takes a :class:`Permit` before it
+goes out and releases it when its response is done; TPM is reserved with the
+caller's estimate (prompt + max_tokens) and corrected with :meth:`Permit.settle`.
+
+Guarantees of every limiter:
+
+* it waits rather than overshoots: with known limits no 429 is provoked;
+* waiters are admitted first-in, first-out (a large request at the head is not
+  starved by small ones behind it);
+* cancellation-safe: a waiter cancelled in the queue, or at the very moment it was
+  granted a slot, or timed out, never leaks a slot.
+
+``timeout`` arguments are seconds of the injected :class:`~shoal.clock.Clock` (virtual
+in tests), which ``asyncio.timeout`` cannot follow: hence the ``noqa: ASYNC109``.
+
+Events: a call that has to queue emits ``wait``; a TPM correction emits ``settle``.
+``admit`` is the Router's to emit (it knows the model and the attempt).
+
+RPM and TPM use a sliding-window log: an admission counts for exactly ``window_s``
+seconds after it was made, so *any* 60-second window sees at most ``rpm`` requests.
+A token bucket of size ``rpm`` refilled at ``rpm/60`` per second would let ``rpm``
+through at once and ``rpm`` more over the next minute: up to 2× the limit inside one
+provider window, which is exactly the 429 we promise not to provoke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+from shoal.clock import Clock, RealClock
+from shoal.errors import ConfigError, DeadlineExceeded, RunError
+from shoal.observe.events import SETTLE, WAIT, EventBus
+
+__all__ = ["WINDOW_S", "Limiter", "LocalLimiter", "Permit"]
+
+WINDOW_S = 60.0
+# Smallest timer delay: guards against a float window edge that never quite passes.
+_MIN_DELAY = 1e-6
+
+
+class Permit:
+    """A held slot on a limiter. ``release()`` it when the call is done (idempotent).
+
+    ``tokens`` is the current TPM reservation; ``in_flight`` is how many calls the
+    limiter had in flight right after admitting this one (it included), which adaptive
+    concurrency uses to learn where a provider's cap lies.
+    """
+
+    __slots__ = ("_handle", "_limiter", "_released", "in_flight", "tokens")
+
+    def __init__(
+        self, limiter: Limiter, tokens: int, in_flight: int, handle: object = None
+    ) -> None:
+        self._limiter = limiter
+        self._released = False
+        self._handle = handle
+        self.tokens = tokens
+        self.in_flight = in_flight
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def settle(self, actual_tokens: int) -> None:
+        """Replace the TPM reservation with the tokens the call really used."""
+        if actual_tokens < 0:
+            raise ConfigError(f"actual_tokens must be >= 0, got {actual_tokens}")
+        if actual_tokens != self.tokens:
+            self._limiter._settle(self, actual_tokens)
+
+    def release(self) -> None:
+        """Return the concurrency slot. Calling it again does nothing."""
+        if not self._released:
+            self._released = True
+            self._limiter._release(self)
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"Permit({self._limiter.name!r}, tokens={self.tokens}, {state})"
+
+
+class Limiter(ABC):
+    """One channel's capacity, in-process or shared. See the module docstring."""
+
+    name: str = ""
+
+    @property
+    @abstractmethod
+    def in_flight(self) -> int:
+        """Permits held (through this limiter object) and not yet released."""
+
+    @property
+    @abstractmethod
+    def capacity(self) -> int | None:
+        """The current concurrency cap (``None``: unlimited)."""
+
+    @abstractmethod
+    def try_acquire(self, tokens: int = 0) -> Permit | None:
+        """A permit if one is free right now and nobody queues ahead; never waits."""
+
+    async def atry_acquire(self, tokens: int = 0) -> Permit | None:
+        """Like :meth:`try_acquire`, for limiters that need a round trip to answer."""
+        return self.try_acquire(tokens)
+
+    @abstractmethod
+    async def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:  # noqa: ASYNC109
+        """Wait (FIFO) for a permit; raises ``DeadlineExceeded`` after ``timeout`` seconds.
+
+        A cancelled or timed-out waiter never leaks a slot."""
+
+    @abstractmethod
+    def retry_in(self, tokens: int = 0) -> float | None:
+        """Seconds until ``try_acquire(tokens)`` could pass: 0.0 when it would pass now,
+        the RPM/TPM window wait when a window blocks, ``None`` when only concurrency
+        (or the queue) blocks, which no clock can predict."""
+
+    @abstractmethod
+    async def wait_for_change(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Return when capacity may have freed (a release, a window edge, a raised cap),
+        or after ``timeout`` seconds. Returns at once when capacity is free now."""
+
+    @abstractmethod
+    def set_capacity(self, n: int) -> None:
+        """Change the concurrency cap (adaptive concurrency drives this)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most limiters hold nothing
+        """Release background resources; waiting calls fail with ``RunError``."""
+
+    @asynccontextmanager
+    async def slot(
+        self, tokens: int = 0, *, timeout: float | None = None  # noqa: ASYNC109
+    ) -> AsyncIterator[Permit]:
+        """``async with limiter.slot(est) as permit:`` acquire, then always release."""
+        permit = await self.acquire(tokens, timeout=timeout)
+        try:
+            yield permit
+        finally:
+            permit.release()
+
+    async def __aenter__(self) -> Limiter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @abstractmethod
+    def _release(self, permit: Permit) -> None: ...
+
+    @abstractmethod
+    def _settle(self, permit: Permit, actual_tokens: int) -> None: ...
+
+
+class _TokenEntry:
+    """One admission in the TPM log; ``tokens`` changes when its permit settles."""
+
+    __slots__ = ("at", "tokens")
+
+    def __init__(self, at: float, tokens: int) -> None:
+        self.at = at
+        self.tokens = tokens
+
+
+class _Waiter:
+    __slots__ = ("fut", "tokens")
+
+    def __init__(self, fut: asyncio.Future[Permit], tokens: int) -> None:
+        self.fut = fut
+        self.tokens = tokens
+
+
+def _check_limit(name: str, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{name} must be >= 1 (or None for no limit), got {value}")
+    return value
+
+
+class LocalLimiter(Limiter):
+    """A limiter for one process: concurrency + sliding-window RPM/TPM, FIFO waiters.
+
+    The fast path (free capacity, nobody queued) takes no lock, creates no task and,
+    without RPM/TPM, does not read the clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        clock: Clock | None = None,
+        name: str = "",
+        events: EventBus | None = None,
+        window_s: float = WINDOW_S,
+    ) -> None:
+        if window_s <= 0:
+            raise ConfigError(f"window_s must be > 0, got {window_s}")
+        self.name = name
+        self._cap = _check_limit("max_concurrency", max_concurrency)
+        self._rpm = _check_limit("rpm", rpm)
+        self._tpm = _check_limit("tpm", tpm)
+        self._windowed = rpm is not None or tpm is not None
+        self._window = window_s
+        self._clock: Clock = clock if clock is not None else RealClock()
+        self._events = events
+        self._in_flight = 0
+        self._rpm_log: deque[float] = deque()
+        self._tpm_log: deque[_TokenEntry] = deque()
+        self._tpm_used = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._n_waiting = 0
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_at = 0.0
+        self._change: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # -- introspection ---------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def capacity(self) -> int | None:
+        return self._cap
+
+    @property
+    def waiting(self) -> int:
+        """Calls queued in :meth:`acquire`."""
+        return self._n_waiting
+
+    @property
+    def rpm(self) -> int | None:
+        return self._rpm
+
+    @property
+    def tpm(self) -> int | None:
+        return self._tpm
+
+    def __repr__(self) -> str:
+        return (
+            f"LocalLimiter({self.name!r}, in_flight={self._in_flight}, cap={self._cap}, "
+            f"rpm={self._rpm}, tpm={self._tpm}, waiting={self._n_waiting})"
+        )
+
+    # -- acquiring -------------------------------------------------------------------
+
+    def _check_tokens(self, tokens: int) -> None:
+        if tokens < 0:
+            raise ConfigError(f"tokens must be >= 0, got {tokens}")
+        if self._tpm is not None and tokens > self._tpm:
+            raise ConfigError(
+                f"a request estimated at {tokens} tokens can never fit channel "
+                f"{self.name or '(unnamed)'}'s tpm={self._tpm}: raise the channel's tpm, "
+                "lower max_tokens, or shorten the prompt"
+            )
+
+    def _prune(self, now: float) -> None:
+        cutoff = now - self._window
+        rpm_log = self._rpm_log
+        while rpm_log and rpm_log[0] <= cutoff:
+            rpm_log.popleft()
+        tpm_log = self._tpm_log
+        while tpm_log and tpm_log[0].at <= cutoff:
+            self._tpm_used -= tpm_log.popleft().tokens
+
+    def _admit(self, tokens: int) -> Permit | None:
+        """Take a slot if concurrency and both windows allow; ignores the queue."""
+        if self._cap is not None and self._in_flight >= self._cap:
+            return None
+        entry: _TokenEntry | None = None
+        if self._windowed:
+            now = self._clock.now()
+            self._prune(now)
+            if self._rpm is not None and len(self._rpm_log) >= self._rpm:
+                return None
+            if self._tpm is not None:
+                if self._tpm_used + tokens > self._tpm:
+                    return None
+                entry = _TokenEntry(now, tokens)
+                self._tpm_log.append(entry)
+                self._tpm_used += tokens
+            if self._rpm is not None:
+                self._rpm_log.append(now)
+        self._in_flight += 1
+        return Permit(self, tokens, self._in_flight, entry)
+
+    def _window_wait(self, tokens: int) -> float:
+        """Seconds until both windows would admit ``tokens`` (0.0 if they would now)."""
+        if not self._windowed:
+            return 0.0
+        now = self._clock.now()
+        self._prune(now)
+        wait = 0.0
+        if self._rpm is not None and len(self._rpm_log) >= self._rpm:
+            # The oldest entries must leave until one place is free.
+            oldest = self._rpm_log[len(self._rpm_log) - self._rpm]
+            wait = max(wait, oldest + self._window - now)
+        if self._tpm is not None and self._tpm_used + tokens > self._tpm:
+            excess = self._tpm_used + tokens - self._tpm
+            for entry in self._tpm_log:
+                excess -= entry.tokens
+                if excess <= 0:
+                    wait = max(wait, entry.at + self._window - now)
+                    break
+        return wait
+
+    def try_acquire(self, tokens: int = 0) -> Permit | None:
+        self._check_tokens(tokens)
+        if self._n_waiting or self._closed:
+            return None
+        return self._admit(tokens)
+
+    async def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:  # noqa: ASYNC109
+        permit = self.try_acquire(tokens)
+        if permit is not None:
+            return permit
+        if self._closed:
+            raise RunError(f"limiter {self.name!r} is closed")
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded(
+                f"no capacity on channel {self.name or '(unnamed)'} and the call's deadline "
+                "has passed"
+            )
+        return await self._wait(tokens, timeout)
+
+    async def _wait(self, tokens: int, timeout: float | None) -> Permit:  # noqa: ASYNC109
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), tokens)
+        self._waiters.append(waiter)
+        self._n_waiting += 1
+        events = self._events
+        if events is not None and events.active:
+            events.emit(
+                WAIT, channel=self.name, tokens=tokens, in_flight=self._in_flight,
+                queued=self._n_waiting,
+            )
+        expiry = (
+            loop.create_task(self._expire(waiter, timeout)) if timeout is not None else None
+        )
+        self._wake()  # arms the window timer when a window, not concurrency, blocks the head
+        try:
+            return await waiter.fut
+        except asyncio.CancelledError:
+            fut = waiter.fut
+            if not fut.done() or fut.cancelled():
+                # Cancelled while queued: leave the queue (lazily) and let others move up.
+                self._n_waiting -= 1
+                self._wake()
+            elif fut.exception() is None:
+                # Cancelled exactly as a slot was handed over: give it back.
+                fut.result().release()
+            raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+
+    async def _expire(self, waiter: _Waiter, timeout: float) -> None:  # noqa: ASYNC109
+        await self._clock.sleep(timeout)
+        if not waiter.fut.done():
+            self._n_waiting -= 1
+            waiter.fut.set_exception(
+                DeadlineExceeded(
+                    f"waited {timeout:g}s for capacity on channel {self.name or '(unnamed)'} "
+                    f"(in flight {self._in_flight}, cap {self._cap}, rpm {self._rpm}, "
+                    f"tpm {self._tpm}); raise the deadline or the channel's limits"
+                )
+            )
+            self._wake()
+
+    def _wake(self) -> None:
+        """Hand slots to queued waiters in FIFO order while the head can be admitted."""
+        waiters = self._waiters
+        while waiters:
+            head = waiters[0]
+            if head.fut.done():  # cancelled or timed out: already uncounted
+                waiters.popleft()
+                continue
+            permit = self._admit(head.tokens)
+            if permit is None:
+                if self._cap is None or self._in_flight < self._cap:
+                    self._arm_timer(self._window_wait(head.tokens))
+                return
+            waiters.popleft()
+            self._n_waiting -= 1
+            head.fut.set_result(permit)
+
+    def _arm_timer(self, delay: float) -> None:
+        delay = max(delay, _MIN_DELAY)
+        at = self._clock.now() + delay
+        timer = self._timer
+        if timer is not None and not timer.done():
+            if self._timer_at <= at:
+                return
+            timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().create_task(self._fire(delay))
+
+    async def _fire(self, delay: float) -> None:
+        await self._clock.sleep(delay)
+        self._timer = None
+        self._wake()
+        self._notify()
+
+    # -- releasing -------------------------------------------------------------------
+
+    def _release(self, permit: Permit) -> None:
+        self._in_flight -= 1
+        if self._n_waiting:
+            self._wake()
+        if self._change is not None:
+            self._notify()
+
+    def _settle(self, permit: Permit, actual_tokens: int) -> None:
+        reserved = permit.tokens
+        permit.tokens = actual_tokens
+        entry = permit._handle
+        if isinstance(entry, _TokenEntry):
+            # An entry that already left the window no longer counts either way.
+            if entry.at > self._clock.now() - self._window:
+                self._tpm_used += actual_tokens - reserved
+            entry.tokens = actual_tokens
+        events = self._events
+        if events is not None and events.active:
+            events.emit(SETTLE, channel=self.name, reserved=reserved, actual=actual_tokens)
+        if actual_tokens < reserved:
+            if self._n_waiting:
+                self._wake()
+            self._notify()
+
+    def set_capacity(self, n: int) -> None:
+        if n < 1:
+            raise ConfigError(f"capacity must be >= 1, got {n}")
+        old = self._cap
+        self._cap = n
+        if old is None or n > old:
+            if self._n_waiting:
+                self._wake()
+            self._notify()
+
+    # -- waiting for change ----------------------------------------------------------
+
+    def retry_in(self, tokens: int = 0) -> float | None:
+        self._check_tokens(tokens)
+        wait = self._window_wait(tokens)
+        if wait > 0:
+            return wait
+        if self._n_waiting or (self._cap is not None and self._in_flight >= self._cap):
+            return None
+        return 0.0
+
+    def _notify(self) -> None:
+        fut = self._change
+        if fut is not None:
+            self._change = None
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_for_change(self, timeout: float) -> None:  # noqa: ASYNC109
+        wait = self.retry_in()
+        if wait == 0.0 or timeout <= 0:
+            await asyncio.sleep(0)
+            return
+        delay = timeout if wait is None else min(timeout, wait)
+        loop = asyncio.get_running_loop()
+        fut = self._change
+        if fut is None:
+            fut = self._change = loop.create_future()
+        sleeper = loop.create_task(self._clock.sleep(delay))
+        try:
+            await asyncio.wait((fut, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.fut.done():
+                self._n_waiting -= 1
+                waiter.fut.set_exception(
+                    RunError(f"limiter {self.name!r} was closed while this call waited")
+                )
+        self._notify()

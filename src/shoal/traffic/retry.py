@@ -1,0 +1,253 @@
+"""Retry as composable values: a backoff, a policy, and one budget per logical call.
+
+:class:`Backoff` and :class:`RetryPolicy` are frozen values (compose them with
+``replace``); :meth:`RetryPolicy.budget` starts a :class:`RetryBudget`, the mutable
+state of ONE logical call across every layer and failover: the router hands the same
+budget to every channel and fallback it tries, so attempts never multiply.
+
+Delay rule for a retryable error, in order:
+
+1. the provider's Retry-After (``ProviderError.retry_after``, already in seconds),
+   capped at ``max_retry_after_s``;
+2. otherwise exponential backoff with full jitter:
+   ``uniform(0, min(cap, base × multiplier^k))`` where k is the number of retries
+   already taken.
+
+The budget gives up (``None``) when the error is not retryable, the attempts are
+spent, or the delay would end past the call's deadline.
+
+This module must stay importable without aiohttp: adapters import
+:func:`parse_retry_after` from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from shoal.clock import Clock, RealClock
+from shoal.errors import (
+    ConfigError,
+    MalformedResponse,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    StreamInterrupted,
+)
+
+__all__ = [
+    "DEFAULT_RETRY_ON",
+    "NO_RETRY",
+    "Backoff",
+    "RetryBudget",
+    "RetryPolicy",
+    "parse_retry_after",
+]
+
+DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (
+    RateLimited,
+    ProviderUnavailable,
+    ProviderTimeout,
+    MalformedResponse,
+    StreamInterrupted,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff
+    And Jitter"): retry k waits ``rand() × min(cap, base × multiplier^k)``.
+
+    ``rand`` returns a float in [0, 1); inject ``random.Random(seed).random`` for tests.
+    ``jitter=False`` waits the full ceiling (deterministic, for tests and demos).
+    """
+
+    base: float = 0.5
+    cap: float = 30.0
+    multiplier: float = 2.0
+    jitter: bool = True
+    rand: Callable[[], float] = field(default=random.random, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.cap < 0:
+            raise ConfigError(f"backoff base and cap must be >= 0, got {self.base}, {self.cap}")
+        if self.multiplier < 1:
+            raise ConfigError(f"backoff multiplier must be >= 1, got {self.multiplier}")
+
+    def ceiling(self, retry: int) -> float:
+        """The largest delay for retry number ``retry`` (0 for the first retry)."""
+        if retry < 0:
+            raise ConfigError(f"retry index must be >= 0, got {retry}")
+        # Compare in log space: multiplier ** retry overflows long before it matters.
+        if self.base == 0:
+            return 0.0
+        if self.multiplier > 1 and retry * math.log(self.multiplier) > math.log(
+            max(self.cap, 1e-300) / self.base
+        ):
+            return self.cap
+        return min(self.cap, self.base * self.multiplier**retry)
+
+    def delay(self, retry: int) -> float:
+        ceiling = self.ceiling(retry)
+        return self.rand() * ceiling if self.jitter else ceiling
+
+    def replace(self, **changes: Any) -> Backoff:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How one logical call may be retried.
+
+    ``attempts`` counts every try, the first included (4 = 1 call + 3 retries), across
+    all channels and fallbacks. ``deadline_s`` bounds the whole call, waiting for
+    capacity included (``None``: no deadline). ``retry_on`` lists the retryable error
+    classes; anything else ends the call at once.
+    """
+
+    attempts: int = 4
+    deadline_s: float | None = 120.0
+    backoff: Backoff = field(default_factory=Backoff)
+    retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON
+    max_retry_after_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(f"attempts must be >= 1 (the first call counts), got {self.attempts}")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ConfigError(f"deadline_s must be > 0 or None, got {self.deadline_s}")
+        if self.max_retry_after_s < 0:
+            raise ConfigError(f"max_retry_after_s must be >= 0, got {self.max_retry_after_s}")
+
+    def replace(self, **changes: Any) -> RetryPolicy:
+        """A copy with some fields changed: ``policy.replace(attempts=2)``."""
+        return dataclasses.replace(self, **changes)
+
+    def is_retryable(self, error: BaseException) -> bool:
+        return isinstance(error, self.retry_on)
+
+    def budget(self, clock: Clock | None = None) -> RetryBudget:
+        """Start the budget of one logical call, now."""
+        return RetryBudget(self, clock if clock is not None else RealClock())
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+class RetryBudget:
+    """The retry state of one logical call, shared by every layer and failover.
+
+    Call :meth:`next_delay` after each failed attempt: it records the attempt and says
+    how long to wait before the next one, or ``None`` to give up.
+    """
+
+    __slots__ = ("_clock", "attempts", "deadline", "last_error", "policy", "retries", "started")
+
+    def __init__(self, policy: RetryPolicy, clock: Clock) -> None:
+        self.policy = policy
+        self._clock = clock
+        self.started = clock.now()
+        self.deadline: float | None = (
+            None if policy.deadline_s is None else self.started + policy.deadline_s
+        )
+        self.attempts = 0  # failed attempts recorded so far
+        self.retries = 0  # backoff steps taken (failover without waiting takes none)
+        self.last_error: BaseException | None = None
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (never negative), ``None`` without one."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - self._clock.now())
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and self._clock.now() >= self.deadline
+
+    @property
+    def attempts_left(self) -> int:
+        return max(0, self.policy.attempts - self.attempts)
+
+    def next_delay(self, error: BaseException, *, failover: bool = False) -> float | None:
+        """Record a failed attempt; seconds to wait before the next, or ``None`` to stop.
+
+        ``failover=True``: the next attempt goes to another channel, which need not
+        wait for this channel's Retry-After or backoff, so the delay is 0.0 (the attempt
+        still counts).
+        """
+        self.attempts += 1
+        self.last_error = error
+        if not self.policy.is_retryable(error) or self.attempts >= self.policy.attempts:
+            return None
+        if failover:
+            delay = 0.0
+        else:
+            delay = self._delay_for(error)
+            self.retries += 1
+        if self.deadline is not None and self._clock.now() + delay >= self.deadline:
+            return None
+        return delay
+
+    def _delay_for(self, error: BaseException) -> float:
+        retry_after = error.retry_after if isinstance(error, ProviderError) else None
+        if retry_after is not None and retry_after >= 0:
+            return min(retry_after, self.policy.max_retry_after_s)
+        return self.policy.backoff.delay(self.retries)
+
+    def __repr__(self) -> str:
+        return (
+            f"RetryBudget(attempts={self.attempts}/{self.policy.attempts}, "
+            f"remaining={self.remaining()})"
+        )
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    for key, val in headers.items():
+        if key.lower() == name:
+            return val
+    return None
+
+
+def parse_retry_after(headers: Mapping[str, str], now_wall: float) -> float | None:
+    """Seconds to wait as the server asked, or ``None`` when it did not say (validly).
+
+    Order, as the official OpenAI and Anthropic SDKs read them: ``retry-after-ms``
+    (float milliseconds), then ``retry-after`` as float seconds, then as an HTTP-date
+    (relative to ``now_wall``, epoch seconds; a date in the past means 0). Header
+    names are matched case-insensitively.
+    """
+    ms = _header(headers, "retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms.strip())
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value / 1000.0
+    raw = _header(headers, "retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" parses naive; an HTTP-date is always GMT anyway
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now_wall)
