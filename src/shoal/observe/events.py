@@ -101,10 +101,17 @@ class EventBus:
 
     def emit(self, kind: str, *, channel: str = "", model: str = "", **data: object) -> None:
         """Build an :class:`Event` and deliver it; does nothing when nobody subscribed."""
+        if self._subscribers:
+            self.publish(kind, data, channel=channel, model=model)
+
+    def publish(
+        self, kind: str, data: Mapping[str, object], *, channel: str = "", model: str = ""
+    ) -> None:
+        """Like :meth:`emit`, with ``data`` as a mapping (for keys such as ``from``)."""
         subscribers = self._subscribers
         if not subscribers:
             return
-        event = Event(kind, self._clock.now(), channel, model, MappingProxyType(data))
+        event = Event(kind, self._clock.now(), channel, model, MappingProxyType(dict(data)))
         for callback in subscribers:
             try:
                 callback(event)

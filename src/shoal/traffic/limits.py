@@ -142,6 +142,11 @@ class Limiter(ABC):
     def set_capacity(self, n: int) -> None:
         """Change the concurrency cap (adaptive concurrency drives this)."""
 
+    def seed_capacity(self, n: int) -> None:
+        """Set the starting cap unless one is already in force elsewhere (a shared
+        limiter keeps the cap other processes learned); local limiters just set it."""
+        self.set_capacity(n)
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most limiters hold nothing
         """Release background resources; waiting calls fail with ``RunError``."""
 

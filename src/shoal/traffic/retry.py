@@ -175,6 +175,18 @@ class RetryBudget:
     def attempts_left(self) -> int:
         return max(0, self.policy.attempts - self.attempts)
 
+    def exhausted(self) -> bool:
+        """True when no further attempt may start: attempts spent or deadline passed."""
+        return self.attempts >= self.policy.attempts or self.expired
+
+    def record_attempt(self, error: BaseException | None = None) -> bool:
+        """Count a failed attempt that needs no delay decision (e.g. an auth failure on
+        one channel before failing over); True when another attempt may follow."""
+        self.attempts += 1
+        if error is not None:
+            self.last_error = error
+        return not self.exhausted()
+
     def next_delay(self, error: BaseException, *, failover: bool = False) -> float | None:
         """Record a failed attempt; seconds to wait before the next, or ``None`` to stop.
 
