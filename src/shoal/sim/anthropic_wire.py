@@ -1,0 +1,267 @@
+"""Anthropic Messages on the wire (``POST /v1/messages``): request parsing, the message
+body, the SSE event sequence and the error envelope (PROVIDERS.md §2)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shoal.sim.content import Answer, Ask, BadInput
+
+__all__ = ["error_body", "parse", "render", "render_stream", "stream_error_event"]
+
+_DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+
+
+def _text_of(content: Any) -> tuple[str, int, bool]:
+    """(text of text blocks, characters counted, whether it holds a tool_result)."""
+    if isinstance(content, str):
+        return content, len(content), False
+    if not isinstance(content, list):
+        return "", 0, False
+    text: list[str] = []
+    chars = 0
+    has_result = False
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            piece = str(block.get("text", ""))
+            text.append(piece)
+            chars += len(piece)
+        elif kind == "tool_use":
+            chars += len(str(block.get("name", ""))) + len(_DUMPS(block.get("input", {})))
+        elif kind == "tool_result":
+            has_result = True
+            _, n, _ = _text_of(block.get("content", ""))
+            chars += n
+        elif kind == "thinking":
+            chars += len(str(block.get("thinking", "")))
+    return "".join(text), chars, has_result
+
+
+def parse(body: Any) -> Ask:
+    """The decisive parts of a Messages request; ``BadInput`` when it is invalid."""
+    if not isinstance(body, dict):
+        raise BadInput("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadInput("model: Field required")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadInput("messages: Field required (a non-empty list)")
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise BadInput("max_tokens: Field required (a positive integer)")
+    system, chars, _ = _text_of(body.get("system", ""))
+    last_text = ""
+    has_result = False
+    for msg in messages:
+        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
+            raise BadInput("messages: each message needs role 'user' or 'assistant'")
+        text, n, has_result = _text_of(msg.get("content"))
+        chars += n
+        if msg["role"] == "user" and text:
+            last_text = text
+    ask = Ask(model=model, stream=bool(body.get("stream")), last_text=last_text or system)
+    ask.after_tool_result = messages[-1].get("role") == "user" and has_result
+    ask.max_tokens = max_tokens
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        chars += len(_DUMPS(tools))
+        for tool in tools:
+            if isinstance(tool, dict) and tool.get("name") and "input_schema" in tool:
+                ask.tools.append((str(tool["name"]), tool["input_schema"]))
+        choice = body.get("tool_choice")
+        kind = choice.get("type") if isinstance(choice, dict) else "auto"
+        if kind == "any":
+            ask.tool_mode = "required"
+        elif kind == "tool" and isinstance(choice, dict):
+            ask.tool_mode = "named"
+            ask.tool_name = choice.get("name")
+        elif kind == "none":
+            ask.tool_mode = "none"
+    ask.prompt_chars = chars
+    fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        ask.schema = fmt.get("schema") or {"type": "object"}
+    thinking = body.get("thinking")
+    ask.reasoning = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    meta = body.get("metadata")
+    if isinstance(meta, dict) and meta.get("user_id") is not None:
+        ask.metadata = {"user_id": meta["user_id"]}
+    return ask
+
+
+def _usage(answer: Answer, output: int) -> dict[str, Any]:
+    return {
+        "input_tokens": answer.prompt_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "output_tokens": output,
+        "service_tier": "standard",
+    }
+
+
+def _signature(rid: str) -> str:
+    return "sim-signature-" + rid
+
+
+def _tool_input(arguments: str) -> Any:
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {}
+    return value
+
+
+def render(rid: str, ask: Ask, answer: Answer) -> bytes:
+    """The non-streamed ``message`` body."""
+    content: list[dict[str, Any]] = []
+    if answer.reasoning:
+        content.append(
+            {"type": "thinking", "thinking": answer.reasoning_text, "signature": _signature(rid)}
+        )
+    if answer.pieces or not answer.tools:
+        content.append({"type": "text", "text": answer.text})
+    for tool in answer.tools:
+        block = {"type": "tool_use", "id": tool.id, "name": tool.name}
+        content.append({**block, "input": _tool_input(tool.arguments)})
+    body = {
+        "id": rid,
+        "type": "message",
+        "role": "assistant",
+        "model": ask.model,
+        "content": content,
+        "stop_reason": _STOP[answer.finish],
+        "stop_sequence": None,
+        "usage": _usage(answer, answer.completion_tokens),
+    }
+    return _DUMPS(body).encode()
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + _DUMPS(data).encode() + b"\n\n"
+
+
+def render_stream(rid: str, ask: Ask, answer: Answer) -> tuple[list[bytes], list[bool]]:
+    """SSE events and, for each, whether it carries a token. Ends with ``message_stop``."""
+    events: list[bytes] = []
+    tokens: list[bool] = []
+
+    def add(event: bytes, is_token: bool = False) -> None:
+        events.append(event)
+        tokens.append(is_token)
+
+    start: dict[str, Any] = {
+        "id": rid, "type": "message", "role": "assistant", "model": ask.model, "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": _usage(answer, 1),
+    }  # fmt: skip
+    add(_event("message_start", {"type": "message_start", "message": start}))
+    index = 0
+
+    def delta_prefix(i: int) -> bytes:
+        return (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":'
+            % i
+        )
+
+    def block(content_block: dict[str, Any], kind: str, field: str, pieces: list[str]) -> None:
+        nonlocal index
+        add(_event("content_block_start", {"type": "content_block_start", "index": index,
+                                           "content_block": content_block}))  # fmt: skip
+        if index == 0:
+            add(b'event: ping\ndata: {"type":"ping"}\n\n')
+        prefix = delta_prefix(index)
+        head = b'{"type":"' + kind.encode() + b'","' + field.encode() + b'":'
+        for piece in pieces:
+            add(prefix + head + _DUMPS(piece).encode() + b"}}\n\n", True)
+        if kind == "thinking_delta":
+            sig = {"type": "signature_delta", "signature": _signature(rid)}
+            add(prefix + _DUMPS(sig).encode() + b"}\n\n")
+        add(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
+        index += 1
+
+    if answer.reasoning:
+        block({"type": "thinking", "thinking": "", "signature": ""}, "thinking_delta",
+              "thinking", answer.reasoning)  # fmt: skip
+    if answer.pieces or not answer.tools:
+        block({"type": "text", "text": ""}, "text_delta", "text", answer.pieces)
+    for tool in answer.tools:
+        opening = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
+        block(opening, "input_json_delta", "partial_json", tool.pieces)
+    add(
+        _event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": _STOP[answer.finish], "stop_sequence": None},
+                "usage": _usage(answer, answer.completion_tokens),
+            },
+        )
+    )
+    add(MESSAGE_STOP)
+    return events, tokens
+
+
+def stream_error_event() -> bytes:
+    """An ``error`` event inside a 200 stream (the SDK raises a status-200 APIStatusError)."""
+    data = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    return _event("error", data)
+
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_body(kind: str, status: int, request_id: str, **ctx: Any) -> tuple[int, bytes]:
+    """(status, body) of an Anthropic error; kinds as in :func:`openai_wire.error_body`."""
+    if kind == "rate_limit":
+        reason = ctx.get("reason", "fault")
+        limit = ctx.get("limit")
+        status, etype = 429, "rate_limit_error"
+        if reason == "cap":
+            message = f"Number of concurrent connections has exceeded your rate limit ({limit})."
+        elif reason in ("rpm", "tpm"):
+            unit = "requests" if reason == "rpm" else "input tokens"
+            message = (
+                f"This request would exceed the rate limit for your organization of {limit} "
+                f"{unit} per minute. Please try again later."
+            )
+        else:
+            message = "Rate limited. Please try again later."
+    elif kind == "quota":
+        status, etype = 400, "invalid_request_error"
+        message = (
+            "Your credit balance is too low to access the Anthropic API. Please go to "
+            "Plans & Billing to upgrade or purchase credits."
+        )
+    elif kind == "auth":
+        status, etype, message = 401, "authentication_error", "invalid x-api-key"
+    elif kind == "context_overflow":
+        status, etype = 400, "invalid_request_error"
+        message = f"prompt is too long: {ctx.get('prompt')} tokens > {ctx.get('window')} maximum"
+    elif kind == "bad_request":
+        status, etype, message = 400, "invalid_request_error", str(ctx.get("message"))
+    else:
+        etype = _STATUS_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        message = {
+            "overloaded_error": "Overloaded",
+            "api_error": "Internal server error",
+        }.get(etype, f"The simulator was told to answer {status}.")
+    body = {"type": "error", "error": {"type": etype, "message": message}, "request_id": request_id}
+    return status, _DUMPS(body).encode()

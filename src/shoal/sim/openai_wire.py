@@ -1,0 +1,295 @@
+"""OpenAI Chat Completions on the wire (``POST /v1/chat/completions``), in four styles.
+
+``style`` picks the quirks of an OpenAI-compatible provider (PROVIDERS.md §3):
+  * ``openai``: the reference behaviour;
+  * ``deepseek``: ``reasoning_content`` for models named ``*reasoner*``, cache
+    hit/miss usage fields, a ``: keep-alive`` comment opening each stream, 402 for
+    an empty balance, no ``x-ratelimit-*`` headers;
+  * ``moonshot``: errors as ``{"error":{"message","type"}}``, stream usage inside
+    ``choices[0].usage`` of the finishing chunk;
+  * ``zhipu``: errors as ``{"error":{"code":"1302","message"}}`` with business codes,
+    usage on the finishing chunk, tool calls streamed whole, no rate-limit or
+    Retry-After headers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shoal.sim.content import Answer, Ask, BadInput
+
+__all__ = ["error_body", "parse", "render", "render_stream"]
+
+_DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+DONE = b"data: [DONE]\n\n"
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def parse(body: Any, style: str) -> Ask:
+    """The decisive parts of a chat completions request; ``BadInput`` when it is invalid."""
+    if not isinstance(body, dict):
+        raise BadInput("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadInput("you must provide a model parameter", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadInput("'messages' must be a non-empty array of messages.", "messages")
+    chars = 0
+    last_text = ""
+    for msg in messages:
+        if not isinstance(msg, dict) or "role" not in msg:
+            raise BadInput("Each message must be an object with a 'role'.", "messages")
+        text = _text_of(msg.get("content"))
+        chars += len(text)
+        for call in msg.get("tool_calls") or ():
+            fn = call.get("function") or {} if isinstance(call, dict) else {}
+            chars += len(str(fn.get("name", ""))) + len(str(fn.get("arguments", "")))
+        if msg["role"] == "user":
+            last_text = text
+    ask = Ask(model=model, stream=bool(body.get("stream")), last_text=last_text)
+    ask.after_tool_result = messages[-1].get("role") == "tool"
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        chars += len(_DUMPS(tools))
+        for tool in tools:
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(fn, dict) or not fn.get("name"):
+                raise BadInput(
+                    "Each tool must be {type: 'function', function: {name, ...}}.", "tools"
+                )
+            ask.tools.append((str(fn["name"]), fn.get("parameters") or {"type": "object"}))
+        choice = body.get("tool_choice", "auto")
+        if isinstance(choice, dict):
+            ask.tool_mode = "named"
+            ask.tool_name = (choice.get("function") or {}).get("name")
+        elif choice in ("none", "required", "auto"):
+            ask.tool_mode = choice
+    ask.prompt_chars = chars
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict):
+        if fmt.get("type") == "json_schema":
+            spec = fmt.get("json_schema") or {}
+            ask.schema = spec.get("schema") or {"type": "object"}
+        elif fmt.get("type") == "json_object":
+            ask.json_object = True
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        if not isinstance(limit, int) or limit < 1:
+            raise BadInput("max_tokens must be a positive integer.", "max_tokens")
+        ask.max_tokens = limit
+    options = body.get("stream_options")
+    if ask.stream and isinstance(options, dict):
+        ask.include_usage = bool(options.get("include_usage"))
+    meta = body.get("metadata")
+    ask.metadata = meta if isinstance(meta, dict) else None
+    ask.reasoning = style == "deepseek" and "reasoner" in model
+    return ask
+
+
+def _usage(answer: Answer, style: str) -> dict[str, Any]:
+    reasoning = len(answer.reasoning)
+    usage: dict[str, Any] = {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+    if style == "deepseek":
+        usage["prompt_cache_hit_tokens"] = 0
+        usage["prompt_cache_miss_tokens"] = answer.prompt_tokens
+    return usage
+
+
+def render(rid: str, created: int, ask: Ask, answer: Answer, style: str) -> bytes:
+    """The non-streamed ``chat.completion`` body."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": answer.text if answer.pieces or not answer.tools else None,
+        "refusal": None,
+        "annotations": [],
+    }
+    if answer.reasoning:
+        message["reasoning_content"] = answer.reasoning_text
+    if answer.tools:
+        message["tool_calls"] = [
+            {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+            for t in answer.tools
+        ]
+    body = {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": ask.model,
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish}
+        ],
+        "usage": _usage(answer, style),
+        "service_tier": "default",
+        "system_fingerprint": "fp_shoal_sim",
+    }
+    return _DUMPS(body).encode()
+
+
+def render_stream(
+    rid: str, created: int, ask: Ask, answer: Answer, style: str
+) -> tuple[list[bytes], list[bool]]:
+    """SSE events of the stream, and for each whether it carries a token (for pacing/cuts).
+
+    The last event is always the end marker ``data: [DONE]``.
+    """
+    head = (
+        f'data: {{"id":"{rid}","object":"chat.completion.chunk","created":{created},'
+        f'"model":{_DUMPS(ask.model)},"system_fingerprint":"fp_shoal_sim","choices":['
+        '{"index":0,"delta":'
+    )
+    usage_null = ask.include_usage and style in ("openai", "deepseek")
+    tail = ',"logprobs":null,"finish_reason":null}]' + (',"usage":null' if usage_null else "")
+    tail += "}\n\n"
+    events: list[bytes] = []
+    tokens: list[bool] = []
+
+    def add(delta: str, is_token: bool) -> None:
+        events.append((head + delta + tail).encode())
+        tokens.append(is_token)
+
+    if style == "deepseek":
+        events.append(b": keep-alive\n\n")
+        tokens.append(False)
+    first = '{"role":"assistant","content":' + ("null" if answer.reasoning else '""')
+    add(first + ',"refusal":null}', False)
+    for piece in answer.reasoning:
+        add('{"content":null,"reasoning_content":' + _DUMPS(piece) + "}", True)
+    for piece in answer.pieces:
+        add('{"content":' + _DUMPS(piece) + "}", True)
+    for index, tool in enumerate(answer.tools):
+        whole = style == "zhipu"
+        opening = {
+            "index": index,
+            "id": tool.id,
+            "type": "function",
+            "function": {"name": tool.name, "arguments": tool.arguments if whole else ""},
+        }
+        add('{"tool_calls":[' + _DUMPS(opening) + "]}", whole)
+        if not whole:
+            for piece in tool.pieces:
+                frag = f'{{"index":{index},"function":{{"arguments":{_DUMPS(piece)}}}}}'
+                add('{"tool_calls":[' + frag + "]}", True)
+    usage = _usage(answer, style)
+    final_choice: dict[str, Any] = {
+        "index": 0, "delta": {}, "logprobs": None, "finish_reason": answer.finish,
+    }  # fmt: skip
+    final: dict[str, Any] = {
+        "id": rid, "object": "chat.completion.chunk", "created": created, "model": ask.model,
+        "system_fingerprint": "fp_shoal_sim", "choices": [final_choice],
+    }  # fmt: skip
+    if style == "moonshot":
+        final_choice["usage"] = usage
+    elif style == "zhipu":
+        final["usage"] = usage
+    elif usage_null:
+        final["usage"] = None
+    events.append(b"data: " + _DUMPS(final).encode() + b"\n\n")
+    tokens.append(False)
+    if usage_null:
+        tail_chunk = {**final, "choices": [], "usage": usage}
+        events.append(b"data: " + _DUMPS(tail_chunk).encode() + b"\n\n")
+        tokens.append(False)
+    events.append(DONE)
+    tokens.append(False)
+    return events, tokens
+
+
+def stream_error_event(style: str) -> bytes:
+    """An error inside a 200 stream, as OpenAI and vLLM send it."""
+    _, body = error_body(style, "server", 500)
+    return b"data: " + body + b"\n\n"
+
+
+def error_body(style: str, kind: str, status: int, **ctx: Any) -> tuple[int, bytes]:
+    """(status, JSON body) of an error in *style*.
+
+    kinds: ``rate_limit`` (ctx: reason cap/rpm/tpm/fault, limit), ``quota``, ``auth``,
+    ``server``, ``bad_request`` (ctx: message, param), ``context_overflow`` (ctx:
+    window, prompt), ``status`` (any other scripted status).
+    """
+    message, etype, code, zcode = _describe(style, kind, status, ctx)
+    if kind == "quota" and style == "deepseek":
+        status = 402
+    err: dict[str, Any]
+    if style == "moonshot":
+        err = {"message": message, "type": _MOONSHOT_TYPES.get(kind, etype)}
+    elif style == "zhipu":
+        err = {"code": zcode, "message": message}
+    else:
+        err = {"message": message, "type": etype, "param": ctx.get("param"), "code": code}
+    return status, _DUMPS({"error": err}).encode()
+
+
+_MOONSHOT_TYPES = {
+    "rate_limit": "rate_limit_reached_error",
+    "quota": "exceeded_current_quota_error",
+    "auth": "invalid_authentication_error",
+    "bad_request": "invalid_request_error",
+    "context_overflow": "invalid_request_error",
+}
+
+
+def _describe(style: str, kind: str, status: int, ctx: dict[str, Any]) -> tuple[str, str, Any, str]:
+    """(message, type, code, zhipu code) for an error."""
+    if kind == "rate_limit":
+        reason = ctx.get("reason", "fault")
+        limit = ctx.get("limit")
+        if reason == "cap":
+            msg = f"Too many concurrent requests: this organization allows {limit} at a time."
+            return msg, "requests", "rate_limit_exceeded", "1302"
+        if reason == "tpm":
+            msg = f"Rate limit reached for tokens per min (TPM): Limit {limit}. Try again later."
+            return msg, "tokens", "rate_limit_exceeded", "1303"
+        msg = (
+            f"Rate limit reached for requests per min (RPM): Limit {limit}. Please try again later."
+            if reason == "rpm"
+            else "Rate limit reached. Please try again later."
+        )
+        return msg, "requests", "rate_limit_exceeded", "1303"
+    if kind == "quota":
+        if style == "deepseek":
+            return "Insufficient Balance", "unknown_error", "invalid_request_error", "1113"
+        msg = (
+            "You exceeded your current quota, please check your plan and billing details."
+        )
+        return msg, "insufficient_quota", "insufficient_quota", "1113"
+    if kind == "auth":
+        return "Incorrect API key provided.", "invalid_request_error", "invalid_api_key", "1000"
+    if kind == "context_overflow":
+        msg = (
+            f"This model's maximum context length is {ctx.get('window')} tokens. However, your "
+            f"messages resulted in {ctx.get('prompt')} tokens. Please reduce the length of the "
+            "messages."
+        )
+        return msg, "invalid_request_error", "context_length_exceeded", "1261"
+    if kind == "bad_request":
+        return str(ctx.get("message")), "invalid_request_error", None, "1214"
+    if status in (503, 529):
+        msg = "The engine is currently overloaded, please try again later."
+        etype = "engine_overloaded_error" if style == "moonshot" else "server_error"
+        return msg, etype, None, "1305"
+    if status >= 500:
+        msg = "The server had an error while processing your request. Sorry about that!"
+        return msg, "server_error", None, "500"
+    msg = f"The simulator was told to answer {status}."
+    return msg, "invalid_request_error", None, str(status)
