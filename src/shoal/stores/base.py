@@ -1,0 +1,401 @@
+"""The Store seam: durable runs, their steps and their recorded side effects.
+
+A *run* is one execution of a flow; its *steps* are keyed by a string id
+("analyzer", "map/17", "writer/turn/3"). Writing a step is atomic: the step's
+status, result and usage are committed together, with the run's totals, before
+the call returns, so a resumed run can trust every step it reads. *Effects*
+record the result of a side-effecting tool under an idempotency key, so a
+resumed run does not repeat the side effect.
+
+Every record is stored as JSON beside its sha256; a record whose bytes no longer
+match raises :class:`CorruptRecord` naming its run and step and is never used.
+A write that fails is retried (bounded, through the injected clock) and then
+raises :class:`StoreUnavailable`: a caller never proceeds believing a step was
+saved when it was not.
+
+The public methods live here (validation, encoding, checksums, retries); a
+backend implements only the ``_raw_*`` primitives over encoded rows.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Self, TypeVar
+
+from shoal.clock import Clock, RealClock
+from shoal.errors import ConfigError, ShoalError
+from shoal.stores import codec
+from shoal.stores.codec import EffectRow, RunRow, StepRow
+from shoal.stores.records import (
+    FINISHED,
+    RUN_STATUSES,
+    STEP_STATUSES,
+    CorruptRecord,
+    EffectRecord,
+    RunExists,
+    RunNotFound,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    StoreError,
+    StoreUnavailable,
+)
+
+__all__ = [
+    "FINISHED",
+    "CorruptRecord",
+    "EffectRecord",
+    "RetryPolicy",
+    "RunExists",
+    "RunNotFound",
+    "RunRecord",
+    "RunStatus",
+    "StepRecord",
+    "StepStatus",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a store retries an operation that failed for a transient reason.
+
+    ``attempts`` counts every try (4 = one try and three retries); delays grow
+    exponentially from ``base_delay_s`` to ``max_delay_s`` with full jitter.
+    """
+
+    attempts: int = 4
+    base_delay_s: float = 0.05
+    max_delay_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
+        if self.base_delay_s < 0 or self.max_delay_s < 0:
+            raise ConfigError("RetryPolicy delays must be >= 0")
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure."""
+        cap = min(self.max_delay_s, self.base_delay_s * (2 ** (failures - 1)))
+        return random.uniform(cap / 2, cap)
+
+
+class Store(ABC):
+    """Durable runs, steps and effects. Use as ``async with store: ...``.
+
+    Subclasses implement the ``_raw_*`` primitives; every public method validates,
+    encodes, retries transient failures and verifies checksums here, once.
+    """
+
+    #: scheme shown in messages, e.g. "sqlite"
+    kind: str = "store"
+
+    def __init__(self, *, clock: Clock | None = None, retry: RetryPolicy | None = None) -> None:
+        self._clock: Clock = clock or RealClock()
+        self._retry = retry or RetryPolicy()
+        self._opened = False
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Where this store lives, with any password removed (safe to print)."""
+        return self.kind
+
+    async def open(self) -> Self:
+        """Connect and apply pending schema migrations; refuse a newer schema."""
+        if not self._opened:
+            await self._retrying("open the store", self._raw_open)
+            self._opened = True
+        return self
+
+    async def aclose(self) -> None:
+        if self._opened:
+            self._opened = False
+            await self._raw_close()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- runs -------------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord) -> RunRecord:
+        """Record a new run and return it as stored (times stamped).
+
+        Idempotent: creating the same run again returns the stored one; a different
+        run under the same id raises :class:`RunExists`.
+        """
+        self._check_open()
+        now = self._clock.wall()
+        created = run.created_at or now
+        row = codec.encode_run(run, created_at=created, updated_at=now)
+        existing = await self._retrying(
+            f"create run {run.run_id!r}", lambda: self._raw_create_run(row), run_id=run.run_id
+        )
+        if existing is not None:
+            if existing.head_sum != row.head_sum:
+                raise RunExists(
+                    f"run {run.run_id!r} already exists in {self.url} with a different flow, "
+                    "input or creation time; resume it, or pick another run_id"
+                )
+            return self._decode_run(existing)
+        return self._decode_run(row)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        self._check_open()
+        row = await self._retrying(
+            f"read run {run_id!r}", lambda: self._raw_get_run(run_id), run_id=run_id
+        )
+        return None if row is None else self._decode_run(row)
+
+    async def require_run(self, run_id: str) -> RunRecord:
+        """``get_run`` that raises :class:`RunNotFound` instead of returning None."""
+        run = await self.get_run(run_id)
+        if run is None:
+            raise self._not_found(run_id)
+        return run
+
+    async def update_run(
+        self, run_id: str, *, status: RunStatus, error: str | None = None
+    ) -> None:
+        """Set a run's status (and error text). Raises :class:`RunNotFound`."""
+        self._check_open()
+        if status not in RUN_STATUSES:
+            raise ConfigError(f"unknown run status {status!r}; use one of {RUN_STATUSES}")
+        now = self._clock.wall()
+        state, state_sum = codec.encode_state(run_id, status, error, now)
+        found = await self._retrying(
+            f"update run {run_id!r}",
+            lambda: self._raw_set_state(run_id, status, state, state_sum, now),
+            run_id=run_id,
+        )
+        if not found:
+            raise self._not_found(run_id)
+
+    async def list_runs(
+        self, *, limit: int = 50, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        """The newest runs first (by creation time), optionally of one status."""
+        self._check_open()
+        if status is not None and status not in RUN_STATUSES:
+            raise ConfigError(f"unknown run status {status!r}; use one of {RUN_STATUSES}")
+        if limit <= 0:
+            return []
+        rows = await self._retrying("list runs", lambda: self._raw_list_runs(limit, status))
+        return [self._decode_run(r) for r in rows]
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a run with its steps and effects; False when it did not exist."""
+        self._check_open()
+        return await self._retrying(
+            f"delete run {run_id!r}", lambda: self._raw_delete_run(run_id), run_id=run_id
+        )
+
+    async def prune(self, older_than_s: float) -> int:
+        """Delete runs (any status) not updated for ``older_than_s`` seconds; return how many."""
+        self._check_open()
+        if older_than_s < 0:
+            raise ConfigError(f"prune: older_than_s must be >= 0, got {older_than_s}")
+        cutoff = self._clock.wall() - older_than_s
+        return await self._retrying("prune runs", lambda: self._raw_prune(cutoff))
+
+    # -- steps ------------------------------------------------------------------
+
+    async def put_step(self, run_id: str, step: StepRecord) -> StepRecord:
+        """Write a step in any status (atomically with the run's totals); return it as stored.
+
+        Last write wins. Raises :class:`RunNotFound` when the run does not exist and
+        :class:`StoreUnavailable` when the write could not be confirmed.
+        """
+        self._check_open()
+        if step.status not in STEP_STATUSES:
+            raise ConfigError(f"unknown step status {step.status!r}; use one of {STEP_STATUSES}")
+        row = codec.encode_step(run_id, step)
+        now = self._clock.wall()
+        found = await self._retrying(
+            f"save step {step.step_id!r} of run {run_id!r}",
+            lambda: self._raw_put_step(run_id, row, now),
+            run_id=run_id, step_id=step.step_id, write=True,
+        )
+        if not found:
+            raise self._not_found(run_id)
+        return step
+
+    async def complete_step(self, run_id: str, step: StepRecord) -> StepRecord:
+        """Commit a succeeded step: its result, status and usage land together, or not at all.
+
+        When this returns the step is durable; ``finished_at`` is stamped if unset.
+        """
+        if step.status != "succeeded":
+            raise ConfigError(
+                f"complete_step needs status 'succeeded', got {step.status!r} for step "
+                f"{step.step_id!r}; record other states with put_step"
+            )
+        if step.finished_at is None:
+            step = replace(step, finished_at=self._clock.wall())
+        return await self.put_step(run_id, step)
+
+    async def get_step(self, run_id: str, step_id: str) -> StepRecord | None:
+        self._check_open()
+        row = await self._retrying(
+            f"read step {step_id!r} of run {run_id!r}",
+            lambda: self._raw_get_step(run_id, step_id), run_id=run_id, step_id=step_id,
+        )
+        return None if row is None else self._decode_step(run_id, row)
+
+    async def get_steps(self, run_id: str, *, prefix: str = "") -> list[StepRecord]:
+        """A run's steps in the order they were first written (optionally by id prefix)."""
+        self._check_open()
+        rows = await self._retrying(
+            f"read steps of run {run_id!r}", lambda: self._raw_get_steps(run_id, prefix),
+            run_id=run_id,
+        )
+        return [self._decode_step(run_id, r) for r in rows]
+
+    # -- effects ----------------------------------------------------------------
+
+    async def get_effect(self, key: str) -> EffectRecord | None:
+        self._check_open()
+        row = await self._retrying(f"read effect {key!r}", lambda: self._raw_get_effect(key))
+        return None if row is None else self._decode_effect(key, row)
+
+    async def put_effect(self, effect: EffectRecord) -> EffectRecord:
+        """Record an effect once: the first writer wins, and everyone gets the winner back.
+
+        Raises :class:`RunNotFound` when the effect's run does not exist.
+        """
+        self._check_open()
+        created = effect.created_at or self._clock.wall()
+        row = codec.encode_effect(effect, created_at=created)
+        outcome = await self._retrying(
+            f"save effect {effect.key!r} of run {effect.run_id!r}",
+            lambda: self._raw_put_effect(row),
+            run_id=effect.run_id, step_id=effect.step_id, write=True,
+        )
+        if isinstance(outcome, bool):
+            raise self._not_found(effect.run_id)
+        if outcome is None:
+            return self._decode_effect(effect.key, row)
+        return self._decode_effect(effect.key, outcome)
+
+    # -- backend primitives -----------------------------------------------------
+
+    @abstractmethod
+    async def _raw_open(self) -> None:
+        """Connect, create or migrate the schema (raise StoreError on a newer schema)."""
+
+    @abstractmethod
+    async def _raw_close(self) -> None: ...
+
+    @abstractmethod
+    def _is_transient(self, exc: BaseException) -> bool:
+        """True when retrying ``exc`` may succeed (connection lost, lock busy, timeout)."""
+
+    @abstractmethod
+    async def _raw_create_run(self, row: RunRow) -> RunRow | None:
+        """Insert unless the id exists; return None when inserted, else the existing row."""
+
+    @abstractmethod
+    async def _raw_get_run(self, run_id: str) -> RunRow | None: ...
+
+    @abstractmethod
+    async def _raw_set_state(
+        self, run_id: str, status: str, state: str, state_sum: str, now: float
+    ) -> bool:
+        """Replace the run's state record and status; False when the run is missing."""
+
+    @abstractmethod
+    async def _raw_list_runs(self, limit: int, status: str | None) -> list[RunRow]: ...
+
+    @abstractmethod
+    async def _raw_delete_run(self, run_id: str) -> bool: ...
+
+    @abstractmethod
+    async def _raw_prune(self, cutoff: float) -> int: ...
+
+    @abstractmethod
+    async def _raw_put_step(self, run_id: str, row: StepRow, now: float) -> bool:
+        """Atomically upsert the step, move the run's totals by the step's delta and
+        set the run's ``updated_at``; False (and no write) when the run is missing."""
+
+    @abstractmethod
+    async def _raw_get_step(self, run_id: str, step_id: str) -> StepRow | None: ...
+
+    @abstractmethod
+    async def _raw_get_steps(self, run_id: str, prefix: str) -> list[StepRow]: ...
+
+    @abstractmethod
+    async def _raw_get_effect(self, key: str) -> EffectRow | None: ...
+
+    @abstractmethod
+    async def _raw_put_effect(self, row: EffectRow) -> EffectRow | bool | None:
+        """Insert unless the key exists: None when inserted, the existing row otherwise,
+        False when the effect's run is missing."""
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if not self._opened:
+            raise ConfigError(
+                f"the store {self.url} is not open; use `async with store:` or `await store.open()`"
+            )
+
+    def _not_found(self, run_id: str) -> RunNotFound:
+        return RunNotFound(
+            f"no run {run_id!r} in {self.url}: it was never created, or was deleted, pruned "
+            "or expired; create it first (or check the store URL)"
+        )
+
+    async def _retrying(
+        self, what: str, op: Callable[[], Awaitable[T]], *, run_id: str | None = None,
+        step_id: str | None = None, write: bool = False,
+    ) -> T:
+        failures = 0
+        while True:
+            try:
+                return await op()
+            except ShoalError:
+                raise
+            except Exception as exc:
+                if not self._is_transient(exc):
+                    raise StoreError(
+                        f"could not {what} in {self.url}: {type(exc).__name__}: {exc}"
+                    ) from exc
+                failures += 1
+                if failures >= self._retry.attempts:
+                    consequence = (
+                        " It was NOT confirmed saved: do not continue as if it were;"
+                        " resume the run once the store is back."
+                        if write else ""
+                    )
+                    raise StoreUnavailable(
+                        f"could not {what} in {self.url} after {failures} attempts: "
+                        f"{type(exc).__name__}: {exc}.{consequence} Check that the store "
+                        "is reachable and writable."
+                    ) from exc
+                await self._clock.sleep(self._retry.delay(failures))
+
+    def _decode_run(self, row: RunRow) -> RunRecord:
+        return codec.decode_run(row, self.url)
+
+    def _decode_step(self, run_id: str, row: StepRow) -> StepRecord:
+        return codec.decode_step(run_id, row, self.url)
+
+    def _decode_effect(self, key: str, row: EffectRow) -> EffectRecord:
+        return codec.decode_effect(key, row, self.url)
+
