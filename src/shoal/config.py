@@ -40,7 +40,7 @@ class ChannelConfig(BaseModel):
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     weight: float = Field(default=1.0, gt=0)
-    adaptive: bool = False
+    adaptive: bool | None = None  # None: adaptive when max_concurrency is not set
     shared: bool = False
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=300.0, gt=0)

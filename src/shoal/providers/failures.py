@@ -163,7 +163,8 @@ def error_from_response(
         "body": body_text,
         "code": code,
     }
-    if status == 402 or codes & _QUOTA_CODES or (status == 429 and _QUOTA_TEXT.search(text)):
+    quota_text = 400 <= status < 500 and _QUOTA_TEXT.search(text)  # e.g. Anthropic's 400
+    if status == 402 or codes & _QUOTA_CODES or quota_text:
         return QuotaExhausted(
             f"quota or balance exhausted on {provider}: {text}. Add credit or raise the quota; "
             "shoal will not retry this channel",

@@ -1,0 +1,378 @@
+"""The Router: every model call passes through it.
+
+For one logical call it resolves the model (and its fallbacks) to lanes, then
+repeats, under ONE retry budget that spans every lane and fallback:
+
+1. pick the healthy lane of the first model that has one, least loaded first
+   (join-shortest-queue weighted by capacity × weight);
+2. wait FIFO in that lane's limiter (bounded by the call's deadline) — when every
+   channel is saturated the call waits instead of failing;
+3. call the provider; on success settle the TPM reservation with real usage,
+   feed the breaker and adaptive concurrency, price the answer;
+4. on failure: never-retryable errors (bad request, context overflow) raise at once;
+   auth/quota errors exclude that lane for this call and fail over; retryable errors
+   fail over at once to another healthy lane, or wait (Retry-After first, then
+   backoff) and retry the same lane when it is the only one.
+
+A streamed call fails over only until its first token reaches the caller; after
+that a cut stream raises ``StreamInterrupted``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shoal.clock import Clock, RealClock
+from shoal.config import Config, ModelInfo
+from shoal.errors import (
+    AuthError,
+    BadRequest,
+    CircuitOpen,
+    ConfigError,
+    DeadlineExceeded,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    QuotaExhausted,
+    RateLimited,
+    ShoalError,
+)
+from shoal.observe.events import EventBus
+from shoal.traffic.lane import Lane
+from shoal.traffic.retry import RetryBudget, RetryPolicy
+from shoal.types import ChatRequest, ChatResponse, StreamEnd, StreamEvent, TextDelta, ToolCallDelta
+
+if TYPE_CHECKING:
+    from shoal.config import ChannelConfig
+    from shoal.providers.base import Provider
+    from shoal.traffic.limits import Limiter, Permit
+
+__all__ = ["Router"]
+
+
+@dataclass(slots=True)
+class _Call:
+    """The state of one logical call across all its attempts."""
+
+    request: ChatRequest
+    chain: list[tuple[ModelInfo, list[Lane]]]
+    budget: RetryBudget
+    excluded: set[str] = field(default_factory=set)  # lanes out for this call (auth, quota)
+    avoid: str | None = None  # the lane that just failed: prefer another
+    last: BaseException | None = None
+
+
+class Router:
+    """Model name → channels, with limits, breakers, retries and failover.
+
+    ``redis``: a URL or ``redis.asyncio.Redis`` used for channels with ``shared = true``
+    (limits shared across processes and hosts). ``providers``: adapters to use for named
+    channels instead of building them from config (e.g. a custom Provider).
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        clock: Clock | None = None,
+        events: EventBus | None = None,
+        retry: RetryPolicy | None = None,
+        redis: Any = None,
+        providers: dict[str, Provider] | None = None,
+        breaker_options: dict[str, Any] | None = None,
+        adaptive_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config if config is not None else Config.load()
+        self.clock: Clock = clock or RealClock()
+        self.events = events or EventBus(self.clock)
+        self.retry = retry or RetryPolicy()
+        self._redis = redis if redis is not None else self.config.redis_url
+        self._providers = dict(providers or {})
+        self._breaker_options = dict(breaker_options or {})
+        self._adaptive_options = dict(adaptive_options or {})
+        self._lanes: dict[str, Lane] = {}
+
+    # -- lanes --------------------------------------------------------------------------
+
+    def _limiter(self, ch: ChannelConfig, adaptive: bool) -> Limiter:
+        cap = ch.max_concurrency
+        if cap is None and adaptive:
+            cap = int(self._adaptive_options.get("initial", 1))
+        if ch.shared:
+            if not self._redis:
+                raise ConfigError(
+                    f"channel {ch.name!r} has shared = true but no Redis is configured: set "
+                    "redis_url in shoal.toml or pass Router(redis=...)"
+                )
+            from shoal.traffic.redis_limits import RedisLimiter
+
+            return RedisLimiter(
+                self._redis, key=f"shoal:limit:{ch.name}", max_concurrency=cap, rpm=ch.rpm,
+                tpm=ch.tpm, clock=self.clock, events=self.events,
+            )
+        from shoal.traffic.limits import LocalLimiter
+
+        return LocalLimiter(
+            max_concurrency=cap, rpm=ch.rpm, tpm=ch.tpm, clock=self.clock, name=ch.name,
+            events=self.events,
+        )
+
+    def lane(self, name: str) -> Lane:
+        lane = self._lanes.get(name)
+        if lane is not None:
+            return lane
+        ch = self.config.channels.get(name)
+        if ch is None:
+            raise ConfigError(f"unknown channel {name!r}; defined: {sorted(self.config.channels)}")
+        from shoal.traffic.breaker import CircuitBreaker
+
+        adaptive_on = ch.adaptive if ch.adaptive is not None else ch.max_concurrency is None
+        limiter = self._limiter(ch, adaptive_on)
+        adaptive = None
+        if adaptive_on and ch.max_concurrency is None:
+            from shoal.traffic.adaptive import AdaptiveConcurrency
+
+            adaptive = AdaptiveConcurrency(
+                limiter, clock=self.clock, events=self.events, **self._adaptive_options
+            )
+        breaker = CircuitBreaker(name, clock=self.clock, events=self.events,
+                                 **self._breaker_options)
+        lane = Lane(ch, limiter=limiter, breaker=breaker, adaptive=adaptive, clock=self.clock,
+                    events=self.events, provider=self._providers.get(name))
+        self._lanes[name] = lane
+        return lane
+
+    def model_info(self, name: str) -> ModelInfo:
+        return self.config.model(name)
+
+    def _chain(self, model: str) -> list[tuple[ModelInfo, list[Lane]]]:
+        first = self.config.model(model)
+        chain, seen = [], set()
+        for info in [first, *(self.config.model(f) for f in first.fallbacks)]:
+            if info.name in seen:
+                continue
+            seen.add(info.name)
+            chain.append((info, [self.lane(c) for c in info.channels]))
+        return chain
+
+    def estimate_tokens(self, request: ChatRequest, info: ModelInfo | None = None) -> int:
+        from shoal.tokens import estimate_call_tokens
+
+        return estimate_call_tokens(request, info or self.config.model(request.model))
+
+    def _pick(
+        self, chain: list[tuple[ModelInfo, list[Lane]]], excluded: set[str], avoid: str | None
+    ) -> tuple[ModelInfo, Lane] | None:
+        now = self.clock.now()
+        for info, lanes in chain:
+            healthy = [
+                lane for lane in lanes
+                if lane.name not in excluded and lane.breaker.available(now)
+            ]
+            if not healthy:
+                continue
+            preferred = [lane for lane in healthy if lane.name != avoid] or healthy
+            return info, min(preferred, key=Lane.load)
+        return None
+
+    # -- one attempt's bookkeeping ------------------------------------------------------
+
+    async def _admit(self, call: _Call) -> tuple[ModelInfo, Lane, Permit]:
+        request, chain, budget, last_error = call.request, call.chain, call.budget, call.last
+        while True:
+            pick = self._pick(chain, call.excluded, call.avoid)
+            if pick is None:
+                if isinstance(last_error, ShoalError):
+                    raise last_error
+                retry_at = min(
+                    (lane.breaker.retry_at or 0.0 for _, lanes in chain for lane in lanes),
+                    default=None,
+                )
+                names = ", ".join(lane.name for _, lanes in chain for lane in lanes)
+                raise CircuitOpen(
+                    f"no healthy channel for {request.model!r} (channels: {names}); "
+                    "their circuit breakers are open", retry_at=retry_at,
+                )
+            info, lane = pick
+            tokens = self.estimate_tokens(request, info)
+            lane.pending += 1
+            waited_from = self.clock.now()
+            try:
+                permit = await lane.limiter.acquire(tokens, timeout=budget.remaining())
+            except DeadlineExceeded as exc:
+                lane.pending -= 1
+                raise DeadlineExceeded(
+                    f"deadline passed while waiting for capacity on {lane.name!r} "
+                    f"for {request.model!r}", last_error=last_error,
+                ) from exc
+            except BaseException:
+                lane.pending -= 1
+                raise
+            if not lane.breaker.allow():
+                # The breaker opened while we queued: give the slot back, choose again.
+                permit.release()
+                lane.pending -= 1
+                continue
+            waited = self.clock.now() - waited_from
+            if self.events.active:
+                self.events.emit("admit", channel=lane.name, model=info.name, waited_s=waited,
+                                 tokens=tokens, attempt=budget.attempts)
+            return info, lane, permit
+
+    def _failed(self, lane: Lane, err: ProviderError, permit: Permit) -> None:
+        permit.release()
+        lane.pending -= 1
+        if isinstance(err, RateLimited):
+            # Backpressure, not ill health: it teaches adaptive concurrency, not the breaker.
+            if lane.adaptive is not None:
+                lane.adaptive.on_rate_limited(permit.in_flight)
+            return
+        lane.breaker.record_failure(err)
+        if lane.adaptive is not None and isinstance(err, ProviderUnavailable | ProviderTimeout):
+            lane.adaptive.on_overload()
+
+    def _succeeded(self, info: ModelInfo, lane: Lane, permit: Permit,
+                   response: ChatResponse) -> ChatResponse:
+        usage = response.usage
+        permit.settle(usage.input_tokens + usage.output_tokens)
+        permit.release()
+        lane.pending -= 1
+        lane.breaker.record_success()
+        if lane.adaptive is not None:
+            lane.adaptive.on_success(response.latency_s, permit.in_flight)
+        response.cost_usd = info.cost(usage.input_tokens, usage.output_tokens,
+                                      usage.cached_input_tokens)
+        response.model = info.name
+        response.channel = lane.name
+        return response
+
+    async def _next(self, call: _Call, lane: Lane, err: ProviderError) -> None:
+        """After a failed attempt: raise, or set the lane to avoid next (after waiting)."""
+        call.last = err
+        call.avoid = await self._decide(call, lane, err)
+
+    async def _decide(self, call: _Call, lane: Lane, err: ProviderError) -> str | None:
+        request, chain, budget, excluded = call.request, call.chain, call.budget, call.excluded
+        if isinstance(err, BadRequest):
+            raise err  # the request itself is wrong (incl. context overflow): never retried
+        if isinstance(err, AuthError | QuotaExhausted):
+            excluded.add(lane.name)
+            if budget.exhausted() or self._pick(chain, excluded, None) is None:
+                raise err
+            budget.record_attempt(err)
+            self.events.emit("failover", channel=lane.name, model=request.model,
+                             error=type(err).__name__)
+            return lane.name
+        alternative = self._pick(chain, excluded, lane.name)
+        failover = alternative is not None and alternative[1] is not lane
+        delay = budget.next_delay(err, failover=failover)
+        if delay is None:
+            raise err
+        if failover and alternative is not None:
+            self.events.emit("failover", channel=lane.name, model=request.model,
+                             to=alternative[1].name, error=type(err).__name__)
+            return lane.name  # another lane is healthy: go there now, no backoff
+        self.events.emit("retry", channel=lane.name, model=request.model, delay_s=delay,
+                         error=type(err).__name__, attempt=budget.attempts)
+        await self.clock.sleep(delay)
+        return None
+
+    def _budget(self, deadline_s: float | None) -> RetryBudget:
+        policy = self.retry if deadline_s is None else self.retry.replace(deadline_s=deadline_s)
+        return policy.budget(self.clock)
+
+    # -- public calls -------------------------------------------------------------------
+
+    async def complete(self, request: ChatRequest, *, deadline_s: float | None = None
+                       ) -> ChatResponse:
+        """One logical call: the normalized, priced answer, or one shoal error."""
+        call = _Call(request, self._chain(request.model), self._budget(deadline_s))
+        while True:
+            info, lane, permit = await self._admit(call)
+            try:
+                provider = await lane.provider()
+                response = await provider.complete(request, model=lane.channel.wire_model(info))
+            except ProviderError as err:
+                self._failed(lane, err, permit)
+                await self._next(call, lane, err)
+                continue
+            except BaseException:
+                permit.release()
+                lane.pending -= 1
+                raise
+            return self._succeeded(info, lane, permit, response)
+
+    async def stream(self, request: ChatRequest, *, deadline_s: float | None = None
+                     ) -> AsyncIterator[StreamEvent]:
+        """Stream one logical call; fails over only before the first token is yielded."""
+        call = _Call(request, self._chain(request.model), self._budget(deadline_s))
+        while True:
+            info, lane, permit = await self._admit(call)
+            held: list[StreamEvent] = []
+            it: AsyncIterator[StreamEvent] | None = None
+            try:
+                provider = await lane.provider()
+                it = provider.stream(request, model=lane.channel.wire_model(info))
+                async for event in it:  # buffer until the first token: failover stays possible
+                    held.append(event)
+                    if isinstance(event, TextDelta | ToolCallDelta | StreamEnd):
+                        break
+            except ProviderError as err:
+                self._failed(lane, err, permit)
+                await self._next(call, lane, err)
+                continue
+            except BaseException:
+                permit.release()
+                lane.pending -= 1
+                raise
+            async for event in self._finish_stream(info, lane, permit, it, held):
+                yield event
+            return
+
+    async def _finish_stream(self, info: ModelInfo, lane: Lane, permit: Permit,
+                             it: AsyncIterator[StreamEvent], held: list[StreamEvent]
+                             ) -> AsyncIterator[StreamEvent]:
+        finished = False
+
+        async def events() -> AsyncIterator[StreamEvent]:
+            for event in held:
+                yield event
+            if not held or not isinstance(held[-1], StreamEnd):
+                async for event in it:
+                    yield event
+
+        try:
+            async for event in events():
+                if isinstance(event, StreamEnd):
+                    finished = True
+                    yield StreamEnd(self._succeeded(info, lane, permit, event.response))
+                else:
+                    yield event
+        except ProviderError as err:
+            # After the first token the caller has partial output: no failover, surface it.
+            self._failed(lane, err, permit)
+            finished = True
+            raise
+        finally:
+            if not finished:  # the caller stopped early or was cancelled
+                permit.release()
+                lane.pending -= 1
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [lane.stats() for lane in self._lanes.values()]
+
+    async def aclose(self) -> None:
+        lanes, self._lanes = list(self._lanes.values()), {}
+        for lane in lanes:
+            await lane.aclose()
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
