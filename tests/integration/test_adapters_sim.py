@@ -212,10 +212,14 @@ async def test_malformed_json(sim: SimServer, protocol: str) -> None:
 async def test_cut_stream_is_interrupted(sim: SimServer, protocol: str) -> None:
     sim.script(["cut"])
     seen: list[StreamEvent] = []
+
+    async def consume(p: Provider) -> None:
+        async for e in p.stream(req(), model="sim-model"):
+            seen.append(e)
+
     async with make(protocol, sim.url) as p:
         with pytest.raises(StreamInterrupted):
-            async for e in p.stream(req(), model="sim-model"):
-                seen.append(e)
+            await consume(p)
     assert not any(isinstance(e, StreamEnd) for e in seen)
 
 

@@ -66,7 +66,7 @@ def test_bad_config_names_the_field() -> None:
     with pytest.raises(ConfigError) as exc:
         Config.from_dict({"channels": {"x": {"protocol": "grpc", "base_url": "http://h"}}})
     assert "channels.x" in str(exc.value) and "protocol" in str(exc.value)
-    with pytest.raises(ConfigError, match="undefined|not defined"):
+    with pytest.raises(ConfigError, match=r"undefined|not defined"):
         Config.from_dict({"models": {"m": {"channels": ["nope"]}}})
     with pytest.raises(ConfigError, match="unknown top-level"):
         Config.from_dict({"chanels": {}})
