@@ -66,8 +66,7 @@ class Guardrail:
     def __init__(self, check: Callable[..., Any], *, name: str | None = None) -> None:
         self.check = check
         self.name: str = name or str(getattr(check, "__name__", "guardrail"))
-        params = list(inspect.signature(check).parameters.values())
-        self._wants_context = len(params) >= 2
+        self._wants_context = _wants_context(check)
 
     def __repr__(self) -> str:
         return f"Guardrail({self.name!r})"
@@ -152,6 +151,22 @@ def agent_guardrail(judge: Agent[GuardrailVerdict], *, name: str | None = None) 
         return GuardrailResult.ok()
 
     return Guardrail(check, name=name or judge.name)
+
+
+def _wants_context(check: Callable[..., Any]) -> bool:
+    """True when ``check`` takes a second argument: required, or annotated RunContext."""
+    try:
+        params = list(inspect.signature(check).parameters.values())
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    if len(params) < 2:
+        return False
+    second = params[1]
+    annotation = second.annotation
+    named_ctx = annotation is RunContext or (
+        isinstance(annotation, str) and "RunContext" in annotation
+    )
+    return named_ctx or second.default is inspect.Parameter.empty
 
 
 def _as_text(value: Any) -> str:

@@ -44,6 +44,10 @@ T = TypeVar("T")
 
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_TOOL_RESULT_CHARS = 20_000
+SUMMARIZE_INSTRUCTIONS = (
+    "Summarise this conversation excerpt in a few sentences, keeping facts, decisions, "
+    "tool results and open questions. Plain text only."
+)
 _FALLBACK_ON = (ProviderError, CircuitOpen, DeadlineExceeded)
 
 
@@ -298,19 +302,27 @@ class _Loop(Generic[T]):
     async def _summarize(self, dropped: list[Message]) -> str:
         policy = self.agent.context
         assert policy is not None
+        model = policy.summary_model or self.model
+        info = self.model_info(model)
+        # The summary call must fit the window too: a bounded answer, a bounded transcript
+        # (~3 characters per token is a conservative reading of every tokenizer we ship).
+        max_tokens = max(16, min(policy.summary_max_tokens, info.max_output,
+                                 info.context_window // 4))
+        transcript_chars = max(200, (info.context_window - max_tokens - 100) * 3)
         summarizer: Agent[str] = Agent(
             "context-summarizer",
-            model=policy.summary_model or self.model,
-            instructions="Summarise this conversation excerpt in a few sentences, keeping "
-            "facts, decisions, tool results and open questions. Plain text only.",
-            max_tokens=policy.summary_max_tokens,
+            model=model,
+            instructions=SUMMARIZE_INSTRUCTIONS,
+            max_tokens=max_tokens,
             context=None,
         )
         transcript = "\n".join(
-            f"{m.role}: {m.content}"
+            f"{m.role}: {m.content[:2000]}"
             + (f" [calls: {', '.join(c.name for c in m.tool_calls)}]" if m.tool_calls else "")
             for m in dropped
         )
+        if len(transcript) > transcript_chars:
+            transcript = "…" + transcript[-transcript_chars:]
         result = await self.r.run(
             summarizer, transcript, deps=self.ctx.deps, budget=self.ctx.budget,
             run_id=self.ctx.run_id, step_id=f"{self.ctx.step_id}/summary/{self.ctx.turn}",

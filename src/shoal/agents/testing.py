@@ -15,7 +15,7 @@ import inspect
 import itertools
 import json
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,7 +50,9 @@ def call(name: str, /, arguments: str | None = None, **kwargs: Any) -> Reply:
     return Reply(tool_calls=(ToolCall(f"call_{next(_ids)}", name, args),))
 
 
-Handler = Callable[[ChatRequest], "Reply | ChatResponse | BaseException | Awaitable[Any]"]
+Handler = Callable[[ChatRequest], Any]
+"""A function of the request returning a Reply, a str, a ChatResponse or an exception
+(to raise), or an awaitable of one."""
 ScriptItem = Reply | ChatResponse | BaseException | Handler
 
 
@@ -77,6 +79,7 @@ class ScriptedClient:
     models: dict[str, ModelInfo] = field(default_factory=dict)
     strict_models: bool = False
     requests: list[ChatRequest] = field(default_factory=list)
+    responses: list[ChatResponse] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
     calls: int = 0
@@ -130,11 +133,14 @@ class ScriptedClient:
                     item = await item
             if isinstance(item, BaseException):
                 raise item
-            if isinstance(item, ChatResponse):
-                return item
             if isinstance(item, str):
                 item = Reply(text=item)
-            return self._response(request, item, self.clock.now() - started)
+            response: ChatResponse = (
+                item if isinstance(item, ChatResponse)
+                else self._response(request, item, self.clock.now() - started)
+            )
+            self.responses.append(response)
+            return response
         finally:
             self.in_flight -= 1
 
