@@ -360,6 +360,19 @@ async def test_parallel_completes_keep_totals_exact(backend: Backend) -> None:
     assert (got.tokens, got.cost_usd) == (sum(range(40)), 20.0)
 
 
+async def test_racing_writes_of_one_step_keep_totals_consistent(backend: Backend) -> None:
+    store = await backend.store()
+    await store.create_run(run())
+    await asyncio.gather(
+        *(store.put_step("r1", StepRecord("s", "running", tokens=t, cost_usd=t / 4))
+          for t in range(1, 21))
+    )
+    step = await store.get_step("r1", "s")
+    got = await store.require_run("r1")
+    assert step is not None
+    assert (got.tokens, got.cost_usd) == (step.tokens, step.cost_usd)
+
+
 async def test_a_reader_never_sees_a_half_written_step(backend: Backend) -> None:
     store = await backend.store()
     await store.create_run(run())
