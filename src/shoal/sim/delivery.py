@@ -134,10 +134,11 @@ async def send_stream(
 
 
 def _abort(call: Call, resp: web.StreamResponse) -> web.StreamResponse:
-    """Close the connection mid-body: the client sees an incomplete response."""
+    """Close the connection mid-body: the client reads what was sent, then an incomplete
+    response. (A graceful close, not a reset, so the bytes sent before it always arrive.)"""
     transport = call.request.transport
     if transport is not None:
-        transport.abort()
+        transport.close()
     return resp
 
 

@@ -1,0 +1,55 @@
+"""Helpers for the simulator's tests: a running server and official SDK clients for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anthropic
+import openai
+
+from shoal.clock import Clock
+from shoal.sim import SimConfig, SimServer
+
+QUESTION = "What limits bind when many agents share one provider?"
+USER: list[Any] = [{"role": "user", "content": QUESTION}]
+
+
+@asynccontextmanager
+async def running(
+    config: SimConfig | None = None, *, clock: Clock | None = None
+) -> AsyncIterator[SimServer]:
+    async with SimServer(config or SimConfig(), clock=clock) as sim:
+        yield sim
+
+
+@asynccontextmanager
+async def openai_for(
+    sim: SimServer, *, max_retries: int = 0, timeout: float = 30.0
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(
+        base_url=sim.url + "/v1", api_key="sk-test", max_retries=max_retries, timeout=timeout
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@asynccontextmanager
+async def anthropic_for(
+    sim: SimServer, *, max_retries: int = 0, timeout: float = 30.0
+) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    client = anthropic.AsyncAnthropic(
+        base_url=sim.url, api_key="sk-ant-test", max_retries=max_retries, timeout=timeout
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def prompt_tokens_of(*texts: str) -> int:
+    """The simulator's documented prompt estimate: ceil(characters / 4), at least 1."""
+    return max(1, -(-sum(len(t) for t in texts) // 4))
