@@ -18,7 +18,6 @@ worker thread so an event loop is not blocked by the first estimate.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import importlib.machinery
 import importlib.util
@@ -239,5 +238,7 @@ def _load_for(encoding: str) -> None:
 
 async def preload(encoding: str = APPROX) -> None:
     """Build the encoder for ``encoding`` in a worker thread, ahead of the first estimate."""
+    import asyncio  # here, not at module level: keeps ``import shoal.tokens`` light
+
     _check_encoding(encoding)
     await asyncio.to_thread(_load_for, encoding)
