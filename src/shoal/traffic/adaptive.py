@@ -1,41 +1,52 @@
 """Adaptive concurrency: learn a provider's unknown concurrency cap from its answers.
 
-AIMD with slow start and a learned ceiling, driving a limiter's capacity. The rules,
-exactly (``L`` the limit, ``C`` the learned ceiling, ``n`` the in-flight count the
-limiter reported when the call was admitted — ``Permit.in_flight`` — or ``⌊L⌋`` when
-the caller does not pass it; ``rtt`` the smoothed latency, 1 s until measured):
+AIMD with slow start and a learned ceiling, driving a limiter's capacity. Notation:
+``L`` the limit (a float; the limiter's cap is ``⌊L⌋``), ``C`` the learned ceiling
+(none until the first 429), ``n`` the in-flight count when the call was admitted
+(``Permit.in_flight``, itself included; optional), ``rtt`` the smoothed latency
+(1 s until measured). The rules, exactly:
 
-Success (``on_success(latency_s, n)``):
-  * ``srtt ← latency`` for the first, then ``srtt ← 7/8·srtt + 1/8·latency``;
-  * a success slower than ``latency_tolerance × srtt`` (before the update) is a sign
-    of queueing at the provider: it changes nothing else;
-  * a success with ``2n < ⌊L⌋`` shows the channel is not busy: no growth (so a quiet
-    channel does not inflate a limit it never tested);
-  * probing (``L = C + 1``): the probe is proven by the first success with ``n > C``
-    (or, without ``n``, after ``C + 1`` successes): ``C ← C + 1``, probe gap halves
-    (at least 1 rtt), next probe one gap later;
-  * slow start (no 429 seen yet): ``L ← min(max_limit, L + 1)`` — doubles per rtt;
-  * below the ceiling (``L < C``, or no ceiling): ``L ← min(C or max_limit, L + 1/L)``
-    — about +1 per rtt;
-  * at the ceiling, when the next probe is due and ``n ≥ C``: probe, ``L ← C + 1``.
+Success — ``on_success(latency_s, n)``, in this order:
+  1. ``srtt ← latency`` the first time, then ``srtt ← srtt + (latency − srtt)/8``.
+  2. Slow start: ``max_ok ← max(max_ok, n)`` (the best level proven so far).
+     After slow start, within ``1.1 rtt`` of its end, a success with
+     ``C < n ≤ upper`` is a late proof (a call admitted during slow start):
+     ``C ← L ← C + 1``; stop.
+  3. Slower than ``latency_tolerance × srtt`` (srtt before step 1): queueing at the
+     provider; stop.
+  4. ``2n < ⌊L⌋``: the channel is not busy, its level proves nothing; stop.
+  5. Probing (``L = C + 1``): proven by a success with ``n > C`` (without ``n``: by
+     ``C + 1`` successes while probing): ``C ← C + 1``, ``gap ← max(1, gap/2)``, next
+     probe one gap later. Stop either way.
+  6. Slow start: ``L ← min(max_limit, L + 1)`` (doubles per rtt).
+  7. ``L < C`` (or ``L < max_limit`` without a ceiling): ``L ← min(C, L + 1/L)``
+     (about +1 per rtt).
+  8. At the ceiling, when the next probe is due, ``n ≥ C`` and ``C < max_limit``:
+     probe, ``L ← C + 1``.
 
-Rate limited (``on_rate_limited(n)``), unless another decrease happened less than one
-rtt ago (the same overshoot reported by several calls):
-  * when slow starting, probing, without a ceiling, or ``n > C``: the provider took
-    ``n − 1`` but not ``n``: ``L ← C ← max(min_limit, min(n − 1, ⌊L⌋))``; a failed probe
-    doubles the probe gap (up to ``max_probe_interval_s``);
-  * otherwise (a 429 at a level believed safe: the cap shrank, or others share it):
-    ``L ← max(min_limit, ⌊n·beta⌋)``, ``C ← max(L, n − 1)``;
-  * slow start ends; the next probe is due one probe gap (``probe_after_rtts`` rtts at
-    first) later.
+Rate limited — ``on_rate_limited(n)``:
+  1. ``n > ⌊L⌋``: the call was admitted above today's limit, an overshoot already
+     cut; ignore. Without ``n``: ignore within one rtt of the last decrease, and take
+     ``n = ⌊L⌋``.
+  2. The provider took ``n − 1`` but not ``n``: ``new ← min(n − 1, ⌊L⌋)``.
+  3. Ending slow start: ``upper ← new``, and when a level was proven,
+     ``new ← min(new, max_ok + 1)`` (levels are noisy — admission and arrival at the
+     provider differ — so start one above the proven level, and let late proofs climb
+     to ``upper``). Any later 429 closes the late-proof window.
+  4. A failed probe doubles the gap (up to ``max_probe_interval_s``).
+  5. ``C ← L ← max(min_limit, new)``; slow start and probing end; the next probe is
+     due ``gap × rtt`` later (``gap`` starts at ``probe_after_rtts``).
 
-Overloaded (``on_overload()``: 503/529/timeouts), with the same one-rtt suppression:
-``L ← max(min_limit, ⌊L·beta⌋)``; the ceiling is kept; slow start ends.
+Overloaded — ``on_overload()`` (503/529, timeouts), ignored within one rtt of the last
+decrease: ``L ← max(min_limit, ⌊beta·L⌋)``; ``C`` is kept (step 7 climbs back);
+slow start and probing end.
 
-The limiter's capacity is ``⌊L⌋``; each change emits ``limit_change``. When the
-limiter is shared (Redis), the cap is one value for every process: before each
-update the controller adopts a cap another process wrote (lower: it saw a 429, so
-``C`` drops to it; higher: a probe succeeded there).
+So after discovery a channel runs at its cap and probes above it at exponentially
+spaced times: a constant cap costs one 429 per probe, about log2 of the run length
+in rtts. Each change of ``⌊L⌋`` emits ``limit_change``. When the limiter is shared
+(Redis) the cap is one value for all processes: before each update the controller
+adopts a cap another process wrote (lower: it saw a 429, so ``C`` drops to it;
+higher: a probe succeeded there).
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ __all__ = ["AdaptiveConcurrency"]
 
 _SRTT_GAIN = 0.125
 _DEFAULT_RTT = 1.0
+_LATE_PROOF_RTTS = 1.1
 
 
 class AdaptiveConcurrency:
@@ -99,6 +111,9 @@ class AdaptiveConcurrency:
         self._probing = False
         self._probe_successes = 0
         self._decreased_at: float | None = None
+        self._max_ok = 0  # highest in-flight level a slow-start success proved
+        self._exit_at: float | None = None  # when slow start ended (late proofs window)
+        self._exit_upper = 0  # the exit 429's n - 1: late proofs stay at or under it
         self._applied = initial
         limiter.seed_capacity(initial)
 
@@ -143,6 +158,8 @@ class AdaptiveConcurrency:
         self._adopt()
         srtt = self._srtt
         self._srtt = latency_s if srtt is None else srtt + _SRTT_GAIN * (latency_s - srtt)
+        if in_flight is not None and self._proof(in_flight):
+            return
         tolerance = self.latency_tolerance
         if srtt is not None and tolerance is not None and latency_s > tolerance * srtt:
             return
@@ -184,18 +201,28 @@ class AdaptiveConcurrency:
         """A call admitted at ``in_flight`` got a 429 (rate limited / overloaded)."""
         self._adopt()
         now = self._clock.now()
-        if self._suppressed(now):
+        if in_flight is not None and in_flight > 0:
+            if in_flight > int(self._limit):
+                return  # admitted above today's limit: an overshoot we already cut
+            observed = in_flight
+        elif self._suppressed(now):
             return
-        observed = in_flight if in_flight is not None and in_flight > 0 else int(self._limit)
-        ceiling = self._ceiling
-        if self._slow_start or self._probing or ceiling is None or observed > ceiling:
-            new = max(self.min_limit, min(observed - 1, int(self._limit)))
-            if self._probing:
-                self._gap = min(self._gap * 2, self._max_gap_rtts())
-            self._ceiling = new
         else:
-            new = max(self.min_limit, math.floor(observed * self.beta))
-            self._ceiling = max(new, observed - 1)
+            observed = int(self._limit)
+        new = min(observed - 1, int(self._limit))
+        self._exit_at = None  # a 429 after slow start ends the late proofs
+        if self._slow_start:
+            # Levels are noisy (admission and arrival differ): the cap lies between the
+            # best level proven so far and n - 1. Start one above the proven level;
+            # proofs arriving within an rtt climb from there (see _proof).
+            self._exit_at = now
+            self._exit_upper = new
+            if self._max_ok:
+                new = min(new, self._max_ok + 1)
+        new = max(self.min_limit, new)
+        if self._probing:
+            self._gap = min(self._gap * 2, self._max_gap_rtts())
+        self._ceiling = new
         self._slow_start = False
         self._probing = False
         self._decreased_at = now
@@ -216,6 +243,25 @@ class AdaptiveConcurrency:
         self._set(float(max(self.min_limit, math.floor(self._limit * self.beta))), "overload")
 
     # -- internals ---------------------------------------------------------------------
+
+    def _proof(self, in_flight: int) -> bool:
+        """Record what a success at ``in_flight`` proves; True when it raised the ceiling."""
+        if self._slow_start:
+            self._max_ok = max(self._max_ok, in_flight)
+            return False
+        ceiling = self._ceiling
+        if (
+            self._exit_at is not None
+            and ceiling is not None
+            and ceiling < in_flight <= self._exit_upper
+            and self._clock.now() - self._exit_at <= _LATE_PROOF_RTTS * self._rtt()
+        ):
+            # A call admitted during slow start and answered after its end: its level
+            # was accepted after all. One level per proof, as levels are noisy.
+            self._ceiling = ceiling + 1
+            self._set(float(ceiling + 1), "late_proof")
+            return True
+        return False
 
     def _rtt(self) -> float:
         return self._srtt if self._srtt is not None else _DEFAULT_RTT
