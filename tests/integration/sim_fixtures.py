@@ -7,11 +7,30 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 
 from shoal.clock import Clock
 from shoal.sim import SimConfig, SimServer
 
+
+def _cut_errors() -> tuple[type[BaseException], ...]:
+    """What an official SDK raises when a response is cut mid-body: the async stream
+    iterators let the HTTP library's RemoteProtocolError through (httpx, or httpx2 in
+    newer anthropic releases); whole responses come wrapped as APIConnectionError."""
+    errors: list[type[BaseException]] = [
+        openai.APIConnectionError,
+        anthropic.APIConnectionError,
+        httpx.RemoteProtocolError,
+    ]
+    try:
+        import httpx2
+    except ImportError:  # older SDKs use httpx only
+        return tuple(errors)
+    return (*errors, httpx2.RemoteProtocolError)
+
+
+CUT_ERRORS = _cut_errors()
 QUESTION = "What limits bind when many agents share one provider?"
 USER: list[Any] = [{"role": "user", "content": QUESTION}]
 

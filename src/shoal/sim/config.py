@@ -187,7 +187,7 @@ class SimConfig:
     tpm: int | None = None
     models: Mapping[str, ModelProfile] = field(default_factory=lambda: {"*": ModelProfile()})
     faults: Faults = field(default_factory=Faults)
-    style: Style = "openai"
+    style: str = "openai"  # one of STYLES (a plain str so callers can parametrize it)
     cap_retry_after_s: float = 1.0
     fault_retry_after_s: float = 1.0
     rate_window_s: float = 60.0
