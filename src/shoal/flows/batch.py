@@ -1,0 +1,278 @@
+"""``Batch``: one agent, flow or async function over N inputs, with bounded concurrency,
+every item's error collected (never a lost item), one budget, and a live progress bar
+(done, failed, running, tokens, dollars, ETA)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from shoal.agents.agent import Agent
+from shoal.agents.guards import Budget
+from shoal.agents.runner import Runner, new_run_id
+from shoal.clock import Clock, RealClock
+from shoal.errors import ConfigError
+from shoal.flows.flow import Flow, FlowResult, as_text
+from shoal.types import Usage
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+    from rich.table import Table
+
+    from shoal.agents.client import ModelClient
+    from shoal.agents.recorder import RunRecorder
+
+__all__ = ["Batch", "BatchItem", "BatchResult"]
+
+ItemStatus = Literal["succeeded", "failed", "cancelled"]
+Target = Agent[Any] | Flow | Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class BatchItem:
+    """One input's outcome. ``detail`` is the agent's RunResult or the flow's FlowResult."""
+
+    index: int
+    input: Any
+    status: ItemStatus
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    run_id: str = ""
+    detail: Any = field(default=None, repr=False)
+    exception: BaseException | None = field(default=None, repr=False)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """Every item, in input order, plus totals."""
+
+    items: list[BatchItem]
+    usage: Usage
+    cost_usd: float
+    latency_s: float
+
+    @property
+    def succeeded(self) -> list[BatchItem]:
+        return [i for i in self.items if i.status == "succeeded"]
+
+    @property
+    def failed(self) -> list[BatchItem]:
+        return [i for i in self.items if i.status != "succeeded"]
+
+    @property
+    def outputs(self) -> list[Any]:
+        """Outputs in input order (``None`` where the item failed)."""
+        return [i.output for i in self.items]
+
+    def table(self, title: str = "batch") -> Table:
+        from rich.table import Table
+
+        table = Table(title=f"{title}: {len(self.succeeded)} ok, {len(self.failed)} failed")
+        for col in ("#", "status", "latency", "tokens in", "tokens out", "cost", "error"):
+            table.add_column(col)
+        for i in self.items:
+            colour = "green" if i.status == "succeeded" else "red"
+            table.add_row(str(i.index), f"[{colour}]{i.status}[/]", f"{i.latency_s:.2f}s",
+                          str(i.usage.input_tokens), str(i.usage.output_tokens),
+                          f"${i.cost_usd:.6f}", (i.error or "")[:80])
+        return table
+
+
+class Batch:
+    """Run ``target`` over many inputs.
+
+    Args:
+        target: an :class:`Agent`, a :class:`Flow` or an async function of one input.
+        concurrency: items in flight at once (the router still enforces provider limits).
+        client: the model call path (default: a Router over ``Config.load()``, closed after).
+        budget_usd, budget_tokens: one budget for the whole batch.
+        recorder: journal; item ``i`` runs as ``f"{run_id}-{i}"`` so a re-run resumes.
+        progress: show a live progress bar on ``console`` (default: stderr).
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        concurrency: int = 8,
+        client: ModelClient | None = None,
+        clock: Clock | None = None,
+        budget_usd: float | None = None,
+        budget_tokens: int | None = None,
+        recorder: RunRecorder | None = None,
+        run_id: str | None = None,
+        progress: bool = False,
+        console: Console | None = None,
+        description: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError(f"batch concurrency must be >= 1, got {concurrency}")
+        if not isinstance(target, Agent | Flow) and not callable(target):
+            raise ConfigError("a batch target must be an Agent, a Flow or an async function")
+        self.target = target
+        self.concurrency = concurrency
+        self.client = client
+        self.clock: Clock = clock or RealClock()
+        self.budget_usd = budget_usd
+        self.budget_tokens = budget_tokens
+        self.recorder = recorder
+        self.run_id = run_id
+        self.progress = progress
+        self.console = console
+        self.description = description or getattr(target, "name", None) or "batch"
+
+    async def run(self, inputs: Iterable[Any]) -> BatchResult:
+        """Run every input; returns when all are done. Item errors are collected in the
+        result, never raised; cancelling the call cancels the items in flight."""
+        items = list(inputs)
+        run_id = self.run_id or new_run_id()
+        budget = None
+        if self.budget_usd is not None or self.budget_tokens is not None:
+            budget = Budget(max_usd=self.budget_usd, max_tokens=self.budget_tokens, name="batch")
+        client = self.client
+        own = client is None and not self._plain_function()
+        if own:
+            from shoal.agents.client import default_client
+
+            client = default_client()
+        state = _Progress(len(items), self.clock, self.progress, self.console, self.description)
+        results: list[BatchItem | None] = [None] * len(items)
+        feed: Iterator[tuple[int, Any]] = iter(enumerate(items))
+        started = self.clock.now()
+
+        async def worker() -> None:
+            for index, value in feed:
+                state.started()
+                item = await self._one(index, value, f"{run_id}-{index}", client, budget)
+                results[index] = item
+                state.finished(item)
+
+        try:
+            with state:
+                async with asyncio.TaskGroup() as tg:
+                    for _ in range(min(self.concurrency, len(items))):
+                        tg.create_task(worker())
+        finally:
+            if own and client is not None:
+                close = getattr(client, "aclose", None)
+                if close is not None:
+                    await close()
+        done = [r for r in results if r is not None]
+        assert len(done) == len(items), "every input has an outcome"
+        usage = sum((r.usage for r in done), Usage())
+        return BatchResult(done, usage, sum(r.cost_usd for r in done),
+                           self.clock.now() - started)
+
+    def _plain_function(self) -> bool:
+        return not isinstance(self.target, Agent | Flow)
+
+    async def _one(self, index: int, value: Any, run_id: str, client: ModelClient | None,
+                   budget: Budget | None) -> BatchItem:
+        started = self.clock.now()
+        item = BatchItem(index, value, "succeeded", run_id=run_id)
+        try:
+            target = self.target
+            if isinstance(target, Agent):
+                assert client is not None
+                runner = Runner(client, clock=self.clock, recorder=self.recorder)
+                res = await runner.run(target, value if isinstance(value, str) else as_text(value),
+                                       budget=budget, run_id=run_id)
+                item.output, item.usage, item.cost_usd, item.detail = (
+                    res.output, res.usage, res.cost_usd, res)
+            elif isinstance(target, Flow):
+                assert client is not None
+                flow_res: FlowResult = await target.run(
+                    value, run_id=run_id, client=client, recorder=self.recorder, budget=budget,
+                    clock=self.clock)
+                item.output, item.usage, item.cost_usd, item.detail = (
+                    flow_res.output, flow_res.usage, flow_res.cost_usd, flow_res)
+            else:
+                out = target(value)
+                item.output = await out if inspect.isawaitable(out) else out
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            item.status = "failed"
+            item.error = f"{type(exc).__name__}: {exc}"
+            item.error_type = type(exc).__name__
+            item.exception = exc
+            partial = getattr(exc, "result", None)
+            if isinstance(partial, FlowResult):
+                item.usage, item.cost_usd, item.detail = partial.usage, partial.cost_usd, partial
+        item.latency_s = self.clock.now() - started
+        return item
+
+
+class _Progress:
+    """Counters, and the rich progress bar that shows them (when enabled)."""
+
+    def __init__(self, total: int, clock: Clock, show: bool, console: Console | None,
+                 description: str) -> None:
+        self.total = total
+        self.done = 0
+        self.failed = 0
+        self.running = 0
+        self.tokens = 0
+        self.cost = 0.0
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        if show:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[green]ok {task.fields[ok]}[/] [red]failed {task.fields[failed]}[/]"
+                           " running {task.fields[running]} · {task.fields[tokens]} tokens · "
+                           "${task.fields[cost]}"),
+                TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn(),
+                console=console, get_time=clock.now, transient=False,
+            )
+            self._task = self._bar.add_task(description, total=total, ok=0, failed=0,
+                                            running=0, tokens=0, cost="0.0000")
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._refresh()
+            with contextlib.suppress(Exception):
+                self._bar.stop()
+
+    def started(self) -> None:
+        self.running += 1
+        self._refresh()
+
+    def finished(self, item: BatchItem) -> None:
+        self.running -= 1
+        self.done += 1
+        if item.status != "succeeded":
+            self.failed += 1
+        self.tokens += item.usage.total_tokens
+        self.cost += item.cost_usd
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._bar is None or self._task is None:
+            return
+        self._bar.update(self._task, completed=self.done, ok=self.done - self.failed,
+                         failed=self.failed, running=self.running, tokens=self.tokens,
+                         cost=f"{self.cost:.4f}")

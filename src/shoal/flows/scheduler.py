@@ -1,0 +1,458 @@
+"""Running a flow: start each step as soon as its dependencies are done, under one
+concurrency cap that serves the longest remaining path first, apply failure policies,
+journal finished steps, and stop everything cleanly on failure or cancellation.
+
+Priority. When more steps (or map items) are ready than the cap admits, the one
+with the most steps still below it goes first (critical-path list scheduling); ties
+go in the order steps were added. That keeps a capped DAG's makespan close to its
+bound, max(critical path, work / cap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import inspect
+import itertools
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from typing import Any, cast
+
+from shoal.agents.client import ModelClient
+from shoal.agents.deadline import with_timeout
+from shoal.agents.errors import GuardrailTripped, StepFailed
+from shoal.agents.guards import Budget
+from shoal.agents.recorder import (
+    NullRecorder,
+    RecordedStep,
+    RunRecorder,
+    RunStatus,
+    from_jsonable,
+    to_jsonable,
+)
+from shoal.agents.runner import Runner, new_run_id
+from shoal.clock import Clock, RealClock
+from shoal.errors import BudgetExceeded, ConfigError, DeadlineExceeded
+from shoal.flows.context import MessageBoard, SharedContext, StepContext
+from shoal.flows.flow import Flow, FlowResult, Step, StepResult, as_text, render_input
+from shoal.types import Usage
+
+__all__ = ["FlowRun", "SlotPool"]
+
+_NEVER_RETRY = (BudgetExceeded, GuardrailTripped, ConfigError)
+
+
+class SlotPool:
+    """A concurrency cap whose waiters are served by priority (highest first, then FIFO).
+
+    ``request`` queues synchronously and returns a ticket (a future that completes when
+    the slot is granted), so a scheduler can queue several steps in priority order
+    before any slot is handed out. ``give_back`` releases a granted ticket (handing the
+    slot to the best waiter) or withdraws a waiting one. Cancelling a task that awaits
+    its ticket withdraws it.
+    """
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self._free = capacity if capacity is not None else 0
+        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self.in_use = 0
+        self.max_in_use = 0
+
+    def request(self, priority: float = 0.0) -> asyncio.Future[None]:
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.capacity is None or self._free > 0:
+            if self.capacity is not None:
+                self._free -= 1
+            self._grant(ticket)
+        else:
+            heapq.heappush(self._heap, (-priority, next(self._seq), ticket))
+        return ticket
+
+    def _grant(self, ticket: asyncio.Future[None]) -> None:
+        ticket.set_result(None)
+        self.in_use += 1
+        self.max_in_use = max(self.max_in_use, self.in_use)
+
+    def give_back(self, ticket: asyncio.Future[None]) -> None:
+        if not ticket.done():
+            ticket.cancel()  # withdrawn while waiting: skipped when popped
+            return
+        if ticket.cancelled():
+            return
+        self.in_use -= 1
+        if self.capacity is None:
+            return
+        while self._heap:
+            _, _, nxt = heapq.heappop(self._heap)
+            if not nxt.done():
+                self._grant(nxt)
+                return
+        self._free += 1
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: float = 0.0) -> AsyncIterator[None]:
+        ticket = self.request(priority)
+        try:
+            await ticket
+            yield
+        finally:
+            self.give_back(ticket)
+
+
+def _priorities(flow: Flow) -> dict[str, float]:
+    """Steps below each step on its longest path to a sink, itself included."""
+    children: dict[str, list[str]] = {n: [] for n in flow.steps}
+    for step in flow.steps.values():
+        for dep in step.after:
+            children[dep].append(step.name)
+    prio: dict[str, float] = {}
+    for name in reversed(list(flow.steps)):  # steps are added after their dependencies
+        prio[name] = 1.0 + max((prio[c] for c in children[name]), default=0.0)
+    return prio
+
+
+class FlowRun:
+    """The execution of one :class:`Flow` run."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        input: Any,
+        *,
+        client: ModelClient,
+        run_id: str | None = None,
+        recorder: RunRecorder | None = None,
+        budget: Budget | None = None,
+        shared: Mapping[str, Any] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.flow = flow
+        self.input = input
+        self.run_id = run_id or new_run_id()
+        self.clock: Clock = clock or RealClock()
+        self.recorder: RunRecorder = recorder or NullRecorder()
+        self.runner = Runner(client, clock=self.clock, recorder=self.recorder,
+                             default_model=flow.default_model)
+        if flow.budget_usd is not None or flow.budget_tokens is not None:
+            name = f"flow {flow.name!r}"
+            budget = (
+                budget.child(max_usd=flow.budget_usd, max_tokens=flow.budget_tokens, name=name)
+                if budget is not None
+                else Budget(max_usd=flow.budget_usd, max_tokens=flow.budget_tokens, name=name)
+            )
+        self.budget = budget
+        self.shared = SharedContext(dict(shared or {}))
+        self.board = MessageBoard()
+        self.pool = SlotPool(flow.max_concurrency)
+        self.priority = _priorities(flow)
+        self.results: dict[str, StepResult] = {
+            n: StepResult(n, "not_run") for n in flow.steps
+        }
+        self.tasks: dict[str, asyncio.Task[StepResult]] = {}
+        self.tickets: dict[str, asyncio.Future[None]] = {}
+
+    async def execute(self) -> FlowResult:
+        started = self.clock.now()
+        await self.recorder.run_started(self.run_id, self.flow.name, to_jsonable(self.input))
+        waiting = {n: len(s.after) for n, s in self.flow.steps.items()}
+        children: dict[str, list[str]] = {n: [] for n in self.flow.steps}
+        for s in self.flow.steps.values():
+            for d in s.after:
+                children[d].append(s.name)
+        failed: StepResult | None = None
+        try:
+            self._start_all([n for n, count in waiting.items() if count == 0])
+            while self.tasks and failed is None:
+                done, _ = await asyncio.wait(
+                    self.tasks.values(), return_when=asyncio.FIRST_COMPLETED
+                )
+                ready: list[str] = []
+                finished: list[str] = []
+                for task in done:
+                    res = task.result()
+                    del self.tasks[res.name]
+                    finished.append(res.name)
+                    self.results[res.name] = res
+                    if res.status == "failed" and self.flow.steps[res.name].on_failure == "fail":
+                        failed = failed or res
+                        continue
+                    for child in children[res.name]:
+                        waiting[child] -= 1
+                        if waiting[child] == 0 and not self._skipped(child, children):
+                            ready.append(child)
+                # Queue the newly ready steps before handing on the finished steps' slots,
+                # so a freed slot goes to the best step, not to whoever queued first.
+                self._start_all(ready)
+                for name in finished:
+                    ticket = self.tickets.pop(name, None)
+                    if ticket is not None:
+                        self.pool.give_back(ticket)
+        except BaseException:
+            await self._cancel_all()
+            await self.recorder.run_finished(self.run_id, "cancelled", "cancelled")
+            raise
+        if failed is not None:
+            await self._cancel_all()
+            result = self._result("failed", started)
+            await self.recorder.run_finished(self.run_id, "failed", failed.error)
+            done_steps = [n for n, r in self.results.items() if r.ok]
+            raise StepFailed(
+                f"step {failed.name!r} of flow {self.flow.name!r} failed: {failed.error}. "
+                f"Finished steps: {', '.join(done_steps) or 'none'}. Run again with "
+                f"run_id={self.run_id!r} and a journal to resume from here.",
+                step=failed.name, result=result,
+            ) from failed.exception
+        status: RunStatus = (
+            "partial" if any(r.status in ("skipped", "failed") for r in self.results.values())
+            else "succeeded"
+        )
+        await self.recorder.run_finished(self.run_id, status, None)
+        return self._result(status, started)
+
+    def _skipped(self, name: str, children: dict[str, list[str]]) -> bool:
+        """Mark ``name`` and its descendants skipped if a dependency gave no output."""
+        step = self.flow.steps[name]
+        blocked = [d for d in step.after
+                   if self.results[d].status == "skipped"
+                   or (self.results[d].status == "failed"
+                       and self.flow.steps[d].on_failure == "skip")]
+        if not blocked:
+            return False
+        self.results[name] = StepResult(
+            name, "skipped", error=f"skipped: {', '.join(blocked)} did not produce output"
+        )
+        stack = list(children[name])
+        while stack:  # the skip reaches every descendant at once
+            child = stack.pop()
+            if self.results[child].status == "not_run":
+                self.results[child] = StepResult(child, "skipped", error=f"skipped: {name}")
+                stack.extend(children[child])
+        return True
+
+    def _start_all(self, names: list[str]) -> None:
+        """Start steps, best priority first (stable: ties in the order they were added)."""
+        for name in sorted(names, key=lambda n: -self.priority[n]):
+            step = self.flow.steps[name]
+            ticket = None
+            if not step.is_map:  # a map's items take slots, not the map itself
+                ticket = self.tickets[name] = self.pool.request(self.priority[name])
+            self.tasks[name] = asyncio.create_task(
+                self._run_step(step, ticket), name=f"shoal-step:{self.flow.name}:{name}"
+            )
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self.tasks.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for name in self.tasks:
+            if self.results[name].status == "not_run":
+                self.results[name] = StepResult(name, "cancelled")
+        self.tasks.clear()
+        for ticket in self.tickets.values():
+            self.pool.give_back(ticket)
+        self.tickets.clear()
+
+    def _result(self, status: RunStatus, started: float) -> FlowResult:
+        usage = Usage()
+        cost = 0.0
+        for r in self.results.values():
+            usage = usage + r.usage
+            cost += r.cost_usd
+        sinks = self.flow.sinks()
+        output = (self.results[sinks[0]].output if len(sinks) == 1
+                  else {n: self.results[n].output for n in sinks})
+        return FlowResult(
+            flow=self.flow.name, run_id=self.run_id, status=status, output=output,
+            steps=dict(self.results), usage=usage, cost_usd=cost,
+            latency_s=self.clock.now() - started, shared=self.shared.snapshot(),
+            messages=self.board.all(),
+        )
+
+    def _context(self, step: Step, step_id: str) -> StepContext:
+        deps = {d: self.results[d].output for d in step.after}
+        return StepContext(
+            run_id=self.run_id, step=step_id, input=self.input, deps=deps, shared=self.shared,
+            board=self.board, runner=self.runner, budget=self.budget,
+        )
+
+    async def _run_step(self, step: Step, ticket: asyncio.Future[None] | None) -> StepResult:
+        ctx = self._context(step, step.name)
+        if step.is_map:
+            return await self._run_unit(step, ctx, self._run_map(step, ctx),
+                                        output_type=list[step.output_type])  # type: ignore[name-defined]
+        # The scheduler gives the slot back once it has queued this step's dependents.
+        return await self._run_unit(step, ctx, self._execute(step, ctx), ticket=ticket)
+
+    async def _run_unit(
+        self,
+        step: Step,
+        ctx: StepContext,
+        work: Coroutine[Any, Any, tuple[Any, int, list[StepResult]]],
+        *,
+        ticket: asyncio.Future[None] | None = None,
+        slot: bool = False,
+        policy: str | None = None,
+        output_type: Any = None,
+    ) -> StepResult:
+        """Replay, or run with retries, one step or map item. Never raises except on
+        cancellation: failures become a failed (or fallback) StepResult."""
+        recorded = await self.recorder.replay_step(self.run_id, ctx.step)
+        if recorded is not None:
+            work.close()
+            if self.budget is not None:
+                self.budget.charge(recorded.usage.total_tokens, recorded.cost_usd)
+            now = self.clock.now()
+            out_type = step.output_type if output_type is None else output_type
+            return StepResult(
+                ctx.step, "replayed", output=from_jsonable(recorded.output, out_type),
+                started_at=now, finished_at=now, usage=recorded.usage,
+                cost_usd=recorded.cost_usd, model=recorded.model,
+            )
+        if ticket is not None:
+            await ticket
+        started = self.clock.now()
+        attempt = 0
+        while True:
+            attempt += 1
+            if attempt > 1:  # a coroutine runs once: make a fresh one for the retry
+                work = (self._run_map(step, ctx) if step.is_map and ctx.index is None
+                        else self._execute(step, ctx))
+            try:
+                if slot:
+                    async with self.pool.slot(self.priority[step.name]):
+                        output, turns, items = await with_timeout(
+                            self.clock, work, step.timeout_s)
+                else:
+                    output, turns, items = await with_timeout(self.clock, work, step.timeout_s)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, TimeoutError):
+                    exc = DeadlineExceeded(
+                        f"step {ctx.step!r} exceeded its timeout of {step.timeout_s:g}s"
+                    )
+                if attempt <= step.retries and not isinstance(exc, _NEVER_RETRY):
+                    continue
+                return self._failed(step, ctx, exc, started=started, attempt=attempt,
+                                    policy=policy)
+        result = StepResult(
+            ctx.step, "succeeded", output=output, started_at=started,
+            finished_at=self.clock.now(), usage=ctx.usage, cost_usd=ctx.cost_usd,
+            model=", ".join(sorted(set(ctx.models))) or None, turns=turns, attempts=attempt,
+            items=items,
+        )
+        await self.recorder.step_done(self.run_id, ctx.step, RecordedStep(
+            to_jsonable(output), usage=result.usage, cost_usd=result.cost_usd,
+            model=result.model,
+        ))
+        return result
+
+    def _failed(self, step: Step, ctx: StepContext, exc: BaseException, *, started: float,
+                attempt: int, policy: str | None) -> StepResult:
+        step_id = ctx.step
+        policy = policy or step.on_failure
+        res = StepResult(
+            step_id, "failed", error=f"{type(exc).__name__}: {exc}",
+            error_type=type(exc).__name__, started_at=started, finished_at=self.clock.now(),
+            usage=ctx.usage, cost_usd=ctx.cost_usd, attempts=attempt, exception=exc,
+            model=", ".join(sorted(set(ctx.models))) or None,
+        )
+        if policy == "fallback":
+            res.status = "fallback"
+            res.output = step.default(exc) if callable(step.default) else step.default
+        return res
+
+    async def _execute(self, step: Step, ctx: StepContext) -> tuple[Any, int, list[StepResult]]:
+        """Run the step's target once: (output, model turns, no items)."""
+        target = step.target
+        if step.is_agent:
+            from shoal.agents.agent import Agent
+
+            assert isinstance(target, Agent)
+            if step.input is not None:
+                agent_input = step.input(ctx)
+                if inspect.isawaitable(agent_input):
+                    agent_input = await agent_input
+            elif step.is_map:
+                agent_input = as_text(ctx.item)
+            else:
+                agent_input = render_input(self.input, ctx.deps)
+            result = await self.runner.run(
+                target, agent_input, deps=ctx, budget=self.budget, run_id=self.run_id,
+                step_id=ctx.step,
+            )
+            ctx.usage = ctx.usage + result.usage
+            ctx.cost_usd += result.cost_usd
+            ctx.models.append(result.model)
+            return result.output, len(result.turns), []
+        kwargs: dict[str, Any] = {}
+        for p in step.params:
+            if p == "input":
+                kwargs[p] = self.input
+            elif p == "item":
+                kwargs[p] = ctx.item
+            elif p == "index":
+                kwargs[p] = ctx.index
+            else:
+                kwargs[p] = ctx.deps[p]
+        if step.context_param:
+            kwargs[step.context_param] = ctx
+        out = cast(Callable[..., Any], target)(**kwargs)
+        if inspect.isawaitable(out):
+            out = await out
+        return out, 0, []
+
+    async def _run_map(
+        self, step: Step, ctx: StepContext
+    ) -> tuple[list[Any], int, list[StepResult]]:
+        over = step.over
+        source: Any = ctx.deps[over] if isinstance(over, str) else over(ctx)  # type: ignore[misc]
+        if inspect.isawaitable(source):
+            source = await source
+        if not isinstance(source, Iterable) or isinstance(source, str | bytes | Mapping):
+            raise ConfigError(
+                f"map step {step.name!r}: 'over' gave {type(source).__name__}, not a list"
+            )
+        items = list(source)
+        results: list[StepResult | None] = [None] * len(items)
+        sem = asyncio.Semaphore(step.concurrency) if step.concurrency else None
+        policy = {"fail": "fail", "drop": "continue", "fallback": "fallback"}[step.on_item_failure]
+
+        async def one(i: int, item: Any) -> None:
+            item_ctx = StepContext(
+                run_id=ctx.run_id, step=f"{step.name}/{i}", input=ctx.input, deps=ctx.deps,
+                shared=ctx.shared, board=ctx.board, runner=ctx.runner, budget=ctx.budget,
+                item=item, index=i,
+            )
+            async with sem or contextlib.nullcontext():
+                res = await self._run_unit(step, item_ctx, self._execute(step, item_ctx),
+                                           slot=True, policy=policy)
+            results[i] = res
+            if res.status == "failed" and policy == "fail":
+                raise _ItemFailed(res)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i, item in enumerate(items):
+                    tg.create_task(one(i, item))
+        except* _ItemFailed as group:
+            first = group.exceptions[0]
+            assert isinstance(first, _ItemFailed)
+            raise (first.result.exception or RuntimeError(first.result.error)) from None
+        done = [r for r in results if r is not None]
+        ctx.usage = sum((r.usage for r in done), Usage())
+        ctx.cost_usd = sum(r.cost_usd for r in done)
+        ctx.models = sorted({m for r in done if r.model for m in r.model.split(", ")})
+        outputs = [r.output for r in done if r.status != "failed"]
+        return outputs, sum(r.turns for r in done), done
+
+
+class _ItemFailed(Exception):
+    def __init__(self, result: StepResult) -> None:
+        self.result = result
