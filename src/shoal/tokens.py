@@ -8,8 +8,9 @@ and, when unsure, a little high.
   tokenizer of ``bpe-openai``, whose wheel ships the vocabularies (no download,
   unlike ``tiktoken.get_encoding``).
 - ``approx`` (every non-OpenAI model): the o200k count × ``APPROX_FACTOR``.
-  Measured against the DeepSeek and Qwen tokenizers it lands within -22 % (Chinese,
-  which they encode more tightly) to +10 % of the truth; see docs/tokens.md.
+  Against the DeepSeek and Qwen tokenizers, real ÷ approx measured 0.91-1.09 on
+  English, code and JSON and 0.68-0.75 on Chinese (they encode it more tightly,
+  so approx errs high); see docs/tokens.md.
 
 Each encoder is built on first use (~75 ms: the native module loads in ~15 ms, the
 o200k tables in ~60 ms) and cached for the process; :func:`preload` does that in a
@@ -51,9 +52,9 @@ APPROX = "approx"
 EXACT_ENCODINGS = ("cl100k_base", "o200k_base")
 ENCODINGS = (APPROX, *EXACT_ENCODINGS)
 
-# "approx" = o200k count × this factor. DeepSeek/Qwen tokenizers gave 0.77-1.20 × the
-# o200k count on our corpus (prose, code, JSON, Chinese); 1.1 keeps the under-estimate
-# within ~9 % on the worst sample (JSON for Qwen 3.6) and errs high elsewhere.
+# "approx" = o200k count × this factor. DeepSeek/Qwen tokenizers gave 0.75-1.20 × the
+# o200k count on bench/tokens.py's samples (prose, code, JSON, Chinese); 1.1 keeps the
+# under-estimate within ~9 % on the worst one (JSON for Qwen 3.6), high elsewhere.
 APPROX_BASE = "o200k_base"
 APPROX_FACTOR = 1.1
 
