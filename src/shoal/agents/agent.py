@@ -58,7 +58,8 @@ class Agent(Generic[OutputT]):
         budget_usd, budget_tokens: a budget for each run of this agent (nested inside
             any flow budget).
         call_deadline_s: total seconds one model call may take, waits and retries included.
-        metadata: sent with every request (``ChatRequest.metadata``), e.g. for tagging.
+        metadata: sent with every request (``ChatRequest.metadata``); ``tag`` (default: the
+            step id) travels as the ``x-shoal-tag`` header, for attributing traffic.
     """
 
     def __init__(

@@ -173,6 +173,9 @@ class _Loop(Generic[T]):
         self.messages: list[Message] = []
         self.tool_specs = [t.spec() for t in agent.tools]
         self.detector = LoopDetector(agent.loop)
+        # Tag requests with the step (sent as x-shoal-tag) unless the agent set a tag.
+        self.metadata = (agent.metadata if "tag" in agent.metadata
+                         else {**agent.metadata, "tag": ctx.step_id})
 
     def model_info(self, model: str) -> ModelInfo:
         info = self.info.get(model)
@@ -275,7 +278,7 @@ class _Loop(Generic[T]):
             tool_choice=tool_choice if self.tool_specs else None,
             output_schema=agent.output.schema, output_schema_name=agent.output.name,
             temperature=agent.temperature, top_p=agent.top_p, max_tokens=max_tokens,
-            stop=agent.stop, seed=agent.seed, metadata=agent.metadata,
+            stop=agent.stop, seed=agent.seed, metadata=self.metadata,
         )
 
     async def _fit_context(self, request: ChatRequest) -> None:
