@@ -222,6 +222,8 @@ class OfflineModel:
         if importlib.util.find_spec("llama_cpp") is None:
             raise ConfigError(INSTALL_HINT)
         gguf = self.gguf or model_path()
+        if not gguf.is_file():
+            raise ConfigError(f"the offline model file {gguf} does not exist")
         fd, log_name = tempfile.mkstemp(prefix="shoal-offline-", suffix=".log")
         self._log_path = Path(log_name)
         self._port = _free_port()

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shoal.errors import ProviderTimeout, ProviderUnavailable
+from shoal.errors import ConfigError, ProviderTimeout, ProviderUnavailable
 from shoal.offline import (
     LOCAL_BASE_URL,
     MODEL_ALIAS,
@@ -203,14 +203,20 @@ async def test_server_exits_when_its_parent_is_killed() -> None:
 
 
 async def test_a_server_that_dies_at_startup_reports_its_output(tmp_path: Path) -> None:
-    missing = tmp_path / "no-such-model.gguf"
-    model = OfflineModel(gguf=missing)
+    broken = tmp_path / "broken-model.gguf"
+    broken.write_bytes(b"this is not a GGUF file")
+    model = OfflineModel(gguf=broken)
     with pytest.raises(ProviderUnavailable) as info:
         await model.start()
     message = str(info.value)
     assert "exited with code" in message
-    assert "no-such-model.gguf" in message  # the tail of the server's own output
+    assert "broken-model.gguf" in message  # the tail of the server's own output
     assert not model.running
+
+
+async def test_a_missing_model_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        await OfflineModel(gguf=tmp_path / "absent.gguf").start()
 
 
 async def test_startup_timeout_raises_and_cleans_up() -> None:
