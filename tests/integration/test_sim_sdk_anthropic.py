@@ -156,11 +156,11 @@ async def test_thinking_block_with_signature() -> None:
     async with running() as sim, anthropic_for(sim) as client:
         m = await client.messages.create(
             model=MODEL, max_tokens=2048, messages=USER,
-            thinking={"type": "enabled", "budget_tokens": 1024},
+            thinking={"type": "adaptive"},
         )  # fmt: skip
         async with client.messages.stream(
             model=MODEL, max_tokens=2048, messages=USER,
-            thinking={"type": "enabled", "budget_tokens": 1024},
+            thinking={"type": "adaptive"},
         ) as stream:  # fmt: skip
             final = await stream.get_final_message()
     assert [b.type for b in m.content] == ["thinking", "text"]
