@@ -45,8 +45,9 @@ So after discovery a channel runs at its cap and probes above it at exponentiall
 spaced times: a constant cap costs one 429 per probe, about log2 of the run length
 in rtts. Each change of ``⌊L⌋`` emits ``limit_change``. When the limiter is shared
 (Redis) the cap is one value for all processes: before each update the controller
-adopts a cap another process wrote (lower: it saw a 429, so ``C`` drops to it;
-higher: a probe succeeded there).
+adopts a cap another process wrote as its own ``L`` and ``C`` (that process
+learned it: a 429, a probe or its slow start), ends slow start, and schedules its
+next probe one gap later.
 """
 
 from __future__ import annotations
@@ -291,18 +292,18 @@ class AdaptiveConcurrency:
                 events.publish(LIMIT_CHANGE, fields, channel=self.limiter.name)
 
     def _adopt(self) -> None:
-        """Take over a cap another process wrote to a shared limiter."""
+        """Take over a cap another process wrote to a shared limiter: it is that process's
+        learned (or probed) level, so it becomes the ceiling here too."""
         shared = self.limiter.capacity
         if shared is None or shared == self._applied:
             return
-        before = self._applied
+        now = self._clock.now()
+        if shared < self._applied:
+            self._decreased_at = now
         self._applied = shared
         self._limit = float(shared)
+        self._ceiling = shared
+        self._slow_start = False
         self._probing = False
-        if shared < before:
-            self._slow_start = False
-            self._ceiling = shared
-            self._decreased_at = self._clock.now()
-            self._schedule_probe(self._clock.now())
-        elif self._ceiling is not None:
-            self._ceiling = max(self._ceiling, shared)
+        self._exit_at = None
+        self._schedule_probe(now)
