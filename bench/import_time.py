@@ -1,6 +1,7 @@
 """``import shoal`` time against ``import httpx``, and proof that importing touches no network.
 
-Each import runs in a fresh interpreter (so nothing is cached in ``sys.modules``),
+Each import runs in a fresh interpreter (so nothing is cached in ``sys.modules``, but
+bytecode is, as after an install; one untimed warm-up writes it),
 alternating shoal and httpx so both see the same machine load; we report medians
 and their ratio. In every run the socket layer is patched to raise and record any
 connect or DNS lookup: an import that reaches for the network fails this script.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -50,10 +52,17 @@ print(json.dumps({"ms": ms, "attempts": attempts, "loaded": loaded, "error": imp
 """
 
 
+def _child_env() -> dict[str, str]:
+    # An installed package has bytecode; a dev shell with PYTHONDONTWRITEBYTECODE=1 would
+    # recompile shoal's sources in every run and time the compiler instead.
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def _one(module: str) -> dict[str, object]:
     code = CHILD.replace("MODULE", repr(module))
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+        env=_child_env(),
     )
     if done.returncode != 0:
         raise SystemExit(f"importing {module} crashed:\n{done.stderr}")
@@ -65,7 +74,7 @@ def _top_offenders(module: str, count: int = 6) -> list[tuple[int, str]]:
     """The slowest direct imports of ``module``, from ``-X importtime`` (cumulative µs)."""
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import {module}"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=120, check=False, env=_child_env(),
     )
     rows: list[tuple[int, int, str]] = []  # (depth, cumulative µs, name)
     for line in done.stderr.splitlines():
@@ -95,6 +104,8 @@ def main() -> None:
     args = parser.parse_args()
 
     times: dict[str, list[float]] = {"shoal": [], "httpx": []}
+    for module in times:  # warm-up, not timed: writes bytecode as an install would
+        _one(module)
     network: list[str] = []
     loaded_by_shoal: set[str] = set()
     for _ in range(args.runs):
