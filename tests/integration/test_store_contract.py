@@ -261,6 +261,13 @@ async def test_create_get_and_list_runs(backend: Backend) -> None:
         await store.list_runs(status="done")  # type: ignore[arg-type]
 
 
+async def test_runs_created_together_list_in_one_order(backend: Backend) -> None:
+    store = await backend.store()  # the clock stands still: equal creation times
+    for run_id in ("b", "c", "a"):
+        await store.create_run(run(run_id))
+    assert [r.run_id for r in await store.list_runs()] == ["c", "b", "a"]
+
+
 async def test_create_run_is_idempotent_but_refuses_a_different_run(backend: Backend) -> None:
     store = await backend.store()
     first = await store.create_run(run("a"))
@@ -531,6 +538,16 @@ async def test_prune_by_age(backend: Backend) -> None:
     assert await store.list_runs() == []
     with pytest.raises(ConfigError):
         await store.prune(older_than_s=-1)
+
+
+async def test_prune_removes_more_runs_than_one_batch(backend: Backend) -> None:
+    clock = VirtualClock()
+    store = await backend.store(clock=clock)
+    await asyncio.gather(*(store.create_run(run(f"r{i}")) for i in range(520)))
+    await clock.advance(2 * DAY)
+    await store.create_run(run("keep"))
+    assert await store.prune(older_than_s=DAY) == 520
+    assert [r.run_id for r in await store.list_runs(limit=1000)] == ["keep"]
 
 
 async def test_delete_run_takes_steps_and_effects(backend: Backend) -> None:

@@ -54,7 +54,11 @@ def test_url_options_reach_the_backends() -> None:
     assert isinstance(rd, RedisStore)
     assert (rd.prefix, rd.finished_ttl_s) == ("tenant1", 60.0)
     assert "pw-secret-1" not in rd.url and "localhost:6380/2" in rd.url
-    assert isinstance(open_store("redis://localhost"), RedisStore)
+    default = open_store("redis://localhost")
+    assert isinstance(default, RedisStore)
+    assert (default.finished_ttl_s, default.pool_max) == (7 * 86400, 32)
+    kept = open_store("redis://localhost?finished_ttl_s=0&pool_max=5")
+    assert isinstance(kept, RedisStore) and (kept.finished_ttl_s, kept.pool_max) == (0, 5)
 
     pg = open_store("postgresql://u:pg-secret-2@db/app?schema=runs_eu&pool_max=3&sslmode=disable")
     assert isinstance(pg, PostgresStore)
@@ -138,6 +142,20 @@ async def test_sqlite_file_is_wal_and_synchronous_full(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert store.synchronous == "full"
+
+
+async def test_a_refused_open_leaves_nothing_open(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    async with SQLiteStore(path):
+        pass
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    with pytest.raises(StoreError, match="schema version 99"):
+        await store.open()
+    assert store._executor is None and store._conn is None
 
 
 async def test_sqlite_store_closes_its_thread(tmp_path: Path) -> None:

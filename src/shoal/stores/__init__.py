@@ -5,7 +5,7 @@ Pick a backend by URL with :func:`open_store`::
     async with open_store("sqlite:///.shoal/runs.db") as store:   # the default
         ...
     open_store("memory://")                                      # in-memory SQLite (tests)
-    open_store("redis://127.0.0.1:6379/0?prefix=shoal&finished_ttl_s=604800")
+    open_store("redis://127.0.0.1:6379/0?prefix=shoal&finished_ttl_s=604800&pool_max=32")
     open_store("postgresql://user@host/db?schema=shoal&pool_max=10")
 
 Every URL also takes ``retry_attempts=N`` (tries per operation before
@@ -96,11 +96,14 @@ def open_store(
 
         prefix = params.pop("prefix", "shoal")
         ttl = params.pop("finished_ttl_s", None)
+        redis_pool = _int(params.pop("pool_max", "32"), "pool_max")
         driver_url = urlunsplit(parts._replace(query=urlencode(params)))
+        if ttl is None:
+            return RedisStore(driver_url, prefix=prefix, pool_max=redis_pool, clock=clock,
+                              retry=retry)
         return RedisStore(
-            driver_url, prefix=prefix,
-            finished_ttl_s=None if ttl is None else _float(ttl, "finished_ttl_s"),
-            clock=clock, retry=retry,
+            driver_url, prefix=prefix, finished_ttl_s=_float(ttl, "finished_ttl_s"),
+            pool_max=redis_pool, clock=clock, retry=retry,
         )
 
     if scheme in ("postgresql", "postgres"):

@@ -114,7 +114,11 @@ class Store(ABC):
     async def open(self) -> Self:
         """Connect and apply pending schema migrations; refuse a newer schema."""
         if not self._opened:
-            await self._retrying("open the store", self._raw_open)
+            try:
+                await self._retrying("open the store", self._raw_open)
+            except BaseException:
+                await self._raw_close()  # release a half-open pool, client or thread
+                raise
             self._opened = True
         return self
 

@@ -39,6 +39,7 @@ _RUN_COLS = (
 )
 _STEP_COLS = "step_id, status, tokens, cost_usd, payload, checksum"
 _EFFECT_COLS = "key, run_id, created_at, payload, checksum"
+_PRUNE_BATCH = 500
 
 
 def migrations(s: str) -> tuple[tuple[str, ...], ...]:
@@ -149,8 +150,8 @@ class PostgresStore(Store):
     def _is_transient(self, exc: BaseException) -> bool:
         import asyncpg.exceptions as px
 
-        if isinstance(exc, px.InterfaceError):
-            return "closed" in str(exc) or "connection" in str(exc).lower()
+        if isinstance(exc, px.InterfaceError):  # most are misuse; a closed connection is not
+            return "closed" in str(exc)
         return isinstance(
             exc, OSError | asyncio.TimeoutError | px.PostgresConnectionError
             | px.OperatorInterventionError | px.TransactionRollbackError
@@ -233,7 +234,7 @@ class PostgresStore(Store):
         args: list[Any] = [limit] if status is None else [limit, status]
         rows = await self._p.fetch(
             f"SELECT {_RUN_COLS} FROM {self._s}.runs {where}"
-            "ORDER BY created_at DESC, run_id LIMIT $1", *args,
+            "ORDER BY created_at DESC, run_id DESC LIMIT $1", *args,
         )
         return [RunRow(*r) for r in rows]
 
@@ -244,10 +245,16 @@ class PostgresStore(Store):
         return bool(done)
 
     async def _raw_prune(self, cutoff: float) -> int:
-        status = await self._p.execute(
-            f"DELETE FROM {self._s}.runs WHERE updated_at < $1", cutoff
-        )
-        return int(status.split()[-1])
+        deleted = 0
+        while True:  # in batches, so no transaction holds the table for long
+            status = await self._p.execute(
+                f"DELETE FROM {self._s}.runs WHERE run_id IN (SELECT run_id FROM "
+                f"{self._s}.runs WHERE updated_at < $1 LIMIT {_PRUNE_BATCH})", cutoff,
+            )
+            count = int(status.split()[-1])
+            deleted += count
+            if count < _PRUNE_BATCH:
+                return deleted
 
     # -- steps ------------------------------------------------------------------
 

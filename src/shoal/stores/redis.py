@@ -142,7 +142,7 @@ class RedisStore(Store):
 
     def __init__(
         self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "shoal",
-        finished_ttl_s: float | None = DEFAULT_FINISHED_TTL_S,
+        finished_ttl_s: float | None = DEFAULT_FINISHED_TTL_S, pool_max: int = 32,
         schema_version: int | None = None, clock: Clock | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
@@ -151,7 +151,10 @@ class RedisStore(Store):
             raise ConfigError("RedisStore prefix must not be empty")
         if schema_version is not None and not 1 <= schema_version <= SCHEMA_VERSION:
             raise ConfigError(f"schema_version must be in 1..{SCHEMA_VERSION}")
+        if pool_max < 1:
+            raise ConfigError(f"pool_max must be >= 1, got {pool_max}")
         self._driver_url = url
+        self.pool_max = pool_max
         self.prefix = prefix
         self.finished_ttl_s = finished_ttl_s or 0.0
         self._target = schema_version or SCHEMA_VERSION
@@ -200,10 +203,14 @@ class RedisStore(Store):
             from redis.backoff import NoBackoff
 
             # Retries are ours (bounded, through the injected clock), not the driver's.
-            self._client = aioredis.from_url(
-                self._driver_url, decode_responses=True, retry=Retry(NoBackoff(), 0),
-                socket_timeout=10, socket_connect_timeout=5,
+            # A blocking pool makes a burst of writers (a swarm finishing together)
+            # wait for a connection instead of failing with "too many connections".
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self._driver_url, max_connections=self.pool_max, timeout=30,
+                decode_responses=True, retry=Retry(NoBackoff(), 0), socket_timeout=10,
+                socket_connect_timeout=5,
             )
+            self._client = aioredis.Redis(connection_pool=pool)
             for name, body in (
                 ("create_run", _CREATE_RUN), ("set_state", _SET_STATE),
                 ("put_step", _PUT_STEP), ("put_effect", _PUT_EFFECT),

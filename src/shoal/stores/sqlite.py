@@ -66,6 +66,7 @@ _RUN_COLS = (
     "state_sum"
 )
 _STEP_COLS = "step_id, status, tokens, cost_usd, payload, checksum"
+_PRUNE_BATCH = 500
 _TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "disk is full")
 
 
@@ -219,13 +220,13 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> list[RunRow]:
             if status is None:
                 rows = conn.execute(
-                    f"SELECT {_RUN_COLS} FROM runs ORDER BY created_at DESC, run_id LIMIT ?",
-                    (limit,),
+                    f"SELECT {_RUN_COLS} FROM runs "
+                    "ORDER BY created_at DESC, run_id DESC LIMIT ?", (limit,),
                 )
             else:
                 rows = conn.execute(
                     f"SELECT {_RUN_COLS} FROM runs WHERE status = ? "
-                    "ORDER BY created_at DESC, run_id LIMIT ?", (status, limit),
+                    "ORDER BY created_at DESC, run_id DESC LIMIT ?", (status, limit),
                 )
             return [RunRow(*r) for r in rows]
 
@@ -239,9 +240,17 @@ class SQLiteStore(Store):
 
     async def _raw_prune(self, cutoff: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM runs WHERE updated_at < ?", (cutoff,)).rowcount
+            return conn.execute(
+                "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs "
+                f"WHERE updated_at < ? LIMIT {_PRUNE_BATCH})", (cutoff,),
+            ).rowcount
 
-        return await self._write(op)
+        deleted = 0
+        while True:  # in batches, so other writers are not locked out for long
+            count = await self._write(op)
+            deleted += count
+            if count < _PRUNE_BATCH:
+                return deleted
 
     # -- steps ------------------------------------------------------------------
 
