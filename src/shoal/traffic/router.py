@@ -93,6 +93,7 @@ class Router:
         self._breaker_options = dict(breaker_options or {})
         self._adaptive_options = dict(adaptive_options or {})
         self._lanes: dict[str, Lane] = {}
+        self._chains: dict[str, list[tuple[ModelInfo, list[Lane]]]] = {}
 
     # -- lanes --------------------------------------------------------------------------
 
@@ -148,6 +149,12 @@ class Router:
         return self.config.model(name)
 
     def _chain(self, model: str) -> list[tuple[ModelInfo, list[Lane]]]:
+        chain = self._chains.get(model)
+        if chain is None:
+            chain = self._chains[model] = self._resolve_chain(model)
+        return chain
+
+    def _resolve_chain(self, model: str) -> list[tuple[ModelInfo, list[Lane]]]:
         first = self.config.model(model)
         chain, seen = [], set()
         for info in [first, *(self.config.model(f) for f in first.fallbacks)]:
@@ -368,6 +375,7 @@ class Router:
 
     async def aclose(self) -> None:
         lanes, self._lanes = list(self._lanes.values()), {}
+        self._chains.clear()
         for lane in lanes:
             await lane.aclose()
 

@@ -1,0 +1,296 @@
+"""Traffic control: makespan ÷ bound and 429 counts, shoal vs peers, in one run.
+
+The bound is what a perfect scheduler reaches: ceil(calls / cap) × latency. Each
+simulator runs in its own process (`shoal sim`, fixed latency); clients run here.
+
+    python bench/traffic_bench.py                # all scenarios, 200 calls, 50 ms
+    python bench/traffic_bench.py --calls 100 --only known,adaptive
+
+Peers on the same simulators: a naive `asyncio.gather` over raw aiohttp with
+tenacity retries (random exponential backoff on 429/5xx, as the OpenAI cookbook
+suggests, scaled to the 50 ms latency), and LiteLLM's Router with the same limits
+(`pip install 'shoal[bench]'`; skipped when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sim_proc import SimProc, sims
+from shoal.config import Config
+from shoal.traffic.retry import RetryPolicy
+from shoal.traffic.router import Router
+from shoal.types import ChatRequest, Message
+
+LATENCY = 0.05
+BODY = {"model": "sim-model", "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 16}
+
+
+def bound(calls: int, cap: int, latency: float = LATENCY) -> float:
+    return math.ceil(calls / cap) * latency
+
+
+def shoal_config(sim_list: list[SimProc], caps: list[int | None], *,
+                 shared: bool = False) -> Config:
+    channels = {}
+    for i, (s, cap) in enumerate(zip(sim_list, caps, strict=True)):
+        ch: dict[str, Any] = {"protocol": "openai", "base_url": s.url + "/v1",
+                              "api_key": "sk-bench", "provider": "openai", "shared": shared}
+        if cap is not None:
+            ch["max_concurrency"] = cap
+        channels[f"c{i}"] = ch
+    return Config.from_dict({
+        "channels": channels,
+        "models": {"m": {"channels": list(channels), "input": 1.0, "output": 1.0}},
+        "redis_url": os.environ.get("SHOAL_BENCH_REDIS", "redis://127.0.0.1:6379/0"),
+    })
+
+
+async def run_shoal(sim_list: list[SimProc], caps: list[int | None], calls: int,
+                    **router_kw: Any) -> dict[str, Any]:
+    cfg = shoal_config(sim_list, caps)
+    async with Router(cfg, retry=RetryPolicy(attempts=8), **router_kw) as router:
+        req = ChatRequest(model="m", messages=[Message.user("hello")], max_tokens=16)
+        await router.complete(req)  # warm the connection pool
+        for s in sim_list:
+            s.reset()
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(router.complete(req) for _ in range(calls)),
+                                       return_exceptions=True)
+        makespan = time.perf_counter() - t0
+        lanes = {lane["channel"]: lane for lane in router.stats()}
+    ok = sum(not isinstance(r, BaseException) for r in results)
+    return {"makespan": makespan, "ok": ok, "lanes": lanes}
+
+
+async def run_gather(sim_list: list[SimProc], calls: int) -> dict[str, Any]:
+    import aiohttp
+    from tenacity import (
+        AsyncRetrying,
+        retry_if_exception_type,
+        stop_after_attempt,
+        wait_random_exponential,
+    )
+
+    class Retryable(Exception):
+        pass
+
+    data = json.dumps(BODY).encode()
+    urls = [s.url + "/v1/chat/completions" for s in sim_list]
+    async with aiohttp.ClientSession() as session:
+        async def one(i: int) -> None:
+            async for attempt in AsyncRetrying(
+                wait=wait_random_exponential(multiplier=LATENCY, max=20 * LATENCY),
+                stop=stop_after_attempt(12), retry=retry_if_exception_type(Retryable),
+                reraise=True,
+            ):
+                with attempt:
+                    url = urls[(i + attempt.retry_state.attempt_number) % len(urls)]
+                    async with session.post(url, data=data, headers={
+                            "Authorization": "Bearer sk", "Content-Type": "application/json"}
+                                            ) as resp:
+                        await resp.read()
+                        if resp.status == 429 or resp.status >= 500:
+                            raise Retryable(resp.status)
+        for s in sim_list:
+            s.reset()
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one(i) for i in range(calls)), return_exceptions=True)
+        makespan = time.perf_counter() - t0
+    return {"makespan": makespan, "ok": sum(r is None for r in results)}
+
+
+async def run_litellm(sim_list: list[SimProc], caps: list[int | None],
+                      calls: int) -> dict[str, Any] | None:
+    try:
+        os.environ.setdefault("LITELLM_LOG", "ERROR")
+        from litellm import Router as LiteRouter
+    except ImportError:
+        return None
+    model_list = []
+    for s, cap in zip(sim_list, caps, strict=True):
+        params: dict[str, Any] = {"model": "openai/sim-model", "api_base": s.url + "/v1",
+                                  "api_key": "sk-bench"}
+        if cap is not None:
+            params["max_parallel_requests"] = cap
+        model_list.append({"model_name": "m", "litellm_params": params})
+    router = LiteRouter(model_list=model_list, num_retries=8, retry_after=0)
+    msgs = [{"role": "user", "content": "hello"}]
+    await router.acompletion(model="m", messages=msgs, max_tokens=16)
+    for s in sim_list:
+        s.reset()
+    t0 = time.perf_counter()
+    results = await asyncio.gather(
+        *(router.acompletion(model="m", messages=msgs, max_tokens=16) for _ in range(calls)),
+        return_exceptions=True)
+    makespan = time.perf_counter() - t0
+    return {"makespan": makespan, "ok": sum(not isinstance(r, BaseException) for r in results)}
+
+
+def totals(sim_list: list[SimProc]) -> dict[str, int]:
+    stats = [s.stats() for s in sim_list]
+    return {
+        "requests": sum(int(x["total_requests"]) for x in stats),
+        "429s": sum(int(x["rate_limited"]) for x in stats),
+        "max_in_flight": max(int(x["max_in_flight"]) for x in stats),
+    }
+
+
+Row = dict[str, Any]
+
+
+async def scenario(name: str, target: float, the_bound: float, sim_list: list[SimProc],
+                   runs: list[tuple[str, Callable[[], Awaitable[Row | None]]]]) -> list[Row]:
+    rows = []
+    for who, fn in runs:
+        res = await fn()
+        if res is None:
+            rows.append({"scenario": name, "client": who, "skipped": True})
+            continue
+        t = totals(sim_list)
+        rows.append({"scenario": name, "client": who, "ratio": res["makespan"] / the_bound,
+                     "target": target if who == "shoal" else None, "ok": res["ok"], **t,
+                     "extra": res.get("extra", "")})
+    return rows
+
+
+async def main_async(args: argparse.Namespace) -> list[Row]:
+    n = args.calls
+    only = set(args.only.split(",")) if args.only else None
+    lat = ("--latency", str(LATENCY))
+    rows: list[Row] = []
+
+    def want(name: str) -> bool:
+        return only is None or name in only
+
+    if want("known"):
+        with sims(("--cap", "3", *lat)) as ss:
+            rows += await scenario("known cap 3", 1.05, bound(n, 3), ss, [
+                ("shoal", lambda: run_shoal(ss, [3], n)),
+                ("gather+tenacity", lambda: run_gather(ss, n)),
+                ("litellm", lambda: run_litellm(ss, [3], n)),
+            ])
+    if want("adaptive"):
+        with sims(("--cap", "3", *lat)) as ss:
+            rows += await scenario("unknown cap 3 (adaptive)", 1.25, bound(n, 3), ss, [
+                ("shoal", lambda: run_shoal(ss, [None], n)),
+                ("gather+tenacity", lambda: run_gather(ss, n)),
+                ("litellm", lambda: run_litellm(ss, [None], n)),
+            ])
+    if want("three"):
+        with sims(*[("--cap", "3", *lat)] * 3) as ss:
+            rows += await scenario("3 channels cap 3", 1.10, bound(n, 9), ss, [
+                ("shoal", lambda: run_shoal(ss, [3, 3, 3], n)),
+                ("gather+tenacity", lambda: run_gather(ss, n)),
+                ("litellm", lambda: run_litellm(ss, [3, 3, 3], n)),
+            ])
+    if want("dead"):
+        spec = [("--cap", "3", *lat), ("--cap", "3", *lat),
+                ("--cap", "3", *lat, "--error-rate", "1.0", "--error-status", "503")]
+        with sims(*spec) as ss:
+            async def shoal_dead() -> Row:
+                res = await run_shoal(ss, [3, 3, 3], n)
+                res["extra"] = f"dead breaker: {res['lanes']['c2']['breaker']}"
+                return res
+            rows += await scenario("3 channels, 1 dead (503)", 1.20, bound(n, 6), ss, [
+                ("shoal", shoal_dead),
+                ("gather+tenacity", lambda: run_gather(ss, n)),
+                ("litellm", lambda: run_litellm(ss, [3, 3, 3], n)),
+            ])
+    if want("redis"):
+        with sims(("--cap", "5", *lat)) as ss:
+            rows += await scenario("4 processes, Redis cap 5", 1.15, bound(n, 5), ss, [
+                ("shoal", lambda: run_processes(ss[0], n, procs=4, cap=5)),
+            ])
+    return rows
+
+
+async def run_processes(sim: SimProc, calls: int, *, procs: int, cap: int) -> Row:
+    key = f"bench-{uuid.uuid4().hex[:8]}"
+    start_at = time.time() + 3.0
+    per = [calls // procs + (1 if i < calls % procs else 0) for i in range(procs)]
+    sim.reset()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--worker", "--url", sim.url, "--calls", str(k),
+             "--cap", str(cap), "--key", key, "--start-at", str(start_at)],
+            stdout=subprocess.PIPE, text=True)
+        for k in per
+    ]
+    outs = [json.loads(w.communicate(timeout=120)[0].strip().splitlines()[-1]) for w in workers]
+    end = max(o["end"] for o in outs)
+    return {"makespan": end - start_at, "ok": sum(o["ok"] for o in outs)}
+
+
+async def worker(args: argparse.Namespace) -> None:
+    cfg = Config.from_dict({
+        "channels": {args.key: {"protocol": "openai", "base_url": args.url + "/v1",
+                                "api_key": "sk-bench", "provider": "openai",
+                                "max_concurrency": args.cap, "shared": True}},
+        "models": {"m": {"channels": [args.key]}},
+        "redis_url": os.environ.get("SHOAL_BENCH_REDIS", "redis://127.0.0.1:6379/0"),
+    })
+    async with Router(cfg, retry=RetryPolicy(attempts=8)) as router:
+        req = ChatRequest(model="m", messages=[Message.user("hello")], max_tokens=16)
+        router.lane(args.key)  # build the lane (and its Redis scripts) before the start line
+        await asyncio.sleep(max(0.0, args.start_at - time.time()))
+        results = await asyncio.gather(*(router.complete(req) for _ in range(args.calls)),
+                                       return_exceptions=True)
+        end = time.time()
+    ok = sum(not isinstance(r, BaseException) for r in results)
+    print(json.dumps({"end": end, "ok": ok}))
+
+
+def report(rows: list[Row]) -> bool:
+    print(f"{'scenario':28} {'client':16} {'makespan/bound':>14} {'target':>7} {'ok':>5} "
+          f"{'requests':>8} {'429s':>5} {'max_in_flight':>13}  note")
+    passed = True
+    for r in rows:
+        if r.get("skipped"):
+            print(f"{r['scenario']:28} {r['client']:16} {'skipped (not installed)':>14}")
+            continue
+        target = r["target"]
+        verdict = ""
+        if target is not None:
+            good = r["ratio"] <= target
+            passed &= good
+            verdict = "PASS" if good else "FAIL"
+        print(f"{r['scenario']:28} {r['client']:16} {r['ratio']:14.3f} "
+              f"{'' if target is None else f'{target:.2f}':>7} {r['ok']:5d} {r['requests']:8d} "
+              f"{r['429s']:5d} {r['max_in_flight']:13d}  {verdict} {r['extra']}")
+    return passed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--only", default="", help="known,adaptive,three,dead,redis")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--cap", type=int, default=5, help=argparse.SUPPRESS)
+    p.add_argument("--key", help=argparse.SUPPRESS)
+    p.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        asyncio.run(worker(args))
+        return
+    rows = asyncio.run(main_async(args))
+    ok = report(rows)
+    print("all shoal targets met" if ok else "some shoal targets MISSED")
+
+
+if __name__ == "__main__":
+    main()
