@@ -70,7 +70,8 @@ class RetryPolicy:
     """How a store retries an operation that failed for a transient reason.
 
     ``attempts`` counts every try (4 = one try and three retries); delays grow
-    exponentially from ``base_delay_s`` to ``max_delay_s`` with full jitter.
+    exponentially from ``base_delay_s`` to ``max_delay_s``; each wait is drawn from
+    [cap/2, cap] so many writers recovering together do not retry in step.
     """
 
     attempts: int = 4
