@@ -64,6 +64,20 @@ class _Call:
     last: BaseException | None = None
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """One admitted try: the model and lane chosen and the limiter permit held."""
+
+    info: ModelInfo
+    lane: Lane
+    permit: Permit
+
+    def release(self) -> None:
+        """Give the limiter slot back; the caller judges the channel (breaker) separately."""
+        self.permit.release()
+        self.lane.pending -= 1
+
+
 class Router:
     """Model name → channels, with limits, breakers, retries and failover.
 
@@ -186,7 +200,7 @@ class Router:
 
     # -- one attempt's bookkeeping ------------------------------------------------------
 
-    async def _admit(self, call: _Call) -> tuple[ModelInfo, Lane, Permit]:
+    async def _admit(self, call: _Call) -> _Attempt:
         request, chain, budget, last_error = call.request, call.chain, call.budget, call.last
         while True:
             pick = self._pick(chain, call.excluded, call.avoid)
@@ -226,11 +240,11 @@ class Router:
             if self.events.active:
                 self.events.emit("admit", channel=lane.name, model=info.name, waited_s=waited,
                                  tokens=tokens, attempt=budget.attempts)
-            return info, lane, permit
+            return _Attempt(info, lane, permit)
 
-    def _failed(self, lane: Lane, err: ProviderError, permit: Permit) -> None:
-        permit.release()
-        lane.pending -= 1
+    def _failed(self, att: _Attempt, err: ProviderError) -> None:
+        att.release()
+        lane, permit = att.lane, att.permit
         if isinstance(err, RateLimited):
             # Backpressure, not ill health: it teaches adaptive concurrency, not the breaker.
             if lane.adaptive is not None:
@@ -240,12 +254,21 @@ class Router:
         if lane.adaptive is not None and isinstance(err, ProviderUnavailable | ProviderTimeout):
             lane.adaptive.on_overload()
 
-    def _succeeded(self, info: ModelInfo, lane: Lane, permit: Permit,
+    def _succeeded(self, request: ChatRequest, att: _Attempt,
                    response: ChatResponse) -> ChatResponse:
+        info, lane, permit = att.info, att.lane, att.permit
         usage = response.usage
+        if usage.total_tokens == 0 and (response.text or response.tool_calls):
+            # Some servers (llama.cpp) send no usage in streams: estimate it rather than
+            # let budgets and TPM see a free call.
+            from shoal.tokens import count_text, estimate_prompt_tokens
+
+            usage.input_tokens = estimate_prompt_tokens(request, info.encoding)
+            usage.output_tokens = count_text(
+                response.text + "".join(c.arguments for c in response.tool_calls),
+                info.encoding)
         permit.settle(usage.input_tokens + usage.output_tokens)
-        permit.release()
-        lane.pending -= 1
+        att.release()
         lane.breaker.record_success()
         if lane.adaptive is not None:
             lane.adaptive.on_success(response.latency_s, permit.in_flight)
@@ -297,48 +320,47 @@ class Router:
         """One logical call: the normalized, priced answer, or one shoal error."""
         call = _Call(request, self._chain(request.model), self._budget(deadline_s))
         while True:
-            info, lane, permit = await self._admit(call)
+            att = await self._admit(call)
             try:
-                provider = await lane.provider()
-                response = await provider.complete(request, model=lane.channel.wire_model(info))
+                provider = await att.lane.provider()
+                response = await provider.complete(
+                    request, model=att.lane.channel.wire_model(att.info))
             except ProviderError as err:
-                self._failed(lane, err, permit)
-                await self._next(call, lane, err)
+                self._failed(att, err)
+                await self._next(call, att.lane, err)
                 continue
             except BaseException:
-                permit.release()
-                lane.pending -= 1
+                att.release()
                 raise
-            return self._succeeded(info, lane, permit, response)
+            return self._succeeded(request, att, response)
 
     async def stream(self, request: ChatRequest, *, deadline_s: float | None = None
                      ) -> AsyncIterator[StreamEvent]:
         """Stream one logical call; fails over only before the first token is yielded."""
         call = _Call(request, self._chain(request.model), self._budget(deadline_s))
         while True:
-            info, lane, permit = await self._admit(call)
+            att = await self._admit(call)
             held: list[StreamEvent] = []
             it: AsyncIterator[StreamEvent] | None = None
             try:
-                provider = await lane.provider()
-                it = provider.stream(request, model=lane.channel.wire_model(info))
+                provider = await att.lane.provider()
+                it = provider.stream(request, model=att.lane.channel.wire_model(att.info))
                 async for event in it:  # buffer until the first token: failover stays possible
                     held.append(event)
                     if isinstance(event, TextDelta | ToolCallDelta | StreamEnd):
                         break
             except ProviderError as err:
-                self._failed(lane, err, permit)
-                await self._next(call, lane, err)
+                self._failed(att, err)
+                await self._next(call, att.lane, err)
                 continue
             except BaseException:
-                permit.release()
-                lane.pending -= 1
+                att.release()
                 raise
-            async for event in self._finish_stream(info, lane, permit, it, held):
+            async for event in self._finish_stream(request, att, it, held):
                 yield event
             return
 
-    async def _finish_stream(self, info: ModelInfo, lane: Lane, permit: Permit,
+    async def _finish_stream(self, request: ChatRequest, att: _Attempt,
                              it: AsyncIterator[StreamEvent], held: list[StreamEvent]
                              ) -> AsyncIterator[StreamEvent]:
         finished = False
@@ -354,18 +376,17 @@ class Router:
             async for event in events():
                 if isinstance(event, StreamEnd):
                     finished = True
-                    yield StreamEnd(self._succeeded(info, lane, permit, event.response))
+                    yield StreamEnd(self._succeeded(request, att, event.response))
                 else:
                     yield event
         except ProviderError as err:
             # After the first token the caller has partial output: no failover, surface it.
-            self._failed(lane, err, permit)
+            self._failed(att, err)
             finished = True
             raise
         finally:
             if not finished:  # the caller stopped early or was cancelled
-                permit.release()
-                lane.pending -= 1
+                att.release()
             aclose = getattr(it, "aclose", None)
             if aclose is not None:
                 await aclose()
