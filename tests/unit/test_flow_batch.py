@@ -83,7 +83,8 @@ async def test_progress_bar_shows_counts() -> None:
     assert "3/3" in text
     assert "ok 2" in text
     assert "failed 1" in text
-    assert "tokens" in text
+    assert " tok " in text
+    assert "ETA" in text
     assert "$0.0000" in text
 
 

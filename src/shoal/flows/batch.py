@@ -74,16 +74,20 @@ class BatchResult:
         return [i.output for i in self.items]
 
     def table(self, title: str = "batch") -> Table:
+        from rich import box
         from rich.table import Table
 
-        table = Table(title=f"{title}: {len(self.succeeded)} ok, {len(self.failed)} failed")
-        for col in ("#", "status", "latency", "tokens in", "tokens out", "cost", "error"):
-            table.add_column(col)
+        table = Table(title=f"{title}: {len(self.succeeded)} ok, {len(self.failed)} failed",
+                      box=box.SIMPLE_HEAD, pad_edge=False, caption="in/out: tokens")
+        for col in ("#", "status", "latency", "in", "out", "cost $", "error"):
+            table.add_column(col, justify="left" if col in ("status", "error") else "right")
         for i in self.items:
             colour = "green" if i.status == "succeeded" else "red"
             table.add_row(str(i.index), f"[{colour}]{i.status}[/]", f"{i.latency_s:.2f}s",
                           str(i.usage.input_tokens), str(i.usage.output_tokens),
-                          f"${i.cost_usd:.6f}", (i.error or "")[:80])
+                          f"{i.cost_usd:.6f}", (i.error or "")[:60])
+        table.add_row("total", "", f"{self.latency_s:.2f}s", str(self.usage.input_tokens),
+                      str(self.usage.output_tokens), f"{self.cost_usd:.6f}", "")
         return table
 
 
@@ -231,16 +235,16 @@ class _Progress:
                 MofNCompleteColumn,
                 Progress,
                 TextColumn,
-                TimeElapsedColumn,
                 TimeRemainingColumn,
             )
 
             self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[bold]{task.description}"), BarColumn(bar_width=16),
+                MofNCompleteColumn(),
                 TextColumn("[green]ok {task.fields[ok]}[/] [red]failed {task.fields[failed]}[/]"
-                           " running {task.fields[running]} · {task.fields[tokens]} tokens · "
-                           "${task.fields[cost]}"),
-                TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn(),
+                           " running {task.fields[running]} · {task.fields[tokens]} tok · "
+                           "${task.fields[cost]} · ETA"),
+                TimeRemainingColumn(),
                 console=console, get_time=clock.now, transient=False,
             )
             self._task = self._bar.add_task(description, total=total, ok=0, failed=0,

@@ -1,0 +1,293 @@
+"""``shoal run TARGET``: run an agent, a flow or a flow spec on one input or a batch.
+
+TARGET is ``module:object`` (or ``path/to/file.py:object``) naming an Agent, a Flow, a
+zero-argument factory of one, or an async function of one input; or a ``.toml`` /
+``.yaml`` flow spec (see docs/flows.md). Inputs come from arguments, ``--input-file``
+or ``--input-dir`` (one input per file: a batch). One input prints the output and a
+table of steps; several run as a batch with a live progress bar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from shoal.errors import ConfigError, ShoalError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from shoal.agents.client import ModelClient
+
+__all__ = ["load_inputs", "load_target", "register", "run"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``run`` command to *app*."""
+    app.command("run")(run)
+
+
+def _import_object(spec: str) -> Any:
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"target {spec!r} must be 'module:object', 'file.py:object' or a "
+                          ".toml/.yaml flow spec")
+    if module_name.endswith(".py") or "/" in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise ConfigError(f"no such file {path}")
+        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise ConfigError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(mod_spec)
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:  # its sibling modules import, as when run as a script
+            sys.path.insert(0, folder)
+        sys.modules[path.stem] = module
+        mod_spec.loader.exec_module(module)
+    else:
+        if "" not in sys.path:
+            sys.path.insert(0, "")  # the current directory, like `python -m`
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no {attr!r}") from None
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    text = path.read_text("utf-8")
+    if path.suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        yaml: Any = importlib.import_module("yaml")  # optional: PyYAML
+    except ImportError:
+        raise ConfigError(
+            f"{path} is YAML, which needs PyYAML: pip install pyyaml (or write the spec as TOML)"
+        ) from None
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping with [flow] and [steps.NAME]")
+    return data
+
+
+def load_target(target: str) -> Any:
+    """The Agent, Flow or async function TARGET names (factories are called)."""
+    from shoal.agents.agent import Agent
+    from shoal.flows.flow import Flow
+
+    path = Path(target)
+    if path.suffix in (".toml", ".yaml", ".yml") and ":" not in target:
+        if not path.is_file():
+            raise ConfigError(f"no such flow spec {path}")
+        return Flow.from_spec(_read_spec(path), name=None)
+    obj = _import_object(target)
+    if isinstance(obj, Agent | Flow):
+        return obj
+    if callable(obj):
+        params = [p for p in inspect.signature(obj).parameters.values()
+                  if p.default is inspect.Parameter.empty]
+        if not params:  # a factory
+            made = obj()
+            if inspect.isawaitable(made):
+                raise ConfigError(f"{target} is an async function of no input; "
+                                  "give it one parameter (the input)")
+            if isinstance(made, Agent | Flow):
+                return made
+            raise ConfigError(f"{target}() returned {type(made).__name__}, not an Agent or Flow")
+        return obj
+    raise ConfigError(f"{target} is a {type(obj).__name__}, not an Agent, Flow or function")
+
+
+def load_inputs(
+    inputs: list[str], input_file: Path | None, input_dir: Path | None, pattern: str
+) -> list[tuple[str, Any]]:
+    """(label, input) pairs: arguments, then a file (``.jsonl``: one JSON input per line),
+    then every file of a folder matching ``pattern`` (sorted)."""
+    out: list[tuple[str, Any]] = [(f"arg{i}", text) for i, text in enumerate(inputs)]
+    if input_file is not None:
+        if not input_file.is_file():
+            raise ConfigError(f"no such input file {input_file}")
+        if input_file.suffix == ".jsonl":
+            for n, line in enumerate(input_file.read_text("utf-8").splitlines()):
+                if line.strip():
+                    out.append((f"{input_file.name}:{n + 1}", json.loads(line)))
+        else:
+            out.append((str(input_file), input_file.read_text("utf-8")))
+    if input_dir is not None:
+        if not input_dir.is_dir():
+            raise ConfigError(f"no such input folder {input_dir}")
+        files = sorted(p for p in input_dir.glob(pattern) if p.is_file())
+        if not files:
+            raise ConfigError(f"no files match {pattern!r} in {input_dir}")
+        out += [(str(p), p.read_text("utf-8", errors="replace")) for p in files]
+    return out
+
+
+def _override_model(target: Any, model: str) -> Any:
+    from shoal.agents.agent import Agent
+    from shoal.flows.flow import Flow
+
+    if isinstance(target, Agent):
+        return target.clone(model=model, fallbacks=())
+    if isinstance(target, Flow):
+        for step in target.steps.values():
+            if isinstance(step.target, Agent):
+                step.target = step.target.clone(model=model, fallbacks=())
+        target.default_model = model
+    return target
+
+
+async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelClient,
+                   concurrency: int, run_id: str | None, budget_usd: float | None,
+                   progress: bool, console: Console) -> dict[str, Any]:
+    from shoal.agents.agent import Agent
+    from shoal.agents.guards import Budget
+    from shoal.agents.recorder import to_jsonable
+    from shoal.agents.runner import Runner
+    from shoal.flows.batch import Batch
+    from shoal.flows.flow import Flow
+
+    if len(items) == 1:
+        value = items[0][1]
+        if isinstance(target, Flow):
+            budget = Budget(max_usd=budget_usd) if budget_usd else None
+            res = await target.run(value, run_id=run_id, client=client, budget=budget)
+            _print_output(console, res.output)
+            console.print(res.table())
+            return {"run_id": res.run_id, "status": res.status, "output": to_jsonable(res.output),
+                    "steps": res.rows(), "cost_usd": res.cost_usd,
+                    "usage": to_jsonable(res.usage)}
+        if isinstance(target, Agent):
+            budget = Budget(max_usd=budget_usd) if budget_usd else None
+            text = value if isinstance(value, str) else json.dumps(value)
+            agent_res = await Runner(client).run(target, text, budget=budget, run_id=run_id)
+            _print_output(console, agent_res.output)
+            console.print(_turns_table(agent_res))
+            return {"run_id": agent_res.run_id, "status": "succeeded",
+                    "output": to_jsonable(agent_res.output), "cost_usd": agent_res.cost_usd,
+                    "usage": to_jsonable(agent_res.usage), "turns": len(agent_res.turns)}
+    batch = Batch(target, concurrency=concurrency, client=client, run_id=run_id,
+                  budget_usd=budget_usd, progress=progress, console=console)
+    result = await batch.run([v for _, v in items])
+    console.print(result.table())
+    return {
+        "items": [
+            {"input": label, "status": it.status, "output": to_jsonable(it.output),
+             "error": it.error, "cost_usd": it.cost_usd, "usage": to_jsonable(it.usage),
+             "latency_s": round(it.latency_s, 3), "run_id": it.run_id}
+            for (label, _), it in zip(items, result.items, strict=True)
+        ],
+        "succeeded": len(result.succeeded), "failed": len(result.failed),
+        "cost_usd": result.cost_usd, "usage": to_jsonable(result.usage),
+    }
+
+
+def _print_output(console: Console, output: Any) -> None:
+    from rich.panel import Panel
+
+    from shoal.flows.flow import as_text
+
+    console.print(Panel(as_text(output).strip() or "(empty answer)", title="output",
+                        expand=False))
+
+
+def _turns_table(result: Any) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"agent {result.agent} · run {result.run_id}", box=box.SIMPLE_HEAD)
+    for col in ("turn", "model", "latency", "tok in", "tok out", "cost $", "tools", "note"):
+        table.add_column(col)
+    for t in result.turns:
+        table.add_row(str(t.turn), t.model, f"{t.latency_s:.2f}s", str(t.usage.input_tokens),
+                      str(t.usage.output_tokens), f"{t.cost_usd:.6f}",
+                      ", ".join(t.tool_calls), t.note[:40])
+    return table
+
+
+async def _main(target_spec: str, items: list[tuple[str, Any]], *, config: Path | None,
+                model: str | None, sim: bool, concurrency: int, run_id: str | None,
+                budget_usd: float | None, progress: bool, console: Console) -> dict[str, Any]:
+    from shoal.config import Config
+    from shoal.traffic.router import Router
+
+    target = load_target(target_spec)
+    if model:
+        target = _override_model(target, model)
+    if not sim:
+        async with Router(Config.load(config)) as router:
+            return await _execute(target, items, client=router, concurrency=concurrency,
+                                  run_id=run_id, budget_usd=budget_usd, progress=progress,
+                                  console=console)
+    from shoal.examples_builtin import config_for_sim
+    from shoal.sim import SimConfig, SimServer
+
+    async with SimServer(SimConfig()) as server, Router(config_for_sim(server.url)) as router:
+        return await _execute(target, items, client=router, concurrency=concurrency,
+                              run_id=run_id, budget_usd=budget_usd, progress=progress,
+                              console=console)
+
+
+def run(
+    target: Annotated[str, typer.Argument(help="module:object, file.py:object, or a "
+                                               ".toml/.yaml flow spec.")],
+    inputs: Annotated[list[str] | None, typer.Argument(help="Inputs (several = a batch).")]
+    = None,
+    *,
+    input_file: Annotated[Path | None, typer.Option(
+        "--input-file", "-f", help="A file as the input (.jsonl: one input per line).")] = None,
+    input_dir: Annotated[Path | None, typer.Option(
+        "--input-dir", "-d", help="A folder: one input per file (a batch).")] = None,
+    glob: Annotated[str, typer.Option(help="Which files of --input-dir.")] = "*",
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", "-o", help="Write the results as JSON to this file.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="shoal.toml (default: $SHOAL_CONFIG or ./shoal.toml).")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Run every agent on this model instead.")] = None,
+    sim: Annotated[bool, typer.Option(
+        "--sim", help="Serve every model from an in-process simulator (offline).")] = False,
+    concurrency: Annotated[int, typer.Option(help="Batch items at once.")] = 8,
+    run_id: Annotated[str | None, typer.Option(help="Run id (to name or resume a run).")]
+    = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Dollar budget for the run.")] = None,
+    progress: Annotated[bool, typer.Option(help="Live progress bar for batches.")] = True,
+) -> None:
+    """Run an agent, a flow or a flow spec on one input or a batch of inputs."""
+    from rich.console import Console
+
+    console = Console(stderr=False)
+    err = Console(stderr=True)
+    try:
+        items = load_inputs(list(inputs or []), input_file, input_dir, glob)
+        if not items:
+            raise ConfigError("give an input: an argument, --input-file or --input-dir")
+        summary = asyncio.run(_main(
+            target, items, config=config, model=model, sim=sim, concurrency=concurrency,
+            run_id=run_id, budget_usd=budget_usd, progress=progress, console=console))
+    except ShoalError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str),
+                            "utf-8")
+        console.print(f"results written to {json_out}")
+    failed = summary.get("failed", 0) or summary.get("status") == "failed"
+    if failed:
+        raise typer.Exit(2)

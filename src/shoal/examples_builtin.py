@@ -1,0 +1,112 @@
+"""The quick-start pipeline (``shoal demo "TOPIC"``): Researcher → Analyzer → Writer.
+
+Plain-text outputs throughout, so it runs on any model — including the weak offline
+model (``smollm2-135m``), whose answers are short and often off the point: the demo
+shows the machinery (steps, limits, tokens, cost), not the prose. A step that fails
+does not sink the run: the researcher and analyzer continue without output, and the
+writer falls back to a note saying what went wrong.
+
+``examples/content_pipeline.py`` reuses this definition.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shoal.agents.agent import Agent
+from shoal.flows.flow import Flow
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from shoal.agents.client import ModelClient
+    from shoal.config import Config
+    from shoal.flows.flow import FlowResult
+
+__all__ = [
+    "PIPELINE_STEPS",
+    "config_for_sim",
+    "content_pipeline",
+    "render_pipeline_result",
+    "run_content_pipeline",
+]
+
+PIPELINE_STEPS = ("researcher", "analyzer", "writer")
+
+_INSTRUCTIONS = {
+    "researcher": "You are a researcher. List the five most important facts about the "
+    "topic, one short line each.",
+    "analyzer": "You are an analyst. From the research notes, name the main trends, "
+    "risks and open questions in a few short lines.",
+    "writer": "You are a writer. Using the analysis, write a short, clear report of "
+    "about one paragraph.",
+}
+
+
+def content_pipeline(
+    models: dict[str, str] | None = None,
+    *,
+    max_tokens: int = 300,
+    budget_usd: float | None = 0.50,
+) -> Flow:
+    """The pipeline as a :class:`Flow`. ``models`` maps step name → model; a step not in
+    it uses the configuration's default model (the offline model when no key is set)."""
+    models = models or {}
+    unknown = set(models) - set(PIPELINE_STEPS)
+    if unknown:
+        from shoal.errors import ConfigError
+
+        raise ConfigError(f"unknown pipeline steps {sorted(unknown)}; "
+                          f"the steps are {', '.join(PIPELINE_STEPS)}")
+    agents = {
+        name: Agent(name, model=models.get(name), instructions=_INSTRUCTIONS[name],
+                    max_tokens=max_tokens, temperature=0.3, max_turns=2)
+        for name in PIPELINE_STEPS
+    }
+    flow = Flow("content-pipeline", budget_usd=budget_usd)
+    flow.add(agents["researcher"], on_failure="continue", retries=1)
+    flow.add(agents["analyzer"], after="researcher", on_failure="continue", retries=1)
+    flow.add(agents["writer"], after="analyzer", on_failure="fallback", retries=1,
+             default=lambda exc: f"(no report: the writer failed with {type(exc).__name__}: "
+                                 f"{exc})")
+    return flow
+
+
+async def run_content_pipeline(
+    topic: str,
+    *,
+    router: ModelClient,
+    models: dict[str, str] | None = None,
+    run_id: str | None = None,
+) -> FlowResult:
+    """Run the pipeline on ``topic`` through ``router``; the result's ``output`` is the
+    writer's text and ``table()`` the per-step summary."""
+    return await content_pipeline(models).run(topic, client=router, run_id=run_id)
+
+
+def render_pipeline_result(result: FlowResult, console: Console | None = None) -> None:
+    """Print the final text, then the table of steps (step, model, status, latency,
+    tokens in/out, cost)."""
+    from rich.console import Console
+    from rich.panel import Panel
+
+    out = console or Console()
+    text = result.output if isinstance(result.output, str) else str(result.output)
+    out.print(Panel(text.strip() or "(empty answer)", title="report", expand=False))
+    out.print(result.table())
+
+
+def config_for_sim(base_url: str, *, max_concurrency: int | None = 64) -> Config:
+    """A configuration that serves every catalog model from one simulator (``base_url`` is
+    the server's root, e.g. ``sim.url``), at catalog prices: run anything offline."""
+    from shoal.config import Config
+
+    catalog = Config.from_dict({})
+    channel: dict[str, object] = {"protocol": "openai", "base_url": base_url.rstrip("/") + "/v1",
+                                  "api_key": "sk-sim", "provider": "openai"}
+    if max_concurrency is not None:
+        channel["max_concurrency"] = max_concurrency
+    return Config.from_dict({
+        "channels": {"sim": channel},
+        "models": {name: {"channels": ["sim"], "fallbacks": []} for name in catalog.models},
+    })
