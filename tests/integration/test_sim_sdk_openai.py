@@ -133,7 +133,9 @@ async def test_streamed_tool_call_assembled_by_sdk_helper() -> None:
     async with (
         running(config) as sim,
         openai_for(sim) as client,
-        client.chat.completions.stream(model=MODEL, messages=USER, tools=tools) as stream,
+        client.chat.completions.stream(
+            model=MODEL, messages=USER, tools=tools, stream_options={"include_usage": True}
+        ) as stream,
     ):
         deltas = [e async for e in stream if e.type == "tool_calls.function.arguments.delta"]
         final = await stream.get_final_completion()
@@ -144,6 +146,8 @@ async def test_streamed_tool_call_assembled_by_sdk_helper() -> None:
     for call in calls:
         assert isinstance(call.function.parsed_arguments, GetWeather)
     assert len(deltas) > 2  # arguments arrived in pieces, not whole
+    assert final.usage is not None
+    assert final.usage.completion_tokens == sum(1 for d in deltas if d.arguments_delta)
 
 
 async def test_json_schema_output_parsed_by_sdk() -> None:

@@ -95,54 +95,54 @@ def parse(body: Any, style: str) -> Ask:
     return ask
 
 
-def _usage(answer: Answer, style: str) -> dict[str, Any]:
-    reasoning = len(answer.reasoning)
-    usage: dict[str, Any] = {
-        "prompt_tokens": answer.prompt_tokens,
-        "completion_tokens": answer.completion_tokens,
-        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": reasoning,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
-    if style == "deepseek":
-        usage["prompt_cache_hit_tokens"] = 0
-        usage["prompt_cache_miss_tokens"] = answer.prompt_tokens
-    return usage
+def _usage_json(answer: Answer, style: str) -> str:
+    # Built as text: this is on every request's path and a template is ~5x faster
+    # than encoding the nested dicts.
+    p, c = answer.prompt_tokens, answer.completion_tokens
+    extra = (
+        f',"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":{p}'
+        if style == "deepseek"
+        else ""
+    )
+    return (
+        f'{{"prompt_tokens":{p},"completion_tokens":{c},"total_tokens":{p + c},'
+        '"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},'
+        f'"completion_tokens_details":{{"reasoning_tokens":{len(answer.reasoning)},'
+        '"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}'
+        f"{extra}}}"
+    )
 
 
 def render(rid: str, created: int, ask: Ask, answer: Answer, style: str) -> bytes:
     """The non-streamed ``chat.completion`` body."""
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": answer.text if answer.pieces or not answer.tools else None,
-        "refusal": None,
-        "annotations": [],
-    }
-    if answer.reasoning:
-        message["reasoning_content"] = answer.reasoning_text
-    if answer.tools:
-        message["tool_calls"] = [
-            {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
-            for t in answer.tools
-        ]
-    body = {
-        "id": rid,
-        "object": "chat.completion",
-        "created": created,
-        "model": ask.model,
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish}
-        ],
-        "usage": _usage(answer, style),
-        "service_tier": "default",
-        "system_fingerprint": "fp_shoal_sim",
-    }
-    return _DUMPS(body).encode()
+    if answer.tools or answer.reasoning:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": answer.text if answer.pieces or not answer.tools else None,
+            "refusal": None,
+            "annotations": [],
+        }
+        if answer.reasoning:
+            message["reasoning_content"] = answer.reasoning_text
+        if answer.tools:
+            message["tool_calls"] = [
+                {"id": t.id, "type": "function",
+                 "function": {"name": t.name, "arguments": t.arguments}}
+                for t in answer.tools
+            ]  # fmt: skip
+        message_json = _DUMPS(message)
+    else:
+        message_json = (
+            f'{{"role":"assistant","content":{_DUMPS(answer.text)},'
+            '"refusal":null,"annotations":[]}'
+        )
+    return (
+        f'{{"id":"{rid}","object":"chat.completion","created":{created},'
+        f'"model":{_DUMPS(ask.model)},"choices":[{{"index":0,"message":{message_json},'
+        f'"logprobs":null,"finish_reason":"{answer.finish}"}}],'
+        f'"usage":{_usage_json(answer, style)},"service_tier":"default",'
+        '"system_fingerprint":"fp_shoal_sim"}'
+    ).encode()
 
 
 def render_stream(
@@ -152,11 +152,11 @@ def render_stream(
 
     The last event is always the end marker ``data: [DONE]``.
     """
-    head = (
+    opening = (
         f'data: {{"id":"{rid}","object":"chat.completion.chunk","created":{created},'
-        f'"model":{_DUMPS(ask.model)},"system_fingerprint":"fp_shoal_sim","choices":['
-        '{"index":0,"delta":'
+        f'"model":{_DUMPS(ask.model)},"system_fingerprint":"fp_shoal_sim",'
     )
+    head = opening + '"choices":[{"index":0,"delta":'
     usage_null = ask.include_usage and style in ("openai", "deepseek")
     tail = ',"logprobs":null,"finish_reason":null}]' + (',"usage":null' if usage_null else "")
     tail += "}\n\n"
@@ -178,36 +178,29 @@ def render_stream(
         add('{"content":' + _DUMPS(piece) + "}", True)
     for index, tool in enumerate(answer.tools):
         whole = style == "zhipu"
-        opening = {
+        call_start = {
             "index": index,
             "id": tool.id,
             "type": "function",
             "function": {"name": tool.name, "arguments": tool.arguments if whole else ""},
         }
-        add('{"tool_calls":[' + _DUMPS(opening) + "]}", whole)
+        add('{"tool_calls":[' + _DUMPS(call_start) + "]}", whole)
         if not whole:
             for piece in tool.pieces:
                 frag = f'{{"index":{index},"function":{{"arguments":{_DUMPS(piece)}}}}}'
                 add('{"tool_calls":[' + frag + "]}", True)
-    usage = _usage(answer, style)
-    final_choice: dict[str, Any] = {
-        "index": 0, "delta": {}, "logprobs": None, "finish_reason": answer.finish,
-    }  # fmt: skip
-    final: dict[str, Any] = {
-        "id": rid, "object": "chat.completion.chunk", "created": created, "model": ask.model,
-        "system_fingerprint": "fp_shoal_sim", "choices": [final_choice],
-    }  # fmt: skip
-    if style == "moonshot":
-        final_choice["usage"] = usage
-    elif style == "zhipu":
-        final["usage"] = usage
-    elif usage_null:
-        final["usage"] = None
-    events.append(b"data: " + _DUMPS(final).encode() + b"\n\n")
+    usage = _usage_json(answer, style)
+    # Moonshot puts usage inside the finishing choice, Zhipu on the finishing chunk.
+    in_choice = f',"usage":{usage}' if style == "moonshot" else ""
+    on_chunk = f',"usage":{usage}' if style == "zhipu" else ',"usage":null' if usage_null else ""
+    final = (
+        f'{head}{{}},"logprobs":null,"finish_reason":"{answer.finish}"{in_choice}}}]'
+        f"{on_chunk}}}\n\n"
+    )
+    events.append(final.encode())
     tokens.append(False)
     if usage_null:
-        tail_chunk = {**final, "choices": [], "usage": usage}
-        events.append(b"data: " + _DUMPS(tail_chunk).encode() + b"\n\n")
+        events.append(f'{opening}"choices":[],"usage":{usage}}}\n\n'.encode())
         tokens.append(False)
     events.append(DONE)
     tokens.append(False)
