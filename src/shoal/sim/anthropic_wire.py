@@ -96,6 +96,14 @@ def parse(body: Any) -> Ask:
     return ask
 
 
+def _usage_json(answer: Answer, output: int) -> str:
+    return (
+        f'{{"input_tokens":{answer.prompt_tokens},"cache_creation_input_tokens":0,'
+        '"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,'
+        f'"ephemeral_1h_input_tokens":0}},"output_tokens":{output},"service_tier":"standard"}}'
+    )
+
+
 def _usage(answer: Answer, output: int) -> dict[str, Any]:
     return {
         "input_tokens": answer.prompt_tokens,
@@ -149,62 +157,62 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 
 def render_stream(rid: str, ask: Ask, answer: Answer) -> tuple[list[bytes], list[bool]]:
-    """SSE events and, for each, whether it carries a token. Ends with ``message_stop``."""
+    """SSE events and, for each, whether it carries a token. Ends with ``message_stop``.
+
+    Built from text templates: this runs for every streamed request."""
     events: list[bytes] = []
     tokens: list[bool] = []
 
-    def add(event: bytes, is_token: bool = False) -> None:
-        events.append(event)
+    def add(event: str, is_token: bool = False) -> None:
+        events.append(event.encode())
         tokens.append(is_token)
 
-    start: dict[str, Any] = {
-        "id": rid, "type": "message", "role": "assistant", "model": ask.model, "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": _usage(answer, 1),
-    }  # fmt: skip
-    add(_event("message_start", {"type": "message_start", "message": start}))
+    add(
+        'event: message_start\ndata: {"type":"message_start","message":{'
+        f'"id":"{rid}","type":"message","role":"assistant","model":{_DUMPS(ask.model)},'
+        '"content":[],"stop_reason":null,"stop_sequence":null,'
+        f'"usage":{_usage_json(answer, 1)}}}}}\n\n'
+    )
     index = 0
 
-    def delta_prefix(i: int) -> bytes:
-        return (
-            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":'
-            % i
-        )
-
-    def block(content_block: dict[str, Any], kind: str, field: str, pieces: list[str]) -> None:
+    def block(opening: str, kind: str, field: str, pieces: list[str]) -> None:
         nonlocal index
-        add(_event("content_block_start", {"type": "content_block_start", "index": index,
-                                           "content_block": content_block}))  # fmt: skip
+        add(
+            'event: content_block_start\ndata: {"type":"content_block_start",'
+            f'"index":{index},"content_block":{opening}}}\n\n'
+        )
         if index == 0:
-            add(b'event: ping\ndata: {"type":"ping"}\n\n')
-        prefix = delta_prefix(index)
-        head = b'{"type":"' + kind.encode() + b'","' + field.encode() + b'":'
+            add('event: ping\ndata: {"type":"ping"}\n\n')
+        prefix = (
+            'event: content_block_delta\ndata: {"type":"content_block_delta",'
+            f'"index":{index},"delta":'
+        )
+        head = f'{prefix}{{"type":"{kind}","{field}":'
         for piece in pieces:
-            add(prefix + head + _DUMPS(piece).encode() + b"}}\n\n", True)
+            add(head + _DUMPS(piece) + "}}\n\n", True)
         if kind == "thinking_delta":
-            sig = {"type": "signature_delta", "signature": _signature(rid)}
-            add(prefix + _DUMPS(sig).encode() + b"}\n\n")
-        add(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
+            add(f'{prefix}{{"type":"signature_delta","signature":"{_signature(rid)}"}}}}\n\n')
+        add(
+            'event: content_block_stop\ndata: {"type":"content_block_stop",'
+            f'"index":{index}}}\n\n'
+        )
         index += 1
 
     if answer.reasoning:
-        block({"type": "thinking", "thinking": "", "signature": ""}, "thinking_delta",
-              "thinking", answer.reasoning)  # fmt: skip
+        opening = '{"type":"thinking","thinking":"","signature":""}'
+        block(opening, "thinking_delta", "thinking", answer.reasoning)
     if answer.pieces or not answer.tools:
-        block({"type": "text", "text": ""}, "text_delta", "text", answer.pieces)
+        block('{"type":"text","text":""}', "text_delta", "text", answer.pieces)
     for tool in answer.tools:
-        opening = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
+        opening = _DUMPS({"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}})
         block(opening, "input_json_delta", "partial_json", tool.pieces)
     add(
-        _event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": _STOP[answer.finish], "stop_sequence": None},
-                "usage": _usage(answer, answer.completion_tokens),
-            },
-        )
+        'event: message_delta\ndata: {"type":"message_delta","delta":'
+        f'{{"stop_reason":"{_STOP[answer.finish]}","stop_sequence":null}},'
+        f'"usage":{_usage_json(answer, answer.completion_tokens)}}}\n\n'
     )
-    add(MESSAGE_STOP)
+    events.append(MESSAGE_STOP)
+    tokens.append(False)
     return events, tokens
 
 
