@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -56,8 +57,8 @@ class Call:
         metadata: dict[str, Any] | None = ask.metadata if ask is not None else None
         return RequestRecord(
             id=self.rid,
-            path=self.request.path,
-            model=ask.model if ask is not None else "",
+            path=sys.intern(self.request.path),
+            model=sys.intern(ask.model) if ask is not None else "",
             stream=ask.stream if ask is not None else False,
             status=self.status,
             fault=self.fault,
