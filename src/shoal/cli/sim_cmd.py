@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from shoal.cli.loop import run as run_loop
+
 __all__ = ["register", "serve"]
 
 _FAULT_FLAGS = (
@@ -94,7 +96,7 @@ def sim(
                 name: _with(p, profile) for name, p in models.items()
             }
         cfg = cfg.replace(**changes)
-        asyncio.run(serve(cfg, host=host, port=port))
+        run_loop(serve(cfg, host=host, port=port))  # uvloop when installed
     except ConfigError as exc:
         typer.echo(f"shoal sim: {exc}", err=True)
         raise typer.Exit(2) from None
