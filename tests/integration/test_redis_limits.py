@@ -281,3 +281,50 @@ async def test_redis_down_is_a_clear_error(unique_prefix: str) -> None:
             await lim.acquire(timeout=1.0)
     finally:
         await lim.aclose()
+
+
+async def test_release_hands_over_in_one_round_trip_with_windows(
+    redis_url: str, unique_prefix: str, redis_client: Any
+) -> None:
+    lim = RedisLimiter(redis_url, key=unique_prefix, max_concurrency=1, rpm=1000, tpm=10_000)
+    try:
+        first = await take(lim, 100)
+        waiter = asyncio.create_task(lim.acquire(200, timeout=5.0))
+        await asyncio.sleep(0.05)
+        first.release()  # release + admit the waiter in one script
+        second = await waiter
+        assert second.tokens == 200
+        assert await holders(redis_client, unique_prefix) == 1
+        tag = "{" + unique_prefix + "}"
+        assert int(await redis_client.get(f"{tag}:tpm_used")) == 300
+        assert int(await redis_client.zcard(f"{tag}:rpm")) == 2
+        second.release()
+    finally:
+        await lim.aclose()
+
+
+async def test_local_hand_overs_are_bounded_so_other_processes_get_a_turn(
+    redis_url: str, unique_prefix: str
+) -> None:
+    busy = RedisLimiter(redis_url, key=unique_prefix, max_concurrency=1, poll_s=0.05)
+    other = RedisLimiter(redis_url, key=unique_prefix, max_concurrency=1, poll_s=0.05)
+    order: list[str] = []
+
+    async def call(lim: RedisLimiter, tag: str) -> None:
+        permit = await lim.acquire(timeout=10.0)
+        order.append(tag)
+        await asyncio.sleep(0.005)
+        permit.release()
+
+    try:
+        first = await take(busy)
+        busy_calls = [asyncio.create_task(call(busy, f"busy{i}")) for i in range(20)]
+        await asyncio.sleep(0.05)
+        other_call = asyncio.create_task(call(other, "other"))
+        await asyncio.sleep(0.05)
+        first.release()
+        await asyncio.gather(*busy_calls, other_call)
+        assert order.index("other") <= 10  # not after all twenty local calls
+    finally:
+        await busy.aclose()
+        await other.aclose()

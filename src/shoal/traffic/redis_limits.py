@@ -31,6 +31,7 @@ holds; ``Permit.in_flight`` is the global count when the permit was granted.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import logging
 import uuid
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from shoal.clock import Clock, RealClock
 from shoal.errors import ConfigError, DeadlineExceeded, RunError
 from shoal.observe.events import SETTLE, WAIT, EventBus
+from shoal.traffic import redis_scripts as lua
 from shoal.traffic.limits import WINDOW_S, Limiter, Permit
 
 if TYPE_CHECKING:
@@ -51,125 +53,24 @@ if TYPE_CHECKING:
 __all__ = ["RedisLimiter"]
 
 _log = logging.getLogger("shoal.traffic.redis")
-_CAP_TTL_MS = 86_400_000  # a learned shared cap is forgotten after a day unused
+# A process hands a freed slot straight to its own next waiter at most this many times
+# in a row; then the slot is offered to every process (fairness across replicas).
+_MAX_LOCAL_STREAK = 8
 
-# KEYS: holders, rpm log, tpm log, tpm tokens, tpm used, cap
-# ARGV: holder, lease ms, max concurrency (0 = none), rpm (0), tpm (0), tokens, window ms
-# -> {granted, wait ms, cap (0 = none), holders after, reason (1 conc, 2 rpm, 3 tpm)}
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local lease = tonumber(ARGV[2])
-local window = tonumber(ARGV[7])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local cap = tonumber(ARGV[3])
-local shared = redis.call('GET', KEYS[6])
-if shared then cap = tonumber(shared) end
-local held = redis.call('ZCARD', KEYS[1])
-if cap > 0 and held >= cap then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, math.ceil(tonumber(first[2]) - now), cap, held, 1}
-end
-local cutoff = now - window
-local rpm = tonumber(ARGV[4])
-if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
-  local n = redis.call('ZCARD', KEYS[2])
-  if n >= rpm then
-    local e = redis.call('ZRANGE', KEYS[2], n - rpm, n - rpm, 'WITHSCORES')
-    return {0, math.ceil(tonumber(e[2]) + window - now), cap, held, 2}
-  end
-end
-local tpm = tonumber(ARGV[5])
-local tokens = tonumber(ARGV[6])
-local used = 0
-if tpm > 0 then
-  used = tonumber(redis.call('GET', KEYS[5]) or '0')
-  local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', cutoff)
-  if #old > 0 then
-    for _, id in ipairs(old) do
-      used = used - tonumber(redis.call('HGET', KEYS[4], id) or '0')
-      redis.call('HDEL', KEYS[4], id)
-    end
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', cutoff)
-    redis.call('SET', KEYS[5], used)
-  end
-  if used + tokens > tpm then
-    local excess = used + tokens - tpm
-    local entries = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
-    for i = 1, #entries, 2 do
-      excess = excess - tonumber(redis.call('HGET', KEYS[4], entries[i]) or '0')
-      if excess <= 0 then
-        return {0, math.ceil(tonumber(entries[i + 1]) + window - now), cap, held, 3}
-      end
-    end
-    return {0, math.ceil(window), cap, held, 3}
-  end
-end
-redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], math.ceil(2 * lease))
-local keep = math.ceil(window) + 1000
-if rpm > 0 then
-  redis.call('ZADD', KEYS[2], now, ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], keep)
-end
-if tpm > 0 then
-  redis.call('ZADD', KEYS[3], now, ARGV[1])
-  redis.call('HSET', KEYS[4], ARGV[1], tokens)
-  redis.call('SET', KEYS[5], used + tokens, 'PX', keep)
-  redis.call('PEXPIRE', KEYS[3], keep)
-  redis.call('PEXPIRE', KEYS[4], keep)
-end
-return {1, 0, cap, held + 1, 0}
-"""
 
-# KEYS: holders; ARGV: holder, notify channel
-_RELEASE = """
-local n = redis.call('ZREM', KEYS[1], ARGV[1])
-if n > 0 then redis.call('PUBLISH', ARGV[2], '1') end
-return n
-"""
+class _Waiter:
+    """A call queued in this process. ``turn`` resolves when it is the head (the one
+    that asks Redis); ``grant`` when a releasing call handed it a slot directly."""
 
-# KEYS: tpm tokens, tpm used; ARGV: holder, actual tokens, notify channel
-_SETTLE = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then return 0 end
-local delta = tonumber(ARGV[2]) - tonumber(old)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('INCRBY', KEYS[2], delta)
-if delta < 0 then redis.call('PUBLISH', ARGV[3], '1') end
-return 1
-"""
+    __slots__ = ("gone", "grant", "taken", "tokens", "transferring", "turn")
 
-# KEYS: holders; ARGV: lease ms, holder... -> the holders whose lease was already lost
-_RENEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local lease = tonumber(ARGV[1])
-local lost = {}
-for i = 2, #ARGV do
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if score and tonumber(score) > now then
-    redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i])
-  else
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    table.insert(lost, ARGV[i])
-  end
-end
-redis.call('PEXPIRE', KEYS[1], math.ceil(2 * lease))
-return lost
-"""
-
-# KEYS: cap; ARGV: n, only-if-absent (1/0), ttl ms, notify channel -> the cap in force
-_SET_CAP = """
-if ARGV[2] == '1' then
-  redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-end
-redis.call('PUBLISH', ARGV[4], '1')
-return tonumber(redis.call('GET', KEYS[1]))
-"""
+    def __init__(self, loop: asyncio.AbstractEventLoop, tokens: int) -> None:
+        self.tokens = tokens
+        self.turn: asyncio.Future[None] = loop.create_future()
+        self.grant: asyncio.Future[Permit] = loop.create_future()
+        self.transferring = False
+        self.gone = False
+        self.taken: Permit | None = None
 
 
 def _as_str(value: object) -> str:
@@ -201,6 +102,12 @@ class RedisLimiter(Limiter):
             raise ConfigError("lease_s, window_s and poll_s must be > 0")
         if not key:
             raise ConfigError("a shared limiter needs a non-empty key")
+        try:  # import now (~0.2 s): not on the first call's latency
+            importlib.import_module("redis.asyncio")
+        except ImportError as exc:
+            raise ConfigError(
+                "shared limits need the redis client: pip install 'shoal[redis]'"
+            ) from exc
         self.name = name or key
         self.key = key
         self._url = redis if isinstance(redis, str) else None
@@ -216,13 +123,15 @@ class RedisLimiter(Limiter):
         self._events = events
         tag = "{" + key + "}"  # one hash slot for every key: scripts work on a cluster too
         self._keys = [f"{tag}:holders", f"{tag}:rpm", f"{tag}:tpm", f"{tag}:tpm_tokens",
-                      f"{tag}:tpm_used", f"{tag}:cap"]
+                      f"{tag}:tpm_used", f"{tag}:cap", f"{tag}:waiters", f"{tag}:yield"]
+        self._waiter_ttl_ms = max(500, int(2000 * poll_s))
         self._notify_channel = f"{tag}:free"
         self._token = uuid.uuid4().hex[:12]
         self._seq = itertools.count()
         self._scripts: dict[str, AsyncScript] = {}
         self._held: dict[str, Permit] = {}
-        self._queue: deque[asyncio.Future[None]] = deque()
+        self._queue: deque[_Waiter] = deque()
+        self._streak = 0
         self._change: asyncio.Future[None] | None = None
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -258,6 +167,23 @@ class RedisLimiter(Limiter):
             assert self._url is not None
             self._client = aioredis.from_url(self._url)
         return self._client
+
+    async def connect(self) -> None:
+        """Connect, load the scripts and subscribe to release notifications now, rather
+        than on the first acquire (optional: a warm-up for latency-sensitive starts)."""
+        from redis.exceptions import RedisError
+
+        client = self._redis()
+        try:
+            for text in (lua.ACQUIRE, lua.TRANSFER, lua.RELEASE, lua.SETTLE, lua.RENEW):
+                await client.script_load(text)
+        except RedisError as exc:
+            raise RunError(
+                f"shared limiter {self.key!r}: Redis failed ({type(exc).__name__}: {exc}); "
+                "check that Redis is reachable, or make the channel's limits local "
+                "(shared = false)"
+            ) from exc
+        await self._start_listener()
 
     def _script(self, name: str, text: str) -> AsyncScript:
         script = self._scripts.get(name)
@@ -309,35 +235,58 @@ class RedisLimiter(Limiter):
             return None
         return await self._attempt(tokens)
 
-    async def _attempt(self, tokens: int) -> Permit | None:
+    def _holder(self) -> str:
+        return f"{self._token}:{next(self._seq)}"
+
+    def _args(self, holder: str, tokens: int) -> list[object]:
+        more = int(len(self._queue) > 1)  # calls of this process still queued after this one
+        return [holder, self._lease_ms, self._max or 0, self._rpm or 0, self._tpm or 0,
+                tokens, self._window_ms, self._token, more, self._waiter_ttl_ms]
+
+    def _granted(self, result: Any, holder: str, tokens: int) -> Permit | None:
+        """Record a script's answer; the permit when it granted the slot."""
+        granted, wait_ms, cap, held, reason = (int(x) for x in result)
+        if self._cap_write is None or self._cap_write.done():
+            self._cap_seen = cap or None
+        if not granted:
+            self._hint_until = self._clock.now() + max(wait_ms, 0) / 1000
+            self._hint_reason = reason
+            return None
+        permit = Permit(self, tokens, held, holder)
+        self._held[holder] = permit
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._renew_loop())
+        return permit
+
+    async def _attempt(
+        self, tokens: int, grant: asyncio.Future[Permit] | None = None
+    ) -> Permit | None:
+        """Ask Redis for a slot; stop waiting for the answer early when ``grant``
+        (a local hand-over) comes first."""
         if self._cap_pending is not None:
             n, only_if_absent = self._cap_pending
             self._cap_pending = None
             self._write_cap(n, only_if_absent=only_if_absent)
         if self._cap_write is not None and not self._cap_write.done():
             await asyncio.wait((self._cap_write,))
-        holder = f"{self._token}:{next(self._seq)}"
-        args: list[object] = [holder, self._lease_ms, self._max or 0, self._rpm or 0,
-                              self._tpm or 0, tokens, self._window_ms]
-        call = asyncio.ensure_future(self._run("acquire", _ACQUIRE, self._keys, args))
+        holder = self._holder()
+        call = asyncio.ensure_future(
+            self._run("acquire", lua.ACQUIRE, self._keys, self._args(holder, tokens))
+        )
         try:
-            result = await asyncio.shield(call)
+            if grant is None:
+                result = await asyncio.shield(call)
+            else:
+                await self._wait((call, grant), None)
+                if not call.done():
+                    # The script may still grant the slot: give it back when it does.
+                    call.add_done_callback(lambda done: self._undo(done, holder))
+                    return None
+                result = call.result()
         except asyncio.CancelledError:
-            # The script may still grant the slot after we stopped waiting: give it back.
             call.add_done_callback(lambda done: self._undo(done, holder))
             raise
-        granted, wait_ms, cap, held, reason = (int(x) for x in result)
-        if self._cap_write is None or self._cap_write.done():
-            self._cap_seen = cap or None
-        if granted:
-            permit = Permit(self, tokens, held, holder)
-            self._held[holder] = permit
-            if self._heartbeat is None or self._heartbeat.done():
-                self._heartbeat = asyncio.get_running_loop().create_task(self._renew_loop())
-            return permit
-        self._hint_until = self._clock.now() + max(wait_ms, 0) / 1000
-        self._hint_reason = reason
-        return None
+        return self._granted(result, holder, tokens)
 
     def _undo(self, call: asyncio.Future[Any], holder: str) -> None:
         if call.cancelled() or call.exception() is not None:
@@ -350,37 +299,51 @@ class RedisLimiter(Limiter):
         if self._closed:
             raise RunError(f"limiter {self.key!r} is closed")
         deadline = None if timeout is None else self._clock.now() + timeout
-        loop = asyncio.get_running_loop()
-        turn: asyncio.Future[None] = loop.create_future()
-        self._queue.append(turn)
+        waiter = _Waiter(asyncio.get_running_loop(), tokens)
+        self._queue.append(waiter)
         if len(self._queue) == 1:
-            turn.set_result(None)
+            waiter.turn.set_result(None)
         try:
-            if not turn.done() and not await self._wait(turn, deadline):
-                raise self._deadline(timeout)
-            return await self._acquire_as_head(tokens, deadline, timeout)
+            permit = await self._acquire_queued(waiter, deadline, timeout)
+            waiter.taken = permit
+            return permit
         finally:
-            was_head = bool(self._queue) and self._queue[0] is turn
-            self._queue.remove(turn)
-            if was_head and self._queue and not self._queue[0].done():
-                self._queue[0].set_result(None)
+            self._leave(waiter)
 
-    async def _acquire_as_head(
-        self, tokens: int, deadline: float | None, budget_s: float | None
+    def _leave(self, waiter: _Waiter) -> None:
+        waiter.gone = True
+        was_head = self._queue[0] is waiter
+        self._queue.remove(waiter)
+        grant = waiter.grant
+        if grant.done() and not grant.cancelled() and grant.result() is not waiter.taken:
+            grant.result().release()  # handed over as the call left: return it
+        grant.cancel()
+        if was_head and self._queue and not self._queue[0].turn.done():
+            self._queue[0].turn.set_result(None)
+
+    async def _acquire_queued(
+        self, waiter: _Waiter, deadline: float | None, budget_s: float | None
     ) -> Permit:
         announced = False
         while True:
+            if waiter.grant.done():
+                return waiter.grant.result()
             if self._closed:
                 raise RunError(f"limiter {self.key!r} was closed while this call waited")
+            if not waiter.turn.done():
+                if not await self._wait((waiter.turn, waiter.grant), deadline):
+                    raise self._deadline(budget_s)
+                continue
             change = self._change_future()
-            permit = await self._attempt(tokens)
+            permit = await self._attempt(waiter.tokens, waiter.grant)
             if permit is not None:
                 return permit
             if not announced:
                 announced = True
                 events = self._events
                 if events is not None and events.active:
-                    events.emit(WAIT, channel=self.name, tokens=tokens, queued=len(self._queue))
+                    events.emit(WAIT, channel=self.name, tokens=waiter.tokens,
+                                queued=len(self._queue))
             if self._listener is None:
                 await self._start_listener()
                 continue  # a release may have slipped in before we subscribed: ask again
@@ -390,7 +353,7 @@ class RedisLimiter(Limiter):
             until = now + min(self._poll_s, max(self._hint_until - now, 0.001))
             if deadline is not None:
                 until = min(until, deadline)
-            await self._wait(change, until)
+            await self._wait((change, waiter.grant), until)
 
     def _deadline(self, timeout: float | None) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -399,11 +362,12 @@ class RedisLimiter(Limiter):
             "the channel's limits"
         )
 
-    async def _wait(self, fut: asyncio.Future[None], until: float | None) -> bool:
-        """Wait for ``fut`` (never cancelling it: others may share it) or ``until``."""
-        if fut.done():
+    async def _wait(self, futs: tuple[asyncio.Future[Any], ...], until: float | None) -> bool:
+        """Wait until one of ``futs`` is done (never cancelling them: others may share
+        them) or the clock reaches ``until``; True when one is done."""
+        if any(f.done() for f in futs):
             return True
-        waiting: set[asyncio.Future[Any]] = {fut}
+        waiting: set[asyncio.Future[Any]] = set(futs)
         sleeper = None
         if until is not None:
             sleeper = asyncio.ensure_future(self._clock.sleep(until - self._clock.now()))
@@ -413,7 +377,7 @@ class RedisLimiter(Limiter):
         finally:
             if sleeper is not None:
                 sleeper.cancel()
-        return fut.done()
+        return any(f.done() for f in futs)
 
     def _change_future(self) -> asyncio.Future[None]:
         if self._change is None or self._change.done():
@@ -462,7 +426,7 @@ class RedisLimiter(Limiter):
             if not holders:
                 break
             try:
-                lost = await self._run("renew", _RENEW, self._keys[:1],
+                lost = await self._run("renew", lua.RENEW, self._keys[:1],
                                        [self._lease_ms, *holders])
             except RunError as exc:
                 _log.warning("%s", exc)
@@ -477,11 +441,54 @@ class RedisLimiter(Limiter):
     def _release(self, permit: Permit) -> None:
         holder = str(permit._handle)
         self._held.pop(holder, None)
-        self._spawn(self._release_holder(holder))
+        target = None
+        if self._streak < _MAX_LOCAL_STREAK and not self._closed:
+            target = next(
+                (w for w in self._queue if not w.transferring and not w.grant.done()), None
+            )
+        if target is None:
+            # With calls still queued here (the streak is spent), stand back so that
+            # another process's waiter gets this slot.
+            yielding = not self._closed and any(not w.grant.done() for w in self._queue)
+            self._streak = 0
+            self._spawn(self._release_holder(holder, yielding=yielding))
+            return
+        self._streak += 1
+        if self._rpm is None and self._tpm is None:
+            # Only concurrency is limited: the slot (and its lease) passes to the next
+            # call of this process as it is, with no round trip.
+            handed = Permit(self, target.tokens, permit.in_flight, holder)
+            self._held[holder] = handed
+            target.grant.set_result(handed)
+            return
+        target.transferring = True
+        self._spawn(self._transfer(holder, target))
 
-    async def _release_holder(self, holder: str) -> None:
+    async def _transfer(self, old: str, waiter: _Waiter) -> None:
+        """Release ``old`` and admit ``waiter`` in one round trip."""
+        holder = self._holder()
+        args = [*self._args(holder, waiter.tokens), old, self._notify_channel]
         try:
-            await self._run("release", _RELEASE, self._keys[:1], [holder, self._notify_channel])
+            result = await self._run("transfer", lua.TRANSFER, self._keys, args)
+        except RunError as exc:
+            _log.warning("%s (the slot frees when its lease expires)", exc)
+            waiter.transferring = False
+            self._notify()
+            return
+        waiter.transferring = False
+        permit = self._granted(result, holder, waiter.tokens)
+        if permit is None:
+            self._notify()  # the slot went to the pool: let the head ask again
+        elif waiter.gone or waiter.grant.done():
+            permit.release()  # the waiter left meanwhile: pass it on
+        else:
+            waiter.grant.set_result(permit)
+
+    async def _release_holder(self, holder: str, *, yielding: bool = False) -> None:
+        keys = [self._keys[0], self._keys[6], self._keys[7]]
+        args = [holder, self._notify_channel, self._token if yielding else "", lua.YIELD_MS]
+        try:
+            await self._run("release", lua.RELEASE, keys, args)
         except RunError as exc:
             _log.warning("%s (the slot frees when its lease expires)", exc)
         self._notify()
@@ -497,7 +504,7 @@ class RedisLimiter(Limiter):
 
     async def _settle_holder(self, holder: str, actual_tokens: int) -> None:
         try:
-            await self._run("settle", _SETTLE, self._keys[3:5],
+            await self._run("settle", lua.SETTLE, self._keys[3:5],
                             [holder, actual_tokens, self._notify_channel])
         except RunError as exc:
             _log.warning("%s (settlement of %s lost)", exc, holder)
@@ -522,8 +529,8 @@ class RedisLimiter(Limiter):
             if previous is not None and not previous.done():
                 await asyncio.wait((previous,))
             try:
-                value = await self._run("set_cap", _SET_CAP, self._keys[5:6],
-                                        [n, int(only_if_absent), _CAP_TTL_MS,
+                value = await self._run("set_cap", lua.SET_CAP, self._keys[5:6],
+                                        [n, int(only_if_absent), lua.CAP_TTL_MS,
                                          self._notify_channel])
             except RunError as exc:
                 _log.warning("%s (capacity %d not shared)", exc, n)
@@ -555,7 +562,7 @@ class RedisLimiter(Limiter):
             return
         await self._start_listener()
         delay = min(timeout, self._poll_s if wait is None else wait)
-        await self._wait(self._change_future(), self._clock.now() + delay)
+        await self._wait((self._change_future(),), self._clock.now() + delay)
 
     async def aclose(self) -> None:
         if self._closed:
