@@ -177,6 +177,8 @@ class SimEngine:
     def _profile(self, model: str) -> ModelProfile:
         profile = self._profiles.get(model)
         if profile is None:
+            if len(self._profiles) >= 4096:  # bounded even if clients invent model names
+                self._profiles.clear()
             profile = self._profiles[model] = self.config.profile(model)
         return profile
 
