@@ -9,7 +9,8 @@ simulator runs in its own process (`shoal sim`, fixed latency); clients run here
 Peers on the same simulators: a naive `asyncio.gather` over raw aiohttp with
 tenacity retries (random exponential backoff on 429/5xx, as the OpenAI cookbook
 suggests, scaled to the 50 ms latency), and LiteLLM's Router with the same limits
-(`pip install 'shoal[bench]'`; skipped when missing).
+(`pip install 'shoal[bench]'`; skipped when missing). Every client runs on the same
+event loop (uvloop when installed, as shoal's CLI does), one after another.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sim_proc import SimProc, sims
+from shoal.cli.loop import run as run_loop
 from shoal.config import Config
 from shoal.traffic.retry import RetryPolicy
 from shoal.traffic.router import Router
@@ -285,9 +287,9 @@ def main() -> None:
     p.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        asyncio.run(worker(args))
+        run_loop(worker(args))
         return
-    rows = asyncio.run(main_async(args))
+    rows = run_loop(main_async(args))
     ok = report(rows)
     print("all shoal targets met" if ok else "some shoal targets MISSED")
 

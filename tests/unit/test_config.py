@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from shoal.config import OFFLINE_MODEL, ChannelConfig, Config
 from shoal.errors import ConfigError
@@ -87,7 +88,8 @@ def test_cost_uses_cached_price() -> None:
 
 
 def test_secret_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
-    ch = ChannelConfig(name="c", protocol="openai", base_url="http://h", api_key="sk-secret123456")
+    ch = ChannelConfig(name="c", protocol="openai", base_url="http://h",
+                       api_key=SecretStr("sk-secret123456"))
     assert "sk-secret123456" not in repr(ch)
     assert "sk-secret123456" not in str(ch.model_dump())
     assert ch.key() == "sk-secret123456"

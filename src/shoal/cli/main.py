@@ -12,6 +12,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Run many LLM agents together: pipelines, simulator, runs."""
+
+
 def _register() -> None:
     from shoal.cli import demo_cmd, sim_cmd
 
