@@ -151,3 +151,48 @@ async def test_a_failed_run_resumes_without_repeating_finished_steps() -> None:
     assert [result.steps[n].status for n in ("researcher", "analyzer", "writer")] == [
         "replayed", "replayed", "succeeded"]
     assert result.output
+
+
+async def test_the_demo_pipeline_runs_and_tolerates_a_failed_step() -> None:
+    from shoal.examples_builtin import (
+        PIPELINE_STEPS,
+        config_for_sim,
+        render_pipeline_result,
+        run_content_pipeline,
+    )
+
+    async with SimServer(SimConfig()) as sim, Router(config_for_sim(sim.url)) as router:
+        models = {"researcher": "deepseek-chat", "analyzer": "claude-opus-4-6",
+                  "writer": "gpt-4o"}
+        result = await run_content_pipeline("open-weight LLM economics", router=router,
+                                            models=models)
+        assert result.status == "succeeded"
+        assert [result.steps[s].model for s in PIPELINE_STEPS] == list(models.values())
+        assert isinstance(result.output, str)
+        assert result.output
+        assert result.cost_usd > 0
+        # the researcher fails twice (its attempt and its retry): the run goes on without
+        # its notes, and the simulator saw the analyzer and writer asked anyway
+        sim.reset_stats()
+        sim.script(["context_overflow", "context_overflow"])
+        partial = await run_content_pipeline("topic", router=router, models=models)
+        tags = [r.tag for r in sim.stats().requests]
+    assert tags == ["researcher", "researcher", "analyzer", "writer"]
+    assert partial.status == "partial"
+    assert partial.steps["researcher"].status == "failed"
+    assert partial.steps["researcher"].error_type == "ContextOverflow"
+    assert partial.steps["researcher"].attempts == 2
+    assert partial.steps["analyzer"].status == "succeeded"
+    assert partial.steps["writer"].status == "succeeded"
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    render_pipeline_result(partial, Console(file=out, width=100))
+    text = out.getvalue()
+    for step in PIPELINE_STEPS:
+        assert step in text
+    assert "partial" in text
+    assert "failed" in text
+    assert partial.output.strip()[:20] in text  # the report is printed above the table

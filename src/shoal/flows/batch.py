@@ -143,6 +143,8 @@ class Batch:
         if self.budget_usd is not None or self.budget_tokens is not None:
             budget = Budget(max_usd=self.budget_usd, max_tokens=self.budget_tokens, name="batch")
         client = self.client
+        if client is None and isinstance(self.target, Flow):
+            client = self.target.client
         own = client is None and not self._plain_function()
         if own:
             from shoal.agents.client import default_client
