@@ -90,12 +90,19 @@ def test_stale_429s_from_an_old_overshoot_are_ignored() -> None:
     for _ in range(7):
         ada.on_success(1.0, ada.limit)
     assert ada.limit == 8
-    ada.on_rate_limited(8)
+    assert ada.on_rate_limited(8)
     assert (ada.limit, ada.ceiling) == (7, 7)
-    ada.on_rate_limited(8)  # admitted at 8, above today's 7: already cut
+    assert ada.on_rate_limited(8)  # admitted at 8, above today's 7: already cut
     assert ada.limit == 7
-    ada.on_rate_limited(7)  # admitted at 7 and refused: 7 is too many
+    assert ada.on_rate_limited(7)  # admitted at 7 and refused: 7 is too many
     assert (ada.limit, ada.ceiling) == (6, 6)
+
+
+def test_a_429_at_the_lowest_limit_is_not_explained_by_concurrency() -> None:
+    clock = VirtualClock()
+    _, ada = make(clock)
+    assert not ada.on_rate_limited(1)  # one call alone was refused: RPM, other clients...
+    assert ada.limit == 1
 
 
 async def test_without_in_flight_429s_within_one_rtt_are_one_event() -> None:
@@ -302,9 +309,11 @@ async def run_unknown_cap(cap: int, calls: int, latency: float) -> tuple[float, 
             if provider["in"] >= cap:  # the provider rejects at once
                 provider["429"] += 1
                 await clock.sleep(0.001)
-                ada.on_rate_limited(permit.in_flight)
+                explained = ada.on_rate_limited(permit.in_flight)
                 permit.release()
-                delay = budget.next_delay(RateLimited("429"))
+                # Explained by our overshoot: queue again at once (the cap is lower now).
+                delay = budget.next_delay(RateLimited("429", retry_after=1.0),
+                                          failover=explained)
                 assert delay is not None
                 await clock.sleep(delay)
                 continue

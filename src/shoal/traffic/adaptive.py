@@ -198,16 +198,21 @@ class AdaptiveConcurrency:
             self._probe_successes = 0
             self._set(float(ceiling + 1), "probe")
 
-    def on_rate_limited(self, in_flight: int | None = None) -> None:
-        """A call admitted at ``in_flight`` got a 429 (rate limited / overloaded)."""
+    def on_rate_limited(self, in_flight: int | None = None) -> bool:
+        """A call admitted at ``in_flight`` got a 429 (rate limited / overloaded).
+
+        Returns True when the 429 is explained by the limit having been above the
+        provider's cap: the limit is now below the level that failed, so the call may
+        queue again at once instead of waiting out a Retry-After. False when even the
+        lowest limit was refused (the cause is elsewhere: RPM, other clients)."""
         self._adopt()
         now = self._clock.now()
         if in_flight is not None and in_flight > 0:
             if in_flight > int(self._limit):
-                return  # admitted above today's limit: an overshoot we already cut
+                return True  # admitted above today's limit: an overshoot we already cut
             observed = in_flight
         elif self._suppressed(now):
-            return
+            return True  # the overshoot the last decrease already answered
         else:
             observed = int(self._limit)
         new = min(observed - 1, int(self._limit))
@@ -229,6 +234,7 @@ class AdaptiveConcurrency:
         self._decreased_at = now
         self._schedule_probe(now)
         self._set(float(new), "rate_limited")
+        return new < observed
 
     def on_overload(self) -> None:
         """The provider is overloaded (503/529) or timing out: back off multiplicatively."""
