@@ -24,7 +24,16 @@ everything above the adapters (router, agents, flows) matches only these.
         ├── DeadlineExceeded         the call's total deadline passed while waiting/retrying
         ├── BudgetExceeded           turns, tokens or dollars
         ├── LoopDetected             the same tool call / state repeated k times
-        └── OutputInvalid            structured output still invalid after re-asks
+        ├── OutputInvalid            structured output still invalid after re-asks
+        ├── GuardrailTripped(guardrail, stage, reason, agent)  a guardrail stopped a step
+        ├── ToolFailed(tool)         a tool declared on_error="raise" failed after retries
+        ├── StepFailed(step, result) a flow step under the "fail" policy stopped the run
+        └── StoreError               a run store operation failed
+            ├── StoreUnavailable     not reached / not written after bounded retries —
+            │                        nothing was saved (retryable)
+            ├── CorruptRecord(run_id, step_id, key)  a record failed its checksum
+            ├── RunNotFound          no run with that id
+            └── RunExists            the id is held by a different run
 
 ``retryable`` on each class says whether the router may try the call again
 (on the same or another channel). Messages say what is wrong and how to fix
@@ -35,7 +44,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "AuthError",
@@ -44,7 +53,9 @@ __all__ = [
     "CircuitOpen",
     "ConfigError",
     "ContextOverflow",
+    "CorruptRecord",
     "DeadlineExceeded",
+    "GuardrailTripped",
     "LoopDetected",
     "MalformedResponse",
     "OutputInvalid",
@@ -54,8 +65,14 @@ __all__ = [
     "QuotaExhausted",
     "RateLimited",
     "RunError",
+    "RunExists",
+    "RunNotFound",
     "ShoalError",
+    "StepFailed",
+    "StoreError",
+    "StoreUnavailable",
     "StreamInterrupted",
+    "ToolFailed",
     "redact",
 ]
 
@@ -232,3 +249,80 @@ class LoopDetected(RunError):
 
 class OutputInvalid(RunError):
     """Structured output failed validation after all re-asks."""
+
+
+class GuardrailTripped(RunError):
+    """An input or output guardrail stopped the step.
+
+    Attributes:
+        guardrail: the guardrail's name.
+        stage: ``"input"`` or ``"output"``.
+        reason: what the guardrail said.
+        agent: the agent whose input or output tripped it.
+    """
+
+    def __init__(
+        self, guardrail: str, stage: Literal["input", "output"], reason: str, *, agent: str = ""
+    ) -> None:
+        self.guardrail = guardrail
+        self.stage = stage
+        self.reason = reason
+        self.agent = agent
+        where = f" of agent {agent!r}" if agent else ""
+        super().__init__(
+            f"{stage} guardrail {guardrail!r}{where} tripped: {reason or 'no reason given'}"
+        )
+
+
+class ToolFailed(RunError):
+    """A tool declared with ``on_error="raise"`` failed after its retries."""
+
+    def __init__(self, tool: str, message: str) -> None:
+        self.tool = tool
+        super().__init__(f"tool {tool!r} failed: {message}")
+
+
+class StepFailed(RunError):
+    """A flow step failed under the ``"fail"`` policy, so the run stopped.
+
+    Attributes:
+        step: the failed step's name.
+        result: the partial :class:`~shoal.flows.flow.FlowResult` (finished steps kept).
+        The original error is ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, step: str, result: Any = None) -> None:
+        self.step = step
+        self.result = result
+        super().__init__(message)
+
+
+class StoreError(RunError):
+    """A store operation failed. The message names the operation, the record and the store."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached or written after bounded retries; nothing was saved."""
+
+    retryable = True
+
+
+class CorruptRecord(StoreError):
+    """A stored record failed its checksum (or its identity check); it was not used."""
+
+    def __init__(
+        self, message: str, *, run_id: str | None = None, step_id: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.step_id = step_id
+        self.key = key
+
+
+class RunNotFound(StoreError):
+    """No run with that id exists in the store (never created, deleted, pruned or expired)."""
+
+
+class RunExists(StoreError):
+    """``create_run`` with an id that a *different* run already holds."""

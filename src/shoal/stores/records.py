@@ -1,14 +1,5 @@
-"""What a store holds: run, step and effect records, and the store errors.
-
-Store errors (to be moved into ``shoal.errors``)::
-
-    RunError
-    └── StoreError               a store operation failed (not retryable as is)
-        ├── StoreUnavailable     the store could not be reached after retries
-        ├── CorruptRecord        a stored record failed its checksum
-        ├── RunNotFound          no run with that id
-        └── RunExists            a different run already has that id
-"""
+"""What a store holds: run, step and effect records. The store errors live in
+:mod:`shoal.errors` (``StoreError`` and its subclasses) and are re-exported here."""
 
 from __future__ import annotations
 
@@ -16,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from shoal.errors import RunError
+from shoal.errors import CorruptRecord, RunExists, RunNotFound, StoreError, StoreUnavailable
 
 __all__ = [
     "FINISHED",
@@ -39,37 +30,6 @@ StepStatus = Literal["pending", "running", "succeeded", "failed", "cancelled", "
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 STEP_STATUSES: tuple[str, ...] = get_args(StepStatus)
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-
-
-class StoreError(RunError):
-    """A store operation failed. The message names the operation, the record and the store."""
-
-
-class StoreUnavailable(StoreError):
-    """The store could not be reached or written after bounded retries; nothing was saved."""
-
-    retryable = True
-
-
-class CorruptRecord(StoreError):
-    """A stored record failed its checksum (or its identity check); it was not used."""
-
-    def __init__(
-        self, message: str, *, run_id: str | None = None, step_id: str | None = None,
-        key: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-        self.step_id = step_id
-        self.key = key
-
-
-class RunNotFound(StoreError):
-    """No run with that id exists in the store (never created, deleted, pruned or expired)."""
-
-
-class RunExists(StoreError):
-    """``create_run`` with an id that a *different* run already holds."""
 
 
 @dataclass(frozen=True, slots=True)
