@@ -19,6 +19,7 @@ worker thread so an event loop is not blocked by the first estimate.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.machinery
 import importlib.util
@@ -173,8 +174,13 @@ def _compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
+@functools.lru_cache(maxsize=8192)
 def _message_text_tokens(message: Message, encoding: str) -> tuple[int, int]:
-    """(counted text tokens, fixed overhead tokens) of one message."""
+    """(counted text tokens, fixed overhead tokens) of one message.
+
+    Cached: messages are frozen, and an agent re-sends its whole history every turn, so
+    without the cache estimating a long conversation would cost O(turns²) tokenization.
+    """
     text = _raw_count(message.role, encoding) + _raw_count(message.content, encoding)
     fixed = TOKENS_PER_MESSAGE
     if message.name:
