@@ -1,0 +1,429 @@
+"""The durable journal: a :class:`~shoal.agents.recorder.RunRecorder` on a store.
+
+    async with open_store("sqlite:///.shoal/runs.db") as store:
+        result = await flow.run(topic, run_id="rep-001", recorder=StoreRecorder(store, flow=flow))
+
+Every finished step and every finished model turn is committed to the store
+(``complete_step``) before it counts as done; running the same ``run_id`` again
+replays them with zero model calls and runs only the rest. What lands where:
+
+- the run: id, flow name, the flow's definition hash, its input, and ``meta``
+  (``step_hashes``: step name -> hash of what the step computes, plus what the caller
+  adds, e.g. the ``module:object`` target ``shoal resume`` rebuilds the flow from);
+- a step ``"writer"`` (or map item ``"topics/3"``): ``running`` when it starts, then
+  ``succeeded`` with ``{"output", "usage", "cost_usd", "model"}`` as its result;
+- a model turn ``n`` of a step: ``"writer/turn/n"`` with the model's answer. Turns
+  carry the tokens and dollars (steps carry theirs inside the result), so a run's
+  totals are what was really spent, lost work included;
+- an effect: the result of an :func:`~shoal.flows.effects.idempotent` tool under its key.
+
+A changed definition (graph, prompts, models, output types, function code) or input
+is refused with :class:`~shoal.errors.ConfigError` unless ``allow_changed=True``.
+Store failures are loud: a write that fails after the store's retries raises
+:class:`~shoal.errors.StoreUnavailable` out of the step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from shoal.agents.recorder import (
+    RecordedStep,
+    RunStatus,
+    response_from_json,
+    response_to_json,
+    to_jsonable,
+)
+from shoal.clock import Clock, RealClock
+from shoal.errors import ConfigError, CorruptRecord, StoreError, StoreUnavailable
+from shoal.stores.records import EffectRecord, RunRecord, StepRecord
+from shoal.types import ChatResponse, Usage
+
+if TYPE_CHECKING:
+    from shoal.agents.agent import Agent
+    from shoal.flows.flow import Flow, FlowResult, Step
+    from shoal.stores.base import Store
+
+__all__ = [
+    "StoreRecorder",
+    "flow_hash",
+    "step_hashes",
+    "turn_id",
+]
+
+_CACHED_RUNS = 256  # journals kept in memory (a batch of agent runs never calls run_finished)
+
+
+def turn_id(step_id: str, turn: int) -> str:
+    """The journal id of model turn ``turn`` of a step (step names never contain '/')."""
+    return f"{step_id}/turn/{turn}"
+
+
+# -- the definition hash ----------------------------------------------------------------
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _code_id(fn: Any) -> str:
+    """Where a function lives and a hash of its source (its bytecode when there is none)."""
+    fn = inspect.unwrap(fn)
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    try:
+        body = inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        body = "" if code is None else code.co_code.hex() + repr(code.co_consts)
+    return f"{name}:{hashlib.sha256(body.encode()).hexdigest()[:16]}"
+
+
+def _agent_doc(agent: Agent[Any]) -> dict[str, Any]:
+    instructions = agent.instructions
+    return {
+        "agent": agent.name,
+        "instructions": instructions if isinstance(instructions, str) else _code_id(instructions),
+        "model": agent.model,
+        "output": agent.output.schema,
+        "tools": [[t.name, t.description, t.parameters] for t in agent.tools],
+        "settings": [agent.temperature, agent.top_p, agent.max_tokens, agent.seed, agent.stop,
+                     agent.tool_choice],
+        "guardrails": [[g.name for g in agent.input_guardrails],
+                       [g.name for g in agent.output_guardrails]],
+    }
+
+
+def _step_doc(step: Step) -> dict[str, Any]:
+    from shoal.agents.agent import Agent
+
+    target = step.target
+    default = step.default
+    return {
+        "target": _agent_doc(target) if isinstance(target, Agent) else _code_id(target),
+        "after": list(step.after),
+        "on_failure": step.on_failure,
+        "default": _code_id(default) if callable(default) else to_jsonable(default),
+        "input": None if step.input is None else _code_id(step.input),
+        "over": step.over if step.over is None or isinstance(step.over, str)
+        else _code_id(step.over),
+        "on_item_failure": step.on_item_failure,
+    }
+
+
+def step_hashes(flow: Flow) -> dict[str, str]:
+    """Each step's name -> a hash of what it computes, in the flow's order.
+
+    In the hash: the graph, each agent's instructions, model, output schema, tools and
+    sampling settings, each function's code, inputs and failure policies. Not in it:
+    limits you may change before resuming (budgets, concurrency, retries, timeouts,
+    ``max_turns``, fallback models).
+    """
+    return {name: _digest(_step_doc(step))[:16] for name, step in flow.steps.items()}
+
+
+def flow_hash(flow: Flow) -> str:
+    """The flow's definition hash (see :func:`step_hashes` for what it covers)."""
+    return _digest({"flow": flow.name, "default_model": flow.default_model,
+                    "steps": step_hashes(flow)})
+
+
+def _changes(old: Mapping[str, Any], new: Mapping[str, str]) -> str:
+    parts = [f"step {n!r} changed" for n in new if n in old and old[n] != new[n]]
+    parts += [f"step {n!r} added" for n in new if n not in old]
+    parts += [f"step {n!r} removed" for n in old if n not in new]
+    return ", ".join(parts) or "the flow's settings changed"
+
+
+# -- the recorder ---------------------------------------------------------------------------
+
+
+class _RunJournal:
+    """What the recorder knows of one run: its records, loaded once."""
+
+    def __init__(self, records: dict[str, StepRecord]) -> None:
+        self.records = records
+        self.broken: BaseException | None = None
+
+
+class StoreRecorder:
+    """A :class:`~shoal.agents.recorder.RunRecorder` that journals runs into a store.
+
+    Args:
+        store: an open :class:`~shoal.stores.base.Store`.
+        flow: the flow being run: its definition hash is recorded, and checked when the
+            run resumes (without it only the flow name and input are checked).
+        allow_changed: resume even when the definition or input changed; journaled steps
+            replay as recorded.
+        meta: JSON data stored with a new run (e.g. ``{"target": "pkg.flows:report"}``).
+        clock: for step timestamps (epoch seconds through ``clock.wall()``).
+
+    One process should drive a run at a time. A run resumed by a second recorder
+    sees everything the first committed.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        flow: Flow | None = None,
+        allow_changed: bool = False,
+        meta: Mapping[str, Any] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.flow = flow
+        self.allow_changed = allow_changed
+        self.meta = dict(meta or {})
+        self.clock: Clock = clock or RealClock()
+        self._runs: OrderedDict[str, _RunJournal] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._interrupted: dict[str, dict[str, StepRecord]] = {}
+
+    def __repr__(self) -> str:
+        return f"StoreRecorder({self.store.url})"
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def run_started(self, run_id: str, flow: str, input: Any) -> None:
+        """Create the run, or check that the existing one is this flow on this input."""
+        hashes = step_hashes(self.flow) if self.flow is not None else {}
+        definition = flow_hash(self.flow) if self.flow is not None else ""
+        existing = await self.store.get_run(run_id)
+        if existing is None:
+            meta = {**self.meta, "step_hashes": hashes}
+            await self.store.create_run(RunRecord(run_id, flow=flow, flow_hash=definition,
+                                                  input=input, meta=meta))
+            self._cache(run_id, _RunJournal({}))
+            return
+        self._check(existing, flow, definition, hashes, input)
+        self._cache(run_id, _RunJournal(await self._load(run_id)))
+        await self.store.update_run(run_id, status="running")
+
+    def _check(self, run: RunRecord, flow: str, definition: str, hashes: dict[str, str],
+               input: Any) -> None:
+        if run.flow != flow:
+            raise ConfigError(
+                f"run {run.run_id!r} in {self.store.url} is a run of flow {run.flow!r}, not "
+                f"{flow!r}; resume it with its own flow, or pick another run_id"
+            )
+        if self.allow_changed:
+            return
+        if definition and run.flow_hash and definition != run.flow_hash:
+            old = run.meta.get("step_hashes")
+            what = _changes(old if isinstance(old, Mapping) else {}, hashes)
+            raise ConfigError(
+                f"flow {flow!r} changed since run {run.run_id!r} started ({what}): its "
+                "journaled results may not fit the new definition. Resume with the original "
+                "definition, start a new run_id, or pass allow_changed=True (shoal resume "
+                "--allow-changed) to replay the journaled steps as recorded."
+            )
+        if _normal(input) != _normal(run.input):
+            raise ConfigError(
+                f"run {run.run_id!r} was started on another input ({_preview(run.input)}, now "
+                f"{_preview(input)}); resume it with its own input (shoal.flows.resume.resume "
+                "reads it from the journal), start a new run_id, or pass allow_changed=True"
+            )
+
+    async def _load(self, run_id: str) -> dict[str, StepRecord]:
+        try:
+            steps = await self.store.get_steps(run_id)
+        except CorruptRecord as exc:
+            step = f"step {exc.step_id!r}" if exc.step_id else "a record"
+            raise CorruptRecord(
+                f"cannot resume run {run_id!r}: {step} of its journal is corrupt, and a "
+                f"resume never uses a record it cannot verify. {exc}",
+                run_id=exc.run_id, step_id=exc.step_id, key=exc.key,
+            ) from exc
+        return {s.step_id: s for s in steps}
+
+    def _cache(self, run_id: str, journal: _RunJournal) -> _RunJournal:
+        self._runs[run_id] = journal
+        self._runs.move_to_end(run_id)
+        while len(self._runs) > _CACHED_RUNS:
+            old, _ = self._runs.popitem(last=False)
+            self._locks.pop(old, None)
+        return journal
+
+    async def _journal(self, run_id: str) -> _RunJournal:
+        """The run's journal; a run never announced (an agent run without a flow) is
+        created, or loaded when it exists."""
+        journal = self._runs.get(run_id)
+        if journal is not None:
+            self._runs.move_to_end(run_id)
+            return journal
+        lock = self._locks.setdefault(run_id, asyncio.Lock())
+        async with lock:
+            journal = self._runs.get(run_id)
+            if journal is not None:
+                return journal
+            if await self.store.get_run(run_id) is None:
+                await self.store.create_run(RunRecord(run_id, flow="agent", meta=self.meta))
+                return self._cache(run_id, _RunJournal({}))
+            return self._cache(run_id, _RunJournal(await self._load(run_id)))
+
+    async def run_finished(self, run_id: str, status: RunStatus, error: str | None) -> None:
+        journal = self._runs.pop(run_id, None)
+        self._locks.pop(run_id, None)
+        if journal is not None and status in ("failed", "cancelled", "partial"):
+            self._interrupted[run_id] = {
+                k: r for k, r in journal.records.items() if r.status == "running"}
+        final: Any = "succeeded" if status == "partial" else status
+        if status == "partial":
+            error = error or "partial: some steps failed or were skipped under their policy"
+        try:
+            await self.store.update_run(run_id, status=final, error=error)
+        except StoreError:
+            if journal is None or journal.broken is None:
+                raise
+            # The write that broke the journal is already on its way out of the run: a
+            # second failure here would only hide it.
+
+    async def record_outcome(self, result: FlowResult) -> None:
+        """Write why the steps of a failed or partial run did not finish (for ``shoal show``).
+
+        ``flow.run`` reports only finished steps; :func:`shoal.flows.resume.run_durable`
+        calls this with the (partial) result so failed, cancelled and skipped steps carry
+        their error in the journal. Succeeded steps are never touched.
+        """
+        started = self._interrupted.pop(result.run_id, {})
+        status_of = {"failed": "failed", "fallback": "failed", "cancelled": "cancelled",
+                     "skipped": "skipped"}
+        now = self.clock.wall()
+        for step in result.steps.values():
+            status = status_of.get(step.status)
+            if status is None:
+                continue
+            prev = started.get(step.name)
+            await self.store.put_step(result.run_id, StepRecord(
+                step.name, status,  # type: ignore[arg-type]
+                attempt=prev.attempt if prev else 1,
+                started_at=prev.started_at if prev else None,
+                finished_at=now if prev else None, error=step.error,
+                meta={"kind": "step", "attempts": step.attempts},
+            ))
+
+    # -- steps and turns ---------------------------------------------------------------
+
+    async def replay_step(self, run_id: str, step_id: str) -> RecordedStep | None:
+        journal = await self._journal(run_id)
+        rec = journal.records.get(step_id)
+        if rec is not None and rec.status == "succeeded":
+            raw = _result(rec, run_id, ("output", "usage", "cost_usd", "model"))
+            return RecordedStep(output=raw["output"], usage=Usage(**raw["usage"]),
+                                cost_usd=raw["cost_usd"], model=raw["model"])
+        self._usable(journal, run_id)
+        running = StepRecord(step_id, "running", attempt=rec.attempt + 1 if rec else 1,
+                             started_at=self.clock.wall(), meta={"kind": "step"})
+        await self._write(journal, self.store.put_step(run_id, running))
+        journal.records[step_id] = running
+        return None
+
+    async def step_done(self, run_id: str, step_id: str, step: RecordedStep) -> None:
+        journal = await self._journal(run_id)
+        self._usable(journal, run_id)
+        prev = journal.records.get(step_id)
+        done = StepRecord(
+            step_id, "succeeded",
+            result={"output": to_jsonable(step.output), "usage": to_jsonable(step.usage),
+                    "cost_usd": step.cost_usd, "model": step.model},
+            attempt=prev.attempt if prev else 1,
+            started_at=prev.started_at if prev else None, meta={"kind": "step"},
+        )
+        journal.records[step_id] = await self._write(journal,
+                                                     self.store.complete_step(run_id, done))
+
+    async def replay_turn(self, run_id: str, step_id: str, turn: int) -> ChatResponse | None:
+        journal = await self._journal(run_id)
+        rec = journal.records.get(turn_id(step_id, turn))
+        if rec is None or rec.status != "succeeded":
+            return None
+        try:
+            return response_from_json(rec.result)
+        except (KeyError, TypeError) as exc:
+            raise _malformed(run_id, rec.step_id, exc) from exc
+
+    async def turn_done(
+        self, run_id: str, step_id: str, turn: int, response: ChatResponse
+    ) -> None:
+        journal = await self._journal(run_id)
+        self._usable(journal, run_id)
+        now = self.clock.wall()
+        rec = StepRecord(
+            turn_id(step_id, turn), "succeeded", result=response_to_json(response),
+            started_at=now - response.latency_s, finished_at=now,
+            tokens=response.usage.total_tokens, cost_usd=response.cost_usd,
+            meta={"kind": "turn", "step": step_id, "turn": turn},
+        )
+        journal.records[rec.step_id] = await self._write(journal,
+                                                         self.store.complete_step(run_id, rec))
+
+    # -- effects ---------------------------------------------------------------------------
+
+    async def effect(
+        self, key: str, run_id: str, step_id: str | None, run: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """The recorded result under ``key``, or ``run()``'s, recorded first (as JSON)."""
+        journal = await self._journal(run_id)
+        self._usable(journal, run_id)
+        found = await self.store.get_effect(key)
+        if found is not None:
+            return found.result
+        value = to_jsonable(await run())
+        try:
+            won = await self.store.put_effect(EffectRecord(key, run_id, value, step_id))
+        except StoreError as exc:
+            # The effect happened but is not recorded: nothing more of this run may be
+            # journaled as if all were well, and the tool must not retry the effect.
+            journal.broken = exc
+            raise StoreError(
+                f"the side effect {key!r} of step {step_id!r} ran, but recording it failed: "
+                f"{exc}. The run stops; a resume may repeat that effect once."
+            ) from exc
+        return won.result
+
+    async def _write(self, journal: _RunJournal, write: Awaitable[StepRecord]) -> StepRecord:
+        """A journal write; one that fails leaves the run unable to journal more (loudly)."""
+        try:
+            return await write
+        except StoreError as exc:
+            journal.broken = exc
+            raise
+
+    def _usable(self, journal: _RunJournal, run_id: str) -> None:
+        if journal.broken is not None:
+            raise StoreUnavailable(
+                f"run {run_id!r} cannot journal more: an earlier write failed "
+                f"({journal.broken}). Resume the run once the store is back."
+            ) from journal.broken
+
+
+def _normal(value: Any) -> Any:
+    return json.loads(json.dumps(to_jsonable(value), sort_keys=True))
+
+
+def _preview(value: Any, limit: int = 60) -> str:
+    text = json.dumps(to_jsonable(value), ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _malformed(run_id: str, step_id: str, exc: BaseException) -> CorruptRecord:
+    return CorruptRecord(
+        f"step {step_id!r} of run {run_id!r} is not a journal record shoal can replay "
+        f"({exc!r}); it was not used. Delete the run (shoal prune) or start a new run_id.",
+        run_id=run_id, step_id=step_id)
+
+
+def _result(rec: StepRecord, run_id: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    raw = rec.result
+    missing = [k for k in keys if not isinstance(raw, dict) or k not in raw]
+    if missing:
+        raise _malformed(run_id, rec.step_id, KeyError(missing))
+    assert isinstance(raw, dict)
+    return raw

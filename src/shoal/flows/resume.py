@@ -1,0 +1,193 @@
+"""Running a flow on a journal, resuming it, and reading what a resume would do.
+
+    result = await run_durable(flow, topic, store="sqlite:///.shoal/runs.db", run_id="rep-001")
+    # ... the process dies, or a step fails past its retries ...
+    result = await resume("rep-001", flow, store="sqlite:///.shoal/runs.db")
+
+A resume reads the run's input from the journal, replays every journaled step and
+model turn with zero model calls, and runs the rest: steps that failed, were
+cancelled, or were in flight when the process died. :func:`plan` tells, without
+running anything, which steps a resume would replay and which it would run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shoal.errors import StepFailed
+from shoal.flows.journal import StoreRecorder
+
+if TYPE_CHECKING:
+    from shoal.agents.client import ModelClient
+    from shoal.agents.guards import Budget
+    from shoal.clock import Clock
+    from shoal.flows.flow import Flow, FlowResult
+    from shoal.stores.base import Store
+    from shoal.stores.records import RunRecord, StepRecord
+
+__all__ = ["RunPlan", "StepView", "plan", "resume", "run_durable"]
+
+
+@contextlib.asynccontextmanager
+async def _opened(store: Store | str) -> AsyncIterator[Store]:
+    if not isinstance(store, str):
+        yield store
+        return
+    from shoal.stores import open_store
+
+    async with open_store(store) as opened:
+        yield opened
+
+
+async def run_durable(
+    flow: Flow,
+    input: Any = None,
+    *,
+    store: Store | str,
+    run_id: str | None = None,
+    client: ModelClient | None = None,
+    meta: Mapping[str, Any] | None = None,
+    allow_changed: bool = False,
+    budget: Budget | None = None,
+    shared: Mapping[str, Any] | None = None,
+    clock: Clock | None = None,
+) -> FlowResult:
+    """Run ``flow`` with every step and turn journaled in ``store`` (an open Store or a URL).
+
+    A ``run_id`` already in the store continues that run (same flow and input, unless
+    ``allow_changed``). ``meta`` (JSON) is kept with a new run, e.g. how to rebuild the
+    flow. Raises what ``flow.run`` raises; failed and cancelled steps are written to the
+    journal with their error first.
+    """
+    from shoal.agents.runner import new_run_id
+
+    run_id = run_id or new_run_id()
+    async with _opened(store) as opened:
+        recorder = StoreRecorder(opened, flow=flow, allow_changed=allow_changed, meta=meta,
+                                 clock=clock)
+        try:
+            result = await flow.run(input, run_id=run_id, client=client, recorder=recorder,
+                                    budget=budget, shared=shared, clock=clock)
+        except StepFailed as exc:
+            if exc.result is not None:
+                await recorder.record_outcome(exc.result)
+            raise
+        if result.status != "succeeded":
+            await recorder.record_outcome(result)
+        return result
+
+
+async def resume(
+    run_id: str,
+    flow: Flow,
+    *,
+    store: Store | str,
+    client: ModelClient | None = None,
+    allow_changed: bool = False,
+    budget: Budget | None = None,
+    shared: Mapping[str, Any] | None = None,
+    clock: Clock | None = None,
+) -> FlowResult:
+    """Continue a failed, cancelled or killed run of ``flow`` from its journal.
+
+    Finished steps and turns replay with zero model calls; the rest runs. The input is
+    the run's own (read from the journal). Raises ``RunNotFound`` for an unknown run,
+    ``ConfigError`` when the flow's definition changed (unless ``allow_changed``),
+    ``CorruptRecord`` naming the run and step when the journal fails verification.
+    """
+    async with _opened(store) as opened:
+        run = await opened.require_run(run_id)
+        return await run_durable(flow, run.input, store=opened, run_id=run_id, client=client,
+                                 allow_changed=allow_changed, budget=budget, shared=shared,
+                                 clock=clock)
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    """One step of a journaled run as ``shoal show`` prints it."""
+
+    step_id: str
+    status: str  # a store status, or "interrupted": running when its run stopped
+    attempt: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
+    model: str | None = None
+    error: str | None = None
+    turns: int = 0  # model turns journaled (replayed by a resume even if the step re-runs)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """A journaled run: its record, its steps, and what a resume would replay and redo."""
+
+    run: RunRecord
+    steps: list[StepView]
+    replay: list[str] = field(default_factory=list)
+    redo: list[str] = field(default_factory=list)
+    turns_to_replay: int = 0
+
+    @property
+    def target(self) -> str | None:
+        target = self.run.meta.get("target")
+        return target if isinstance(target, str) else None
+
+
+async def plan(store: Store | str, run_id: str) -> RunPlan:
+    """What the journal holds for ``run_id`` and what ``resume`` would do with it.
+
+    Steps journaled as succeeded replay; every other step of the flow (known from the
+    run's ``step_hashes``; map items count under their step) runs again, and the model
+    turns journaled inside it replay. Raises ``RunNotFound`` or ``CorruptRecord``.
+    """
+    async with _opened(store) as opened:
+        run = await opened.require_run(run_id)
+        records = await opened.get_steps(run_id)
+    return _plan(run, records)
+
+
+def _plan(run: RunRecord, records: list[StepRecord]) -> RunPlan:
+    turns: dict[str, list[StepRecord]] = {}
+    steps: dict[str, StepRecord] = {}
+    for rec in records:
+        if rec.meta.get("kind") == "turn":
+            turns.setdefault(str(rec.meta.get("step")), []).append(rec)
+        else:
+            steps[rec.step_id] = rec
+    views: list[StepView] = []
+    for step_id, rec in steps.items():
+        mine = turns.get(step_id, [])
+        result = rec.result if isinstance(rec.result, dict) else {}
+        raw_usage = result.get("usage")
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+        tokens = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+        cost = float(result.get("cost_usd", 0.0))
+        if rec.status != "succeeded":  # spend so far: the journaled turns
+            tokens = sum(t.tokens for t in mine)
+            cost = sum(t.cost_usd for t in mine)
+        model = result.get("model") or next(
+            (t.result.get("model") for t in mine if isinstance(t.result, dict)), None)
+        status = "interrupted" if rec.status in ("running", "pending") else rec.status
+        views.append(StepView(rec.step_id, status, rec.attempt, rec.started_at,
+                              rec.finished_at, tokens, cost, model, rec.error, len(mine)))
+    hashes = run.meta.get("step_hashes")
+    names = list(hashes) if isinstance(hashes, Mapping) else []
+    for name in steps:
+        top = name.split("/", 1)[0]
+        if top not in names:
+            names.append(top)
+    done = {v.step_id for v in views if v.status == "succeeded"}
+    replay = [n for n in names if n in done]
+    redo = [n for n in names if n not in done]
+    replay_turns = sum(len(t) for s, t in turns.items() if s.split("/", 1)[0] in redo)
+    return RunPlan(run, views, replay, redo, replay_turns)
