@@ -110,7 +110,7 @@ class StepView:
     """One step of a journaled run as ``shoal show`` prints it."""
 
     step_id: str
-    status: str  # a store status, or "interrupted": running when its run stopped
+    status: str  # a store status; "interrupted": running when its run stopped; "not_run"
     attempt: int = 0
     started_at: float | None = None
     finished_at: float | None = None
@@ -186,6 +186,7 @@ def _plan(run: RunRecord, records: list[StepRecord]) -> RunPlan:
         top = name.split("/", 1)[0]
         if top not in names:
             names.append(top)
+    views += [StepView(n, "not_run") for n in names if n not in steps]
     done = {v.step_id for v in views if v.status == "succeeded"}
     replay = [n for n in names if n in done]
     redo = [n for n in names if n not in done]
