@@ -73,7 +73,7 @@ def test_first_429_learns_the_ceiling_exactly() -> None:
     assert (ada.limit, ada.ceiling, lim.capacity) == (3, 3, 3)
     assert not ada.slow_start
     assert ada.srtt == pytest.approx(0.5)
-    assert ada.next_probe_at == pytest.approx(20 * 0.5)
+    assert ada.next_probe_at == pytest.approx(30 * 0.5)  # probe_after_rtts = 30
 
 
 def test_without_in_flight_the_current_limit_is_the_observation() -> None:
@@ -169,7 +169,7 @@ async def test_additive_increase_back_to_the_ceiling() -> None:
 
 async def test_probe_after_the_gap_and_its_success_raises_the_ceiling() -> None:
     clock = VirtualClock()
-    lim, ada = make(clock)
+    lim, ada = make(clock, probe_after_rtts=20.0)
     learn_ceiling(ada, 3)  # at t=0 with srtt 1.0: next probe at t=20
     assert ada.next_probe_at == pytest.approx(20.0)
     await clock.advance(19.0)
@@ -189,7 +189,7 @@ async def test_probe_after_the_gap_and_its_success_raises_the_ceiling() -> None:
 
 async def test_failed_probes_space_out_exponentially() -> None:
     clock = VirtualClock()
-    _, ada = make(clock, max_probe_interval_s=100.0)
+    _, ada = make(clock, probe_after_rtts=20.0, max_probe_interval_s=100.0)
     learn_ceiling(ada, 3)
     probe_times = []
     for _ in range(6):

@@ -28,11 +28,14 @@ Rate limited — ``on_rate_limited(n)``:
   1. ``n > ⌊L⌋``: the call was admitted above today's limit, an overshoot already
      cut; ignore. Without ``n``: ignore within one rtt of the last decrease, and take
      ``n = ⌊L⌋``.
-  2. The provider took ``n − 1`` but not ``n``: ``new ← min(n − 1, ⌊L⌋)``.
-  3. Ending slow start: ``upper ← new``, and when a level was proven,
+  2. Ending slow start: the provider took ``n − 1`` but not ``n``:
+     ``new ← upper ← min(n − 1, ⌊L⌋)``, and when a level was proven,
      ``new ← min(new, max_ok + 1)`` (levels are noisy — admission and arrival at the
      provider differ — so start one above the proven level, and let late proofs climb
-     to ``upper``). Any later 429 closes the late-proof window.
+     to ``upper``). After slow start: ``new ← ⌊L⌋ − 1`` (one level per 429; a failed
+     probe returns to ``C``). Any 429 closes the late-proof window.
+  3. Returns True when the limit went down (``new < ⌊L⌋``): the 429 is explained by
+     our own overshoot, so the call may queue again at once.
   4. A failed probe doubles the gap (up to ``max_probe_interval_s``).
   5. ``C ← L ← max(min_limit, new)``; slow start and probing end; the next probe is
      due ``gap × rtt`` later (``gap`` starts at ``probe_after_rtts``).
@@ -78,7 +81,7 @@ class AdaptiveConcurrency:
         max_limit: int = 64,
         beta: float = 0.5,
         latency_tolerance: float | None = 2.0,
-        probe_after_rtts: float = 20.0,
+        probe_after_rtts: float = 30.0,
         max_probe_interval_s: float = 600.0,
         clock: Clock | None = None,
         events: EventBus | None = None,
@@ -215,16 +218,20 @@ class AdaptiveConcurrency:
             return True  # the overshoot the last decrease already answered
         else:
             observed = int(self._limit)
-        new = min(observed - 1, int(self._limit))
+        limit = int(self._limit)
         self._exit_at = None  # a 429 after slow start ends the late proofs
         if self._slow_start:
-            # Levels are noisy (admission and arrival differ): the cap lies between the
-            # best level proven so far and n - 1. Start one above the proven level;
-            # proofs arriving within an rtt climb from there (see _proof).
+            # The provider took n - 1 but not n. Levels are noisy (admission and arrival
+            # order differ; calls answered with 429 still count in flight), so the cap
+            # lies between the best level proven so far and n - 1: start one above the
+            # proven level; proofs arriving within an rtt climb from there (_proof).
+            new = min(observed - 1, limit)
             self._exit_at = now
             self._exit_upper = new
             if self._max_ok:
                 new = min(new, self._max_ok + 1)
+        else:
+            new = limit - 1  # one level per 429: n is too noisy to jump by
         new = max(self.min_limit, new)
         if self._probing:
             self._gap = min(self._gap * 2, self._max_gap_rtts())
@@ -234,7 +241,7 @@ class AdaptiveConcurrency:
         self._decreased_at = now
         self._schedule_probe(now)
         self._set(float(new), "rate_limited")
-        return new < observed
+        return new < limit
 
     def on_overload(self) -> None:
         """The provider is overloaded (503/529) or timing out: back off multiplicatively."""
