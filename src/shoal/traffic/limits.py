@@ -142,6 +142,9 @@ class Limiter(ABC):
     def set_capacity(self, n: int) -> None:
         """Change the concurrency cap (adaptive concurrency drives this)."""
 
+    async def connect(self) -> None:  # noqa: B027 - optional hook: local limiters need none
+        """Open connections now rather than on the first acquire (a warm-up)."""
+
     def seed_capacity(self, n: int) -> None:
         """Set the starting cap unless one is already in force elsewhere (a shared
         limiter keeps the cap other processes learned); local limiters just set it."""
