@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shoal.errors import ConfigError, DeadlineExceeded
+from shoal.observe.events import Event, EventBus
 from shoal.traffic.adaptive import AdaptiveConcurrency
 from shoal.traffic.limits import Limiter, LocalLimiter, Permit
 from shoal.traffic.redis_limits import RedisLimiter
@@ -151,6 +152,21 @@ async def test_raising_capacity_admits_waiters(make_limiter: Factory) -> None:
     assert lim.capacity == 2
     first.release()
     second.release()
+
+
+async def test_a_queued_call_emits_wait(make_limiter: Factory) -> None:
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    lim = make_limiter(max_concurrency=1, events=bus, name="ch")
+    first = await take(lim)
+    waiter = asyncio.create_task(lim.acquire(timeout=5.0))
+    await asyncio.sleep(0.05)
+    first.release()
+    (await waiter).release()
+    waits = [e for e in seen if e.kind == "wait"]
+    assert len(waits) == 1
+    assert waits[0].channel == "ch"
 
 
 # -- only the shared limiter ----------------------------------------------------------

@@ -324,7 +324,9 @@ class RedisLimiter(Limiter):
     async def _acquire_queued(
         self, waiter: _Waiter, deadline: float | None, budget_s: float | None
     ) -> Permit:
-        announced = False
+        announced = len(self._queue) > 1
+        if announced:
+            self._emit_wait(waiter.tokens)  # queued behind calls of this process
         while True:
             if waiter.grant.done():
                 return waiter.grant.result()
@@ -340,10 +342,7 @@ class RedisLimiter(Limiter):
                 return permit
             if not announced:
                 announced = True
-                events = self._events
-                if events is not None and events.active:
-                    events.emit(WAIT, channel=self.name, tokens=waiter.tokens,
-                                queued=len(self._queue))
+                self._emit_wait(waiter.tokens)
             if self._listener is None:
                 await self._start_listener()
                 continue  # a release may have slipped in before we subscribed: ask again
@@ -354,6 +353,12 @@ class RedisLimiter(Limiter):
             if deadline is not None:
                 until = min(until, deadline)
             await self._wait((change, waiter.grant), until)
+
+    def _emit_wait(self, tokens: int) -> None:
+        events = self._events
+        if events is not None and events.active:
+            events.emit(WAIT, channel=self.name, tokens=tokens, in_flight=len(self._held),
+                        queued=len(self._queue))
 
     def _deadline(self, timeout: float | None) -> DeadlineExceeded:
         return DeadlineExceeded(
