@@ -128,10 +128,11 @@ def step_hashes(flow: Flow) -> dict[str, str]:
     return {name: _digest(_step_doc(step))[:16] for name, step in flow.steps.items()}
 
 
-def flow_hash(flow: Flow) -> str:
-    """The flow's definition hash (see :func:`step_hashes` for what it covers)."""
+def flow_hash(flow: Flow, hashes: Mapping[str, str] | None = None) -> str:
+    """The flow's definition hash (see :func:`step_hashes` for what it covers; pass
+    ``hashes`` when you have them)."""
     return _digest({"flow": flow.name, "default_model": flow.default_model,
-                    "steps": step_hashes(flow)})
+                    "steps": dict(step_hashes(flow) if hashes is None else hashes)})
 
 
 def _changes(old: Mapping[str, Any], new: Mapping[str, str]) -> str:
@@ -194,7 +195,7 @@ class StoreRecorder:
     async def run_started(self, run_id: str, flow: str, input: Any) -> None:
         """Create the run, or check that the existing one is this flow on this input."""
         hashes = step_hashes(self.flow) if self.flow is not None else {}
-        definition = flow_hash(self.flow) if self.flow is not None else ""
+        definition = flow_hash(self.flow, hashes) if self.flow is not None else ""
         existing = await self.store.get_run(run_id)
         if existing is None:
             meta = {**self.meta, "step_hashes": hashes}
