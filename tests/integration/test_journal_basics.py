@@ -261,3 +261,52 @@ async def test_plan_tells_what_a_resume_would_replay_and_redo(db: str) -> None:
     assert views["writer"].status == "failed"
     assert views["writer"].error is not None and "ProviderUnavailable" in views["writer"].error
     assert views["writer"].duration_s is not None
+
+
+async def test_an_agent_alone_is_journaled_as_a_one_step_flow(db: str) -> None:
+    agent = Agent("solo", model="m", tools=[])
+    first = ScriptedClient([ProviderUnavailable("down", status=503)])
+    with pytest.raises(StepFailed):
+        await run_durable(agent, "topic", store=db, run_id="a1", client=first)
+    second = ScriptedClient([reply("done")])
+    result = await resume("a1", agent, store=db, client=second)
+    assert result.output == "done"
+    third = ScriptedClient()
+    assert (await resume("a1", agent, store=db, client=third)).output == "done"
+    assert third.calls == 0
+
+
+async def test_a_runner_on_a_store_recorder_replays_turns_without_a_flow(store: Store) -> None:
+    from shoal.agents import Runner
+
+    @tool
+    def lookup(query: str) -> str:
+        """Look something up."""
+        return f"facts about {query}"
+
+    agent = Agent("solo", model="m", tools=[lookup])
+    first = ScriptedClient([call("lookup", query="x"), ProviderUnavailable("down", status=503)])
+    with pytest.raises(ProviderUnavailable):
+        await Runner(first, recorder=StoreRecorder(store)).run(agent, "go", run_id="r9")
+    second = ScriptedClient([reply("done")])
+    result = await Runner(second, recorder=StoreRecorder(store)).run(agent, "go", run_id="r9")
+    assert second.calls == 1
+    assert [t.replayed for t in result.turns] == [True, False]
+    run = await store.require_run("r9")
+    assert run.flow == "agent"
+    assert [s.step_id for s in await store.get_steps("r9")] == ["solo/turn/0", "solo/turn/1"]
+
+
+async def test_an_idempotent_function_called_directly_just_runs() -> None:
+    calls: list[int] = []
+
+    @idempotent(key="k:{n}")
+    def bump(n: int) -> int:
+        calls.append(n)
+        return n + 1
+
+    assert await bump(1) == 2
+    assert await bump(n=1) == 2
+    assert calls == [1, 1]
+    with pytest.raises(ConfigError, match="goes under @tool"):
+        idempotent(tool(bump))

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from shoal.agents import StepFailed
 from shoal.cli.run_cmd import load_target
-from shoal.cli.runs_cmd import as_flow, journal_meta, parse_duration, register
+from shoal.cli.runs_cmd import journal_meta, parse_duration, register
 from shoal.config import Config
 from shoal.errors import ConfigError
-from shoal.flows.resume import run_durable
+from shoal.flows.resume import as_flow, run_durable
 from shoal.traffic.router import Router
 
 FLOW_MODULE = textwrap.dedent("""

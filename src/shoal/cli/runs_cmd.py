@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from shoal.flows.resume import RunPlan
 
 __all__ = [
-    "as_flow", "journal_meta", "parse_duration", "prune", "register", "resume", "runs", "show",
+    "journal_meta", "parse_duration", "prune", "register", "resume", "runs", "show",
 ]
 
 StoreOpt = Annotated[str | None, typer.Option(
@@ -347,24 +347,10 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
                                        console=console)
 
 
-def as_flow(target: Any) -> Flow:
-    """A Flow as is; an Agent as the one-step flow of it (how an agent run is journaled)."""
-    from shoal.agents.agent import Agent
-    from shoal.flows.flow import Flow
-
-    if isinstance(target, Flow):
-        return target
-    if isinstance(target, Agent):
-        flow = Flow(target.name)
-        flow.add(target)
-        return flow
-    raise ConfigError(f"a {type(target).__name__} cannot be journaled or resumed: only an "
-                      "Agent or a Flow")
-
-
 def _rebuild(spec: str, model: str | None) -> Flow:
     from shoal.agents.agent import Agent
     from shoal.cli.run_cmd import load_target
+    from shoal.flows.resume import as_flow
 
     flow = as_flow(load_target(spec))
     if model:  # as `shoal run -m MODEL` ran it

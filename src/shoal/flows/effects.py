@@ -20,7 +20,7 @@ import hashlib
 import inspect
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar, get_args, get_type_hints, overload
+from typing import Any, Protocol, get_args, get_type_hints, overload
 
 from shoal.agents.recorder import from_jsonable, to_jsonable
 from shoal.agents.run_context import RunContext
@@ -28,7 +28,7 @@ from shoal.errors import ConfigError
 
 __all__ = ["EffectJournal", "effect_key", "idempotent"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+AsyncFn = Callable[..., Awaitable[Any]]
 _EFFECT_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "shoal_effect_key", default=None)
 
@@ -53,16 +53,18 @@ def effect_key() -> str | None:
 
 
 @overload
-def idempotent(fn: F, /) -> F: ...
+def idempotent(fn: Callable[..., Any], /) -> AsyncFn: ...
 
 
 @overload
-def idempotent(*, key: str | Callable[..., str] | None = None) -> Callable[[F], F]: ...
+def idempotent(
+    *, key: str | Callable[..., str] | None = None
+) -> Callable[[Callable[..., Any]], AsyncFn]: ...
 
 
 def idempotent(
-    fn: F | None = None, /, *, key: str | Callable[..., str] | None = None
-) -> F | Callable[[F], F]:
+    fn: Callable[..., Any] | None = None, /, *, key: str | Callable[..., str] | None = None
+) -> AsyncFn | Callable[[Callable[..., Any]], AsyncFn]:
     """Make a tool's side effect happen once per key, across resumes.
 
     ``key``: a template filled with the tool's arguments (``"email:{to}:{subject}"``), a
@@ -71,7 +73,8 @@ def idempotent(
     key in another run also gets the recorded result. Under a journal
     (:class:`StoreRecorder`) the first call's result is recorded; later calls with the
     key return it without running the tool. Without one the tool simply runs.
-    Results come back as the tool's return type, rebuilt from JSON.
+    Results come back as the tool's return type, rebuilt from JSON. The wrapped
+    function is async (a sync one runs in a worker thread).
 
     Apply it under ``@tool``::
 
@@ -80,13 +83,17 @@ def idempotent(
         async def refund(order_id: str, amount: float) -> str: ...
     """
 
-    def wrap(f: F) -> F:
-        return _wrap(f, key)  # type: ignore[return-value]
+    def wrap(f: Callable[..., Any]) -> AsyncFn:
+        return _wrap(f, key)
 
     return wrap(fn) if fn is not None else wrap
 
 
-def _wrap(f: Callable[..., Any], key: str | Callable[..., str] | None) -> Callable[..., Any]:
+def _wrap(f: Callable[..., Any], key: str | Callable[..., str] | None) -> AsyncFn:
+    from shoal.agents.tools import Tool
+
+    if isinstance(f, Tool):
+        raise ConfigError(f"@idempotent goes under @tool (it wraps the function of {f!r})")
     sig = inspect.signature(f)
     try:
         hints = get_type_hints(f, include_extras=True)
@@ -97,7 +104,7 @@ def _wrap(f: Callable[..., Any], key: str | Callable[..., str] | None) -> Callab
                     None)
     added = ctx_name is None
     params = list(sig.parameters.values())
-    if ctx_name is None:
+    if ctx_name is None:  # a hidden parameter: Tool passes the RunContext, the model never sees it
         ctx_name = "shoal_run_context"
         params.append(inspect.Parameter(ctx_name, inspect.Parameter.KEYWORD_ONLY,
                                         annotation=RunContext))
@@ -106,28 +113,34 @@ def _wrap(f: Callable[..., Any], key: str | Callable[..., str] | None) -> Callab
     is_async = inspect.iscoroutinefunction(f)
     name = f.__name__
 
-    async def call(**kwargs: Any) -> Any:
-        ctx: RunContext = kwargs[ctx_name]
-        if added:
-            del kwargs[ctx_name]
-        args = {k: v for k, v in kwargs.items() if k != ctx_name}
-        if key is None:
-            digest = _digest(to_jsonable(args))[:16]
-            k = f"{ctx.run_id}/{ctx.step_id}/turn/{ctx.turn}/{name}/{digest}"
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        ctx = kwargs.pop(ctx_name, None) if added else None
+        bound = sig.bind(*args, **kwargs)
+        if not added:
+            ctx = bound.arguments.get(ctx_name)
+        values = {k: v for k, v in bound.arguments.items() if k != ctx_name}
+        if key is not None:
+            effect: str | None = key.format(**values) if isinstance(key, str) else key(**values)
+        elif isinstance(ctx, RunContext):
+            digest = _digest(to_jsonable(values))[:16]
+            effect = f"{ctx.run_id}/{ctx.step_id}/turn/{ctx.turn}/{name}/{digest}"
         else:
-            k = key.format(**args) if isinstance(key, str) else key(**args)
+            effect = None
 
         async def run() -> Any:
-            token = _EFFECT_KEY.set(k)
+            token = _EFFECT_KEY.set(effect)
             try:
-                return await f(**kwargs) if is_async else await asyncio.to_thread(f, **kwargs)
+                if is_async:
+                    return await f(*bound.args, **bound.kwargs)
+                return await asyncio.to_thread(f, *bound.args, **bound.kwargs)
             finally:
                 _EFFECT_KEY.reset(token)
 
-        journal = getattr(ctx.runner, "recorder", None)
-        if not callable(getattr(journal, "effect", None)):
-            return await run()
-        data = await journal.effect(k, ctx.run_id, ctx.step_id, run)  # type: ignore[union-attr]
+        journal = getattr(getattr(ctx, "runner", None), "recorder", None)
+        if not isinstance(ctx, RunContext) or not callable(getattr(journal, "effect", None)):
+            return await run()  # called directly, or with no journal: it simply runs
+        assert effect is not None
+        data = await journal.effect(effect, ctx.run_id, ctx.step_id, run)  # type: ignore[union-attr]
         return from_jsonable(data, returns)
 
     call.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]

@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shoal.errors import StepFailed
+from shoal.errors import ConfigError, StepFailed
 from shoal.flows.journal import StoreRecorder
 
 if TYPE_CHECKING:
+    from shoal.agents.agent import Agent
     from shoal.agents.client import ModelClient
     from shoal.agents.guards import Budget
     from shoal.clock import Clock
@@ -28,7 +29,22 @@ if TYPE_CHECKING:
     from shoal.stores.base import Store
     from shoal.stores.records import RunRecord, StepRecord
 
-__all__ = ["RunPlan", "StepView", "plan", "resume", "run_durable"]
+__all__ = ["RunPlan", "StepView", "as_flow", "plan", "resume", "run_durable"]
+
+
+def as_flow(target: Flow | Agent[Any]) -> Flow:
+    """A Flow as is; an Agent as the one-step flow of it (how an agent run is journaled)."""
+    from shoal.agents.agent import Agent
+    from shoal.flows.flow import Flow
+
+    if isinstance(target, Flow):
+        return target
+    if isinstance(target, Agent):
+        flow = Flow(target.name)
+        flow.add(target)
+        return flow
+    raise ConfigError(f"a {type(target).__name__} cannot be journaled or resumed: only an "
+                      "Agent or a Flow")
 
 
 @contextlib.asynccontextmanager
@@ -43,7 +59,7 @@ async def _opened(store: Store | str) -> AsyncIterator[Store]:
 
 
 async def run_durable(
-    flow: Flow,
+    flow: Flow | Agent[Any],
     input: Any = None,
     *,
     store: Store | str,
@@ -55,7 +71,8 @@ async def run_durable(
     shared: Mapping[str, Any] | None = None,
     clock: Clock | None = None,
 ) -> FlowResult:
-    """Run ``flow`` with every step and turn journaled in ``store`` (an open Store or a URL).
+    """Run ``flow`` (or an agent, as a one-step flow) with every step and turn journaled
+    in ``store`` (an open Store or a URL).
 
     A ``run_id`` already in the store continues that run (same flow and input, unless
     ``allow_changed``). ``meta`` (JSON) is kept with a new run, e.g. how to rebuild the
@@ -65,6 +82,7 @@ async def run_durable(
     from shoal.agents.runner import new_run_id
 
     run_id = run_id or new_run_id()
+    flow = as_flow(flow)
     async with _opened(store) as opened:
         recorder = StoreRecorder(opened, flow=flow, allow_changed=allow_changed, meta=meta,
                                  clock=clock)
@@ -82,7 +100,7 @@ async def run_durable(
 
 async def resume(
     run_id: str,
-    flow: Flow,
+    flow: Flow | Agent[Any],
     *,
     store: Store | str,
     client: ModelClient | None = None,
