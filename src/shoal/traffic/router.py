@@ -125,7 +125,7 @@ class Router:
 
             return RedisLimiter(
                 self._redis, key=f"shoal:limit:{ch.name}", max_concurrency=cap, rpm=ch.rpm,
-                tpm=ch.tpm, clock=self.clock, events=self.events,
+                tpm=ch.tpm, clock=self.clock, events=self.events, name=ch.name,
             )
         from shoal.traffic.limits import LocalLimiter
 
@@ -242,17 +242,23 @@ class Router:
                                  tokens=tokens, attempt=budget.attempts)
             return _Attempt(info, lane, permit)
 
-    def _failed(self, att: _Attempt, err: ProviderError) -> None:
-        att.release()
+    def _failed(self, att: _Attempt, err: ProviderError) -> bool:
+        """Release the slot and teach the channel's policies; True when the error was our
+        own overshoot (adaptive concurrency admitted the call above the cap it now holds)."""
         lane, permit = att.lane, att.permit
         if isinstance(err, RateLimited):
             # Backpressure, not ill health: it teaches adaptive concurrency, not the breaker.
-            if lane.adaptive is not None:
-                lane.adaptive.on_rate_limited(permit.in_flight)
-            return
+            # Lower the cap *before* freeing the slot, or the limiter would hand the slot
+            # to the next waiter at the old, too-high level (a second 429).
+            overshoot = (lane.adaptive.on_rate_limited(permit.in_flight)
+                         if lane.adaptive is not None else False)
+            att.release()
+            return overshoot
+        att.release()
         lane.breaker.record_failure(err)
         if lane.adaptive is not None and isinstance(err, ProviderUnavailable | ProviderTimeout):
             lane.adaptive.on_overload()
+        return False
 
     def _succeeded(self, request: ChatRequest, att: _Attempt,
                    response: ChatResponse) -> ChatResponse:
@@ -268,33 +274,44 @@ class Router:
                 response.text + "".join(c.arguments for c in response.tool_calls),
                 info.encoding)
         permit.settle(usage.input_tokens + usage.output_tokens)
+        if lane.adaptive is not None:  # before the release: a raised cap admits at once
+            lane.adaptive.on_success(response.latency_s, permit.in_flight)
         att.release()
         lane.breaker.record_success()
-        if lane.adaptive is not None:
-            lane.adaptive.on_success(response.latency_s, permit.in_flight)
         response.cost_usd = info.cost(usage.input_tokens, usage.output_tokens,
                                       usage.cached_input_tokens)
         response.model = info.name
         response.channel = lane.name
         return response
 
-    async def _next(self, call: _Call, lane: Lane, err: ProviderError) -> None:
+    async def _next(self, call: _Call, lane: Lane, err: ProviderError,
+                    overshoot: bool = False) -> None:
         """After a failed attempt: raise, or set the lane to avoid next (after waiting)."""
         call.last = err
-        call.avoid = await self._decide(call, lane, err)
+        call.avoid = await self._decide(call, lane, err, overshoot)
 
-    async def _decide(self, call: _Call, lane: Lane, err: ProviderError) -> str | None:
+    async def _decide(self, call: _Call, lane: Lane, err: ProviderError,
+                      overshoot: bool) -> str | None:
         request, chain, budget, excluded = call.request, call.chain, call.budget, call.excluded
         if isinstance(err, BadRequest):
             raise err  # the request itself is wrong (incl. context overflow): never retried
         if isinstance(err, AuthError | QuotaExhausted):
             excluded.add(lane.name)
-            if budget.exhausted() or self._pick(chain, excluded, None) is None:
+            if not budget.record_attempt(err) or self._pick(chain, excluded, None) is None:
                 raise err
-            budget.record_attempt(err)
             self.events.emit("failover", channel=lane.name, model=request.model,
                              error=type(err).__name__)
             return lane.name
+        if overshoot:
+            # A 429 provoked by our own adaptive probe: the limiter, now lowered, is the wait
+            # (the retry goes out only when one of our calls finishes), so no extra sleep.
+            # Every other 429 honours its Retry-After.
+            if budget.next_delay(err, failover=True) is None:
+                raise err
+            self.events.emit("retry", channel=lane.name, model=request.model, delay_s=0.0,
+                             error=type(err).__name__, attempt=budget.attempts,
+                             reason="own_overshoot")
+            return None
         alternative = self._pick(chain, excluded, lane.name)
         failover = alternative is not None and alternative[1] is not lane
         delay = budget.next_delay(err, failover=failover)
@@ -326,8 +343,8 @@ class Router:
                 response = await provider.complete(
                     request, model=att.lane.channel.wire_model(att.info))
             except ProviderError as err:
-                self._failed(att, err)
-                await self._next(call, att.lane, err)
+                overshoot = self._failed(att, err)
+                await self._next(call, att.lane, err, overshoot)
                 continue
             except BaseException:
                 att.release()
@@ -350,8 +367,8 @@ class Router:
                     if isinstance(event, TextDelta | ToolCallDelta | StreamEnd):
                         break
             except ProviderError as err:
-                self._failed(att, err)
-                await self._next(call, att.lane, err)
+                overshoot = self._failed(att, err)
+                await self._next(call, att.lane, err, overshoot)
                 continue
             except BaseException:
                 att.release()
