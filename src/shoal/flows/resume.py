@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shoal.errors import ConfigError, StepFailed
+from shoal.errors import ConfigError, StepFailed, StoreError
 from shoal.flows.journal import StoreRecorder
 
 if TYPE_CHECKING:
@@ -91,11 +91,18 @@ async def run_durable(
                                     budget=budget, shared=shared, clock=clock)
         except StepFailed as exc:
             if exc.result is not None:
-                await recorder.record_outcome(exc.result)
+                await _note(recorder, exc.result)
             raise
         if result.status != "succeeded":
-            await recorder.record_outcome(result)
+            await _note(recorder, result)
         return result
+
+
+async def _note(recorder: StoreRecorder, result: FlowResult) -> None:
+    """Record why steps did not finish: for ``shoal show`` only, so a store failure here
+    must not hide the run's own outcome."""
+    with contextlib.suppress(StoreError):
+        await recorder.record_outcome(result)
 
 
 async def resume(
