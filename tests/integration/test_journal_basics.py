@@ -342,3 +342,30 @@ async def test_a_map_resumes_only_its_unfinished_items(db: str) -> None:
     assert result.outputs["research"] == ["<a>", "<b>", "<c>", "<d>", "<e>"]
     assert [i.status for i in result.steps["research"].items] == [
         "replayed", "replayed", "replayed", "succeeded", "succeeded"]
+
+
+async def test_a_turn_that_cannot_be_journaled_fails_its_step(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    store = SQLiteStore(path, busy_timeout_ms=0,
+                        retry=RetryPolicy(attempts=2, base_delay_s=0.001, max_delay_s=0.001))
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def answer_then_lock(req: ChatRequest) -> object:
+        holder.execute("BEGIN EXCLUSIVE")  # the answer arrives; the journal cannot take it
+        return reply("paid for, not saved")
+
+    flow = Flow("f")
+    flow.add(Agent("a", model="m"), retries=2)
+    async with store:
+        with pytest.raises(StepFailed) as failed:
+            await run_durable(flow, "x", store=store, run_id="r1",
+                              client=ScriptedClient([answer_then_lock]))
+        holder.execute("ROLLBACK")
+        assert isinstance(failed.value.__cause__, StoreUnavailable)
+        assert "cannot journal more" in str(failed.value)  # the retries did not go on
+        assert await store.get_step("r1", "a/turn/0") is None
+        client = ScriptedClient([reply("again")])
+        result = await resume("r1", flow, store=store, client=client)
+    holder.close()
+    assert client.calls == 1
+    assert result.output == "again"

@@ -344,6 +344,7 @@ class StoreRecorder:
         journal = await self._journal(run_id)
         rec = journal.records.get(turn_id(step_id, turn))
         if rec is None or rec.status != "succeeded":
+            self._usable(journal, run_id)  # never pay for a call that cannot be journaled
             return None
         try:
             return response_from_json(rec.result)
