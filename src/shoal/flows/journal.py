@@ -185,7 +185,7 @@ class StoreRecorder:
         self.clock: Clock = clock or RealClock()
         self._runs: OrderedDict[str, _RunJournal] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._interrupted: dict[str, dict[str, StepRecord]] = {}
+        self._interrupted: OrderedDict[str, dict[str, StepRecord]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"StoreRecorder({self.store.url})"
@@ -275,6 +275,8 @@ class StoreRecorder:
         if journal is not None and status in ("failed", "cancelled", "partial"):
             self._interrupted[run_id] = {
                 k: r for k, r in journal.records.items() if r.status == "running"}
+            while len(self._interrupted) > _CACHED_RUNS:  # record_outcome is optional
+                self._interrupted.popitem(last=False)
         final: Any = "succeeded" if status == "partial" else status
         if status == "partial":
             error = error or "partial: some steps failed or were skipped under their policy"
