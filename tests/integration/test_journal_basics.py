@@ -369,3 +369,20 @@ async def test_a_turn_that_cannot_be_journaled_fails_its_step(tmp_path: Path) ->
     holder.close()
     assert client.calls == 1
     assert result.output == "again"
+
+
+async def test_a_journaled_batch_resumes_every_item(store: Store) -> None:
+    from shoal.flows.batch import Batch
+
+    flow = pipeline()
+    first = ScriptedClient(handler=failing_writer)
+    recorder = StoreRecorder(store, flow=flow)
+    partial = await Batch(flow, client=first, recorder=recorder, run_id="docs").run(
+        ["a", "b", "c"])
+    assert len(partial.failed) == 3 and first.calls == 9
+    assert {r.run_id for r in await store.list_runs()} == {"docs-0", "docs-1", "docs-2"}
+    second = ScriptedClient(handler=echo)
+    done = await Batch(flow, client=second, recorder=StoreRecorder(store, flow=flow),
+                       run_id="docs").run(["a", "b", "c"])
+    assert len(done.succeeded) == 3
+    assert second.calls == 3  # one writer per item; researchers and analyzers replayed
