@@ -13,10 +13,14 @@ numbered from 0 within a step. Results cross this seam as JSON-compatible data
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from shoal.types import ChatResponse, ToolCall, Usage
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 __all__ = [
     "MemoryRecorder",
@@ -152,9 +156,15 @@ def from_jsonable(data: Any, tp: Any) -> Any:
     """Rebuild a value of type ``tp`` from :func:`to_jsonable` data (``Any`` = as is)."""
     if tp is Any or tp is None or tp is object:
         return data
+    return _adapter(tp).validate_python(data)
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    """Building a TypeAdapter costs ~40 µs; a resume rebuilds thousands of outputs."""
     from pydantic import TypeAdapter
 
-    return TypeAdapter(tp).validate_python(data)
+    return TypeAdapter(tp)
 
 
 def _usage_json(usage: Usage) -> dict[str, int]:

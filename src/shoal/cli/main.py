@@ -18,17 +18,12 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from shoal.cli import demo_cmd, sim_cmd
+    from shoal.cli import demo_cmd, run_cmd, runs_cmd, sim_cmd
 
     demo_cmd.register(app)
+    run_cmd.register(app)
+    runs_cmd.register(app)
     sim_cmd.register(app)
-    try:
-        from shoal.cli import run_cmd
-    except ImportError:  # pragma: no cover - run_cmd is optional while it is being built
-        return
-    register = getattr(run_cmd, "register", None)
-    if register is not None:
-        register(app)
 
 
 def main() -> None:

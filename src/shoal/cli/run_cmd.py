@@ -9,18 +9,19 @@ table of steps; several run as a batch with a live progress bar.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import importlib.util
 import inspect
 import json
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from shoal.cli.loop import run as run_loop
 from shoal.errors import ConfigError, ShoalError
 
 if TYPE_CHECKING:
@@ -153,9 +154,23 @@ def _override_model(target: Any, model: str) -> Any:
     return target
 
 
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What the ``run`` command was asked, passed down as one value."""
+
+    target_spec: str
+    config: Path | None = None
+    model: str | None = None
+    sim: bool = False
+    concurrency: int = 8
+    run_id: str | None = None
+    budget_usd: float | None = None
+    progress: bool = True
+    store: str | None = None
+
+
 async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelClient,
-                   concurrency: int, run_id: str | None, budget_usd: float | None,
-                   progress: bool, console: Console) -> dict[str, Any]:
+                   opts: RunOptions, console: Console) -> dict[str, Any]:
     from shoal.agents.agent import Agent
     from shoal.agents.guards import Budget
     from shoal.agents.recorder import to_jsonable
@@ -163,6 +178,22 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
     from shoal.flows.batch import Batch
     from shoal.flows.flow import Flow
 
+    run_id, budget_usd = opts.run_id, opts.budget_usd
+    if len(items) == 1 and opts.store is not None and isinstance(target, Flow | Agent):
+        # Journaled: `shoal resume RUN_ID` continues it after a failure or a kill.
+        from shoal.cli.runs_cmd import journal_meta
+        from shoal.flows.resume import run_durable
+
+        meta = journal_meta(opts.target_spec, model=opts.model, sim=opts.sim,
+                            config=opts.config)
+        res = await run_durable(target, items[0][1], store=opts.store, run_id=run_id,
+                                client=client, meta=meta,
+                                budget=Budget(max_usd=budget_usd) if budget_usd else None)
+        _print_output(console, res.output)
+        console.print(res.table())
+        console.print(f"journaled as run {res.run_id} in {opts.store}")
+        return {"run_id": res.run_id, "status": res.status, "output": to_jsonable(res.output),
+                "steps": res.rows(), "cost_usd": res.cost_usd, "usage": to_jsonable(res.usage)}
     if len(items) == 1:
         value = items[0][1]
         if isinstance(target, Flow):
@@ -182,9 +213,20 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
             return {"run_id": agent_res.run_id, "status": "succeeded",
                     "output": to_jsonable(agent_res.output), "cost_usd": agent_res.cost_usd,
                     "usage": to_jsonable(agent_res.usage), "turns": len(agent_res.turns)}
-    batch = Batch(target, concurrency=concurrency, client=client, run_id=run_id,
-                  budget_usd=budget_usd, progress=progress, console=console)
-    result = await batch.run([v for _, v in items])
+    if opts.store is not None:
+        from shoal.flows.journal import StoreRecorder
+        from shoal.stores import open_store
+
+        async with open_store(opts.store) as store:
+            recorder = StoreRecorder(store, flow=target if isinstance(target, Flow) else None)
+            batch = Batch(target, concurrency=opts.concurrency, client=client, run_id=run_id,
+                          budget_usd=budget_usd, progress=opts.progress, console=console,
+                          recorder=recorder)
+            result = await batch.run([v for _, v in items])
+    else:
+        batch = Batch(target, concurrency=opts.concurrency, client=client, run_id=run_id,
+                      budget_usd=budget_usd, progress=opts.progress, console=console)
+        result = await batch.run([v for _, v in items])
     console.print(result.table())
     return {
         "items": [
@@ -221,27 +263,22 @@ def _turns_table(result: Any) -> Any:
     return table
 
 
-async def _main(target_spec: str, items: list[tuple[str, Any]], *, config: Path | None,
-                model: str | None, sim: bool, concurrency: int, run_id: str | None,
-                budget_usd: float | None, progress: bool, console: Console) -> dict[str, Any]:
+async def _main(items: list[tuple[str, Any]], opts: RunOptions, console: Console
+                ) -> dict[str, Any]:
     from shoal.config import Config
     from shoal.traffic.router import Router
 
-    target = load_target(target_spec)
-    if model:
-        target = _override_model(target, model)
-    if not sim:
-        async with Router(Config.load(config)) as router:
-            return await _execute(target, items, client=router, concurrency=concurrency,
-                                  run_id=run_id, budget_usd=budget_usd, progress=progress,
-                                  console=console)
+    target = load_target(opts.target_spec)
+    if opts.model:
+        target = _override_model(target, opts.model)
+    if not opts.sim:
+        async with Router(Config.load(opts.config)) as router:
+            return await _execute(target, items, client=router, opts=opts, console=console)
     from shoal.examples_builtin import config_for_sim
     from shoal.sim import SimConfig, SimServer
 
     async with SimServer(SimConfig()) as server, Router(config_for_sim(server.url)) as router:
-        return await _execute(target, items, client=router, concurrency=concurrency,
-                              run_id=run_id, budget_usd=budget_usd, progress=progress,
-                              console=console)
+        return await _execute(target, items, client=router, opts=opts, console=console)
 
 
 def run(
@@ -268,6 +305,10 @@ def run(
     = None,
     budget_usd: Annotated[float | None, typer.Option(help="Dollar budget for the run.")] = None,
     progress: Annotated[bool, typer.Option(help="Live progress bar for batches.")] = True,
+    store: Annotated[str | None, typer.Option(
+        "--store", envvar="SHOAL_STORE",
+        help="Journal the run in this store (e.g. sqlite:///.shoal/runs.db); "
+             "`shoal resume RUN_ID` continues it.")] = None,
 ) -> None:
     """Run an agent, a flow or a flow spec on one input or a batch of inputs."""
     from rich.console import Console
@@ -278,9 +319,10 @@ def run(
         items = load_inputs(list(inputs or []), input_file, input_dir, glob)
         if not items:
             raise ConfigError("give an input: an argument, --input-file or --input-dir")
-        summary = asyncio.run(_main(
-            target, items, config=config, model=model, sim=sim, concurrency=concurrency,
-            run_id=run_id, budget_usd=budget_usd, progress=progress, console=console))
+        opts = RunOptions(target, config=config, model=model, sim=sim,
+                          concurrency=concurrency, run_id=run_id, budget_usd=budget_usd,
+                          progress=progress, store=store)
+        summary = run_loop(_main(items, opts, console))
     except ShoalError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None

@@ -301,7 +301,11 @@ class FlowRun:
     ) -> StepResult:
         """Replay, or run with retries, one step or map item. Never raises except on
         cancellation: failures become a failed (or fallback) StepResult."""
-        recorded = await self.recorder.replay_step(self.run_id, ctx.step)
+        try:
+            recorded = await self.recorder.replay_step(self.run_id, ctx.step)
+        except BaseException:
+            work.close()  # cancelled while the journal answered: never leave it un-awaited
+            raise
         if recorded is not None:
             work.close()
             if self.budget is not None:
