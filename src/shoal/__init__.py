@@ -59,8 +59,13 @@ _EXPORTS: dict[str, str] = {
     "StreamInterrupted": "shoal.errors",
     "ToolFailed": "shoal.errors",
     "Batch": "shoal.flows.batch",
+    "effect_key": "shoal.flows.effects",
+    "idempotent": "shoal.flows.effects",
     "Flow": "shoal.flows.flow",
     "FlowResult": "shoal.flows.flow",
+    "StoreRecorder": "shoal.flows.journal",
+    "resume": "shoal.flows.resume",
+    "run_durable": "shoal.flows.resume",
     "Event": "shoal.observe.events",
     "EventBus": "shoal.observe.events",
     "open_store": "shoal.stores",
@@ -132,6 +137,7 @@ __all__ = [
     "ShoalError",
     "StepFailed",
     "StoreError",
+    "StoreRecorder",
     "StoreUnavailable",
     "StreamEnd",
     "StreamEvent",
@@ -147,8 +153,12 @@ __all__ = [
     "VirtualClock",
     "__version__",
     "agent_guardrail",
+    "effect_key",
     "guardrail",
+    "idempotent",
     "open_store",
+    "resume",
+    "run_durable",
     "tool",
 ]
 
@@ -220,7 +230,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ToolFailed,
     )
     from shoal.flows.batch import Batch
+    from shoal.flows.effects import effect_key, idempotent
     from shoal.flows.flow import Flow, FlowResult
+    from shoal.flows.journal import StoreRecorder
+    from shoal.flows.resume import resume, run_durable
     from shoal.observe.events import Event, EventBus
     from shoal.stores import open_store
     from shoal.traffic.breaker import CircuitBreaker
