@@ -21,7 +21,7 @@ from shoal.providers.failures import (
     error_from_stream_payload,
     error_from_transport,
 )
-from shoal.providers.http import HttpPool
+from shoal.providers.http import USER_AGENT, HttpPool
 from shoal.types import (
     ChatRequest,
     ChatResponse,
@@ -100,6 +100,7 @@ class AnthropicProvider(Provider):
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
+            "User-Agent": USER_AGENT,
             "anthropic-version": API_VERSION,
         }
         if api_key:

@@ -23,7 +23,7 @@ from shoal.providers.failures import (
     error_from_stream_payload,
     error_from_transport,
 )
-from shoal.providers.http import HttpPool
+from shoal.providers.http import USER_AGENT, HttpPool
 from shoal.providers.quirks import Quirks, quirks_for
 from shoal.types import (
     ChatRequest,
@@ -98,7 +98,8 @@ class OpenAICompatProvider(Provider):
         self.provider = provider
         self.quirks: Quirks = quirks_for(provider)
         self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
+                         "User-Agent": USER_AGENT}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._headers.update(headers or {})
