@@ -8,20 +8,17 @@ cache reads and writes into ``input_tokens`` (Anthropic counts them apart).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shoal.clock import Clock, RealClock
-from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
-from shoal.providers.base import Provider
+from shoal.errors import MalformedResponse, StreamInterrupted
 from shoal.providers.failures import (
-    error_from_response,
     error_from_stream_payload,
-    error_from_transport,
 )
-from shoal.providers.http import USER_AGENT, HttpPool
+from shoal.providers.http import HttpProvider
 from shoal.types import (
     ChatRequest,
     ChatResponse,
@@ -36,9 +33,6 @@ from shoal.types import (
     Usage,
     UsageEvent,
 )
-
-if TYPE_CHECKING:
-    from shoal.config import ChannelConfig
 
 __all__ = ["AnthropicProvider"]
 
@@ -78,61 +72,19 @@ def _usage(raw: Any, base: Usage | None = None) -> Usage:
     return u
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HttpProvider):
     """Messages API over one pooled aiohttp session."""
 
-    def __init__(
-        self,
-        *,
-        base_url: str = "https://api.anthropic.com",
-        api_key: str | None = None,
-        name: str = "anthropic",
-        provider: str = "anthropic",
-        headers: dict[str, str] | None = None,
-        key_env: str | None = None,
-        pool: HttpPool | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        self.name = name
-        self.provider = provider
-        base = base_url.rstrip("/")
-        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-        self._headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-            "anthropic-version": API_VERSION,
-        }
+    default_provider = "anthropic"
+
+    def _endpoint(self, base_url: str) -> str:
+        return base_url + ("/messages" if base_url.endswith("/v1") else "/v1/messages")
+
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]:
+        auth = {"anthropic-version": API_VERSION}
         if api_key:
-            self._headers["x-api-key"] = api_key
-        self._headers.update(headers or {})
-        self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
-        self._key_env = key_env
-        self._pool = pool or HttpPool()
-        self._clock = clock or RealClock()
-
-    @classmethod
-    def from_channel(cls, channel: ChannelConfig, *, clock: Clock | None = None,
-                     base_url: str | None = None) -> AnthropicProvider:
-        return cls(
-            base_url=base_url or channel.base_url,
-            api_key=channel.key(),
-            name=channel.name,
-            provider=channel.provider or channel.name,
-            headers=dict(channel.headers),
-            key_env=channel.api_key_env,
-            pool=HttpPool(
-                pool_size=channel.pool_size, connect_timeout=channel.connect_timeout,
-                read_timeout=channel.read_timeout, pool_timeout=channel.pool_timeout,
-            ),
-            clock=clock,
-        )
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(name={self.name!r}, url={self._url!r})"
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
+            auth["x-api-key"] = api_key
+        return auth
 
     # -- request ------------------------------------------------------------------------
 
@@ -210,39 +162,11 @@ class AnthropicProvider(Provider):
             body["stream"] = True
         return body
 
-    def _headers_for(self, request: ChatRequest, base: dict[str, str]) -> dict[str, str]:
-        tag = request.metadata.get("tag")
-        return base if tag is None else {**base, "x-shoal-tag": tag}
-
-    def _fail(self, status: int, text: str, headers: Any) -> ProviderError:
-        return error_from_response(
-            status, text, headers, provider=self.name, now_wall=self._clock.wall(),
-            key_env=self._key_env,
-        )
-
     # -- complete -----------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse:
-        import aiohttp
-
         started = time.perf_counter()
-        data = json.dumps(self.payload(request, model, stream=False)).encode()
-        try:
-            async with self._pool.session().post(
-                self._url, data=data, headers=self._headers_for(request, self._headers)
-            ) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise self._fail(resp.status, raw.decode("utf-8", "replace"), resp.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise error_from_transport(exc, provider=self.name, url=self._url) from exc
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise MalformedResponse(
-                f"{self.name} returned a body that is not JSON", status=200,
-                provider=self.name, body=raw.decode("utf-8", "replace"),
-            ) from None
+        body, raw = await self._post_json(request, self.payload(request, model, stream=False))
         if not isinstance(body, dict) or body.get("type") == "error":
             raise self._fail(200, raw.decode("utf-8", "replace"), {})
         schema_tool = request.output_schema_name if request.output_schema is not None else None
@@ -281,39 +205,26 @@ class AnthropicProvider(Provider):
     # -- stream -------------------------------------------------------------------------
 
     async def stream(self, request: ChatRequest, *, model: str) -> AsyncIterator[StreamEvent]:
-        import aiohttp
-
-        from shoal.providers.sse import iter_sse
-
         started = time.perf_counter()
-        data = json.dumps(self.payload(request, model, stream=True)).encode()
         schema_tool = request.output_schema_name if request.output_schema is not None else None
         st = _StreamState(schema_tool)
-        try:
-            async with self._pool.session().post(
-                self._url, data=data, headers=self._headers_for(request, self._stream_headers)
-            ) as resp:
-                if resp.status != 200:
-                    text = (await resp.read()).decode("utf-8", "replace")
-                    raise self._fail(resp.status, text, resp.headers)
-                async for event, payload in iter_sse(resp.content):
-                    try:
-                        obj = json.loads(payload)
-                    except ValueError:
-                        raise MalformedResponse(
-                            f"{self.name} sent a stream event that is not JSON", status=200,
-                            provider=self.name, body=payload,
-                        ) from None
-                    kind = obj.get("type", event) if isinstance(obj, dict) else event
-                    if kind == "error":
-                        raise error_from_stream_payload(obj, provider=self.name, raw=payload)
-                    for out in st.feed(kind, obj):
-                        yield out
-                    if st.stopped:
-                        break
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise error_from_transport(exc, provider=self.name, url=self._url,
-                                       in_stream=True) from exc
+        payload = self.payload(request, model, stream=True)
+        async with contextlib.aclosing(self._sse(request, payload)) as events:
+            async for event, data in events:
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    raise MalformedResponse(
+                        f"{self.name} sent a stream event that is not JSON", status=200,
+                        provider=self.name, body=data,
+                    ) from None
+                kind = obj.get("type", event) if isinstance(obj, dict) else event
+                if kind == "error":
+                    raise error_from_stream_payload(obj, provider=self.name, raw=data)
+                for out in st.feed(kind, obj):
+                    yield out
+                if st.stopped:
+                    break
         if not st.stopped:
             raise StreamInterrupted(
                 f"stream from {self.name} ended without message_stop", status=200,

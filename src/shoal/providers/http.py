@@ -12,14 +12,24 @@ and land in the kernel's send buffer, so a stuck peer shows up as a read timeout
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import json
+from abc import abstractmethod
+from collections.abc import AsyncGenerator, Mapping
+from typing import TYPE_CHECKING, Any, Self
 
 from shoal import __version__
+from shoal.clock import Clock, RealClock
+from shoal.errors import MalformedResponse, ProviderError
+from shoal.providers.base import Provider
+from shoal.providers.failures import error_from_response, error_from_transport
+from shoal.types import ChatRequest
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["USER_AGENT", "HttpPool"]
+    from shoal.config import ChannelConfig
+
+__all__ = ["USER_AGENT", "HttpPool", "HttpProvider"]
 
 USER_AGENT = f"shoal/{__version__}"
 
@@ -73,3 +83,124 @@ class HttpPool:
         session, self._session = self._session, None
         if session is not None and not session.closed:
             await session.close()
+
+
+class HttpProvider(Provider):
+    """What both wire adapters share: endpoint and headers, the pooled session, the one
+    error mapping, and the transport (a JSON POST, or an SSE stream). Subclasses hold only
+    their wire format: ``_endpoint``, ``_auth_headers``, ``payload`` and parsing."""
+
+    default_provider = ""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None = None,
+        name: str | None = None,
+        provider: str | None = None,
+        headers: dict[str, str] | None = None,
+        key_env: str | None = None,
+        pool: HttpPool | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.provider = provider or self.default_provider
+        self.name = name or self.provider
+        self._url = self._endpoint(base_url.rstrip("/"))
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            **self._auth_headers(api_key),
+            **(headers or {}),
+        }
+        self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
+        self._key_env = key_env
+        self._pool = pool or HttpPool()
+        self._clock: Clock = clock or RealClock()
+
+    @abstractmethod
+    def _endpoint(self, base_url: str) -> str: ...
+
+    @abstractmethod
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]: ...
+
+    @classmethod
+    def from_channel(cls, channel: ChannelConfig, *, clock: Clock | None = None,
+                     base_url: str | None = None) -> Self:
+        return cls(
+            base_url=base_url or channel.base_url,
+            api_key=channel.key(),
+            name=channel.name,
+            provider=channel.provider or channel.name,
+            headers=dict(channel.headers),
+            key_env=channel.api_key_env,
+            pool=HttpPool(
+                pool_size=channel.pool_size, connect_timeout=channel.connect_timeout,
+                read_timeout=channel.read_timeout, pool_timeout=channel.pool_timeout,
+            ),
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:  # never the headers: they hold the key
+        return f"{type(self).__name__}(name={self.name!r}, url={self._url!r})"
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    def _fail(self, status: int, text: str, headers: Mapping[str, str]) -> ProviderError:
+        return error_from_response(
+            status, text, headers, provider=self.name, now_wall=self._clock.wall(),
+            key_env=self._key_env,
+        )
+
+    def _headers_for(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
+        base = self._stream_headers if stream else self._headers
+        tag = request.metadata.get("tag")
+        return base if tag is None else {**base, "x-shoal-tag": tag}
+
+    async def _post_json(self, request: ChatRequest, payload: dict[str, Any]
+                         ) -> tuple[Any, bytes]:
+        """POST ``payload``; the decoded JSON answer and its raw bytes, or a shoal error."""
+        import aiohttp
+
+        data = json.dumps(payload).encode()
+        try:
+            async with self._pool.session().post(
+                self._url, data=data, headers=self._headers_for(request, stream=False)
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise self._fail(resp.status, raw.decode("utf-8", "replace"), resp.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise error_from_transport(exc, provider=self.name, url=self._url) from exc
+        try:
+            return json.loads(raw), raw
+        except ValueError:
+            raise MalformedResponse(
+                f"{self.name} returned a body that is not JSON", status=200,
+                provider=self.name, body=raw.decode("utf-8", "replace"),
+            ) from None
+
+    async def _sse(self, request: ChatRequest, payload: dict[str, Any]
+                   ) -> AsyncGenerator[tuple[str, str], None]:
+        """POST ``payload`` as a stream; yield its SSE ``(event, data)`` pairs. Use it under
+        ``contextlib.aclosing`` so stopping early returns the connection."""
+        import aiohttp
+
+        from shoal.providers.sse import iter_sse
+
+        data = json.dumps(payload).encode()
+        try:
+            async with self._pool.session().post(
+                self._url, data=data, headers=self._headers_for(request, stream=True)
+            ) as resp:
+                if resp.status != 200 or "json" in resp.headers.get("Content-Type", ""):
+                    # An error status, or a JSON body instead of a stream (MiniMax base_resp).
+                    text = (await resp.read()).decode("utf-8", "replace")
+                    raise self._fail(resp.status, text, resp.headers)
+                async for item in iter_sse(resp.content):
+                    yield item
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise error_from_transport(exc, provider=self.name, url=self._url,
+                                       in_stream=True) from exc

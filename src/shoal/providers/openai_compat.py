@@ -10,20 +10,17 @@ arguments in one chunk; ``reasoning_content``/``reasoning``; blank lines and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shoal.clock import Clock, RealClock
-from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
-from shoal.providers.base import Provider
+from shoal.errors import MalformedResponse, StreamInterrupted
 from shoal.providers.failures import (
-    error_from_response,
     error_from_stream_payload,
-    error_from_transport,
 )
-from shoal.providers.http import USER_AGENT, HttpPool
+from shoal.providers.http import HttpProvider
 from shoal.providers.quirks import Quirks, quirks_for
 from shoal.types import (
     ChatRequest,
@@ -39,9 +36,6 @@ from shoal.types import (
     Usage,
     UsageEvent,
 )
-
-if TYPE_CHECKING:
-    from shoal.config import ChannelConfig
 
 __all__ = ["OpenAICompatProvider"]
 
@@ -79,58 +73,20 @@ def _usage(raw: Any) -> Usage | None:
     return Usage(prompt, completion, cached, reasoning)
 
 
-class OpenAICompatProvider(Provider):
+class OpenAICompatProvider(HttpProvider):
     """Chat Completions over one pooled aiohttp session."""
 
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: str | None = None,
-        name: str = "openai",
-        provider: str = "openai",
-        headers: dict[str, str] | None = None,
-        key_env: str | None = None,
-        pool: HttpPool | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        self.name = name
-        self.provider = provider
-        self.quirks: Quirks = quirks_for(provider)
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
-                         "User-Agent": USER_AGENT}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._headers.update(headers or {})
-        self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
-        self._secrets = (api_key,) if api_key else ()
-        self._key_env = key_env
-        self._pool = pool or HttpPool()
-        self._clock = clock or RealClock()
+    default_provider = "openai"
 
-    @classmethod
-    def from_channel(cls, channel: ChannelConfig, *, clock: Clock | None = None,
-                     base_url: str | None = None) -> OpenAICompatProvider:
-        return cls(
-            base_url=base_url or channel.base_url,
-            api_key=channel.key(),
-            name=channel.name,
-            provider=channel.provider or channel.name,
-            headers=dict(channel.headers),
-            key_env=channel.api_key_env,
-            pool=HttpPool(
-                pool_size=channel.pool_size, connect_timeout=channel.connect_timeout,
-                read_timeout=channel.read_timeout, pool_timeout=channel.pool_timeout,
-            ),
-            clock=clock,
-        )
+    def _endpoint(self, base_url: str) -> str:
+        return base_url + "/chat/completions"
 
-    def __repr__(self) -> str:
-        return f"OpenAICompatProvider(name={self.name!r}, url={self._url!r})"
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    async def aclose(self) -> None:
-        await self._pool.aclose()
+    @property
+    def quirks(self) -> Quirks:
+        return quirks_for(self.provider)
 
     # -- request ------------------------------------------------------------------------
 
@@ -200,42 +156,11 @@ class OpenAICompatProvider(Provider):
                 body["stream_options"] = {"include_usage": True}
         return body
 
-    def _headers_for(self, request: ChatRequest, base: dict[str, str]) -> dict[str, str]:
-        tag = request.metadata.get("tag")
-        if tag is None:
-            return base
-        return {**base, "x-shoal-tag": tag}
-
-    def _fail(self, status: int, text: str, headers: Any) -> ProviderError:
-        return error_from_response(
-            status, text, headers, provider=self.name, now_wall=self._clock.wall(),
-            key_env=self._key_env,
-        )
-
     # -- complete -----------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse:
-        import aiohttp
-
         started = time.perf_counter()
-        data = json.dumps(self.payload(request, model, stream=False)).encode()
-        try:
-            async with self._pool.session().post(
-                self._url, data=data, headers=self._headers_for(request, self._headers)
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-                if status != 200:
-                    raise self._fail(status, raw.decode("utf-8", "replace"), resp.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise error_from_transport(exc, provider=self.name, url=self._url) from exc
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise MalformedResponse(
-                f"{self.name} returned a body that is not JSON", status=200,
-                provider=self.name, body=raw.decode("utf-8", "replace"),
-            ) from None
+        body, raw = await self._post_json(request, self.payload(request, model, stream=False))
         return self.parse(body, raw, time.perf_counter() - started)
 
     def parse(self, body: Any, raw: bytes, latency: float) -> ChatResponse:
@@ -279,43 +204,26 @@ class OpenAICompatProvider(Provider):
     # -- stream -------------------------------------------------------------------------
 
     async def stream(self, request: ChatRequest, *, model: str) -> AsyncIterator[StreamEvent]:
-        import aiohttp
-
-        from shoal.providers.sse import iter_sse
-
         started = time.perf_counter()
-        data = json.dumps(self.payload(request, model, stream=True)).encode()
         acc = _Accumulator()
         done = False
-        try:
-            async with self._pool.session().post(
-                self._url, data=data, headers=self._headers_for(request, self._stream_headers)
-            ) as resp:
-                if resp.status != 200:
-                    text = (await resp.read()).decode("utf-8", "replace")
-                    raise self._fail(resp.status, text, resp.headers)
-                if "json" in resp.headers.get("Content-Type", ""):
-                    # A JSON body instead of a stream: an error envelope (MiniMax base_resp).
-                    raw = await resp.read()
-                    raise self._fail(200, raw.decode("utf-8", "replace"), resp.headers)
-                async for event, payload in iter_sse(resp.content):
-                    if payload.startswith("[DONE]"):
-                        done = True
-                        break
-                    try:
-                        chunk = json.loads(payload)
-                    except ValueError:
-                        raise MalformedResponse(
-                            f"{self.name} sent a stream chunk that is not JSON", status=200,
-                            provider=self.name, body=payload,
-                        ) from None
-                    if event == "error" or (isinstance(chunk, dict) and chunk.get("error")):
-                        raise error_from_stream_payload(chunk, provider=self.name, raw=payload)
-                    for out in acc.feed(chunk):
-                        yield out
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise error_from_transport(exc, provider=self.name, url=self._url,
-                                       in_stream=True) from exc
+        payload = self.payload(request, model, stream=True)
+        async with contextlib.aclosing(self._sse(request, payload)) as events:
+            async for event, data in events:
+                if data.startswith("[DONE]"):
+                    done = True
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise MalformedResponse(
+                        f"{self.name} sent a stream chunk that is not JSON", status=200,
+                        provider=self.name, body=data,
+                    ) from None
+                if event == "error" or (isinstance(chunk, dict) and chunk.get("error")):
+                    raise error_from_stream_payload(chunk, provider=self.name, raw=data)
+                for out in acc.feed(chunk):
+                    yield out
         if not done:
             raise StreamInterrupted(
                 f"stream from {self.name} ended without its end marker ([DONE])",
