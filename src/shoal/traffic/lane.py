@@ -74,6 +74,11 @@ class Lane:
         cap = self.limiter.capacity
         return (self.pending + 1) / ((cap if cap else 64) * self.channel.weight)
 
+    @property
+    def ready_provider(self) -> Provider | None:
+        """The adapter once built (the hot path skips an await)."""
+        return self._provider
+
     async def provider(self) -> Provider:
         if self._provider is not None:
             return self._provider

@@ -20,7 +20,8 @@ that a cut stream raises ``StreamInterrupted``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,14 @@ if TYPE_CHECKING:
     from shoal.traffic.limits import Limiter, Permit
 
 __all__ = ["Router"]
+
+
+@functools.cache
+def _estimate_call_tokens() -> Callable[[ChatRequest, ModelInfo], int]:
+    """The tokenizer module, loaded on first use (not at import) and then kept."""
+    from shoal.tokens import estimate_call_tokens
+
+    return estimate_call_tokens
 
 
 @dataclass(slots=True)
@@ -179,9 +188,7 @@ class Router:
         return chain
 
     def estimate_tokens(self, request: ChatRequest, info: ModelInfo | None = None) -> int:
-        from shoal.tokens import estimate_call_tokens
-
-        return estimate_call_tokens(request, info or self.config.model(request.model))
+        return _estimate_call_tokens()(request, info or self.config.model(request.model))
 
     def _pick(
         self, chain: list[tuple[ModelInfo, list[Lane]]], excluded: set[str], avoid: str | None
@@ -339,7 +346,7 @@ class Router:
         while True:
             att = await self._admit(call)
             try:
-                provider = await att.lane.provider()
+                provider = att.lane.ready_provider or await att.lane.provider()
                 response = await provider.complete(
                     request, model=att.lane.channel.wire_model(att.info))
             except ProviderError as err:
