@@ -20,9 +20,9 @@ import resource
 import time
 import tracemalloc
 
-from _sim_proc import start_sim
 from shoal.agents import Agent, Runner, tool
 from shoal.config import Config
+from shoal.sim import SimProcess
 from shoal.traffic.router import Router
 from shoal.types import ChatRequest, Message
 
@@ -48,7 +48,7 @@ def lookup(query: str) -> str:
 
 
 async def run(args: argparse.Namespace) -> bool:
-    sim = start_sim("--output-tokens", "16")
+    sim = SimProcess("--output-tokens", "16")
     try:
         cfg = Config.from_dict({
             "channels": {"sim": {"protocol": "openai", "base_url": sim.url + "/v1",

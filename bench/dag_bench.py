@@ -25,12 +25,12 @@ import random
 import time
 from typing import Any
 
-from _sim_proc import SimProc, start_sim
 from shoal.agents import Agent
 from shoal.agents.testing import ScriptedClient, reply
 from shoal.clock import VirtualClock
 from shoal.config import Config
 from shoal.flows.flow import Flow
+from shoal.sim import SimProcess
 from shoal.traffic.router import Router
 from shoal.types import ChatRequest, Message
 
@@ -75,7 +75,7 @@ def build_flow(deps: dict[str, list[str]], cap: int) -> Flow:
     return flow
 
 
-def config(sim: SimProc, cap: int) -> Config:
+def config(sim: SimProcess, cap: int) -> Config:
     return Config.from_dict({
         "channels": {"sim": {"protocol": "openai", "base_url": sim.url + "/v1",
                              "api_key": "sk-bench", "provider": "openai",
@@ -84,7 +84,7 @@ def config(sim: SimProc, cap: int) -> Config:
     })
 
 
-async def one_run(sim: SimProc, deps: dict[str, list[str]], cap: int,
+async def one_run(sim: SimProcess, deps: dict[str, list[str]], cap: int,
                   latency: float) -> dict[str, Any]:
     sim.reset()
     flow = build_flow(deps, cap)
@@ -117,7 +117,7 @@ async def virtual_rounds(deps: dict[str, list[str]], cap: int) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> bool:
-    sim = start_sim("--latency", str(args.latency), "--cap", str(args.cap),
+    sim = SimProcess("--latency", str(args.latency), "--cap", str(args.cap),
                     "--output-tokens", "8")
     ok = True
     try:

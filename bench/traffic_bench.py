@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -24,14 +25,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sim_proc import SimProc, sims
 from shoal.cli.loop import run as run_loop
 from shoal.config import Config
+from shoal.sim import SimProcess
 from shoal.traffic.retry import RetryPolicy
 from shoal.traffic.router import Router
 from shoal.types import ChatRequest, Message
@@ -41,11 +40,24 @@ BODY = {"model": "sim-model", "messages": [{"role": "user", "content": "hello"}]
         "max_tokens": 16}
 
 
+@contextlib.contextmanager
+def sims(*specs: tuple[str, ...]) -> Iterator[list[SimProcess]]:
+    """Simulators in their own processes (their CPU is not the client's), stopped after."""
+    started: list[SimProcess] = []
+    try:
+        for spec in specs:
+            started.append(SimProcess(*spec))
+        yield started
+    finally:
+        for s in started:
+            s.stop()
+
+
 def bound(calls: int, cap: int, latency: float = LATENCY) -> float:
     return math.ceil(calls / cap) * latency
 
 
-def shoal_config(sim_list: list[SimProc], caps: list[int | None], *,
+def shoal_config(sim_list: list[SimProcess], caps: list[int | None], *,
                  shared: bool = False) -> Config:
     channels = {}
     for i, (s, cap) in enumerate(zip(sim_list, caps, strict=True)):
@@ -61,7 +73,7 @@ def shoal_config(sim_list: list[SimProc], caps: list[int | None], *,
     })
 
 
-async def run_shoal(sim_list: list[SimProc], caps: list[int | None], calls: int,
+async def run_shoal(sim_list: list[SimProcess], caps: list[int | None], calls: int,
                     **router_kw: Any) -> dict[str, Any]:
     cfg = shoal_config(sim_list, caps)
     async with Router(cfg, retry=RetryPolicy(attempts=8), **router_kw) as router:
@@ -78,7 +90,7 @@ async def run_shoal(sim_list: list[SimProc], caps: list[int | None], calls: int,
     return {"makespan": makespan, "ok": ok, "lanes": lanes}
 
 
-async def run_gather(sim_list: list[SimProc], calls: int) -> dict[str, Any]:
+async def run_gather(sim_list: list[SimProcess], calls: int) -> dict[str, Any]:
     import aiohttp
     from tenacity import (
         AsyncRetrying,
@@ -115,7 +127,7 @@ async def run_gather(sim_list: list[SimProc], calls: int) -> dict[str, Any]:
     return {"makespan": makespan, "ok": sum(r is None for r in results)}
 
 
-async def run_litellm(sim_list: list[SimProc], caps: list[int | None],
+async def run_litellm(sim_list: list[SimProcess], caps: list[int | None],
                       calls: int) -> dict[str, Any] | None:
     try:
         os.environ.setdefault("LITELLM_LOG", "ERROR")
@@ -142,7 +154,7 @@ async def run_litellm(sim_list: list[SimProc], caps: list[int | None],
     return {"makespan": makespan, "ok": sum(not isinstance(r, BaseException) for r in results)}
 
 
-def totals(sim_list: list[SimProc]) -> dict[str, int]:
+def totals(sim_list: list[SimProcess]) -> dict[str, int]:
     stats = [s.stats() for s in sim_list]
     return {
         "requests": sum(int(x["total_requests"]) for x in stats),
@@ -154,7 +166,7 @@ def totals(sim_list: list[SimProc]) -> dict[str, int]:
 Row = dict[str, Any]
 
 
-async def scenario(name: str, target: float, the_bound: float, sim_list: list[SimProc],
+async def scenario(name: str, target: float, the_bound: float, sim_list: list[SimProcess],
                    runs: list[tuple[str, Callable[[], Awaitable[Row | None]]]]) -> list[Row]:
     rows = []
     for who, fn in runs:
@@ -220,7 +232,7 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-async def run_processes(sim: SimProc, calls: int, *, procs: int, cap: int) -> Row:
+async def run_processes(sim: SimProcess, calls: int, *, procs: int, cap: int) -> Row:
     key = f"bench-{uuid.uuid4().hex[:8]}"
     start_at = time.time() + 4.0
     per = [calls // procs + (1 if i < calls % procs else 0) for i in range(procs)]

@@ -16,14 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from shoal.sim import SimProcess
 from shoal.stores import open_store
 
 CHILD = Path(__file__).with_name("kill_child.py")
@@ -32,36 +31,9 @@ SEED = 20240605
 TURNS = 40  # 30 steps, 10 of them with a tool round trip
 
 
-class Sim:
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal.sim", "--host", "127.0.0.1", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert "listening on" in line, line
-        self.url = line.strip().rsplit(" ", 1)[-1]
-
-    def call(self, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read() or b"null")
-
+class Sim(SimProcess):
     def total(self) -> int:
-        return int(self.call("/_sim/stats?log=0")["total_requests"])
-
-    def settled_log(self) -> list[dict[str, Any]]:
-        """The request log once nothing is in flight (a killed client's requests finish)."""
-        deadline = time.monotonic() + 10
-        while self.call("/_sim/stats?log=0")["in_flight"] and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return list(self.call("/_sim/stats")["requests"])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        return int(self.stats()["total_requests"])
 
 
 @pytest.fixture
@@ -107,9 +79,9 @@ def test_sigkill_at_ten_random_points_then_resume(sim: Sim, tmp_path: Path) -> N
     finish(child(sim, f"sqlite:///{tmp_path / 'ref.db'}", "ref", reference, again=False))
     expected = json.loads(reference.read_text())
     assert expected["status"] == "succeeded" and len(expected["outputs"]) == 30
-    reference_log = sim.settled_log()
+    reference_log = sim.request_log()
     assert len(reference_log) == TURNS
-    sim.call("/_sim/reset", {})
+    sim.reset()
 
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     out = tmp_path / "out.json"
@@ -128,7 +100,7 @@ def test_sigkill_at_ten_random_points_then_resume(sim: Sim, tmp_path: Path) -> N
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
         assert proc.returncode == -signal.SIGKILL
-        log = sim.settled_log()
+        log = sim.request_log()
         segments.append(Counter(r["tag"] for r in log[seen:]))
         seen = len(log)
         now = journaled_turns(store, "chaos-1")
@@ -140,7 +112,7 @@ def test_sigkill_at_ten_random_points_then_resume(sim: Sim, tmp_path: Path) -> N
 
     finish(child(sim, store, "chaos-1", out, again=True))
     final = json.loads(out.read_text())
-    log = sim.settled_log()
+    log = sim.request_log()
     segments.append(Counter(r["tag"] for r in log[seen:]))
 
     assert final["status"] == "succeeded"

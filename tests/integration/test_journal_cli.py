@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import textwrap
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from shoal.cli.runs_cmd import journal_meta, parse_duration, register
 from shoal.config import Config
 from shoal.errors import ConfigError
 from shoal.flows.resume import as_flow, run_durable
+from shoal.sim import SimProcess
 from shoal.traffic.router import Router
 
 FLOW_MODULE = textwrap.dedent("""
@@ -36,29 +34,9 @@ FLOW_MODULE = textwrap.dedent("""
 """)
 
 
-class Sim:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal.sim", "--host", "127.0.0.1", "--port", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert "listening on" in line, line
-        self.url = line.strip().rsplit(" ", 1)[-1]
-
-    def call(self, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read() or b"null")
-
+class Sim(SimProcess):
     def tags(self) -> list[str]:
-        return [r["tag"] for r in self.call("/_sim/stats")["requests"]]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        return [r["tag"] for r in self.stats(log=True)["requests"]]
 
 
 @pytest.fixture
@@ -99,7 +77,7 @@ def test_runs_show_resume_prune(sim: Sim, cli: typer.Typer, tmp_path: Path) -> N
     """))
     target = f"{tmp_path / 'flowmod.py'}:flow"
     store = f"sqlite:///{tmp_path / 'runs.db'}"
-    sim.call("/_sim/script", ["ok", "401"])  # the analyzer's key is refused: never retried
+    sim.script(["ok", "401"])  # the analyzer's key is refused: never retried
 
     async def first_run() -> None:
         async with Router(Config.load(toml)) as router:
@@ -131,7 +109,7 @@ def test_runs_show_resume_prune(sim: Sim, cli: typer.Typer, tmp_path: Path) -> N
     assert "AuthError" in steps["analyzer"]["error"]
     assert (doc["replay"], doc["redo"]) == (["researcher"], ["analyzer", "writer"])
 
-    sim.call("/_sim/reset", {})
+    sim.reset()
     result_file = tmp_path / "result.json"
     resumed = invoke(cli, "resume", "cli-1", "--store", store, "--json", str(result_file))
     assert resumed.exit_code == 0, resumed.stdout

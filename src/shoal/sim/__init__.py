@@ -11,6 +11,7 @@ pipelines offline. See docs/simulator.md.
 from __future__ import annotations
 
 from shoal.sim.config import FAULT_NAMES, Faults, ModelProfile, SimConfig
+from shoal.sim.process import SimProcess
 from shoal.sim.server import SimServer
 from shoal.sim.stats import RequestRecord, SimStats
 
@@ -20,6 +21,7 @@ __all__ = [
     "ModelProfile",
     "RequestRecord",
     "SimConfig",
+    "SimProcess",
     "SimServer",
     "SimStats",
 ]

@@ -46,6 +46,18 @@ WINDOW_S = 60.0
 _MIN_DELAY = 1e-6
 
 
+def check_tokens(channel: str, tokens: int, tpm: int | None) -> None:
+    """Refuse a reservation no limiter could ever admit, instead of letting it wait forever."""
+    if tokens < 0:
+        raise ConfigError(f"tokens must be >= 0, got {tokens}")
+    if tpm is not None and tokens > tpm:
+        raise ConfigError(
+            f"a request estimated at {tokens} tokens can never fit channel "
+            f"{channel or '(unnamed)'}'s tpm={tpm}: raise the channel's tpm, "
+            "lower max_tokens, or shorten the prompt"
+        )
+
+
 class Permit:
     """A held slot on a limiter. ``release()`` it when the call is done (idempotent).
 
@@ -272,14 +284,7 @@ class LocalLimiter(Limiter):
     # -- acquiring -------------------------------------------------------------------
 
     def _check_tokens(self, tokens: int) -> None:
-        if tokens < 0:
-            raise ConfigError(f"tokens must be >= 0, got {tokens}")
-        if self._tpm is not None and tokens > self._tpm:
-            raise ConfigError(
-                f"a request estimated at {tokens} tokens can never fit channel "
-                f"{self.name or '(unnamed)'}'s tpm={self._tpm}: raise the channel's tpm, "
-                "lower max_tokens, or shorten the prompt"
-            )
+        check_tokens(self.name, tokens, self._tpm)
 
     def _prune(self, now: float) -> None:
         cutoff = now - self._window

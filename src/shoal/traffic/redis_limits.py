@@ -43,7 +43,7 @@ from shoal.clock import Clock, RealClock
 from shoal.errors import ConfigError, DeadlineExceeded, RunError
 from shoal.observe.events import SETTLE, WAIT, EventBus
 from shoal.traffic import redis_scripts as lua
-from shoal.traffic.limits import WINDOW_S, Limiter, Permit
+from shoal.traffic.limits import WINDOW_S, Limiter, Permit, check_tokens
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -214,14 +214,7 @@ class RedisLimiter(Limiter):
         task.add_done_callback(self._background.discard)
 
     def _check_tokens(self, tokens: int) -> None:
-        if tokens < 0:
-            raise ConfigError(f"tokens must be >= 0, got {tokens}")
-        if self._tpm is not None and tokens > self._tpm:
-            raise ConfigError(
-                f"a request estimated at {tokens} tokens can never fit channel "
-                f"{self.name}'s tpm={self._tpm}: raise the channel's tpm, lower max_tokens, "
-                "or shorten the prompt"
-            )
+        check_tokens(self.name, tokens, self._tpm)
 
     # -- acquiring -------------------------------------------------------------------
 
