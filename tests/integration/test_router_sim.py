@@ -13,6 +13,7 @@ from shoal.config import Config
 from shoal.errors import (
     AuthError,
     BadRequest,
+    ConfigError,
     DeadlineExceeded,
     ProviderUnavailable,
     StreamInterrupted,
@@ -216,3 +217,27 @@ async def test_saturated_channel_waits_until_deadline(sims: list[SimServer]) -> 
         assert router.lane("a").limiter.in_flight == 0
         assert (await router.complete(ask(2))).text
     assert sim.stats().total_requests == 2
+
+
+@pytest.mark.parametrize("sims", [[SimConfig()]], indirect=True)
+async def test_missing_key_falls_back_then_names_the_variable(
+    sims: list[SimServer], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (sim,) = sims
+    monkeypatch.delenv("SHOAL_TEST_NO_SUCH_KEY", raising=False)
+    cfg = Config.from_dict({
+        "channels": {
+            "keyless": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1",
+                        "api_key_env": "SHOAL_TEST_NO_SUCH_KEY"},
+            "ok": {"protocol": "openai", "base_url": sim.url + "/v1", "api_key": "sk-test"},
+        },
+        "models": {"m": {"channels": ["keyless"], "fallbacks": ["backup"]},
+                   "backup": {"channels": ["ok"]},
+                   "lonely": {"channels": ["keyless"]}},
+    })
+    async with Router(cfg) as router:
+        r = await router.complete(ask())  # the keyless primary is skipped, not an error
+        assert r.model == "backup"
+        with pytest.raises(ConfigError, match=r"\$SHOAL_TEST_NO_SUCH_KEY"):
+            await router.complete(ask(model="lonely"))
+    assert sim.stats().total_requests == 1

@@ -63,6 +63,7 @@ class Lane:
         self.clock = clock
         self.events = events
         self.pending = 0  # calls assigned to this lane and not yet finished (queued + running)
+        self.keyed = channel.has_key()  # read once: the environment is read at the edge
         self._provider = provider
         self._provider_lock: asyncio.Lock | None = None
 

@@ -197,7 +197,7 @@ class Router:
         for info, lanes in chain:
             healthy = [
                 lane for lane in lanes
-                if lane.name not in excluded and lane.breaker.available(now)
+                if lane.keyed and lane.name not in excluded and lane.breaker.available(now)
             ]
             if not healthy:
                 continue
@@ -214,6 +214,14 @@ class Router:
             if pick is None:
                 if isinstance(last_error, ShoalError):
                     raise last_error
+                lanes_all = [lane for _, lanes in chain for lane in lanes]
+                if not any(lane.keyed for lane in lanes_all):
+                    envs = sorted({f"${lane.channel.api_key_env}" for lane in lanes_all
+                                   if lane.channel.api_key_env})
+                    raise ConfigError(
+                        f"no API key for {request.model!r} or its fallbacks: set "
+                        f"{' or '.join(envs)} (or api_key in shoal.toml), or pick another "
+                        "model; with no keys at all, 'smollm2-135m' runs offline")
                 retry_at = min(
                     (lane.breaker.retry_at or 0.0 for _, lanes in chain for lane in lanes),
                     default=None,
