@@ -8,10 +8,12 @@ the Retry-After parser (``retry-after-ms``, seconds, HTTP-date).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
+import math
 import re
 from collections.abc import Mapping
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from shoal.errors import (
@@ -32,8 +34,6 @@ __all__ = [
     "error_from_transport",
     "parse_retry_after",
 ]
-
-MAX_RETRY_AFTER_S = 3600.0
 
 # Provider codes/types meaning "no money or quota left": retrying the channel is futile.
 _QUOTA_CODES = frozenset(
@@ -66,33 +66,49 @@ _RATE_CODES = frozenset(
 )
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    for key, val in headers.items():
+        if key.lower() == name:
+            return val
+    return None
+
+
 def parse_retry_after(headers: Mapping[str, str], now_wall: float) -> float | None:
-    """Seconds to wait as the server asked: ``retry-after-ms`` first, then ``retry-after``
-    as (float) seconds or as an HTTP-date relative to ``now_wall`` (epoch seconds)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
+    """Seconds to wait as the server asked, or ``None`` when it did not say (validly).
+
+    Order, as the official OpenAI and Anthropic SDKs read them: ``retry-after-ms``
+    (float milliseconds), then ``retry-after`` as float seconds, then as an HTTP-date
+    (relative to ``now_wall``, epoch seconds; a date in the past means 0). Header
+    names are matched case-insensitively.
+    """
+    ms = _header(headers, "retry-after-ms")
+    if ms is not None:
         try:
-            value = float(ms) / 1000.0
+            value = float(ms.strip())
         except ValueError:
-            value = -1.0
-        if 0 <= value <= MAX_RETRY_AFTER_S:
-            return value
-    raw = headers.get("retry-after")
-    if not raw:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value / 1000.0
+    raw = _header(headers, "retry-after")
+    if raw is None:
         return None
     raw = raw.strip()
     try:
         seconds = float(raw)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - now_wall
-        seconds = max(0.0, seconds)
-    if not 0 <= seconds <= MAX_RETRY_AFTER_S:  # also rejects NaN
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
         return None
-    return seconds
+    if when.tzinfo is None:  # "-0000" parses naive; an HTTP-date is always GMT anyway
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now_wall)
 
 
 def _envelope(body: Any) -> tuple[str, str | None]:

@@ -16,8 +16,8 @@ Delay rule for a retryable error, in order:
 The budget gives up (``None``) when the error is not retryable, the attempts are
 spent, or the delay would end past the call's deadline.
 
-This module must stay importable without aiohttp: adapters import
-:func:`parse_retry_after` from here.
+``parse_retry_after`` lives at the provider edge (``shoal.providers.failures``), where
+headers are read; it is re-exported here.
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from shoal.clock import Clock, RealClock
@@ -41,6 +39,7 @@ from shoal.errors import (
     RateLimited,
     StreamInterrupted,
 )
+from shoal.providers.failures import parse_retry_after  # re-exported: one parser, at the edge
 
 __all__ = [
     "DEFAULT_RETRY_ON",
@@ -218,48 +217,3 @@ class RetryBudget:
             f"RetryBudget(attempts={self.attempts}/{self.policy.attempts}, "
             f"remaining={self.remaining()})"
         )
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    for key, val in headers.items():
-        if key.lower() == name:
-            return val
-    return None
-
-
-def parse_retry_after(headers: Mapping[str, str], now_wall: float) -> float | None:
-    """Seconds to wait as the server asked, or ``None`` when it did not say (validly).
-
-    Order, as the official OpenAI and Anthropic SDKs read them: ``retry-after-ms``
-    (float milliseconds), then ``retry-after`` as float seconds, then as an HTTP-date
-    (relative to ``now_wall``, epoch seconds; a date in the past means 0). Header
-    names are matched case-insensitively.
-    """
-    ms = _header(headers, "retry-after-ms")
-    if ms is not None:
-        try:
-            value = float(ms.strip())
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value / 1000.0
-    raw = _header(headers, "retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" parses naive; an HTTP-date is always GMT anyway
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now_wall)
