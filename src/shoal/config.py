@@ -9,6 +9,7 @@ kept in a ``SecretStr`` and never printed).
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import tomllib
 from importlib import resources
@@ -106,7 +107,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
 
 
+@functools.cache
 def _catalog_data() -> dict[str, Any]:
+    """The shipped catalog, parsed once per process (callers copy what they change)."""
     text = resources.files("shoal.catalog").joinpath("models.toml").read_text("utf-8")
     return tomllib.loads(text)
 

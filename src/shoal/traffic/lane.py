@@ -83,7 +83,7 @@ class Lane:
     async def provider(self) -> Provider:
         if self._provider is not None:
             return self._provider
-        if not self.channel.has_key():
+        if not self.keyed:  # the router skips keyless lanes; this guards direct use
             raise ConfigError(
                 f"channel {self.name!r} needs an API key: set ${self.channel.api_key_env} "
                 "(or api_key in shoal.toml)"

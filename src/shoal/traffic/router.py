@@ -20,8 +20,7 @@ that a cut stream raises ``StreamInterrupted``.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +40,7 @@ from shoal.errors import (
     ShoalError,
 )
 from shoal.observe.events import EventBus
+from shoal.tokens import count_text, estimate_call_tokens, estimate_prompt_tokens
 from shoal.traffic.lane import Lane
 from shoal.traffic.retry import RetryBudget, RetryPolicy
 from shoal.types import ChatRequest, ChatResponse, StreamEnd, StreamEvent, TextDelta, ToolCallDelta
@@ -51,14 +51,6 @@ if TYPE_CHECKING:
     from shoal.traffic.limits import Limiter, Permit
 
 __all__ = ["Router"]
-
-
-@functools.cache
-def _estimate_call_tokens() -> Callable[[ChatRequest, ModelInfo], int]:
-    """The tokenizer module, loaded on first use (not at import) and then kept."""
-    from shoal.tokens import estimate_call_tokens
-
-    return estimate_call_tokens
 
 
 @dataclass(slots=True)
@@ -188,7 +180,7 @@ class Router:
         return chain
 
     def estimate_tokens(self, request: ChatRequest, info: ModelInfo | None = None) -> int:
-        return _estimate_call_tokens()(request, info or self.config.model(request.model))
+        return estimate_call_tokens(request, info or self.config.model(request.model))
 
     def _pick(
         self, chain: list[tuple[ModelInfo, list[Lane]]], excluded: set[str], avoid: str | None
@@ -222,14 +214,12 @@ class Router:
                         f"no API key for {request.model!r} or its fallbacks: set "
                         f"{' or '.join(envs)} (or api_key in shoal.toml), or pick another "
                         "model; with no keys at all, 'smollm2-135m' runs offline")
-                retry_at = min(
-                    (lane.breaker.retry_at or 0.0 for _, lanes in chain for lane in lanes),
-                    default=None,
-                )
-                names = ", ".join(lane.name for _, lanes in chain for lane in lanes)
+                reopen = [lane.breaker.retry_at for lane in lanes_all
+                          if lane.breaker.retry_at is not None]
                 raise CircuitOpen(
-                    f"no healthy channel for {request.model!r} (channels: {names}); "
-                    "their circuit breakers are open", retry_at=retry_at,
+                    f"no healthy channel for {request.model!r} (channels: "
+                    f"{', '.join(lane.name for lane in lanes_all)}); their circuit breakers "
+                    "are open", retry_at=min(reopen, default=None),
                 )
             info, lane = pick
             tokens = self.estimate_tokens(request, info)
@@ -248,8 +238,7 @@ class Router:
                 raise
             if not lane.breaker.allow():
                 # The breaker opened while we queued: give the slot back, choose again.
-                permit.release()
-                lane.pending -= 1
+                _Attempt(info, lane, permit).release()
                 continue
             waited = self.clock.now() - waited_from
             if self.events.active:
@@ -282,8 +271,6 @@ class Router:
         if usage.total_tokens == 0 and (response.text or response.tool_calls):
             # Some servers (llama.cpp) send no usage in streams: estimate it rather than
             # let budgets and TPM see a free call.
-            from shoal.tokens import count_text, estimate_prompt_tokens
-
             usage.input_tokens = estimate_prompt_tokens(request, info.encoding)
             usage.output_tokens = count_text(
                 response.text + "".join(c.arguments for c in response.tool_calls),
