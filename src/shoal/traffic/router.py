@@ -20,6 +20,7 @@ that a cut stream raises ``StreamInterrupted``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -286,11 +287,12 @@ class Router:
         response.channel = lane.name
         return response
 
-    async def _next(self, call: _Call, lane: Lane, err: ProviderError,
-                    overshoot: bool = False) -> None:
-        """After a failed attempt: raise, or set the lane to avoid next (after waiting)."""
+    async def _next(self, call: _Call, att: _Attempt, err: ProviderError) -> None:
+        """After a failed attempt: settle it, then raise, or set the lane to avoid next
+        (after waiting)."""
+        overshoot = self._failed(att, err)
         call.last = err
-        call.avoid = await self._decide(call, lane, err, overshoot)
+        call.avoid = await self._decide(call, att.lane, err, overshoot)
 
     async def _decide(self, call: _Call, lane: Lane, err: ProviderError,
                       overshoot: bool) -> str | None:
@@ -345,8 +347,7 @@ class Router:
                 response = await provider.complete(
                     request, model=att.lane.channel.wire_model(att.info))
             except ProviderError as err:
-                overshoot = self._failed(att, err)
-                await self._next(call, att.lane, err, overshoot)
+                await self._next(call, att, err)
                 continue
             except BaseException:
                 att.release()
@@ -362,18 +363,22 @@ class Router:
             held: list[StreamEvent] = []
             it: AsyncIterator[StreamEvent] | None = None
             try:
-                provider = await att.lane.provider()
+                provider = att.lane.ready_provider or await att.lane.provider()
                 it = provider.stream(request, model=att.lane.channel.wire_model(att.info))
                 async for event in it:  # buffer until the first token: failover stays possible
                     held.append(event)
                     if isinstance(event, TextDelta | ToolCallDelta | StreamEnd):
                         break
             except ProviderError as err:
-                overshoot = self._failed(att, err)
-                await self._next(call, att.lane, err, overshoot)
+                await self._next(call, att, err)
                 continue
             except BaseException:
                 att.release()
+                if it is not None:  # cancelled mid-buffer: give the connection back now
+                    aclose = getattr(it, "aclose", None)
+                    if aclose is not None:
+                        with contextlib.suppress(Exception):
+                            await aclose()
                 raise
             async for event in self._finish_stream(request, att, it, held):
                 yield event
