@@ -77,7 +77,11 @@ async def test_unknown_cap_is_learned(sims: list[SimServer]) -> None:
         results = await asyncio.gather(*(router.complete(ask(i)) for i in range(200)))
         lane = router.lane("a")
         assert lane.adaptive is not None
-        assert lane.adaptive.limit == 2
+        # The cap is learned from the client's in-flight count at admission: a call admitted
+        # as the third often reaches the provider after another finished there (its answer
+        # still on the wire), so the ceiling settles on the real cap or one above it,
+        # whichever the provider tolerates (docs/traffic.md). Never further above.
+        assert lane.adaptive.ceiling in (2, 3)
     assert len(results) == 200
     stats = sim.stats()
     assert stats.rate_limited <= 6  # the budget: at most 3% of calls
