@@ -103,7 +103,9 @@ async def test_failover_around_a_dead_channel_and_breaker_opens(sims: list[SimSe
         results = await asyncio.gather(*(router.complete(ask(i)) for i in range(30)))
         assert str(router.lane("dead").breaker.state) == "open"
     assert all(r.channel == "good" for r in results)
-    assert dead.stats().total_requests <= 6  # threshold reached, then skipped
+    # Threshold reached, then skipped. Failures of calls already in flight when one
+    # failed are one incident (docs/traffic.md), so 3 incidents can take ~3 calls each.
+    assert dead.stats().total_requests <= 12
     kinds = {e.kind for e in seen}
     assert {"admit", "failover", "breaker"} <= kinds
 

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from shoal.agents.agent import Agent
 from shoal.agents.client import ModelClient, default_model_of
 from shoal.agents.context import trim_messages
-from shoal.agents.guards import Budget, LoopDetector, estimate_cost
+from shoal.agents.guards import Budget, LoopDetector, Reservation, estimate_cost
 from shoal.agents.output import OutputParseError
 from shoal.agents.recorder import NullRecorder, RunRecorder
 from shoal.agents.run_context import RunContext
@@ -383,8 +383,7 @@ class _Loop(Generic[T]):
             try:
                 response = await client.complete(request, deadline_s=agent.call_deadline_s)
             except _FALLBACK_ON as exc:
-                if reservation is not None:
-                    reservation.cancel()
+                self._charge_waste(reservation, exc)
                 plain_bad_request = isinstance(exc, BadRequest) and not isinstance(
                     exc, ContextOverflow
                 )
@@ -392,14 +391,27 @@ class _Loop(Generic[T]):
                     raise
                 notes.append(f"{model} failed ({type(exc).__name__}), fell back")
                 continue
-            except BaseException:
-                if reservation is not None:
-                    reservation.cancel()
+            except BaseException as exc:
+                self._charge_waste(reservation, exc)
                 raise
             if reservation is not None:
-                reservation.settle(response.usage.total_tokens, response.cost_usd)
+                # Spend is what the provider billed: answers discarded on the way count.
+                wasted = response.wasted.total_tokens if response.wasted is not None else 0
+                reservation.settle(response.usage.total_tokens + wasted,
+                                   response.cost_usd + response.wasted_cost_usd)
+            self.ctx.cost_usd += response.wasted_cost_usd
             return response, "; ".join(notes)
         raise AssertionError("unreachable: models is never empty")
+
+    def _charge_waste(self, reservation: Reservation | None, exc: BaseException) -> None:
+        """A failed call bills nothing but the discarded answers it carried (cut streams,
+        malformed bodies): charge those, release the rest of the reservation."""
+        usage: Usage | None = getattr(exc, "wasted_usage", None)
+        usd: float = getattr(exc, "wasted_cost_usd", 0.0)
+        tokens = usage.total_tokens if usage is not None else 0
+        if reservation is not None:
+            reservation.settle(tokens, usd)
+        self.ctx.cost_usd += usd
 
     async def _run_tools(self, calls: Sequence[ToolCall]) -> None:
         if len(calls) == 1:

@@ -7,6 +7,7 @@ adaptive concurrency (learns an unknown cap) → provider adapter (the wire).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ConfigError
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
     from shoal.traffic.limits import Limiter
 
 __all__ = ["Lane", "make_provider"]
+
+
+def _digest(key: str | None) -> str:
+    """A fingerprint of a key, so the lane can tell it changed without keeping it twice."""
+    return "" if key is None else hashlib.sha256(key.encode()).hexdigest()
 
 OFFLINE_URL = "local://llama-cpp"
 
@@ -64,7 +70,9 @@ class Lane:
         self.events = events
         self.pending = 0  # calls assigned to this lane and not yet finished (queued + running)
         self.keyed = channel.has_key()  # read once: the environment is read at the edge
+        self._key_digest = _digest(channel.key())
         self._provider = provider
+        self._injected = provider is not None  # the caller's adapter: never rebuilt here
         self._provider_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
@@ -94,6 +102,26 @@ class Lane:
             if self._provider is None:
                 self._provider = await make_provider(self.channel, self.clock)
         return self._provider
+
+    async def refresh_key(self, *, force: bool = False) -> bool:
+        """Re-read the channel's key; when it changed (or ``force``), close the breaker
+        and rebuild the adapter with the new key. True when the lane was refreshed.
+
+        The Router calls this for a lane whose breaker opened on a rejected key (401/403),
+        so fixing ``$API_KEY_ENV`` brings the channel back on the next call instead of
+        after the hour-long auth cooldown.
+        """
+        digest = _digest(self.channel.key())
+        if digest == self._key_digest and not force:
+            return False
+        self._key_digest = digest
+        self.keyed = self.channel.has_key()
+        self.breaker.reset()
+        if not self._injected:
+            provider, self._provider = self._provider, None
+            if provider is not None:
+                await provider.aclose()
+        return True
 
     def stats(self) -> dict[str, Any]:
         return {

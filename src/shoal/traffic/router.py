@@ -3,26 +3,29 @@
 For one logical call it resolves the model (and its fallbacks) to lanes, then
 repeats, under ONE retry budget that spans every lane and fallback:
 
-1. pick the healthy lane of the first model that has one, least loaded first
-   (join-shortest-queue weighted by capacity × weight);
+1. pick a lane: on the first attempt the least loaded healthy lane of the first model
+   that has one (join-shortest-queue weighted by capacity × weight); after failures the
+   lane this call has failed on least, so the model's other channels and then its
+   fallbacks are tried before a failed lane is tried again;
 2. wait FIFO in that lane's limiter (bounded by the call's deadline) — when every
-   channel is saturated the call waits instead of failing;
-3. call the provider; on success settle the TPM reservation with real usage,
-   feed the breaker and adaptive concurrency, price the answer;
+   channel is saturated the call waits instead of failing; when every breaker is open
+   it waits for the earliest probe, if that comes before the deadline;
+3. call the provider, cancelled if the call's deadline passes; on success settle the
+   TPM reservation with real usage, feed the breaker and adaptive concurrency, price
+   the answer and any billed answers discarded on the way (``wasted``);
 4. on failure: never-retryable errors (bad request, context overflow) raise at once;
    auth/quota errors exclude that lane for this call and fail over; retryable errors
-   fail over at once to another healthy lane, or wait (Retry-After first, then
-   backoff) and retry the same lane when it is the only one.
+   fail over at once to a lane this call has failed on less, or wait (Retry-After
+   first, then backoff) and retry.
 
-A streamed call fails over only until its first token reaches the caller; after
-that a cut stream raises ``StreamInterrupted``.
+A streamed call fails over only until its first token (text, tool call or reasoning)
+reaches the caller; after that a cut stream raises ``StreamInterrupted``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shoal.clock import Clock, RealClock
@@ -30,54 +33,58 @@ from shoal.config import Config, ModelInfo
 from shoal.errors import (
     AuthError,
     BadRequest,
-    CircuitOpen,
     ConfigError,
     DeadlineExceeded,
+    Overloaded,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
     QuotaExhausted,
     RateLimited,
     ShoalError,
+    StreamInterrupted,
 )
 from shoal.observe.events import EventBus
 from shoal.tokens import count_text, estimate_call_tokens, estimate_prompt_tokens
+from shoal.traffic.call import Attempt, CallState, no_lane_error, pick, reopen_at, usable
+from shoal.traffic.deadline import clock_timeout
 from shoal.traffic.lane import Lane
 from shoal.traffic.retry import RetryBudget, RetryPolicy
-from shoal.types import ChatRequest, ChatResponse, StreamEnd, StreamEvent, TextDelta, ToolCallDelta
+from shoal.types import (
+    ChatRequest,
+    ChatResponse,
+    ReasoningDelta,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+)
 
 if TYPE_CHECKING:
     from shoal.config import ChannelConfig
     from shoal.providers.base import Provider
-    from shoal.traffic.limits import Limiter, Permit
+    from shoal.traffic.limits import Limiter
 
 __all__ = ["Router"]
 
-
-@dataclass(slots=True)
-class _Call:
-    """The state of one logical call across all its attempts."""
-
-    request: ChatRequest
-    chain: list[tuple[ModelInfo, list[Lane]]]
-    budget: RetryBudget
-    excluded: set[str] = field(default_factory=set)  # lanes out for this call (auth, quota)
-    avoid: str | None = None  # the lane that just failed: prefer another
-    last: BaseException | None = None
+# The first of these committed to a stream ends failover: the caller has seen output.
+_FIRST_TOKEN = (TextDelta, ToolCallDelta, ReasoningDelta, StreamEnd)
 
 
-@dataclass(slots=True)
-class _Attempt:
-    """One admitted try: the model and lane chosen and the limiter permit held."""
+async def _aclose(it: AsyncIterator[StreamEvent] | None) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
-    info: ModelInfo
-    lane: Lane
-    permit: Permit
 
-    def release(self) -> None:
-        """Give the limiter slot back; the caller judges the channel (breaker) separately."""
-        self.permit.release()
-        self.lane.pending -= 1
+def _record_failure(lane: Lane, err: ProviderError, started: float) -> None:
+    lane.breaker.record_failure(err, started_at=started)
+
+
+def _record_success(lane: Lane, started: float) -> None:
+    lane.breaker.record_success(started_at=started)
+
 
 
 class Router:
@@ -125,9 +132,12 @@ class Router:
                 )
             from shoal.traffic.redis_limits import RedisLimiter
 
+            # The configured cap is a hard ceiling over any shared (learned) one; an
+            # adaptive channel has none and seeds its starting cap itself.
             return RedisLimiter(
-                self._redis, key=f"shoal:limit:{ch.name}", max_concurrency=cap, rpm=ch.rpm,
-                tpm=ch.tpm, clock=self.clock, events=self.events, name=ch.name,
+                self._redis, key=f"shoal:limit:{ch.name}", max_concurrency=ch.max_concurrency,
+                rpm=ch.rpm, tpm=ch.tpm, lease_s=ch.lease_s, clock=self.clock,
+                events=self.events, name=ch.name,
             )
         from shoal.traffic.limits import LocalLimiter
 
@@ -155,7 +165,7 @@ class Router:
                 limiter, clock=self.clock, events=self.events, **self._adaptive_options
             )
         breaker = CircuitBreaker(name, clock=self.clock, events=self.events,
-                                 **self._breaker_options)
+                                 key_hint=ch.api_key_env, **self._breaker_options)
         lane = Lane(ch, limiter=limiter, breaker=breaker, adaptive=adaptive, clock=self.clock,
                     events=self.events, provider=self._providers.get(name))
         self._lanes[name] = lane
@@ -183,46 +193,39 @@ class Router:
     def estimate_tokens(self, request: ChatRequest, info: ModelInfo | None = None) -> int:
         return estimate_call_tokens(request, info or self.config.model(request.model))
 
-    def _pick(
-        self, chain: list[tuple[ModelInfo, list[Lane]]], excluded: set[str], avoid: str | None
-    ) -> tuple[ModelInfo, Lane] | None:
+    async def _wait_for_probe(self, call: CallState) -> bool:
+        """Every usable lane's breaker refuses now: sleep until the earliest one lets a
+        probe through, if that is within the call's deadline (re-checking at least every
+        second, since a probe elsewhere may close a breaker sooner). False: give up."""
+        lanes = usable(call)
+        if not lanes:
+            return False
+        for lane in lanes:  # a channel shut by a rejected key comes back once it changes
+            if isinstance(lane.breaker.last_error, AuthError) and await lane.refresh_key():
+                return True
         now = self.clock.now()
-        for info, lanes in chain:
-            healthy = [
-                lane for lane in lanes
-                if lane.keyed and lane.name not in excluded and lane.breaker.available(now)
-            ]
-            if not healthy:
-                continue
-            preferred = [lane for lane in healthy if lane.name != avoid] or healthy
-            return info, min(preferred, key=Lane.load)
-        return None
+        reopen = min((t for t in (reopen_at(lane, now) for lane in lanes) if t is not None),
+                     default=None)
+        deadline = call.budget.deadline
+        if reopen is None or (deadline is not None and reopen >= deadline):
+            return False
+        if self.events.active:
+            self.events.emit("wait", model=call.request.model, reason="breakers_open",
+                             wait_s=reopen - now)
+        await self.clock.sleep(min(max(reopen - now, 0.0), 1.0))
+        return True
 
     # -- one attempt's bookkeeping ------------------------------------------------------
 
-    async def _admit(self, call: _Call) -> _Attempt:
-        request, chain, budget, last_error = call.request, call.chain, call.budget, call.last
+    async def _admit(self, call: CallState) -> Attempt:
+        request, budget = call.request, call.budget
         while True:
-            pick = self._pick(chain, call.excluded, call.avoid)
-            if pick is None:
-                if isinstance(last_error, ShoalError):
-                    raise last_error
-                lanes_all = [lane for _, lanes in chain for lane in lanes]
-                if not any(lane.keyed for lane in lanes_all):
-                    envs = sorted({f"${lane.channel.api_key_env}" for lane in lanes_all
-                                   if lane.channel.api_key_env})
-                    raise ConfigError(
-                        f"no API key for {request.model!r} or its fallbacks: set "
-                        f"{' or '.join(envs)} (or api_key in shoal.toml), or pick another "
-                        "model; with no keys at all, 'smollm2-135m' runs offline")
-                reopen = [lane.breaker.retry_at for lane in lanes_all
-                          if lane.breaker.retry_at is not None]
-                raise CircuitOpen(
-                    f"no healthy channel for {request.model!r} (channels: "
-                    f"{', '.join(lane.name for lane in lanes_all)}); their circuit breakers "
-                    "are open", retry_at=min(reopen, default=None),
-                )
-            info, lane = pick
+            chosen = pick(call, self.clock.now())
+            if chosen is None:
+                if await self._wait_for_probe(call):
+                    continue
+                raise call.charged(no_lane_error(call, self.clock.now()))
+            info, lane = chosen
             tokens = self.estimate_tokens(request, info)
             lane.pending += 1
             waited_from = self.clock.now()
@@ -230,27 +233,36 @@ class Router:
                 permit = await lane.limiter.acquire(tokens, timeout=budget.remaining())
             except DeadlineExceeded as exc:
                 lane.pending -= 1
-                raise DeadlineExceeded(
+                raise call.charged(DeadlineExceeded(
                     f"deadline passed while waiting for capacity on {lane.name!r} "
-                    f"for {request.model!r}", last_error=last_error,
-                ) from exc
+                    f"for {request.model!r}", last_error=call.last,
+                )) from exc
             except BaseException:
                 lane.pending -= 1
                 raise
+            now = self.clock.now()
             if not lane.breaker.allow():
                 # The breaker opened while we queued: give the slot back, choose again.
-                _Attempt(info, lane, permit).release()
+                Attempt(info, lane, permit, now).release()
                 continue
-            waited = self.clock.now() - waited_from
             if self.events.active:
-                self.events.emit("admit", channel=lane.name, model=info.name, waited_s=waited,
-                                 tokens=tokens, attempt=budget.attempts)
-            return _Attempt(info, lane, permit)
+                self.events.emit("admit", channel=lane.name, model=info.name,
+                                 waited_s=now - waited_from, tokens=tokens,
+                                 attempt=budget.attempts)
+            return Attempt(info, lane, permit, now)
 
-    def _failed(self, att: _Attempt, err: ProviderError) -> bool:
+    def _failed(self, att: Attempt, err: ProviderError) -> bool:
         """Release the slot and teach the channel's policies; True when the error was our
         own overshoot (adaptive concurrency admitted the call above the cap it now holds)."""
         lane, permit = att.lane, att.permit
+        if isinstance(err, Overloaded):
+            # The provider is overloaded, not our cap: back off multiplicatively, keep
+            # the learned ceiling; it is not ill health either (no breaker verdict).
+            att.release()
+            lane.breaker.abandon()
+            if lane.adaptive is not None:
+                lane.adaptive.on_overload()
+            return False
         if isinstance(err, RateLimited):
             # Backpressure, not ill health: it teaches adaptive concurrency, not the breaker.
             # Lower the cap *before* freeing the slot, or the limiter would hand the slot
@@ -258,14 +270,20 @@ class Router:
             overshoot = (lane.adaptive.on_rate_limited(permit.in_flight)
                          if lane.adaptive is not None else False)
             att.release()
+            lane.breaker.abandon()
             return overshoot
         att.release()
-        lane.breaker.record_failure(err)
+        _record_failure(lane, err, att.started)
         if lane.adaptive is not None and isinstance(err, ProviderUnavailable | ProviderTimeout):
             lane.adaptive.on_overload()
         return False
 
-    def _succeeded(self, request: ChatRequest, att: _Attempt,
+    def _abandoned(self, att: Attempt) -> None:
+        """The attempt ended without a verdict on the channel (deadline, cancellation)."""
+        att.release()
+        att.lane.breaker.abandon()
+
+    def _succeeded(self, request: ChatRequest, att: Attempt, call: CallState,
                    response: ChatResponse) -> ChatResponse:
         info, lane, permit = att.info, att.lane, att.permit
         usage = response.usage
@@ -280,32 +298,40 @@ class Router:
         if lane.adaptive is not None:  # before the release: a raised cap admits at once
             lane.adaptive.on_success(response.latency_s, permit.in_flight)
         att.release()
-        lane.breaker.record_success()
+        _record_success(lane, att.started)
         response.cost_usd = info.cost(usage.input_tokens, usage.output_tokens,
                                       usage.cached_input_tokens)
+        if not response.served_model:
+            response.served_model = response.model
         response.model = info.name
         response.channel = lane.name
+        if call.wasted is not None:
+            response.wasted = call.wasted
+            response.wasted_cost_usd = call.wasted_usd
         return response
 
-    async def _next(self, call: _Call, att: _Attempt, err: ProviderError) -> None:
-        """After a failed attempt: settle it, then raise, or set the lane to avoid next
-        (after waiting)."""
+    async def _next(self, call: CallState, att: Attempt, err: ProviderError) -> None:
+        """After a failed attempt: settle it, then raise, or wait before the next."""
         overshoot = self._failed(att, err)
-        call.last = err
-        call.avoid = await self._decide(call, att.lane, err, overshoot)
+        call.failed(att, err)
+        call.avoid = att.lane.name
+        try:
+            await self._decide(call, att.lane, err, overshoot)
+        except ShoalError as exc:
+            raise call.charged(exc) from None
 
-    async def _decide(self, call: _Call, lane: Lane, err: ProviderError,
-                      overshoot: bool) -> str | None:
-        request, chain, budget, excluded = call.request, call.chain, call.budget, call.excluded
+    async def _decide(self, call: CallState, lane: Lane, err: ProviderError,
+                      overshoot: bool) -> None:
+        request, budget = call.request, call.budget
         if isinstance(err, BadRequest):
             raise err  # the request itself is wrong (incl. context overflow): never retried
         if isinstance(err, AuthError | QuotaExhausted):
-            excluded.add(lane.name)
-            if not budget.record_attempt(err) or self._pick(chain, excluded, None) is None:
+            call.excluded.add(lane.name)
+            if not budget.record_attempt(err) or not usable(call):
                 raise err
             self.events.emit("failover", channel=lane.name, model=request.model,
                              error=type(err).__name__)
-            return lane.name
+            return
         if overshoot:
             # A 429 provoked by our own adaptive probe: the limiter, now lowered, is the wait
             # (the retry goes out only when one of our calls finishes), so no extra sleep.
@@ -315,49 +341,74 @@ class Router:
             self.events.emit("retry", channel=lane.name, model=request.model, delay_s=0.0,
                              error=type(err).__name__, attempt=budget.attempts,
                              reason="own_overshoot")
-            return None
-        alternative = self._pick(chain, excluded, lane.name)
-        failover = alternative is not None and alternative[1] is not lane
+            return
+        alternative = pick(call, self.clock.now())
+        # Go elsewhere at once only to a lane this call has failed on less: bouncing
+        # between lanes that all failed it would be a retry storm without backoff.
+        failover = alternative is not None and (
+            call.failures.get(alternative[1].name, 0) < call.failures.get(lane.name, 0))
         delay = budget.next_delay(err, failover=failover)
         if delay is None:
             raise err
         if failover and alternative is not None:
             self.events.emit("failover", channel=lane.name, model=request.model,
                              to=alternative[1].name, error=type(err).__name__)
-            return lane.name  # another lane is healthy: go there now, no backoff
+            return
         self.events.emit("retry", channel=lane.name, model=request.model, delay_s=delay,
                          error=type(err).__name__, attempt=budget.attempts)
         await self.clock.sleep(delay)
-        return None
 
     def _budget(self, deadline_s: float | None) -> RetryBudget:
         policy = self.retry if deadline_s is None else self.retry.replace(deadline_s=deadline_s)
         return policy.budget(self.clock)
 
+    def _call(self, request: ChatRequest, deadline_s: float | None) -> CallState:
+        return CallState(request, self._chain(request.model), self._budget(deadline_s))
+
+    def _deadline(self, call: CallState, att: Attempt | None, where: str) -> DeadlineExceeded:
+        budget = call.budget
+        span = budget.policy.deadline_s
+        on = f" on {att.lane.name!r}" if att is not None else ""
+        return DeadlineExceeded(
+            f"the call's deadline ({span:g}s) passed {where}{on} for {call.request.model!r}; "
+            "raise deadline_s or lower max_tokens", last_error=call.last)
+
     # -- public calls -------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, *, deadline_s: float | None = None
                        ) -> ChatResponse:
-        """One logical call: the normalized, priced answer, or one shoal error."""
-        call = _Call(request, self._chain(request.model), self._budget(deadline_s))
+        """One logical call: the normalized, priced answer, or one shoal error.
+
+        ``deadline_s`` (default: the retry policy's) bounds everything: waiting for
+        capacity, backoff, and the request in flight, which is cancelled when it passes.
+        """
+        call = self._call(request, deadline_s)
         while True:
             att = await self._admit(call)
             try:
                 provider = att.lane.ready_provider or await att.lane.provider()
-                response = await provider.complete(
-                    request, model=att.lane.channel.wire_model(att.info))
+                async with clock_timeout(self.clock, call.budget.remaining()):
+                    response = await provider.complete(
+                        request, model=att.lane.channel.wire_model(att.info))
             except ProviderError as err:
                 await self._next(call, att, err)
                 continue
+            except TimeoutError:
+                self._abandoned(att)
+                raise call.charged(self._deadline(call, att, "with the request in flight")
+                                   ) from None
             except BaseException:
-                att.release()
+                self._abandoned(att)
                 raise
-            return self._succeeded(request, att, response)
+            return self._succeeded(request, att, call, response)
 
     async def stream(self, request: ChatRequest, *, deadline_s: float | None = None
                      ) -> AsyncIterator[StreamEvent]:
-        """Stream one logical call; fails over only before the first token is yielded."""
-        call = _Call(request, self._chain(request.model), self._budget(deadline_s))
+        """Stream one logical call; fails over only before its first token (text, tool
+        call or reasoning) reaches the caller. After that a broken stream raises
+        ``StreamInterrupted`` (the provider's error as its cause). ``deadline_s`` bounds
+        the whole stream, the wait for every event included."""
+        call = self._call(request, deadline_s)
         while True:
             att = await self._admit(call)
             held: list[StreamEvent] = []
@@ -365,55 +416,70 @@ class Router:
             try:
                 provider = att.lane.ready_provider or await att.lane.provider()
                 it = provider.stream(request, model=att.lane.channel.wire_model(att.info))
-                async for event in it:  # buffer until the first token: failover stays possible
+                while True:  # hold events until the first token: failover stays possible
+                    event = await self._event(call, it)
+                    if event is None:
+                        break
                     held.append(event)
-                    if isinstance(event, TextDelta | ToolCallDelta | StreamEnd):
+                    if isinstance(event, _FIRST_TOKEN):
                         break
             except ProviderError as err:
+                await _aclose(it)
                 await self._next(call, att, err)
                 continue
             except BaseException:
-                att.release()
-                if it is not None:  # cancelled mid-buffer: give the connection back now
-                    aclose = getattr(it, "aclose", None)
-                    if aclose is not None:
-                        with contextlib.suppress(Exception):
-                            await aclose()
+                self._abandoned(att)
+                await _aclose(it)  # cancelled or past the deadline: give the connection back
                 raise
-            async for event in self._finish_stream(request, att, it, held):
+            async for event in self._finish_stream(call, att, it, held):
                 yield event
             return
 
-    async def _finish_stream(self, request: ChatRequest, att: _Attempt,
+    async def _event(self, call: CallState, it: AsyncIterator[StreamEvent]
+                     ) -> StreamEvent | None:
+        """The stream's next event within the call's deadline; None at its end."""
+        try:
+            async with clock_timeout(self.clock, call.budget.remaining()):
+                return await anext(it)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise call.charged(self._deadline(call, None, "while streaming")) from None
+
+    async def _finish_stream(self, call: CallState, att: Attempt,
                              it: AsyncIterator[StreamEvent], held: list[StreamEvent]
                              ) -> AsyncIterator[StreamEvent]:
-        finished = False
-
-        async def events() -> AsyncIterator[StreamEvent]:
-            for event in held:
-                yield event
-            if not held or not isinstance(held[-1], StreamEnd):
-                async for event in it:
-                    yield event
-
+        request, finished = call.request, False
         try:
-            async for event in events():
+            pending = list(held)
+            while True:
+                event = pending.pop(0) if pending else await self._event(call, it)
+                if event is None:
+                    raise StreamInterrupted(
+                        "the stream ended without its end marker", provider=att.lane.name)
                 if isinstance(event, StreamEnd):
                     finished = True
-                    yield StreamEnd(self._succeeded(request, att, event.response))
-                else:
-                    yield event
+                    yield StreamEnd(self._succeeded(request, att, call, event.response))
+                    return
+                yield event
         except ProviderError as err:
             # After the first token the caller has partial output: no failover, surface it.
-            self._failed(att, err)
             finished = True
-            raise
+            self._failed(att, err)
+            call.failed(att, err)
+            if not isinstance(err, StreamInterrupted):
+                cut = StreamInterrupted(f"the stream broke after its first token: {err}",
+                                        provider=err.provider, status=err.status)
+                raise call.charged(cut) from err
+            raise call.charged(err)  # noqa: B904 - err is the answer, with its own cause
         finally:
-            if not finished:  # the caller stopped early or was cancelled
-                att.release()
-            aclose = getattr(it, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            if not finished:  # the caller stopped early, was cancelled, or the deadline
+                self._abandoned(att)
+            await _aclose(it)
+    async def reset_channel(self, name: str) -> None:
+        """Re-enable a channel by hand: close its breaker (e.g. one opened for an hour by
+        a rejected key) and rebuild its adapter with the key as it is now."""
+        await self.lane(name).refresh_key(force=True)
 
     def stats(self) -> list[dict[str, Any]]:
         return [lane.stats() for lane in self._lanes.values()]

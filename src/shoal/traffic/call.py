@@ -1,0 +1,165 @@
+"""The state of one logical call through the Router, across all its attempts.
+
+Kept apart from the Router so the routing rules (which lane next, when to wait) read on
+their own: a call remembers which lanes failed it and how often (to try untried lanes
+and the model's fallbacks before going back to a failed one), which lanes are out for
+the call (auth, quota), and what the provider billed for answers it had to discard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shoal.errors import (
+    CircuitOpen,
+    ConfigError,
+    MalformedResponse,
+    ProviderError,
+    RunError,
+    ShoalError,
+    StreamInterrupted,
+)
+from shoal.tokens import count_text, estimate_prompt_tokens
+from shoal.traffic.lane import Lane
+from shoal.types import ChatRequest, Usage
+
+if TYPE_CHECKING:
+    from shoal.config import ModelInfo
+    from shoal.traffic.limits import Permit
+    from shoal.traffic.retry import RetryBudget
+
+__all__ = ["Attempt", "CallState", "billed_usage", "no_lane_error", "pick", "reopen_at", "usable"]
+
+
+def billed_usage(request: ChatRequest, info: ModelInfo, err: ProviderError) -> Usage | None:
+    """What the provider billed for an answer shoal discarded, or None if nothing was.
+
+    The provider's own count when the answer carried one; for a stream cut after output
+    began, the prompt estimate plus the output received; for a malformed 200 body, the
+    prompt estimate (the provider ran the prompt). Errors without a response (5xx, 429,
+    timeouts) are not billed.
+    """
+    usage = getattr(err, "usage", None)
+    if isinstance(usage, Usage) and usage.total_tokens:
+        return usage
+    partial = getattr(err, "partial_output", "") if isinstance(err, StreamInterrupted) else ""
+    if partial:
+        return Usage(estimate_prompt_tokens(request, info.encoding),
+                     count_text(partial, info.encoding))
+    if isinstance(err, MalformedResponse) and err.status == 200:
+        return Usage(estimate_prompt_tokens(request, info.encoding), 0)
+    return None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One admitted try: the model and lane chosen, the limiter permit held, and when."""
+
+    info: ModelInfo
+    lane: Lane
+    permit: Permit
+    started: float
+
+    def release(self) -> None:
+        """Give the limiter slot back; the caller judges the channel (breaker) separately."""
+        self.permit.release()
+        self.lane.pending -= 1
+
+
+@dataclass(slots=True)
+class CallState:
+    """One logical call: its request, lanes (model, then fallbacks), and retry budget."""
+
+    request: ChatRequest
+    chain: list[tuple[ModelInfo, list[Lane]]]
+    budget: RetryBudget
+    excluded: set[str] = field(default_factory=set)  # lanes out for this call (auth, quota)
+    failures: dict[str, int] = field(default_factory=dict)  # lane → failed attempts here
+    avoid: str | None = None  # the lane that just failed: on a tie, prefer another
+    last: BaseException | None = None
+    wasted: Usage | None = None
+    wasted_usd: float = 0.0
+
+    def failed(self, att: Attempt, err: ProviderError) -> None:
+        """Count a failed attempt on its lane and any billed, discarded answer."""
+        name = att.lane.name
+        self.failures[name] = self.failures.get(name, 0) + 1
+        self.last = err
+        billed = billed_usage(self.request, att.info, err)
+        if billed is not None:
+            self.wasted = billed if self.wasted is None else self.wasted + billed
+            self.wasted_usd += att.info.cost(billed.input_tokens, billed.output_tokens,
+                                             billed.cached_input_tokens)
+
+    def charged(self, exc: BaseException) -> BaseException:
+        """``exc`` carrying this call's waste, so budgets can charge what was billed."""
+        if isinstance(exc, RunError) and self.wasted is not None:
+            exc.wasted_usage = self.wasted
+            exc.wasted_cost_usd = self.wasted_usd
+        return exc
+
+
+def usable(call: CallState) -> list[Lane]:
+    """The lanes this call may still use (keyed, not excluded for auth or quota)."""
+    return [lane for _, lanes in call.chain for lane in lanes
+            if lane.keyed and lane.name not in call.excluded]
+
+
+def reopen_at(lane: Lane, now: float) -> float | None:
+    """When the lane's breaker will next let a call through (``now`` when it does)."""
+    return lane.breaker.next_allowed_at(now)
+
+
+def pick(call: CallState, now: float) -> tuple[ModelInfo, Lane] | None:
+    """The lane for the next attempt, or None when every usable lane is refused now.
+
+    First attempt: the first model in the chain with a healthy lane, least loaded
+    first. After failures: the lane this call has failed on least (so the model's
+    other channels, then its fallbacks, are tried before a failed lane is tried
+    again), then model order, then load; on a tie the lane that just failed loses.
+    """
+    excluded, failures = call.excluded, call.failures
+    if not failures:
+        for info, lanes in call.chain:
+            healthy = [lane for lane in lanes if lane.keyed and lane.name not in excluded
+                       and lane.breaker.available(now)]
+            if healthy:
+                return info, min(healthy, key=Lane.load)
+        return None
+    best: tuple[tuple[int, int, bool, float], ModelInfo, Lane] | None = None
+    for rank, (info, lanes) in enumerate(call.chain):
+        for lane in lanes:
+            if not lane.keyed or lane.name in excluded or not lane.breaker.available(now):
+                continue
+            key = (failures.get(lane.name, 0), rank, lane.name == call.avoid, lane.load())
+            if best is None or key < best[0]:
+                best = (key, info, lane)
+    return None if best is None else (best[1], best[2])
+
+
+
+def no_lane_error(call: CallState, now: float) -> ShoalError:
+    """Why no lane can take the call before its deadline, as the error to raise."""
+    last, lanes_all = call.last, [lane for _, lanes in call.chain for lane in lanes]
+    if not any(lane.keyed for lane in lanes_all):
+        envs = sorted({f"${lane.channel.api_key_env}" for lane in lanes_all
+                       if lane.channel.api_key_env})
+        return ConfigError(
+            f"no API key for {call.request.model!r} or its fallbacks: set "
+            f"{' or '.join(envs)} (or api_key in shoal.toml), or pick another "
+            "model; with no keys at all, 'smollm2-135m' runs offline")
+    if isinstance(last, ShoalError) and not usable(call):
+        return last  # every lane is out for this call (auth, quota): that is the news
+    reopen = [t for t in (reopen_at(lane, now) for lane in lanes_all) if t is not None]
+    reasons = "; ".join(str(lane.breaker.error()) for lane in lanes_all
+                        if lane.keyed and not lane.breaker.available(now))
+    exc = CircuitOpen(
+        f"no channel for {call.request.model!r} can take a call before its deadline: "
+        f"{reasons or 'all channels are refused'}"
+        + (f" (last error: {last})" if last is not None else ""),
+        retry_at=min(reopen, default=None),
+    )
+    exc.__cause__ = last
+    return exc
+
