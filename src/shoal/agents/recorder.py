@@ -39,12 +39,14 @@ RunStatus = Literal["succeeded", "partial", "failed", "cancelled"]
 
 @dataclass(frozen=True, slots=True)
 class RecordedStep:
-    """A finished step as the journal keeps it: its output as JSON, and what it cost."""
+    """A finished step as the journal keeps it: its output as JSON, what it cost, and a
+    hash of the inputs it was computed from (``inputs``: a result is valid only for them)."""
 
     output: Any
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     model: str | None = None
+    inputs: str | None = None
 
 
 class RunRecorder(Protocol):
@@ -52,8 +54,12 @@ class RunRecorder(Protocol):
 
     async def run_started(self, run_id: str, flow: str, input: Any) -> None: ...
 
-    async def replay_step(self, run_id: str, step_id: str) -> RecordedStep | None:
-        """The step's recorded result if an earlier attempt finished it, else None."""
+    async def replay_step(
+        self, run_id: str, step_id: str, inputs: str | None = None
+    ) -> RecordedStep | None:
+        """The step's recorded result if an earlier attempt finished it from the same
+        ``inputs`` (a hash of the step's inputs; None: any), else None. A step whose inputs
+        changed runs again, and its journaled model turns are not replayed."""
         ...
 
     async def step_done(self, run_id: str, step_id: str, step: RecordedStep) -> None:
@@ -77,7 +83,9 @@ class NullRecorder:
     async def run_started(self, run_id: str, flow: str, input: Any) -> None:
         return None
 
-    async def replay_step(self, run_id: str, step_id: str) -> RecordedStep | None:
+    async def replay_step(
+        self, run_id: str, step_id: str, inputs: str | None = None
+    ) -> RecordedStep | None:
         return None
 
     async def step_done(self, run_id: str, step_id: str, step: RecordedStep) -> None:
@@ -111,8 +119,17 @@ class MemoryRecorder:
         self.runs.setdefault(run_id, {"flow": flow, "input": to_jsonable(input)})
         self.runs[run_id]["status"] = "running"
 
-    async def replay_step(self, run_id: str, step_id: str) -> RecordedStep | None:
+    async def replay_step(
+        self, run_id: str, step_id: str, inputs: str | None = None
+    ) -> RecordedStep | None:
         raw = self.steps.get((run_id, step_id))
+        if raw is not None and None not in (inputs, raw.get("inputs")) \
+                and raw["inputs"] != inputs:
+            # Computed from other inputs: stale. Forget it and the turns that produced it.
+            del self.steps[(run_id, step_id)]
+            for key in [k for k in self.turns if k[:2] == (run_id, step_id)]:
+                del self.turns[key]
+            raw = None
         if raw is None:
             return None
         return RecordedStep(
@@ -120,6 +137,7 @@ class MemoryRecorder:
             usage=Usage(**raw["usage"]),
             cost_usd=raw["cost_usd"],
             model=raw["model"],
+            inputs=raw.get("inputs"),
         )
 
     async def step_done(self, run_id: str, step_id: str, step: RecordedStep) -> None:
@@ -128,6 +146,7 @@ class MemoryRecorder:
             "usage": _usage_json(step.usage),
             "cost_usd": step.cost_usd,
             "model": step.model,
+            "inputs": step.inputs,
         }
 
     async def replay_turn(self, run_id: str, step_id: str, turn: int) -> ChatResponse | None:

@@ -28,7 +28,7 @@ from shoal.agents.deadline import with_timeout
 from shoal.agents.errors import ToolFailed
 from shoal.agents.run_context import RunContext
 from shoal.clock import Clock
-from shoal.errors import ConfigError, redact
+from shoal.errors import ConfigError, StoreError, redact
 from shoal.types import ToolSpec
 
 __all__ = ["Tool", "ToolOutcome", "tool", "truncate"]
@@ -234,6 +234,10 @@ class Tool:
             attempt += 1
             try:
                 result = await with_timeout(clock, self._call_once(kwargs), self.timeout_s)
+            except StoreError:
+                # The journal failed (a corrupt record, a store that is down): the run must
+                # stop with the record named, never go on as if the model could handle it.
+                raise
             except TimeoutError:
                 kind: Literal["error", "timeout"] = "timeout"
                 message = f"timed out after {self.timeout_s:g}s"

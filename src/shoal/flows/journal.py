@@ -74,9 +74,11 @@ def _digest(value: Any) -> str:
 
 
 def _code_id(fn: Any) -> str:
-    """Where a function lives and a hash of its source (its bytecode when there is none)."""
+    """What defines a function: its qualified name and a hash of its source (its bytecode
+    when there is none). Not its module: a flow run as ``python flow.py`` (``__main__``)
+    and resumed by ``shoal resume`` (imported as ``flow``) is the same definition."""
     fn = inspect.unwrap(fn)
-    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     try:
         body = inspect.getsource(fn)
     except (OSError, TypeError):
@@ -151,6 +153,7 @@ class _RunJournal:
     def __init__(self, records: dict[str, StepRecord]) -> None:
         self.records = records
         self.broken: BaseException | None = None
+        self.inputs: dict[str, str] = {}  # step id -> hash of the inputs it runs on now
 
 
 class StoreRecorder:
@@ -314,16 +317,26 @@ class StoreRecorder:
 
     # -- steps and turns ---------------------------------------------------------------
 
-    async def replay_step(self, run_id: str, step_id: str) -> RecordedStep | None:
+    async def replay_step(
+        self, run_id: str, step_id: str, inputs: str | None = None
+    ) -> RecordedStep | None:
+        """The journaled result, if the step finished from these ``inputs``. A result
+        computed from other inputs (a dependency that failed under ``on_failure=
+        "continue"`` and succeeded on resume) is stale: the step runs again, and so
+        do its journaled turns (:meth:`replay_turn` skips turns of other inputs)."""
         journal = await self._journal(run_id)
+        if inputs is not None:
+            journal.inputs[step_id] = inputs
         rec = journal.records.get(step_id)
-        if rec is not None and rec.status == "succeeded":
+        if rec is not None and rec.status == "succeeded" and _same(rec, inputs):
             raw = _result(rec, run_id, ("output", "usage", "cost_usd", "model"))
             return RecordedStep(output=raw["output"], usage=Usage(**raw["usage"]),
-                                cost_usd=raw["cost_usd"], model=raw["model"])
+                                cost_usd=raw["cost_usd"], model=raw["model"],
+                                inputs=_inputs_of(rec))
         self._usable(journal, run_id)
         running = StepRecord(step_id, "running", attempt=rec.attempt + 1 if rec else 1,
-                             started_at=self.clock.wall(), meta={"kind": "step"})
+                             started_at=self.clock.wall(),
+                             meta={"kind": "step", "inputs": inputs})
         await self._write(journal, self.store.put_step(run_id, running))
         journal.records[step_id] = running
         return None
@@ -337,7 +350,8 @@ class StoreRecorder:
             result={"output": to_jsonable(step.output), "usage": to_jsonable(step.usage),
                     "cost_usd": step.cost_usd, "model": step.model},
             attempt=prev.attempt if prev else 1,
-            started_at=prev.started_at if prev else None, meta={"kind": "step"},
+            started_at=prev.started_at if prev else None,
+            meta={"kind": "step", "inputs": step.inputs or journal.inputs.get(step_id)},
         )
         journal.records[step_id] = await self._write(journal,
                                                      self.store.complete_step(run_id, done))
@@ -345,7 +359,8 @@ class StoreRecorder:
     async def replay_turn(self, run_id: str, step_id: str, turn: int) -> ChatResponse | None:
         journal = await self._journal(run_id)
         rec = journal.records.get(turn_id(step_id, turn))
-        if rec is None or rec.status != "succeeded":
+        if rec is None or rec.status != "succeeded" \
+                or not _same(rec, journal.inputs.get(step_id)):
             self._usable(journal, run_id)  # never pay for a call that cannot be journaled
             return None
         try:
@@ -363,7 +378,8 @@ class StoreRecorder:
             turn_id(step_id, turn), "succeeded", result=response_to_json(response),
             started_at=now - response.latency_s, finished_at=now,
             tokens=response.usage.total_tokens, cost_usd=response.cost_usd,
-            meta={"kind": "turn", "step": step_id, "turn": turn},
+            meta={"kind": "turn", "step": step_id, "turn": turn,
+                  "inputs": journal.inputs.get(step_id)},
         )
         journal.records[rec.step_id] = await self._write(journal,
                                                          self.store.complete_step(run_id, rec))
@@ -406,6 +422,18 @@ class StoreRecorder:
                 f"run {run_id!r} cannot journal more: an earlier write failed "
                 f"({journal.broken}). Resume the run once the store is back."
             ) from journal.broken
+
+
+def _inputs_of(rec: StepRecord) -> str | None:
+    found = rec.meta.get("inputs")
+    return found if isinstance(found, str) else None
+
+
+def _same(rec: StepRecord, inputs: str | None) -> bool:
+    """Whether a record was computed from ``inputs`` (unknown on either side: yes, as
+    journals written before input hashes were recorded)."""
+    recorded = _inputs_of(rec)
+    return inputs is None or recorded is None or recorded == inputs
 
 
 def _normal(value: Any) -> Any:

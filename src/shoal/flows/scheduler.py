@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import heapq
 import inspect
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from typing import Any, cast
 
@@ -32,14 +34,25 @@ from shoal.agents.recorder import (
 )
 from shoal.agents.runner import Runner, new_run_id
 from shoal.clock import Clock, RealClock
-from shoal.errors import BudgetExceeded, ConfigError, DeadlineExceeded
+from shoal.errors import BudgetExceeded, ConfigError, DeadlineExceeded, StoreError
 from shoal.flows.context import MessageBoard, SharedContext, StepContext
 from shoal.flows.flow import Flow, FlowResult, Step, StepResult, as_text, render_input
 from shoal.types import Usage
 
 __all__ = ["FlowRun", "SlotPool"]
 
-_NEVER_RETRY = (BudgetExceeded, GuardrailTripped, ConfigError)
+_NEVER_RETRY = (BudgetExceeded, GuardrailTripped, ConfigError, StoreError)
+
+
+def _fatal(res: StepResult, policy: str) -> bool:
+    """Whether a failed step stops the run: its policy says so, or the journal failed
+    (a corrupt record or a store that is down stops the run whatever the policy)."""
+    return res.status == "failed" and (policy == "fail" or isinstance(res.exception, StoreError))
+
+
+def _digest(doc: Any) -> str:
+    text = json.dumps(doc, sort_keys=True, ensure_ascii=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class SlotPool:
@@ -152,6 +165,7 @@ class FlowRun:
         }
         self.tasks: dict[str, asyncio.Task[StepResult]] = {}
         self.tickets: dict[str, asyncio.Future[None]] = {}
+        self.inputs: dict[str, str] = {}  # step -> hash of its dependencies' outputs
 
     async def execute(self) -> FlowResult:
         started = self.clock.now()
@@ -175,7 +189,7 @@ class FlowRun:
                     del self.tasks[res.name]
                     finished.append(res.name)
                     self.results[res.name] = res
-                    if res.status == "failed" and self.flow.steps[res.name].on_failure == "fail":
+                    if _fatal(res, self.flow.steps[res.name].on_failure):
                         failed = failed or res
                         continue
                     for child in children[res.name]:
@@ -197,6 +211,8 @@ class FlowRun:
             await self._cancel_all()
             result = self._result("failed", started)
             await self.recorder.run_finished(self.run_id, "failed", failed.error)
+            if isinstance(failed.exception, StoreError):
+                raise failed.exception  # names the record; "resume" would not help
             done_steps = [n for n, r in self.results.items() if r.ok]
             raise StepFailed(
                 f"step {failed.name!r} of flow {self.flow.name!r} failed: {failed.error}. "
@@ -282,6 +298,8 @@ class FlowRun:
 
     async def _run_step(self, step: Step, ticket: asyncio.Future[None] | None) -> StepResult:
         ctx = self._context(step, step.name)
+        if not isinstance(self.recorder, NullRecorder):  # a result is valid for its inputs
+            self.inputs[step.name] = _digest({d: to_jsonable(v) for d, v in ctx.deps.items()})
         if step.is_map:
             return await self._run_unit(step, ctx, self._run_map(step, ctx),
                                         output_type=list[step.output_type])  # type: ignore[name-defined]
@@ -301,8 +319,11 @@ class FlowRun:
     ) -> StepResult:
         """Replay, or run with retries, one step or map item. Never raises except on
         cancellation: failures become a failed (or fallback) StepResult."""
+        step_inputs = self.inputs.get(step.name)
+        if ctx.index is not None and step_inputs is not None:  # a map item: with its item
+            step_inputs = _digest([step_inputs, ctx.index, to_jsonable(ctx.item)])
         try:
-            recorded = await self.recorder.replay_step(self.run_id, ctx.step)
+            recorded = await self.recorder.replay_step(self.run_id, ctx.step, step_inputs)
         except BaseException:
             work.close()  # cancelled while the journal answered: never leave it un-awaited
             raise
@@ -353,7 +374,7 @@ class FlowRun:
         )
         await self.recorder.step_done(self.run_id, ctx.step, RecordedStep(
             to_jsonable(output), usage=result.usage, cost_usd=result.cost_usd,
-            model=result.model,
+            model=result.model, inputs=step_inputs,
         ))
         return result
 
@@ -367,7 +388,7 @@ class FlowRun:
             usage=ctx.usage, cost_usd=ctx.cost_usd, attempts=attempt, exception=exc,
             model=", ".join(sorted(set(ctx.models))) or None,
         )
-        if policy == "fallback":
+        if policy == "fallback" and not isinstance(exc, StoreError):
             res.status = "fallback"
             res.output = step.default(exc) if callable(step.default) else step.default
         return res
@@ -438,7 +459,7 @@ class FlowRun:
                 res = await self._run_unit(step, item_ctx, self._execute(step, item_ctx),
                                            slot=True, policy=policy)
             results[i] = res
-            if res.status == "failed" and policy == "fail":
+            if _fatal(res, policy):
                 raise _ItemFailed(res)
 
         try:
