@@ -17,6 +17,7 @@ from shoal.clock import VirtualClock
 from shoal.config import Config
 from shoal.errors import (
     AuthError,
+    BadRequest,
     CircuitOpen,
     DeadlineExceeded,
     MalformedResponse,
@@ -268,3 +269,27 @@ async def test_a_fixed_key_brings_the_channel_back(monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv("SHOAL_TEST_KEY", "sk-new")
         response = await clock.run(router.complete(ask()))
         assert response.text == "ok"
+
+
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        (ChatRequest(model="m", messages=[], max_tokens=16), "no messages"),
+        (ChatRequest(model="m", messages=[Message.user("hi")], max_tokens=0), "max_tokens"),
+        (ChatRequest(model="m", messages=[Message.user("hi")], temperature=9), "temperature"),
+        (ChatRequest(model="m", messages=[Message.user("hi")], tool_choice="required"),
+         "tool"),
+        (ChatRequest(model="m", messages=[Message.user("word " * 200_000)]), "context"),
+    ],
+)
+async def test_bad_requests_fail_before_any_request_is_sent(
+    request_: ChatRequest, error: str
+) -> None:
+    clock = VirtualClock()
+    provider = Scripted(clock, lambda k: answer())
+    async with make_router(clock, {"a": provider}) as router:
+        with pytest.raises(BadRequest, match=error):
+            await clock.run(router.complete(request_))
+        with pytest.raises(BadRequest, match=error):
+            await clock.run(anext(router.stream(request_)))
+    assert provider.calls == 0

@@ -59,6 +59,7 @@ from shoal.types import (
     TextDelta,
     ToolCallDelta,
 )
+from shoal.validate import validate_request
 
 if TYPE_CHECKING:
     from shoal.config import ChannelConfig
@@ -227,6 +228,8 @@ class Router:
                 raise call.charged(no_lane_error(call, self.clock.now()))
             info, lane = chosen
             tokens = self.estimate_tokens(request, info)
+            if tokens > info.context_window:  # the prompt (+ max_tokens) cannot fit
+                validate_request(request, info)  # raises ContextOverflow with the numbers
             lane.pending += 1
             waited_from = self.clock.now()
             try:
@@ -363,6 +366,7 @@ class Router:
         return policy.budget(self.clock)
 
     def _call(self, request: ChatRequest, deadline_s: float | None) -> CallState:
+        validate_request(request)  # what no provider accepts fails here, before any request
         return CallState(request, self._chain(request.model), self._budget(deadline_s))
 
     def _deadline(self, call: CallState, att: Attempt | None, where: str) -> DeadlineExceeded:
