@@ -67,13 +67,15 @@ def test_invalid_values_are_config_errors() -> None:
         RetryPolicy(attempts=0)
     with pytest.raises(ConfigError):
         RetryPolicy(deadline_s=0)
+    with pytest.raises(ConfigError, match="deadline_s"):
+        RetryPolicy(deadline_s=float("nan"))
 
 
 def test_policies_compose_with_replace() -> None:
     base = RetryPolicy()
     quick = base.replace(attempts=2, backoff=base.backoff.replace(cap=1.0))
     assert (quick.attempts, quick.backoff.cap) == (2, 1.0)
-    assert (base.attempts, base.backoff.cap) == (4, 30.0)  # frozen, untouched
+    assert (base.attempts, base.backoff.cap) == (10, 30.0)  # frozen, untouched
     assert quick.retry_on == base.retry_on
 
 
@@ -194,3 +196,41 @@ def test_parse_retry_after_rejects_garbage() -> None:
     assert parse_retry_after({"retry-after": "nan"}, 0.0) is None
     # A bad retry-after-ms falls through to retry-after.
     assert parse_retry_after({"retry-after-ms": "x", "retry-after": "4"}, 0.0) == 4.0
+
+
+def test_default_attempts_reach_three_nines_at_39_percent_failures() -> None:
+    """The documented sizing: 10 attempts, 120 s; 0.39^attempts well under 0.001."""
+    policy = RetryPolicy()
+    assert (policy.attempts, policy.deadline_s) == (10, 120.0)
+    assert 0.39 ** policy.attempts < 0.001
+    assert 0.39 ** 4 > 0.02  # the old default of 4 could not get there
+
+
+async def test_jitter_draws_under_the_time_left() -> None:
+    """Full jitter is capped by the time left, so a long backoff step near the deadline
+    still retries (earlier), instead of giving up on an unlucky draw."""
+    clock = VirtualClock()
+    policy = RetryPolicy(attempts=10, deadline_s=10.0,
+                         backoff=Backoff(base=8.0, cap=30.0, rand=lambda: 0.99))
+    budget = policy.budget(clock)
+    await clock.advance(7.0)  # 3 s left; the backoff ceiling is 8 s
+    delay = budget.next_delay(ProviderUnavailable("503"))
+    assert delay == pytest.approx(0.99 * 3.0)
+    assert Backoff(base=8.0, rand=lambda: 0.5).delay(0, limit=2.0) == 1.0
+    assert Backoff(base=8.0, rand=lambda: 0.5).delay(0, limit=-1.0) == 0.0
+
+
+async def test_a_deterministic_step_past_the_deadline_gives_up() -> None:
+    clock = VirtualClock()
+    budget = deterministic(attempts=10, deadline_s=10.0).budget(clock)
+    await clock.advance(9.5)  # 0.5 s left; the first backoff step is 1 s
+    assert budget.next_delay(ProviderUnavailable("503")) is None
+    assert budget.attempts == 1
+
+
+async def test_retry_after_past_the_deadline_gives_up() -> None:
+    """Retry-After is the provider's word, not ours to shorten: past the deadline = stop."""
+    clock = VirtualClock()
+    budget = RetryPolicy(deadline_s=10.0).budget(clock)
+    assert budget.next_delay(RateLimited("429", retry_after=10.0)) is None
+    assert budget.next_delay(RateLimited("429", retry_after=9.0)) == 9.0

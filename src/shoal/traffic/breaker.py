@@ -1,27 +1,33 @@
-"""Circuit breaker: stop sending calls to a channel that is failing, probe it later.
+"""Circuit breaker: stop sending calls to a dead channel, probe it later — and never
+turn a survivable storm into mass failure.
 
-States and transitions::
+States and transitions (defaults in brackets; docs/traffic.md gives the reasoning)::
 
-    closed ──(N consecutive failures, or failure rate ≥ r over window_s with ≥ min_calls)──▶ open
-    open ──(cooldown_s passed; the next allow() reserves a probe)──▶ half_open
-    half_open ──(probe succeeds)──▶ closed
+    closed ──(failure_threshold [12] consecutive incidents, or ≥ failure_rate [90%]
+              of the last min_calls [20] outcomes younger than window_s [60 s])──▶ open
+    open ──(cooldown_s [15 s] passed; the next allow() reserves a probe)──▶ half_open
+    half_open ──(probe succeeds, or answers coherently)──▶ closed
     half_open ──(probe fails)──▶ open (a fresh cooldown)
-    any ──(AuthError 401/403)──▶ open for auth_cooldown_s (1 h): the key must be fixed
+    any ──(AuthError 401/403)──▶ open for auth_cooldown_s [1 h]; reset() after fixing the key
+    any ──(QuotaExhausted)──▶ open for max(cooldown_s, Retry-After) (at most auth_cooldown_s)
 
 What counts as a failure (ill health): ``ProviderUnavailable`` (5xx, refused/reset),
-``ProviderTimeout``, ``MalformedResponse``, ``StreamInterrupted``. ``QuotaExhausted``
-opens the breaker at once (the channel cannot serve until credit is added), for
-``cooldown_s`` or the provider's Retry-After if longer.
+``ProviderTimeout``, ``MalformedResponse``, ``StreamInterrupted``.
 
-What does not: ``RateLimited`` (429 is backpressure from a healthy provider: the
-limiter and adaptive concurrency handle it; counting it would open the circuit on
-the busiest, healthiest channel), ``BadRequest`` / ``ContextOverflow`` (the request is
-wrong, not the channel). In half-open such an answer still proves the channel is
-alive, so it closes the breaker like a success.
+What never does: ``RateLimited`` and its subclasses (429, ``Overloaded`` 529) — that is
+backpressure from a living provider, the limiter's and adaptive concurrency's business;
+``BadRequest`` / ``ContextOverflow`` (the request is wrong, not the channel). In half-open
+such an answer proves the channel alive, so it closes the breaker like a success.
+
+One incident, one signal: ``record_failure(err, started_at=t)`` with ``t`` earlier than
+the moment the last counted failure was recorded is the same incident seen by a call
+that was already in flight; it joins the rate sample but not the consecutive count.
+Without ``started_at`` every failure counts (the behaviour before dedupe).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from enum import StrEnum
 
@@ -55,37 +61,54 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
+def _positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+
+
 class CircuitBreaker:
     """One channel's health. ``allow()`` before a call; report its outcome after.
 
     A call admitted by ``allow()`` must end in exactly one of :meth:`record_success`,
     :meth:`record_failure` or :meth:`abandon` (cancelled: no verdict), so a half-open
-    probe slot is never lost. A probe that reports nothing for ``cooldown_s`` is
-    presumed lost and another probe is admitted.
+    probe slot is never lost. Pass ``started_at`` (this breaker's clock time when
+    ``allow()`` admitted the call) to each of them: it lets a burst of failures from one
+    incident count once, and keeps answers from before a trip, a half-open or a
+    :meth:`reset` from deciding anything. A probe that reports nothing for
+    ``probe_timeout_s`` (default ``cooldown_s``) is presumed lost and replaced.
     """
 
     def __init__(
         self,
         name: str,
         *,
-        failure_threshold: int = 5,
-        failure_rate: float = 0.5,
-        window_s: float = 30.0,
-        min_calls: int = 10,
+        failure_threshold: int = 12,
+        failure_rate: float = 0.9,
+        window_s: float = 60.0,
+        min_calls: int = 20,
         cooldown_s: float = 15.0,
         half_open_max: int = 1,
+        probe_timeout_s: float | None = None,
         auth_cooldown_s: float = 3600.0,
+        key_hint: str | None = None,
         clock: Clock | None = None,
         events: EventBus | None = None,
     ) -> None:
         if failure_threshold < 1:
-            raise ConfigError(f"failure_threshold must be >= 1, got {failure_threshold}")
-        if not 0 < failure_rate <= 1:
-            raise ConfigError(f"failure_rate must be in (0, 1], got {failure_rate}")
-        if window_s <= 0 or cooldown_s <= 0 or auth_cooldown_s <= 0:
-            raise ConfigError("window_s, cooldown_s and auth_cooldown_s must be > 0")
+            raise ConfigError(
+                f"failure_threshold must be >= 1 (consecutive incidents that open the "
+                f"breaker), got {failure_threshold}")
+        if not (math.isfinite(failure_rate) and 0 < failure_rate <= 1):
+            raise ConfigError(
+                f"failure_rate must be in (0, 1] (e.g. 0.9 for 90%), got {failure_rate!r}")
+        _positive("window_s", window_s)
+        _positive("cooldown_s", cooldown_s)
+        _positive("auth_cooldown_s", auth_cooldown_s)
+        if probe_timeout_s is not None:
+            _positive("probe_timeout_s", probe_timeout_s)
         if min_calls < 1 or half_open_max < 1:
-            raise ConfigError("min_calls and half_open_max must be >= 1")
+            raise ConfigError(
+                f"min_calls and half_open_max must be >= 1, got {min_calls}, {half_open_max}")
         self.name = name
         self.failure_threshold = failure_threshold
         self.failure_rate = failure_rate
@@ -93,15 +116,21 @@ class CircuitBreaker:
         self.min_calls = min_calls
         self.cooldown_s = cooldown_s
         self.half_open_max = half_open_max
+        self.probe_timeout_s = cooldown_s if probe_timeout_s is None else probe_timeout_s
         self.auth_cooldown_s = auth_cooldown_s
+        self.key_hint = key_hint
         self._clock: Clock = clock if clock is not None else RealClock()
         self._events = events
         self._state = BreakerState.CLOSED
         self._consecutive = 0
-        self._outcomes: deque[tuple[float, bool]] = deque()  # (when, failed)
-        self._failures_in_window = 0
+        self._counted_at: float | None = None  # when the last counted failure was recorded
+        # The rate sample: the last min_calls outcomes (when, failed); older than
+        # window_s ones are ignored when the rate is read.
+        self._outcomes: deque[tuple[float, bool]] = deque(maxlen=min_calls)
         self._probes = 0
         self._probe_at = 0.0
+        self._half_open_at = 0.0
+        self._epoch = -math.inf  # results of calls started before the last reset() are ignored
         self.opened_at: float | None = None
         self.retry_at: float | None = None
         self.last_error: BaseException | None = None
@@ -119,47 +148,59 @@ class CircuitBreaker:
         return self._state
 
     def _cooled(self, now: float) -> bool:
-        return self.retry_at is not None and now >= self.retry_at
+        return self.retry_at is None or now >= self.retry_at
 
     def _transition(self, to: BreakerState) -> None:
         before = self._state
         if before is to:
             return
         self._state = to
+        self._probes = 0
         if to is BreakerState.CLOSED:
             self._consecutive = 0
+            self._counted_at = None
             self._outcomes.clear()
-            self._failures_in_window = 0
             self.opened_at = self.retry_at = None
-            self._probes = 0
         elif to is BreakerState.HALF_OPEN:
-            self._probes = 0
+            self._half_open_at = self._clock.now()
         events = self._events
         if events is not None and events.active:
             error = type(self.last_error).__name__ if self.last_error is not None else ""
             fields = {"from": str(before), "to": str(to), "error": error}
             events.publish(BREAKER, fields, channel=self.name)
 
-    def _open(self, cooldown: float) -> None:
+    def _open(self, cooldown: float, error: BaseException) -> None:
         now = self._clock.now()
+        retry_at = now + cooldown
+        if (self._state is BreakerState.OPEN and self.retry_at is not None
+                and self.retry_at >= retry_at):
+            return  # already open for at least as long: the longer reason stands
+        self.last_error = error
         self.opened_at = now
-        self.retry_at = now + cooldown
+        self.retry_at = retry_at
         self._probes = 0
-        if self._state is BreakerState.OPEN:
-            return  # already open (e.g. auth after failures): only the cooldown changes
         self._transition(BreakerState.OPEN)
 
     # -- admission -------------------------------------------------------------------
 
-    def available(self, now: float | None = None) -> bool:
-        """Would :meth:`allow` admit a call now? Reserves nothing."""
+    def next_allowed_at(self, now: float | None = None) -> float:
+        """The earliest clock time at which :meth:`allow` would admit a call: ``now`` when
+        it would now, ``retry_at`` when open, the lost-probe deadline when half-open with
+        every probe slot taken. Always a finite time; reserves nothing."""
         now = self._clock.now() if now is None else now
         state = self._state
         if state is BreakerState.CLOSED:
-            return True
+            return now
         if state is BreakerState.OPEN:
-            return self._cooled(now)
-        return self._probes < self.half_open_max or now - self._probe_at >= self.cooldown_s
+            return now if self.retry_at is None else max(now, self.retry_at)
+        if self._probes < self.half_open_max:
+            return now
+        return max(now, self._probe_at + self.probe_timeout_s)
+
+    def available(self, now: float | None = None) -> bool:
+        """Would :meth:`allow` admit a call now? Reserves nothing."""
+        now = self._clock.now() if now is None else now
+        return self.next_allowed_at(now) <= now
 
     def allow(self) -> bool:
         """Admit a call: always when closed; when half-open, reserve one of the
@@ -172,7 +213,7 @@ class CircuitBreaker:
                 return False
             self._transition(BreakerState.HALF_OPEN)
         if self._probes >= self.half_open_max:
-            if now - self._probe_at < self.cooldown_s:
+            if now - self._probe_at < self.probe_timeout_s:
                 return False
             self._probes = 0  # the earlier probes never reported: presume them lost
         self._probes += 1
@@ -181,90 +222,116 @@ class CircuitBreaker:
 
     # -- outcomes --------------------------------------------------------------------
 
-    def record_success(self) -> None:
+    def _stale(self, started_at: float | None) -> bool:
+        """Started before the last reset: its verdict is about a channel that is gone."""
+        return started_at is not None and started_at < self._epoch
+
+    def _probe_result(self, started_at: float | None) -> bool:
+        """In half-open, is this result a probe's? (A call from before half-open is not.)"""
+        return started_at is None or started_at >= self._half_open_at
+
+    def record_success(self, *, started_at: float | None = None) -> None:
+        """An admitted call succeeded. ``started_at``: see the class docstring."""
+        if self._stale(started_at):
+            return
         if self._state is BreakerState.CLOSED:
-            self._consecutive = 0
             self._observe(failed=False)
-        elif self._state is BreakerState.HALF_OPEN:
+            if started_at is None or self._counted_at is None or started_at >= self._counted_at:
+                self._consecutive = 0
+                self._counted_at = None
+        elif self._state is BreakerState.HALF_OPEN and self._probe_result(started_at):
             self._transition(BreakerState.CLOSED)
         # open: a late answer from before the trip proves little; the probe decides
 
-    def record_failure(self, error: BaseException) -> None:
+    def record_failure(self, error: BaseException, *, started_at: float | None = None) -> None:
+        """An admitted call failed with ``error``. ``started_at``: see the class docstring."""
+        if self._stale(started_at):
+            return
         if isinstance(error, AuthError):
-            self.last_error = error
-            self._open(self.auth_cooldown_s)
+            self._open(self.auth_cooldown_s, error)
             return
         if isinstance(error, QuotaExhausted):
-            self.last_error = error
-            self._open(max(self.cooldown_s, error.retry_after or 0.0))
+            wait = error.retry_after
+            if wait is None or not math.isfinite(wait):
+                wait = 0.0
+            self._open(max(self.cooldown_s, min(wait, self.auth_cooldown_s)), error)
             return
+        state = self._state
         if not isinstance(error, HEALTH_FAILURES):
-            if self._state is BreakerState.HALF_OPEN:
-                if isinstance(error, ProviderError):
+            if state is BreakerState.HALF_OPEN and self._probe_result(started_at):
+                if isinstance(error, ProviderError):  # 429, 529, 400: coherent answers
                     self._transition(BreakerState.CLOSED)  # it answered coherently: alive
                 else:
-                    self.abandon()
-            return  # closed: neutral, neither a failure nor a success
+                    self.abandon(started_at=started_at)  # our own bug: no verdict
+            return  # closed or open: neutral, neither a failure nor a success
+        if state is BreakerState.HALF_OPEN:
+            if self._probe_result(started_at):
+                self._open(self.cooldown_s, error)
+            return
+        if state is not BreakerState.CLOSED:
+            return
         self.last_error = error
-        if self._state is BreakerState.HALF_OPEN:
-            self._open(self.cooldown_s)
-        elif self._state is BreakerState.CLOSED:
+        self._observe(failed=True)
+        now = self._clock.now()
+        if started_at is None or self._counted_at is None or started_at >= self._counted_at:
             self._consecutive += 1
-            self._observe(failed=True)
-            if self._consecutive >= self.failure_threshold or self._rate_tripped():
-                self._open(self.cooldown_s)
+            self._counted_at = now
+        if self._consecutive >= self.failure_threshold or self._rate_tripped(now):
+            self._open(self.cooldown_s, error)
 
-    def abandon(self) -> None:
+    def abandon(self, *, started_at: float | None = None) -> None:
         """An allowed call ended without a verdict (cancelled): free its probe slot."""
-        if self._state is BreakerState.HALF_OPEN and self._probes > 0:
+        if (self._state is BreakerState.HALF_OPEN and self._probes > 0
+                and self._probe_result(started_at) and not self._stale(started_at)):
             self._probes -= 1
 
     def _observe(self, *, failed: bool) -> None:
-        now = self._clock.now()
-        outcomes = self._outcomes
-        outcomes.append((now, failed))
-        if failed:
-            self._failures_in_window += 1
-        cutoff = now - self.window_s
-        while outcomes and outcomes[0][0] <= cutoff:
-            if outcomes.popleft()[1]:
-                self._failures_in_window -= 1
+        self._outcomes.append((self._clock.now(), failed))
 
-    def _rate_tripped(self) -> bool:
-        calls = len(self._outcomes)
-        return calls >= self.min_calls and self._failures_in_window >= self.failure_rate * calls
+    def _rate_tripped(self, now: float) -> bool:
+        cutoff = now - self.window_s
+        recent = [failed for when, failed in self._outcomes if when > cutoff]
+        return len(recent) >= self.min_calls and sum(recent) >= self.failure_rate * len(recent)
 
     @property
     def failure_count(self) -> int:
-        """Consecutive failures so far (closed state)."""
+        """Consecutive failure incidents so far (closed state)."""
         return self._consecutive
 
-    # -- messages --------------------------------------------------------------------
+    # -- messages and manual control ------------------------------------------------------
 
     def error(self) -> CircuitOpen:
         """A ``CircuitOpen`` saying why this channel is refused and what to do."""
         last = self.last_error
+        wait = "" if self.retry_at is None else (
+            f"; next probe in {max(0.0, self.retry_at - self._clock.now()):.1f}s"
+        )
         if isinstance(last, AuthError):
+            key = (f"set a valid ${self.key_hint.lstrip('$')}" if self.key_hint
+                   else "fix the API key")
             message = (
-                f"channel {self.name!r} is disabled: the provider rejected its credentials "
-                f"({last}); fix the API key for channel {self.name!r}"
+                f"channel {self.name!r} is disabled: the provider rejected its API key "
+                f"({last}); {key} for channel {self.name!r}, then re-enable it with its "
+                f"breaker's reset() (or restart){wait}"
             )
         elif isinstance(last, QuotaExhausted):
             message = (
                 f"channel {self.name!r} is disabled: its quota or balance is exhausted "
-                f"({last}); add credit or route to another channel"
+                f"({last}); add credit or route to another channel{wait}"
             )
         else:
-            wait = "" if self.retry_at is None else (
-                f"; next probe in {max(0.0, self.retry_at - self._clock.now()):.1f}s"
-            )
             message = f"channel {self.name!r} circuit is {self.state} after failures: {last}{wait}"
         return CircuitOpen(message, retry_at=self.retry_at)
 
     def reset(self) -> None:
-        """Close the breaker by hand (e.g. after the key was fixed)."""
+        """Close the breaker by hand: the way to re-enable a channel at once after fixing
+        its API key or adding credit. Answers of calls started before the reset are
+        ignored (they describe the channel as it was)."""
+        self._epoch = self._clock.now()
+        self.last_error = None
         self._transition(BreakerState.CLOSED)
         self._consecutive = 0
+        self._counted_at = None
         self._outcomes.clear()
-        self._failures_in_window = 0
-        self.last_error = None
+        self._probes = 0
+        self.opened_at = self.retry_at = None
