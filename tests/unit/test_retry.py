@@ -20,6 +20,7 @@ from shoal.errors import (
     StreamInterrupted,
 )
 from shoal.traffic.retry import Backoff, RetryPolicy, parse_retry_after
+from shoal.traffic.retry_budget import ChannelRetryBudget
 
 # 2015-10-21 07:28:00 GMT as epoch seconds.
 OCT_21_2015 = 1445412480.0
@@ -234,3 +235,78 @@ async def test_retry_after_past_the_deadline_gives_up() -> None:
     budget = RetryPolicy(deadline_s=10.0).budget(clock)
     assert budget.next_delay(RateLimited("429", retry_after=10.0)) is None
     assert budget.next_delay(RateLimited("429", retry_after=9.0)) == 9.0
+
+
+# -- ChannelRetryBudget: retries a channel may receive, relative to its successes -----------
+
+
+def test_channel_budget_defaults_and_validation() -> None:
+    tokens = ChannelRetryBudget("ds", clock=VirtualClock())
+    assert (tokens.ratio, tokens.min_per_s, tokens.cap) == (1.0, 10.0, 100.0)
+    assert tokens.balance == 100.0  # a new channel starts full
+    for bad in ({"ratio": -0.1}, {"min_per_s": float("nan")}, {"cap": 0.5},
+                {"cap": float("inf")}):
+        with pytest.raises(ConfigError):
+            ChannelRetryBudget("ds", **bad)  # type: ignore[arg-type]
+
+
+def test_a_dead_channel_gets_the_cap_then_the_floor() -> None:
+    clock = VirtualClock()
+    tokens = ChannelRetryBudget("ds", ratio=1.0, min_per_s=10.0, cap=100.0, clock=clock)
+    granted = sum(tokens.try_withdraw() for _ in range(500))
+    assert granted == 100
+    assert tokens.denied == 400
+    assert tokens.balance == 0.0
+    assert tokens.next_token_at() == pytest.approx(0.1)
+
+
+async def test_the_floor_refills_over_time_up_to_the_cap() -> None:
+    clock = VirtualClock()
+    tokens = ChannelRetryBudget("ds", min_per_s=10.0, cap=100.0, clock=clock)
+    while tokens.try_withdraw():
+        pass
+    await clock.advance(1.0)
+    assert sum(tokens.try_withdraw() for _ in range(50)) == 10  # 10 per second
+    await clock.advance(3600.0)
+    assert tokens.balance == 100.0  # never more than the cap
+
+
+def test_successes_earn_retries() -> None:
+    clock = VirtualClock()
+    tokens = ChannelRetryBudget("ds", ratio=0.5, min_per_s=0.0, cap=10.0, clock=clock)
+    while tokens.try_withdraw():
+        pass
+    assert tokens.next_token_at() is None  # no floor: only a success brings one
+    tokens.deposit()
+    assert not tokens.try_withdraw()  # half a token
+    tokens.deposit()
+    assert tokens.try_withdraw()
+    for _ in range(100):
+        tokens.deposit()
+    assert tokens.balance == 10.0
+    assert tokens.deposits == 102
+
+
+def test_refund_returns_an_unsent_retry() -> None:
+    tokens = ChannelRetryBudget("ds", min_per_s=0.0, cap=1.0, clock=VirtualClock())
+    assert tokens.try_withdraw()
+    assert not tokens.try_withdraw()
+    tokens.refund()
+    assert tokens.withdrawn == 0
+    assert tokens.try_withdraw()
+
+
+def test_a_39_percent_channel_is_fully_served_at_any_traffic() -> None:
+    """p/(1-p) ≈ 0.64 retries per success are needed; ratio 1 earns 1. Simulate 10,000
+    attempts to one channel, each failure retried there, with no time passing at all
+    (no floor help): every retry gets its token."""
+    rng = random.Random(39)
+    tokens = ChannelRetryBudget("ds", clock=VirtualClock())
+    refused = 0
+    for _ in range(10_000):
+        if rng.random() < 0.39:
+            refused += not tokens.try_withdraw()
+        else:
+            tokens.deposit()
+    assert refused == 0
+    assert tokens.withdrawn > 3_500
