@@ -16,7 +16,7 @@ __all__ = ["register", "serve"]
 
 _FAULT_FLAGS = (
     "error_rate", "error_status", "rate_limit_rate", "hang_rate", "cut_rate", "malformed_rate",
-    "schema_invalid_rate", "stream_error_rate",
+    "schema_invalid_rate", "stream_error_rate", "hang_max_s",
 )  # fmt: skip
 _PROFILE_FLAGS = ("ttft_s", "tokens_per_s", "output_tokens", "context_window", "jitter_s")
 
@@ -32,6 +32,9 @@ def sim(
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one (printed).")] = 8100,
     config: Annotated[
         Path | None, typer.Option("--config", help="Scenario TOML file; flags override it.")
+    ] = None,
+    scenario: Annotated[
+        str | None, typer.Option(help="Named fault mix: storm | calm; other flags refine it.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of content and faults.")] = None,
     cap: Annotated[
@@ -54,6 +57,9 @@ def sim(
     error_status: Annotated[int | None, typer.Option(help="500, 502, 503 or 529.")] = None,
     rate_limit_rate: Annotated[float | None, typer.Option(help="Share of random 429s.")] = None,
     hang_rate: Annotated[float | None, typer.Option(help="Share never answered.")] = None,
+    hang_max_s: Annotated[
+        float | None, typer.Option("--hang-max", help="Longest hang, seconds (default 600).")
+    ] = None,
     cut_rate: Annotated[float | None, typer.Option(help="Share cut mid-body.")] = None,
     malformed_rate: Annotated[float | None, typer.Option(help="Share with broken JSON.")] = None,
     schema_invalid_rate: Annotated[
@@ -72,6 +78,8 @@ def sim(
     given = dict(locals())
     try:
         cfg = SimConfig.from_toml(config) if config is not None else SimConfig()
+        if scenario is not None:
+            cfg = cfg.replace(scenario=scenario)
         changes: dict[str, Any] = {}
         for name, key in (("seed", "seed"), ("cap", "max_concurrency"), ("rpm", "rpm"),
                           ("tpm", "tpm"), ("style", "style")):  # fmt: skip

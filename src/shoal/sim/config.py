@@ -20,12 +20,15 @@ from shoal.errors import ConfigError
 
 __all__ = [
     "FAULT_NAMES",
+    "RETRY_AFTER_FORMS",
+    "SCENARIOS",
     "STYLES",
     "Faults",
     "ModelProfile",
     "SimConfig",
     "Style",
     "check_fault",
+    "scenario_faults",
 ]
 
 Style = Literal["openai", "deepseek", "moonshot", "zhipu"]
@@ -47,18 +50,23 @@ FAULT_NAMES: frozenset[str] = frozenset(
     }
 )
 _DELAY = re.compile(r"^delay:(\d+(?:\.\d*)?|\.\d+)$")
+# Forms of a 429's Retry-After (fault names "429:<form>"; see limits.retry_after_form_headers).
+RETRY_AFTER_FORMS: tuple[str, ...] = ("seconds", "float", "date", "ms", "none")
 
 
 def check_fault(name: str) -> str:
     """Return *name* if it is a fault the simulator knows, else raise ``ConfigError``."""
     if name in FAULT_NAMES or _DELAY.match(name):
         return name
+    if name.startswith("429:") and name[4:] in RETRY_AFTER_FORMS:
+        return name
     if name.isdigit() and 400 <= int(name) <= 599:
         return name
     known = ", ".join(sorted(FAULT_NAMES))
     raise ConfigError(
         f"unknown simulator fault {name!r}: use one of {known}, an HTTP error status "
-        "such as '429' or '503', or 'delay:<seconds>'"
+        "such as '429' or '503', '429:<form>' (form: " + ", ".join(RETRY_AFTER_FORMS)
+        + "), or 'delay:<seconds>'"
     )
 
 
@@ -122,12 +130,20 @@ class Faults:
     One uniform draw per request picks at most one fault (the rates must sum to <= 1),
     so the k-th request of a run always gets the same fault under the same seed.
     ``quota_exhausted`` and ``auth_fail`` apply to every request while set.
+    ``error_statuses`` (when set) splits ``error_rate`` evenly among those statuses
+    instead of ``error_status`` (a random 529 is sent as 503 on the OpenAI endpoint);
+    ``retry_after_forms`` splits ``rate_limit_rate`` evenly among those Retry-After
+    forms (``limits.retry_after_form_headers``). A hang lasts until the client goes away,
+    the server stops, or ``hang_max_s`` passes (then the connection closes unanswered).
     """
 
     error_rate: float = 0.0
     error_status: int = 500
+    error_statuses: tuple[int, ...] = ()
     rate_limit_rate: float = 0.0
+    retry_after_forms: tuple[str, ...] = ()
     hang_rate: float = 0.0
+    hang_max_s: float = 600.0
     cut_rate: float = 0.0
     malformed_rate: float = 0.0
     schema_invalid_rate: float = 0.0
@@ -140,11 +156,21 @@ class Faults:
             _rate("Faults", name, getattr(self, name))
         if sum(rate for _, rate in self.table()) > 1.0 + 1e-9:
             raise ConfigError("Faults: the fault rates must add up to at most 1")
-        if not 500 <= self.error_status <= 599:
-            raise ConfigError(
-                f"Faults.error_status must be a 5xx status (500, 502, 503, 529), "
-                f"got {self.error_status}"
-            )
+        for name, statuses in (("error_status", (self.error_status,)),
+                               ("error_statuses", self.error_statuses)):  # fmt: skip
+            for status in statuses:
+                if not isinstance(status, int) or not 500 <= status <= 599:
+                    raise ConfigError(
+                        f"Faults.{name} must be a 5xx status (500, 502, 503, 529), "
+                        f"got {status!r}"
+                    )
+        for form in self.retry_after_forms:
+            if form not in RETRY_AFTER_FORMS:
+                raise ConfigError(
+                    f"Faults.retry_after_forms: unknown form {form!r}; "
+                    f"use some of {', '.join(RETRY_AFTER_FORMS)}"
+                )
+        _positive("Faults", "hang_max_s", self.hang_max_s, allow_zero=False)
 
     def random_faults(self) -> tuple[tuple[str, str], ...]:
         """(rate field, fault name) pairs, in the order the draw checks them."""
@@ -160,11 +186,18 @@ class Faults:
 
     def table(self) -> tuple[tuple[str, float], ...]:
         """(fault name, rate) for the non-zero random faults."""
-        out = []
+        out: list[tuple[str, float]] = []
         for attr, fault in self.random_faults():
             rate = float(getattr(self, attr))
-            if rate > 0:
-                out.append((fault, rate))
+            if rate <= 0:
+                continue
+            if attr == "error_rate" and self.error_statuses:
+                split = [str(s) for s in self.error_statuses]
+            elif attr == "rate_limit_rate" and self.retry_after_forms:
+                split = [f"429:{form}" for form in self.retry_after_forms]
+            else:
+                split = [fault]
+            out.extend((name, rate / len(split)) for name in split)
         return tuple(out)
 
 
@@ -230,6 +263,9 @@ class SimConfig:
     def from_dict(cls, data: Mapping[str, Any], *, base: SimConfig | None = None) -> SimConfig:
         """Build from JSON/TOML-shaped data, starting from *base* (or the defaults)."""
         base = base or cls()
+        if "scenario" in data:  # a named fault mix; a [faults] table refines it
+            data = dict(data)
+            base = dataclasses.replace(base, faults=scenario_faults(str(data.pop("scenario"))))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -272,6 +308,28 @@ class SimConfig:
 
 _DEFAULT_PROFILE = ModelProfile()
 
+# Named fault mixes: ``shoal sim --scenario storm``, ``scenario = "storm"`` in a scenario
+# file or ``POST /_sim/config``, ``scenario_faults("storm")`` from Python.
+SCENARIOS: Mapping[str, Faults] = {
+    "calm": Faults(),
+    # A bad hour at the providers (issue 8): 20% 5xx, 10% 429 in mixed Retry-After
+    # forms, 5% hangs, 2% cut streams, 2% malformed bodies.
+    "storm": Faults(
+        error_rate=0.20, error_statuses=(500, 502, 503, 529),
+        rate_limit_rate=0.10, retry_after_forms=RETRY_AFTER_FORMS,
+        hang_rate=0.05, cut_rate=0.02, malformed_rate=0.02,
+    ),
+}  # fmt: skip
+
+
+def scenario_faults(name: str) -> Faults:
+    """The :class:`Faults` of the named scenario (``"storm"``, ``"calm"``)."""
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        known = ", ".join(sorted(SCENARIOS))
+        raise ConfigError(f"unknown simulator scenario {name!r}; known: {known}") from None
+
 
 def _faults(value: object, base: Faults) -> Faults:
     if isinstance(value, Faults):
@@ -284,8 +342,12 @@ def _faults(value: object, base: Faults) -> Faults:
         raise ConfigError(
             f"unknown fault setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
+    changes = dict(value)
+    for name in ("error_statuses", "retry_after_forms"):  # JSON/TOML give lists
+        if isinstance(changes.get(name), list):
+            changes[name] = tuple(changes[name])
     try:
-        return dataclasses.replace(base, **value)
+        return dataclasses.replace(base, **changes)
     except TypeError as exc:
         raise ConfigError(f"bad fault setting: {exc}") from exc
 

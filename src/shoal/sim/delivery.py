@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Call", "send_stream", "send_whole"]
 
+# Faults whose answer, though sent, is not a usable completion.
+_BROKEN = frozenset({"cut", "truncated", "malformed", "stream_error"})
+
 _JSON = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
@@ -31,7 +34,8 @@ class Call:
     """One request in flight: what was asked, the fault chosen, what was sent."""
 
     __slots__ = (
-        "answer", "ask", "completion", "fault", "n", "protocol", "request", "rid", "status",
+        "answer", "ask", "completion", "delivered", "fault", "n", "protocol", "request", "rid",
+        "status",
     )  # fmt: skip
 
     def __init__(self, request: web.Request, protocol: str) -> None:
@@ -44,6 +48,7 @@ class Call:
         self.fault: str | None = None
         self.status = 0
         self.completion = 0
+        self.delivered = False  # the whole answer was handed to the connection
 
     def base_headers(self) -> dict[str, str]:
         if self.protocol == "openai":
@@ -69,6 +74,8 @@ class Call:
             metadata=metadata,
             tag=headers.get("x-shoal-tag"),
             retry_count=int(retry) if retry is not None and retry.isdigit() else None,
+            key=headers.get("idempotency-key") or headers.get("x-shoal-tag"),
+            complete=self.delivered and self.fault not in _BROKEN,
         )
 
 
@@ -86,6 +93,7 @@ async def send_whole(call: Call, body: bytes, headers: dict[str, str]) -> web.St
         await resp.write(body[: len(body) // 2])
         return _abort(call, resp)
     call.status = 200
+    call.delivered = True
     return web.Response(status=200, body=body, headers=headers, content_type=_JSON)
 
 
@@ -131,6 +139,7 @@ async def send_stream(
     if fault == "cut":
         return _abort(call, resp)
     await resp.write_eof()
+    call.delivered = True
     return resp
 
 

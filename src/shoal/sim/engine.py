@@ -27,7 +27,13 @@ from shoal.sim import anthropic_wire, openai_wire
 from shoal.sim.config import ModelProfile, SimConfig, check_fault
 from shoal.sim.content import Answer, Ask, BadInput, Wordbank, plan
 from shoal.sim.delivery import Call, send_stream, send_whole
-from shoal.sim.limits import RateWindow, go_duration, retry_headers, rfc3339
+from shoal.sim.limits import (
+    RateWindow,
+    go_duration,
+    retry_after_form_headers,
+    retry_headers,
+    rfc3339,
+)
 from shoal.sim.stats import StatsRecorder
 
 if TYPE_CHECKING:
@@ -156,6 +162,8 @@ class SimEngine:
                     drawn = name
                     break
                 u -= rate
+            if drawn == "529" and call.protocol == "openai" and self.config.faults.error_statuses:
+                drawn = "503"  # OpenAI signals overload with 503; 529 is Anthropic's
         headers = call.request.headers
         forced = headers.get("x-sim-fault")
         if forced is not None:
@@ -244,6 +252,7 @@ class SimEngine:
 
     def _error(self, call: Call, reply: _Reply) -> web.Response:
         ctx = reply.ctx
+        form = ctx.pop("form", None)
         if call.protocol == "openai":
             style = self.config.style
             status, body = openai_wire.error_body(style, reply.kind, reply.status, **ctx)
@@ -252,6 +261,11 @@ class SimEngine:
         headers = call.base_headers()
         if status == 429:
             headers.update(self.limit_headers(call.protocol, ctx.get("retry_after")))
+            if form is not None:  # a "429:<form>" fault: that Retry-After form only
+                headers.pop("retry-after", None)
+                headers.pop("retry-after-ms", None)
+                wall = self.clock.wall()
+                headers.update(retry_after_form_headers(form, ctx["retry_after"], wall=wall))
         if status == 502 and call.protocol == "openai" and self.config.style == "openai":
             # What a gateway in front of an API really sends: an HTML page, not JSON.
             return web.Response(
@@ -313,10 +327,17 @@ class SimEngine:
         return anthropic_wire.error_body("server", 529, call.rid)[1]
 
     async def _hang(self, call: Call) -> NoReturn:
-        """Never answer: wait until the client gives up (the handler is cancelled) or we stop."""
+        """Never answer: wait until the client gives up (the handler is cancelled), we
+        stop, or ``hang_max_s`` passes; then close the connection unanswered."""
         if self.stopping is None:
             self.stopping = asyncio.Event()
-        await self.stopping.wait()
+        stop = asyncio.ensure_future(self.stopping.wait())
+        bound = asyncio.ensure_future(self.clock.sleep(self.config.faults.hang_max_s))
+        try:
+            await asyncio.wait((stop, bound), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            bound.cancel()
         transport = call.request.transport
         if transport is not None:
             transport.abort()
@@ -326,6 +347,8 @@ class SimEngine:
 def _raise_immediate(fault: str, retry_after: float) -> NoReturn:
     if fault == "quota":
         _raise("quota", 429)
+    if fault.startswith("429:"):
+        _raise("rate_limit", 429, reason="fault", retry_after=retry_after, form=fault[4:])
     status = int(fault)
     if status == 429:
         _raise("rate_limit", 429, reason="fault", retry_after=retry_after)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from email.utils import formatdate
 
-__all__ = ["RateWindow", "go_duration", "retry_headers", "rfc3339"]
+__all__ = ["RateWindow", "go_duration", "retry_after_form_headers", "retry_headers", "rfc3339"]
 
 
 class RateWindow:
@@ -87,3 +88,21 @@ def retry_headers(seconds: float, *, with_ms: bool) -> dict[str, str]:
     if with_ms:
         out["retry-after-ms"] = str(max(round(seconds * 1000), 0))
     return out
+
+
+def retry_after_form_headers(form: str, seconds: float, *, wall: float) -> dict[str, str]:
+    """The Retry-After of a ``429:<form>`` fault, *seconds* after *wall* (epoch seconds).
+
+    ``seconds``: ``retry-after: 1`` (rounded up); ``float``: ``retry-after: 1.00``;
+    ``date``: an HTTP-date (rounded up to the next whole second); ``ms``: only
+    ``retry-after-ms``; ``none``: no header at all.
+    """
+    if form == "seconds":
+        return {"retry-after": str(max(math.ceil(seconds), 0))}
+    if form == "float":
+        return {"retry-after": f"{max(seconds, 0.0):.2f}"}
+    if form == "date":
+        return {"retry-after": formatdate(math.ceil(wall + seconds), usegmt=True)}
+    if form == "ms":
+        return {"retry-after-ms": str(max(round(seconds * 1000), 0))}
+    return {}
