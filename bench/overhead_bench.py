@@ -59,7 +59,7 @@ async def measure(url: str, calls: int, concurrency: int, rounds: int,
     adapter = OpenAICompatProvider(base_url=url + "/v1", api_key="sk-bench", provider="bench")
     cfg = Config.from_dict({
         "channels": {"bench": {"protocol": "openai", "base_url": url + "/v1",
-                               "api_key": "sk-bench", "provider": "bench",
+                               "api_key": "sk-bench", "provider": "generic",
                                "max_concurrency": 100}},
         "models": {"bench-model": {"channels": ["bench"], "input": 1.0, "output": 1.0}},
     })

@@ -15,10 +15,13 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from shoal.errors import ConfigError
+from shoal.families import FAMILIES, close_families, infer_family
+from shoal.secrets import register_secret
 
 __all__ = ["ChannelConfig", "Config", "ModelInfo"]
 
@@ -51,12 +54,40 @@ class ChannelConfig(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     models: dict[str, str] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_provider(cls, data: Any) -> Any:
+        # No provider given: the family from base_url, else the name, else "generic".
+        if isinstance(data, dict) and not data.get("provider"):
+            base_url, name = data.get("base_url"), data.get("name")
+            if isinstance(base_url, str) and isinstance(name, str):
+                data = {**data, "provider": infer_family(base_url, name)}
+        return data
+
+    def model_post_init(self, context: Any, /) -> None:
+        _check_base_url(self.name, self.base_url)
+        if self.provider not in FAMILIES:
+            close = close_families(self.provider)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"[channels.{self.name}] provider {self.provider!r} is not a known provider "
+                f"family.{hint} Known: {', '.join(FAMILIES)}. Leave provider out to infer it "
+                "from base_url, or use \"generic\" for any other OpenAI- or "
+                "Anthropic-compatible server"
+            )
+        if self.api_key is not None:
+            register_secret(self.api_key.get_secret_value())
+
     def key(self) -> str | None:
-        """The API key: given directly, or read from the named environment variable."""
+        """The API key: given directly, or read from the named environment variable.
+        Either way the value is registered with :mod:`shoal.secrets`, so it is masked in
+        every error, stored record and event."""
         if self.api_key is not None:
             return self.api_key.get_secret_value()
         if self.api_key_env:
-            return os.environ.get(self.api_key_env) or None
+            value = os.environ.get(self.api_key_env) or None
+            register_secret(value)
+            return value
         return None
 
     def has_key(self) -> bool:
@@ -95,6 +126,22 @@ class ModelInfo(BaseModel):
         return (
             fresh * self.input + cached_input_tokens * cached_price + output_tokens * self.output
         ) / 1_000_000
+
+
+def _check_base_url(channel: str, url: str) -> None:
+    """ConfigError unless ``url`` is http(s)://host… or local://name."""
+    try:
+        parts = urlsplit(url)
+        ok = (parts.scheme in ("http", "https") and bool(parts.hostname)
+              and parts.port != 0) or (parts.scheme == "local" and bool(parts.netloc))
+    except ValueError:  # a port that is not a number
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"[channels.{channel}] base_url {url!r} is not an endpoint URL: use "
+            "http(s)://host[:port]/path (e.g. \"https://api.deepseek.com/v1\"), or "
+            "\"local://llama-cpp\" for the offline model"
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -183,8 +230,9 @@ class Config:
             merged = dict(raw)
             base = channels.get(name)
             if base is not None:
-                merged = {**base.model_dump(exclude={"name"}), **raw}
-            merged.setdefault("provider", name)
+                # A new base_url without a provider: infer the family again from it.
+                drop = {"name"} | ({"provider"} if "base_url" in raw else set())
+                merged = {**base.model_dump(exclude=drop), **raw}
             try:
                 channels[name] = ChannelConfig(name=name, **merged)
             except ValidationError as exc:
@@ -220,7 +268,8 @@ class Config:
         canonical = self._aliases.get(name.lower())
         if canonical is None:
             close = difflib.get_close_matches(name.lower(), list(self._aliases), n=4, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(self._aliases[c] for c in close)}?" if close else ""
+            names = dict.fromkeys(self._aliases[c] for c in close)  # aliases: one name each
+            hint = f" Did you mean: {', '.join(names)}?" if close else ""
             raise ConfigError(
                 f"unknown model {name!r}.{hint} Add it under [models.{name!r}] in shoal.toml "
                 "(see docs/config.md)."

@@ -37,14 +37,14 @@ everything above the adapters (router, agents, flows) matches only these.
 
 ``retryable`` on each class says whether the router may try the call again
 (on the same or another channel). Messages say what is wrong and how to fix
-it; they never contain an API key (see :func:`redact`).
+it; they never contain an API key (see :mod:`shoal.secrets`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from typing import Any, Literal
+
+from shoal.secrets import redact
 
 __all__ = [
     "AuthError",
@@ -78,31 +78,19 @@ __all__ = [
 
 BODY_EXCERPT_CHARS = 500
 
-# Shapes of API keys and bearer tokens seen in the wild: sk-..., sk-ant-...,
-# long opaque tokens after "Bearer", x-api-key values. Used to scrub bodies and
-# messages before they are stored on an error.
-_SECRET_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),
-    re.compile(r"(?i)(x-api-key[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._\-]{8,}"),
-    re.compile(r"(?i)(api[_-]?key[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._\-]{8,}"),
-)
-
-
-def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """Remove API keys from *text*: the given secrets verbatim, then key-like patterns."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
-    return text
-
 
 class ShoalError(Exception):
-    """Base of every error shoal raises."""
+    """Base of every error shoal raises. Its message never holds a known secret: string
+    arguments are redacted when the error is made, and again when it is printed (a key
+    registered later is masked too)."""
 
     retryable: bool = False
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class ConfigError(ShoalError):
@@ -152,7 +140,7 @@ class ProviderError(RunError):
             parts.append(f"code={self.code}")
         if self.retry_after is not None:
             parts.append(f"retry_after={self.retry_after:g}s")
-        return " | ".join(parts)
+        return redact(" | ".join(parts))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self!s})"

@@ -103,3 +103,85 @@ def test_default_model_is_offline_without_keys(monkeypatch: pytest.MonkeyPatch) 
     assert cfg.default_model() == OFFLINE_MODEL
     monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-x")
     assert cfg.default_model() != OFFLINE_MODEL
+
+
+# -- provider families and endpoint validation ------------------------------------------
+
+
+def _channel(**raw: object) -> ChannelConfig:
+    fields: dict[str, object] = {"protocol": "openai", "api_key_env": "X_KEY", **raw}
+    name = str(fields.pop("name", "c"))
+    return Config.from_dict({"channels": {name: fields}}).channels[name]
+
+
+@pytest.mark.parametrize(
+    ("name", "base_url", "family"),
+    [
+        ("deepseek-direct", "https://api.deepseek.com/v1", "deepseek"),
+        ("claude", "https://api.anthropic.com", "anthropic"),
+        ("oai", "https://api.openai.com/v1", "openai"),
+        ("kimi", "https://api.moonshot.cn/v1", "moonshot"),
+        ("kimi-intl", "https://api.moonshot.ai/v1", "moonshot"),
+        ("glm", "https://open.bigmodel.cn/api/paas/v4", "zhipu"),
+        ("glm-intl", "https://api.z.ai/api/paas/v4", "zhipu"),
+        ("mm", "https://api.minimax.io/v1", "minimax"),
+        ("mm-cn", "https://api.minimaxi.com/v1", "minimax"),
+        ("g", "https://generativelanguage.googleapis.com/v1beta/openai", "gemini"),
+        ("q", "https://dashscope-intl.aliyuncs.com/compatible-mode/v1", "qwen"),
+        ("or", "https://openrouter.ai/api/v1", "openrouter"),
+        ("gpu-box", "http://127.0.0.1:8000/v1", "generic"),
+        ("vllm", "http://10.0.0.5:8000/v1", "vllm"),  # a family name, an unknown host
+        ("box", "http://localhost:11434/v1", "generic"),
+        ("zhipu", "http://127.0.0.1:8000/v1", "zhipu"),  # a local URL says nothing: the name
+        ("agg", "https://llm-gateway.example.com/v1", "generic"),
+    ],
+)
+def test_the_family_is_inferred_from_the_url_then_the_name(
+    name: str, base_url: str, family: str
+) -> None:
+    assert _channel(name=name, base_url=base_url).provider == family
+
+
+def test_an_explicit_provider_wins_and_is_validated() -> None:
+    assert _channel(base_url="https://api.deepseek.com/v1", provider="generic").provider == (
+        "generic")
+    with pytest.raises(ConfigError) as exc:
+        _channel(base_url="http://h/v1", provider="deepsek")
+    text = str(exc.value)
+    assert "[channels.c]" in text and "'deepsek'" in text and "Did you mean: deepseek?" in text
+    with pytest.raises(ConfigError, match="not a known provider family"):
+        ChannelConfig(name="p", protocol="openai", base_url="http://h", provider="bench")
+
+
+def test_overriding_a_catalog_channel_url_infers_the_family_again() -> None:
+    cfg = Config.from_dict({"channels": {
+        "openai": {"base_url": "https://openrouter.ai/api/v1"},
+        "deepseek": {"base_url": "http://127.0.0.1:9/v1"},  # a simulator: still deepseek
+        "zhipu": {"max_concurrency": 2},
+    }})
+    assert cfg.channels["openai"].provider == "openrouter"
+    assert cfg.channels["deepseek"].provider == "deepseek"
+    assert cfg.channels["zhipu"].provider == "zhipu"
+
+
+@pytest.mark.parametrize("url", ["not a url", "api.deepseek.com/v1", "ftp://h/v1", "http://",
+                                 "http://h:port/v1", "local://"])
+def test_base_url_must_be_an_endpoint(url: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _channel(base_url=url)
+    assert f"base_url {url!r} is not an endpoint URL" in str(exc.value)
+    assert "http(s)://host" in str(exc.value) and "[channels.c]" in str(exc.value)
+
+
+def test_base_url_from_a_toml_file_is_checked_on_load(tmp_path: Path) -> None:
+    toml = tmp_path / "shoal.toml"
+    toml.write_text('[channels.x]\nprotocol = "openai"\nbase_url = "not a url"\n')
+    with pytest.raises(ConfigError, match="not an endpoint URL"):
+        Config.load(toml)
+
+
+def test_every_family_has_a_profile_and_every_profile_a_family() -> None:
+    from shoal.families import FAMILIES
+    from shoal.providers.profiles import PROFILES
+
+    assert set(PROFILES) == set(FAMILIES)

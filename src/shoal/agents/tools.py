@@ -30,6 +30,7 @@ from shoal.agents.run_context import RunContext
 from shoal.clock import Clock
 from shoal.errors import ConfigError, StoreError, redact
 from shoal.types import ToolSpec
+from shoal.validate import check_timeout
 
 __all__ = ["Tool", "ToolOutcome", "tool", "truncate"]
 
@@ -136,6 +137,7 @@ class Tool:
             raise ConfigError(f"tool retries must be >= 0, got {retries}")
         self.fn = fn
         self.name = name or fn.__name__
+        check_timeout(timeout_s, f"tool {self.name!r}:")
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
             raise ConfigError(
                 f"tool name {self.name!r} must be 1-64 letters, digits, '_' or '-' "

@@ -18,8 +18,9 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from shoal.cli import demo_cmd, run_cmd, runs_cmd, sim_cmd
+    from shoal.cli import channels_cmd, demo_cmd, run_cmd, runs_cmd, sim_cmd
 
+    channels_cmd.register(app)
     demo_cmd.register(app)
     run_cmd.register(app)
     runs_cmd.register(app)

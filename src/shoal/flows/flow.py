@@ -24,6 +24,7 @@ from shoal.agents.agent import Agent
 from shoal.errors import ConfigError
 from shoal.flows.context import BoardMessage, StepContext
 from shoal.types import Usage
+from shoal.validate import check_timeout
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -326,6 +327,7 @@ class Flow:
                 )
         if options.get("retries", 0) < 0:
             raise ConfigError("retries must be >= 0")
+        check_timeout(options.get("timeout_s"), f"step {step_name!r}:")
         step = Step(step_name, target, deps, **options)
         if isinstance(target, Agent):
             step.output_type = target.output_type

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from shoal.clock import Clock, RealClock
+from shoal.secrets import redact
 
 __all__ = [
     "ADMIT",
@@ -111,7 +112,9 @@ class EventBus:
         subscribers = self._subscribers
         if not subscribers:
             return
-        event = Event(kind, self._clock.now(), channel, model, MappingProxyType(dict(data)))
+        # Error texts in events never carry a key (subscribers export them).
+        clean = {k: redact(v) if isinstance(v, str) else v for k, v in data.items()}
+        event = Event(kind, self._clock.now(), channel, model, MappingProxyType(clean))
         for callback in subscribers:
             try:
                 callback(event)

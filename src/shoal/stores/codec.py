@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import ConfigError
+from shoal.secrets import redact, redact_values
 from shoal.stores.records import (
     CorruptRecord,
     EffectRecord,
@@ -83,9 +84,12 @@ class EffectRow:
 
 
 def dumps(value: Any, what: str) -> str:
-    """Compact JSON text of ``value``; ConfigError naming ``what`` when it is not JSON."""
+    """Compact JSON text of ``value`` with every registered secret masked (see
+    :mod:`shoal.secrets`); ConfigError naming ``what`` when it is not JSON."""
     try:
-        return json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        return redact_values(
+            json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"{what} is not JSON-serializable ({exc}); store plain dicts, lists, strings, "
@@ -115,7 +119,7 @@ def encode_run(run: RunRecord, *, created_at: float, updated_at: float) -> RunRo
 
 def encode_state(run_id: str, status: str, error: str | None, at: float) -> tuple[str, str]:
     state = dumps(
-        {"v": FORMAT, "run_id": run_id, "status": status, "error": error, "at": at},
+        {"v": FORMAT, "run_id": run_id, "status": status, "error": _clean(error), "at": at},
         f"the error text of run {run_id!r}",
     )
     return state, checksum(state)
@@ -128,7 +132,8 @@ def encode_step(run_id: str, step: StepRecord) -> StepRow:
             "v": FORMAT, "run_id": run_id, "step_id": step.step_id, "status": step.status,
             "result": step.result, "attempt": step.attempt, "started_at": step.started_at,
             "finished_at": step.finished_at, "tokens": int(step.tokens),
-            "cost_usd": float(step.cost_usd), "error": step.error, "meta": dict(step.meta),
+            "cost_usd": float(step.cost_usd), "error": _clean(step.error),
+            "meta": dict(step.meta),
         },
         f"the result or meta of step {step.step_id!r} of run {run_id!r}",
     )
@@ -244,6 +249,12 @@ def _corrupt(
         "then delete the run (Store.delete_run / `shoal prune`) or restore it from a backup.",
         run_id=run_id, step_id=step_id, key=key,
     )
+
+
+def _clean(error: str | None) -> str | None:
+    # Error texts also get the shape rules (keys shoal never registered); results and
+    # inputs are user data, masked by registered value only (in ``dumps``).
+    return None if error is None else redact(error)
 
 
 def _check_id(value: str, name: str) -> None:

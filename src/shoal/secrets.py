@@ -1,0 +1,149 @@
+"""Secrets: a process-wide registry of API-key values, and redaction by value and by shape.
+
+shoal knows every key it sends: a channel's key is registered the moment it is read
+(:meth:`shoal.config.ChannelConfig.key`), and users register their own secrets with
+:func:`register_secret`. :func:`redact` replaces every registered value wherever it
+appears, whatever its shape (a Gemini ``AIza…`` key, a Zhipu ``id.secret`` key, a
+proxy's token), then applies shape rules as a second net for keys shoal never saw
+(``sk-…``, ``AIza…``, ``Bearer …``, ``x-api-key: …``, ``api_key=…``, ``?key=…`` URL
+parameters, Zhipu ``id.secret``, JWTs).
+
+Redaction runs on error messages and bodies (every :class:`~shoal.errors.ShoalError`),
+on what the run stores write (values only for results, values and shapes for error
+texts), on tool errors sent back to a model, and on event fields.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "MASK",
+    "MIN_SECRET_CHARS",
+    "forget_secret",
+    "key_rejected_hint",
+    "redact",
+    "redact_values",
+    "register_secret",
+]
+
+MASK = "***"
+# Shorter values are not registered: masking every "test" or "abc" in every message would
+# destroy text, and a key that short is not a secret worth the name.
+MIN_SECRET_CHARS = 8
+
+
+
+class _Registry:
+    """The registered values and one compiled pattern matching any of their forms.
+    Replaced whole under a lock; readers take one consistent snapshot without it."""
+
+    __slots__ = ("lock", "pattern", "values")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: frozenset[str] = frozenset()
+        self.pattern: re.Pattern[str] | None = None
+
+    def rebuild(self, values: frozenset[str]) -> None:
+        forms = {form for v in values for form in _forms(v)}
+        # Longest first, so a key that contains another is masked whole.
+        self.pattern = (
+            re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
+            if forms else None
+        )
+        self.values = values
+
+
+_registry = _Registry()
+
+# The second net: shapes of keys and tokens seen in the wild, for values shoal never read.
+# Groups keep the label ("Bearer ", "api_key=") and mask only the value. Compiled on
+# first use: ``import shoal.errors`` stays light.
+_SHAPE_SOURCES = (
+    r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/\-]{8,}=*",
+    r"\bsk-[A-Za-z0-9_\-]{6,}",
+    r"\bAIza[0-9A-Za-z_\-]{20,}",
+    r"(?i)(x-(?:goog-)?api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{8,}",
+    r"(?i)(api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{8,}",
+    (
+        r"(?i)([?&](?:key|api[_-]?key|apikey|access[_-]?token|token|secret)=)[^&\s\"'#]{4,}"
+    ),
+    # Zhipu keys: a 32-hex id, a dot, a secret.
+    r"\b[0-9a-fA-F]{24,}\.[0-9A-Za-z]{10,}\b",
+    r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
+)
+
+
+@functools.cache
+def _shapes() -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(source) for source in _SHAPE_SOURCES)
+
+
+def _forms(value: str) -> set[str]:
+    """The value as it may appear in text: raw, JSON-escaped and URL-encoded."""
+    import json  # here, not at import: ``import shoal.errors`` stays light
+    from urllib.parse import quote
+
+    return {value, json.dumps(value)[1:-1], quote(value, safe="")}
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` in every error, stored record, tool error and event from now on.
+
+    Channel keys are registered by shoal when read; call this for any other secret
+    (a tool's own API token, a database password). Values shorter than
+    :data:`MIN_SECRET_CHARS` are ignored."""
+    if not value or len(value) < MIN_SECRET_CHARS or value in _registry.values:
+        return
+    with _registry.lock:
+        _registry.rebuild(_registry.values | {value})
+
+
+def forget_secret(value: str) -> None:
+    """Stop masking ``value`` (a rotated key); the shape rules still apply."""
+    if value in _registry.values:
+        with _registry.lock:
+            _registry.rebuild(_registry.values - {value})
+
+
+def redact_values(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every registered secret (and each of ``secrets``) masked; no shape
+    rules, so user data (step results, run inputs) is never rewritten by a guess."""
+    pattern = _registry.pattern
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with API keys removed: registered values and ``secrets`` verbatim, then
+    anything shaped like a key. For messages, error bodies, URLs and error texts."""
+    text = redact_values(text, secrets)
+    for shape in _shapes():
+        text = shape.sub(_mask_match, text)
+    return text
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    return (match.group(1) if match.re.groups else "") + MASK
+
+
+def key_rejected_hint(channel: str, api_key_env: str | None, status: int = 401) -> str:
+    """Why a channel is down after its key was rejected, and how to fix it (no key in it).
+
+    For the message of an :class:`~shoal.errors.AuthError` and of the "no healthy
+    channel" error that follows it."""
+    if api_key_env:
+        where = f"the API key in ${api_key_env}"
+        fix = f"set a valid key in {api_key_env} (and check its permissions)"
+    else:
+        where = "its API key (given as api_key in the config)"
+        fix = "fix api_key in the channel's config, or use api_key_env"
+    return f"channel {channel!r} is down: {where} was rejected (HTTP {status}); {fix}"

@@ -1,0 +1,137 @@
+"""Checks that reject a bad call before any request is sent.
+
+:func:`validate_request` is the Router's first step in ``complete()`` and ``stream()``:
+a request every provider would refuse (no messages, ``max_tokens <= 0``, a temperature
+out of range, ``tool_choice`` naming tools that are not there, a tool result answering
+no call, a prompt longer than the model's window) fails here with a
+:class:`~shoal.errors.BadRequest` that says what is wrong and how to fix it, instead
+of costing a round trip, a retry budget or a breaker trip.
+
+:func:`check_timeout` is the one rule for ``timeout_s`` settings (tools, flow steps).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from shoal.errors import BadRequest, ConfigError, ContextOverflow
+from shoal.types import ChatRequest
+
+if TYPE_CHECKING:
+    from shoal.config import ModelInfo
+
+__all__ = ["TEMPERATURE_RANGE", "check_timeout", "validate_request"]
+
+TEMPERATURE_RANGE = (0.0, 2.0)  # the widest any provider accepts (OpenAI-compatible)
+_NO_TOOL_NEEDED = frozenset({"auto", "none"})
+
+
+def _bad(message: str) -> BadRequest:
+    return BadRequest(message, code="invalid_request")
+
+
+def validate_request(
+    request: ChatRequest, info: ModelInfo | None = None, *, prompt_tokens: int | None = None
+) -> None:
+    """Raise :class:`BadRequest` (or :class:`ContextOverflow`) if no provider would accept
+    ``request``. With ``info``, the prompt is also checked against the model's context
+    window: ``prompt_tokens`` when the caller has estimated it already, else estimated
+    here with :func:`shoal.tokens.estimate_prompt_tokens`."""
+    model = request.model
+    if not request.messages:
+        raise _bad(
+            f"the request for {model!r} has no messages; add at least one "
+            "(Message.user(...))"
+        )
+    max_tokens = request.max_tokens
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0
+    ):
+        raise _bad(
+            f"max_tokens must be a positive integer, got {max_tokens!r}; "
+            "set it to the most output tokens you want, or None for the model's default"
+        )
+    _check_range("temperature", request.temperature, *TEMPERATURE_RANGE)
+    _check_range("top_p", request.top_p, 0.0, 1.0)
+    _check_tool_choice(request)
+    _check_tool_results(request)
+    if info is not None:
+        _check_window(request, info, prompt_tokens)
+
+
+def _check_range(name: str, value: float | None, low: float, high: float) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        low <= value <= high
+    ):
+        raise _bad(
+            f"{name} must be a number from {low:g} to {high:g}, got {value!r}; "
+            f"pick one in range or leave it None for the provider's default"
+        )
+
+
+def _check_tool_choice(request: ChatRequest) -> None:
+    choice = request.tool_choice
+    if choice is None or choice in _NO_TOOL_NEEDED:
+        return
+    names = [t.name for t in request.tools]
+    if choice == "required":
+        if not names:
+            raise _bad(
+                'tool_choice="required" but the request has no tools; pass tools=[...] '
+                'or use tool_choice="auto"/None'
+            )
+        return
+    if choice not in names:
+        offered = ", ".join(names) if names else "none"
+        raise _bad(
+            f"tool_choice names tool {choice!r}, which is not among the request's tools "
+            f"({offered}); add that tool to tools=[...] or name one of them"
+        )
+
+
+def _check_tool_results(request: ChatRequest) -> None:
+    called: set[str] = set()
+    for index, message in enumerate(request.messages):
+        if message.role == "assistant":
+            for call in message.tool_calls:
+                called.add(call.id)
+        elif message.role == "tool" and message.tool_call_id not in called:
+            raise _bad(
+                f"messages[{index}] is a tool result for call id {message.tool_call_id!r}, "
+                "but no earlier assistant message made that call; a tool result must "
+                "follow the assistant message whose tool_calls contain its id "
+                "(Message.tool(call.id, ...))"
+            )
+
+
+def _check_window(request: ChatRequest, info: ModelInfo, prompt_tokens: int | None) -> None:
+    if prompt_tokens is None:
+        from shoal.tokens import estimate_prompt_tokens
+
+        prompt_tokens = estimate_prompt_tokens(request, info.encoding)
+    window = info.context_window
+    output = request.max_tokens or 0
+    if prompt_tokens + output <= window:
+        return
+    asked = f" + max_tokens {output}" if output else ""
+    raise ContextOverflow(
+        f"the prompt for {info.name!r} is ~{prompt_tokens} tokens{asked}, over its context "
+        f"window of {window}; shorten the messages (an Agent's context policy trims them), "
+        "lower max_tokens, or use a model with a larger window",
+        code="context_length_exceeded",
+    )
+
+
+def check_timeout(value: float | None, what: str) -> None:
+    """ConfigError unless ``value`` is None (no limit) or a finite number of seconds > 0."""
+    if value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or math.isnan(value) or value <= 0):
+        raise ConfigError(
+            f"{what} timeout_s must be a number of seconds > 0, or None for no limit; "
+            f"got {value!r}"
+        )
