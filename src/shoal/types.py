@@ -18,10 +18,12 @@ __all__ = [
     "FinishReason",
     "Message",
     "ReasoningDelta",
+    "ReasoningPart",
     "Role",
     "StreamEnd",
     "StreamEvent",
     "TextDelta",
+    "Thinking",
     "ToolCall",
     "ToolCallDelta",
     "ToolSpec",
@@ -35,11 +37,15 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """A model's request to call a tool. ``arguments`` is the raw JSON text the model wrote."""
+    """A model's request to call a tool. ``arguments`` is the raw JSON text the model wrote.
+
+    ``signature`` is an opaque token the provider attached to the call and wants back on
+    the next turn (Gemini's ``thought_signature``)."""
 
     id: str
     name: str
     arguments: str = "{}"
+    signature: str | None = None
 
     def parsed_arguments(self) -> Any:
         """The arguments as JSON; raises ``ValueError`` when the model wrote invalid JSON."""
@@ -58,13 +64,57 @@ class ToolSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningPart:
+    """One block of a model's reasoning as the provider returned it, kept to be sent back:
+    Anthropic ``thinking`` (``text`` + ``signature``) or ``redacted_thinking``
+    (``redacted`` holds its opaque ``data``)."""
+
+    text: str = ""
+    signature: str | None = None
+    redacted: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Thinking:
+    """Ask the model to reason before answering, provider-neutrally.
+
+    ``budget_tokens`` caps the reasoning (Anthropic ``budget_tokens``: at least 1024 and
+    below ``max_tokens``; Gemini ``thinking_budget``; Qwen ``thinking_budget``);
+    ``effort`` is the coarse knob (OpenAI/DeepSeek/Gemini ``reasoning_effort``). Each
+    adapter maps what its provider understands (docs/agents.md, "Thinking");
+    ``Thinking(enabled=False)`` turns it off where the provider allows that.
+    """
+
+    enabled: bool = True
+    budget_tokens: int | None = None
+    effort: Literal["low", "medium", "high"] | None = None
+
+    def __post_init__(self) -> None:
+        from shoal.errors import ConfigError
+
+        if self.budget_tokens is not None and (
+            not isinstance(self.budget_tokens, int) or self.budget_tokens < 1
+        ):
+            raise ConfigError(
+                f"Thinking(budget_tokens={self.budget_tokens!r}): give a positive number of "
+                "tokens (Anthropic needs at least 1024), or None"
+            )
+        if self.effort not in (None, "low", "medium", "high"):
+            raise ConfigError(
+                f"Thinking(effort={self.effort!r}): use 'low', 'medium', 'high' or None"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One conversation message.
 
     Use the constructors: ``Message.system(...)``, ``Message.user(...)``,
     ``Message.assistant(text, tool_calls)``, ``Message.tool(call_id, content)``.
     ``reasoning`` carries a provider's reasoning text (DeepSeek ``reasoning_content``)
-    so it can be sent back where the provider requires it.
+    and ``reasoning_parts`` its signed blocks (Anthropic thinking), so they can be sent
+    back where the provider requires it. ``is_error`` on a tool result is sent when set
+    (True or False); None leaves it out.
     """
 
     role: Role
@@ -73,7 +123,8 @@ class Message:
     tool_call_id: str | None = None
     name: str | None = None
     reasoning: str | None = None
-    is_error: bool = False
+    is_error: bool | None = None
+    reasoning_parts: tuple[ReasoningPart, ...] = ()
 
     @classmethod
     def system(cls, content: str) -> Message:
@@ -86,13 +137,15 @@ class Message:
     @classmethod
     def assistant(
         cls, content: str = "", tool_calls: tuple[ToolCall, ...] | list[ToolCall] = (),
-        reasoning: str | None = None,
+        reasoning: str | None = None, reasoning_parts: tuple[ReasoningPart, ...] = (),
     ) -> Message:
-        return cls("assistant", content, tuple(tool_calls), reasoning=reasoning)
+        return cls("assistant", content, tuple(tool_calls), reasoning=reasoning,
+                   reasoning_parts=tuple(reasoning_parts))
 
     @classmethod
     def tool(
-        cls, tool_call_id: str, content: str, *, name: str | None = None, is_error: bool = False
+        cls, tool_call_id: str, content: str, *, name: str | None = None,
+        is_error: bool | None = None,
     ) -> Message:
         return cls("tool", content, tool_call_id=tool_call_id, name=name, is_error=is_error)
 
@@ -102,8 +155,10 @@ class ChatRequest:
     """One model call, independent of any provider's wire format.
 
     ``model`` is a catalog name or alias; the router resolves it to channels.
-    ``output_schema`` asks for JSON matching a JSON schema (``response_format`` on
-    OpenAI-compatible APIs; a forced tool on Anthropic).
+    ``output_schema`` asks for JSON matching a JSON schema, sent the way the channel's
+    provider profile says (native ``json_schema``, ``json_object`` with the schema in the
+    prompt, or an output tool: :mod:`shoal.providers.profiles`). ``thinking`` asks for
+    reasoning; ``extra`` is merged last into the wire body, like the SDKs' ``extra_body``.
     """
 
     model: str
@@ -118,6 +173,8 @@ class ChatRequest:
     stop: list[str] | None = None
     seed: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    thinking: Thinking | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -171,10 +228,20 @@ class ChatResponse:
     id: str = ""
     cost_usd: float = 0.0
     channel: str = ""
+    # The model id the provider says it served (``gpt-4o-2024-08-06``); ``model`` holds
+    # the catalog name the call was routed as.
+    served_model: str = ""
+    # Answers the provider billed but shoal discarded on the way to this one (a cut
+    # stream, a malformed body): charged to budgets, reported as waste, not in ``usage``.
+    wasted: Usage | None = None
+    wasted_cost_usd: float = 0.0
+    # Signed reasoning blocks to send back on the next turn (Anthropic thinking).
+    reasoning_parts: tuple[ReasoningPart, ...] = ()
 
     def message(self) -> Message:
         """This answer as an assistant message, to append to the conversation."""
-        return Message.assistant(self.text, tuple(self.tool_calls), reasoning=self.reasoning)
+        return Message.assistant(self.text, tuple(self.tool_calls), reasoning=self.reasoning,
+                                 reasoning_parts=self.reasoning_parts)
 
 
 @dataclass(frozen=True, slots=True)

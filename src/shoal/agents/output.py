@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from shoal.errors import ConfigError
+from shoal.providers.profiles import schema_instructions
 from shoal.types import Message
 
 __all__ = ["OutputParseError", "OutputSpec", "extract_json"]
@@ -99,13 +100,11 @@ class OutputSpec(Generic[T]):
         return value
 
     def instructions(self) -> str:
-        """A line for the system prompt: providers that ignore schemas still see it."""
+        """A line for the system prompt: providers that ignore schemas still see it, and
+        JSON mode (DeepSeek) gets the word "json" and the shape it requires."""
         if self.schema is None:
             return ""
-        return (
-            "Give your final answer as a single JSON object matching this JSON schema, "
-            "with no other text:\n" + json.dumps(self.schema, separators=(",", ":"))
-        )
+        return schema_instructions(self.schema)
 
     def reask(self, error: OutputParseError) -> Message:
         """The message asking the model to try again, quoting what was wrong."""

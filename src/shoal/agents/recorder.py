@@ -17,7 +17,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from shoal.types import ChatResponse, ToolCall, Usage
+from shoal.types import ChatResponse, ReasoningPart, ToolCall, Usage
 
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
@@ -201,7 +201,9 @@ def response_to_json(response: ChatResponse) -> dict[str, Any]:
     return {
         "text": response.text,
         "tool_calls": [
-            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls
+            {"id": c.id, "name": c.name, "arguments": c.arguments,
+             **({"signature": c.signature} if c.signature else {})}
+            for c in response.tool_calls
         ],
         "finish_reason": response.finish_reason,
         "usage": _usage_json(response.usage),
@@ -213,6 +215,11 @@ def response_to_json(response: ChatResponse) -> dict[str, Any]:
         "id": response.id,
         "cost_usd": response.cost_usd,
         "channel": response.channel,
+        # Signed reasoning the provider wants back on the next turn (Anthropic thinking).
+        "reasoning_parts": [
+            {"text": p.text, "signature": p.signature, "redacted": p.redacted}
+            for p in response.reasoning_parts
+        ],
     }
 
 
@@ -220,7 +227,8 @@ def response_from_json(data: dict[str, Any]) -> ChatResponse:
     """Inverse of :func:`response_to_json`."""
     return ChatResponse(
         text=data["text"],
-        tool_calls=[ToolCall(c["id"], c["name"], c["arguments"]) for c in data["tool_calls"]],
+        tool_calls=[ToolCall(c["id"], c["name"], c["arguments"], c.get("signature"))
+                    for c in data["tool_calls"]],
         finish_reason=data["finish_reason"],
         usage=Usage(**data["usage"]),
         provider=data["provider"],
@@ -231,4 +239,8 @@ def response_from_json(data: dict[str, Any]) -> ChatResponse:
         id=data.get("id", ""),
         cost_usd=data.get("cost_usd", 0.0),
         channel=data.get("channel", ""),
+        reasoning_parts=tuple(
+            ReasoningPart(p.get("text", ""), p.get("signature"), p.get("redacted"))
+            for p in data.get("reasoning_parts", ())
+        ),
     )

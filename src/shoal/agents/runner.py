@@ -188,6 +188,11 @@ class _Loop(Generic[T]):
         started = clock.now()
         self.messages = await self._initial_messages(input)
         tool_choice = agent.tool_choice
+        # Set once the model answered in text but not valid output: it is done with its
+        # tools, so the re-ask sends tool_choice "none" ("answer now"; where the output is
+        # an offered tool, Anthropic, the adapter forces that tool). Until then the model
+        # is free to call its tools first, on every provider.
+        answer_now = False
         reasks = 0
         turn = 0
         while True:
@@ -197,7 +202,7 @@ class _Loop(Generic[T]):
                     "answer; raise max_turns or simplify the task"
                 )
             ctx.turn = turn
-            response = await self._turn(turn, tool_choice)
+            response = await self._turn(turn, "none" if answer_now else tool_choice)
             turn += 1
             self.messages.append(response.message())
             if response.tool_calls:
@@ -231,6 +236,7 @@ class _Loop(Generic[T]):
                         f"{exc}; the last answer began {response.text[:200]!r}"
                     ) from None
                 reasks += 1
+                answer_now = bool(self.tool_specs)
                 self.turns[-1].note = f"output invalid, re-asked: {exc}"
                 self.messages.append(agent.output.reask(exc))
                 continue

@@ -19,12 +19,14 @@ from shoal.providers.failures import (
     error_from_stream_payload,
 )
 from shoal.providers.http import HttpProvider
+from shoal.providers.profiles import ProviderProfile, profile_for, thinking_fields
 from shoal.types import (
     ChatRequest,
     ChatResponse,
     FinishReason,
     Message,
     ReasoningDelta,
+    ReasoningPart,
     StreamEnd,
     StreamEvent,
     TextDelta,
@@ -88,8 +90,13 @@ class AnthropicProvider(HttpProvider):
 
     # -- request ------------------------------------------------------------------------
 
+    @property
+    def profile(self) -> ProviderProfile:
+        return profile_for(self.provider, "anthropic")
+
     @staticmethod
-    def _messages(messages: list[Message]) -> tuple[str, list[dict[str, Any]]]:
+    def _messages(messages: list[Message], p: ProviderProfile
+                  ) -> tuple[str, list[dict[str, Any]]]:
         system: list[str] = []
         out: list[dict[str, Any]] = []
         for m in messages:
@@ -100,12 +107,17 @@ class AnthropicProvider(HttpProvider):
                 block: dict[str, Any] = {
                     "type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content,
                 }
-                if m.is_error:
-                    block["is_error"] = True
+                if m.is_error is not None:
+                    block["is_error"] = m.is_error  # False too, when the caller set it
                 role, blocks = "user", [block]
             elif m.role == "assistant":
                 role = "assistant"
-                blocks = [{"type": "text", "text": m.content}] if m.content else []
+                # Signed thinking blocks go back first, as they came (required on tool
+                # turns while thinking is on; unsigned reasoning from another provider
+                # cannot be sent, Anthropic would refuse it).
+                blocks = _thinking_blocks(m) if p.reasoning_return == "signed_blocks" else []
+                if m.content:
+                    blocks.append({"type": "text", "text": m.content})
                 for c in m.tool_calls:
                     try:
                         args = json.loads(c.arguments or "{}")
@@ -122,32 +134,42 @@ class AnthropicProvider(HttpProvider):
         return "\n\n".join(system), out
 
     def payload(self, request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
-        system, messages = self._messages(request.messages)
+        p = self.profile
+        system, messages = self._messages(request.messages, p)
         body: dict[str, Any] = {
             "model": model,
             "messages": messages,
+            # Required by the API (PROVIDERS.md §2): a default when the caller set none.
             "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
         }
         if system:
             body["system"] = system
+        thinking = thinking_fields(p, request) if request.thinking is not None else {}
+        thinking_on = thinking.get("thinking", {}).get("type") == "enabled"
         tools = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             for t in request.tools
         ]
+        choice = request.tool_choice
         if request.output_schema is not None:
+            # The output tool is offered next to the caller's tools, so the model may call
+            # those first. It is forced only when nothing else may be called (no tools, or
+            # tool_choice "none": answer now), never while thinking (Anthropic refuses it).
+            name = request.output_schema_name
             tools.append({
-                "name": request.output_schema_name,
-                "description": "Give the final answer as this tool's input.",
+                "name": name,
+                "description": "Give the final answer as this tool's input. Call it once "
+                               "you have everything you need.",
                 "input_schema": request.output_schema,
             })
-            body["tool_choice"] = {"type": "tool", "name": request.output_schema_name}
-        elif request.tool_choice and request.tools:
-            choice = request.tool_choice
-            body["tool_choice"] = (
-                {"type": "auto"} if choice == "auto" else {"type": "any"}
-                if choice == "required" else {"type": "none"} if choice == "none"
-                else {"type": "tool", "name": choice}
-            )
+            if (not request.tools or choice == "none") and (
+                    p.force_tool_with_thinking or not thinking_on):
+                body["tool_choice"] = {"type": "tool", "name": name}
+            else:
+                body["tool_choice"] = _tool_choice(choice if choice and choice != "none"
+                                                   else "auto")
+        elif choice and request.tools:
+            body["tool_choice"] = _tool_choice(choice)
         if tools:
             body["tools"] = tools
         if request.temperature is not None:
@@ -158,8 +180,11 @@ class AnthropicProvider(HttpProvider):
             body["stop_sequences"] = request.stop
         if "user_id" in request.metadata:
             body["metadata"] = {"user_id": request.metadata["user_id"]}
+        body.update(thinking)
         if stream:
             body["stream"] = True
+        if request.extra:
+            body.update(request.extra)  # last, like the SDKs' extra_body
         return body
 
     # -- complete -----------------------------------------------------------------------
@@ -173,19 +198,24 @@ class AnthropicProvider(HttpProvider):
         try:
             text: list[str] = []
             reasoning: list[str] = []
+            parts: list[ReasoningPart] = []
             calls: list[ToolCall] = []
             for block in body["content"]:
                 kind = block.get("type")
                 if kind == "text":
                     text.append(block.get("text", ""))
                 elif kind == "tool_use":
-                    args = json.dumps(block.get("input") or {})
+                    args = tool_arguments(block.get("input"))
                     if block.get("name") == schema_tool:
                         text.append(args)
                     else:
                         calls.append(ToolCall(block["id"], block["name"], args))
                 elif kind == "thinking":
                     reasoning.append(block.get("thinking", ""))
+                    parts.append(ReasoningPart(block.get("thinking", ""),
+                                               block.get("signature") or None))
+                elif kind == "redacted_thinking":
+                    parts.append(ReasoningPart(redacted=str(block.get("data", ""))))
             stop = body.get("stop_reason")
             finish: FinishReason = "tool_calls" if calls else (
                 "stop" if stop == "tool_use" else _STOP.get(stop or "end_turn", "other"))
@@ -194,7 +224,7 @@ class AnthropicProvider(HttpProvider):
                 usage=_usage(body.get("usage")), provider=self.provider,
                 model=str(body.get("model", "")), latency_s=time.perf_counter() - started,
                 raw_finish_reason=stop, reasoning="".join(reasoning) or None,
-                id=str(body.get("id", "")), channel=self.name,
+                id=str(body.get("id", "")), channel=self.name, reasoning_parts=tuple(parts),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise MalformedResponse(
@@ -231,15 +261,52 @@ class AnthropicProvider(HttpProvider):
                 provider=self.name,
             )
         yield UsageEvent(st.usage)
-        calls = [ToolCall(b[0], b[1], "".join(b[2:]) or "{}") for b in st.tools.values()]
+        calls = [ToolCall(b[0], b[1], _same_as_whole(b[2:])) for b in st.tools.values()]
         finish: FinishReason = "tool_calls" if calls else (
             "stop" if st.stop == "tool_use" else _STOP.get(st.stop or "end_turn", "other"))
         yield StreamEnd(ChatResponse(
-            text="".join(st.text), tool_calls=calls, finish_reason=finish, usage=st.usage,
+            text=st.final_text(), tool_calls=calls, finish_reason=finish, usage=st.usage,
             provider=self.provider, model=st.model, latency_s=time.perf_counter() - started,
             raw_finish_reason=st.stop, reasoning="".join(st.reasoning) or None, id=st.id,
-            channel=self.name,
+            channel=self.name, reasoning_parts=st.reasoning_parts(),
         ))
+
+
+def _tool_choice(choice: str) -> dict[str, Any]:
+    if choice in ("auto", "none"):
+        return {"type": choice}
+    if choice == "required":
+        return {"type": "any"}
+    return {"type": "tool", "name": choice}
+
+
+def _thinking_blocks(m: Message) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for part in m.reasoning_parts:
+        if part.redacted is not None:
+            blocks.append({"type": "redacted_thinking", "data": part.redacted})
+        elif part.signature:
+            blocks.append({"type": "thinking", "thinking": part.text,
+                           "signature": part.signature})
+    return blocks
+
+
+def tool_arguments(value: Any) -> str:
+    """A tool_use ``input`` as the ``arguments`` JSON text. The non-stream and the stream
+    path both go through it, so one answer gives the same text either way (compact,
+    non-ASCII kept as is, as the API itself writes ``partial_json``)."""
+    return json.dumps(value if value is not None else {}, ensure_ascii=False,
+                      separators=(",", ":"))
+
+
+def _same_as_whole(pieces: list[str]) -> str:
+    """Streamed ``partial_json`` pieces as the non-stream path would write them (kept as
+    received when they are not JSON: the tool's validation reports that to the model)."""
+    joined = "".join(pieces) or "{}"
+    try:
+        return tool_arguments(json.loads(joined))
+    except ValueError:
+        return joined
 
 
 class _StreamState:
@@ -251,6 +318,9 @@ class _StreamState:
         self.reasoning: list[str] = []
         self.tools: dict[int, list[str]] = {}  # block index -> [id, name, json pieces...]
         self.schema_blocks: set[int] = set()
+        self.schema_pieces: list[str] = []
+        # block index -> [thinking text, signature, redacted data] (sent back next turn)
+        self.thinking: dict[int, list[str | None]] = {}
         self.usage = Usage()
         self.stop: str | None = None
         self.stopped = False
@@ -268,7 +338,12 @@ class _StreamState:
         elif kind == "content_block_start":
             block = obj.get("content_block") or {}
             index = int(obj.get("index", 0))
-            if block.get("type") == "tool_use":
+            if block.get("type") == "thinking":
+                self.thinking[index] = [str(block.get("thinking") or ""),
+                                        block.get("signature") or None, None]
+            elif block.get("type") == "redacted_thinking":
+                self.thinking[index] = ["", None, str(block.get("data", ""))]
+            elif block.get("type") == "tool_use":
                 if block.get("name") == self.schema_tool:
                     self.schema_blocks.add(index)
                 else:
@@ -295,6 +370,7 @@ class _StreamState:
             piece = str(delta.get("partial_json", ""))
             if index in self.schema_blocks:
                 self.text.append(piece)
+                self.schema_pieces.append(piece)
                 return [TextDelta(piece)]
             if index in self.tools:
                 self.tools[index].append(piece)
@@ -302,5 +378,23 @@ class _StreamState:
         elif dtype == "thinking_delta":
             piece = str(delta.get("thinking", ""))
             self.reasoning.append(piece)
+            block = self.thinking.setdefault(index, ["", None, None])
+            block[0] = f"{block[0] or ''}{piece}"
             return [ReasoningDelta(piece)]
+        elif dtype == "signature_delta":
+            self.thinking.setdefault(index, ["", None, None])[1] = str(
+                delta.get("signature", "")) or None
         return []
+
+    def reasoning_parts(self) -> tuple[ReasoningPart, ...]:
+        return tuple(ReasoningPart(text or "", signature, redacted)
+                     for text, signature, redacted in
+                     (self.thinking[i] for i in sorted(self.thinking)))
+
+    def final_text(self) -> str:
+        """The answer's text, an output-tool answer written as the non-stream path would."""
+        text = "".join(self.text)
+        if not self.schema_pieces:
+            return text
+        raw = "".join(self.schema_pieces)
+        return text.replace(raw, _same_as_whole(self.schema_pieces), 1)

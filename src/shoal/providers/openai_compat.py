@@ -1,10 +1,10 @@
 """OpenAI-compatible Chat Completions adapter (OpenAI, DeepSeek, Kimi, GLM, MiniMax,
 Gemini's compat endpoint, vLLM, Ollama, llama.cpp).
 
-Sending is shaped by :mod:`shoal.providers.quirks`; parsing tolerates every variant
-listed in PROVIDERS.md: usage on a ``choices: []`` chunk, inside ``choices[0]`` or on
-the last content chunk; tool-call fragments with null or repeated indices; whole
-arguments in one chunk; ``reasoning_content``/``reasoning``; blank lines and
+Sending is shaped by the channel's :mod:`shoal.providers.profiles` entry; parsing
+tolerates every variant listed in PROVIDERS.md: usage on a ``choices: []`` chunk,
+inside ``choices[0]`` or on the last content chunk; tool-call fragments with null or
+repeated indices; whole arguments in one chunk; ``reasoning_content``/``reasoning``; blank lines and
 ``: keep-alive`` comments; an unterminated ``[DONE]``.
 """
 
@@ -21,7 +21,13 @@ from shoal.providers.failures import (
     error_from_stream_payload,
 )
 from shoal.providers.http import HttpProvider
-from shoal.providers.quirks import Quirks, quirks_for
+from shoal.providers.profiles import (
+    ProviderProfile,
+    profile_for,
+    schema_instructions,
+    strict_schema,
+    thinking_fields,
+)
 from shoal.types import (
     ChatRequest,
     ChatResponse,
@@ -85,35 +91,31 @@ class OpenAICompatProvider(HttpProvider):
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     @property
-    def quirks(self) -> Quirks:
-        return quirks_for(self.provider)
+    def profile(self) -> ProviderProfile:
+        return profile_for(self.provider, "openai")
 
     # -- request ------------------------------------------------------------------------
 
-    def _message(self, m: Message) -> dict[str, Any]:
+    def _message(self, m: Message, p: ProviderProfile) -> dict[str, Any]:
         if m.role == "tool":
             return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
         out: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.role == "assistant":
             if m.tool_calls:
-                out["tool_calls"] = [
-                    {"id": c.id, "type": "function",
-                     "function": {"name": c.name, "arguments": c.arguments}}
-                    for c in m.tool_calls
-                ]
-                if not m.content:
-                    out["content"] = None
-            send_back = self.quirks.send_reasoning_back
-            if m.reasoning and (
-                send_back == "always" or (send_back == "tool_turns" and m.tool_calls)
-            ):
-                out[self.quirks.reasoning_field] = m.reasoning
+                out["tool_calls"] = [_wire_call(c, p) for c in m.tool_calls]
+                if not m.content and p.tool_turn_content == "null":
+                    out["content"] = None  # else "": see ProviderProfile.tool_turn_content
+            if m.reasoning and p.reasoning_return == "tool_turns" and m.tool_calls:
+                out[p.reasoning_field] = m.reasoning
         return out
 
     def payload(self, request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
-        q = self.quirks
-        messages = [self._message(m) for m in request.messages]
-        if q.single_system:
+        p = self.profile
+        messages = [self._message(m, p) for m in request.messages]
+        schema = request.output_schema
+        if schema is not None and p.output_mode in ("json_object", "prompt"):
+            messages = _with_schema_prompt(messages, schema)
+        if p.single_system:
             systems = [m["content"] for m in messages if m["role"] == "system"]
             if len(systems) > 1:
                 rest = [m for m in messages if m["role"] != "system"]
@@ -125,35 +127,35 @@ class OpenAICompatProvider(HttpProvider):
                     "name": t.name, "description": t.description, "parameters": t.parameters}}
                 for t in request.tools
             ]
-            if request.tool_choice and q.tool_choice:
-                choice = request.tool_choice
+            choice = request.tool_choice
+            if choice and (p.tool_choice == "all"
+                           or (p.tool_choice == "auto_only" and choice == "auto")):
                 body["tool_choice"] = (
                     choice if choice in ("auto", "none", "required")
                     else {"type": "function", "function": {"name": choice}}
                 )
-        if request.output_schema is not None:
-            if q.json_mode == "json_schema":
-                body["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": request.output_schema_name, "schema": request.output_schema}}
-            elif q.json_mode == "json_object_schema":
-                body["response_format"] = {"type": "json_object",
-                                           "schema": request.output_schema}
-            else:
-                body["response_format"] = {"type": "json_object"}
+        if schema is not None:
+            fmt = _response_format(p, request.output_schema_name, schema)
+            if fmt is not None:
+                body["response_format"] = fmt
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.top_p is not None:
             body["top_p"] = request.top_p
         if request.max_tokens is not None:
-            body[q.max_tokens_field] = request.max_tokens
+            body[p.max_tokens_field] = request.max_tokens
         if request.stop:
             body["stop"] = request.stop
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.thinking is not None:
+            body.update(thinking_fields(p, request))
         if stream:
             body["stream"] = True
-            if q.stream_usage_option:
+            if p.stream_usage_option:
                 body["stream_options"] = {"include_usage": True}
+        if request.extra:
+            body.update(request.extra)  # last, like the SDKs' extra_body
         return body
 
     # -- complete -----------------------------------------------------------------------
@@ -176,6 +178,7 @@ class OpenAICompatProvider(HttpProvider):
                     id=c.get("id") or f"call_{i}",
                     name=c["function"]["name"],
                     arguments=_arguments(c["function"].get("arguments")),
+                    signature=_thought_signature(c),
                 )
                 for i, c in enumerate(msg.get("tool_calls") or [])
             ]
@@ -234,6 +237,51 @@ class OpenAICompatProvider(HttpProvider):
         yield StreamEnd(acc.response(self, time.perf_counter() - started))
 
 
+def _wire_call(call: ToolCall, p: ProviderProfile) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": call.id, "type": "function",
+                           "function": {"name": call.name, "arguments": call.arguments}}
+    if call.signature and p.reasoning_return == "thought_signatures":
+        out["extra_content"] = {"google": {"thought_signature": call.signature}}
+    return out
+
+
+def _response_format(p: ProviderProfile, name: str, schema: dict[str, Any]
+                     ) -> dict[str, Any] | None:
+    mode = p.output_mode
+    if mode == "json_schema":
+        strict = strict_schema(schema) if p.strict_schema else None
+        spec: dict[str, Any] = {"name": name, "schema": schema if strict is None else strict}
+        if strict is not None:
+            spec["strict"] = True
+        return {"type": "json_schema", "json_schema": spec}
+    if mode == "json_object_schema":
+        return {"type": "json_object", "schema": schema}
+    if mode == "json_object":
+        return {"type": "json_object"}
+    return None  # "prompt": the schema is in the prompt only
+
+
+def _with_schema_prompt(messages: list[dict[str, Any]], schema: dict[str, Any]
+                        ) -> list[dict[str, Any]]:
+    """State the schema in the system prompt unless it is there already (agents put it
+    there): JSON mode needs the word "json" and the shape in the prompt (trap 12)."""
+    note = schema_instructions(schema)
+    if any(m["role"] == "system" and note in (m["content"] or "") for m in messages):
+        return messages
+    if messages and messages[0]["role"] == "system":
+        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{note}"}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
+
+
+def _thought_signature(obj: Any) -> str | None:
+    """Gemini's ``extra_content.google.thought_signature`` on a tool call or delta."""
+    extra = obj.get("extra_content") if isinstance(obj, dict) else None
+    google = extra.get("google") if isinstance(extra, dict) else None
+    sig = google.get("thought_signature") if isinstance(google, dict) else None
+    return sig if isinstance(sig, str) and sig else None
+
+
 def _arguments(raw: Any) -> str:
     if raw is None:
         return "{}"
@@ -245,7 +293,8 @@ def _arguments(raw: Any) -> str:
 class _Accumulator:
     """Builds the final answer from chunks, tolerating every known tool-call variant."""
 
-    __slots__ = ("calls", "finish", "id", "last_index", "model", "reasoning", "text", "usage")
+    __slots__ = ("calls", "finish", "id", "last_index", "model", "reasoning", "signatures",
+                 "text", "usage")
 
     def __init__(self) -> None:
         self.text: list[str] = []
@@ -256,6 +305,7 @@ class _Accumulator:
         self.id = ""
         self.model = ""
         self.last_index = -1
+        self.signatures: dict[int, str] = {}  # index -> Gemini thought_signature
 
     def feed(self, chunk: Any) -> list[StreamEvent]:
         out: list[StreamEvent] = []
@@ -280,6 +330,9 @@ class _Accumulator:
                 out.append(ReasoningDelta(reasoning))
             for frag in delta.get("tool_calls") or ():
                 out.append(self._tool_fragment(frag))
+            signature = _thought_signature(delta)  # Gemini sometimes puts it on the delta
+            if signature and self.last_index >= 0:
+                self.signatures.setdefault(self.last_index, signature)
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         if usage is not None:
@@ -306,12 +359,16 @@ class _Accumulator:
             fn.get("arguments") or "")
         if args:
             slot.append(args)
+        signature = _thought_signature(frag)
+        if signature:
+            self.signatures[index] = signature
         self.last_index = index
         return ToolCallDelta(index=index, id=call_id, name=name, arguments=args)
 
     def response(self, provider: OpenAICompatProvider, latency: float) -> ChatResponse:
         calls = [
-            ToolCall(id=slot[0] or f"call_{i}", name=slot[1], arguments="".join(slot[2:]) or "{}")
+            ToolCall(id=slot[0] or f"call_{i}", name=slot[1], arguments="".join(slot[2:]) or "{}",
+                     signature=self.signatures.get(i))
             for i, slot in sorted(self.calls.items())
         ]
         return ChatResponse(

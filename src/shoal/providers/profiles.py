@@ -1,0 +1,274 @@
+"""Provider profiles: what each provider family accepts on the wire, kept as data.
+
+After pydantic-ai's ``profiles``: the wire adapters speak a *protocol* (Chat Completions
+or Messages); a :class:`ProviderProfile`, looked up by the channel's provider family
+(:mod:`shoal.families`), says what that provider takes — how to ask for structured
+output, which max-tokens field, whether ``tool_choice`` may be sent, how reasoning is
+switched on and what of it must be sent back. Parsing stays tolerant of every variant
+whatever the profile, so profiles only shape what is *sent*. Sources for each flag:
+PROVIDERS.md (§1-5, traps 9, 10, 12) and docs/providers.md's profiles table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shoal.errors import ConfigError
+from shoal.types import ChatRequest, Thinking
+
+__all__ = [
+    "PROFILES",
+    "OutputMode",
+    "ProviderProfile",
+    "profile_for",
+    "schema_instructions",
+    "strict_schema",
+    "thinking_fields",
+]
+
+OutputMode = Literal["json_schema", "json_object", "json_object_schema", "prompt", "tool"]
+"""How structured output is asked for:
+
+- ``json_schema``: ``response_format: {type: json_schema, json_schema: {name, schema}}``
+  (``strict: true`` too when the profile allows it and the schema is strict-compatible);
+- ``json_object``: ``response_format: {type: json_object}`` with the schema stated in the
+  prompt (DeepSeek rejects json_schema with 400; JSON mode there wants the word "json");
+- ``json_object_schema``: llama.cpp's ``{type: json_object, schema}`` (grammar-constrained);
+- ``prompt``: nothing on the wire, the schema in the prompt only;
+- ``tool``: an output tool offered next to the caller's tools (Anthropic).
+
+In every mode the answer is validated locally and re-asked when invalid (agents do).
+"""
+
+ReasoningReturn = Literal["none", "tool_turns", "signed_blocks", "thought_signatures"]
+ThinkingStyle = Literal["none", "effort", "anthropic", "deepseek", "zhipu", "qwen", "gemini"]
+ToolChoiceSupport = Literal["all", "auto_only", "never"]
+
+# Anthropic-style budgets for an effort when no budget was given (clamped below max_tokens).
+_EFFORT_BUDGET = {"low": 1024, "medium": 2048, "high": 8192}
+ANTHROPIC_MIN_BUDGET = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderProfile:
+    """What one provider family accepts. Every field is a capability, read by an adapter."""
+
+    family: str
+    protocol: Literal["openai", "anthropic"] = "openai"
+    output_mode: OutputMode = "json_schema"
+    # Send json_schema with strict:true when the schema meets the strict subset (OpenAI).
+    strict_schema: bool = False
+    # Field that caps output: OpenAI reasoning models reject max_tokens; Zhipu takes only it.
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    # Anthropic rejects a request without max_tokens: the adapter always sends one.
+    max_tokens_required: bool = False
+    # Ask for a usage chunk when streaming (stream_options.include_usage).
+    stream_usage_option: bool = True
+    # Field holding reasoning text in assistant history (Ollama calls it "reasoning").
+    reasoning_field: str = "reasoning_content"
+    # What reasoning must go back on later turns (trap 9): DeepSeek thinking mode needs
+    # reasoning_content on assistant turns with tool calls; Anthropic its signed thinking
+    # blocks; Gemini 3 the thought_signature of each tool call.
+    reasoning_return: ReasoningReturn = "none"
+    # How ChatRequest.thinking becomes request fields (see thinking_fields).
+    thinking: ThinkingStyle = "none"
+    # tool_choice: every value, only "auto" (Zhipu), or never sent (Ollama, llama.cpp).
+    tool_choice: ToolChoiceSupport = "all"
+    # Anthropic refuses tool_choice any/tool while thinking is on: offer, never force.
+    force_tool_with_thinking: bool = True
+    # Merge several system messages into one (MiniMax rejects more than one).
+    single_system: bool = False
+    # Assistant tool-call turns without text: "" or null. Both are legal per the OpenAI
+    # spec (content is optional with tool_calls), but null is refused by servers that
+    # type content as a string (LM Studio/llama.cpp, Gemini's compat endpoint:
+    # "Value is not a string: null") while "" is accepted by OpenAI and DeepSeek;
+    # omitting the key is refused by vLLM/SGLang. Hence "" by default.
+    tool_turn_content: Literal["empty", "null"] = "empty"
+
+
+PROFILES: dict[str, ProviderProfile] = {
+    p.family: p
+    for p in (
+        ProviderProfile("openai", strict_schema=True, max_tokens_field="max_completion_tokens",
+                        thinking="effort"),
+        ProviderProfile("anthropic", protocol="anthropic", output_mode="tool",
+                        max_tokens_required=True, reasoning_return="signed_blocks",
+                        thinking="anthropic", force_tool_with_thinking=False),
+        ProviderProfile("deepseek", output_mode="json_object", reasoning_return="tool_turns",
+                        thinking="deepseek"),
+        ProviderProfile("moonshot", output_mode="json_object",
+                        max_tokens_field="max_completion_tokens",
+                        reasoning_return="tool_turns"),
+        ProviderProfile("zhipu", output_mode="json_object", tool_choice="auto_only",
+                        thinking="zhipu"),
+        ProviderProfile("minimax", output_mode="prompt", max_tokens_field="max_completion_tokens",
+                        single_system=True, tool_choice="auto_only"),
+        ProviderProfile("gemini", reasoning_return="thought_signatures", thinking="gemini"),
+        ProviderProfile("qwen", output_mode="json_object", thinking="qwen"),
+        ProviderProfile("openrouter"),
+        ProviderProfile("ollama", tool_choice="never", reasoning_field="reasoning"),
+        ProviderProfile("vllm"),
+        # llama.cpp's server (also the offline model): grammar-constrained JSON.
+        ProviderProfile("llamacpp", output_mode="json_object_schema", tool_choice="never"),
+        ProviderProfile("offline", output_mode="json_object_schema", tool_choice="never"),
+        ProviderProfile("generic"),
+    )
+}
+
+_GENERIC: dict[str, ProviderProfile] = {
+    "openai": PROFILES["generic"],
+    "anthropic": ProviderProfile("generic", protocol="anthropic", output_mode="tool",
+                                 max_tokens_required=True, reasoning_return="signed_blocks",
+                                 thinking="anthropic", force_tool_with_thinking=False),
+}
+
+
+def profile_for(family: str, protocol: Literal["openai", "anthropic"] = "openai"
+                ) -> ProviderProfile:
+    """The profile of ``family`` on ``protocol``. An unknown family, or a family reached
+    over the other protocol (DeepSeek's Anthropic-compatible endpoint), gets the
+    protocol's generic rules."""
+    profile = PROFILES.get(family)
+    if profile is None or profile.protocol != protocol:
+        return _GENERIC[protocol]
+    return profile
+
+
+# -- structured output ----------------------------------------------------------------------
+
+
+def schema_instructions(schema: dict[str, Any]) -> str:
+    """The prompt line stating the schema: agents put it in the system prompt, and the
+    json_object/prompt modes add it when a request lacks it (DeepSeek's JSON mode
+    refuses a prompt without the word "json")."""
+    return (
+        "Give your final answer as a single JSON object matching this JSON schema, "
+        "with no other text:\n" + json.dumps(schema, separators=(",", ":"))
+    )
+
+
+def strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """``schema`` made fit for OpenAI's ``strict: true``, or None when it cannot be.
+
+    Strict mode wants every property required and ``additionalProperties: false`` on
+    every object. This adds the latter where it is missing; a schema with an optional
+    property, a default, or open additional properties is sent non-strict instead (the
+    answer is validated locally either way)."""
+    ok = True
+
+    def walk(node: Any) -> Any:
+        nonlocal ok
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) for k, v in node.items()}
+        if "default" in node:
+            ok = False
+        if node.get("type") == "object" or "properties" in node:
+            props = node.get("properties") or {}
+            if set(node.get("required") or ()) != set(props):
+                ok = False
+            extra = node.get("additionalProperties", False)
+            if extra is not False:
+                ok = False
+            out["additionalProperties"] = False
+        return out
+
+    out = walk(schema)
+    return out if ok else None
+
+
+# -- thinking -------------------------------------------------------------------------------
+
+
+def _effort(thinking: Thinking) -> str | None:
+    if thinking.effort is not None:
+        return thinking.effort
+    budget = thinking.budget_tokens
+    if budget is None:
+        return None
+    return "low" if budget < 2048 else "medium" if budget < 8192 else "high"
+
+
+def anthropic_budget(thinking: Thinking, max_tokens: int) -> int:
+    """The ``budget_tokens`` to send; a clear ConfigError when Anthropic would refuse it."""
+    budget = thinking.budget_tokens
+    if budget is not None:
+        if budget < ANTHROPIC_MIN_BUDGET or budget >= max_tokens:
+            raise ConfigError(
+                f"Thinking(budget_tokens={budget}) with max_tokens={max_tokens}: Anthropic "
+                f"needs {ANTHROPIC_MIN_BUDGET} <= budget_tokens < max_tokens; raise max_tokens "
+                "or lower the budget"
+            )
+        return budget
+    budget = min(_EFFORT_BUDGET[thinking.effort or "medium"], max_tokens - 1)
+    if budget < ANTHROPIC_MIN_BUDGET:
+        raise ConfigError(
+            f"thinking on Anthropic needs max_tokens above {ANTHROPIC_MIN_BUDGET} "
+            f"(budget_tokens must be at least {ANTHROPIC_MIN_BUDGET} and below max_tokens); "
+            f"max_tokens is {max_tokens}"
+        )
+    return budget
+
+
+def thinking_fields(profile: ProviderProfile, request: ChatRequest) -> dict[str, Any]:
+    """The request fields that switch reasoning on or off for this provider.
+
+    Raises ConfigError when the request cannot be expressed (Anthropic's budget rules;
+    forced tool use or a temperature while thinking; a provider with no known switch)."""
+    thinking = request.thinking
+    if thinking is None:
+        return {}
+    style = profile.thinking
+    effort = _effort(thinking)
+    if style == "anthropic":
+        if not thinking.enabled:
+            return {"thinking": {"type": "disabled"}}
+        max_tokens = request.max_tokens or 4096
+        if request.temperature not in (None, 1, 1.0):
+            raise ConfigError(
+                f"Anthropic refuses temperature={request.temperature} with thinking; "
+                "leave temperature unset"
+            )
+        if request.tool_choice not in (None, "auto", "none"):
+            raise ConfigError(
+                f"Anthropic refuses tool_choice={request.tool_choice!r} with thinking (only "
+                "auto or none); leave tool_choice unset"
+            )
+        return {"thinking": {"type": "enabled",
+                             "budget_tokens": anthropic_budget(thinking, max_tokens)}}
+    if style == "deepseek":
+        fields: dict[str, Any] = {
+            "thinking": {"type": "enabled" if thinking.enabled else "disabled"}}
+        if thinking.enabled and effort is not None:
+            fields["reasoning_effort"] = effort
+        return fields
+    if style == "zhipu":
+        return {"thinking": {"type": "enabled" if thinking.enabled else "disabled"}}
+    if style == "qwen":
+        fields = {"enable_thinking": thinking.enabled}
+        if thinking.enabled and thinking.budget_tokens is not None:
+            fields["thinking_budget"] = thinking.budget_tokens
+        return fields
+    if style == "gemini":
+        if not thinking.enabled:
+            return {"reasoning_effort": "none"}
+        if thinking.budget_tokens is not None:
+            # Gemini's compat endpoint reads its own options from a literal "extra_body"
+            # key (ai.google.dev/gemini-api/docs/openai); it refuses reasoning_effort with it.
+            return {"extra_body": {"google": {"thinking_config": {
+                "thinking_budget": thinking.budget_tokens, "include_thoughts": True}}}}
+        return {"reasoning_effort": effort} if effort is not None else {}
+    if style == "effort":
+        # OpenAI reasoning models think by default and cannot be switched off everywhere.
+        return {"reasoning_effort": effort} if thinking.enabled and effort is not None else {}
+    if thinking.enabled:
+        raise ConfigError(
+            f"shoal does not know how to ask provider family {profile.family!r} for thinking; "
+            "use a model that reasons by default, or pass the provider's own field in "
+            "ChatRequest.extra"
+        )
+    return {}

@@ -1,0 +1,298 @@
+"""Provider profiles: what each family is sent (structured output, tool_choice, max-tokens
+field, reasoning round-trips, thinking, extra). Bodies are built by the adapters' own
+``payload``; the exact recorded shapes over HTTP are in test_wire_fixtures.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from shoal.errors import ConfigError
+from shoal.families import FAMILIES
+from shoal.providers.anthropic import AnthropicProvider
+from shoal.providers.openai_compat import OpenAICompatProvider
+from shoal.providers.profiles import PROFILES, profile_for, schema_instructions, strict_schema
+from shoal.types import ChatRequest, Message, ReasoningPart, Thinking, ToolCall, ToolSpec
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"topic": {"type": "string"}, "points": {"type": "array",
+                                                          "items": {"type": "string"}}},
+    "required": ["topic", "points"],
+}
+LOOKUP = ToolSpec("lookup", "Look something up.",
+                  {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]})
+
+
+def oa(family: str) -> OpenAICompatProvider:
+    return OpenAICompatProvider(base_url="http://127.0.0.1:9/v1", provider=family)
+
+
+def an(family: str = "anthropic") -> AnthropicProvider:
+    return AnthropicProvider(base_url="http://127.0.0.1:9", provider=family)
+
+
+def req(**kw: Any) -> ChatRequest:
+    kw.setdefault("messages", [Message.user("summarise the findings")])
+    return ChatRequest("m", **kw)
+
+
+def test_every_family_has_a_profile() -> None:
+    assert set(FAMILIES) <= set(PROFILES)
+    for name, profile in PROFILES.items():
+        assert profile.family == name
+
+
+def test_unknown_family_or_other_protocol_gets_the_generic_rules() -> None:
+    assert profile_for("no-such-family").family == "generic"
+    assert profile_for("no-such-family", "anthropic").output_mode == "tool"
+    # DeepSeek's Anthropic-compatible endpoint speaks Messages: Anthropic's generic rules
+    assert profile_for("deepseek", "anthropic").protocol == "anthropic"
+
+
+def test_deepseek_structured_output_is_json_object_with_the_schema_in_the_prompt() -> None:
+    body = oa("deepseek").payload(req(output_schema=SCHEMA), "deepseek-chat", stream=False)
+    assert body["response_format"] == {"type": "json_object"}
+    assert "json_schema" not in json.dumps(body["response_format"])
+    system = body["messages"][0]
+    assert system["role"] == "system"
+    assert "json" in system["content"].lower()
+    assert json.dumps(SCHEMA, separators=(",", ":")) in system["content"]
+
+
+def test_schema_prompt_is_not_repeated_when_the_agent_already_stated_it() -> None:
+    messages = [Message.system("Be brief.\n\n" + schema_instructions(SCHEMA)),
+                Message.user("go")]
+    body = oa("deepseek").payload(req(messages=messages, output_schema=SCHEMA), "d",
+                                  stream=False)
+    assert len(body["messages"]) == 2
+    assert body["messages"][0]["content"].count("JSON schema") == 1
+
+
+@pytest.mark.parametrize(("family", "expected"), [
+    ("moonshot", {"type": "json_object"}),
+    ("zhipu", {"type": "json_object"}),
+    ("qwen", {"type": "json_object"}),
+    ("offline", {"type": "json_object", "schema": SCHEMA}),
+    ("llamacpp", {"type": "json_object", "schema": SCHEMA}),
+])
+def test_json_object_families(family: str, expected: dict[str, Any]) -> None:
+    body = oa(family).payload(req(output_schema=SCHEMA), "m", stream=False)
+    assert body["response_format"] == expected
+
+
+def test_minimax_gets_the_schema_in_the_prompt_only_and_one_system_message() -> None:
+    messages = [Message.system("You are terse."), Message.system("Cite sources."),
+                Message.user("go")]
+    body = oa("minimax").payload(req(messages=messages, output_schema=SCHEMA), "m",
+                                 stream=False)
+    assert "response_format" not in body
+    systems = [m for m in body["messages"] if m["role"] == "system"]
+    assert len(systems) == 1
+    assert "You are terse." in systems[0]["content"]
+    assert "JSON schema" in systems[0]["content"]
+
+
+def test_openai_native_json_schema_is_strict_when_the_schema_allows() -> None:
+    body = oa("openai").payload(req(output_schema=SCHEMA, output_schema_name="Findings"), "m",
+                                stream=False)
+    fmt = body["response_format"]
+    assert fmt["type"] == "json_schema"
+    assert fmt["json_schema"]["name"] == "Findings"
+    assert fmt["json_schema"]["strict"] is True
+    assert fmt["json_schema"]["schema"]["additionalProperties"] is False
+    # An optional property cannot be strict: sent non-strict, validated locally.
+    loose = {**SCHEMA, "required": ["topic"]}
+    body = oa("openai").payload(req(output_schema=loose), "m", stream=False)
+    assert "strict" not in body["response_format"]["json_schema"]
+    assert body["response_format"]["json_schema"]["schema"] == loose
+
+
+def test_strict_schema_rules() -> None:
+    nested = {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}, "required": ["a"],
+              "$defs": {"A": {"type": "object", "properties": {"x": {"type": "integer"}},
+                              "required": ["x"]}}}
+    out = strict_schema(nested)
+    assert out is not None
+    assert out["$defs"]["A"]["additionalProperties"] is False
+    with_default = {"type": "object", "properties": {"x": {"type": "integer", "default": 1}},
+                    "required": ["x"]}
+    assert strict_schema(with_default) is None
+    open_extra = {**SCHEMA, "additionalProperties": True}
+    assert strict_schema(open_extra) is None
+
+
+def test_max_tokens_field_and_tool_choice_per_family() -> None:
+    r = req(tools=[LOOKUP], tool_choice="required", max_tokens=100)
+    openai = oa("openai").payload(r, "m", stream=False)
+    assert openai["max_completion_tokens"] == 100 and "max_tokens" not in openai
+    assert openai["tool_choice"] == "required"
+    zhipu = oa("zhipu").payload(r, "m", stream=False)
+    assert zhipu["max_tokens"] == 100 and "max_completion_tokens" not in zhipu
+    assert "tool_choice" not in zhipu  # Zhipu takes only "auto"
+    auto = oa("zhipu").payload(req(tools=[LOOKUP], tool_choice="auto"), "m", stream=False)
+    assert auto["tool_choice"] == "auto"
+    assert "tool_choice" not in oa("ollama").payload(r, "m", stream=False)
+
+
+def test_no_family_is_sent_the_developer_role() -> None:
+    r = req(messages=[Message.system("rules"), Message.user("hi")])
+    for family in PROFILES:
+        if PROFILES[family].protocol == "openai":
+            roles = [m["role"] for m in oa(family).payload(r, "m", stream=False)["messages"]]
+            assert "developer" not in roles
+
+
+def tool_turn(reasoning: str | None = "I should look it up.") -> list[Message]:
+    return [
+        Message.user("find it"),
+        Message.assistant("", [ToolCall("call_1", "lookup", '{"q":"x"}', signature="sig-g")],
+                          reasoning=reasoning),
+        Message.tool("call_1", "found"),
+        Message.assistant("It is x.", reasoning="easy"),
+        Message.user("thanks"),
+    ]
+
+
+def test_assistant_tool_turn_content_is_an_empty_string_not_null() -> None:
+    for family in ("openai", "deepseek", "gemini", "generic", "ollama", "offline"):
+        msgs = oa(family).payload(req(messages=tool_turn()), "m", stream=False)["messages"]
+        assert msgs[1]["content"] == ""
+        assert msgs[1]["tool_calls"][0]["function"]["arguments"] == '{"q":"x"}'
+
+
+def test_deepseek_sends_reasoning_content_back_on_tool_turns_only() -> None:
+    msgs = oa("deepseek").payload(req(messages=tool_turn()), "m", stream=False)["messages"]
+    assert msgs[1]["reasoning_content"] == "I should look it up."
+    assert "reasoning_content" not in msgs[3]  # a turn without tool calls
+    # families without the rule never send it
+    msgs = oa("openai").payload(req(messages=tool_turn()), "m", stream=False)["messages"]
+    assert "reasoning_content" not in msgs[1]
+
+
+def test_gemini_sends_thought_signatures_back_on_tool_calls() -> None:
+    msgs = oa("gemini").payload(req(messages=tool_turn()), "m", stream=False)["messages"]
+    call = msgs[1]["tool_calls"][0]
+    assert call["extra_content"] == {"google": {"thought_signature": "sig-g"}}
+    msgs = oa("openai").payload(req(messages=tool_turn()), "m", stream=False)["messages"]
+    assert "extra_content" not in msgs[1]["tool_calls"][0]  # OpenAI would refuse the field
+
+
+def test_extra_is_merged_last() -> None:
+    r = req(max_tokens=5, extra={"max_completion_tokens": 7, "service_tier": "flex"})
+    body = oa("openai").payload(r, "m", stream=True)
+    assert body["max_completion_tokens"] == 7 and body["service_tier"] == "flex"
+    body = an().payload(req(extra={"top_k": 5}), "claude", stream=False)
+    assert body["top_k"] == 5
+
+
+@pytest.mark.parametrize(("family", "thinking", "expected"), [
+    ("deepseek", Thinking(), {"thinking": {"type": "enabled"}}),
+    ("deepseek", Thinking(effort="high"),
+     {"thinking": {"type": "enabled"}, "reasoning_effort": "high"}),
+    ("deepseek", Thinking(enabled=False), {"thinking": {"type": "disabled"}}),
+    ("zhipu", Thinking(), {"thinking": {"type": "enabled"}}),
+    ("qwen", Thinking(budget_tokens=500), {"enable_thinking": True, "thinking_budget": 500}),
+    ("openai", Thinking(effort="low"), {"reasoning_effort": "low"}),
+    ("openai", Thinking(budget_tokens=10_000), {"reasoning_effort": "high"}),
+    ("gemini", Thinking(effort="medium"), {"reasoning_effort": "medium"}),
+    ("gemini", Thinking(budget_tokens=2000), {"extra_body": {"google": {"thinking_config": {
+        "thinking_budget": 2000, "include_thoughts": True}}}}),
+    ("gemini", Thinking(enabled=False), {"reasoning_effort": "none"}),
+])
+def test_thinking_fields_per_family(family: str, thinking: Thinking,
+                                    expected: dict[str, Any]) -> None:
+    body = oa(family).payload(req(thinking=thinking), "m", stream=False)
+    for key, value in expected.items():
+        assert body[key] == value
+    assert not {"thinking", "reasoning_effort", "enable_thinking", "extra_body"} - set(
+        expected) & set(body)
+
+
+def test_thinking_on_a_family_without_a_known_switch_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match=r"ChatRequest\.extra"):
+        oa("ollama").payload(req(thinking=Thinking()), "m", stream=False)
+
+
+def test_thinking_option_is_validated() -> None:
+    with pytest.raises(ConfigError, match="budget_tokens"):
+        Thinking(budget_tokens=0)
+    with pytest.raises(ConfigError, match="effort"):
+        Thinking(effort="max")  # type: ignore[arg-type]  # the point of the test
+
+
+# -- Anthropic --------------------------------------------------------------------------
+
+
+def test_anthropic_offers_the_output_tool_next_to_the_callers_tools_with_auto() -> None:
+    body = an().payload(req(tools=[LOOKUP], output_schema=SCHEMA, output_schema_name="F"),
+                        "claude", stream=False)
+    assert [t["name"] for t in body["tools"]] == ["lookup", "F"]
+    assert body["tool_choice"] == {"type": "auto"}
+
+
+def test_anthropic_forces_the_output_tool_only_when_nothing_else_may_be_called() -> None:
+    alone = an().payload(req(output_schema=SCHEMA, output_schema_name="F"), "c", stream=False)
+    assert alone["tool_choice"] == {"type": "tool", "name": "F"}
+    answer_now = an().payload(req(tools=[LOOKUP], tool_choice="none", output_schema=SCHEMA,
+                                  output_schema_name="F"), "c", stream=False)
+    assert answer_now["tool_choice"] == {"type": "tool", "name": "F"}
+    thinking = an().payload(req(output_schema=SCHEMA, output_schema_name="F",
+                                thinking=Thinking(budget_tokens=1024), max_tokens=4000),
+                            "c", stream=False)
+    assert thinking["tool_choice"] == {"type": "auto"}  # Anthropic refuses forcing then
+
+
+def test_anthropic_thinking_budget_is_checked_before_sending() -> None:
+    body = an().payload(req(thinking=Thinking(budget_tokens=2000), max_tokens=3000), "c",
+                        stream=False)
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+    with pytest.raises(ConfigError, match="1024 <= budget_tokens < max_tokens"):
+        an().payload(req(thinking=Thinking(budget_tokens=512), max_tokens=3000), "c",
+                     stream=False)
+    with pytest.raises(ConfigError, match="1024 <= budget_tokens < max_tokens"):
+        an().payload(req(thinking=Thinking(budget_tokens=3000), max_tokens=3000), "c",
+                     stream=False)
+    with pytest.raises(ConfigError, match="max_tokens above 1024"):
+        an().payload(req(thinking=Thinking(), max_tokens=1000), "c", stream=False)
+    derived = an().payload(req(thinking=Thinking(effort="high"), max_tokens=4096), "c",
+                           stream=False)
+    assert derived["thinking"]["budget_tokens"] == 4095  # clamped below max_tokens
+    with pytest.raises(ConfigError, match="temperature"):
+        an().payload(req(thinking=Thinking(), temperature=0.2), "c", stream=False)
+    with pytest.raises(ConfigError, match="tool_choice"):
+        an().payload(req(thinking=Thinking(), tools=[LOOKUP], tool_choice="required"), "c",
+                     stream=False)
+    off = an().payload(req(thinking=Thinking(enabled=False)), "c", stream=False)
+    assert off["thinking"] == {"type": "disabled"}
+
+
+def test_anthropic_sends_signed_thinking_blocks_back_and_keeps_is_error_false() -> None:
+    parts = (ReasoningPart("Let me look.", "sig-a"), ReasoningPart(redacted="opaque"),
+             ReasoningPart("unsigned (from another provider)"))
+    messages = [
+        Message.user("find it"),
+        Message.assistant("", [ToolCall("toolu_1", "lookup", '{"q":"x"}')],
+                          reasoning="Let me look.", reasoning_parts=parts),
+        Message.tool("toolu_1", "found", is_error=False),
+        Message.tool("toolu_2", "boom", is_error=True),
+        Message.tool("toolu_3", "plain"),
+    ]
+    body = an().payload(req(messages=messages), "c", stream=False)
+    assistant = body["messages"][1]["content"]
+    assert assistant == [
+        {"type": "thinking", "thinking": "Let me look.", "signature": "sig-a"},
+        {"type": "redacted_thinking", "data": "opaque"},
+        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}},
+    ]
+    results = body["messages"][2]["content"]
+    assert results[0]["is_error"] is False
+    assert results[1]["is_error"] is True
+    assert "is_error" not in results[2]
+
+
+def test_anthropic_always_sends_max_tokens() -> None:
+    assert an().payload(req(), "c", stream=False)["max_tokens"] > 0
+    assert an().payload(req(max_tokens=77), "c", stream=False)["max_tokens"] == 77
