@@ -69,6 +69,7 @@ _EXPORTS: dict[str, str] = {
     "Event": "shoal.observe.events",
     "EventBus": "shoal.observe.events",
     "open_store": "shoal.stores",
+    "register_secret": "shoal.secrets",
     "CircuitBreaker": "shoal.traffic.breaker",
     "LocalLimiter": "shoal.traffic.limits",
     "Backoff": "shoal.traffic.retry",
@@ -157,6 +158,7 @@ __all__ = [
     "guardrail",
     "idempotent",
     "open_store",
+    "register_secret",
     "resume",
     "run_durable",
     "tool",
@@ -235,6 +237,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from shoal.flows.journal import StoreRecorder
     from shoal.flows.resume import resume, run_durable
     from shoal.observe.events import Event, EventBus
+    from shoal.secrets import register_secret
     from shoal.stores import open_store
     from shoal.traffic.breaker import CircuitBreaker
     from shoal.traffic.limits import LocalLimiter
