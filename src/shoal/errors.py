@@ -127,8 +127,8 @@ class ProviderError(RunError):
         self.retry_after = retry_after
         self.body = redact(body[:BODY_EXCERPT_CHARS])
         self.code = code
-        self.message = redact(message)
-        super().__init__(self.message)
+        super().__init__(message)  # redacts it
+        self.message: str = self.args[0]
 
     def __str__(self) -> str:
         parts = [self.message]

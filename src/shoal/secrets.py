@@ -61,26 +61,24 @@ class _Registry:
 _registry = _Registry()
 
 # The second net: shapes of keys and tokens seen in the wild, for values shoal never read.
-# Groups keep the label ("Bearer ", "api_key=") and mask only the value. Compiled on
-# first use: ``import shoal.errors`` stays light.
-_SHAPE_SOURCES = (
-    r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/\-]{8,}=*",
-    r"\bsk-[A-Za-z0-9_\-]{6,}",
-    r"\bAIza[0-9A-Za-z_\-]{20,}",
-    r"(?i)(x-(?:goog-)?api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{8,}",
-    r"(?i)(api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{8,}",
-    (
-        r"(?i)([?&](?:key|api[_-]?key|apikey|access[_-]?token|token|secret)=)[^&\s\"'#]{4,}"
-    ),
-    # Zhipu keys: a 32-hex id, a dot, a secret.
-    r"\b[0-9a-fA-F]{24,}\.[0-9A-Za-z]{10,}\b",
-    r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
+# Each rule: a substring the text must hold (checked in lower case) before its regex runs
+# (most messages hold none, so they cost a few substring tests), and the regex, whose
+# group 1, when present, is a label kept while the value is masked. Compiled on first
+# use: ``import shoal.errors`` stays light.
+_SHAPE_RULES = (
+    ("bearer", r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/\-]{8,}=*"),
+    ("sk-", r"\bsk-[A-Za-z0-9_\-]{6,}"),
+    ("aiza", r"\bAIza[0-9A-Za-z_\-]{20,}"),
+    ("api", r"(?i)((?:x-(?:goog-)?)?api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{8,}"),
+    ("=", r"(?i)([?&](?:key|api[_-]?key|apikey|access[_-]?token|token|secret)=)[^&\s\"'#]{4,}"),
+    (".", r"\b[0-9a-fA-F]{24,}\.[0-9A-Za-z]{10,}\b"),  # Zhipu: a 32-hex id, a dot, a secret
+    ("eyj", r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),  # JWT
 )
 
 
 @functools.cache
-def _shapes() -> tuple[re.Pattern[str], ...]:
-    return tuple(re.compile(source) for source in _SHAPE_SOURCES)
+def _shapes() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple((needle, re.compile(source)) for needle, source in _SHAPE_RULES)
 
 
 def _forms(value: str) -> set[str]:
@@ -126,13 +124,15 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
     """``text`` with API keys removed: registered values and ``secrets`` verbatim, then
     anything shaped like a key. For messages, error bodies, URLs and error texts."""
     text = redact_values(text, secrets)
-    for shape in _shapes():
-        text = shape.sub(_mask_match, text)
+    lower = text.lower()
+    for needle, shape in _shapes():
+        if needle in lower:
+            text = shape.sub(_mask_match, text)
     return text
 
 
 def _mask_match(match: re.Match[str]) -> str:
-    return (match.group(1) if match.re.groups else "") + MASK
+    return (match.group(1) or "" if match.re.groups else "") + MASK
 
 
 def key_rejected_hint(channel: str, api_key_env: str | None, status: int = 401) -> str:
