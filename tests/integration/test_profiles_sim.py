@@ -1,0 +1,176 @@
+"""Structured output and tools per provider profile, through the Router and an Agent
+against the simulator over HTTP (issue 9, items 1-3)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import BaseModel
+
+from shoal.agents import Agent, Runner, tool
+from shoal.config import Config
+from shoal.errors import BadRequest
+from shoal.sim import ModelProfile, SimConfig, SimServer
+from shoal.traffic.router import Router
+from shoal.types import ChatRequest, Message, Thinking
+
+
+class Findings(BaseModel):
+    topic: str
+    points: list[str]
+
+
+class Answer(BaseModel):
+    answer: str
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimServer]:
+    async with SimServer(SimConfig(seed=3, models={"*": ModelProfile(output_tokens=12)})) as s:
+        yield s
+
+
+def config(base_url: str, protocol: str, provider: str) -> Config:
+    return Config.from_dict({
+        "channels": {"ch": {"protocol": protocol, "base_url": base_url, "api_key": "sk-test",
+                            "provider": provider}},
+        "models": {"m": {"channels": ["ch"]}},
+    })
+
+
+async def test_anthropic_agent_calls_its_tool_then_returns_the_typed_output(
+    sim: SimServer,
+) -> None:
+    looked_up: list[str] = []
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        looked_up.append(q)
+        return "costs fall, usage grows"
+
+    async with Router(config(sim.url, "anthropic", "anthropic")) as router:
+        agent = Agent("researcher", model="m", tools=[lookup], output_type=Findings)
+        result = await Runner(router).run(agent, "open-weight LLM economics")
+    assert isinstance(result.output, Findings)
+    assert len(looked_up) == 1  # the model was free to call its tool first
+    assert result.turns[0].tool_calls == ["lookup"]
+    log = sim.stats().requests
+    assert all(r.status == 200 for r in log)
+    assert len(log) == len(result.turns)
+    # the tool result went back to the model before the final answer
+    assert [m.role for m in result.messages[:4]] == ["system", "user", "assistant", "tool"]
+
+
+async def test_anthropic_agent_without_tools_gets_the_output_in_one_call(
+    sim: SimServer,
+) -> None:
+    async with Router(config(sim.url, "anthropic", "anthropic")) as router:
+        agent = Agent("a", model="m", output_type=Findings)
+        result = await Runner(router).run(agent, "summarise")
+    assert isinstance(result.output, Findings)
+    assert sim.stats().total_requests == 1
+
+
+async def test_deepseek_agent_with_output_type_uses_json_mode(sim: SimServer) -> None:
+    # The DeepSeek style answers json_schema with 400 (trap 12): one 200 proves json_object.
+    async with Router(config(sim.base_url("deepseek"), "openai", "deepseek")) as router:
+        agent = Agent("a", model="m", output_type=Answer)
+        result = await Runner(router).run(agent, "summarise")
+    assert isinstance(result.output, Answer)
+    log = sim.stats().requests
+    assert [r.status for r in log] == [200]
+
+
+# -- against the simulator's strict provider styles (it refuses what the provider refuses) ----
+
+
+def styled(sim: SimServer, style: str, wire_model: str, *,
+           protocol: str = "openai") -> Config:
+    return Config.from_dict({
+        "channels": {"ch": {"protocol": protocol, "base_url": sim.base_url(style,
+                                                                           protocol=protocol),
+                            "api_key": "sk-test", "provider": style}},
+        "models": {"m": {"channels": ["ch"], "wire_name": wire_model}},
+    })
+
+
+@tool
+def lookup(q: str) -> str:
+    """Look something up."""
+    return f"{q}: costs fall"
+
+
+@pytest.mark.parametrize(("style", "wire_model"), [
+    ("openai", "gpt-4o"),
+    ("deepseek", "deepseek-chat"),
+    ("moonshot", "kimi-k2-0905-preview"),
+    ("zhipu", "glm-4.6"),
+    ("gemini", "gemini-2.5-flash"),
+])
+async def test_tools_and_output_type_on_each_strict_style(
+    sim: SimServer, style: str, wire_model: str
+) -> None:
+    async with Router(styled(sim, style, wire_model)) as router:
+        agent = Agent("a", model="m", tools=[lookup], output_type=Answer)
+        result = await Runner(router).run(agent, "open-weight LLM economics")
+    assert isinstance(result.output, Answer)
+    assert result.turns[0].tool_calls == ["lookup"]
+    assert [r.status for r in sim.stats().requests] == [200, 200]
+
+
+async def test_minimax_gets_one_system_message(sim: SimServer) -> None:
+    async with Router(styled(sim, "minimax", "MiniMax-M2")) as router:
+        agent = Agent("a", model="m", tools=[lookup], instructions="Be brief.")
+        history = [Message.system("Cite sources."), Message.user("go")]
+        result = await Runner(router).run(agent, history)
+    assert result.output
+    assert [r.status for r in sim.stats().requests] == [200, 200]
+
+
+async def test_deepseek_thinking_mode_tool_turns_carry_reasoning_content(
+    sim: SimServer,
+) -> None:
+    # deepseek-reasoner thinks by default; its tool turns must bring reasoning_content back
+    async with Router(styled(sim, "deepseek", "deepseek-reasoner")) as router:
+        agent = Agent("a", model="m", tools=[lookup])
+        result = await Runner(router).run(agent, "find it")
+    tool_turn = next(m for m in result.messages if m.role == "assistant")
+    assert tool_turn.tool_calls and tool_turn.reasoning
+    assert [r.status for r in sim.stats().requests] == [200, 200]
+
+
+async def test_anthropic_thinking_signed_blocks_round_trip(sim: SimServer) -> None:
+    spec = lookup.spec()
+    async with Router(styled(sim, "anthropic", "claude-sonnet-4-5",
+                             protocol="anthropic")) as router:
+        messages = [Message.user("find it")]
+        thinking = Thinking(budget_tokens=1024)
+        first = await router.complete(ChatRequest("m", messages, tools=[spec],
+                                                  max_tokens=2048, thinking=thinking))
+        assert first.tool_calls and first.reasoning_parts
+        assert first.reasoning_parts[0].signature
+        call = first.tool_calls[0]
+        later = [*messages, first.message(), Message.tool(call.id, "found", is_error=False)]
+        second = await router.complete(ChatRequest("m", later, tools=[spec], max_tokens=2048,
+                                                   thinking=thinking))
+        assert second.text
+        # Without its signed thinking block the same turn is refused, as Anthropic does.
+        unsigned = Message.assistant("", first.tool_calls, reasoning=first.reasoning)
+        with pytest.raises(BadRequest, match="thinking"):
+            await router.complete(ChatRequest(
+                "m", [*messages, unsigned, Message.tool(call.id, "found")], tools=[spec],
+                max_tokens=2048, thinking=thinking))
+
+
+async def test_anthropic_thinking_with_an_output_schema_is_offered_not_forced(
+    sim: SimServer,
+) -> None:
+    async with Router(styled(sim, "anthropic", "claude-sonnet-4-5",
+                             protocol="anthropic")) as router:
+        response = await router.complete(ChatRequest(
+            "m", [Message.user("summarise")], output_schema=Answer.model_json_schema(),
+            output_schema_name="Answer", max_tokens=2048, thinking=Thinking(budget_tokens=1024)))
+    assert Answer.model_validate_json(response.text)
+    assert response.reasoning_parts
