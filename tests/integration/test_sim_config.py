@@ -23,7 +23,7 @@ from shoal.sim.config import check_fault
         (lambda: ModelProfile(tokens_per_s=0), "ModelProfile.tokens_per_s must be > 0"),
         (lambda: ModelProfile(output_tokens=0), "output_tokens must be >= 1"),
         (lambda: SimConfig(max_concurrency=0), "SimConfig.max_concurrency must be >= 1"),
-        (lambda: SimConfig(style="gemini"), "SimConfig.style must be one of openai"),
+        (lambda: SimConfig(style="bedrock"), "SimConfig.style must be one of openai"),
         (lambda: SimConfig(rate_window_s=0), "rate_window_s must be > 0"),
         (lambda: SimConfig.from_dict({"rpn": 3}), "unknown simulator setting(s) rpn"),
         (lambda: SimConfig.from_dict({"faults": {"eror_rate": 1}}), "unknown fault setting"),

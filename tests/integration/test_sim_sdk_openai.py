@@ -163,9 +163,11 @@ async def test_json_schema_output_parsed_by_sdk() -> None:
 
 
 async def test_json_object_mode_gives_an_object() -> None:
+    # OpenAI refuses json_object unless the messages say "json" (the openai style too).
+    ask_json: Any = [{"role": "user", "content": QUESTION + " Answer in JSON."}]
     async with running() as sim, openai_for(sim) as client:
         r = await client.chat.completions.create(
-            model=MODEL, messages=USER, response_format={"type": "json_object"}
+            model=MODEL, messages=ask_json, response_format={"type": "json_object"}
         )
     assert isinstance(json.loads(r.choices[0].message.content or ""), dict)
 

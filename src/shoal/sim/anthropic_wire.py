@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from shoal.sim.content import Answer, Ask, BadInput
+from shoal.sim.style_rules import anthropic_request, sign_thinking
 
 __all__ = ["error_body", "parse", "render", "render_stream", "stream_error_event"]
 
@@ -43,8 +44,9 @@ def _text_of(content: Any) -> tuple[str, int, bool]:
     return "".join(text), chars, has_result
 
 
-def parse(body: Any) -> Ask:
-    """The decisive parts of a Messages request; ``BadInput`` when it is invalid."""
+def parse(body: Any, style: str = "anthropic") -> Ask:
+    """The decisive parts of a Messages request; ``BadInput`` when it is invalid (or,
+    unless *style* is ``permissive``, when Anthropic would refuse it)."""
     if not isinstance(body, dict):
         raise BadInput("The request body must be a JSON object.")
     model = body.get("model")
@@ -93,6 +95,7 @@ def parse(body: Any) -> Ask:
     meta = body.get("metadata")
     if isinstance(meta, dict) and meta.get("user_id") is not None:
         ask.metadata = {"user_id": meta["user_id"]}
+    anthropic_request(body, style)  # thinking budget, tool pairing, signed thinking blocks
     return ask
 
 
@@ -115,8 +118,8 @@ def _usage(answer: Answer, output: int) -> dict[str, Any]:
     }
 
 
-def _signature(rid: str) -> str:
-    return "sim-signature-" + rid
+def _signature(rid: str, answer: Answer) -> str:
+    return sign_thinking(rid, answer.reasoning_text)
 
 
 def _tool_input(arguments: str) -> Any:
@@ -132,7 +135,8 @@ def render(rid: str, ask: Ask, answer: Answer) -> bytes:
     content: list[dict[str, Any]] = []
     if answer.reasoning:
         content.append(
-            {"type": "thinking", "thinking": answer.reasoning_text, "signature": _signature(rid)}
+            {"type": "thinking", "thinking": answer.reasoning_text,
+             "signature": _signature(rid, answer)}
         )
     if answer.pieces or not answer.tools:
         content.append({"type": "text", "text": answer.text})
@@ -191,7 +195,8 @@ def render_stream(rid: str, ask: Ask, answer: Answer) -> tuple[list[bytes], list
         for piece in pieces:
             add(head + _DUMPS(piece) + "}}\n\n", True)
         if kind == "thinking_delta":
-            add(f'{prefix}{{"type":"signature_delta","signature":"{_signature(rid)}"}}}}\n\n')
+            signature = _signature(rid, answer)
+            add(f'{prefix}{{"type":"signature_delta","signature":"{signature}"}}}}\n\n')
         add(
             'event: content_block_stop\ndata: {"type":"content_block_stop",'
             f'"index":{index}}}\n\n'
@@ -263,8 +268,9 @@ def error_body(kind: str, status: int, request_id: str, **ctx: Any) -> tuple[int
     elif kind == "context_overflow":
         status, etype = 400, "invalid_request_error"
         message = f"prompt is too long: {ctx.get('prompt')} tokens > {ctx.get('window')} maximum"
-    elif kind == "bad_request":
-        status, etype, message = 400, "invalid_request_error", str(ctx.get("message"))
+    elif kind == "bad_request":  # 400, or a style's 404 for a route it does not serve
+        etype = "not_found_error" if status == 404 else "invalid_request_error"
+        status, message = (404 if status == 404 else 400), str(ctx.get("message"))
     else:
         etype = _STATUS_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         message = {

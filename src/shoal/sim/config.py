@@ -31,8 +31,14 @@ __all__ = [
     "scenario_faults",
 ]
 
-Style = Literal["openai", "deepseek", "moonshot", "zhipu"]
-STYLES: tuple[str, ...] = ("openai", "deepseek", "moonshot", "zhipu")
+# Provider styles (shoal.sim.styles): each imitates one provider's refusals and shapes;
+# "permissive" is the historical, refuse-nothing behaviour.
+Style = Literal[
+    "openai", "anthropic", "deepseek", "moonshot", "zhipu", "minimax", "gemini", "permissive"
+]
+STYLES: tuple[str, ...] = (
+    "openai", "anthropic", "deepseek", "moonshot", "zhipu", "minimax", "gemini", "permissive",
+)  # fmt: skip
 
 # Names accepted by ``SimServer.script`` and the ``x-sim-fault`` header. Besides these,
 # any HTTP error status ("400", "404", "429", "500", "503", "529", ...) and "delay:<seconds>".
@@ -209,7 +215,8 @@ class SimConfig:
     ``cap_retry_after_s``. ``rpm``/``tpm``: per-window caps (sliding window of
     ``rate_window_s`` seconds over admitted requests; tokens = prompt + completion).
     ``models``: profiles by model name or glob (``"gpt-4*"``), ``"*"`` as the default.
-    ``style``: the error/quirk flavour of the OpenAI-protocol endpoint.
+    ``style``: the provider imitated, its refusals and shapes (see :mod:`shoal.sim.styles`;
+    a URL prefix ``/style/<name>`` overrides it per request).
     ``api_keys``: when set, only these keys are accepted (others get 401).
     ``log_size``: how many per-request records the stats keep (oldest dropped first).
     """

@@ -36,10 +36,16 @@ JSON_PIECE = 4
 class BadInput(Exception):
     """The request is not valid for the protocol: answered with a 400 in its shape."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, param: str | None = None, *, status: int = 400,
+        code: str | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.message = message
         self.param = param
+        self.status = status  # a provider style may refuse with another status (404)
+        self.code = code  # the provider's error code, e.g. "unsupported_parameter", "1214"
+        self.extra: dict[str, Any] = {}  # more context for the error envelope
 
 
 @dataclass(slots=True)

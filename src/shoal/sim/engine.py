@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from aiohttp import web
 
 from shoal.errors import ConfigError
-from shoal.sim import anthropic_wire, openai_wire
+from shoal.sim import anthropic_wire, openai_wire, styles
 from shoal.sim.config import ModelProfile, SimConfig, check_fault
 from shoal.sim.content import Answer, Ask, BadInput, Wordbank, plan
 from shoal.sim.delivery import Call, send_stream, send_whole
@@ -144,11 +144,17 @@ class SimEngine:
         except ValueError:
             _raise("bad_request", 400, message="The request body is not valid JSON.")
         try:
+            styles.check_route(call.request, call.protocol, self.config.style)
             if call.protocol == "openai":
-                return openai_wire.parse(body, self.config.style)
-            return anthropic_wire.parse(body)
-        except BadInput as exc:
-            _raise("bad_request", 400, message=exc.message, param=exc.param)
+                return openai_wire.parse(body, self._style(call))
+            return anthropic_wire.parse(body, self._style(call))
+        except BadInput as exc:  # a provider style's refusal carries its status and code
+            _raise("bad_request", exc.status, message=exc.message, param=exc.param,
+                   code=exc.code, **exc.extra)  # fmt: skip
+
+    def _style(self, call: Call) -> str:
+        """The provider style of *call*: its ``/style/<name>`` URL prefix, else the config's."""
+        return styles.style_of(call.request, self.config.style)
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -213,20 +219,24 @@ class SimEngine:
 
     # -- responses --------------------------------------------------------------------------
 
-    def limit_headers(self, protocol: str, retry_after: float | None) -> dict[str, str]:
+    def limit_headers(
+        self, protocol: str, retry_after: float | None, style: str | None = None
+    ) -> dict[str, str]:
         """Retry-After and rate-limit headers in the provider's dialect.
 
         OpenAI style: ``retry-after``, ``retry-after-ms``, ``x-ratelimit-*`` (resets as Go
         durations). Anthropic: ``retry-after`` and ``anthropic-ratelimit-*`` (RFC 3339).
-        DeepSeek/Moonshot styles: Retry-After only; Zhipu: none at all.
+        DeepSeek/Moonshot/MiniMax styles: Retry-After only; Zhipu, Gemini (RetryInfo in
+        the body instead): none at all.
         """
         cfg = self.config
+        style = style or cfg.style
         out: dict[str, str] = {}
-        if protocol == "openai" and cfg.style == "zhipu":
+        if protocol == "openai" and style in ("zhipu", "gemini"):
             return out
         if retry_after is not None:
             out.update(retry_headers(retry_after, with_ms=protocol == "openai"))
-        if protocol == "openai" and cfg.style != "openai":
+        if protocol == "openai" and style not in styles.OPENAI_SHAPED:
             return out
         now = self.clock.now()
         for unit, window in (("requests", self.rpm), ("tokens", self.tpm)):
@@ -253,20 +263,22 @@ class SimEngine:
     def _error(self, call: Call, reply: _Reply) -> web.Response:
         ctx = reply.ctx
         form = ctx.pop("form", None)
+        style = self._style(call)
         if call.protocol == "openai":
-            style = self.config.style
-            status, body = openai_wire.error_body(style, reply.kind, reply.status, **ctx)
+            status, body = openai_wire.error_body(
+                style, reply.kind, reply.status, request_id=call.rid, **ctx
+            )
         else:
             status, body = anthropic_wire.error_body(reply.kind, reply.status, call.rid, **ctx)
         headers = call.base_headers()
         if status == 429:
-            headers.update(self.limit_headers(call.protocol, ctx.get("retry_after")))
+            headers.update(self.limit_headers(call.protocol, ctx.get("retry_after"), style))
             if form is not None:  # a "429:<form>" fault: that Retry-After form only
                 headers.pop("retry-after", None)
                 headers.pop("retry-after-ms", None)
                 wall = self.clock.wall()
                 headers.update(retry_after_form_headers(form, ctx["retry_after"], wall=wall))
-        if status == 502 and call.protocol == "openai" and self.config.style == "openai":
+        if status == 502 and call.protocol == "openai" and style in styles.OPENAI_SHAPED:
             # What a gateway in front of an API really sends: an HTML page, not JSON.
             return web.Response(
                 status=502, body=_BAD_GATEWAY_HTML, headers=headers, content_type="text/html"
@@ -287,10 +299,10 @@ class SimEngine:
         if fault == "hang":
             await self._hang(call)
         headers = call.base_headers()
+        style = self._style(call)
         if self.rpm is not None or self.tpm is not None:
-            headers.update(self.limit_headers(call.protocol, None))
+            headers.update(self.limit_headers(call.protocol, None, style))
         step = 1.0 / profile.tokens_per_s if profile.tokens_per_s else 0.0
-        style = self.config.style
         created = int(self.clock.wall())
         if call.protocol == "openai":
             resp_id = f"chatcmpl-sim{call.n:07d}"
@@ -323,7 +335,7 @@ class SimEngine:
         """An error body sent with HTTP 200, as some gateways do (non-streamed stream_error)."""
         call.completion = 0
         if call.protocol == "openai":
-            return openai_wire.error_body(self.config.style, "server", 500)[1]
+            return openai_wire.error_body(self._style(call), "server", 500)[1]
         return anthropic_wire.error_body("server", 529, call.rid)[1]
 
     async def _hang(self, call: Call) -> NoReturn:

@@ -1,15 +1,20 @@
-"""OpenAI Chat Completions on the wire (``POST /v1/chat/completions``), in four styles.
+"""OpenAI Chat Completions on the wire (``POST /v1/chat/completions``), per provider style.
 
-``style`` picks the quirks of an OpenAI-compatible provider (PROVIDERS.md §3):
-  * ``openai``: the reference behaviour;
-  * ``deepseek``: ``reasoning_content`` for models named ``*reasoner*``, cache
-    hit/miss usage fields, a ``: keep-alive`` comment opening each stream, 402 for
-    an empty balance, no ``x-ratelimit-*`` headers;
+``style`` picks the provider imitated (PROVIDERS.md §1, §3, §4); what each refuses is
+in :mod:`shoal.sim.style_rules`, its error envelopes in :mod:`shoal.sim.styles`. Shapes:
+  * ``openai`` / ``permissive``: the reference behaviour;
+  * ``deepseek``: ``reasoning_content`` in thinking mode, cache hit/miss usage fields,
+    a ``: keep-alive`` comment opening each stream, 402 for an empty balance, no
+    ``x-ratelimit-*`` headers;
   * ``moonshot``: errors as ``{"error":{"message","type"}}``, stream usage inside
     ``choices[0].usage`` of the finishing chunk;
   * ``zhipu``: errors as ``{"error":{"code":"1302","message"}}`` with business codes,
     usage on the finishing chunk, tool calls streamed whole, no rate-limit or
-    Retry-After headers.
+    Retry-After headers;
+  * ``minimax``: ``"role":""`` in stream deltas; errors in MiniMax's envelope, an empty
+    balance as ``base_resp`` inside an HTTP 200;
+  * ``gemini``: errors as a JSON array; tool calls streamed whole without ``index``, and
+    a stream's ``finish_reason`` is ``stop`` even after tool calls.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from shoal.sim import styles
 from shoal.sim.content import Answer, Ask, BadInput
+from shoal.sim.style_rules import openai_request
 
 __all__ = ["error_body", "parse", "render", "render_stream"]
 
@@ -91,7 +98,7 @@ def parse(body: Any, style: str) -> Ask:
         ask.include_usage = bool(options.get("include_usage"))
     meta = body.get("metadata")
     ask.metadata = meta if isinstance(meta, dict) else None
-    ask.reasoning = style == "deepseek" and "reasoner" in model
+    openai_request(body, style, ask)  # the style's refusals (and DeepSeek thinking mode)
     return ask
 
 
@@ -157,7 +164,7 @@ def render_stream(
         f'"model":{_DUMPS(ask.model)},"system_fingerprint":"fp_shoal_sim",'
     )
     head = opening + '"choices":[{"index":0,"delta":'
-    usage_null = ask.include_usage and style in ("openai", "deepseek")
+    usage_null = ask.include_usage and style not in ("moonshot", "zhipu")
     tail = ',"logprobs":null,"finish_reason":null}]' + (',"usage":null' if usage_null else "")
     tail += "}\n\n"
     events: list[bytes] = []
@@ -172,18 +179,18 @@ def render_stream(
         tokens.append(False)
     first = '{"role":"assistant","content":' + ("null" if answer.reasoning else '""')
     add(first + ',"refusal":null}', False)
+    role = '"role":"",' if style == "minimax" else ""  # MiniMax sends an empty role
     for piece in answer.reasoning:
-        add('{"content":null,"reasoning_content":' + _DUMPS(piece) + "}", True)
+        add("{" + role + '"content":null,"reasoning_content":' + _DUMPS(piece) + "}", True)
     for piece in answer.pieces:
-        add('{"content":' + _DUMPS(piece) + "}", True)
+        add("{" + role + '"content":' + _DUMPS(piece) + "}", True)
+    whole = style in ("zhipu", "gemini")  # each call in one chunk (Gemini: without index)
     for index, tool in enumerate(answer.tools):
-        whole = style == "zhipu"
-        call_start = {
-            "index": index,
-            "id": tool.id,
-            "type": "function",
-            "function": {"name": tool.name, "arguments": tool.arguments if whole else ""},
-        }
+        call_start: dict[str, Any] = {} if style == "gemini" else {"index": index}
+        call_start.update(
+            id=tool.id, type="function",
+            function={"name": tool.name, "arguments": tool.arguments if whole else ""},
+        )  # fmt: skip
         add('{"tool_calls":[' + _DUMPS(call_start) + "]}", whole)
         if not whole:
             for piece in tool.pieces:
@@ -193,8 +200,10 @@ def render_stream(
     # Moonshot puts usage inside the finishing choice, Zhipu on the finishing chunk.
     in_choice = f',"usage":{usage}' if style == "moonshot" else ""
     on_chunk = f',"usage":{usage}' if style == "zhipu" else ',"usage":null' if usage_null else ""
+    # Gemini's streams end with "stop" even after tool calls (non-streamed: tool_calls).
+    finish = "stop" if style == "gemini" and answer.finish == "tool_calls" else answer.finish
     final = (
-        f'{head}{{}},"logprobs":null,"finish_reason":"{answer.finish}"{in_choice}}}]'
+        f'{head}{{}},"logprobs":null,"finish_reason":"{finish}"{in_choice}}}]'
         f"{on_chunk}}}\n\n"
     )
     events.append(final.encode())
@@ -208,8 +217,8 @@ def render_stream(
 
 
 def stream_error_event(style: str) -> bytes:
-    """An error inside a 200 stream, as OpenAI and vLLM send it."""
-    _, body = error_body(style, "server", 500)
+    """An error inside a 200 stream, as OpenAI and vLLM send it (``{"error":{...}}``)."""
+    _, body = error_body("openai" if styles.own_envelope(style) else style, "server", 500)
     return b"data: " + body + b"\n\n"
 
 
@@ -221,6 +230,8 @@ def error_body(style: str, kind: str, status: int, **ctx: Any) -> tuple[int, byt
     window, prompt), ``status`` (any other scripted status).
     """
     message, etype, code, zcode = _describe(style, kind, status, ctx)
+    if styles.own_envelope(style):  # Gemini's array, MiniMax's envelope and base_resp
+        return styles.error_body(style, kind, status, message, ctx)
     if kind == "quota" and style == "deepseek":
         status = 402
     err: dict[str, Any]
@@ -276,7 +287,9 @@ def _describe(style: str, kind: str, status: int, ctx: dict[str, Any]) -> tuple[
         )
         return msg, "invalid_request_error", "context_length_exceeded", "1261"
     if kind == "bad_request":
-        return str(ctx.get("message")), "invalid_request_error", None, "1214"
+        code = ctx.get("code")
+        zcode = code if isinstance(code, str) and code.isdigit() else "1214"
+        return str(ctx.get("message")), "invalid_request_error", code, zcode
     if status in (503, 529):
         msg = "The engine is currently overloaded, please try again later."
         etype = "engine_overloaded_error" if style == "moonshot" else "server_error"

@@ -3,6 +3,7 @@
 Routes:
   * ``POST /v1/chat/completions`` (OpenAI protocol; also ``/chat/completions``)
   * ``POST /v1/messages`` (Anthropic protocol)
+  * the same under ``/style/<name>/`` to imitate that provider style for one route
   * ``GET /v1/models``
   * control: ``GET /_sim/stats`` (``?log=0`` drops the per-request log, ``?last=N``
     keeps its last N entries), ``POST /_sim/reset``, ``GET|POST /_sim/config``,
@@ -117,6 +118,19 @@ class SimServer:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
+    def base_url(self, style: str | None = None, *, protocol: str = "openai") -> str:
+        """The base URL a client of *protocol* (``"openai"``: ends in ``/v1``;
+        ``"anthropic"``: without it) uses to get *style* (None: the server's style),
+        e.g. ``sim.base_url("deepseek")`` = ``http://127.0.0.1:PORT/style/deepseek/v1``."""
+        from shoal.sim.config import STYLES
+
+        if protocol not in ("openai", "anthropic"):
+            raise ConfigError(f"protocol must be 'openai' or 'anthropic', got {protocol!r}")
+        if style is not None and style not in STYLES:
+            raise ConfigError(f"unknown simulator style {style!r}; use one of {', '.join(STYLES)}")
+        root = self.url if style is None else f"{self.url}/style/{style}"
+        return root + "/v1" if protocol == "openai" else root
+
     # -- control ----------------------------------------------------------------------------
 
     @property
@@ -159,6 +173,10 @@ class SimServer:
         app.router.add_post("/v1/chat/completions", engine.handle_openai)
         app.router.add_post("/chat/completions", engine.handle_openai)
         app.router.add_post("/v1/messages", engine.handle_anthropic)
+        # Per-route provider style: /style/<name>/v1/... (see shoal.sim.styles).
+        app.router.add_post("/style/{style}/v1/chat/completions", engine.handle_openai)
+        app.router.add_post("/style/{style}/chat/completions", engine.handle_openai)
+        app.router.add_post("/style/{style}/v1/messages", engine.handle_anthropic)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/_sim/stats", self._http_stats)
         app.router.add_post("/_sim/reset", self._http_reset)

@@ -1,0 +1,433 @@
+"""What each provider style refuses (PROVIDERS.md §1-4, §6 traps 9, 10, 12).
+
+:func:`openai_request` checks a Chat Completions body for the OpenAI-compatible styles,
+:func:`anthropic_request` a Messages body; both raise :class:`~shoal.sim.styles.Refusal`
+with the provider's status, code and wording. The ``permissive`` style skips them all.
+They also set the parts of the :class:`~shoal.sim.content.Ask` a style decides (DeepSeek
+thinking mode, Zhipu ignoring ``max_completion_tokens``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from shoal.sim.content import Ask
+from shoal.sim.styles import Refusal
+
+__all__ = [
+    "anthropic_request",
+    "deepseek_thinking",
+    "openai_request",
+    "sign_thinking",
+    "strict_schema_problem",
+]
+
+# Fields of a chat completions request the official SDK knows (openai-python 3.x
+# completion_create_params), plus ``stream``. Real OpenAI answers any other with 400.
+_OPENAI_FIELDS = frozenset({
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "messages", "metadata", "modalities", "model",
+    "moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty",
+    "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
+    "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
+    "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user",
+    "verbosity", "web_search_options",
+})  # fmt: skip
+# What Gemini's OpenAI-compatible endpoint documents (ai.google.dev/gemini-api/docs/openai);
+# Google's proto parser rejects any other name ("Unknown name ...: Cannot find field").
+_GEMINI_FIELDS = frozenset({
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "n", "stop", "tools", "tool_choice", "response_format",
+    "reasoning_effort", "seed", "presence_penalty", "frequency_penalty", "extra_body",
+    "modalities", "audio", "logprobs", "top_logprobs",
+})  # fmt: skip
+# o-series and gpt-5 reasoning models (not gpt-5-chat): max_tokens and temperature refused.
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!-chat))")
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def openai_request(body: dict[str, Any], style: str, ask: Ask) -> None:
+    """Refuse what *style*'s provider refuses; adjust *ask* to what it honours."""
+    if style == "permissive":
+        return
+    if style == "openai":
+        _openai(body, ask)
+    elif style == "deepseek":
+        _deepseek(body, ask)
+    elif style == "zhipu":
+        _zhipu(body, ask)
+    elif style == "minimax":
+        systems = sum(1 for m in body["messages"] if m.get("role") == "system")
+        if systems > 1:
+            raise Refusal("invalid params, invalid chat setting (2013)", "messages")
+    elif style == "gemini":
+        unknown = [k for k in body if k not in _GEMINI_FIELDS]
+        if unknown:
+            violations = [f'Invalid JSON payload received. Unknown name "{k}": Cannot find field.'
+                          for k in unknown]  # fmt: skip
+            exc = Refusal("\n".join(violations))
+            exc.extra["violations"] = violations
+            raise exc
+
+
+# -- OpenAI ------------------------------------------------------------------------------
+
+
+def _openai(body: dict[str, Any], ask: Ask) -> None:
+    for key in body:
+        if key not in _OPENAI_FIELDS:
+            raise Refusal(f"Unrecognized request argument supplied: {key}")
+    model = str(body["model"])
+    if _REASONING_MODEL.match(model):
+        if "max_tokens" in body:
+            raise Refusal(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "max_tokens", code="unsupported_parameter",
+            )  # fmt: skip
+        temperature = body.get("temperature")
+        if temperature is not None and temperature != 1:
+            raise Refusal(
+                f"Unsupported value: 'temperature' does not support {temperature} with this "
+                "model. Only the default (1) value is supported.",
+                "temperature", code="unsupported_value",
+            )  # fmt: skip
+    temperature = body.get("temperature")
+    if isinstance(temperature, int | float) and not 0 <= temperature <= 2:
+        above = temperature > 2
+        raise Refusal(
+            f"Invalid 'temperature': decimal {'above maximum' if above else 'below minimum'} "
+            f"value. Expected a value {'<= 2' if above else '>= 0'}, but got {temperature} "
+            "instead.",
+            "temperature",
+            code="decimal_above_max_value" if above else "decimal_below_min_value",
+        )
+    tools = body.get("tools")
+    if tools == []:
+        raise Refusal(
+            "Invalid 'tools': empty array. Expected an array with minimum length 1, but got "
+            "an empty array instead.", "tools", code="empty_array",
+        )  # fmt: skip
+    if "tool_choice" in body and not tools:
+        raise Refusal(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are "
+            "specified.", "tool_choice",
+        )  # fmt: skip
+    for i, tool in enumerate(tools or ()):
+        fn = tool.get("function") or {}
+        if fn.get("strict") is True:
+            problem = strict_schema_problem(fn.get("parameters") or {})
+            if problem:
+                raise Refusal(
+                    f"Invalid schema for function '{fn.get('name')}': {problem}",
+                    f"tools[{i}].function.parameters", code="invalid_function_parameters",
+                )  # fmt: skip
+    _response_format(body)
+    _tool_turns(body["messages"], check_arguments=True)
+
+
+def _response_format(body: dict[str, Any]) -> None:
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return
+    if fmt.get("type") == "json_object":
+        text = " ".join(str(m.get("content") or "") for m in body["messages"])
+        if "json" not in text.lower():
+            raise Refusal(
+                "'messages' must contain the word 'json' in some form, to use "
+                "'response_format' of type 'json_object'.", "messages",
+            )  # fmt: skip
+    if fmt.get("type") != "json_schema":
+        return
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise Refusal(
+            "Missing required parameter: 'response_format.json_schema.name'.",
+            "response_format.json_schema.name", code="missing_required_parameter",
+        )  # fmt: skip
+    name = str(spec["name"])
+    if not _SCHEMA_NAME.match(name):
+        raise Refusal(
+            f"Invalid 'response_format.json_schema.name': string does not match pattern. "
+            f"Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$', got {name!r}.",
+            "response_format.json_schema.name", code="invalid_value",
+        )  # fmt: skip
+    if spec.get("strict") is True:
+        problem = strict_schema_problem(spec.get("schema") or {})
+        if problem:
+            raise Refusal(
+                f"Invalid schema for response_format '{name}': {problem}", "response_format"
+            )
+
+
+def strict_schema_problem(schema: Any) -> str | None:
+    """What breaks OpenAI's strict-mode subset in *schema*, or None.
+
+    Strict mode needs an object at the root, and every object with
+    ``additionalProperties: false`` and every property listed in ``required``.
+    """
+    if not isinstance(schema, dict):
+        return "schema must be a JSON Schema object."
+    if schema.get("type") != "object":
+        return (
+            "schema must be a JSON Schema of 'type: \"object\"', "
+            f"got 'type: \"{schema.get('type')}\"'."
+        )
+    return _strict(schema, ())
+
+
+def _strict(schema: Any, where: tuple[str, ...]) -> str | None:
+    if isinstance(schema, list):
+        for i, item in enumerate(schema):
+            problem = _strict(item, (*where, str(i)))
+            if problem:
+                return problem
+        return None
+    if not isinstance(schema, dict):
+        return None
+    context = f"In context=({', '.join(repr(w) for w in where)}{',' if len(where) == 1 else ''})"
+    kind = schema.get("type")
+    is_object = kind == "object" or (isinstance(kind, list) and "object" in kind)
+    if is_object or "properties" in schema:
+        if schema.get("additionalProperties") is not False:
+            return f"{context}, 'additionalProperties' is required to be supplied and to be false."
+        props = schema.get("properties") or {}
+        required = schema.get("required") or []
+        missing = [k for k in props if k not in required]
+        if missing or not isinstance(required, list):
+            return (
+                f"{context}, 'required' is required to be supplied and to be an array "
+                f"including every key in properties. Missing '{missing[0] if missing else ''}'."
+            )
+        for key, sub in props.items():
+            problem = _strict(sub, (*where, "properties", key))
+            if problem:
+                return problem
+    for key in ("items", "anyOf", "allOf", "$defs", "definitions"):
+        sub = schema.get(key)
+        if isinstance(sub, dict) and key in ("$defs", "definitions"):
+            for name, part in sub.items():
+                problem = _strict(part, (*where, key, name))
+                if problem:
+                    return problem
+        elif sub is not None:
+            problem = _strict(sub, (*where, key))
+            if problem:
+                return problem
+    return None
+
+
+def _tool_turns(messages: list[Any], *, check_arguments: bool) -> None:
+    """Tool messages must answer the preceding assistant's tool_calls, and each call
+    must be answered before the conversation moves on."""
+    pending: dict[str, int] = {}
+    for i, msg in enumerate(messages):
+        role = msg.get("role")
+        if role == "tool":
+            call_id = msg.get("tool_call_id")
+            if call_id not in pending:
+                raise Refusal(
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'.", f"messages.[{i}].role",
+                )  # fmt: skip
+            del pending[call_id]
+            continue
+        if pending:
+            at = min(pending.values())
+            raise Refusal(
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(pending)}", f"messages.[{at}].role",
+            )  # fmt: skip
+        if role == "assistant":
+            for j, call in enumerate(msg.get("tool_calls") or ()):
+                fn = call.get("function") if isinstance(call, dict) else None
+                args = fn.get("arguments") if isinstance(fn, dict) else None
+                if check_arguments and not isinstance(args, str):
+                    got = "an object" if isinstance(args, dict) else type(args).__name__
+                    raise Refusal(
+                        f"Invalid type for 'messages[{i}].tool_calls[{j}].function.arguments': "
+                        f"expected a string, but got {got} instead.",
+                        f"messages[{i}].tool_calls[{j}].function.arguments",
+                        code="invalid_type",
+                    )  # fmt: skip
+                pending[str(call.get("id"))] = i
+    # Calls left pending at the end are fine: the model is being asked to continue.
+
+
+# -- DeepSeek ----------------------------------------------------------------------------
+
+
+def deepseek_thinking(body: dict[str, Any]) -> bool:
+    """Whether a DeepSeek request runs in thinking mode: ``thinking.type`` decides when
+    given, else the model (``*reasoner*`` and the V4 models think by default)."""
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "disabled"):
+        return bool(thinking["type"] == "enabled")
+    model = str(body.get("model", ""))
+    return "reasoner" in model or model.startswith("deepseek-v4")
+
+
+def _deepseek(body: dict[str, Any], ask: Ask) -> None:
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text", "json_object"):
+        raise Refusal("This response_format type is unavailable now", code="invalid_request_error")
+    thinking = deepseek_thinking(body)
+    ask.reasoning = thinking
+    if thinking:
+        for i, msg in enumerate(body["messages"]):
+            if (
+                msg.get("role") == "assistant" and msg.get("tool_calls")
+                and not isinstance(msg.get("reasoning_content"), str)
+            ):  # fmt: skip
+                raise Refusal(
+                    f"Missing `reasoning_content` field in the assistant message at message "
+                    f"index {i}. For more information, please refer to "
+                    "https://api-docs.deepseek.com/guides/thinking_mode#tool-calls",
+                    code="invalid_request_error",
+                )  # fmt: skip
+    _tool_turns(body["messages"], check_arguments=False)
+
+
+# -- Zhipu -------------------------------------------------------------------------------
+
+
+def _zhipu(body: dict[str, Any], ask: Ask) -> None:
+    for i, msg in enumerate(body["messages"]):
+        if msg.get("role") not in ("system", "user", "assistant", "tool"):
+            raise Refusal(
+                f"messages[{i}].role: '{msg.get('role')}' is not a valid role; use system, "
+                "user, assistant or tool.", "messages", code="1214",
+            )  # fmt: skip
+    choice = body.get("tool_choice")
+    if choice is not None and choice != "auto":
+        raise Refusal("tool_choice: only 'auto' is supported.", "tool_choice", code="1214")
+    # Zhipu caps output with max_tokens only; max_completion_tokens is ignored.
+    limit = body.get("max_tokens")
+    ask.max_tokens = limit if isinstance(limit, int) and limit > 0 else None
+
+
+# -- Anthropic ---------------------------------------------------------------------------
+
+_THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+
+
+def sign_thinking(request_id: str, thinking: str) -> str:
+    """The simulator's signature of a thinking block: the request id and a digest of the
+    text, so a changed or re-signed block is caught when it comes back."""
+    digest = hashlib.sha256(thinking.encode()).hexdigest()[:24]
+    return f"sim-signature-{request_id}.{digest}"
+
+
+def _signature_ok(signature: str, thinking: str) -> bool:
+    _, _, digest = signature.rpartition(".")
+    return digest == hashlib.sha256(thinking.encode()).hexdigest()[:24]
+
+
+def anthropic_request(body: dict[str, Any], style: str) -> None:
+    """Anthropic's refusals: thinking budget and its incompatibilities, tool_use /
+    tool_result pairing, and thinking blocks (with valid signatures) on tool turns."""
+    if style == "permissive":
+        return
+    max_tokens = int(body["max_tokens"])
+    thinking = body.get("thinking")
+    enabled = False
+    if thinking is not None:
+        kind = thinking.get("type") if isinstance(thinking, dict) else None
+        if kind not in ("enabled", "disabled", "adaptive"):
+            raise Refusal(
+                "thinking: Input tag "
+                f"'{kind}' found using 'type' does not match any of the expected tags: "
+                "'enabled', 'disabled', 'adaptive'"
+            )
+        enabled = kind in ("enabled", "adaptive")
+        if kind == "enabled":
+            budget = thinking.get("budget_tokens")
+            if not isinstance(budget, int) or isinstance(budget, bool):
+                raise Refusal("thinking.enabled.budget_tokens: Field required")
+            if budget < 1024:
+                raise Refusal(
+                    "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+                )
+            if budget >= max_tokens:
+                raise Refusal(
+                    "`max_tokens` must be greater than `thinking.budget_tokens`. Please "
+                    f"consult our documentation at {_THINKING_DOCS}"
+                    "#max-tokens-and-context-window-size"
+                )
+    if enabled:
+        temperature = body.get("temperature")
+        if temperature is not None and temperature != 1:
+            raise Refusal(
+                "`temperature` may only be set to 1 when thinking is enabled. Please "
+                f"consult our documentation at {_THINKING_DOCS}#feature-compatibility"
+            )
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+            raise Refusal("Thinking may not be enabled when tool_choice forces tool use.")
+    _anthropic_turns(body["messages"], enabled)
+
+
+def _blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    content = msg.get("content")
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _anthropic_turns(messages: list[Any], thinking: bool) -> None:
+    last_assistant = -1
+    for i, msg in enumerate(messages):
+        blocks = _blocks(msg)
+        for j, block in enumerate(blocks):
+            if block.get("type") == "thinking":
+                signature = block.get("signature")
+                if not isinstance(signature, str) or not signature:
+                    raise Refusal(f"messages.{i}.content.{j}.thinking.signature: Field required")
+                if not _signature_ok(signature, str(block.get("thinking", ""))):
+                    raise Refusal(
+                        f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                    )
+        uses = [str(b.get("id")) for b in blocks if b.get("type") == "tool_use"]
+        if msg.get("role") == "assistant":
+            last_assistant = i
+            if uses and i + 1 < len(messages):
+                answered = {
+                    str(b.get("tool_use_id"))
+                    for b in _blocks(messages[i + 1])
+                    if b.get("type") == "tool_result"
+                }
+                missing = [u for u in uses if u not in answered]
+                if messages[i + 1].get("role") != "user" or missing:
+                    raise Refusal(
+                        f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                        f"immediately after: {', '.join(missing or uses)}. Each `tool_use` "
+                        "block must have a corresponding `tool_result` block in the next "
+                        "message."
+                    )
+        else:
+            before = _blocks(messages[i - 1]) if i > 0 else []
+            known = {str(b.get("id")) for b in before if b.get("type") == "tool_use"}
+            for j, block in enumerate(blocks):
+                answers = str(block.get("tool_use_id"))
+                if block.get("type") == "tool_result" and answers not in known:
+                    raise Refusal(
+                        f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                        f"`tool_result` blocks: {block.get('tool_use_id')}. Each `tool_result` "
+                        "block must have a corresponding `tool_use` block in the previous "
+                        "message."
+                    )
+    if thinking and last_assistant >= 0:
+        blocks = _blocks(messages[last_assistant])
+        if any(b.get("type") == "tool_use" for b in blocks):
+            first = blocks[0].get("type") if blocks else "text"
+            if first not in ("thinking", "redacted_thinking"):
+                raise Refusal(
+                    f"messages.{last_assistant}.content.0.type: Expected `thinking` or "
+                    f"`redacted_thinking`, but found `{first}`. When `thinking` is enabled, a "
+                    "final `assistant` message must start with a thinking block (preceeding "
+                    "the lastmost set of `tool_use` and `tool_result` blocks). We recommend "
+                    "you include thinking blocks from previous turns. To avoid this "
+                    f"requirement, disable `thinking`. Please consult our documentation at "
+                    f"{_THINKING_DOCS}"
+                )
