@@ -174,3 +174,17 @@ async def test_anthropic_thinking_with_an_output_schema_is_offered_not_forced(
             output_schema_name="Answer", max_tokens=2048, thinking=Thinking(budget_tokens=1024)))
     assert Answer.model_validate_json(response.text)
     assert response.reasoning_parts
+
+
+async def test_agent_with_thinking_sends_its_signed_blocks_back_on_tool_turns(
+    sim: SimServer,
+) -> None:
+    async with Router(styled(sim, "anthropic", "claude-sonnet-4-5",
+                             protocol="anthropic")) as router:
+        agent = Agent("a", model="m", tools=[lookup], max_tokens=2048,
+                      thinking=Thinking(budget_tokens=1024))
+        result = await Runner(router).run(agent, "find it")
+    assert result.turns[0].tool_calls == ["lookup"]
+    tool_turn = next(m for m in result.messages if m.role == "assistant")
+    assert tool_turn.reasoning_parts and tool_turn.reasoning_parts[0].signature
+    assert [r.status for r in sim.stats().requests] == [200, 200]

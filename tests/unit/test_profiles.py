@@ -243,6 +243,11 @@ def test_anthropic_forces_the_output_tool_only_when_nothing_else_may_be_called()
                                 thinking=Thinking(budget_tokens=1024), max_tokens=4000),
                             "c", stream=False)
     assert thinking["tool_choice"] == {"type": "auto"}  # Anthropic refuses forcing then
+    answer_now_thinking = an().payload(req(tools=[LOOKUP], tool_choice="none",
+                                           output_schema=SCHEMA, output_schema_name="F",
+                                           thinking=Thinking(budget_tokens=1024),
+                                           max_tokens=4000), "c", stream=False)
+    assert answer_now_thinking["tool_choice"] == {"type": "none"}  # a JSON text answer
 
 
 def test_anthropic_thinking_budget_is_checked_before_sending() -> None:
@@ -296,3 +301,17 @@ def test_anthropic_sends_signed_thinking_blocks_back_and_keeps_is_error_false() 
 def test_anthropic_always_sends_max_tokens() -> None:
     assert an().payload(req(), "c", stream=False)["max_tokens"] > 0
     assert an().payload(req(max_tokens=77), "c", stream=False)["max_tokens"] == 77
+
+
+def test_the_journal_keeps_what_goes_back_to_the_provider() -> None:
+    from shoal.agents.recorder import response_from_json, response_to_json
+    from shoal.types import ChatResponse, Usage
+
+    response = ChatResponse(
+        text="", tool_calls=[ToolCall("c1", "lookup", "{}", signature="sig-g")],
+        finish_reason="tool_calls", usage=Usage(1, 2), provider="anthropic", model="c",
+        reasoning="hmm", reasoning_parts=(ReasoningPart("hmm", "sig-a"),
+                                          ReasoningPart(redacted="x")),
+    )
+    back = response_from_json(json.loads(json.dumps(response_to_json(response))))
+    assert back.message() == response.message()

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from shoal.agents.client import ModelClient
     from shoal.agents.guards import Budget
     from shoal.agents.runner import RunResult
-    from shoal.types import Message
+    from shoal.types import Message, Thinking
 
 __all__ = ["Agent", "Instructions"]
 
@@ -58,6 +58,10 @@ class Agent(Generic[OutputT]):
         budget_usd, budget_tokens: a budget for each run of this agent (nested inside
             any flow budget).
         call_deadline_s: total seconds one model call may take, waits and retries included.
+        thinking: ask the model to reason first (``Thinking(budget_tokens=..., effort=...)``),
+            mapped per provider; signed reasoning goes back on later turns by itself.
+        extra: provider-specific request fields merged into every wire body (like the
+            SDKs' ``extra_body``).
         metadata: sent with every request (``ChatRequest.metadata``); ``tag`` (default: the
             step id) travels as the ``x-shoal-tag`` header, for attributing traffic.
     """
@@ -87,6 +91,8 @@ class Agent(Generic[OutputT]):
         budget_tokens: int | None = None,
         call_deadline_s: float | None = None,
         metadata: dict[str, str] | None = None,
+        thinking: Thinking | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         if not name or "/" in name:
             raise ConfigError(f"agent name {name!r} must be non-empty and contain no '/'")
@@ -124,6 +130,8 @@ class Agent(Generic[OutputT]):
         self.budget_tokens = budget_tokens
         self.call_deadline_s = call_deadline_s
         self.metadata = dict(metadata or {})
+        self.thinking = thinking
+        self.extra = dict(extra or {})
 
     def __repr__(self) -> str:
         out = getattr(self.output_type, "__name__", repr(self.output_type))

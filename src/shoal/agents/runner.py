@@ -285,6 +285,7 @@ class _Loop(Generic[T]):
             output_schema=agent.output.schema, output_schema_name=agent.output.name,
             temperature=agent.temperature, top_p=agent.top_p, max_tokens=max_tokens,
             stop=agent.stop, seed=agent.seed, metadata=self.metadata,
+            thinking=agent.thinking, extra=agent.extra,
         )
 
     async def _fit_context(self, request: ChatRequest) -> None:

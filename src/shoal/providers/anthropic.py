@@ -166,8 +166,9 @@ class AnthropicProvider(HttpProvider):
                     p.force_tool_with_thinking or not thinking_on):
                 body["tool_choice"] = {"type": "tool", "name": name}
             else:
-                body["tool_choice"] = _tool_choice(choice if choice and choice != "none"
-                                                   else "auto")
+                # With thinking on, "answer now" is tool_choice none: a JSON text answer,
+                # validated locally like every other provider's.
+                body["tool_choice"] = _tool_choice(choice or "auto")
         elif choice and request.tools:
             body["tool_choice"] = _tool_choice(choice)
         if tools:
