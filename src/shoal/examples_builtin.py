@@ -11,7 +11,7 @@ writer falls back to a note saying what went wrong.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.agents.agent import Agent
 from shoal.flows.flow import Flow
@@ -20,12 +20,11 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from shoal.agents.client import ModelClient
-    from shoal.config import Config
+    from shoal.agents.recorder import RunRecorder
     from shoal.flows.flow import FlowResult
 
 __all__ = [
     "PIPELINE_STEPS",
-    "config_for_sim",
     "content_pipeline",
     "render_pipeline_result",
     "run_content_pipeline",
@@ -78,35 +77,31 @@ async def run_content_pipeline(
     router: ModelClient,
     models: dict[str, str] | None = None,
     run_id: str | None = None,
+    recorder: RunRecorder | None = None,
 ) -> FlowResult:
     """Run the pipeline on ``topic`` through ``router``; the result's ``output`` is the
-    writer's text and ``table()`` the per-step summary."""
-    return await content_pipeline(models).run(topic, client=router, run_id=run_id)
+    writer's text and ``table()`` the per-step summary. ``recorder``: a journal, or a
+    :meth:`RunProgress.watch <shoal.flows.progress.RunProgress.watch>` to follow it live."""
+    return await content_pipeline(models).run(topic, client=router, run_id=run_id,
+                                              recorder=recorder)
 
 
 def render_pipeline_result(result: FlowResult, console: Console | None = None) -> None:
     """Print the final text, then the table of steps (step, model, status, latency,
     tokens in/out, cost)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
 
     out = console or Console()
     text = result.output if isinstance(result.output, str) else str(result.output)
-    out.print(Panel(text.strip() or "(empty answer)", title="report", expand=False))
+    out.print(Panel(escape(text.strip() or "(empty answer)"), title="report", expand=False))
     out.print(result.table())
 
 
-def config_for_sim(base_url: str, *, max_concurrency: int | None = 64) -> Config:
-    """A configuration that serves every catalog model from one simulator (``base_url`` is
-    the server's root, e.g. ``sim.url``), at catalog prices: run anything offline."""
-    from shoal.config import Config
+def __getattr__(name: str) -> Any:
+    if name == "config_for_sim":  # moved: its public home is shoal.sim.config_for_sim
+        from shoal.sim.router_config import config_for_sim
 
-    catalog = Config.from_dict({})
-    channel: dict[str, object] = {"protocol": "openai", "base_url": base_url.rstrip("/") + "/v1",
-                                  "api_key": "sk-sim", "provider": "openai"}
-    if max_concurrency is not None:
-        channel["max_concurrency"] = max_concurrency
-    return Config.from_dict({
-        "channels": {"sim": channel},
-        "models": {name: {"channels": ["sim"], "fallbacks": []} for name in catalog.models},
-    })
+        return config_for_sim
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -74,21 +74,21 @@ def test_agent_target_with_model_override(app: typer.Typer, tmp_path: Path) -> N
 def test_clear_errors(app: typer.Typer, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["run", str(EXAMPLES / "report_flow.toml"), "--sim"])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "give an input" in res.output
     res = runner.invoke(app, ["run", "no_such_module_xyz:thing", "x", "--sim"])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "cannot import 'no_such_module_xyz'" in res.output
     bad = tmp_path / "bad.toml"
     bad.write_text('[steps.a]\nafter = "b"\n')
     res = runner.invoke(app, ["run", str(bad), "x", "--sim"])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "depend on unknown steps" in res.output
     spec = tmp_path / "flow.yaml"
     spec.write_text("steps:\n  a:\n    model: deepseek-chat\n")
     res = runner.invoke(app, ["run", str(spec), "x", "--sim"])
     if importlib.util.find_spec("yaml") is None:
-        assert res.exit_code == 1
+        assert res.exit_code == 2
         assert "pip install pyyaml" in res.output
     else:
         assert res.exit_code == 0, res.output

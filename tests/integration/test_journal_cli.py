@@ -126,7 +126,7 @@ def test_runs_show_resume_prune(sim: Sim, cli: typer.Typer, tmp_path: Path) -> N
     gone = invoke(cli, "prune", "--store", store, "--older-than", "0s")
     assert gone.stdout.strip() == "deleted 1 run(s) not written for 0s"
     missing = invoke(cli, "show", "cli-1", "--store", store)
-    assert missing.exit_code == 1
+    assert missing.exit_code == 2  # a usage error: no such run
     assert "no run 'cli-1'" in missing.stderr
 
 
@@ -142,7 +142,7 @@ def test_resume_without_a_recorded_target_asks_for_one(cli: typer.Typer,
 
     asyncio.run(make())
     res = invoke(cli, "resume", "py-1", "--store", store)
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "does not record how to rebuild its flow" in res.stderr
     assert "--target module:object" in res.stderr
 
@@ -161,5 +161,5 @@ def test_durations() -> None:
 def test_a_bad_duration_is_a_usage_error(cli: typer.Typer, tmp_path: Path) -> None:
     res = invoke(cli, "prune", "--store", f"sqlite:///{tmp_path / 'r.db'}",
                  "--older-than", "a month")
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "cannot read the duration 'a month'" in res.stderr

@@ -81,11 +81,39 @@ async def test_progress_bar_shows_counts() -> None:
     text = out.getvalue()
     assert "docs" in text
     assert "3/3" in text
-    assert "ok 2" in text
-    assert "failed 1" in text
+    assert "3/3 done" in text and "2 ok" in text and "1 failed" in text
     assert " tok " in text
     assert "ETA" in text
     assert "$0.0000" in text
+
+
+async def test_the_bar_of_an_all_failed_batch_says_none_was_ok() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=160, force_terminal=False)
+
+    async def broken(x: str) -> str:
+        raise RuntimeError(f"no {x}")
+
+    result = await Batch(broken, progress=True, console=console, description="docs").run(
+        [str(i) for i in range(8)])
+    text = out.getvalue()
+    assert len(result.failed) == 8
+    assert "8/8 done · 0 ok · 8 failed · 0 running" in text
+
+
+async def test_a_batch_of_named_inputs_labels_its_rows_with_the_names() -> None:
+    async def shout(x: str) -> str:
+        return x.upper()
+
+    result = await Batch(shout).run({"a.txt": "alpha", "b.txt": "beta"})
+    assert [(i.name, i.index, i.output) for i in result.items] == [
+        ("a.txt", 0, "ALPHA"), ("b.txt", 1, "BETA")]
+    out = io.StringIO()
+    Console(file=out, width=120).print(result.table())
+    rows = [line.split()[0] for line in out.getvalue().splitlines() if ".txt" in line]
+    assert rows == ["a.txt", "b.txt"]
+    plain = await Batch(shout).run(["x"])
+    assert plain.items[0].name == "0"
 
 
 def test_batch_validation() -> None:

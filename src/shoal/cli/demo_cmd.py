@@ -2,10 +2,12 @@
 
 Each role uses its preferred model when that provider's API key is set, and the
 configuration's default model otherwise (the offline model when no key is set).
+``--sim`` serves the preferred models from an in-process simulator instead: no keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from shoal.config import Config
     from shoal.flows.flow import FlowResult
 
@@ -32,21 +36,34 @@ def demo(
     analyzer: Annotated[str | None, typer.Option(help="Model for the analyzer.")] = None,
     writer: Annotated[str | None, typer.Option(help="Model for the writer.")] = None,
     config: Annotated[Path | None, typer.Option(help="shoal.toml to use.")] = None,
+    sim: Annotated[bool, typer.Option(
+        "--sim", help="Serve every model from an in-process simulator: no keys, no "
+                      "downloads, about a second; the preferred model per role, at catalog "
+                      "prices.")] = False,
+    progress: Annotated[bool, typer.Option(
+        help="Live progress: each step's state, tokens and cost.")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")
                         ] = None,
 ) -> None:
     """Run a Researcher -> Analyzer -> Writer pipeline on TOPIC and print the report and a
-    table of steps, tokens, latency and cost."""
+    table of steps, tokens, latency and cost. Exit status: 0 done, 1 the run failed,
+    2 a usage or config error."""
     from rich.console import Console
 
+    from shoal.cli.common import fail, plain
     from shoal.cli.loop import run
     from shoal.config import Config
     from shoal.errors import ShoalError
 
     console = Console()
     try:
-        cfg = Config.load(config)
         chosen = {"researcher": researcher, "analyzer": analyzer, "writer": writer}
+        if sim:
+            from shoal.sim import config_for_sim
+
+            cfg = config_for_sim("http://127.0.0.1:1")  # to check the models; served below
+        else:
+            cfg = Config.load(config)
         models: dict[str, str] = {}
         fallback = cfg.default_model()
         for role, preferred in PREFERRED.items():
@@ -54,28 +71,46 @@ def demo(
             if explicit is not None:
                 cfg.model(explicit)  # unknown model: a clear error before anything runs
                 models[role] = explicit
-            elif cfg.usable(preferred):
+            elif sim or cfg.usable(preferred):
                 models[role] = preferred
             else:
                 env = cfg.channels_for(preferred)[0].api_key_env
-                console.print(f"[dim]{role}: ${env} is not set, so it runs on {fallback}"
-                              f"{' (offline)' if fallback == 'smollm2-135m' else ''}[/dim]")
+                console.print(plain(f"{role}: ${env} is not set, so it runs on {fallback}"
+                                    f"{' (offline)' if fallback == 'smollm2-135m' else ''}"),
+                              style="dim")
                 models[role] = fallback
-        result = run(_run(topic, cfg, models))
+        result = run(_run(topic, cfg, models, sim=sim, console=console, progress=progress))
         if json_out is not None:
             doc = {"run_id": result.run_id, "status": result.status, "output": result.output,
                    "cost_usd": result.cost_usd, "steps": result.rows()}
             json_out.write_text(json.dumps(doc, indent=2, default=str))
     except ShoalError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
+    if result.status == "failed":
+        raise typer.Exit(1)
 
 
-async def _run(topic: str, cfg: Config, models: dict[str, str]) -> FlowResult:
-    from shoal.examples_builtin import render_pipeline_result, run_content_pipeline
+async def _run(topic: str, cfg: Config, models: dict[str, str], *, sim: bool,
+               console: Console, progress: bool) -> FlowResult:
+    from shoal.agents.recorder import NullRecorder
+    from shoal.cli.live import live_progress
+    from shoal.examples_builtin import (
+        content_pipeline,
+        render_pipeline_result,
+        run_content_pipeline,
+    )
     from shoal.traffic.router import Router
 
-    async with Router(cfg) as router:
-        result = await run_content_pipeline(topic, router=router, models=models)
-    render_pipeline_result(result)
+    async with contextlib.AsyncExitStack() as stack:
+        if sim:
+            from shoal.sim import SimConfig, SimServer, config_for_sim
+
+            server = await stack.enter_async_context(SimServer(SimConfig()))
+            cfg = config_for_sim(server.url)
+        router = await stack.enter_async_context(Router(cfg))
+        with live_progress(console, content_pipeline(models), enabled=progress) as watch:
+            recorder = None if watch is None else watch.watch(NullRecorder())
+            result = await run_content_pipeline(topic, router=router, models=models,
+                                                recorder=recorder)
+    render_pipeline_result(result, console)
     return result

@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from shoal.cli.common import EXIT_FAILED, check_model, check_models, fail, plain
 from shoal.cli.loop import run as run_loop
-from shoal.errors import ConfigError, ShoalError
+from shoal.errors import ConfigError, ShoalError, StepFailed
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from shoal.agents.client import ModelClient
+    from shoal.flows.flow import FlowResult
 
 __all__ = ["load_inputs", "load_target", "register", "run"]
 
@@ -136,7 +138,8 @@ def load_inputs(
         files = sorted(p for p in input_dir.glob(pattern) if p.is_file())
         if not files:
             raise ConfigError(f"no files match {pattern!r} in {input_dir}")
-        out += [(str(p), p.read_text("utf-8", errors="replace")) for p in files]
+        out += [(str(p.relative_to(input_dir)), p.read_text("utf-8", errors="replace"))
+                for p in files]
     return out
 
 
@@ -173,41 +176,51 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
                    opts: RunOptions, console: Console) -> dict[str, Any]:
     from shoal.agents.agent import Agent
     from shoal.agents.guards import Budget
-    from shoal.agents.recorder import to_jsonable
+    from shoal.agents.recorder import NullRecorder, to_jsonable
     from shoal.agents.runner import Runner
+    from shoal.cli.live import live_progress
     from shoal.flows.batch import Batch
     from shoal.flows.flow import Flow
+    from shoal.flows.resume import as_flow
 
     run_id, budget_usd = opts.run_id, opts.budget_usd
-    if len(items) == 1 and opts.store is not None and isinstance(target, Flow | Agent):
-        # Journaled: `shoal resume RUN_ID` continues it after a failure or a kill.
-        from shoal.cli.runs_cmd import journal_meta
-        from shoal.flows.resume import run_durable
+    budget = Budget(max_usd=budget_usd) if budget_usd else None
+    if len(items) == 1 and isinstance(target, Flow | Agent) and (
+            opts.store is not None or isinstance(target, Flow)):
+        value = items[0][1]
+        try:
+            with live_progress(console, as_flow(target), enabled=opts.progress) as progress:
+                if opts.store is not None:
+                    # Journaled: `shoal resume RUN_ID` continues it after a failure or a kill.
+                    from shoal.cli.runs_cmd import journal_meta
+                    from shoal.flows.resume import run_durable
 
-        meta = journal_meta(opts.target_spec, model=opts.model, sim=opts.sim,
-                            config=opts.config)
-        res = await run_durable(target, items[0][1], store=opts.store, run_id=run_id,
-                                client=client, meta=meta,
-                                budget=Budget(max_usd=budget_usd) if budget_usd else None)
-        _print_output(console, res.output)
-        console.print(res.table())
-        console.print(f"journaled as run {res.run_id} in {opts.store}")
-        return {"run_id": res.run_id, "status": res.status, "output": to_jsonable(res.output),
-                "steps": res.rows(), "cost_usd": res.cost_usd, "usage": to_jsonable(res.usage)}
+                    meta = journal_meta(opts.target_spec, model=opts.model, sim=opts.sim,
+                                        config=opts.config)
+                    res = await run_durable(target, value, store=opts.store, run_id=run_id,
+                                            client=client, meta=meta, budget=budget,
+                                            progress=progress)
+                else:
+                    assert isinstance(target, Flow)
+                    watched = None if progress is None else progress.watch(NullRecorder())
+                    res = await target.run(value, run_id=run_id, client=client, budget=budget,
+                                           recorder=watched)
+        except StepFailed as exc:
+            if exc.result is not None:  # what was spent before it failed
+                console.print(exc.result.table())
+                if opts.store is not None:
+                    console.print(plain(f"journaled as run {exc.result.run_id} in "
+                                        f"{opts.store}: shoal resume {exc.result.run_id}"))
+            raise
+        return _flow_summary(console, res, opts)
     if len(items) == 1:
         value = items[0][1]
-        if isinstance(target, Flow):
-            budget = Budget(max_usd=budget_usd) if budget_usd else None
-            res = await target.run(value, run_id=run_id, client=client, budget=budget)
-            _print_output(console, res.output)
-            console.print(res.table())
-            return {"run_id": res.run_id, "status": res.status, "output": to_jsonable(res.output),
-                    "steps": res.rows(), "cost_usd": res.cost_usd,
-                    "usage": to_jsonable(res.usage)}
         if isinstance(target, Agent):
-            budget = Budget(max_usd=budget_usd) if budget_usd else None
             text = value if isinstance(value, str) else json.dumps(value)
-            agent_res = await Runner(client).run(target, text, budget=budget, run_id=run_id)
+            with live_progress(console, enabled=opts.progress) as progress:
+                recorder = None if progress is None else progress.watch(NullRecorder())
+                agent_res = await Runner(client, recorder=recorder).run(
+                    target, text, budget=budget, run_id=run_id)
             _print_output(console, agent_res.output)
             console.print(_turns_table(agent_res))
             return {"run_id": agent_res.run_id, "status": "succeeded",
@@ -218,15 +231,15 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
         from shoal.stores import open_store
 
         async with open_store(opts.store) as store:
-            recorder = StoreRecorder(store, flow=target if isinstance(target, Flow) else None)
+            journal = StoreRecorder(store, flow=target if isinstance(target, Flow) else None)
             batch = Batch(target, concurrency=opts.concurrency, client=client, run_id=run_id,
                           budget_usd=budget_usd, progress=opts.progress, console=console,
-                          recorder=recorder)
-            result = await batch.run([v for _, v in items])
+                          recorder=journal)
+            result = await batch.run(dict(items))
     else:
         batch = Batch(target, concurrency=opts.concurrency, client=client, run_id=run_id,
                       budget_usd=budget_usd, progress=opts.progress, console=console)
-        result = await batch.run([v for _, v in items])
+        result = await batch.run(dict(items))
     console.print(result.table())
     return {
         "items": [
@@ -240,12 +253,23 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
     }
 
 
+def _flow_summary(console: Console, res: FlowResult, opts: RunOptions) -> dict[str, Any]:
+    from shoal.agents.recorder import to_jsonable
+
+    _print_output(console, res.output)
+    console.print(res.table())
+    if opts.store is not None:
+        console.print(plain(f"journaled as run {res.run_id} in {opts.store}"))
+    return {"run_id": res.run_id, "status": res.status, "output": to_jsonable(res.output),
+            "steps": res.rows(), "cost_usd": res.cost_usd, "usage": to_jsonable(res.usage)}
+
+
 def _print_output(console: Console, output: Any) -> None:
     from rich.panel import Panel
 
     from shoal.flows.flow import as_text
 
-    console.print(Panel(as_text(output).strip() or "(empty answer)", title="output",
+    console.print(Panel(plain(as_text(output).strip() or "(empty answer)"), title="output",
                         expand=False))
 
 
@@ -266,17 +290,20 @@ def _turns_table(result: Any) -> Any:
 async def _main(items: list[tuple[str, Any]], opts: RunOptions, console: Console
                 ) -> dict[str, Any]:
     from shoal.config import Config
+    from shoal.sim import SimConfig, SimServer, config_for_sim
     from shoal.traffic.router import Router
 
+    # Every model the run names is checked before anything runs (not when a step is reached).
+    config = config_for_sim("http://127.0.0.1:1") if opts.sim else Config.load(opts.config)
+    if opts.model:
+        check_model(config, opts.model, "-m/--model")
     target = load_target(opts.target_spec)
     if opts.model:
         target = _override_model(target, opts.model)
+    check_models(target, config)
     if not opts.sim:
-        async with Router(Config.load(opts.config)) as router:
+        async with Router(config) as router:
             return await _execute(target, items, client=router, opts=opts, console=console)
-    from shoal.examples_builtin import config_for_sim
-    from shoal.sim import SimConfig, SimServer
-
     async with SimServer(SimConfig()) as server, Router(config_for_sim(server.url)) as router:
         return await _execute(target, items, client=router, opts=opts, console=console)
 
@@ -304,17 +331,19 @@ def run(
     run_id: Annotated[str | None, typer.Option(help="Run id (to name or resume a run).")]
     = None,
     budget_usd: Annotated[float | None, typer.Option(help="Dollar budget for the run.")] = None,
-    progress: Annotated[bool, typer.Option(help="Live progress bar for batches.")] = True,
+    progress: Annotated[bool, typer.Option(
+        help="Live progress: each step's state, tokens and cost (a bar for batches).")] = True,
     store: Annotated[str | None, typer.Option(
         "--store", envvar="SHOAL_STORE",
         help="Journal the run in this store (e.g. sqlite:///.shoal/runs.db); "
              "`shoal resume RUN_ID` continues it.")] = None,
 ) -> None:
-    """Run an agent, a flow or a flow spec on one input or a batch of inputs."""
+    """Run an agent, a flow or a flow spec on one input or a batch of inputs.
+
+    Exit status: 0 done, 1 the run (or a batch item) failed, 2 a usage or config error."""
     from rich.console import Console
 
     console = Console(stderr=False)
-    err = Console(stderr=True)
     try:
         items = load_inputs(list(inputs or []), input_file, input_dir, glob)
         if not items:
@@ -324,12 +353,11 @@ def run(
                           progress=progress, store=store)
         summary = run_loop(_main(items, opts, console))
     except ShoalError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
     if json_out is not None:
         json_out.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str),
                             "utf-8")
-        console.print(f"results written to {json_out}")
+        console.print(plain(f"results written to {json_out}"))
     failed = summary.get("failed", 0) or summary.get("status") == "failed"
     if failed:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_FAILED)

@@ -1,5 +1,5 @@
-"""``shoal runs``, ``shoal show RUN_ID``, ``shoal resume RUN_ID``, ``shoal prune``: the
-journaled runs in a store (``--store URL``, ``$SHOAL_STORE``, default
+"""``shoal runs``, ``shoal show RUN_ID``, ``shoal resume RUN_ID``, ``shoal delete RUN_ID``,
+``shoal prune``: the journaled runs in a store (``--store URL``, ``$SHOAL_STORE``, default
 ``sqlite:///.shoal/runs.db``).
 
 A run records how to rebuild its flow in its ``meta`` (:func:`journal_meta`: the
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from shoal.cli.common import EXIT_USAGE, fail, plain
 from shoal.errors import ConfigError, ShoalError
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from shoal.flows.resume import RunPlan
 
 __all__ = [
-    "journal_meta", "parse_duration", "prune", "register", "resume", "runs", "show",
+    "delete", "journal_meta", "parse_duration", "prune", "register", "resume", "runs", "show",
 ]
 
 StoreOpt = Annotated[str | None, typer.Option(
@@ -41,10 +42,11 @@ _STATUS_COLOURS = {"succeeded": "green", "running": "cyan", "failed": "red",
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``runs``, ``show``, ``resume`` and ``prune`` to *app*."""
+    """Add ``runs``, ``show``, ``resume``, ``delete`` and ``prune`` to *app*."""
     app.command("runs")(runs)
     app.command("show")(show)
     app.command("resume")(resume)
+    app.command("delete")(delete)
     app.command("prune")(prune)
 
 
@@ -80,10 +82,7 @@ def _now() -> float:
 
 
 def _fail(exc: ShoalError) -> typer.Exit:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
+    return fail(exc)
 
 
 def _console() -> Console:
@@ -97,7 +96,7 @@ def _console() -> Console:
 
 
 def _status(status: str) -> str:
-    return f"[{_STATUS_COLOURS.get(status, 'white')}]{status}[/]"
+    return f"[{_STATUS_COLOURS.get(status, 'white')}]{plain(status)}[/]"
 
 
 # -- shoal runs ------------------------------------------------------------------------
@@ -135,9 +134,9 @@ def runs(
                          ("updated", "right"), ("error", "left")):
         table.add_column(col, justify=justify, no_wrap=col != "error")  # type: ignore[arg-type]
     for r in records:
-        table.add_row(r.run_id, r.flow, _status(r.status), str(r.tokens), f"{r.cost_usd:.6f}",
-                      _age(now - r.created_at), _age(now - r.updated_at),
-                      (r.error or "")[:60])
+        table.add_row(plain(r.run_id), plain(r.flow), _status(r.status), str(r.tokens),
+                      f"{r.cost_usd:.6f}", _age(now - r.created_at), _age(now - r.updated_at),
+                      plain((r.error or "")[:60]))
     console.print(table if records else "no runs in this store")
 
 
@@ -174,7 +173,8 @@ def show(
     run = p.run
     now = _now()
     created = datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M:%S")
-    console.print(f"[b]run {run.run_id}[/b] · flow {run.flow} · {_status(run.status)}")
+    console.print(f"[b]run {plain(run.run_id)}[/b] · flow {plain(run.flow)} · "
+                  f"{_status(run.status)}")
     console.print(f"created {created} ({_age(now - run.created_at)} ago), last write "
                   f"{_age(now - run.updated_at)} ago · {run.tokens} tokens · "
                   f"${run.cost_usd:.6f}")
@@ -182,9 +182,9 @@ def show(
     if p.target:
         console.print(f"target: {p.target}", markup=False, soft_wrap=True)
     if run.error:
-        console.print(f"[red]error:[/] {run.error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {plain(run.error)}", highlight=False, soft_wrap=True)
     console.print(_steps_table(p))
-    console.print(_resume_line(p), soft_wrap=True)
+    console.print(plain(_resume_line(p)), soft_wrap=True)
 
 
 def _default_url() -> str:
@@ -213,9 +213,9 @@ def _steps_table(p: RunPlan) -> Table:
     for v in p.steps:
         start = "-" if v.started_at is None else f"+{v.started_at - origin:.1f}s"
         took = "-" if v.duration_s is None else f"{v.duration_s:.2f}s"
-        table.add_row(v.step_id, _status(v.status), str(v.attempt), start, took, str(v.turns),
-                      str(v.tokens), f"{v.cost_usd:.6f}", v.model or "-",
-                      (v.error or "")[:80])
+        table.add_row(plain(v.step_id), _status(v.status), str(v.attempt), start, took,
+                      str(v.turns), str(v.tokens), f"{v.cost_usd:.6f}", plain(v.model or "-"),
+                      plain((v.error or "")[:80]))
     return table
 
 
@@ -240,6 +240,41 @@ def _plan_json(p: RunPlan) -> dict[str, Any]:
                    "turns": v.turns, "error": v.error} for v in p.steps],
         "replay": p.replay, "redo": p.redo, "turns_to_replay": p.turns_to_replay,
     }
+
+
+# -- shoal delete ----------------------------------------------------------------------
+
+
+def delete(
+    run_ids: Annotated[list[str], typer.Argument(help="The run(s) to delete.")],
+    store: StoreOpt = None,
+) -> None:
+    """Delete runs by id, with their steps and effects (a corrupt run, a test run).
+    Exit status 2 if one of them is not in the store."""
+    from shoal.cli.loop import run as run_loop
+
+    try:
+        missing = run_loop(_delete(store, run_ids))
+    except ShoalError as exc:
+        raise _fail(exc) from None
+    for run_id in run_ids:
+        if run_id not in missing:
+            typer.echo(f"deleted run {run_id}")
+    if missing:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            plain(f"error: no run {', '.join(repr(m) for m in missing)} in "
+                  f"{store or _default_url()}; `shoal runs` lists the runs there"),
+            highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE)
+
+
+async def _delete(url: str | None, run_ids: list[str]) -> list[str]:
+    from shoal.stores import open_store
+
+    async with open_store(url) as store:
+        return [r for r in run_ids if not await store.delete_run(r)]
 
 
 # -- shoal prune -----------------------------------------------------------------------
@@ -291,9 +326,12 @@ def resume(
                                 "steps replay as recorded.")] = False,
     json_out: Annotated[Path | None, typer.Option(
         "--json", "-o", help="Write the result as JSON to this file.")] = None,
+    progress: Annotated[bool, typer.Option(
+        help="Live progress: each step's state, tokens and cost.")] = True,
 ) -> None:
     """Continue a failed, cancelled or killed run: journaled steps and model turns replay
-    with zero calls, the rest runs. Exit status 2 if the run fails again."""
+    with zero calls, the rest runs. Exit status 1 if the run fails again, 2 for a usage
+    or config error (an unknown run, a changed flow, an unknown model)."""
     from rich.console import Console
 
     from shoal.cli.loop import run as run_loop
@@ -301,20 +339,19 @@ def resume(
     console = Console()
     try:
         summary = run_loop(_resume(run_id, store, target=target, config=config, sim=sim,
-                                   allow_changed=allow_changed, console=console))
+                                   allow_changed=allow_changed, console=console,
+                                   progress=progress))
     except ShoalError as exc:
-        from shoal.errors import StepFailed
-
-        code = 2 if isinstance(exc, StepFailed) else 1
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code) from None
+        raise _fail(exc) from None
     if json_out is not None:
         json_out.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str),
                             "utf-8")
 
 
 async def _resume(run_id: str, url: str | None, *, target: str | None, config: Path | None,
-                  sim: bool | None, allow_changed: bool, console: Console) -> dict[str, Any]:
+                  sim: bool | None, allow_changed: bool, console: Console,
+                  progress: bool = True) -> dict[str, Any]:
+    from shoal.cli.common import check_models
     from shoal.stores import open_store
 
     async with open_store(url) as store:
@@ -334,17 +371,19 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
             from shoal.config import Config
             from shoal.traffic.router import Router
 
-            async with Router(Config.load(config)) as router:
+            cfg = Config.load(config)
+            check_models(flow, cfg)
+            async with Router(cfg) as router:
                 return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
-                                       console=console)
-        from shoal.examples_builtin import config_for_sim
-        from shoal.sim import SimConfig, SimServer
+                                       console=console, progress=progress)
+        from shoal.sim import SimConfig, SimServer, config_for_sim
         from shoal.traffic.router import Router
 
+        check_models(flow, config_for_sim("http://127.0.0.1:1"))
         async with SimServer(SimConfig()) as server, \
                 Router(config_for_sim(server.url)) as router:
             return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
-                                       console=console)
+                                   console=console, progress=progress)
 
 
 def _rebuild(spec: str, model: str | None) -> Flow:
@@ -362,13 +401,22 @@ def _rebuild(spec: str, model: str | None) -> Flow:
 
 
 async def _continue(flow: Flow, run_id: str, store: Any, client: ModelClient, *,
-                    allow_changed: bool, console: Console) -> dict[str, Any]:
+                    allow_changed: bool, console: Console, progress: bool = True
+                    ) -> dict[str, Any]:
     from shoal.agents.recorder import to_jsonable
+    from shoal.cli.live import live_progress
+    from shoal.errors import StepFailed
     from shoal.flows.flow import as_text
     from shoal.flows.resume import resume as resume_run
 
-    result = await resume_run(run_id, flow, store=store, client=client,
-                              allow_changed=allow_changed)
+    try:
+        with live_progress(console, flow, enabled=progress) as watch:
+            result = await resume_run(run_id, flow, store=store, client=client,
+                                      allow_changed=allow_changed, progress=watch)
+    except StepFailed as exc:
+        if exc.result is not None:  # what this attempt spent before it failed
+            console.print(exc.result.table())
+        raise
     console.print(as_text(result.output), markup=False, highlight=False)
     console.print(result.table())
     return {"run_id": result.run_id, "status": result.status,

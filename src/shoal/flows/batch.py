@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,7 +35,9 @@ Target = Agent[Any] | Flow | Callable[[Any], Awaitable[Any]]
 
 @dataclass(slots=True)
 class BatchItem:
-    """One input's outcome. ``detail`` is the agent's RunResult or the flow's FlowResult."""
+    """One input's outcome. ``name`` is the input's key (its file name in ``shoal run
+    -d``; its index when the inputs were a plain list). ``detail`` is the agent's
+    RunResult or the flow's FlowResult."""
 
     index: int
     input: Any
@@ -49,6 +51,7 @@ class BatchItem:
     run_id: str = ""
     detail: Any = field(default=None, repr=False)
     exception: BaseException | None = field(default=None, repr=False)
+    name: str = ""
 
 
 @dataclass(slots=True)
@@ -79,13 +82,17 @@ class BatchResult:
 
         table = Table(title=f"{title}: {len(self.succeeded)} ok, {len(self.failed)} failed",
                       box=box.SIMPLE_HEAD, pad_edge=False, caption="in/out: tokens")
-        for col in ("#", "status", "latency", "in", "out", "cost $", "error"):
-            table.add_column(col, justify="left" if col in ("status", "error") else "right")
+        from rich.markup import escape
+
+        for col in ("item", "status", "latency", "in", "out", "cost $", "error"):
+            table.add_column(col, justify="right" if col in ("latency", "in", "out", "cost $")
+                             else "left")
         for i in self.items:
             colour = "green" if i.status == "succeeded" else "red"
-            table.add_row(str(i.index), f"[{colour}]{i.status}[/]", f"{i.latency_s:.2f}s",
-                          str(i.usage.input_tokens), str(i.usage.output_tokens),
-                          f"{i.cost_usd:.6f}", (i.error or "")[:60])
+            table.add_row(escape(i.name or str(i.index)), f"[{colour}]{i.status}[/]",
+                          f"{i.latency_s:.2f}s", str(i.usage.input_tokens),
+                          str(i.usage.output_tokens), f"{i.cost_usd:.6f}",
+                          escape((i.error or "")[:60]))
         table.add_row("total", "", f"{self.latency_s:.2f}s", str(self.usage.input_tokens),
                       str(self.usage.output_tokens), f"{self.cost_usd:.6f}", "")
         return table
@@ -134,10 +141,17 @@ class Batch:
         self.console = console
         self.description = description or getattr(target, "name", None) or "batch"
 
-    async def run(self, inputs: Iterable[Any]) -> BatchResult:
-        """Run every input; returns when all are done. Item errors are collected in the
-        result, never raised; cancelling the call cancels the items in flight."""
-        items = list(inputs)
+    async def run(self, inputs: Iterable[Any] | Mapping[str, Any]) -> BatchResult:
+        """Run every input; returns when all are done. ``inputs``: a list, or a mapping of
+        name -> input (the names label the items, e.g. file names). Item errors are
+        collected in the result, never raised; cancelling the call cancels the items in
+        flight."""
+        if isinstance(inputs, Mapping):
+            names = [str(k) for k in inputs]
+            items = list(inputs.values())
+        else:
+            items = list(inputs)
+            names = [str(i) for i in range(len(items))]
         run_id = self.run_id or new_run_id()
         budget = None
         if self.budget_usd is not None or self.budget_tokens is not None:
@@ -159,6 +173,7 @@ class Batch:
             for index, value in feed:
                 state.started()
                 item = await self._one(index, value, f"{run_id}-{index}", client, budget)
+                item.name = names[index]
                 results[index] = item
                 state.finished(item)
 
@@ -242,10 +257,10 @@ class _Progress:
 
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(bar_width=16),
-                MofNCompleteColumn(),
-                TextColumn("[green]ok {task.fields[ok]}[/] [red]failed {task.fields[failed]}[/]"
-                           " running {task.fields[running]} · {task.fields[tokens]} tok · "
-                           "${task.fields[cost]} · ETA"),
+                MofNCompleteColumn(), TextColumn("done ·"),
+                TextColumn("[green]{task.fields[ok]} ok[/] · [red]{task.fields[failed]} "
+                           "failed[/] · {task.fields[running]} running · "
+                           "{task.fields[tokens]} tok · ${task.fields[cost]} · ETA"),
                 TimeRemainingColumn(),
                 console=console, get_time=clock.now, transient=False,
             )

@@ -448,7 +448,8 @@ def _preview(value: Any, limit: int = 60) -> str:
 def _malformed(run_id: str, step_id: str, exc: BaseException) -> CorruptRecord:
     return CorruptRecord(
         f"step {step_id!r} of run {run_id!r} is not a journal record shoal can replay "
-        f"({exc!r}); it was not used. Delete the run (shoal prune) or start a new run_id.",
+        f"({exc!r}); it was not used. Delete the run (shoal delete {run_id}) or start a new "
+        "run_id.",
         run_id=run_id, step_id=step_id)
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from shoal.agents.guards import Budget
     from shoal.clock import Clock
     from shoal.flows.flow import Flow, FlowResult
+    from shoal.flows.progress import RunProgress
     from shoal.stores.base import Store
     from shoal.stores.records import RunRecord, StepRecord
 
@@ -70,13 +71,15 @@ async def run_durable(
     budget: Budget | None = None,
     shared: Mapping[str, Any] | None = None,
     clock: Clock | None = None,
+    progress: RunProgress | None = None,
 ) -> FlowResult:
     """Run ``flow`` (or an agent, as a one-step flow) with every step and turn journaled
     in ``store`` (an open Store or a URL).
 
     A ``run_id`` already in the store continues that run (same flow and input, unless
     ``allow_changed``). ``meta`` (JSON) is kept with a new run, e.g. how to rebuild the
-    flow. Raises what ``flow.run`` raises; failed and cancelled steps are written to the
+    flow. ``progress`` (a :class:`~shoal.flows.progress.RunProgress`) follows the steps
+    live. Raises what ``flow.run`` raises; failed and cancelled steps are written to the
     journal with their error first.
     """
     from shoal.agents.runner import new_run_id
@@ -86,8 +89,9 @@ async def run_durable(
     async with _opened(store) as opened:
         recorder = StoreRecorder(opened, flow=flow, allow_changed=allow_changed, meta=meta,
                                  clock=clock)
+        watched = recorder if progress is None else progress.watch(recorder)
         try:
-            result = await flow.run(input, run_id=run_id, client=client, recorder=recorder,
+            result = await flow.run(input, run_id=run_id, client=client, recorder=watched,
                                     budget=budget, shared=shared, clock=clock)
         except StepFailed as exc:
             if exc.result is not None:
@@ -115,6 +119,7 @@ async def resume(
     budget: Budget | None = None,
     shared: Mapping[str, Any] | None = None,
     clock: Clock | None = None,
+    progress: RunProgress | None = None,
 ) -> FlowResult:
     """Continue a failed, cancelled or killed run of ``flow`` from its journal.
 
@@ -127,7 +132,7 @@ async def resume(
         run = await opened.require_run(run_id)
         return await run_durable(flow, run.input, store=opened, run_id=run_id, client=client,
                                  allow_changed=allow_changed, budget=budget, shared=shared,
-                                 clock=clock)
+                                 clock=clock, progress=progress)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,12 @@ def _fatal(res: StepResult, policy: str) -> bool:
     return res.status == "failed" and (policy == "fail" or isinstance(res.exception, StoreError))
 
 
+def _sentence(text: str) -> str:
+    """``text`` ending in exactly one full stop (errors often end in one already)."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def _digest(doc: Any) -> str:
     text = json.dumps(doc, sort_keys=True, ensure_ascii=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -215,9 +221,10 @@ class FlowRun:
                 raise failed.exception  # names the record; "resume" would not help
             done_steps = [n for n, r in self.results.items() if r.ok]
             raise StepFailed(
-                f"step {failed.name!r} of flow {self.flow.name!r} failed: {failed.error}. "
-                f"Finished steps: {', '.join(done_steps) or 'none'}. Run again with "
-                f"run_id={self.run_id!r} and a journal to resume from here.",
+                f"step {failed.name!r} of flow {self.flow.name!r} failed: "
+                f"{_sentence(failed.error or 'unknown error')} Finished steps: "
+                f"{', '.join(done_steps) or 'none'}. Run again with run_id={self.run_id!r} "
+                "and a journal to resume from here.",
                 step=failed.name, result=result,
             ) from failed.exception
         status: RunStatus = (

@@ -6,12 +6,14 @@ pipelines offline. See docs/simulator.md.
 
     async with SimServer(SimConfig(max_concurrency=3)) as sim:
         client = openai.AsyncOpenAI(base_url=sim.url + "/v1", api_key="sk-test")
+        router = Router(config_for_sim(sim.url))   # every catalog model, offline
 """
 
 from __future__ import annotations
 
 from shoal.sim.config import FAULT_NAMES, Faults, ModelProfile, SimConfig
 from shoal.sim.process import SimProcess
+from shoal.sim.router_config import config_for_sim
 from shoal.sim.server import SimServer
 from shoal.sim.stats import RequestRecord, SimStats
 
@@ -24,4 +26,5 @@ __all__ = [
     "SimProcess",
     "SimServer",
     "SimStats",
+    "config_for_sim",
 ]

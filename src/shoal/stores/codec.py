@@ -87,7 +87,7 @@ def dumps(value: Any, what: str) -> str:
     """Compact JSON text of ``value`` with every registered secret masked (see
     :mod:`shoal.secrets`); ConfigError naming ``what`` when it is not JSON."""
     try:
-        return redact_values(
+        return (
             json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
         )
     except (TypeError, ValueError) as exc:
@@ -246,7 +246,8 @@ def _corrupt(
         what = f"run {run_id!r}" + (f" ({part} record)" if part else "")
     return CorruptRecord(
         f"{what} in {where} is corrupt: {reason}. It was not used. Inspect the record, "
-        "then delete the run (Store.delete_run / `shoal prune`) or restore it from a backup.",
+        f"then delete the run (`shoal delete {run_id}`, or Store.delete_run) or restore it "
+        "from a backup.",
         run_id=run_id, step_id=step_id, key=key,
     )
 

@@ -1,0 +1,85 @@
+"""What every ``shoal`` command shares: exit codes, error printing, model checks.
+
+Exit codes (the same for every command):
+
+=====  ==================================================================
+0      done
+1      the run failed: a step, a batch item or the resumed run failed
+2      usage or configuration error: a bad option, an unknown model, a
+       missing file or run id (click's own usage errors exit 2 as well)
+=====  ==================================================================
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from shoal.errors import ConfigError, RunNotFound, ShoalError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from shoal.config import Config
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "check_model", "check_models", "exit_code",
+           "fail", "plain"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_DOUBLE_STOP = re.compile(r"(?<![.])\.\.(?=\s|$)")
+
+
+def plain(text: object) -> str:
+    """A message as rich prints it literally (``[models.'x']`` is not markup), with
+    the doubled full stops of nested messages (``…shoal.toml.. Finished``) made single."""
+    from rich.markup import escape
+
+    return escape(_DOUBLE_STOP.sub(".", str(text)))
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 for what the user must fix before running (config, usage, unknown run), else 1."""
+    return EXIT_USAGE if isinstance(exc, ConfigError | RunNotFound) else EXIT_FAILED
+
+
+def fail(exc: ShoalError, console: Console | None = None) -> typer.Exit:
+    """Print ``error: <message>`` on stderr (or ``console``) and return the Exit to raise."""
+    from rich.console import Console
+
+    out = console or Console(stderr=True)
+    out.print(f"[red]error:[/] {plain(exc)}", highlight=False, soft_wrap=True)
+    return typer.Exit(exit_code(exc))
+
+
+def check_models(target: Any, config: Config) -> None:
+    """Every model an Agent or Flow names (models, fallbacks, the flow's default) must be
+    in ``config``: a ``ConfigError`` naming the step before anything runs, not when the
+    step is reached."""
+    from shoal.agents.agent import Agent
+    from shoal.flows.flow import Flow
+
+    agents: list[tuple[str, Agent[Any]]] = []
+    if isinstance(target, Agent):
+        agents.append((f"agent {target.name!r}", target))
+    elif isinstance(target, Flow):
+        if target.default_model:
+            check_model(config, target.default_model, f"flow {target.name!r}")
+        agents += [(f"step {name!r}", step.target) for name, step in target.steps.items()
+                   if isinstance(step.target, Agent)]
+    for where, agent in agents:
+        for model in (agent.model, *agent.fallbacks):
+            if model:
+                check_model(config, model, where)
+
+
+def check_model(config: Config, model: str, where: str) -> None:
+    """``config.model(model)``, its ConfigError prefixed with ``where``."""
+    try:
+        config.model(model)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
