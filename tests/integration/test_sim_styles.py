@@ -612,3 +612,19 @@ async def test_permissive_accepts_what_strict_styles_refuse() -> None:
                 {"role": "tool", "tool_call_id": "nope", "content": "x"}]}),
         ]  # fmt: skip
     assert [r.status for r in replies] == [200, 200]
+
+
+def test_cli_style_flag_selects_the_provider() -> None:
+    from shoal.sim import SimProcess
+
+    with SimProcess("--style", "gemini") as sim:
+        client = openai.OpenAI(base_url=sim.url + "/v1", api_key="sk-test", max_retries=0)
+        try:
+            with pytest.raises(openai.BadRequestError) as info:
+                client.chat.completions.create(model="gemini-2.5-flash", messages=USER, user="u")
+            ok = client.chat.completions.create(model="gemini-2.5-flash", messages=USER)
+        finally:
+            client.close()
+    assert isinstance(info.value.body, list)
+    assert 'Unknown name "user"' in info.value.body[0]["error"]["message"]
+    assert ok.choices[0].message.content

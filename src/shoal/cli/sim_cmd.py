@@ -51,7 +51,11 @@ def sim(
     context_window: Annotated[int | None, typer.Option(help="Longest prompt accepted.")] = None,
     jitter: Annotated[float | None, typer.Option(help="Extra random latency, 0..N s.")] = None,
     style: Annotated[
-        str | None, typer.Option(help="openai | deepseek | moonshot | zhipu (OpenAI endpoint).")
+        str | None,
+        typer.Option(
+            help="Provider imitated, with its refusals: openai | anthropic | deepseek | "
+            "moonshot | zhipu | minimax | gemini | permissive (refuses nothing)."
+        ),
     ] = None,
     error_rate: Annotated[float | None, typer.Option(help="Share of 5xx answers.")] = None,
     error_status: Annotated[int | None, typer.Option(help="500, 502, 503 or 529.")] = None,
