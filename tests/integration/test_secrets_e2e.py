@@ -142,12 +142,16 @@ async def test_the_journal_and_the_cli_hold_no_key(
         raise ConnectionRefusedError(
             f"postgres://app:{TOOL_SECRET}@db/idx refused (token {KEYS['ZHIPU_LIKE_KEY']})")
 
+    def connect(finder: str) -> dict[str, str]:  # a result that holds a registered secret
+        return {"found": finder, "dsn": f"postgres://app:{TOOL_SECRET}@db/idx"}
+
     flow = Flow("leaky")
     flow.add(Agent("finder", model="m-good", tools=[search], instructions="Find it."))
+    flow.add(connect, after="finder")
     for env in keys:
         flow.add(Agent(f"ask_{env.lower()}", model=f"m-{env.lower()}"),
                  after="finder", on_failure="continue")
-    flow.add(Agent("last", model="m-gemini_like_key"), after="finder")
+    flow.add(Agent("last", model="m-gemini_like_key"), after=["finder", "connect"])
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     try:
         async with Router(config(provider)) as router:
@@ -169,6 +173,8 @@ async def test_the_journal_and_the_cli_hold_no_key(
     shown = _cli("show", "leak-1", "--store", store, "--json")
     assert shown.returncode == 0, shown.stderr
     doc = json.loads(shown.stdout)
+    statuses = {s["step"]: s["status"] for s in doc["steps"]}
+    assert statuses["connect"] == "succeeded" and statuses["last"] == "failed"
     errors = [s["error"] or "" for s in doc["steps"]]
     assert any("AuthError" in e and "***" in e for e in errors), errors
     listed = _cli("runs", "--store", store, "--json")

@@ -87,7 +87,7 @@ def dumps(value: Any, what: str) -> str:
     """Compact JSON text of ``value`` with every registered secret masked (see
     :mod:`shoal.secrets`); ConfigError naming ``what`` when it is not JSON."""
     try:
-        return (
+        return redact_values(
             json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
         )
     except (TypeError, ValueError) as exc:
