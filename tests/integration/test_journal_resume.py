@@ -20,7 +20,7 @@ from shoal.agents.testing import ScriptedClient, call, reply
 from shoal.errors import CorruptRecord, ProviderUnavailable
 from shoal.flows.effects import idempotent
 from shoal.flows.flow import Flow
-from shoal.flows.resume import resume, run_durable
+from shoal.flows.resume import plan, resume, run_durable
 from shoal.stores import open_store
 from shoal.types import ChatRequest
 
@@ -108,6 +108,10 @@ async def test_a_resume_reruns_the_dependents_of_a_step_whose_output_changed(
     assert partial.status == "partial"
     assert partial.steps["analyzer"].status == "failed"
     assert partial["editor"] == "<editor of <writer of (no output)>>"  # built on None
+    told = await plan(journal_url, "r1")
+    assert (told.replay, told.redo) == (["researcher", "notes", "writer", "editor"],
+                                        ["analyzer"])
+    assert told.stale_if_changed == ["writer", "editor"]
 
     second = ScriptedClient(handler=answer)
     result = await resume("r1", flow, store=journal_url, client=second)

@@ -224,8 +224,10 @@ def _resume_line(p: RunPlan) -> str:
         return f"resume: nothing to redo; all {len(p.replay)} steps replay with zero calls"
     turns = (f" ({p.turns_to_replay} journaled model turns inside them replay)"
              if p.turns_to_replay else "")
+    stale = (f"; {', '.join(p.stale_if_changed)} also run again if their inputs come out "
+             "different" if p.stale_if_changed else "")
     return (f"resume would replay {len(p.replay)} step(s) with zero calls and run "
-            f"{len(p.redo)}: {', '.join(p.redo)}{turns}")
+            f"{len(p.redo)}: {', '.join(p.redo)}{turns}{stale}")
 
 
 def _plan_json(p: RunPlan) -> dict[str, Any]:
@@ -239,6 +241,7 @@ def _plan_json(p: RunPlan) -> dict[str, Any]:
                    "tokens": v.tokens, "cost_usd": v.cost_usd, "model": v.model,
                    "turns": v.turns, "error": v.error} for v in p.steps],
         "replay": p.replay, "redo": p.redo, "turns_to_replay": p.turns_to_replay,
+        "stale_if_changed": p.stale_if_changed,
     }
 
 

@@ -202,6 +202,8 @@ class StoreRecorder:
         existing = await self.store.get_run(run_id)
         if existing is None:
             meta = {**self.meta, "step_hashes": hashes}
+            if self.flow is not None:  # the graph, for `shoal show` to tell what may re-run
+                meta["step_after"] = {n: list(s.after) for n, s in self.flow.steps.items()}
             await self.store.create_run(RunRecord(run_id, flow=flow, flow_hash=definition,
                                                   input=input, meta=meta))
             self._cache(run_id, _RunJournal({}))

@@ -166,6 +166,8 @@ class RunPlan:
     replay: list[str] = field(default_factory=list)
     redo: list[str] = field(default_factory=list)
     turns_to_replay: int = 0
+    # replayed steps below a redone one: they run again if their inputs come out different
+    stale_if_changed: list[str] = field(default_factory=list)
 
     @property
     def target(self) -> str | None:
@@ -178,7 +180,9 @@ async def plan(store: Store | str, run_id: str) -> RunPlan:
 
     Steps journaled as succeeded replay; every other step of the flow (known from the
     run's ``step_hashes``; map items count under their step) runs again, and the model
-    turns journaled inside it replay. Raises ``RunNotFound`` or ``CorruptRecord``.
+    turns journaled inside it replay. A replayed step below one that runs again
+    (``stale_if_changed``) runs again too if its inputs come out different. Raises
+    ``RunNotFound`` or ``CorruptRecord``.
     """
     async with _opened(store) as opened:
         run = await opened.require_run(run_id)
@@ -221,4 +225,19 @@ def _plan(run: RunRecord, records: list[StepRecord]) -> RunPlan:
     replay = [n for n in names if n in done]
     redo = [n for n in names if n not in done]
     replay_turns = sum(len(t) for s, t in turns.items() if s.split("/", 1)[0] in redo)
-    return RunPlan(run, views, replay, redo, replay_turns)
+    return RunPlan(run, views, replay, redo, replay_turns, _below(run, redo, replay))
+
+
+def _below(run: RunRecord, redo: list[str], replay: list[str]) -> list[str]:
+    """The replayed steps that depend, at any depth, on a step a resume runs again."""
+    graph = run.meta.get("step_after")
+    if not isinstance(graph, Mapping):
+        return []
+    changed = set(redo)
+    out: list[str] = []
+    for name, deps in graph.items():  # in the flow's order: dependencies come first
+        if isinstance(deps, list) and changed.intersection(deps):
+            changed.add(name)
+            if name in replay:
+                out.append(name)
+    return out
