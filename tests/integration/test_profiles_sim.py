@@ -13,7 +13,7 @@ from shoal.config import Config
 from shoal.errors import BadRequest
 from shoal.sim import ModelProfile, SimConfig, SimServer
 from shoal.traffic.router import Router
-from shoal.types import ChatRequest, Message, Thinking
+from shoal.types import ChatRequest, ChatResponse, Message, StreamEnd, Thinking
 
 
 class Findings(BaseModel):
@@ -108,6 +108,7 @@ def lookup(q: str) -> str:
     ("moonshot", "kimi-k2-0905-preview"),
     ("zhipu", "glm-4.6"),
     ("gemini", "gemini-2.5-flash"),
+    ("gemini", "gemini-3-pro-preview"),  # signs its tool calls; refuses them unsigned
 ])
 async def test_tools_and_output_type_on_each_strict_style(
     sim: SimServer, style: str, wire_model: str
@@ -187,4 +188,33 @@ async def test_agent_with_thinking_sends_its_signed_blocks_back_on_tool_turns(
     assert result.turns[0].tool_calls == ["lookup"]
     tool_turn = next(m for m in result.messages if m.role == "assistant")
     assert tool_turn.reasoning_parts and tool_turn.reasoning_parts[0].signature
+    assert [r.status for r in sim.stats().requests] == [200, 200]
+
+
+async def streamed(router: Router, request: ChatRequest) -> ChatResponse:
+    async for event in router.stream(request):
+        if isinstance(event, StreamEnd):
+            return event.response
+    raise AssertionError("no StreamEnd")
+
+
+@pytest.mark.parametrize(("style", "wire_model", "protocol", "thinking"), [
+    ("gemini", "gemini-3-pro-preview", "openai", None),
+    ("deepseek", "deepseek-chat", "openai", Thinking()),
+    ("anthropic", "claude-sonnet-4-5", "anthropic", Thinking(budget_tokens=1024)),
+])
+async def test_streamed_tool_turns_round_trip_on_strict_styles(
+    sim: SimServer, style: str, wire_model: str, protocol: str, thinking: Thinking | None
+) -> None:
+    spec = lookup.spec()
+    async with Router(styled(sim, style, wire_model, protocol=protocol)) as router:
+        messages = [Message.user("find it")]
+        first = await streamed(router, ChatRequest("m", messages, tools=[spec],
+                                                   max_tokens=2048, thinking=thinking))
+        assert first.tool_calls
+        call = first.tool_calls[0]
+        later = [*messages, first.message(), Message.tool(call.id, "found")]
+        second = await streamed(router, ChatRequest("m", later, tools=[spec], max_tokens=2048,
+                                                    thinking=thinking))
+    assert second.text
     assert [r.status for r in sim.stats().requests] == [200, 200]
