@@ -87,7 +87,7 @@ class Scripted(Provider):
 
 def make_router(clock: VirtualClock, providers: dict[str, Provider], *,
                 fallback: str | None = None, retry: RetryPolicy | None = None,
-                keys: dict[str, str] | None = None) -> Router:
+                keys: dict[str, str] | None = None, **options: Any) -> Router:
     channels: dict[str, Any] = {}
     for name in providers:
         ch: dict[str, Any] = {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1",
@@ -104,7 +104,7 @@ def make_router(clock: VirtualClock, providers: dict[str, Provider], *,
         models["f"] = {"channels": [fallback], "input": 1.0, "output": 2.0}
     return Router(Config.from_dict({"channels": channels, "models": models}), clock=clock,
                   providers=providers,
-                  retry=retry or RetryPolicy(backoff=Backoff(base=0.1, cap=1.0)))
+                  retry=retry or RetryPolicy(backoff=Backoff(base=0.1, cap=1.0)), **options)
 
 
 def ask() -> ChatRequest:
@@ -292,3 +292,18 @@ async def test_bad_requests_fail_before_any_request_is_sent(
         with pytest.raises(BadRequest, match=error):
             await clock.run(anext(router.stream(request_)))
     assert provider.calls == 0
+
+
+async def test_a_dead_channel_gets_retries_at_its_budget_not_a_storm() -> None:
+    clock = VirtualClock()
+    dead = Scripted(clock, lambda k: ProviderUnavailable("503", status=503))
+    retry = RetryPolicy(attempts=1000, backoff=Backoff(base=0.0, cap=0.0), deadline_s=10)
+    router = make_router(clock, {"a": dead}, retry=retry,
+                         retry_budget_options={"cap": 5, "min_per_s": 1.0},
+                         breaker_options={"failure_threshold": 10_000, "failure_rate": 1.0})
+    async with router:
+        with pytest.raises((ProviderUnavailable, DeadlineExceeded)):
+            await clock.run(router.complete(ask()))
+    # 1 first attempt + 5 banked tokens + 1 per second over the 10 s deadline, at most.
+    assert dead.calls <= 1 + 5 + 10 + 1
+    assert dead.calls >= 10  # but it kept trying at the floor rate until the deadline

@@ -1,7 +1,8 @@
 """A lane: one channel with its traffic policies, in the order a call meets them.
 
 limiter (concurrency, RPM, TPM; in-process or Redis-shared) → breaker (health) →
-adaptive concurrency (learns an unknown cap) → provider adapter (the wire).
+adaptive concurrency (learns an unknown cap) → provider adapter (the wire); and the
+channel's retry budget (retries it may receive, earned by its successes).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ConfigError
+from shoal.traffic.retry_budget import ChannelRetryBudget
 
 if TYPE_CHECKING:
     from shoal.clock import Clock
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from shoal.traffic.breaker import CircuitBreaker
     from shoal.traffic.limits import Limiter
 
-__all__ = ["Lane", "make_provider"]
+__all__ = ["Lane", "build_lane", "make_provider"]
 
 
 def _digest(key: str | None) -> str:
@@ -60,12 +62,15 @@ class Lane:
         clock: Clock,
         events: EventBus,
         provider: Provider | None = None,
+        retry_budget: ChannelRetryBudget | None = None,
     ) -> None:
         self.channel = channel
         self.name = channel.name
         self.limiter = limiter
         self.breaker = breaker
         self.adaptive = adaptive
+        # Retries this channel may receive, earned by its successes (traffic/retry_budget).
+        self.retry_budget = retry_budget or ChannelRetryBudget(channel.name, clock=clock)
         self.clock = clock
         self.events = events
         self.pending = 0  # calls assigned to this lane and not yet finished (queued + running)
@@ -137,3 +142,61 @@ class Lane:
         if provider is not None:
             await provider.aclose()
         await self.limiter.aclose()
+
+
+def _limiter(ch: ChannelConfig, adaptive: bool, *, clock: Clock, events: EventBus, redis: Any,
+             adaptive_options: dict[str, Any]) -> Limiter:
+    cap = ch.max_concurrency
+    if cap is None and adaptive:
+        cap = int(adaptive_options.get("initial", 1))
+    if ch.shared:
+        if not redis:
+            raise ConfigError(
+                f"channel {ch.name!r} has shared = true but no Redis is configured: set "
+                "redis_url in shoal.toml or pass Router(redis=...)"
+            )
+        from shoal.traffic.redis_limits import RedisLimiter
+
+        # The configured cap is a hard ceiling over any shared (learned) one; an
+        # adaptive channel has none and seeds its starting cap itself.
+        return RedisLimiter(
+            redis, key=f"shoal:limit:{ch.name}", max_concurrency=ch.max_concurrency,
+            rpm=ch.rpm, tpm=ch.tpm, lease_s=ch.lease_s, clock=clock,
+            events=events, name=ch.name,
+        )
+    from shoal.traffic.limits import LocalLimiter
+
+    return LocalLimiter(
+        max_concurrency=cap, rpm=ch.rpm, tpm=ch.tpm, clock=clock, name=ch.name,
+        events=events,
+    )
+
+
+def build_lane(
+    ch: ChannelConfig,
+    *,
+    clock: Clock,
+    events: EventBus,
+    redis: Any = None,
+    provider: Provider | None = None,
+    breaker_options: dict[str, Any] | None = None,
+    adaptive_options: dict[str, Any] | None = None,
+    retry_budget_options: dict[str, Any] | None = None,
+) -> Lane:
+    """A channel's lane with its policies built from config and the Router's options."""
+    from shoal.traffic.breaker import CircuitBreaker
+
+    adaptive_options = adaptive_options or {}
+    adaptive_on = ch.adaptive if ch.adaptive is not None else ch.max_concurrency is None
+    limiter = _limiter(ch, adaptive_on, clock=clock, events=events, redis=redis,
+                       adaptive_options=adaptive_options)
+    adaptive = None
+    if adaptive_on and ch.max_concurrency is None:
+        from shoal.traffic.adaptive import AdaptiveConcurrency
+
+        adaptive = AdaptiveConcurrency(limiter, clock=clock, events=events, **adaptive_options)
+    breaker = CircuitBreaker(ch.name, clock=clock, events=events, key_hint=ch.api_key_env,
+                             **(breaker_options or {}))
+    retry_budget = ChannelRetryBudget(ch.name, clock=clock, **(retry_budget_options or {}))
+    return Lane(ch, limiter=limiter, breaker=breaker, adaptive=adaptive, clock=clock,
+                events=events, provider=provider, retry_budget=retry_budget)

@@ -48,7 +48,7 @@ from shoal.observe.events import EventBus
 from shoal.tokens import count_text, estimate_call_tokens, estimate_prompt_tokens
 from shoal.traffic.call import Attempt, CallState, no_lane_error, pick, reopen_at, usable
 from shoal.traffic.deadline import clock_timeout
-from shoal.traffic.lane import Lane
+from shoal.traffic.lane import Lane, build_lane
 from shoal.traffic.retry import RetryBudget, RetryPolicy
 from shoal.types import (
     ChatRequest,
@@ -62,9 +62,7 @@ from shoal.types import (
 from shoal.validate import validate_request
 
 if TYPE_CHECKING:
-    from shoal.config import ChannelConfig
     from shoal.providers.base import Provider
-    from shoal.traffic.limits import Limiter
 
 __all__ = ["Router"]
 
@@ -107,6 +105,7 @@ class Router:
         providers: dict[str, Provider] | None = None,
         breaker_options: dict[str, Any] | None = None,
         adaptive_options: dict[str, Any] | None = None,
+        retry_budget_options: dict[str, Any] | None = None,
     ) -> None:
         self.config = config if config is not None else Config.load()
         self.clock: Clock = clock or RealClock()
@@ -116,36 +115,11 @@ class Router:
         self._providers = dict(providers or {})
         self._breaker_options = dict(breaker_options or {})
         self._adaptive_options = dict(adaptive_options or {})
+        self._retry_budget_options = dict(retry_budget_options or {})
         self._lanes: dict[str, Lane] = {}
         self._chains: dict[str, list[tuple[ModelInfo, list[Lane]]]] = {}
 
     # -- lanes --------------------------------------------------------------------------
-
-    def _limiter(self, ch: ChannelConfig, adaptive: bool) -> Limiter:
-        cap = ch.max_concurrency
-        if cap is None and adaptive:
-            cap = int(self._adaptive_options.get("initial", 1))
-        if ch.shared:
-            if not self._redis:
-                raise ConfigError(
-                    f"channel {ch.name!r} has shared = true but no Redis is configured: set "
-                    "redis_url in shoal.toml or pass Router(redis=...)"
-                )
-            from shoal.traffic.redis_limits import RedisLimiter
-
-            # The configured cap is a hard ceiling over any shared (learned) one; an
-            # adaptive channel has none and seeds its starting cap itself.
-            return RedisLimiter(
-                self._redis, key=f"shoal:limit:{ch.name}", max_concurrency=ch.max_concurrency,
-                rpm=ch.rpm, tpm=ch.tpm, lease_s=ch.lease_s, clock=self.clock,
-                events=self.events, name=ch.name,
-            )
-        from shoal.traffic.limits import LocalLimiter
-
-        return LocalLimiter(
-            max_concurrency=cap, rpm=ch.rpm, tpm=ch.tpm, clock=self.clock, name=ch.name,
-            events=self.events,
-        )
 
     def lane(self, name: str) -> Lane:
         lane = self._lanes.get(name)
@@ -154,22 +128,11 @@ class Router:
         ch = self.config.channels.get(name)
         if ch is None:
             raise ConfigError(f"unknown channel {name!r}; defined: {sorted(self.config.channels)}")
-        from shoal.traffic.breaker import CircuitBreaker
-
-        adaptive_on = ch.adaptive if ch.adaptive is not None else ch.max_concurrency is None
-        limiter = self._limiter(ch, adaptive_on)
-        adaptive = None
-        if adaptive_on and ch.max_concurrency is None:
-            from shoal.traffic.adaptive import AdaptiveConcurrency
-
-            adaptive = AdaptiveConcurrency(
-                limiter, clock=self.clock, events=self.events, **self._adaptive_options
-            )
-        breaker = CircuitBreaker(name, clock=self.clock, events=self.events,
-                                 key_hint=ch.api_key_env, **self._breaker_options)
-        lane = Lane(ch, limiter=limiter, breaker=breaker, adaptive=adaptive, clock=self.clock,
-                    events=self.events, provider=self._providers.get(name))
-        self._lanes[name] = lane
+        lane = self._lanes[name] = build_lane(
+            ch, clock=self.clock, events=self.events, redis=self._redis,
+            provider=self._providers.get(name), breaker_options=self._breaker_options,
+            adaptive_options=self._adaptive_options,
+            retry_budget_options=self._retry_budget_options)
         return lane
 
     def model_info(self, name: str) -> ModelInfo:
@@ -216,6 +179,19 @@ class Router:
         await self.clock.sleep(min(max(reopen - now, 0.0), 1.0))
         return True
 
+    async def _wait_for_retry_token(self, call: CallState, lane: Lane) -> None:
+        """The lane's retry budget is spent (it has been failing more than it serves):
+        wait for its next token within the call's deadline, or give up with the last
+        error. Retries to a failing channel thus stay near its floor rate, not a storm."""
+        now = self.clock.now()
+        at = lane.retry_budget.next_token_at(now)
+        deadline = call.budget.deadline
+        if at is None or (deadline is not None and at >= deadline):
+            last = call.last
+            raise call.charged(last if isinstance(last, ShoalError) else self._deadline(
+                call, None, "waiting for a retry token"))
+        await self.clock.sleep(min(max(at - now, 0.0), 1.0))
+
     # -- one attempt's bookkeeping ------------------------------------------------------
 
     async def _admit(self, call: CallState) -> Attempt:
@@ -230,6 +206,10 @@ class Router:
             tokens = self.estimate_tokens(request, info)
             if tokens > info.context_window:  # the prompt (+ max_tokens) cannot fit
                 validate_request(request, info)  # raises ContextOverflow with the numbers
+            retry = budget.attempts > 0
+            if retry and not lane.retry_budget.try_withdraw():
+                await self._wait_for_retry_token(call, lane)
+                continue
             lane.pending += 1
             waited_from = self.clock.now()
             try:
@@ -242,11 +222,15 @@ class Router:
                 )) from exc
             except BaseException:
                 lane.pending -= 1
+                if retry:
+                    lane.retry_budget.refund()
                 raise
             now = self.clock.now()
             if not lane.breaker.allow():
                 # The breaker opened while we queued: give the slot back, choose again.
                 Attempt(info, lane, permit, now).release()
+                if retry:
+                    lane.retry_budget.refund()
                 continue
             if self.events.active:
                 self.events.emit("admit", channel=lane.name, model=info.name,
@@ -302,6 +286,7 @@ class Router:
             lane.adaptive.on_success(response.latency_s, permit.in_flight)
         att.release()
         _record_success(lane, att.started)
+        lane.retry_budget.deposit()
         response.cost_usd = info.cost(usage.input_tokens, usage.output_tokens,
                                       usage.cached_input_tokens)
         if not response.served_model:
