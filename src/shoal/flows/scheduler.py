@@ -61,6 +61,18 @@ def _digest(doc: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _inputs_digest(deps: Mapping[str, Any]) -> str:
+    """A hash of a step's dependencies' outputs, as the journal would hold them (text as
+    is, anything else as sorted JSON), so a replayed output hashes as it did live."""
+    h = hashlib.sha256()
+    for name, value in deps.items():
+        data = (b"s" + value.encode()) if isinstance(value, str) else (
+            b"j" + json.dumps(to_jsonable(value), sort_keys=True, ensure_ascii=True).encode())
+        h.update(b"%d:%s%d:" % (len(name), name.encode(), len(data)))
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
 class SlotPool:
     """A concurrency cap whose waiters are served by priority (highest first, then FIFO).
 
@@ -306,7 +318,7 @@ class FlowRun:
     async def _run_step(self, step: Step, ticket: asyncio.Future[None] | None) -> StepResult:
         ctx = self._context(step, step.name)
         if not isinstance(self.recorder, NullRecorder):  # a result is valid for its inputs
-            self.inputs[step.name] = _digest({d: to_jsonable(v) for d, v in ctx.deps.items()})
+            self.inputs[step.name] = _inputs_digest(ctx.deps)
         if step.is_map:
             return await self._run_unit(step, ctx, self._run_map(step, ctx),
                                         output_type=list[step.output_type])  # type: ignore[name-defined]
