@@ -227,7 +227,7 @@ async def test_deepseek_shapes_reasoning_deltas_and_cache_usage() -> None:
 async def test_anthropic_requires_max_tokens_in_its_envelope() -> None:
     async with running() as sim:
         r = await post(messages_url(sim, "anthropic"),
-                       {"model": "claude-opus-4-6", "messages": USER})  # fmt: skip
+                       {"model": "claude-haiku-4-5", "messages": USER})  # fmt: skip
     assert r.status == 400
     assert r.json["type"] == "error"
     assert r.json["error"]["type"] == "invalid_request_error"
@@ -246,11 +246,11 @@ async def test_anthropic_thinking_budget_bounds(max_tokens: int, budget: int, wo
     async with running(SimConfig(style="anthropic")) as sim, anthropic_for(sim) as client:
         with pytest.raises(anthropic.BadRequestError) as info:
             await client.messages.create(
-                model="claude-opus-4-6", max_tokens=max_tokens, messages=USER,
+                model="claude-haiku-4-5", max_tokens=max_tokens, messages=USER,
                 thinking={"type": "enabled", "budget_tokens": budget},
             )  # fmt: skip
         ok = await client.messages.create(
-            model="claude-opus-4-6", max_tokens=2048, messages=USER,
+            model="claude-haiku-4-5", max_tokens=2048, messages=USER,
             thinking={"type": "enabled", "budget_tokens": 1024},
         )  # fmt: skip
     assert words in info.value.message
@@ -264,12 +264,12 @@ async def test_anthropic_thinking_refuses_forced_tools_and_temperature() -> None
     async with running() as sim, anthropic_for(sim) as client:
         with pytest.raises(anthropic.BadRequestError, match="forces tool use"):
             await client.messages.create(
-                model="claude-opus-4-6", max_tokens=2048, messages=USER, thinking=thinking,
+                model="claude-haiku-4-5", max_tokens=2048, messages=USER, thinking=thinking,
                 tools=tools, tool_choice={"type": "tool", "name": "lookup"},
             )  # fmt: skip
         with pytest.raises(anthropic.BadRequestError, match="temperature"):
             await client.messages.create(
-                model="claude-opus-4-6", max_tokens=2048, messages=USER, thinking=thinking,
+                model="claude-haiku-4-5", max_tokens=2048, messages=USER, thinking=thinking,
                 extra_body={"temperature": 0.2},
             )  # fmt: skip
 
@@ -277,7 +277,7 @@ async def test_anthropic_thinking_refuses_forced_tools_and_temperature() -> None
 async def test_anthropic_tool_turn_needs_its_signed_thinking_block() -> None:
     thinking: Any = {"type": "enabled", "budget_tokens": 1024}
     ask: dict[str, Any] = {
-        "model": "claude-opus-4-6", "max_tokens": 4096, "tools": [ANT_TOOL],
+        "model": "claude-haiku-4-5", "max_tokens": 4096, "tools": [ANT_TOOL],
         "thinking": thinking,
     }  # fmt: skip
     async with running() as sim, anthropic_for(sim) as client:
@@ -316,13 +316,13 @@ async def test_anthropic_tool_result_must_match_a_tool_use() -> None:
     async with running() as sim, anthropic_for(sim) as client:
         with pytest.raises(anthropic.BadRequestError) as orphan:
             await client.messages.create(
-                model="claude-opus-4-6", max_tokens=256, tools=[ANT_TOOL],  # type: ignore[list-item]
+                model="claude-haiku-4-5", max_tokens=256, tools=[ANT_TOOL],  # type: ignore[list-item]
                 messages=[*USER, {"role": "user", "content": [
                     {"type": "tool_result", "tool_use_id": "toolu_nope", "content": "x"}]}],
             )  # fmt: skip
         with pytest.raises(anthropic.BadRequestError) as unanswered:
             await client.messages.create(
-                model="claude-opus-4-6", max_tokens=256, tools=[ANT_TOOL],  # type: ignore[list-item]
+                model="claude-haiku-4-5", max_tokens=256, tools=[ANT_TOOL],  # type: ignore[list-item]
                 messages=[*USER, {"role": "assistant", "content": [
                     {"type": "tool_use", "id": "toolu_1", "name": "lookup",
                      "input": {"city": "Oslo"}}]},
@@ -482,6 +482,32 @@ async def test_gemini_bad_key_and_rate_limit_shapes() -> None:
     assert limited.json[0]["error"]["status"] == "RESOURCE_EXHAUSTED"
     assert limited.json[0]["error"]["details"][-1]["retryDelay"] == "1s"
     assert "retry-after" not in {k.lower() for k in limited.headers}
+
+
+async def test_gemini_3_tool_turns_need_their_thought_signature() -> None:
+    ask = body("gemini-3-pro-preview", tools=[TOOL])
+    async with running(SimConfig(style="gemini")) as sim:
+        whole = await post(chat(sim), ask)
+        streamed = await post(chat(sim), {**ask, "stream": True})
+        call = whole.json["choices"][0]["message"]["tool_calls"][0]
+        result = {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}
+        kept = [*USER, {"role": "assistant", "content": None, "tool_calls": [call]}, result]
+        stripped_call = {k: v for k, v in call.items() if k != "extra_content"}
+        lost = [*USER, {"role": "assistant", "content": None, "tool_calls": [stripped_call]},
+                result]  # fmt: skip
+        with_signature = await post(chat(sim), {"model": "gemini-3-pro-preview", "messages": kept})
+        without = await post(chat(sim), {"model": "gemini-3-pro-preview", "messages": lost})
+        older = await post(chat(sim), {"model": "gemini-2.5-flash", "messages": lost})
+    signature = call["extra_content"]["google"]["thought_signature"]
+    assert signature
+    streamed_calls = [
+        c for e in streamed.events() for c in e["choices"][0]["delta"].get("tool_calls", [])
+    ]  # fmt: skip
+    assert streamed_calls[0]["extra_content"]["google"]["thought_signature"] == signature
+    assert with_signature.status == 200
+    assert without.status == 400
+    assert "missing a thought_signature" in without.json[0]["error"]["message"]
+    assert older.status == 200  # only Gemini 3 requires the signature back
 
 
 # -- openai ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 from shoal.sim import styles
 from shoal.sim.content import Answer, Ask, BadInput
-from shoal.sim.style_rules import openai_request
+from shoal.sim.style_rules import gemini_signed_call, openai_request
 
 __all__ = ["error_body", "parse", "render", "render_stream"]
 
@@ -133,9 +133,10 @@ def render(rid: str, created: int, ask: Ask, answer: Answer, style: str) -> byte
             message["reasoning_content"] = answer.reasoning_text
         if answer.tools:
             message["tool_calls"] = [
-                {"id": t.id, "type": "function",
-                 "function": {"name": t.name, "arguments": t.arguments}}
-                for t in answer.tools
+                gemini_signed_call(style, ask.model, i, {
+                    "id": t.id, "type": "function",
+                    "function": {"name": t.name, "arguments": t.arguments}})
+                for i, t in enumerate(answer.tools)
             ]  # fmt: skip
         message_json = _DUMPS(message)
     else:
@@ -191,6 +192,7 @@ def render_stream(
             id=tool.id, type="function",
             function={"name": tool.name, "arguments": tool.arguments if whole else ""},
         )  # fmt: skip
+        gemini_signed_call(style, ask.model, index, call_start)
         add('{"tool_calls":[' + _DUMPS(call_start) + "]}", whole)
         if not whole:
             for piece in tool.pieces:
