@@ -150,9 +150,10 @@ class FlowResult:
     def table(self, title: str | None = None) -> Table:
         """A rich table: step, model, status, latency, tokens in/out, cost in dollars."""
         from rich import box
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=title or f"{self.flow} · run {self.run_id} · {self.status}",
+        table = Table(title=title or escape(f"{self.flow} · run {self.run_id} · {self.status}"),
                       caption="in/out: tokens",
                       box=box.SIMPLE_HEAD, pad_edge=False)
         for col, justify in (("step", "left"), ("model", "left"), ("status", "left"),
@@ -164,7 +165,8 @@ class FlowResult:
         for s in self.steps.values():
             lat = "-" if s.latency_s is None else f"{s.latency_s:.2f}s"
             status = f"[{colours.get(s.status, 'white')}]{s.status}[/]"
-            table.add_row(s.name, s.model or "-", status, lat, str(s.usage.input_tokens),
+            table.add_row(escape(s.name), escape(s.model or "-"), status, lat,
+                          str(s.usage.input_tokens),
                           str(s.usage.output_tokens), f"{s.cost_usd:.6f}")
         table.add_row("[b]total[/b]", "", self.status, f"{self.latency_s:.2f}s",
                       str(self.usage.input_tokens), str(self.usage.output_tokens),
