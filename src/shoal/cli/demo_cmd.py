@@ -46,8 +46,9 @@ def demo(
                         ] = None,
 ) -> None:
     """Run a Researcher -> Analyzer -> Writer pipeline on TOPIC and print the report and a
-    table of steps, tokens, latency and cost. Exit status: 0 done, 1 the run failed,
-    2 a usage or config error."""
+    table of steps, tokens, latency and cost.
+
+    Exit status: 0 done, 1 the run failed, 2 a usage or config error."""
     from rich.console import Console
 
     from shoal.cli.common import fail, plain

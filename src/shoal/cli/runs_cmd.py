@@ -253,6 +253,7 @@ def delete(
     store: StoreOpt = None,
 ) -> None:
     """Delete runs by id, with their steps and effects (a corrupt run, a test run).
+
     Exit status 2 if one of them is not in the store."""
     from shoal.cli.loop import run as run_loop
 
@@ -333,8 +334,10 @@ def resume(
         help="Live progress: each step's state, tokens and cost.")] = True,
 ) -> None:
     """Continue a failed, cancelled or killed run: journaled steps and model turns replay
-    with zero calls, the rest runs. Exit status 1 if the run fails again, 2 for a usage
-    or config error (an unknown run, a changed flow, an unknown model)."""
+    with zero calls, the rest runs.
+
+    Exit status 1 if the run fails again, 2 for a usage or config error (an unknown run,
+    a changed flow, an unknown model)."""
     from rich.console import Console
 
     from shoal.cli.loop import run as run_loop
