@@ -160,6 +160,24 @@ async def test_deepseek_refuses_json_schema_and_accepts_json_object() -> None:
     assert info.value.message.endswith("This response_format type is unavailable now")
 
 
+async def test_json_mode_follows_the_schema_stated_in_the_prompt() -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"},
+              "days": {"type": "integer", "minimum": 1}}, "required": ["city", "days"]}  # fmt: skip
+    stated = [
+        {"role": "system", "content": "Answer in JSON matching this schema: " + json.dumps(schema)},
+        *USER,
+    ]
+    fmt = {"type": "json_object"}
+    async with running(SimConfig(style="deepseek")) as sim:
+        shaped = await post(chat(sim), {"model": "deepseek-chat", "messages": stated,
+                                        "response_format": fmt})  # fmt: skip
+        bare = await post(chat(sim), body("deepseek-chat", response_format=fmt))
+    value = json.loads(shaped.json["choices"][0]["message"]["content"])
+    assert set(value) == {"city", "days"}
+    assert isinstance(value["city"], str) and value["days"] >= 1
+    assert set(json.loads(bare.json["choices"][0]["message"]["content"])) == {"answer"}
+
+
 @pytest.mark.parametrize(
     ("model", "thinking", "refused"),
     [

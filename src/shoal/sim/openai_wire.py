@@ -24,6 +24,7 @@ from typing import Any
 
 from shoal.sim import styles
 from shoal.sim.content import Answer, Ask, BadInput
+from shoal.sim.schema import schema_in_text
 from shoal.sim.style_rules import gemini_signed_call, openai_request
 
 __all__ = ["error_body", "parse", "render", "render_stream"]
@@ -88,6 +89,9 @@ def parse(body: Any, style: str) -> Ask:
             ask.schema = spec.get("schema") or {"type": "object"}
         elif fmt.get("type") == "json_object":
             ask.json_object = True
+            # A model in JSON mode follows the shape its prompt states, if it states one.
+            prompt = "\n".join(_text_of(m.get("content")) for m in messages if m["role"] != "tool")
+            ask.schema = schema_in_text(prompt)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
         if not isinstance(limit, int) or limit < 1:

@@ -12,12 +12,13 @@ arrays get their minimum length and nullable branches are taken.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import uuid
 from typing import Any
 
-__all__ = ["instance", "violation"]
+__all__ = ["instance", "schema_in_text", "violation"]
 
 _MAX_DEPTH = 6
 _WORDS = (
@@ -40,6 +41,26 @@ _FORMATS = {
     "ipv6": "2001:db8::1",
     "duration": "P1D",
 }
+
+
+_DECODE = json.JSONDecoder().raw_decode
+
+
+def schema_in_text(text: str, *, tries: int = 64) -> dict[str, Any] | None:
+    """The last JSON Schema of an object written out in *text* (a prompt stating the shape
+    of the answer, as JSON mode asks), or None. Looks at the last *tries* ``{`` only."""
+    at = len(text)
+    for _ in range(tries):
+        at = text.rfind("{", 0, at)
+        if at < 0:
+            return None
+        try:
+            value, _end = _DECODE(text, at)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and value.get("type") == "object" and "properties" in value:
+            return value
+    return None
 
 
 def instance(schema: Any, rng: random.Random, root: Any = None) -> Any:
