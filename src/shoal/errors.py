@@ -8,8 +8,11 @@ everything above the adapters (router, agents, flows) matches only these.
     ShoalError
     ├── ConfigError              bad config, unknown model, misuse — never retried
     └── RunError                 something went wrong while running
-        ├── ProviderError(status, provider, retry_after, body)
-        │   ├── RateLimited          429 / 529 overloaded — retryable, may fail over
+        ├── ProviderError(status, provider, retry_after, body, code, usage)
+        │   ├── RateLimited          429 rate limit — retryable, may fail over
+        │   │   └── Overloaded       529, overloaded_error (also mid-stream before any
+        │   │                        output), Moonshot engine_overloaded_error, Zhipu
+        │   │                        1305/1312 — the provider is busy, not our cap
         │   ├── QuotaExhausted       429/402 "insufficient quota / balance" — not
         │   │                        retried on that channel; fail over
         │   ├── ProviderUnavailable  5xx, connection refused/reset — retryable
@@ -18,8 +21,9 @@ everything above the adapters (router, agents, flows) matches only these.
         │   ├── BadRequest           400/404/422 — never retried
         │   │   └── ContextOverflow  prompt longer than the window — trim, never blind retry
         │   ├── MalformedResponse    a body that is not the protocol (bad JSON, wrong shape)
-        │   └── StreamInterrupted    a stream cut before its end marker, or an error
-        │                            event inside a 200 stream
+        │   └── StreamInterrupted(partial_output)  a stream broken after output began:
+        │                            cut, timed out, or an error event after content
+        │                            (the provider's mapped error is ``__cause__``)
         ├── CircuitOpen              no channel of the model (or its fallbacks) is healthy
         ├── DeadlineExceeded         the call's total deadline passed while waiting/retrying
         ├── BudgetExceeded           turns, tokens or dollars
@@ -37,14 +41,19 @@ everything above the adapters (router, agents, flows) matches only these.
 
 ``retryable`` on each class says whether the router may try the call again
 (on the same or another channel). Messages say what is wrong and how to fix
-it; they never contain an API key (see :mod:`shoal.secrets`).
+it; they never contain an API key (see :mod:`shoal.secrets`). ``usage`` on a
+ProviderError is what the provider reported (billed) before the failure, when it
+did: a discarded answer still costs money.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.secrets import redact
+
+if TYPE_CHECKING:
+    from shoal.types import Usage
 
 __all__ = [
     "AuthError",
@@ -59,6 +68,7 @@ __all__ = [
     "LoopDetected",
     "MalformedResponse",
     "OutputInvalid",
+    "Overloaded",
     "ProviderError",
     "ProviderTimeout",
     "ProviderUnavailable",
@@ -110,6 +120,7 @@ class ProviderError(RunError):
         retry_after: seconds the provider asked us to wait, if it said.
         body: an excerpt of the response body, secrets removed.
         code: the provider's own error type/code when it gave one.
+        usage: tokens the provider reported before the failure (it billed them), or None.
     """
 
     def __init__(
@@ -121,12 +132,14 @@ class ProviderError(RunError):
         retry_after: float | None = None,
         body: str = "",
         code: str | None = None,
+        usage: Usage | None = None,
     ) -> None:
         self.status = status
         self.provider = provider
         self.retry_after = retry_after
         self.body = redact(body[:BODY_EXCERPT_CHARS])
         self.code = code
+        self.usage = usage
         super().__init__(message)  # redacts it
         self.message: str = self.args[0]
 
@@ -145,13 +158,15 @@ class ProviderError(RunError):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self!s})"
 
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "provider": self.provider, "retry_after": self.retry_after,
+            "body": self.body, "code": self.code, "usage": self.usage,
+        }
+
     def __reduce__(self) -> tuple[object, ...]:
         # Keep keyword fields when errors cross process boundaries (pickling).
-        fields = {
-            "status": self.status, "provider": self.provider, "retry_after": self.retry_after,
-            "body": self.body, "code": self.code,
-        }
-        return (_rebuild_provider_error, (type(self), self.message, fields))
+        return (_rebuild_provider_error, (type(self), self.message, self._fields()))
 
 
 def _rebuild_provider_error(
@@ -161,9 +176,16 @@ def _rebuild_provider_error(
 
 
 class RateLimited(ProviderError):
-    """429 (rate limit) or 529/overloaded: wait (honour retry_after) and retry or fail over."""
+    """429 (rate limit): wait (honour retry_after) and retry or fail over."""
 
     retryable = True
+
+
+class Overloaded(RateLimited):
+    """The provider is overloaded (HTTP 529, ``overloaded_error``, Moonshot
+    ``engine_overloaded_error``, Zhipu 1305/1312), as a status or as an error event
+    before any output. Retry with backoff or fail over; it says nothing about our
+    concurrency cap. A subclass of RateLimited, so ``except RateLimited`` still catches it."""
 
 
 class QuotaExhausted(ProviderError):
@@ -204,7 +226,12 @@ class MalformedResponse(ProviderError):
 
 
 class StreamInterrupted(ProviderError):
-    """A stream ended without its end marker or carried an error event after HTTP 200.
+    """A stream broke after output began, or ended without its end marker.
+
+    When the provider sent an error (an ``error`` event, a timeout, a bad chunk) after
+    content, that mapped error is ``__cause__`` and its text is in the message.
+    ``partial_output`` holds the text, reasoning and tool-argument text received before
+    the break (to estimate billed output tokens when ``usage`` is None).
 
     Retryable only before the first token reached the caller; the router enforces that."""
 
@@ -217,6 +244,13 @@ class CircuitOpen(RunError):
     def __init__(self, message: str, *, retry_at: float | None = None) -> None:
         super().__init__(message)
         self.retry_at = retry_at
+
+    def __init__(self, message: str, *, partial_output: str = "", **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.partial_output = partial_output
+
+    def _fields(self) -> dict[str, Any]:
+        return {**super()._fields(), "partial_output": self.partial_output}
 
 
 class DeadlineExceeded(RunError):

@@ -15,6 +15,7 @@ from shoal.errors import (
     AuthError,
     ContextOverflow,
     MalformedResponse,
+    Overloaded,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -147,12 +148,24 @@ async def test_rate_limited_carries_retry_after(sim: SimServer, protocol: str) -
     assert exc.value.retryable
 
 
-async def test_overloaded_529_is_rate_limited(sim: SimServer) -> None:
-    sim.script(["529"])
+async def test_overloaded_529_is_overloaded(sim: SimServer) -> None:
+    sim.script(["529", "529"])
     async with make("anthropic", sim.url) as p:
-        with pytest.raises(RateLimited) as exc:
+        with pytest.raises(Overloaded) as exc:
             await p.complete(req(), model="sim-model")
-    assert exc.value.status == 529
+        with pytest.raises(Overloaded):
+            await collect(p, req())
+    assert exc.value.status == 529 and exc.value.retryable
+    assert isinstance(exc.value, RateLimited)  # `except RateLimited` still catches it
+
+
+async def test_moonshot_engine_overloaded_is_overloaded() -> None:
+    async with SimServer(SimConfig(style="moonshot")) as s, \
+            make("openai", s.url, style="moonshot") as p:
+        s.script(["503"])
+        with pytest.raises(Overloaded) as exc:
+            await p.complete(req(), model="sim-model")
+    assert exc.value.code == "engine_overloaded_error"
 
 
 @pytest.mark.parametrize("style", ["openai", "deepseek", "moonshot", "zhipu"])
@@ -201,12 +214,16 @@ async def test_context_overflow(sim: SimServer, protocol: str) -> None:
 
 
 async def test_malformed_json(sim: SimServer, protocol: str) -> None:
+    """A broken body is MalformedResponse; a stream broken after tokens is
+    StreamInterrupted with the MalformedResponse as its cause."""
     sim.script(["malformed", "malformed"])
     async with make(protocol, sim.url) as p:
         with pytest.raises(MalformedResponse):
             await p.complete(req(), model="sim-model")
-        with pytest.raises(MalformedResponse):
+        with pytest.raises(StreamInterrupted) as exc:
             await collect(p, req())
+    assert isinstance(exc.value.__cause__, MalformedResponse)
+    assert exc.value.partial_output
 
 
 async def test_cut_stream_is_interrupted(sim: SimServer, protocol: str) -> None:
@@ -218,18 +235,25 @@ async def test_cut_stream_is_interrupted(sim: SimServer, protocol: str) -> None:
             seen.append(e)
 
     async with make(protocol, sim.url) as p:
-        with pytest.raises(StreamInterrupted):
+        with pytest.raises(StreamInterrupted) as exc:
             await consume(p)
     assert not any(isinstance(e, StreamEnd) for e in seen)
+    streamed = "".join(e.text for e in seen if isinstance(e, TextDelta))
+    assert streamed and exc.value.partial_output == streamed
 
 
 async def test_error_event_inside_200_stream(sim: SimServer, protocol: str) -> None:
+    """The simulator sends its error event after tokens: StreamInterrupted, caused by the
+    provider's error (Anthropic overloaded_error → Overloaded; OpenAI server_error)."""
     sim.script(["stream_error"])
     async with make(protocol, sim.url) as p:
-        with pytest.raises(ProviderError) as exc:
+        with pytest.raises(StreamInterrupted) as exc:
             await collect(p, req())
-    assert exc.value.status == 200
-    assert isinstance(exc.value, StreamInterrupted | RateLimited)
+    assert exc.value.status == 200 and exc.value.partial_output
+    cause = exc.value.__cause__
+    expected = Overloaded if protocol == "anthropic" else ProviderUnavailable
+    assert isinstance(cause, ProviderError) and type(cause) is expected
+    assert cause.message in str(exc.value)
 
 
 async def test_read_timeout(sim: SimServer, protocol: str) -> None:

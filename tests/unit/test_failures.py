@@ -10,7 +10,10 @@ from shoal.errors import (
     AuthError,
     BadRequest,
     ContextOverflow,
+    MalformedResponse,
+    Overloaded,
     ProviderError,
+    ProviderTimeout,
     ProviderUnavailable,
     QuotaExhausted,
     RateLimited,
@@ -20,8 +23,12 @@ from shoal.errors import (
 from shoal.providers.failures import (
     error_from_response,
     error_from_stream_payload,
+    error_from_transport,
+    interrupted,
+    is_error_body,
     parse_retry_after,
 )
+from shoal.types import Usage
 
 NOW = 1_700_000_000.0
 
@@ -57,8 +64,15 @@ def test_retry_after_forms() -> None:
         (429, {"error": {"code": "1113", "message": "arrears"}}, QuotaExhausted),  # Zhipu
         (429, {"error": {"code": "1302", "message": "concurrency"}}, RateLimited),  # Zhipu
         (529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
-         RateLimited),
-        (503, {"error": {"message": "overloaded"}}, ProviderUnavailable),
+         Overloaded),
+        (529, "", Overloaded),  # the status alone says it
+        (429, {"error": {"message": "The engine is currently overloaded",
+                         "type": "engine_overloaded_error"}}, Overloaded),  # Moonshot
+        (429, {"error": {"code": "1305", "message": "model overloaded"}}, Overloaded),  # Zhipu
+        (500, {"error": {"code": "1312", "message": "busy"}}, Overloaded),  # Zhipu
+        (503, {"error": {"message": "overloaded"}}, ProviderUnavailable),  # text alone: 5xx
+        (503, {"error": {"message": "Server overloaded", "type": "server_error"}},
+         ProviderUnavailable),
         (500, "<html>oops</html>", ProviderUnavailable),
         (401, {"error": {"message": "bad key", "type": "invalid_authentication_error"}},
          AuthError),
@@ -75,6 +89,13 @@ def test_retry_after_forms() -> None:
          BadRequest),  # old flat vLLM
         (200, {"base_resp": {"status_code": 1008, "status_msg": "insufficient balance"}},
          QuotaExhausted),  # MiniMax inside a 200
+        (200, {"base_resp": {"status_code": 1002, "status_msg": "rate limit"}}, RateLimited),
+        (200, {"base_resp": {"status_code": 1000, "status_msg": "unknown"}},
+         ProviderUnavailable),
+        (200, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}},
+         BadRequest),  # an error envelope in a 200 is what its type says
+        (200, {"type": "error", "error": {"type": "overloaded_error", "message": "x"}},
+         Overloaded),
     ],
 )
 def test_status_and_envelope_map_to_the_tree(status: int, body: object, cls: type) -> None:
@@ -98,12 +119,97 @@ def test_never_retryable_classes() -> None:
     assert not err(400, {"error": {"message": "x"}}).retryable
 
 
-def test_stream_error_payloads() -> None:
-    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-    assert isinstance(error_from_stream_payload(overloaded, provider="a", raw="{}"), RateLimited)
-    other = {"error": {"message": "boom", "type": "server_error"}}
-    e = error_from_stream_payload(other, provider="a", raw="{}")
-    assert isinstance(e, StreamInterrupted) and e.status == 200
+def test_overloaded_is_a_rate_limit_for_old_handlers() -> None:
+    e = err(529, {"type": "error", "error": {"type": "overloaded_error", "message": "Over"}})
+    assert isinstance(e, RateLimited) and e.retryable
+    with pytest.raises(RateLimited):
+        raise e
+    assert type(err(429, {"error": {"code": "rate_limit_exceeded"}})) is RateLimited
+
+
+@pytest.mark.parametrize(
+    ("payload", "cls"),
+    [
+        ({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+         Overloaded),
+        ({"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}},
+         RateLimited),
+        ({"type": "error", "error": {"type": "api_error", "message": "Internal"}},
+         ProviderUnavailable),
+        ({"error": {"message": "boom", "type": "server_error"}}, ProviderUnavailable),
+        ({"error": {"message": "x", "type": "insufficient_quota"}}, QuotaExhausted),
+        # vLLM nested (>= 0.10.1) and flat: the numeric code is the status it stands for
+        ({"error": {"message": "bad", "type": "BadRequestError", "code": 400}}, BadRequest),
+        ({"object": "error", "message": "boom", "type": "InternalServerError", "code": 500},
+         ProviderUnavailable),
+        ({"error": {"message": "oops"}}, ProviderUnavailable),  # nothing to go on: server-side
+    ],
+)
+def test_stream_error_payloads_map_as_the_error_they_name(payload: object, cls: type) -> None:
+    e = error_from_stream_payload(payload, provider="a", raw=json.dumps(payload))
+    assert type(e) is cls
+    assert e.status == 200 and "inside the stream" in str(e)
+
+
+def test_interrupted_keeps_the_cause_readable() -> None:
+    cause = error_from_stream_payload(
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        provider="a", raw="{}")
+    cause.usage = Usage(10, 3)
+    e = interrupted(cause, provider="a", partial_output="Hello wor")
+    assert type(e) is StreamInterrupted and e.retryable
+    assert "Overloaded" in str(e) and e.partial_output == "Hello wor"
+    assert e.usage == Usage(10, 3) and e.code == "overloaded_error"
+    cut = StreamInterrupted("cut", provider="a")
+    assert interrupted(cut, provider="a", partial_output="xy") is cut
+    assert cut.partial_output == "xy"
+
+
+def test_error_envelopes_are_told_from_answers() -> None:
+    assert is_error_body({"error": {"message": "x"}})
+    assert is_error_body({"type": "error", "error": {"type": "api_error"}})
+    assert is_error_body([{"error": {"code": 400}}])
+    assert is_error_body({"base_resp": {"status_code": 1008}})
+    assert not is_error_body({"base_resp": {"status_code": 0}, "choices": []})
+    assert not is_error_body({"error": None, "choices": []})
+    assert not is_error_body({"id": "chatcmpl-1", "choices": []})
+    assert not is_error_body([1, 2])
+
+
+def test_every_transport_exception_is_mapped() -> None:
+    import aiohttp
+    from aiohttp.http_exceptions import BadStatusLine, LineTooLong
+
+    url = "http://x"
+    cases: list[tuple[BaseException, bool, type]] = [
+        (LineTooLong(b"x" * 10, 8190), True, MalformedResponse),
+        (BadStatusLine("garbage"), False, MalformedResponse),
+        (aiohttp.ClientPayloadError("cut"), True, StreamInterrupted),
+        (aiohttp.ClientPayloadError("cut"), False, ProviderUnavailable),
+        (aiohttp.ServerDisconnectedError(), True, StreamInterrupted),
+        (aiohttp.ServerDisconnectedError(), False, ProviderUnavailable),
+        (ConnectionResetError(), True, StreamInterrupted),
+        (aiohttp.SocketTimeoutError(), True, ProviderTimeout),
+        (TimeoutError(), False, ProviderTimeout),
+        (aiohttp.InvalidURL("nope"), False, BadRequest),
+        (OSError("net down"), False, ProviderUnavailable),
+    ]
+    for exc, in_stream, cls in cases:
+        e = error_from_transport(exc, provider="p", url=url, in_stream=in_stream)
+        assert type(e) is cls, (exc, in_stream, e)
+
+
+def test_provider_error_usage_and_partial_output_pickle() -> None:
+    import pickle
+
+    e = StreamInterrupted("cut", provider="p", status=200, usage=Usage(5, 2),
+                          partial_output="abc")
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is StreamInterrupted
+    assert back.usage == Usage(5, 2) and back.partial_output == "abc" and back.status == 200
+    plain = pickle.loads(pickle.dumps(Overloaded("busy", status=529)))
+    assert type(plain) is Overloaded and plain.usage is None
+    assert ProviderError("x").usage is None and StreamInterrupted("x").partial_output == ""
 
 
 def test_keys_are_scrubbed_from_errors() -> None:

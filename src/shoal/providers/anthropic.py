@@ -14,12 +14,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shoal.errors import MalformedResponse, StreamInterrupted
+from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
 from shoal.providers.failures import (
     error_from_stream_payload,
+    is_error_body,
 )
-from shoal.providers.http import HttpProvider
+from shoal.providers.http import HttpProvider, answer_events
 from shoal.providers.profiles import ProviderProfile, profile_for, thinking_fields
+from shoal.providers.sse import JSON_BODY
 from shoal.types import (
     ChatRequest,
     ChatResponse,
@@ -72,6 +74,16 @@ def _usage(raw: Any, base: Usage | None = None) -> Usage:
     if raw.get("output_tokens") is not None:
         u.output_tokens = int(raw["output_tokens"])
     return u
+
+
+def _safe_usage(raw: Any) -> Usage | None:
+    """The usage a malformed answer still reported, or None."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return _usage(raw)
+    except (TypeError, ValueError):
+        return None
 
 
 class AnthropicProvider(HttpProvider):
@@ -193,9 +205,14 @@ class AnthropicProvider(HttpProvider):
     async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse:
         started = time.perf_counter()
         body, raw = await self._post_json(request, self.payload(request, model, stream=False))
-        if not isinstance(body, dict) or body.get("type") == "error":
-            raise self._fail(200, raw.decode("utf-8", "replace"), {})
         schema_tool = request.output_schema_name if request.output_schema is not None else None
+        return self.parse(body, raw, started, schema_tool)
+
+    def parse(self, body: Any, raw: bytes, started: float,
+              schema_tool: str | None) -> ChatResponse:
+        """A whole Messages answer (``started`` is its ``perf_counter`` start)."""
+        if is_error_body(body):
+            raise self._fail(200, raw.decode("utf-8", "replace"), {})
         try:
             text: list[str] = []
             reasoning: list[str] = []
@@ -227,40 +244,66 @@ class AnthropicProvider(HttpProvider):
                 raw_finish_reason=stop, reasoning="".join(reasoning) or None,
                 id=str(body.get("id", "")), channel=self.name, reasoning_parts=tuple(parts),
             )
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            # The provider may still have billed it: keep a usage it reported.
+            billed = _safe_usage(body.get("usage")) if isinstance(body, dict) else None
             raise MalformedResponse(
                 f"{self.name} returned JSON without the message shape ({exc!r})", status=200,
-                provider=self.name, body=raw.decode("utf-8", "replace"),
+                provider=self.name, body=raw.decode("utf-8", "replace"), usage=billed,
             ) from None
 
     # -- stream -------------------------------------------------------------------------
 
     async def stream(self, request: ChatRequest, *, model: str) -> AsyncIterator[StreamEvent]:
+        """Deltas as they arrive. An ``error`` event (or any failure) before any output
+        raises the provider's mapped error (``overloaded_error`` → Overloaded); after
+        output began, a StreamInterrupted ``from`` it with the partial output. ``usage``
+        on either is what message_start/message_delta reported before the failure."""
         started = time.perf_counter()
         schema_tool = request.output_schema_name if request.output_schema is not None else None
         st = _StreamState(schema_tool)
         payload = self.payload(request, model, stream=True)
-        async with contextlib.aclosing(self._sse(request, payload)) as events:
-            async for event, data in events:
-                try:
-                    obj = json.loads(data)
-                except ValueError:
-                    raise MalformedResponse(
-                        f"{self.name} sent a stream event that is not JSON", status=200,
-                        provider=self.name, body=data,
-                    ) from None
-                kind = obj.get("type", event) if isinstance(obj, dict) else event
-                if kind == "error":
-                    raise error_from_stream_payload(obj, provider=self.name, raw=data)
-                for out in st.feed(kind, obj):
-                    yield out
-                if st.stopped:
-                    break
-        if not st.stopped:
-            raise StreamInterrupted(
-                f"stream from {self.name} ended without message_stop", status=200,
-                provider=self.name,
-            )
+        try:
+            async with contextlib.aclosing(self._sse(request, payload)) as events:
+                async for event, data in events:
+                    if event == JSON_BODY:  # a whole answer (a proxy ignored stream: true)
+                        answer = self.parse(self._whole_body(data), data.encode(), started,
+                                            schema_tool)
+                        for out in answer_events(answer):
+                            yield out
+                        return
+                    try:
+                        obj = json.loads(data)
+                    except ValueError:
+                        raise MalformedResponse(
+                            f"{self.name} sent a stream event that is not JSON", status=200,
+                            provider=self.name, body=data,
+                        ) from None
+                    kind = obj.get("type", event) if isinstance(obj, dict) else event
+                    if kind == "error":
+                        raise error_from_stream_payload(obj, provider=self.name, raw=data)
+                    try:
+                        outs = st.feed(kind, obj)
+                    except (KeyError, TypeError, AttributeError, ValueError) as e:
+                        raise MalformedResponse(
+                            f"{self.name} sent a {kind or 'stream'} event of the wrong shape "
+                            f"({e!r})", status=200, provider=self.name, body=data,
+                        ) from None
+                    for out in outs:
+                        yield out
+                    if st.stopped:
+                        break
+            if not st.stopped:
+                raise StreamInterrupted(
+                    f"stream from {self.name} ended without message_stop", status=200,
+                    provider=self.name,
+                )
+        except ProviderError as exc:
+            err = self._broken(exc, output_began=st.began(), partial_output=st.partial(),
+                               usage=st.usage if st.usage_seen else None)
+            if err is exc:
+                raise
+            raise err from exc
         yield UsageEvent(st.usage)
         calls = [ToolCall(b[0], b[1], _same_as_whole(b[2:])) for b in st.tools.values()]
         finish: FinishReason = "tool_calls" if calls else (
@@ -323,6 +366,7 @@ class _StreamState:
         # block index -> [thinking text, signature, redacted data] (sent back next turn)
         self.thinking: dict[int, list[str | None]] = {}
         self.usage = Usage()
+        self.usage_seen = False  # the provider reported usage (it bills from message_start)
         self.stop: str | None = None
         self.stopped = False
         self.id = ""
@@ -336,6 +380,7 @@ class _StreamState:
             self.id = str(msg.get("id", ""))
             self.model = str(msg.get("model", ""))
             self.usage = _usage(msg.get("usage"))
+            self.usage_seen = self.usage_seen or isinstance(msg.get("usage"), dict)
         elif kind == "content_block_start":
             block = obj.get("content_block") or {}
             index = int(obj.get("index", 0))
@@ -357,9 +402,19 @@ class _StreamState:
             delta = obj.get("delta") or {}
             self.stop = delta.get("stop_reason") or self.stop
             self.usage = _usage(obj.get("usage"), self.usage)
+            self.usage_seen = self.usage_seen or isinstance(obj.get("usage"), dict)
         elif kind == "message_stop":
             self.stopped = True
         return []
+
+    def began(self) -> bool:
+        """Whether any output (text, reasoning, a tool call) was yielded."""
+        return bool(self.text or self.reasoning or self.tools)
+
+    def partial(self) -> str:
+        """The output received so far: text, reasoning and tool-argument text."""
+        args = "".join("".join(b[2:]) for b in self.tools.values())
+        return "".join(self.text) + "".join(self.reasoning) + args
 
     def _delta(self, index: int, delta: dict[str, Any]) -> list[StreamEvent]:
         dtype = delta.get("type")

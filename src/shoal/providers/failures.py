@@ -20,6 +20,8 @@ from shoal.errors import (
     AuthError,
     BadRequest,
     ContextOverflow,
+    MalformedResponse,
+    Overloaded,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -32,7 +34,10 @@ __all__ = [
     "error_from_response",
     "error_from_stream_payload",
     "error_from_transport",
+    "interrupted",
+    "is_error_body",
     "parse_retry_after",
+    "transport_errors",
 ]
 
 # Provider codes/types meaning "no money or quota left": retrying the channel is futile.
@@ -154,6 +159,77 @@ def _codes(body: Any) -> set[str]:
     return found
 
 
+def _hint_status(codes: set[str], fallback: int) -> int:
+    """The HTTP status an error type stands for (Anthropic's types, a numeric code)."""
+    for code in codes:
+        if code in _TYPE_STATUS:
+            return _TYPE_STATUS[code]
+        if code.isdigit() and 400 <= int(code) < 600:
+            return int(code)  # flat vLLM / Gemini envelopes carry the status as code
+    return fallback
+
+
+_TYPE_STATUS = {
+    "invalid_request_error": 400, "BadRequestError": 400, "authentication_error": 401,
+    "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+    "rate_limit_error": 429, "api_error": 500, "server_error": 500,
+    "overloaded_error": 529, "timeout_error": 504,
+}
+
+
+def _classify(
+    status: int, text: str, codes: set[str], fields: dict[str, Any], *, provider: str,
+    key_env: str | None, where: str = "",
+) -> ProviderError:
+    """One rule set for an error answer; ``status`` is the (hinted) HTTP status."""
+    quota_text = 400 <= status < 500 and _QUOTA_TEXT.search(text)  # e.g. Anthropic's 400
+    if status == 402 or codes & _QUOTA_CODES or quota_text:
+        return QuotaExhausted(
+            f"quota or balance exhausted on {provider}{where}: {text}. Add credit or raise "
+            "the quota; shoal will not retry this channel",
+            **fields,
+        )
+    if status in (401, 403) or codes & {"authentication_error", "permission_error", "1004", "2049"}:
+        hint = f" (the key comes from ${key_env})" if key_env else ""
+        return AuthError(
+            f"{provider} rejected the API key{hint}: {text}. Check the key and its permissions",
+            **fields,
+        )
+    if status == 529 or codes & _OVERLOAD_TYPES:
+        return Overloaded(f"{provider} overloaded{where}: {text}", **fields)
+    if status == 429 or codes & _RATE_CODES:
+        return RateLimited(f"{provider} rate limited{where}: {text}", **fields)
+    if status == 408:
+        return ProviderTimeout(f"{provider} timed out the request{where}: {text}", **fields)
+    if status >= 500 or status == 409:
+        return ProviderUnavailable(f"{provider} unavailable{where}: {text}", **fields)
+    if codes & _CONTEXT_CODES or _CONTEXT_TEXT.search(text):
+        return ContextOverflow(
+            f"prompt too long for the model on {provider}: {text}. Trim the conversation or "
+            "pick a model with a larger context window",
+            **fields,
+        )
+    if 200 <= status < 300:
+        return ProviderUnavailable(f"{provider} returned an error{where or ' in a 200 response'}"
+                                   f": {text}", **fields)
+    return BadRequest(f"{provider} rejected the request (HTTP {status}){where}: {text}",
+                      **fields)
+
+
+def is_error_body(body: Any) -> bool:
+    """True when a decoded JSON body is an error envelope (PROVIDERS.md §6.7), not an
+    answer: ``{error: …}`` (truthy), ``{type: "error"}``, a Gemini array of those, or
+    MiniMax ``base_resp`` with a non-zero ``status_code``."""
+    if isinstance(body, list):
+        return bool(body) and isinstance(body[0], dict) and bool(body[0].get("error"))
+    if not isinstance(body, dict):
+        return False
+    base = body.get("base_resp")
+    if isinstance(base, dict) and base.get("status_code") not in (None, 0, "0"):
+        return True
+    return bool(body.get("error")) or body.get("type") == "error" or body.get("object") == "error"
+
+
 def error_from_response(
     status: int,
     body_text: str,
@@ -169,73 +245,80 @@ def error_from_response(
     except ValueError:
         body = None
     message, code = _envelope(body)
-    codes = _codes(body)
-    retry_after = parse_retry_after(headers, now_wall)
     text = message or body_text.strip()[:200] or f"HTTP {status}"
     fields: dict[str, Any] = {
         "status": status,
         "provider": provider,
-        "retry_after": retry_after,
+        "retry_after": parse_retry_after(headers, now_wall),
         "body": body_text,
         "code": code,
     }
-    quota_text = 400 <= status < 500 and _QUOTA_TEXT.search(text)  # e.g. Anthropic's 400
-    if status == 402 or codes & _QUOTA_CODES or quota_text:
-        return QuotaExhausted(
-            f"quota or balance exhausted on {provider}: {text}. Add credit or raise the quota; "
-            "shoal will not retry this channel",
-            **fields,
-        )
-    if status in (401, 403) or codes & {"authentication_error", "permission_error", "1004", "2049"}:
-        hint = f" (the key comes from ${key_env})" if key_env else ""
-        return AuthError(
-            f"{provider} rejected the API key{hint}: {text}. Check the key and its permissions",
-            **fields,
-        )
-    if status in {429, 529} or codes & (_OVERLOAD_TYPES | _RATE_CODES):
-        kind = "overloaded" if (status == 529 or codes & _OVERLOAD_TYPES) else "rate limited"
-        return RateLimited(f"{provider} {kind}: {text}", **fields)
-    if status == 408:
-        return ProviderTimeout(f"{provider} timed out the request: {text}", **fields)
-    if status >= 500 or status == 409:
-        return ProviderUnavailable(f"{provider} unavailable: {text}", **fields)
-    if codes & _CONTEXT_CODES or _CONTEXT_TEXT.search(text):
-        return ContextOverflow(
-            f"prompt too long for the model on {provider}: {text}. Trim the conversation or "
-            "pick a model with a larger context window",
-            **fields,
-        )
-    if status == 200:
-        return ProviderUnavailable(f"{provider} returned an error in a 200 response: {text}",
-                                   **fields)
-    return BadRequest(f"{provider} rejected the request (HTTP {status}): {text}", **fields)
+    codes = _codes(body)
+    # An error envelope inside a 2xx (a JSON answer to a stream request, MiniMax base_resp)
+    # is classified by the status its type stands for; the error keeps status 200.
+    rule_status = _hint_status(codes, status) if 200 <= status < 300 else status
+    return _classify(rule_status, text, codes, fields, provider=provider, key_env=key_env)
 
 
-def error_from_stream_payload(payload: Any, *, provider: str, raw: str) -> ProviderError:
-    """An error object that arrived inside an HTTP 200 stream."""
+def error_from_stream_payload(payload: Any, *, provider: str, raw: str,
+                              key_env: str | None = None) -> ProviderError:
+    """The error object that arrived inside an HTTP 200 stream, mapped as the error it
+    names (``overloaded_error`` → Overloaded, ``api_error`` → ProviderUnavailable, …);
+    ``status`` stays 200. Adapters raise it as is before any output, and as the cause of
+    a :class:`StreamInterrupted` after output began (see :func:`interrupted`)."""
     message, code = _envelope(payload)
     codes = _codes(payload)
     text = message or raw[:200]
-    if codes & (_OVERLOAD_TYPES | _RATE_CODES):
-        return RateLimited(
-            f"{provider} overloaded mid-stream: {text}", status=200, provider=provider,
-            body=raw, code=code,
-        )
-    if codes & _QUOTA_CODES:
-        return QuotaExhausted(
-            f"{provider} quota exhausted mid-stream: {text}", status=200, provider=provider,
-            body=raw, code=code,
-        )
+    fields: dict[str, Any] = {"status": 200, "provider": provider, "body": raw, "code": code}
+    return _classify(_hint_status(codes, 200), text, codes, fields, provider=provider,
+                     key_env=key_env, where=" inside the stream")
+
+
+def interrupted(cause: ProviderError, *, provider: str, partial_output: str) -> StreamInterrupted:
+    """The error for a stream that broke after output began; raise it ``from cause``.
+
+    A StreamInterrupted cause (a cut) is kept, with the partial output added."""
+    if isinstance(cause, StreamInterrupted):
+        cause.partial_output = cause.partial_output or partial_output
+        return cause
     return StreamInterrupted(
-        f"{provider} sent an error event inside the stream: {text}", status=200,
-        provider=provider, body=raw, code=code,
+        f"stream from {provider} broke after output began: {type(cause).__name__}: "
+        f"{cause.message}",
+        status=200, provider=provider, body=cause.body, code=cause.code,
+        retry_after=cause.retry_after, usage=cause.usage, partial_output=partial_output,
     )
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """Every exception the HTTP client may raise while sending or reading; each is mapped
+    by :func:`error_from_transport`, so none escapes an adapter."""
+    import aiohttp
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    return (aiohttp.ClientError, HttpProcessingError, TimeoutError, OSError)
 
 
 def error_from_transport(exc: BaseException, *, provider: str, url: str,
                          in_stream: bool = False) -> ProviderError:
-    """A transport failure (aiohttp or asyncio exception) as a shoal error."""
+    """A transport failure (aiohttp or asyncio exception) as a shoal error.
+
+    ============================================  ==========================================
+    aiohttp / asyncio exception                   shoal error
+    ============================================  ==========================================
+    ``ConnectionTimeoutError``                    ProviderTimeout ``connect_timeout``
+    ``SocketTimeoutError``, ``TimeoutError``      ProviderTimeout ``read_timeout``
+    ``ClientPayloadError``,                       StreamInterrupted in a stream, else
+    ``ServerDisconnectedError``, reset            ProviderUnavailable (body cut)
+    ``HttpProcessingError`` (``LineTooLong``,     MalformedResponse (not valid HTTP)
+    bad status line), ``ContentTypeError``,
+    other ``ClientResponseError``
+    ``InvalidURL``                                BadRequest ``invalid_url`` (fix base_url)
+    ``ClientConnectorError``                      ProviderUnavailable ``connect_error``
+    any other ``ClientError`` / ``OSError``       ProviderUnavailable
+    ============================================  ==========================================
+    """
     import aiohttp
+    from aiohttp.http_exceptions import HttpProcessingError
 
     where = f"{provider} ({url})"
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -249,11 +332,21 @@ def error_from_transport(exc: BaseException, *, provider: str, url: str,
             f"read timeout from {where}: no data within read_timeout", provider=provider,
             code="read_timeout",
         )
-    if in_stream and isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError
-                                | ConnectionResetError):
+    cut = aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | ConnectionResetError
+    if in_stream and isinstance(exc, cut):
         return StreamInterrupted(
             f"stream from {where} was cut before its end marker ({type(exc).__name__})",
             provider=provider,
+        )
+    if isinstance(exc, HttpProcessingError | aiohttp.ClientResponseError):
+        return MalformedResponse(
+            f"{where} sent a response that is not valid HTTP ({type(exc).__name__}: "
+            f"{str(exc)[:200]})", provider=provider,
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return BadRequest(
+            f"invalid URL for {provider}: {url!r}. Fix the channel's base_url",
+            provider=provider, code="invalid_url",
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return ProviderUnavailable(

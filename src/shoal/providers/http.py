@@ -21,15 +21,30 @@ from shoal import __version__
 from shoal.clock import Clock, RealClock
 from shoal.errors import MalformedResponse, ProviderError
 from shoal.providers.base import Provider
-from shoal.providers.failures import error_from_response, error_from_transport
-from shoal.types import ChatRequest
+from shoal.providers.failures import (
+    error_from_response,
+    error_from_transport,
+    interrupted,
+    transport_errors,
+)
+from shoal.types import (
+    ChatRequest,
+    ChatResponse,
+    ReasoningDelta,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    UsageEvent,
+)
 
 if TYPE_CHECKING:
     import aiohttp
 
     from shoal.config import ChannelConfig
 
-__all__ = ["USER_AGENT", "HttpPool", "HttpProvider"]
+__all__ = ["USER_AGENT", "HttpPool", "HttpProvider", "answer_events"]
 
 USER_AGENT = f"shoal/{__version__}"
 
@@ -154,6 +169,27 @@ class HttpProvider(Provider):
             key_env=self._key_env,
         )
 
+    def _broken(self, exc: ProviderError, *, output_began: bool, partial_output: str,
+                usage: Usage | None) -> ProviderError:
+        """The error a stream raises when it fails: ``exc`` itself (with the usage seen so
+        far) before any output, so the router may retry or fail over; after output began,
+        a StreamInterrupted to raise ``from exc``, with the partial output."""
+        if exc.usage is None:
+            exc.usage = usage
+        if not output_began:
+            return exc
+        return interrupted(exc, provider=self.name, partial_output=partial_output)
+
+    def _whole_body(self, text: str) -> Any:
+        """The decoded JSON of a whole-body answer to a stream request (``sse.JSON_BODY``)."""
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise MalformedResponse(
+                f"{self.name} answered a stream request with a JSON body that does not parse",
+                status=200, provider=self.name, body=text,
+            ) from None
+
     def _headers_for(self, request: ChatRequest, *, stream: bool) -> dict[str, str]:
         base = self._stream_headers if stream else self._headers
         tag = request.metadata.get("tag")
@@ -162,8 +198,6 @@ class HttpProvider(Provider):
     async def _post_json(self, request: ChatRequest, payload: dict[str, Any]
                          ) -> tuple[Any, bytes]:
         """POST ``payload``; the decoded JSON answer and its raw bytes, or a shoal error."""
-        import aiohttp
-
         data = json.dumps(payload).encode()
         try:
             async with self._pool.session().post(
@@ -172,7 +206,7 @@ class HttpProvider(Provider):
                 raw = await resp.read()
                 if resp.status != 200:
                     raise self._fail(resp.status, raw.decode("utf-8", "replace"), resp.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except transport_errors() as exc:
             raise error_from_transport(exc, provider=self.name, url=self._url) from exc
         try:
             return json.loads(raw), raw
@@ -185,9 +219,12 @@ class HttpProvider(Provider):
     async def _sse(self, request: ChatRequest, payload: dict[str, Any]
                    ) -> AsyncGenerator[tuple[str, str], None]:
         """POST ``payload`` as a stream; yield its SSE ``(event, data)`` pairs. Use it under
-        ``contextlib.aclosing`` so stopping early returns the connection."""
-        import aiohttp
+        ``contextlib.aclosing`` so stopping early returns the connection.
 
+        A 200 whose body is one JSON document (``Content-Type: …json``, or a body that
+        starts with ``{``: a proxy that ignored ``stream``, MiniMax ``base_resp``) is
+        yielded once as ``(sse.JSON_BODY, text)``: the adapter parses it as a non-stream
+        answer or error. Lines are split here, so events of any size parse."""
         from shoal.providers.sse import iter_sse
 
         data = json.dumps(payload).encode()
@@ -195,12 +232,27 @@ class HttpProvider(Provider):
             async with self._pool.session().post(
                 self._url, data=data, headers=self._headers_for(request, stream=True)
             ) as resp:
-                if resp.status != 200 or "json" in resp.headers.get("Content-Type", ""):
-                    # An error status, or a JSON body instead of a stream (MiniMax base_resp).
+                if resp.status != 200:
                     text = (await resp.read()).decode("utf-8", "replace")
                     raise self._fail(resp.status, text, resp.headers)
-                async for item in iter_sse(resp.content):
+                whole_json = "json" in resp.headers.get("Content-Type", "")
+                async for item in iter_sse(resp.content.iter_any(), whole_json=whole_json):
                     yield item
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except transport_errors() as exc:
             raise error_from_transport(exc, provider=self.name, url=self._url,
                                        in_stream=True) from exc
+
+
+def answer_events(response: ChatResponse) -> list[StreamEvent]:
+    """A whole answer as the stream events it stands for (reasoning, text, each tool call,
+    usage, then ``StreamEnd``): how a JSON 200 answer to a stream request is delivered."""
+    out: list[StreamEvent] = []
+    if response.reasoning:
+        out.append(ReasoningDelta(response.reasoning))
+    if response.text:
+        out.append(TextDelta(response.text))
+    for i, call in enumerate(response.tool_calls):
+        out.append(ToolCallDelta(index=i, id=call.id, name=call.name, arguments=call.arguments))
+    out.append(UsageEvent(response.usage))
+    out.append(StreamEnd(response))
+    return out

@@ -16,11 +16,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shoal.errors import MalformedResponse, StreamInterrupted
+from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
 from shoal.providers.failures import (
     error_from_stream_payload,
+    is_error_body,
 )
-from shoal.providers.http import HttpProvider
+from shoal.providers.http import HttpProvider, answer_events
 from shoal.providers.profiles import (
     ProviderProfile,
     profile_for,
@@ -28,6 +29,7 @@ from shoal.providers.profiles import (
     strict_schema,
     thinking_fields,
 )
+from shoal.providers.sse import JSON_BODY
 from shoal.types import (
     ChatRequest,
     ChatResponse,
@@ -65,17 +67,24 @@ def finish_reason(raw: str | None, has_tool_calls: bool) -> FinishReason:
     return _FINISH.get(raw, "other")
 
 
+def _count(raw: Any) -> int:
+    try:
+        return int(raw or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _usage(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
-    prompt = int(raw.get("prompt_tokens") or 0)
-    completion = int(raw.get("completion_tokens") or 0)
+    prompt = _count(raw.get("prompt_tokens"))
+    completion = _count(raw.get("completion_tokens"))
     details = raw.get("prompt_tokens_details") or {}
-    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     if not cached:
-        cached = int(raw.get("prompt_cache_hit_tokens") or 0)  # DeepSeek
+        cached = _count(raw.get("prompt_cache_hit_tokens"))  # DeepSeek
     cdetails = raw.get("completion_tokens_details") or {}
-    reasoning = int(cdetails.get("reasoning_tokens") or 0) if isinstance(cdetails, dict) else 0
+    reasoning = _count(cdetails.get("reasoning_tokens")) if isinstance(cdetails, dict) else 0
     return Usage(prompt, completion, cached, reasoning)
 
 
@@ -166,9 +175,7 @@ class OpenAICompatProvider(HttpProvider):
         return self.parse(body, raw, time.perf_counter() - started)
 
     def parse(self, body: Any, raw: bytes, latency: float) -> ChatResponse:
-        if not isinstance(body, dict) or "error" in body or (
-            isinstance(body.get("base_resp"), dict) and body["base_resp"].get("status_code")
-        ):
+        if is_error_body(body):
             raise self._fail(200, raw.decode("utf-8", "replace"), {})
         try:
             choice = body["choices"][0]
@@ -198,40 +205,66 @@ class OpenAICompatProvider(HttpProvider):
                 id=str(body.get("id", "")),
                 channel=self.name,
             )
-        except (KeyError, IndexError, TypeError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            # The provider may still have billed it: keep a usage it reported.
+            billed = _usage(body.get("usage")) if isinstance(body, dict) else None
             raise MalformedResponse(
                 f"{self.name} returned JSON without the chat.completion shape ({exc!r})",
                 status=200, provider=self.name, body=raw.decode("utf-8", "replace"),
+                usage=billed,
             ) from None
 
     # -- stream -------------------------------------------------------------------------
 
     async def stream(self, request: ChatRequest, *, model: str) -> AsyncIterator[StreamEvent]:
+        """Deltas as they arrive. An error before any output raises the provider's mapped
+        error; after output began, a StreamInterrupted (``from`` that error) with the
+        partial output; ``usage`` on either is what the provider reported before it."""
         started = time.perf_counter()
         acc = _Accumulator()
         done = False
         payload = self.payload(request, model, stream=True)
-        async with contextlib.aclosing(self._sse(request, payload)) as events:
-            async for event, data in events:
-                if data.startswith("[DONE]"):
-                    done = True
-                    break
-                try:
-                    chunk = json.loads(data)
-                except ValueError:
-                    raise MalformedResponse(
-                        f"{self.name} sent a stream chunk that is not JSON", status=200,
-                        provider=self.name, body=data,
-                    ) from None
-                if event == "error" or (isinstance(chunk, dict) and chunk.get("error")):
-                    raise error_from_stream_payload(chunk, provider=self.name, raw=data)
-                for out in acc.feed(chunk):
-                    yield out
-        if not done:
-            raise StreamInterrupted(
-                f"stream from {self.name} ended without its end marker ([DONE])",
-                status=200, provider=self.name,
-            )
+        try:
+            async with contextlib.aclosing(self._sse(request, payload)) as events:
+                async for event, data in events:
+                    if event == JSON_BODY:  # a whole answer (a proxy ignored stream: true)
+                        body = self._whole_body(data)
+                        answer = self.parse(body, data.encode(), time.perf_counter() - started)
+                        for out in answer_events(answer):
+                            yield out
+                        return
+                    if data.startswith("[DONE]"):
+                        done = True
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        raise MalformedResponse(
+                            f"{self.name} sent a stream chunk that is not JSON", status=200,
+                            provider=self.name, body=data,
+                        ) from None
+                    if event == "error" or (isinstance(chunk, dict) and chunk.get("error")):
+                        raise error_from_stream_payload(chunk, provider=self.name, raw=data)
+                    try:
+                        outs = acc.feed(chunk)
+                    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+                        raise MalformedResponse(
+                            f"{self.name} sent a stream chunk of the wrong shape ({e!r})",
+                            status=200, provider=self.name, body=data,
+                        ) from None
+                    for out in outs:
+                        yield out
+            if not done:
+                raise StreamInterrupted(
+                    f"stream from {self.name} ended without its end marker ([DONE])",
+                    status=200, provider=self.name,
+                )
+        except ProviderError as exc:
+            err = self._broken(exc, output_began=acc.began(), partial_output=acc.partial(),
+                               usage=acc.usage)
+            if err is exc:
+                raise
+            raise err from exc
         if acc.usage is not None:
             yield UsageEvent(acc.usage)
         yield StreamEnd(acc.response(self, time.perf_counter() - started))
@@ -338,6 +371,15 @@ class _Accumulator:
         if usage is not None:
             self.usage = usage
         return out
+
+    def began(self) -> bool:
+        """Whether any output (text, reasoning, a tool call) was yielded."""
+        return bool(self.text or self.reasoning or self.calls)
+
+    def partial(self) -> str:
+        """The output received so far: text, reasoning and tool-argument text."""
+        args = "".join("".join(slot[2:]) for slot in self.calls.values())
+        return "".join(self.text) + "".join(self.reasoning) + args
 
     def _tool_fragment(self, frag: dict[str, Any]) -> ToolCallDelta:
         fn = frag.get("function") or {}
