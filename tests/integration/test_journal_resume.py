@@ -190,6 +190,36 @@ async def test_stale_turns_of_a_rerun_step_are_not_replayed(tmp_path: Path) -> N
     assert result.output == "report on <analysis>"
 
 
+async def test_a_map_whose_list_changed_reruns_only_the_new_items(tmp_path: Path) -> None:
+    attempts: list[str] = []
+    shouted: list[str] = []
+
+    def pick() -> str:
+        attempts.append("pick")
+        if len(attempts) == 1:
+            raise RuntimeError("not yet")
+        return "b"
+
+    def split(pick: str | None) -> list[str]:
+        return ["a"] if pick is None else ["a", pick]
+
+    def shout(item: str) -> str:
+        shouted.append(item)
+        return item.upper()
+
+    flow = Flow("fan")
+    flow.add(pick, on_failure="continue")
+    flow.add(split, after=pick)
+    flow.map(shout, over=split)
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = await run_durable(flow, None, store=db, run_id="r1", client=ScriptedClient([]))
+    assert first.output == ["A"] and shouted == ["a"]
+    result = await resume("r1", flow, store=db, client=ScriptedClient([]))
+    assert result.output == ["A", "B"]
+    assert shouted == ["a", "b"]  # item 0 ("a") replayed: its item did not change
+    assert [i.status for i in result.steps["shout"].items] == ["replayed", "succeeded"]
+
+
 async def test_the_memory_recorder_also_reruns_stale_dependents() -> None:
     flow = pipeline()
     recorder = MemoryRecorder()
@@ -292,6 +322,37 @@ async def test_a_corrupt_effect_record_stops_the_run_naming_it(tmp_path: Path) -
     async with open_store(db) as s:
         run = await s.require_run("r1")
     assert run.status == "failed" and "charge:7" in (run.error or "")
+
+
+async def test_progress_watches_a_journaled_run_without_changing_it(tmp_path: Path) -> None:
+    from shoal.flows.progress import RunProgress
+
+    sent: list[str] = []
+
+    @tool
+    @idempotent(key="mail:{to}")
+    def mail(to: str) -> str:
+        """Send mail."""
+        sent.append(to)
+        return "sent"
+
+    flow = Flow("post")
+    flow.add(Agent("clerk", model="m", instructions="clerk. C.", tools=[mail]))
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = ScriptedClient([call("mail", to="a@x"), ProviderUnavailable("down", status=503)])
+    watching = RunProgress(flow)
+    with pytest.raises(StepFailed):
+        await run_durable(flow, "go", store=db, run_id="r1", client=first, progress=watching)
+    assert watching.steps["clerk"].status == "running" and watching.steps["clerk"].turns == 1
+
+    again = RunProgress(flow)
+    result = await resume("r1", flow, store=db, client=ScriptedClient([reply("done")]),
+                          progress=again)
+    assert sent == ["a@x"]  # the effect journal is reached through the watcher
+    assert result.output == "done"
+    clerk = again.steps["clerk"]
+    assert (clerk.status, clerk.turns) == ("succeeded", 2)  # one replayed, one new
+    assert clerk.tokens == result.usage.total_tokens
 
 
 async def test_a_step_failed_by_the_store_is_not_retried_or_fallen_back() -> None:

@@ -184,6 +184,7 @@ class FlowRun:
         self.tasks: dict[str, asyncio.Task[StepResult]] = {}
         self.tickets: dict[str, asyncio.Future[None]] = {}
         self.inputs: dict[str, str] = {}  # step -> hash of its dependencies' outputs
+        self.item_inputs: dict[str, str] = {}  # map step -> what its items share of them
 
     async def execute(self) -> FlowResult:
         started = self.clock.now()
@@ -319,6 +320,14 @@ class FlowRun:
         ctx = self._context(step, step.name)
         if not isinstance(self.recorder, NullRecorder):  # a result is valid for its inputs
             self.inputs[step.name] = _inputs_digest(ctx.deps)
+            if step.is_map:
+                # An item sees its own item, not the list it came from (unless it asks for
+                # the list by parameter, or builds its input from the context itself).
+                over = step.over if isinstance(step.over, str) else None
+                hidden = (over is not None and step.input is None and step.context_param is None
+                          and over not in step.params)
+                self.item_inputs[step.name] = _inputs_digest(
+                    {d: v for d, v in ctx.deps.items() if not (hidden and d == over)})
         if step.is_map:
             return await self._run_unit(step, ctx, self._run_map(step, ctx),
                                         output_type=list[step.output_type])  # type: ignore[name-defined]
@@ -340,7 +349,8 @@ class FlowRun:
         cancellation: failures become a failed (or fallback) StepResult."""
         step_inputs = self.inputs.get(step.name)
         if ctx.index is not None and step_inputs is not None:  # a map item: with its item
-            step_inputs = _digest([step_inputs, ctx.index, to_jsonable(ctx.item)])
+            shared = self.item_inputs[step.name]
+            step_inputs = _digest([shared, ctx.index, to_jsonable(ctx.item)])
         try:
             recorded = await self.recorder.replay_step(self.run_id, ctx.step, step_inputs)
         except BaseException:
