@@ -38,7 +38,7 @@ async def main() -> None:
         batch = Batch(summarizer.clone(model=model), concurrency=args.concurrency,
                       client=router, budget_usd=0.50, progress=True, console=console,
                       description=f"{len(files)} documents")
-        result = await batch.run([p.read_text("utf-8") for p in files])
+        result = await batch.run({p.name: p.read_text("utf-8") for p in files})  # rows by name
     console.print(result.table())
     if args.json:
         args.json.write_text(json.dumps([
