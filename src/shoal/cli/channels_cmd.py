@@ -61,16 +61,14 @@ def channels(
     from rich.markup import escape
     from rich.table import Table
 
+    from shoal.cli.common import fail
     from shoal.config import Config
     from shoal.errors import ConfigError
 
     try:
         cfg = Config.load(config)
     except ConfigError as exc:
-        # markup off: "[channels.x]" in the message is text, not a Rich tag.
-        Console(stderr=True).print(f"error: {exc}", markup=False, highlight=False,
-                                   soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise fail(exc) from None  # exit 2, the message printed literally
     rows = channel_rows(sorted(cfg.channels.values(), key=lambda c: c.name))
     console = Console()
     if not console.is_terminal:  # a pipe or a file: whole rows
