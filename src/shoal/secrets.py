@@ -36,7 +36,6 @@ MASK = "***"
 MIN_SECRET_CHARS = 8
 
 
-
 class _Registry:
     """The registered values and one compiled pattern matching any of their forms.
     Replaced whole under a lock; readers take one consistent snapshot without it."""
