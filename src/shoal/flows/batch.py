@@ -249,18 +249,17 @@ class _Progress:
         if show:
             from rich.progress import (
                 BarColumn,
-                MofNCompleteColumn,
                 Progress,
                 TextColumn,
                 TimeRemainingColumn,
             )
 
             self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(bar_width=16),
-                MofNCompleteColumn(), TextColumn("done ·"),
-                TextColumn("[green]{task.fields[ok]} ok[/] · [red]{task.fields[failed]} "
-                           "failed[/] · {task.fields[running]} running · "
-                           "{task.fields[tokens]} tok · ${task.fields[cost]} · ETA"),
+                TextColumn("[bold]{task.description}"), BarColumn(bar_width=10),
+                TextColumn("{task.completed:.0f}/{task.total:.0f} done · [green]"
+                           "{task.fields[ok]} ok[/] · [red]{task.fields[failed]} failed[/] · "
+                           "{task.fields[running]} running · {task.fields[tokens]} tok · "
+                           "${task.fields[cost]} · ETA"),
                 TimeRemainingColumn(),
                 console=console, get_time=clock.now, transient=False,
             )
