@@ -352,6 +352,30 @@ async def test_anthropic_tool_result_must_match_a_tool_use() -> None:
     assert "`tool_use` ids were found without `tool_result` blocks" in unanswered.value.message
 
 
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"seed": 1}, "seed: Extra inputs are not permitted"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]},
+         "text content blocks must be non-empty"),
+        ({"messages": [{"role": "user", "content": ""}]},
+         "messages.0: all messages must have non-empty content"),
+    ],
+)  # fmt: skip
+async def test_anthropic_refuses_extra_fields_and_empty_content(
+    change: dict[str, Any], words: str
+) -> None:
+    ask = {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": USER}
+    async with running() as sim:
+        refused = await post(messages_url(sim), {**ask, **change})
+        prefill = await post(messages_url(sim), {**ask, "messages": [
+            *USER, {"role": "assistant", "content": ""}]})  # fmt: skip
+    assert refused.status == 400
+    assert refused.json["error"]["type"] == "invalid_request_error"
+    assert words in refused.json["error"]["message"]
+    assert prefill.status == 200  # an empty final assistant message is allowed
+
+
 # -- zhipu -------------------------------------------------------------------------------
 
 
@@ -620,6 +644,10 @@ async def test_openai_refuses_malformed_conversations_and_fields() -> None:
             "unknown_field": await post(chat(sim), body(thinking={"type": "enabled"})),
             "json_object_without_json": await post(
                 chat(sim), body(response_format={"type": "json_object"})),
+            "stream_options_without_stream": await post(
+                chat(sim), body(stream_options={"include_usage": True})),
+            "null_content": await post(chat(sim), {"model": "m", "messages": [
+                *USER, {"role": "assistant", "content": None}, *USER]}),
             "good_tool_turn": await post(chat(sim), {"model": "m", "messages": TOOL_TURN}),
         }  # fmt: skip
         async with oai(sim) as client:
@@ -638,6 +666,8 @@ async def test_openai_refuses_malformed_conversations_and_fields() -> None:
         "temperature": "Expected a value <= 2, but got 9 instead",
         "unknown_field": "Unrecognized request argument supplied: thinking",
         "json_object_without_json": "must contain the word 'json'",
+        "stream_options_without_stream": "only allowed when 'stream' is enabled",
+        "null_content": "expected a string, got null",
     }
     for key, words in expected.items():
         status, message = messages[key]

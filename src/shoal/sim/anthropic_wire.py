@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from shoal.sim.anthropic_rules import anthropic_request, sign_thinking
 from shoal.sim.content import Answer, Ask, BadInput
-from shoal.sim.style_rules import anthropic_request, sign_thinking
 
 __all__ = ["error_body", "parse", "render", "render_stream", "stream_error_event"]
 

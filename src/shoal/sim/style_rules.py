@@ -1,10 +1,10 @@
-"""What each provider style refuses (PROVIDERS.md §1-4, §6 traps 9, 10, 12).
+"""What the OpenAI-compatible provider styles refuse (PROVIDERS.md §1, §3, §4, §6).
 
-:func:`openai_request` checks a Chat Completions body for the OpenAI-compatible styles,
-:func:`anthropic_request` a Messages body; both raise :class:`~shoal.sim.styles.Refusal`
-with the provider's status, code and wording. The ``permissive`` style skips them all.
-They also set the parts of the :class:`~shoal.sim.content.Ask` a style decides (DeepSeek
-thinking mode, Zhipu ignoring ``max_completion_tokens``).
+:func:`openai_request` checks a Chat Completions body and raises
+:class:`~shoal.sim.styles.Refusal` with the provider's status, code and wording (the
+``permissive`` style skips it all). It also sets the parts of the
+:class:`~shoal.sim.content.Ask` a style decides (DeepSeek thinking mode, Zhipu ignoring
+``max_completion_tokens``). Anthropic's rules are in :mod:`shoal.sim.anthropic_rules`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from shoal.sim.content import Ask
 from shoal.sim.styles import Refusal
 
 __all__ = [
-    "anthropic_request",
     "deepseek_thinking",
     "gemini_signed_call",
     "openai_request",
-    "sign_thinking",
     "strict_schema_problem",
 ]
 
@@ -136,6 +134,19 @@ def _openai(body: dict[str, Any], ask: Ask) -> None:
                 f"Unsupported value: 'temperature' does not support {temperature} with this "
                 "model. Only the default (1) value is supported.",
                 "temperature", code="unsupported_value",
+            )  # fmt: skip
+    if "stream_options" in body and not body.get("stream"):
+        raise Refusal(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "stream_options", code="invalid_value",
+        )  # fmt: skip
+    for i, msg in enumerate(body["messages"]):
+        if msg.get("content") is None and not (
+            msg.get("role") == "assistant" and (msg.get("tool_calls") or msg.get("function_call"))
+        ):
+            raise Refusal(
+                "Invalid value for 'content': expected a string, got null.",
+                f"messages.[{i}].content", code="invalid_value",
             )  # fmt: skip
     temperature = body.get("temperature")
     if isinstance(temperature, int | float) and not 0 <= temperature <= 2:
@@ -350,127 +361,3 @@ def _zhipu(body: dict[str, Any], ask: Ask) -> None:
     # Zhipu caps output with max_tokens only; max_completion_tokens is ignored.
     limit = body.get("max_tokens")
     ask.max_tokens = limit if isinstance(limit, int) and limit > 0 else None
-
-
-# -- Anthropic ---------------------------------------------------------------------------
-
-_THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
-
-
-def sign_thinking(request_id: str, thinking: str) -> str:
-    """The simulator's signature of a thinking block: the request id and a digest of the
-    text, so a changed or re-signed block is caught when it comes back."""
-    digest = hashlib.sha256(thinking.encode()).hexdigest()[:24]
-    return f"sim-signature-{request_id}.{digest}"
-
-
-def _signature_ok(signature: str, thinking: str) -> bool:
-    _, _, digest = signature.rpartition(".")
-    return digest == hashlib.sha256(thinking.encode()).hexdigest()[:24]
-
-
-def anthropic_request(body: dict[str, Any], style: str) -> None:
-    """Anthropic's refusals: thinking budget and its incompatibilities, tool_use /
-    tool_result pairing, and thinking blocks (with valid signatures) on tool turns."""
-    if style == "permissive":
-        return
-    max_tokens = int(body["max_tokens"])
-    thinking = body.get("thinking")
-    enabled = False
-    if thinking is not None:
-        kind = thinking.get("type") if isinstance(thinking, dict) else None
-        if kind not in ("enabled", "disabled", "adaptive"):
-            raise Refusal(
-                "thinking: Input tag "
-                f"'{kind}' found using 'type' does not match any of the expected tags: "
-                "'enabled', 'disabled', 'adaptive'"
-            )
-        enabled = kind in ("enabled", "adaptive")
-        if kind == "enabled":
-            budget = thinking.get("budget_tokens")
-            if not isinstance(budget, int) or isinstance(budget, bool):
-                raise Refusal("thinking.enabled.budget_tokens: Field required")
-            if budget < 1024:
-                raise Refusal(
-                    "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
-                )
-            if budget >= max_tokens:
-                raise Refusal(
-                    "`max_tokens` must be greater than `thinking.budget_tokens`. Please "
-                    f"consult our documentation at {_THINKING_DOCS}"
-                    "#max-tokens-and-context-window-size"
-                )
-    if enabled:
-        temperature = body.get("temperature")
-        if temperature is not None and temperature != 1:
-            raise Refusal(
-                "`temperature` may only be set to 1 when thinking is enabled. Please "
-                f"consult our documentation at {_THINKING_DOCS}#feature-compatibility"
-            )
-        choice = body.get("tool_choice")
-        if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
-            raise Refusal("Thinking may not be enabled when tool_choice forces tool use.")
-    _anthropic_turns(body["messages"], enabled)
-
-
-def _blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
-    content = msg.get("content")
-    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
-
-
-def _anthropic_turns(messages: list[Any], thinking: bool) -> None:
-    last_assistant = -1
-    for i, msg in enumerate(messages):
-        blocks = _blocks(msg)
-        for j, block in enumerate(blocks):
-            if block.get("type") == "thinking":
-                signature = block.get("signature")
-                if not isinstance(signature, str) or not signature:
-                    raise Refusal(f"messages.{i}.content.{j}.thinking.signature: Field required")
-                if not _signature_ok(signature, str(block.get("thinking", ""))):
-                    raise Refusal(
-                        f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
-                    )
-        uses = [str(b.get("id")) for b in blocks if b.get("type") == "tool_use"]
-        if msg.get("role") == "assistant":
-            last_assistant = i
-            if uses and i + 1 < len(messages):
-                answered = {
-                    str(b.get("tool_use_id"))
-                    for b in _blocks(messages[i + 1])
-                    if b.get("type") == "tool_result"
-                }
-                missing = [u for u in uses if u not in answered]
-                if messages[i + 1].get("role") != "user" or missing:
-                    raise Refusal(
-                        f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
-                        f"immediately after: {', '.join(missing or uses)}. Each `tool_use` "
-                        "block must have a corresponding `tool_result` block in the next "
-                        "message."
-                    )
-        else:
-            before = _blocks(messages[i - 1]) if i > 0 else []
-            known = {str(b.get("id")) for b in before if b.get("type") == "tool_use"}
-            for j, block in enumerate(blocks):
-                answers = str(block.get("tool_use_id"))
-                if block.get("type") == "tool_result" and answers not in known:
-                    raise Refusal(
-                        f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
-                        f"`tool_result` blocks: {block.get('tool_use_id')}. Each `tool_result` "
-                        "block must have a corresponding `tool_use` block in the previous "
-                        "message."
-                    )
-    if thinking and last_assistant >= 0:
-        blocks = _blocks(messages[last_assistant])
-        if any(b.get("type") == "tool_use" for b in blocks):
-            first = blocks[0].get("type") if blocks else "text"
-            if first not in ("thinking", "redacted_thinking"):
-                raise Refusal(
-                    f"messages.{last_assistant}.content.0.type: Expected `thinking` or "
-                    f"`redacted_thinking`, but found `{first}`. When `thinking` is enabled, a "
-                    "final `assistant` message must start with a thinking block (preceeding "
-                    "the lastmost set of `tool_use` and `tool_result` blocks). We recommend "
-                    "you include thinking blocks from previous turns. To avoid this "
-                    f"requirement, disable `thinking`. Please consult our documentation at "
-                    f"{_THINKING_DOCS}"
-                )

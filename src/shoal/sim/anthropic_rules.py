@@ -1,0 +1,160 @@
+"""What Anthropic's Messages API refuses (PROVIDERS.md §2, §6 traps 9 and 10).
+
+:func:`anthropic_request` raises :class:`~shoal.sim.styles.Refusal` (400
+``invalid_request_error``) for: unknown top-level fields, empty text blocks and empty
+messages, a thinking budget out of bounds, ``temperature`` or a forced tool with thinking
+on, unpaired ``tool_use``/``tool_result`` blocks, and a tool turn without its signed
+thinking block (signatures from :func:`sign_thinking` cover the thinking text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from shoal.sim.styles import Refusal
+
+__all__ = ["anthropic_request", "sign_thinking"]
+
+_THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+# Top-level fields of a Messages request (anthropic-sdk-python MessageCreateParams, the
+# sampling fields and the beta output_format); the API refuses any other name.
+_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
+    "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
+    "container", "context_management", "mcp_servers", "output_config", "output_format",
+    "cache_control", "inference_geo", "speed", "diagnostics", "user_profile_id",
+    "workspace_id",
+})  # fmt: skip
+
+
+def sign_thinking(request_id: str, thinking: str) -> str:
+    """The simulator's signature of a thinking block: the request id and a digest of the
+    text, so a changed or re-signed block is caught when it comes back."""
+    digest = hashlib.sha256(thinking.encode()).hexdigest()[:24]
+    return f"sim-signature-{request_id}.{digest}"
+
+
+def _signature_ok(signature: str, thinking: str) -> bool:
+    _, _, digest = signature.rpartition(".")
+    return digest == hashlib.sha256(thinking.encode()).hexdigest()[:24]
+
+
+def anthropic_request(body: dict[str, Any], style: str) -> None:
+    """Anthropic's refusals: thinking budget and its incompatibilities, tool_use /
+    tool_result pairing, and thinking blocks (with valid signatures) on tool turns."""
+    if style == "permissive":
+        return
+    for key in body:
+        if key not in _FIELDS:
+            raise Refusal(f"{key}: Extra inputs are not permitted")
+    max_tokens = int(body["max_tokens"])
+    thinking = body.get("thinking")
+    enabled = False
+    if thinking is not None:
+        kind = thinking.get("type") if isinstance(thinking, dict) else None
+        if kind not in ("enabled", "disabled", "adaptive"):
+            raise Refusal(
+                "thinking: Input tag "
+                f"'{kind}' found using 'type' does not match any of the expected tags: "
+                "'enabled', 'disabled', 'adaptive'"
+            )
+        enabled = kind in ("enabled", "adaptive")
+        if kind == "enabled":
+            budget = thinking.get("budget_tokens")
+            if not isinstance(budget, int) or isinstance(budget, bool):
+                raise Refusal("thinking.enabled.budget_tokens: Field required")
+            if budget < 1024:
+                raise Refusal(
+                    "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+                )
+            if budget >= max_tokens:
+                raise Refusal(
+                    "`max_tokens` must be greater than `thinking.budget_tokens`. Please "
+                    f"consult our documentation at {_THINKING_DOCS}"
+                    "#max-tokens-and-context-window-size"
+                )
+    if enabled:
+        temperature = body.get("temperature")
+        if temperature is not None and temperature != 1:
+            raise Refusal(
+                "`temperature` may only be set to 1 when thinking is enabled. Please "
+                f"consult our documentation at {_THINKING_DOCS}#feature-compatibility"
+            )
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+            raise Refusal("Thinking may not be enabled when tool_choice forces tool use.")
+    _anthropic_turns(body["messages"], enabled)
+
+
+def _blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    content = msg.get("content")
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def _anthropic_turns(messages: list[Any], thinking: bool) -> None:
+    last_assistant = -1
+    for i, msg in enumerate(messages):
+        blocks = _blocks(msg)
+        content = msg.get("content")
+        if content in ("", []) and not (
+            i == len(messages) - 1 and msg.get("role") == "assistant"
+        ):
+            raise Refusal(
+                f"messages.{i}: all messages must have non-empty content except for the "
+                "optional final assistant message"
+            )
+        if any(b.get("type") == "text" and not b.get("text") for b in blocks):
+            raise Refusal("messages: text content blocks must be non-empty")
+        for j, block in enumerate(blocks):
+            if block.get("type") == "thinking":
+                signature = block.get("signature")
+                if not isinstance(signature, str) or not signature:
+                    raise Refusal(f"messages.{i}.content.{j}.thinking.signature: Field required")
+                if not _signature_ok(signature, str(block.get("thinking", ""))):
+                    raise Refusal(
+                        f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                    )
+        uses = [str(b.get("id")) for b in blocks if b.get("type") == "tool_use"]
+        if msg.get("role") == "assistant":
+            last_assistant = i
+            if uses and i + 1 < len(messages):
+                answered = {
+                    str(b.get("tool_use_id"))
+                    for b in _blocks(messages[i + 1])
+                    if b.get("type") == "tool_result"
+                }
+                missing = [u for u in uses if u not in answered]
+                if messages[i + 1].get("role") != "user" or missing:
+                    raise Refusal(
+                        f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                        f"immediately after: {', '.join(missing or uses)}. Each `tool_use` "
+                        "block must have a corresponding `tool_result` block in the next "
+                        "message."
+                    )
+        else:
+            before = _blocks(messages[i - 1]) if i > 0 else []
+            known = {str(b.get("id")) for b in before if b.get("type") == "tool_use"}
+            for j, block in enumerate(blocks):
+                answers = str(block.get("tool_use_id"))
+                if block.get("type") == "tool_result" and answers not in known:
+                    raise Refusal(
+                        f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                        f"`tool_result` blocks: {block.get('tool_use_id')}. Each `tool_result` "
+                        "block must have a corresponding `tool_use` block in the previous "
+                        "message."
+                    )
+    if thinking and last_assistant >= 0:
+        blocks = _blocks(messages[last_assistant])
+        if any(b.get("type") == "tool_use" for b in blocks):
+            first = blocks[0].get("type") if blocks else "text"
+            if first not in ("thinking", "redacted_thinking"):
+                raise Refusal(
+                    f"messages.{last_assistant}.content.0.type: Expected `thinking` or "
+                    f"`redacted_thinking`, but found `{first}`. When `thinking` is enabled, a "
+                    "final `assistant` message must start with a thinking block (preceeding "
+                    "the lastmost set of `tool_use` and `tool_result` blocks). We recommend "
+                    "you include thinking blocks from previous turns. To avoid this "
+                    f"requirement, disable `thinking`. Please consult our documentation at "
+                    f"{_THINKING_DOCS}"
+                )
