@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 
-__all__ = ["JSON_BODY", "iter_lines", "iter_sse"]
+__all__ = ["JSON_BODY", "LineSplitter", "iter_sse"]
 
 # The event name that marks a whole JSON body; no SSE wire event can carry a NUL.
 JSON_BODY = "\x00json"
@@ -23,40 +23,77 @@ JSON_BODY = "\x00json"
 _BLANK = b" \t\r\n"
 
 
-async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """Split raw body chunks into lines (terminators removed), with no size limit."""
-    pending: list[bytes] = []  # pieces of a line not yet terminated
-    skip_lf = False  # the last chunk ended in CR: a leading LF now ends nothing new
-    async for raw in chunks:
+class LineSplitter:
+    """Splits raw body chunks into lines (terminators removed), with no size limit."""
+
+    __slots__ = ("pending", "skip_lf")
+
+    def __init__(self) -> None:
+        self.pending: list[bytes] = []  # pieces of a line not yet terminated
+        self.skip_lf = False  # the last chunk ended in CR: a leading LF ends nothing new
+
+    def feed(self, raw: bytes) -> list[bytes]:
         if not raw:
-            continue
-        chunk = raw[1:] if skip_lf and raw[:1] == b"\n" else raw
-        skip_lf = False
+            return []
+        chunk = raw[1:] if self.skip_lf and raw[:1] == b"\n" else raw
+        self.skip_lf = False
         if not chunk:
-            continue
+            return []
         if b"\n" not in chunk and b"\r" not in chunk:
-            pending.append(chunk)
-            continue
+            self.pending.append(chunk)
+            return []
+        pending = self.pending
         data = b"".join((*pending, chunk)) if pending else chunk
-        pending = []
+        self.pending = []
         lines = data.splitlines()  # bytes split only on CR, LF and CRLF
         last = data[-1:]
         if last == b"\r":
-            skip_lf = True
+            self.skip_lf = True
         elif last != b"\n":
-            pending.append(lines.pop())
-        for line in lines:
-            yield line
-    if pending:
-        yield b"".join(pending)
+            self.pending.append(lines.pop())
+        return lines
+
+    def close(self) -> list[bytes]:
+        """The last line, when the body did not end in a line break."""
+        rest, self.pending = self.pending, []
+        return [b"".join(rest)] if rest else []
 
 
-async def _sniffed(chunks: AsyncIterable[bytes], head: list[bytes]
-                   ) -> AsyncIterator[bytes]:
-    for chunk in head:
-        yield chunk
-    async for chunk in chunks:
-        yield chunk
+class _Events:
+    """SSE lines folded into ``(event, data)`` pairs."""
+
+    __slots__ = ("data", "event")
+
+    def __init__(self) -> None:
+        self.event = ""
+        self.data: list[str] = []
+
+    def feed(self, lines: list[bytes]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for raw in lines:
+            if not raw:
+                if self.data:
+                    out.append((self.event, "\n".join(self.data)))
+                self.event = ""
+                self.data = []
+                continue
+            line = raw.decode("utf-8", "replace")
+            if line[0] == ":":
+                continue
+            field, sep, value = line.partition(":")
+            if not sep:
+                continue
+            if value[:1] == " ":
+                value = value[1:]
+            if field == "data":
+                self.data.append(value)
+            elif field == "event":
+                self.event = value
+            elif field == "error":
+                # Old llama.cpp sent errors under a non-standard field: surface them as data.
+                self.event = "error"
+                self.data.append(value)
+        return out
 
 
 async def iter_sse(chunks: AsyncIterable[bytes], *, whole_json: bool = False
@@ -79,30 +116,13 @@ async def iter_sse(chunks: AsyncIterable[bytes], *, whole_json: bool = False
         rest = [chunk async for chunk in it]
         yield JSON_BODY, b"".join((*head, *rest)).decode("utf-8", "replace")
         return
-    event = ""
-    data: list[str] = []
-    async for raw in iter_lines(_sniffed(it, head)):
-        line = raw.decode("utf-8", "replace")
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event = ""
-            data = []
-            continue
-        if line[0] == ":":
-            continue
-        field, sep, value = line.partition(":")
-        if not sep:
-            continue
-        if value[:1] == " ":
-            value = value[1:]
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            event = value
-        elif field == "error":
-            # Old llama.cpp sent errors under a non-standard field: surface them as data.
-            event = "error"
-            data.append(value)
-    if data:
-        yield event, "\n".join(data)
+    lines = LineSplitter()
+    events = _Events()
+    for chunk in head:
+        for item in events.feed(lines.feed(chunk)):
+            yield item
+    async for chunk in it:
+        for item in events.feed(lines.feed(chunk)):
+            yield item
+    for item in events.feed([*lines.close(), b""]):  # an unterminated last event counts
+        yield item
