@@ -46,6 +46,7 @@ class ChannelConfig(BaseModel):
     weight: float = Field(default=1.0, gt=0)
     adaptive: bool | None = None  # None: adaptive when max_concurrency is not set
     shared: bool = False
+    lease_s: float = Field(default=30.0, gt=0)  # shared limits: a dead holder frees within it
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=300.0, gt=0)
     write_timeout: float = Field(default=30.0, gt=0)

@@ -344,3 +344,47 @@ async def test_local_hand_overs_are_bounded_so_other_processes_get_a_turn(
     finally:
         await busy.aclose()
         await other.aclose()
+
+
+async def test_a_stale_shared_cap_never_lifts_the_configured_one(
+    redis_url: str, unique_prefix: str, redis_client: Any
+) -> None:
+    # An adaptive run under the same key learned 6 and left it (a day's TTL).
+    await redis_client.set("{" + unique_prefix + "}:cap", 6, px=60_000)
+    lim = RedisLimiter(redis_url, key=unique_prefix, max_concurrency=2)
+    try:
+        a, b = await take(lim), await take(lim)
+        assert await lim.atry_acquire() is None
+        assert lim.capacity == 2
+        lim.set_capacity(3)  # this process's own explicit choice does count
+        c = await lim.acquire(timeout=5.0)
+        for p in (a, b, c):
+            p.release()
+    finally:
+        await lim.aclose()
+
+
+async def test_a_slot_lost_to_a_stalled_heartbeat_is_held_again_when_free(
+    redis_url: str, unique_prefix: str, redis_client: Any
+) -> None:
+    stalled = RedisLimiter(redis_url, key=unique_prefix, max_concurrency=2, lease_s=0.3)
+    other = RedisLimiter(redis_url, key=unique_prefix, max_concurrency=2, lease_s=0.3)
+    try:
+        permit = await take(stalled)
+        assert stalled._heartbeat is not None
+        stalled._heartbeat.cancel()  # the loop stalls past the lease
+        await asyncio.sleep(0.4)
+        theirs = await take(other)  # prunes the lapsed lease
+        assert await holders(redis_client, unique_prefix) == 1
+        # The loop runs again, its call still in flight: the next renewal holds it anew.
+        stalled._heartbeat = asyncio.create_task(stalled._renew_loop())
+        await asyncio.sleep(0.2)
+        assert await holders(redis_client, unique_prefix) == 2
+        assert await other.atry_acquire() is None  # counted again: the cap is full
+        permit.release()
+        theirs.release()
+        await asyncio.sleep(0.05)
+        assert await holders(redis_client, unique_prefix) == 0
+    finally:
+        await stalled.aclose()
+        await other.aclose()

@@ -34,6 +34,7 @@ import asyncio
 import importlib
 import itertools
 import logging
+import os
 import uuid
 from collections import deque
 from collections.abc import Coroutine
@@ -127,6 +128,7 @@ class RedisLimiter(Limiter):
         self._waiter_ttl_ms = max(500, int(2000 * poll_s))
         self._notify_channel = f"{tag}:free"
         self._token = uuid.uuid4().hex[:12]
+        self._pid = os.getpid()
         self._seq = itertools.count()
         self._scripts: dict[str, AsyncScript] = {}
         self._held: dict[str, Permit] = {}
@@ -229,6 +231,11 @@ class RedisLimiter(Limiter):
         return await self._attempt(tokens)
 
     def _holder(self) -> str:
+        if os.getpid() != self._pid:
+            # A forked child must not reuse its parent's holder ids: two processes on one
+            # sorted-set member would count as one slot.
+            self._pid = os.getpid()
+            self._token = uuid.uuid4().hex[:12]
         return f"{self._token}:{next(self._seq)}"
 
     def _args(self, holder: str, tokens: int) -> list[object]:
@@ -418,23 +425,35 @@ class RedisLimiter(Limiter):
     # -- holding, releasing, settling ------------------------------------------------
 
     async def _renew_loop(self) -> None:
+        """The heartbeat: while this process holds slots, renew their leases every
+        ``lease_s/3``, so a call slower than the lease keeps its slot."""
         while self._held and not self._closed:
             await self._clock.sleep(self._lease_s / 3)
             holders = list(self._held)
             if not holders:
                 break
             try:
-                lost = await self._run("renew", lua.RENEW, self._keys[:1],
-                                       [self._lease_ms, *holders])
-            except RunError as exc:
-                _log.warning("%s", exc)
+                back, lost = await self._run(
+                    "renew", lua.RENEW, [self._keys[0], self._keys[5]],
+                    [self._lease_ms, self._max or 0, *holders])
+            except Exception as exc:  # the heartbeat must outlive any failure
+                _log.warning("limiter %s: lease renewal failed (%s); retrying", self.key, exc)
                 continue
-            for holder in lost:
-                _log.warning(
-                    "limiter %s: the lease of slot %s expired before renewal (event loop "
-                    "blocked > %.1fs?); the slot may be reused", self.key, _as_str(holder),
-                    self._lease_s,
-                )
+            for holder in map(_as_str, back):
+                if holder not in self._held:  # released while the renewal ran: undo
+                    self._spawn(self._release_holder(holder))
+                else:
+                    _log.warning(
+                        "limiter %s: the lease of slot %s expired before renewal (event loop "
+                        "blocked > %.1fs?); it was free again and is held anew", self.key,
+                        holder, self._lease_s)
+            for holder in map(_as_str, lost):
+                if holder in self._held:
+                    _log.warning(
+                        "limiter %s: the lease of slot %s expired before renewal (event loop "
+                        "blocked > %.1fs?) and was reused: one call more than the cap is in "
+                        "flight until it ends; raise lease_s", self.key, holder,
+                        self._lease_s)
 
     def _release(self, permit: Permit) -> None:
         holder = str(permit._handle)
@@ -513,6 +532,10 @@ class RedisLimiter(Limiter):
         if n < 1:
             raise ConfigError(f"capacity must be >= 1, got {n}")
         self._cap_seen = n
+        if self._max is not None and n > self._max:
+            # The configured cap is a ceiling over caps read from Redis (a stale learned
+            # one), not over this process's own explicit choice.
+            self._max = n
         self._write_cap(n, only_if_absent=False)
 
     def seed_capacity(self, n: int) -> None:

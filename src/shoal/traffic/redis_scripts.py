@@ -36,7 +36,12 @@ local function acquire(holder, lease, maxc, rpm, tpm, tokens, window, proc, more
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
   local cap = maxc
   local shared = redis.call('GET', KEYS[6])
-  if shared then cap = tonumber(shared) end
+  if shared then
+    cap = tonumber(shared)
+    -- a configured cap is a hard ceiling: a learned cap left under this key (by an
+    -- adaptive run, or another deployment) never lifts it
+    if maxc > 0 and cap > maxc then cap = maxc end
+  end
   local held = redis.call('ZCARD', KEYS[1])
   local yielded = redis.call('GET', KEYS[8])
   if yielded == proc then
@@ -157,23 +162,38 @@ if delta < 0 then redis.call('PUBLISH', ARGV[3], '1') end
 return 1
 """
 
-# KEYS: holders; ARGV: lease ms, holder... -> the holders whose lease had already expired
+# KEYS: holders, cap; ARGV: lease ms, max concurrency (0 = none), holder...
+# -> {recovered, lost}. A holder still listed is renewed (even just past its expiry: no
+# acquire pruned it, so nobody took its place). One already pruned (the process stalled
+# longer than the lease) is put back when the cap has room (recovered), else it is lost:
+# its call runs on, over the cap, until it ends.
 RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local lease = tonumber(ARGV[1])
-local lost = {}
-for i = 2, #ARGV do
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if score and tonumber(score) > now then
-    redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i])
+local maxc = tonumber(ARGV[2])
+local cap = maxc
+local shared = redis.call('GET', KEYS[2])
+if shared then
+  cap = tonumber(shared)
+  if maxc > 0 and cap > maxc then cap = maxc end
+end
+local back, lost = {}, {}
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
   else
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    table.insert(lost, ARGV[i])
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    if cap <= 0 or redis.call('ZCARD', KEYS[1]) < cap then
+      redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+      table.insert(back, ARGV[i])
+    else
+      table.insert(lost, ARGV[i])
+    end
   end
 end
 redis.call('PEXPIRE', KEYS[1], math.ceil(2 * lease))
-return lost
+return {back, lost}
 """
 
 # KEYS: cap; ARGV: n, only-if-absent (1/0), ttl ms, notify channel -> the cap in force
