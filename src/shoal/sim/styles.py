@@ -2,9 +2,10 @@
 
 A style names a provider (PROVIDERS.md). Each *strict* style refuses what that provider
 refuses, with its status and error envelope (the rules live in
-:mod:`shoal.sim.style_rules`), and shapes answers the way it does (usage placement,
-stream deltas). ``permissive`` is the simulator's historical behaviour: OpenAI shapes,
-no provider refusals; use it only where a test does not claim provider behaviour.
+:mod:`shoal.sim.style_rules` and :mod:`shoal.sim.anthropic_rules`), and shapes answers
+the way it does (usage placement, stream deltas). ``permissive`` is the simulator's
+historical behaviour: OpenAI shapes, no provider refusals; use it only where a test does
+not claim provider behaviour.
 
 Selecting a style:
   * per server: ``SimConfig(style="deepseek")``, ``shoal sim --style deepseek``;
