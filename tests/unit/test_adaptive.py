@@ -243,6 +243,70 @@ async def test_overload_halves_and_keeps_the_ceiling() -> None:
     assert ada.limit == 2
 
 
+async def test_a_burst_of_overloads_halves_once_keeps_the_ceiling_and_recovers() -> None:
+    # The measured bug: four concurrent 529s cut a learned 27 to 1 (ceiling 1), and it
+    # was still 2 after 6 s of healthy traffic.
+    clock = VirtualClock()
+    lim, ada = make(clock, max_limit=64)
+    rtt = 0.05
+    while ada.limit <= 27:
+        ada.on_success(rtt, ada.limit)
+    ada.on_rate_limited(28)
+    assert (ada.limit, ada.ceiling) == (27, 27)
+    await clock.advance(1.0)
+    for _ in range(4):  # one incident: calls in flight together all answer 529
+        ada.on_overload()
+    assert (ada.limit, ada.ceiling, lim.capacity) == (13, 27, 13)
+    elapsed = 0.0
+    while elapsed < 6.0 and ada.limit < 27:  # healthy traffic: the channel kept busy
+        for _ in range(ada.limit):
+            ada.on_success(rtt, ada.limit)
+        await clock.advance(rtt)
+        elapsed += rtt
+    assert (ada.limit, ada.ceiling) == (27, 27)
+    assert elapsed == pytest.approx(14 * rtt, abs=3 * rtt)  # about +1 per rtt
+
+
+async def test_overloads_before_any_latency_is_known_are_one_event() -> None:
+    clock = VirtualClock()
+    _, ada = make(clock, initial=16, max_limit=64)
+    for _ in range(4):
+        ada.on_overload()
+    assert ada.limit == 8  # one rtt defaults to 1 s until measured
+    await clock.advance(0.9)
+    ada.on_overload()
+    assert ada.limit == 8
+    await clock.advance(0.2)
+    ada.on_overload()
+    assert ada.limit == 4
+
+
+async def test_an_overload_from_a_call_admitted_before_the_last_cut_is_ignored() -> None:
+    clock = VirtualClock()
+    _, ada = make(clock)
+    learn_ceiling(ada, 20)  # srtt 1 s
+    await clock.advance(5.0)
+    ada.on_overload(admitted_at=clock.now() - 0.1)
+    assert ada.limit == 10
+    await clock.advance(30.0)  # a hung call of the same incident times out much later
+    ada.on_overload(admitted_at=clock.now() - 60.0)
+    assert (ada.limit, ada.ceiling) == (10, 20)
+    ada.on_overload(admitted_at=clock.now() - 1.0)  # sent after the cut: a new signal
+    assert (ada.limit, ada.ceiling) == (5, 20)
+
+
+async def test_a_429_after_an_overload_keeps_its_own_rule() -> None:
+    clock = VirtualClock()
+    _, ada = make(clock)
+    learn_ceiling(ada, 10)
+    await clock.advance(2.0)
+    ada.on_overload()
+    assert (ada.limit, ada.ceiling) == (5, 10)
+    await clock.advance(2.0)
+    assert ada.on_rate_limited(5) is True  # a real cap 429: one level down, new ceiling
+    assert (ada.limit, ada.ceiling) == (4, 4)
+
+
 def test_min_and_max_limits_hold() -> None:
     clock = VirtualClock()
     _, ada = make(clock, initial=2, min_limit=2, max_limit=3)

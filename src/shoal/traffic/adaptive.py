@@ -40,9 +40,10 @@ Rate limited — ``on_rate_limited(n)``:
   5. ``C ← L ← max(min_limit, new)``; slow start and probing end; the next probe is
      due ``gap × rtt`` later (``gap`` starts at ``probe_after_rtts``).
 
-Overloaded — ``on_overload()`` (503/529, timeouts), ignored within one rtt of the last
-decrease: ``L ← max(min_limit, ⌊beta·L⌋)``; ``C`` is kept (step 7 climbs back);
-slow start and probing end.
+Overloaded — ``on_overload(admitted_at)`` (529/overloaded, 503, timeouts): not a cap
+signal. Ignored within one rtt (1 s until measured) of the last decrease, and for a
+call admitted before it (one incident, one cut); else ``L ← max(min_limit, ⌊beta·L⌋)``;
+``C`` is kept, so step 7 climbs back by additive increase; slow start and probing end.
 
 So after discovery a channel runs at its cap and probes above it at exponentially
 spaced times: a constant cap costs one 429 per probe, about log2 of the run length
@@ -243,14 +244,23 @@ class AdaptiveConcurrency:
         self._set(float(new), "rate_limited")
         return new < limit
 
-    def on_overload(self) -> None:
-        """The provider is overloaded (503/529) or timing out: back off multiplicatively."""
+    def on_overload(self, admitted_at: float | None = None) -> None:
+        """The provider is overloaded (529, 503) or timing out: not a cap signal. Halve
+        the limit, keep the learned ceiling (additive increase climbs back to it).
+
+        Concurrent overloads from one incident count once: ignored within one rtt of
+        the last decrease and, when ``admitted_at`` (the failed call's admission time on
+        this controller's clock) is given, for a call admitted before that decrease."""
         self._adopt()
         now = self._clock.now()
         if self._suppressed(now):
             return
+        decreased = self._decreased_at
+        if admitted_at is not None and decreased is not None and admitted_at < decreased:
+            return  # it went out at the old level: the last cut already answered it
         self._slow_start = False
         self._probing = False
+        self._exit_at = None
         self._decreased_at = now
         if self._ceiling is not None:
             self._schedule_probe(now)
@@ -287,10 +297,10 @@ class AdaptiveConcurrency:
         self._next_probe_at = now + min(self._gap * self._rtt(), self.max_probe_interval_s)
 
     def _suppressed(self, now: float) -> bool:
+        """Within one rtt (1 s until measured) of the last decrease: the same incident."""
         if self._decreased_at is None:
             return False
-        window = self._srtt if self._srtt is not None else 0.0
-        return now - self._decreased_at < window
+        return now - self._decreased_at < self._rtt()
 
     def _set(self, value: float, reason: str) -> None:
         before = int(self._limit)
