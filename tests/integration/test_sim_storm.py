@@ -14,7 +14,7 @@ from sim_fixtures import USER, running
 
 from shoal.clock import VirtualClock
 from shoal.errors import ConfigError
-from shoal.sim import Faults, SimConfig
+from shoal.sim import Faults, SimConfig, SimProcess
 from shoal.sim.config import RETRY_AFTER_FORMS, SCENARIOS, scenario_faults
 
 BODY: dict[str, Any] = {"model": "m", "messages": USER}
@@ -171,3 +171,13 @@ async def test_midstream_data_lines_malformed_and_overload_after_tokens() -> Non
     text = overloaded.text
     assert text.index("text_delta") < text.index("event: error")
     assert '"overloaded_error"' in text.split("event: error", 1)[1]
+
+
+def test_cli_scenario_with_flags_refining_it() -> None:
+    with SimProcess("--scenario", "storm", "--seed", "1", "--quota", "--hang-max", "30") as sim:
+        faults = sim.control("/_sim/config")["faults"]
+    assert faults["error_rate"] == 0.2
+    assert faults["error_statuses"] == [500, 502, 503, 529]
+    assert faults["retry_after_forms"] == list(RETRY_AFTER_FORMS)
+    assert faults["quota_exhausted"] is True
+    assert faults["hang_max_s"] == 30.0
