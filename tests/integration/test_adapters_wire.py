@@ -436,3 +436,49 @@ async def test_hang_before_output_is_a_timeout_and_after_is_interrupted(protocol
             provider(protocol, url, read_timeout=0.3) as p:
         err, _ = await fails(p, StreamInterrupted)
     assert isinstance(err.__cause__, ProviderTimeout) and err.partial_output == "Hi"
+
+
+# -- no foreign exception escapes: chunks of the wrong shape --------------------------------
+
+
+async def outcome(p: Provider) -> type:
+    """The type of error the stream raised (a foreign one fails the test), or StreamEnd."""
+    seen: list[StreamEvent] = []
+    try:
+        await drain(p, seen)
+    except ProviderError as e:
+        return type(e)
+    return type(seen[-1])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"choices": [{"index": 0, "delta": "oops"}]},
+        {"choices": "nope"},
+        {"choices": [{"delta": {"tool_calls": [{"index": "0", "function": {
+            "name": "f", "arguments": ["a"]}}]}}]},
+        {"choices": [{"delta": {"content": ["x"], "reasoning_content": 5}}],
+         "usage": {"prompt_tokens": "many"}},
+        [1, 2, 3],
+    ],
+)
+async def test_openai_chunks_of_the_wrong_shape_stay_in_the_tree(bad: Any) -> None:
+    body = [data(bad), chunk({}, usage=None), b"data: [DONE]\n\n"]
+    async with wire(sse(body)) as url, provider("openai", url) as p:
+        assert await outcome(p) in (MalformedResponse, StreamEnd)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"type": "content_block_start", "index": "zero", "content_block": {"type": "text"}},
+        {"type": "content_block_delta", "index": 0, "delta": "oops"},
+        {"type": "message_start", "message": {"usage": {"input_tokens": "lots"}}},
+        {"type": "message_delta", "delta": None, "usage": [1]},
+    ],
+)
+async def test_anthropic_events_of_the_wrong_shape_stay_in_the_tree(bad: Any) -> None:
+    body = [MSG_START, ev(str(bad["type"]), bad), *anthropic_tail()]
+    async with wire(sse(body)) as url, provider("anthropic", url) as p:
+        assert await outcome(p) in (MalformedResponse, StreamEnd)

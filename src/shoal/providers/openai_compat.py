@@ -354,11 +354,11 @@ class _Accumulator:
             usage = usage or _usage(choice.get("usage"))  # Moonshot puts it in the choice
             delta = choice.get("delta") or {}
             content = delta.get("content")
-            if content:
+            if content and isinstance(content, str):
                 self.text.append(content)
                 out.append(TextDelta(content))
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if reasoning:
+            if reasoning and isinstance(reasoning, str):
                 self.reasoning.append(reasoning)
                 out.append(ReasoningDelta(reasoning))
             for frag in delta.get("tool_calls") or ():
@@ -385,6 +385,8 @@ class _Accumulator:
         fn = frag.get("function") or {}
         call_id = frag.get("id")
         index = frag.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = None  # only an integer index places a fragment
         if index is None or (call_id and index in self.calls and self.calls[index][0]
                              and self.calls[index][0] != call_id):
             # Null index (Moonshot/Gemini) or index 0 reused for a new call: a new id opens
@@ -397,8 +399,9 @@ class _Accumulator:
         name = fn.get("name")
         if name and not slot[1]:
             slot[1] = name
-        args = _arguments(fn["arguments"]) if isinstance(fn.get("arguments"), dict) else (
-            fn.get("arguments") or "")
+        raw_args = fn.get("arguments")
+        args = raw_args if isinstance(raw_args, str) else (
+            _arguments(raw_args) if raw_args is not None else "")
         if args:
             slot.append(args)
         signature = _thought_signature(frag)
