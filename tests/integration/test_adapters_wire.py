@@ -26,6 +26,7 @@ from shoal.errors import (
     ProviderTimeout,
     ProviderUnavailable,
     QuotaExhausted,
+    RateLimited,
     StreamInterrupted,
 )
 from shoal.providers.anthropic import AnthropicProvider
@@ -196,6 +197,9 @@ async def test_openai_error_chunk_after_tokens_is_interrupted_with_cause() -> No
         ({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}},
          ProviderUnavailable),
         ({"error": {"message": "overloaded", "type": "engine_overloaded_error"}}, Overloaded),
+        ([{"error": {"code": 429, "message": "Resource exhausted", "status":
+                     "RESOURCE_EXHAUSTED"}}], RateLimited),  # Gemini's array envelope
+        ({"base_resp": {"status_code": 1002, "status_msg": "rate limit"}}, RateLimited),
     ],
 )
 async def test_openai_error_chunk_before_tokens_is_the_mapped_error(

@@ -243,7 +243,7 @@ class OpenAICompatProvider(HttpProvider):
                             f"{self.name} sent a stream chunk that is not JSON", status=200,
                             provider=self.name, body=data,
                         ) from None
-                    if event == "error" or (isinstance(chunk, dict) and chunk.get("error")):
+                    if event == "error" or is_error_body(chunk):  # §6.6, §6.7 envelopes
                         raise error_from_stream_payload(chunk, provider=self.name, raw=data)
                     try:
                         outs = acc.feed(chunk)
