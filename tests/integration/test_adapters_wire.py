@@ -211,6 +211,14 @@ async def test_openai_error_chunk_before_tokens_is_the_mapped_error(
     assert type(err) is cls and err.status == 200
 
 
+async def test_llama_cpp_error_field_is_an_error() -> None:
+    """Old llama.cpp sent errors under a non-standard ``error:`` SSE field."""
+    body = [chunk({"content": "Hi"}), b"error: the model crashed\n\n"]
+    async with wire(sse(body)) as url, provider("openai", url) as p:
+        err, _ = await fails(p, StreamInterrupted)
+    assert isinstance(err.__cause__, ProviderUnavailable) and "crashed" in str(err)
+
+
 async def test_a_tool_call_or_reasoning_counts_as_output() -> None:
     tool = chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                                   "function": {"name": "f", "arguments": "{\"a\":"}}]})

@@ -239,6 +239,10 @@ class OpenAICompatProvider(HttpProvider):
                     try:
                         chunk = json.loads(data)
                     except ValueError:
+                        if event == "error":  # old llama.cpp `error:` line with plain text
+                            raise error_from_stream_payload(
+                                {"error": {"message": data}}, provider=self.name, raw=data,
+                            ) from None
                         raise MalformedResponse(
                             f"{self.name} sent a stream chunk that is not JSON", status=200,
                             provider=self.name, body=data,
