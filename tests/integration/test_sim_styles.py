@@ -644,6 +644,7 @@ async def test_openai_refuses_malformed_conversations_and_fields() -> None:
             "unknown_field": await post(chat(sim), body(thinking={"type": "enabled"})),
             "json_object_without_json": await post(
                 chat(sim), body(response_format={"type": "json_object"})),
+            "tools_not_array": await post(chat(sim), body(tools="lookup")),
             "stream_options_without_stream": await post(
                 chat(sim), body(stream_options={"include_usage": True})),
             "null_content": await post(chat(sim), {"model": "m", "messages": [
@@ -666,6 +667,7 @@ async def test_openai_refuses_malformed_conversations_and_fields() -> None:
         "temperature": "Expected a value <= 2, but got 9 instead",
         "unknown_field": "Unrecognized request argument supplied: thinking",
         "json_object_without_json": "must contain the word 'json'",
+        "tools_not_array": "expected an array, but got str instead",
         "stream_options_without_stream": "only allowed when 'stream' is enabled",
         "null_content": "expected a string, got null",
     }

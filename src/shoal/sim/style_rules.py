@@ -159,6 +159,11 @@ def _openai(body: dict[str, Any], ask: Ask) -> None:
             code="decimal_above_max_value" if above else "decimal_below_min_value",
         )
     tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise Refusal(
+            f"Invalid type for 'tools': expected an array, but got {type(tools).__name__} "
+            "instead.", "tools", code="invalid_type",
+        )  # fmt: skip
     if tools == []:
         raise Refusal(
             "Invalid 'tools': empty array. Expected an array with minimum length 1, but got "
@@ -170,7 +175,7 @@ def _openai(body: dict[str, Any], ask: Ask) -> None:
             "specified.", "tool_choice",
         )  # fmt: skip
     for i, tool in enumerate(tools or ()):
-        fn = tool.get("function") or {}
+        fn = (tool.get("function") if isinstance(tool, dict) else None) or {}
         if fn.get("strict") is True:
             problem = strict_schema_problem(fn.get("parameters") or {})
             if problem:
@@ -297,7 +302,12 @@ def _tool_turns(messages: list[Any], *, check_arguments: bool) -> None:
             )  # fmt: skip
         if role == "assistant":
             for j, call in enumerate(msg.get("tool_calls") or ()):
-                fn = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(call, dict):
+                    raise Refusal(
+                        f"Invalid type for 'messages[{i}].tool_calls[{j}]': expected an object.",
+                        f"messages[{i}].tool_calls[{j}]", code="invalid_type",
+                    )  # fmt: skip
+                fn = call.get("function")
                 args = fn.get("arguments") if isinstance(fn, dict) else None
                 if check_arguments and not isinstance(args, str):
                     got = "an object" if isinstance(args, dict) else type(args).__name__
