@@ -237,6 +237,25 @@ class StreamInterrupted(ProviderError):
 
     retryable = True
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        provider: str = "",
+        retry_after: float | None = None,
+        body: str = "",
+        code: str | None = None,
+        usage: Usage | None = None,
+        partial_output: str = "",
+    ) -> None:
+        super().__init__(message, status=status, provider=provider, retry_after=retry_after,
+                         body=body, code=code, usage=usage)
+        self.partial_output = partial_output
+
+    def _fields(self) -> dict[str, Any]:
+        return {**super()._fields(), "partial_output": self.partial_output}
+
 
 class CircuitOpen(RunError):
     """Every channel that could serve the model (and its fallbacks) has an open breaker."""
@@ -244,13 +263,6 @@ class CircuitOpen(RunError):
     def __init__(self, message: str, *, retry_at: float | None = None) -> None:
         super().__init__(message)
         self.retry_at = retry_at
-
-    def __init__(self, message: str, *, partial_output: str = "", **fields: Any) -> None:
-        super().__init__(message, **fields)
-        self.partial_output = partial_output
-
-    def _fields(self) -> dict[str, Any]:
-        return {**super()._fields(), "partial_output": self.partial_output}
 
 
 class DeadlineExceeded(RunError):
