@@ -36,10 +36,13 @@ _DOUBLE_STOP = re.compile(r"(?<![.])\.\.(?=\s|$)")
 
 def plain(text: object) -> str:
     """A message as rich prints it literally (``[models.'x']`` is not markup), with
-    the doubled full stops of nested messages (``…shoal.toml.. Finished``) made single."""
+    the doubled full stops of nested messages (``…shoal.toml.. Finished``) made single,
+    and every secret masked (a record stored before redaction must not print a key)."""
     from rich.markup import escape
 
-    return escape(_DOUBLE_STOP.sub(".", str(text)))
+    from shoal.secrets import redact
+
+    return escape(_DOUBLE_STOP.sub(".", redact(str(text))))
 
 
 def exit_code(exc: BaseException) -> int:
