@@ -108,7 +108,14 @@ class ConfigError(ShoalError):
 
 
 class RunError(ShoalError):
-    """A failure while running a call, step or flow."""
+    """A failure while running a call, step or flow.
+
+    ``wasted_usage`` / ``wasted_cost_usd``: what the provider billed for answers of this
+    call that were discarded (cut streams, malformed bodies), so budgets can charge it.
+    """
+
+    wasted_usage: Usage | None = None
+    wasted_cost_usd: float = 0.0
 
 
 class ProviderError(RunError):
