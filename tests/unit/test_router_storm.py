@@ -51,7 +51,8 @@ class Scripted(Provider):
     """Answers attempt k with ``script(k)``; counts what it was asked."""
 
     def __init__(self, clock: VirtualClock, script: Callable[[int], Outcome],
-                 events: list[tuple[float, StreamEvent]] | None = None) -> None:
+                 events: list[tuple[float, StreamEvent | BaseException]] | None = None,
+                 ) -> None:
         self.clock, self.script, self.calls = clock, script, 0
         self.stream_events = events
         self.name = "scripted"
@@ -75,6 +76,8 @@ class Scripted(Provider):
             start = self.clock.now()
             for at, event in self.stream_events:
                 await self.clock.sleep(start + at - self.clock.now())
+                if isinstance(event, BaseException):
+                    raise event
                 yield event
             return
         response = await self._outcome()
@@ -142,7 +145,7 @@ async def test_deadline_bounds_a_hung_stream() -> None:
 async def test_reasoning_reaches_the_caller_as_it_arrives() -> None:
     clock = VirtualClock()
     end = StreamEnd(answer("done"))
-    script: list[tuple[float, StreamEvent]] = [(0.1, ReasoningDelta("a")), (0.2, ReasoningDelta("b")), (3.0, TextDelta("done")),
+    script: list[tuple[float, StreamEvent | BaseException]] = [(0.1, ReasoningDelta("a")), (0.2, ReasoningDelta("b")), (3.0, TextDelta("done")),
               (3.1, end)]
     provider = Scripted(clock, lambda k: 0.0, events=script)
     seen: list[tuple[float, str]] = []
@@ -307,3 +310,22 @@ async def test_a_dead_channel_gets_retries_at_its_budget_not_a_storm() -> None:
     # 1 first attempt + 5 banked tokens + 1 per second over the 10 s deadline, at most.
     assert dead.calls <= 1 + 5 + 10 + 1
     assert dead.calls >= 10  # but it kept trying at the floor rate until the deadline
+
+
+async def test_overload_mid_stream_is_interrupted_not_ill_health() -> None:
+    clock = VirtualClock()
+    cut = StreamInterrupted("overloaded after tokens", status=200)
+    cut.__cause__ = Overloaded("overloaded_error", status=200)
+    provider = Scripted(clock, lambda k: 0.0, events=[(0.1, TextDelta("par")), (0.2, cut)])
+
+    async def consume(router: Router) -> None:
+        async for _ in router.stream(ask()):
+            pass
+
+    async with make_router(clock, {"a": provider}) as router:
+        for _ in range(30):
+            with pytest.raises(StreamInterrupted) as info:
+                await clock.run(consume(router))
+            assert isinstance(info.value.__cause__, Overloaded)
+        assert str(router.lane("a").breaker.state) == "closed"
+    assert provider.calls == 30  # after the first token: never retried

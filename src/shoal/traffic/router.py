@@ -242,6 +242,8 @@ class Router:
         """Release the slot and teach the channel's policies; True when the error was our
         own overshoot (adaptive concurrency admitted the call above the cap it now holds)."""
         lane, permit = att.lane, att.permit
+        if isinstance(err, StreamInterrupted) and isinstance(err.__cause__, Overloaded):
+            err = err.__cause__  # overloaded mid-stream: the overload rule, not ill health
         if isinstance(err, Overloaded):
             # The provider is overloaded, not our cap: back off multiplicatively, keep
             # the learned ceiling; it is not ill health either (no breaker verdict).
@@ -456,9 +458,10 @@ class Router:
             finished = True
             self._failed(att, err)
             call.failed(att, err)
-            if not isinstance(err, StreamInterrupted):
+            if not isinstance(err, StreamInterrupted):  # adapters wrap; a custom one may not
                 cut = StreamInterrupted(f"the stream broke after its first token: {err}",
                                         provider=err.provider, status=err.status)
+                cut.usage = err.usage
                 raise call.charged(cut) from err
             raise call.charged(err)  # noqa: B904 - err is the answer, with its own cause
         finally:
