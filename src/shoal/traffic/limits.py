@@ -366,10 +366,14 @@ class LocalLimiter(Limiter):
                 WAIT, channel=self.name, tokens=tokens, in_flight=self._in_flight,
                 queued=self._n_waiting,
             )
-        expiry = (
-            loop.create_task(self._expire(waiter, timeout)) if timeout is not None else None
-        )
-        self._wake()  # arms the window timer when a window, not concurrency, blocks the head
+        expiry: asyncio.TimerHandle | asyncio.Task[None] | None = None
+        if timeout is not None:
+            if type(self._clock) is RealClock:  # one timer handle, no task: the hot path
+                expiry = loop.call_later(timeout, self._expire_now, waiter, timeout)
+            else:  # a virtual clock is not the loop's: sleep on it
+                expiry = loop.create_task(self._expire(waiter, timeout))
+        if self._windowed:
+            self._wake()  # arms the window timer when a window, not concurrency, blocks the head
         try:
             return await waiter.fut
         except asyncio.CancelledError:
@@ -388,6 +392,9 @@ class LocalLimiter(Limiter):
 
     async def _expire(self, waiter: _Waiter, timeout: float) -> None:  # noqa: ASYNC109
         await self._clock.sleep(timeout)
+        self._expire_now(waiter, timeout)
+
+    def _expire_now(self, waiter: _Waiter, timeout: float) -> None:
         if not waiter.fut.done():
             self._n_waiting -= 1
             waiter.fut.set_exception(
