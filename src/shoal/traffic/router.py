@@ -37,8 +37,6 @@ from shoal.errors import (
     DeadlineExceeded,
     Overloaded,
     ProviderError,
-    ProviderTimeout,
-    ProviderUnavailable,
     QuotaExhausted,
     RateLimited,
     ShoalError,
@@ -250,7 +248,7 @@ class Router:
             att.release()
             lane.breaker.abandon()
             if lane.adaptive is not None:
-                lane.adaptive.on_overload()
+                lane.adaptive.on_overload(att.started)
             return False
         if isinstance(err, RateLimited):
             # Backpressure, not ill health: it teaches adaptive concurrency, not the breaker.
@@ -262,9 +260,10 @@ class Router:
             lane.breaker.abandon()
             return overshoot
         att.release()
+        # Ill health (5xx, timeouts, broken answers) is the breaker's to judge. It does not
+        # lower concurrency: in a storm of random 5xx that would starve a channel that
+        # serves 80% of its calls (the provider says "overloaded" when it means it).
         _record_failure(lane, err, att.started)
-        if lane.adaptive is not None and isinstance(err, ProviderUnavailable | ProviderTimeout):
-            lane.adaptive.on_overload()
         return False
 
     def _abandoned(self, att: Attempt) -> None:
