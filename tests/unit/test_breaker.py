@@ -552,3 +552,18 @@ def test_quota_opening_is_always_finite(after: float) -> None:
     b.record_failure(QuotaExhausted("insufficient quota", status=429, retry_after=after))
     assert state(b) is BreakerState.OPEN
     assert b.retry_at is not None and 10.0 <= b.retry_at <= 3600.0
+
+
+async def test_a_presumed_lost_probe_reporting_late_frees_no_slot() -> None:
+    clock = VirtualClock()
+    b = breaker(clock, probe_timeout_s=5.0)
+    for _ in range(3):
+        b.record_failure(DOWN)
+    await clock.advance(10.0)
+    assert b.allow()  # probe A at 10
+    await clock.advance(5.0)
+    assert b.allow()  # A presumed lost: probe B at 15
+    b.abandon(started_at=10.0)  # A turns up, cancelled: B still holds the only slot
+    assert not b.allow()
+    b.abandon(started_at=15.0)
+    assert b.allow()

@@ -130,6 +130,7 @@ class CircuitBreaker:
         self._probes = 0
         self._probe_at = 0.0
         self._half_open_at = 0.0
+        self._slots_since = 0.0  # probes started before this hold no slot (presumed lost)
         self._epoch = -math.inf  # results of calls started before the last reset() are ignored
         self.opened_at: float | None = None
         self.retry_at: float | None = None
@@ -162,7 +163,7 @@ class CircuitBreaker:
             self._outcomes.clear()
             self.opened_at = self.retry_at = None
         elif to is BreakerState.HALF_OPEN:
-            self._half_open_at = self._clock.now()
+            self._half_open_at = self._slots_since = self._clock.now()
         events = self._events
         if events is not None and events.active:
             error = type(self.last_error).__name__ if self.last_error is not None else ""
@@ -216,6 +217,7 @@ class CircuitBreaker:
             if now - self._probe_at < self.probe_timeout_s:
                 return False
             self._probes = 0  # the earlier probes never reported: presume them lost
+            self._slots_since = now
         self._probes += 1
         self._probe_at = now
         return True
@@ -282,7 +284,7 @@ class CircuitBreaker:
     def abandon(self, *, started_at: float | None = None) -> None:
         """An allowed call ended without a verdict (cancelled): free its probe slot."""
         if (self._state is BreakerState.HALF_OPEN and self._probes > 0
-                and self._probe_result(started_at) and not self._stale(started_at)):
+                and (started_at is None or started_at >= self._slots_since)):
             self._probes -= 1
 
     def _observe(self, *, failed: bool) -> None:
