@@ -183,3 +183,27 @@ async def test_a_killed_process_slots_come_back_within_the_lease(
         assert len(answers) == CAP
     finally:
         await stop([victim])
+
+
+async def test_a_shared_adaptive_channel_learns_the_cap_from_its_seed(redis_url: str) -> None:
+    channel = channel_name()
+    with SimProcess("--cap", "3", "--latency", "0.05") as sim:
+        cfg = Config.from_dict({
+            "channels": {channel: {"protocol": "openai", "base_url": sim.url + "/v1",
+                                   "api_key": "sk-test", "provider": "openai",
+                                   "shared": True}},
+            "models": {"sim-fast": {"channels": [channel]}},
+            "redis_url": redis_url,
+        })
+        req = ChatRequest(model="sim-fast", messages=[Message.user("hi")], max_tokens=5)
+        async with Router(cfg) as router:
+            lane = router.lane(channel)
+            assert lane.adaptive is not None
+            answers = await asyncio.gather(*(router.complete(req) for _ in range(60)))
+            learned = lane.adaptive.limit
+            shared_cap = lane.limiter.capacity
+        stats = sim.stats()
+    assert len(answers) == 60
+    assert learned in (3, 4)  # the cap, or one above it (docs/traffic.md says why)
+    assert shared_cap == learned  # no configured cap clamps an adaptive channel
+    assert stats["rate_limited"] <= 6
