@@ -388,3 +388,29 @@ async def test_a_slot_lost_to_a_stalled_heartbeat_is_held_again_when_free(
     finally:
         await stalled.aclose()
         await other.aclose()
+
+
+async def test_an_overload_halving_keeps_the_ceiling_in_every_process(
+    redis_url: str, unique_prefix: str
+) -> None:
+    a = RedisLimiter(redis_url, key=unique_prefix)
+    b = RedisLimiter(redis_url, key=unique_prefix)
+    try:
+        ada_a = AdaptiveConcurrency(a, initial=12)
+        (await a.acquire(timeout=5.0)).release()
+        ada_a.on_rate_limited(11)  # a learns the cap: 10, ceiling 10
+        ada_b = AdaptiveConcurrency(b, initial=1)
+        (await b.acquire(timeout=5.0)).release()
+        ada_b.on_success(0.1, 10)
+        assert (ada_b.limit, ada_b.ceiling) == (10, 10)
+        await asyncio.sleep(2.0)  # past a's rtt (1 s until measured): a new incident
+        ada_a.on_overload()  # a sees a 529: halves, keeps its ceiling
+        assert (ada_a.limit, ada_a.ceiling) == (5, 10)
+        await asyncio.sleep(0.05)
+        permit = await b.acquire(timeout=5.0)  # b's next round trip sees cap and ceiling
+        ada_b.on_success(0.1, permit.in_flight)
+        assert (ada_b.limit, ada_b.ceiling) == (5, 10)  # not a ceiling of 5
+        permit.release()
+    finally:
+        await a.aclose()
+        await b.aclose()

@@ -183,6 +183,7 @@ class AdaptiveConcurrency:
                 self._ceiling = ceiling + 1
                 self._gap = max(1.0, self._gap / 2)
                 self._schedule_probe(now)
+                self.limiter.set_capacity(self._applied, ceiling=self._ceiling)  # share it
             return
         if self._slow_start:
             self._set(min(float(self.max_limit), self._limit + 1), "slow_start")
@@ -308,24 +309,28 @@ class AdaptiveConcurrency:
         after = int(value)
         if after != before or after != self._applied:
             self._applied = after
-            self.limiter.set_capacity(after)
+            self.limiter.set_capacity(after, ceiling=self._ceiling)
             events = self._events
             if events is not None and events.active:
                 fields = {"from": before, "to": after, "reason": reason}
                 events.publish(LIMIT_CHANGE, fields, channel=self.limiter.name)
 
     def _adopt(self) -> None:
-        """Take over a cap another process wrote to a shared limiter: it is that process's
-        learned (or probed) level, so it becomes the ceiling here too."""
+        """Take over a cap another process wrote to a shared limiter, with the ceiling it
+        wrote beside it (below the cap after an overload halving, so additive increase
+        climbs back here too); a cap written without one is that process's learned (or
+        probed) level, so it becomes the ceiling."""
         shared = self.limiter.capacity
         if shared is None or shared == self._applied:
             return
         now = self._clock.now()
         if shared < self._applied:
             self._decreased_at = now
+        ceiling = self.limiter.ceiling
         self._applied = shared
         self._limit = float(shared)
-        self._ceiling = shared
+        self._ceiling = (shared if ceiling is None
+                         else max(self.min_limit, min(self.max_limit, ceiling)))
         self._slow_start = False
         self._probing = False
         self._exit_at = None

@@ -151,8 +151,15 @@ class Limiter(ABC):
         or after ``timeout`` seconds. Returns at once when capacity is free now."""
 
     @abstractmethod
-    def set_capacity(self, n: int) -> None:
-        """Change the concurrency cap (adaptive concurrency drives this)."""
+    def set_capacity(self, n: int, *, ceiling: int | None = None) -> None:
+        """Change the concurrency cap (adaptive concurrency drives this). ``ceiling``:
+        the learned ceiling behind it, shared with other processes by shared limiters
+        (so a cap halved for overload is not taken for a ceiling elsewhere)."""
+
+    @property
+    def ceiling(self) -> int | None:
+        """The learned ceiling written with the cap in force (shared limiters); None."""
+        return None
 
     async def connect(self) -> None:  # noqa: B027 - optional hook: local limiters need none
         """Open connections now rather than on the first acquire (a warm-up)."""
@@ -466,7 +473,7 @@ class LocalLimiter(Limiter):
                 self._wake()
             self._notify()
 
-    def set_capacity(self, n: int) -> None:
+    def set_capacity(self, n: int, *, ceiling: int | None = None) -> None:
         if n < 1:
             raise ConfigError(f"capacity must be >= 1, got {n}")
         old = self._cap

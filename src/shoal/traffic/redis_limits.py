@@ -124,7 +124,8 @@ class RedisLimiter(Limiter):
         self._events = events
         tag = "{" + key + "}"  # one hash slot for every key: scripts work on a cluster too
         self._keys = [f"{tag}:holders", f"{tag}:rpm", f"{tag}:tpm", f"{tag}:tpm_tokens",
-                      f"{tag}:tpm_used", f"{tag}:cap", f"{tag}:waiters", f"{tag}:yield"]
+                      f"{tag}:tpm_used", f"{tag}:cap", f"{tag}:waiters", f"{tag}:yield",
+                      f"{tag}:ceiling"]
         self._waiter_ttl_ms = max(500, int(2000 * poll_s))
         self._notify_channel = f"{tag}:free"
         self._token = uuid.uuid4().hex[:12]
@@ -140,8 +141,9 @@ class RedisLimiter(Limiter):
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._cap_seen: int | None = max_concurrency
+        self._ceiling_seen: int | None = None
         self._cap_write: asyncio.Task[Any] | None = None
-        self._cap_pending: tuple[int, bool] | None = None
+        self._cap_pending: tuple[int, bool, int | None] | None = None
         self._hint_until = 0.0
         self._hint_reason = 0
         self._closed = False
@@ -159,6 +161,10 @@ class RedisLimiter(Limiter):
     @property
     def capacity(self) -> int | None:
         return self._cap_seen
+
+    @property
+    def ceiling(self) -> int | None:
+        return self._ceiling_seen
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -245,9 +251,10 @@ class RedisLimiter(Limiter):
 
     def _granted(self, result: Any, holder: str, tokens: int) -> Permit | None:
         """Record a script's answer; the permit when it granted the slot."""
-        granted, wait_ms, cap, held, reason = (int(x) for x in result)
+        granted, wait_ms, cap, held, reason, ceiling = (int(x) for x in result)
         if self._cap_write is None or self._cap_write.done():
             self._cap_seen = cap or None
+            self._ceiling_seen = ceiling or None
         if not granted:
             self._hint_until = self._clock.now() + max(wait_ms, 0) / 1000
             self._hint_reason = reason
@@ -264,9 +271,9 @@ class RedisLimiter(Limiter):
         """Ask Redis for a slot; stop waiting for the answer early when ``grant``
         (a local hand-over) comes first."""
         if self._cap_pending is not None:
-            n, only_if_absent = self._cap_pending
+            n, only_if_absent, ceiling = self._cap_pending
             self._cap_pending = None
-            self._write_cap(n, only_if_absent=only_if_absent)
+            self._write_cap(n, only_if_absent=only_if_absent, ceiling=ceiling)
         if self._cap_write is not None and not self._cap_write.done():
             await asyncio.wait((self._cap_write,))
         holder = self._holder()
@@ -528,42 +535,45 @@ class RedisLimiter(Limiter):
 
     # -- capacity --------------------------------------------------------------------
 
-    def set_capacity(self, n: int) -> None:
+    def set_capacity(self, n: int, *, ceiling: int | None = None) -> None:
         if n < 1:
             raise ConfigError(f"capacity must be >= 1, got {n}")
         self._cap_seen = n
+        self._ceiling_seen = ceiling
         if self._max is not None and n > self._max:
             # The configured cap is a ceiling over caps read from Redis (a stale learned
             # one), not over this process's own explicit choice.
             self._max = n
-        self._write_cap(n, only_if_absent=False)
+        self._write_cap(n, only_if_absent=False, ceiling=ceiling)
 
     def seed_capacity(self, n: int) -> None:
         if n < 1:
             raise ConfigError(f"capacity must be >= 1, got {n}")
-        self._write_cap(n, only_if_absent=True)
+        self._write_cap(n, only_if_absent=True, ceiling=None)
 
-    def _write_cap(self, n: int, *, only_if_absent: bool) -> None:
+    def _write_cap(self, n: int, *, only_if_absent: bool, ceiling: int | None) -> None:
         previous = self._cap_write
 
         async def write() -> None:
             if previous is not None and not previous.done():
                 await asyncio.wait((previous,))
             try:
-                value = await self._run("set_cap", lua.SET_CAP, self._keys[5:6],
-                                        [n, int(only_if_absent), lua.CAP_TTL_MS,
-                                         self._notify_channel])
+                cap, ceil = await self._run(
+                    "set_cap", lua.SET_CAP, [self._keys[5], self._keys[8]],
+                    [n, int(only_if_absent), lua.CAP_TTL_MS, self._notify_channel,
+                     "" if ceiling is None else ceiling])
             except RunError as exc:
                 _log.warning("%s (capacity %d not shared)", exc, n)
                 return
-            self._cap_seen = int(value)
+            self._cap_seen = int(cap)
+            self._ceiling_seen = int(ceil) or None
             self._notify()
 
         try:
             self._cap_write = asyncio.get_running_loop().create_task(write())
         except RuntimeError:  # called outside a loop: the first acquire writes it
             write().close()
-            self._cap_pending = (n, only_if_absent)
+            self._cap_pending = (n, only_if_absent, ceiling)
 
     # -- waiting for change ----------------------------------------------------------
 

@@ -7,9 +7,10 @@ Keys (one hash tag, so a cluster keeps them on one slot): ``holders`` (sorted se
 holder id -> lease expiry), ``rpm`` (sorted set: holder id -> admission time),
 ``tpm`` (sorted set: holder id -> admission time), ``tpm_tokens`` (hash: holder id ->
 tokens), ``tpm_used`` (the window's token sum), ``cap`` (a shared concurrency cap,
-written by adaptive concurrency; overrides the configured one), ``waiters`` (sorted
-set: process id -> expiry, processes with queued calls) and ``yield`` (the process
-that just gave a slot away for fairness).
+written by adaptive concurrency; below a configured cap it wins, above it never),
+``waiters`` (sorted set: process id -> expiry, processes with queued calls), ``yield``
+(the process that just gave a slot away for fairness) and ``ceiling`` (the learned
+ceiling written with ``cap``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ __all__ = ["ACQUIRE", "CAP_TTL_MS", "RELEASE", "RENEW", "SETTLE", "SET_CAP", "TR
 CAP_TTL_MS = 86_400_000  # a learned shared cap is forgotten after a day without writes
 YIELD_MS = 50  # how long a yielding process stands back while others wait
 
-# KEYS: holders, rpm, tpm, tpm_tokens, tpm_used, cap, waiters, yield
+# KEYS: holders, rpm, tpm, tpm_tokens, tpm_used, cap, waiters, yield, ceiling
 # acquire(holder, lease, max concurrency (0 = none), rpm (0), tpm (0), tokens, window,
 #         process, more waiting in that process (1/0), waiter ttl)
-# -> {granted, wait ms, cap in force (0 = none), holders after, reason}
+# -> {granted, wait ms, cap in force (0 = none), holders after, reason, ceiling (0 = none)}
 # reason: 1 concurrency, 2 rpm, 3 tpm, 4 yielding to other processes (what blocked;
 # wait ms = until it may pass).
 # Fairness: ``waiters`` lists processes with queued calls; a process that released a
@@ -32,6 +33,7 @@ _ACQUIRE_FN = """
 local function acquire(holder, lease, maxc, rpm, tpm, tokens, window, proc, more, wttl)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  local ceil = tonumber(redis.call('GET', KEYS[9]) or '0')
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
   local cap = maxc
@@ -49,14 +51,14 @@ local function acquire(holder, lease, maxc, rpm, tpm, tokens, window, proc, more
     if redis.call('ZSCORE', KEYS[7], proc) then others = others - 1 end
     if others > 0 then
       redis.call('ZADD', KEYS[7], now + wttl, proc)
-      return {0, 2, cap, held, 4}
+      return {0, 2, cap, held, 4, ceil}
     end
   end
   if cap > 0 and held >= cap then
     redis.call('ZADD', KEYS[7], now + wttl, proc)
     redis.call('PEXPIRE', KEYS[7], wttl)
     local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {0, math.ceil(tonumber(first[2]) - now), cap, held, 1}
+    return {0, math.ceil(tonumber(first[2]) - now), cap, held, 1, ceil}
   end
   local cutoff = now - window
   if rpm > 0 then
@@ -66,7 +68,7 @@ local function acquire(holder, lease, maxc, rpm, tpm, tokens, window, proc, more
       redis.call('ZADD', KEYS[7], now + wttl, proc)
       redis.call('PEXPIRE', KEYS[7], wttl)
       local e = redis.call('ZRANGE', KEYS[2], n - rpm, n - rpm, 'WITHSCORES')
-      return {0, math.ceil(tonumber(e[2]) + window - now), cap, held, 2}
+      return {0, math.ceil(tonumber(e[2]) + window - now), cap, held, 2, ceil}
     end
   end
   local used = 0
@@ -89,10 +91,10 @@ local function acquire(holder, lease, maxc, rpm, tpm, tokens, window, proc, more
       for i = 1, #entries, 2 do
         excess = excess - tonumber(redis.call('HGET', KEYS[4], entries[i]) or '0')
         if excess <= 0 then
-          return {0, math.ceil(tonumber(entries[i + 1]) + window - now), cap, held, 3}
+          return {0, math.ceil(tonumber(entries[i + 1]) + window - now), cap, held, 3, ceil}
         end
       end
-      return {0, math.ceil(window), cap, held, 3}
+      return {0, math.ceil(window), cap, held, 3, ceil}
     end
   end
   redis.call('ZADD', KEYS[1], now + lease, holder)
@@ -116,7 +118,7 @@ local function acquire(holder, lease, maxc, rpm, tpm, tokens, window, proc, more
     redis.call('PEXPIRE', KEYS[3], keep)
     redis.call('PEXPIRE', KEYS[4], keep)
   end
-  return {1, 0, cap, held + 1, 0}
+  return {1, 0, cap, held + 1, 0, ceil}
 end
 local function acquire_argv()
   return acquire(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
@@ -196,13 +198,23 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(2 * lease))
 return {back, lost}
 """
 
-# KEYS: cap; ARGV: n, only-if-absent (1/0), ttl ms, notify channel -> the cap in force
+# KEYS: cap, ceiling; ARGV: n, only-if-absent (1/0), ttl ms, notify channel, ceiling
+# ('' = none learned) -> {cap in force, ceiling in force (0 = none)}. A seed (only if
+# absent) leaves both alone when a cap is already set.
 SET_CAP = """
+local written
 if ARGV[2] == '1' then
-  redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3])
+  written = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3])
 else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  written = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+end
+if written then
+  if ARGV[5] == '' then
+    redis.call('DEL', KEYS[2])
+  else
+    redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[3])
+  end
 end
 redis.call('PUBLISH', ARGV[4], '1')
-return tonumber(redis.call('GET', KEYS[1]))
+return {tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2]) or '0')}
 """
