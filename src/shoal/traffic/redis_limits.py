@@ -6,10 +6,14 @@ multiplying it by four:
 
 * acquire, release, settle and lease renewal are each ONE Lua script, so they are
   atomic; scripts read Redis server time (``TIME``), never a client clock;
+* a configured ``max_concurrency`` is a hard ceiling: a learned (adaptive) cap found
+  under the key never lifts it, so the provider never sees more than it;
 * each held slot is a member of a sorted set scored by its lease expiry; a
-  heartbeat renews the leases of the slots this process holds every ``lease_s/3``;
-  a holder that dies (``kill -9``) stops renewing and its slot is reclaimed by the
-  next acquire after at most ``lease_s``;
+  heartbeat renews the leases of the slots this process holds every ``lease_s/3``
+  (a call slower than the lease keeps its slot; a lease that lapsed while the loop
+  stalled is taken back when the cap has room); a holder that dies (``kill -9``)
+  stops renewing and its slots lapse within ``lease_s``, taken again by a waiter at
+  most ``poll_s`` later;
 * RPM and TPM are sliding-window logs (sorted sets scored by admission time), like
   the local limiter's;
 * waiters wake promptly: a release publishes on a channel every waiting process
