@@ -303,7 +303,12 @@ async def test_a_429_after_an_overload_keeps_its_own_rule() -> None:
     ada.on_overload()
     assert (ada.limit, ada.ceiling) == (5, 10)
     await clock.advance(2.0)
-    assert ada.on_rate_limited(5) is True  # a real cap 429: one level down, new ceiling
+    # Level 5 was served during slow start: a first 429 there is not taken for a cap...
+    assert ada.on_rate_limited(5) is False
+    assert (ada.limit, ada.ceiling) == (5, 10)
+    # ...but 429s there, repeated until they rival what was served, are: one level down.
+    while ada.on_rate_limited(5) is False:
+        assert (ada.limit, ada.ceiling) == (5, 10)
     assert (ada.limit, ada.ceiling) == (4, 4)
 
 
@@ -313,8 +318,10 @@ def test_min_and_max_limits_hold() -> None:
     for _ in range(5):
         ada.on_success(1.0, ada.limit)
     assert ada.limit == 3
-    ada.on_rate_limited(1)
+    ada.on_rate_limited()  # (a 429 at level 1 after level 3 served five times is no cap)
     assert ada.limit == 2
+    ada.on_rate_limited()
+    assert ada.limit == 2  # never under min_limit
 
 
 def test_adopts_a_cap_another_process_wrote() -> None:
@@ -401,3 +408,38 @@ async def test_unknown_cap_is_learned_within_the_targets(cap: int) -> None:
     assert peak == cap
     assert makespan <= 1.25 * bound
     assert rejected <= 0.03 * calls
+
+
+def test_random_429s_at_served_levels_do_not_ratchet_the_ceiling_down() -> None:
+    """A storm's 10% random 429s hit every level; the provider keeps serving those levels,
+    so they are not its concurrency cap (the measured bug: ceiling ratcheted to 1)."""
+    clock = VirtualClock()
+    _, ada = make(clock)
+    learn_ceiling(ada, 20)
+    rng = random.Random(7)
+    counted = 0
+    for _ in range(2000):  # saturated: calls are admitted at or near the limit
+        level = max(1, ada.limit - rng.randint(0, 3))
+        if rng.random() < 0.1:
+            counted += ada.on_rate_limited(level)  # False: honour its Retry-After instead
+        else:
+            ada.on_success(1.0, level)
+        clock._now += 0.05
+    assert counted <= 5  # of ~200 random 429s
+    assert ada.ceiling is not None and ada.ceiling >= 19
+    assert ada.limit >= 18
+
+
+def test_a_cap_429_is_still_a_cap_after_a_storm_of_random_ones() -> None:
+    clock = VirtualClock()
+    _, ada = make(clock)
+    learn_ceiling(ada, 20)
+    for level in range(1, 21):
+        ada.on_success(1.0, level)
+    # The provider's cap drops to 8: every call at 9 or more is refused, repeatedly.
+    refused = 0
+    while ada.limit > 8 and refused < 200:
+        ada.on_rate_limited(ada.limit)
+        refused += 1
+        clock._now += 2.0  # past one rtt: each 429 is its own incident
+    assert ada.limit <= 8

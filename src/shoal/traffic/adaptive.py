@@ -28,6 +28,11 @@ Rate limited — ``on_rate_limited(n)``:
   1. ``n > ⌊L⌋``: the call was admitted above today's limit, an overshoot already
      cut; ignore. Without ``n``: ignore within one rtt of the last decrease, and take
      ``n = ⌊L⌋``.
+  1b. Among the latest 128 answers, at least 3 successes were admitted at ``≥ n``,
+     and twice as many as the 429s at ``≥ n``: the provider has just
+     served this level repeatedly, so the 429 is not its concurrency cap (a rate
+     limit, other clients, a storm's random 429s; above a real cap nearly every call
+     is refused): no change, returns False (the caller honours Retry-After).
   2. Ending slow start: the provider took ``n − 1`` but not ``n``:
      ``new ← upper ← min(n − 1, ⌊L⌋)``, and when a level was proven,
      ``new ← min(new, max_ok + 1)`` (levels are noisy — admission and arrival at the
@@ -57,6 +62,7 @@ next probe one gap later.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 from shoal.clock import Clock, RealClock
 from shoal.errors import ConfigError
@@ -68,6 +74,9 @@ __all__ = ["AdaptiveConcurrency"]
 _SRTT_GAIN = 0.125
 _DEFAULT_RTT = 1.0
 _LATE_PROOF_RTTS = 1.1
+_PROOF_WINDOW = 128  # the latest answers (successes and 429s) whose levels count
+_PROOFS_AGAINST_CAP = 3  # successes at >= n among them that make a 429 at n not a cap
+_SERVED_PER_REFUSED = 2  # ... provided they outnumber the 429s at >= n this many times
 
 
 class AdaptiveConcurrency:
@@ -120,6 +129,11 @@ class AdaptiveConcurrency:
         self._exit_at: float | None = None  # when slow start ended (late proofs window)
         self._exit_upper = 0  # the exit 429's n - 1: late proofs stay at or under it
         self._applied = initial
+        # In-flight levels of the latest answers (served or 429): a 429 at a level the
+        # provider has just served several times over is not its concurrency cap (rate
+        # limits, other clients, a storm's random 429s); without this a 10% rate of random
+        # 429s ratchets the ceiling down one level at a time to 1.
+        self._answers: deque[tuple[int, bool]] = deque(maxlen=_PROOF_WINDOW)  # (n, served)
         limiter.seed_capacity(initial)
 
     # -- read-only view ----------------------------------------------------------------
@@ -163,6 +177,8 @@ class AdaptiveConcurrency:
         self._adopt()
         srtt = self._srtt
         self._srtt = latency_s if srtt is None else srtt + _SRTT_GAIN * (latency_s - srtt)
+        if in_flight is not None:
+            self._answers.append((in_flight, True))
         if in_flight is not None and self._proof(in_flight):
             return
         tolerance = self.latency_tolerance
@@ -215,6 +231,9 @@ class AdaptiveConcurrency:
         if in_flight is not None and in_flight > 0:
             if in_flight > int(self._limit):
                 return True  # admitted above today's limit: an overshoot we already cut
+            self._answers.append((in_flight, False))
+            if self._served_despite(in_flight):
+                return False  # this level was just served, repeatedly: not a cap 429
             observed = in_flight
         elif self._suppressed(now):
             return True  # the overshoot the last decrease already answered
@@ -287,6 +306,20 @@ class AdaptiveConcurrency:
             self._set(float(ceiling + 1), "late_proof")
             return True
         return False
+
+    def _served_despite(self, level: int) -> bool:
+        """Has the provider just served ``level`` (or more) at once, repeatedly and far
+        more often than it refused it? Then a 429 there is not a concurrency cap: above
+        a real cap nearly every call is refused, while random or rate 429s hit every
+        level at the same small rate."""
+        served = refused = 0
+        for n, ok in self._answers:
+            if n >= level:
+                if ok:
+                    served += 1
+                else:
+                    refused += 1
+        return served >= _PROOFS_AGAINST_CAP and served >= _SERVED_PER_REFUSED * refused
 
     def _rtt(self) -> float:
         return self._srtt if self._srtt is not None else _DEFAULT_RTT
