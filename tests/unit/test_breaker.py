@@ -418,20 +418,37 @@ async def test_a_burst_of_concurrent_failures_counts_once() -> None:
     assert state(b) is BreakerState.OPEN
 
 
-async def test_a_stale_success_does_not_end_an_incident_but_a_fresh_one_does() -> None:
+async def test_any_success_ends_the_run_of_failures() -> None:
+    """A success resets the consecutive count whenever its call started: the channel
+    served a call after the failure was seen. (Counting only calls started after the
+    failure let quick 5xx outrun slow answers: under a storm the count passed the
+    threshold on a channel serving 63% of its calls.)"""
     clock = VirtualClock()
     b = CircuitBreaker("ds", min_calls=1000, clock=clock)
     before = clock.now()
     await clock.advance(1.0)
     b.record_failure(DOWN, started_at=clock.now())
-    await clock.advance(1.0)
-    b.record_success(started_at=before)  # sent before the incident was seen
     assert b.failure_count == 1
-    b.record_success(started_at=clock.now())
+    await clock.advance(1.0)
+    b.record_success(started_at=before)  # sent before the incident, answered after it
     assert b.failure_count == 0
     b.record_failure(DOWN)
-    b.record_success()  # no started_at: resets, as before
+    b.record_success()  # no started_at: resets too
     assert b.failure_count == 0
+
+
+def test_quick_failures_beside_slow_successes_never_trip() -> None:
+    """Storm shape: 5xx come back at once, answers take 0.5 s, 40 in flight."""
+    clock = VirtualClock()
+    b = CircuitBreaker("ds", clock=clock)
+    rng = random.Random(5)
+    for i in range(10_000):
+        clock._now = i * 0.01
+        if rng.random() < 0.4:
+            b.record_failure(DOWN, started_at=clock._now)
+        else:
+            b.record_success(started_at=clock._now - 0.5)
+        assert b.state is BreakerState.CLOSED, f"tripped at call {i}"
 
 
 # -- backpressure is not ill health --------------------------------------------------------

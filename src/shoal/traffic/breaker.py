@@ -238,9 +238,12 @@ class CircuitBreaker:
             return
         if self._state is BreakerState.CLOSED:
             self._observe(failed=False)
-            if started_at is None or self._counted_at is None or started_at >= self._counted_at:
-                self._consecutive = 0
-                self._counted_at = None
+            # Any success resets the run, whenever its call started: the channel served a
+            # call after the failure was seen. (Counting only successes of calls started
+            # after the last failure let quick 5xx outrun slow answers: in a storm the
+            # count climbed past the threshold on a channel serving 63% of its calls.)
+            self._consecutive = 0
+            self._counted_at = None
         elif self._state is BreakerState.HALF_OPEN and self._probe_result(started_at):
             self._transition(BreakerState.CLOSED)
         # open: a late answer from before the trip proves little; the probe decides
