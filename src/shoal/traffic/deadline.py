@@ -4,7 +4,8 @@ The Router bounds everything a call does (waiting for capacity, backoff sleeps a
 in-flight HTTP request) by the call's deadline. ``asyncio.timeout`` reads the event
 loop's time, which a :class:`~shoal.clock.VirtualClock` does not move, so under a
 virtual clock the scope arms a clock sleep that cancels the task instead; under the
-real clock it is ``asyncio.timeout`` (one timer handle, no extra task: the hot path).
+real clock it is one ``loop.call_at`` timer handle (what ``asyncio.timeout`` does,
+without its object machinery: this scope wraps every call on the hot path).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ class clock_timeout:
     (only the scope's own cancellation becomes ``TimeoutError``).
     """
 
-    __slots__ = ("_clock", "_cm", "_seconds", "_task", "_timer", "expired")
+    __slots__ = ("_clock", "_handle", "_seconds", "_task", "_timer", "expired")
 
     def __init__(self, clock: Clock, seconds: float | None) -> None:
         self._clock = clock
         self._seconds = seconds
-        self._cm: asyncio.Timeout | None = None
+        self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[object] | None = None
         self._timer: asyncio.Task[None] | None = None
         self.expired = False
@@ -38,39 +39,37 @@ class clock_timeout:
         seconds = self._seconds
         if seconds is None:
             return self
-        if type(self._clock) is RealClock:
-            self._cm = asyncio.timeout(max(0.0, seconds))
-            await self._cm.__aenter__()
-            return self
         self._task = asyncio.current_task()
+        if type(self._clock) is RealClock:
+            loop = asyncio.get_running_loop()
+            self._handle = loop.call_at(loop.time() + max(0.0, seconds), self._expire)
+            return self
         self._timer = asyncio.ensure_future(self._fire(max(0.0, seconds)))
         return self
 
-    async def _fire(self, seconds: float) -> None:
-        await self._clock.sleep(seconds)
+    def _expire(self) -> None:
         self.expired = True
         if self._task is not None:
             self._task.cancel()
+
+    async def _fire(self, seconds: float) -> None:
+        await self._clock.sleep(seconds)
+        self._expire()
 
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        if self._cm is not None:
-            try:
-                await self._cm.__aexit__(exc_type, exc, tb)
-                return None
-            finally:
-                self.expired = self._cm.expired()
-        timer = self._timer
-        if timer is None:
-            return None
-        if not timer.done():
+    ) -> None:
+        handle, timer = self._handle, self._timer
+        if handle is not None:
+            handle.cancel()
+        elif timer is not None and not timer.done():
             timer.cancel()
-        if self.expired and self._task is not None and self._task.uncancel() == 0 and (
-            exc_type is asyncio.CancelledError
-        ):
+        if not self.expired or self._task is None:
+            return
+        # Our cancellation: undo it, and say it was the deadline, unless someone else
+        # cancelled the task too (then their cancellation goes on).
+        if self._task.uncancel() == 0 and exc_type is asyncio.CancelledError:
             raise TimeoutError(f"timed out after {self._seconds:g}s") from exc
-        return None
