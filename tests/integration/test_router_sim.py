@@ -247,3 +247,22 @@ async def test_missing_key_falls_back_then_names_the_variable(
         with pytest.raises(ConfigError, match=r"\$SHOAL_TEST_NO_SUCH_KEY"):
             await router.complete(ask(model="lonely"))
     assert sim.stats().total_requests == 1
+
+
+@pytest.mark.parametrize("sims", [[SimConfig(style="openai"), SimConfig(style="openai"),
+                                   SimConfig(style="openai")]], indirect=True)
+async def test_fallback_serves_the_same_call_after_two_dead_channels(
+    sims: list[SimServer],
+) -> None:
+    """The README's promise for ONE call: other channels, then the model's fallbacks
+    (issue 9, item 8: the budget used to bounce a→b→a→b and never reach the fallback)."""
+    a, b, f = sims
+    for dead in (a, b):
+        dead.configure(faults=Faults(error_rate=1.0, error_status=503))
+    cfg = config({"a": a, "b": b, "f": f}, fallbacks={"backup": "f"})
+    cfg.models["m"] = cfg.models["m"].model_copy(update={"channels": ["a", "b"]})
+    async with Router(cfg, retry=FAST_RETRY) as router:
+        r = await router.complete(ask())
+    assert (r.model, r.channel) == ("backup", "f")
+    assert a.stats().total_requests == 1 and b.stats().total_requests == 1
+    assert r.served_model  # the id the provider answered with is kept beside the alias
