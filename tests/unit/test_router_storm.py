@@ -145,8 +145,9 @@ async def test_deadline_bounds_a_hung_stream() -> None:
 async def test_reasoning_reaches_the_caller_as_it_arrives() -> None:
     clock = VirtualClock()
     end = StreamEnd(answer("done"))
-    script: list[tuple[float, StreamEvent | BaseException]] = [(0.1, ReasoningDelta("a")), (0.2, ReasoningDelta("b")), (3.0, TextDelta("done")),
-              (3.1, end)]
+    script: list[tuple[float, StreamEvent | BaseException]] = [
+        (0.1, ReasoningDelta("a")), (0.2, ReasoningDelta("b")), (3.0, TextDelta("done")),
+        (3.1, end)]
     provider = Scripted(clock, lambda k: 0.0, events=script)
     seen: list[tuple[float, str]] = []
 
