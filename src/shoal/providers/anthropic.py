@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
@@ -203,8 +203,13 @@ class AnthropicProvider(HttpProvider):
     # -- complete -----------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse:
+        return await self.complete_then(request, model=model, received=None)
+
+    async def complete_then(self, request: ChatRequest, *, model: str,
+                            received: Callable[[], None] | None) -> ChatResponse:
         started = time.perf_counter()
-        body, raw = await self._post_json(request, self.payload(request, model, stream=False))
+        body, raw = await self._post_json(request, self.payload(request, model, stream=False),
+                                          received)
         schema_tool = request.output_schema_name if request.output_schema is not None else None
         return self.parse(body, raw, started, schema_tool)
 

@@ -8,7 +8,7 @@ once into :mod:`shoal.errors`. It raises nothing else.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from shoal.types import ChatRequest, ChatResponse, StreamEvent
 
@@ -26,6 +26,17 @@ class Provider(ABC):
 
     @abstractmethod
     async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse: ...
+
+    async def complete_then(self, request: ChatRequest, *, model: str,
+                            received: Callable[[], None] | None) -> ChatResponse:
+        """``complete``, calling ``received()`` as soon as the provider is done with the
+        call: its answer read, not yet parsed. The Router hands the concurrency slot to
+        the next call there, so parsing this answer overlaps the next request instead of
+        delaying it. An adapter that cannot tell calls it when ``complete`` returns."""
+        response = await self.complete(request, model=model)
+        if received is not None:
+            received()
+        return response
 
     @abstractmethod
     def stream(self, request: ChatRequest, *, model: str) -> AsyncIterator[StreamEvent]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import abstractmethod
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 from shoal import __version__
@@ -195,9 +195,11 @@ class HttpProvider(Provider):
         tag = request.metadata.get("tag")
         return base if tag is None else {**base, "x-shoal-tag": tag}
 
-    async def _post_json(self, request: ChatRequest, payload: dict[str, Any]
-                         ) -> tuple[Any, bytes]:
-        """POST ``payload``; the decoded JSON answer and its raw bytes, or a shoal error."""
+    async def _post_json(self, request: ChatRequest, payload: dict[str, Any],
+                         received: Callable[[], None] | None = None) -> tuple[Any, bytes]:
+        """POST ``payload``; the decoded JSON answer and its raw bytes, or a shoal error.
+        ``received()`` runs once a 200 answer is read, before it is decoded (then this
+        yields once, so a call it let through sends before this one parses)."""
         data = json.dumps(payload).encode()
         try:
             async with self._pool.session().post(
@@ -208,6 +210,8 @@ class HttpProvider(Provider):
                     raise self._fail(resp.status, raw.decode("utf-8", "replace"), resp.headers)
         except transport_errors() as exc:
             raise error_from_transport(exc, provider=self.name, url=self._url) from exc
+        if received is not None:
+            received()
         try:
             return json.loads(raw), raw
         except ValueError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
@@ -170,8 +170,13 @@ class OpenAICompatProvider(HttpProvider):
     # -- complete -----------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse:
+        return await self.complete_then(request, model=model, received=None)
+
+    async def complete_then(self, request: ChatRequest, *, model: str,
+                            received: Callable[[], None] | None) -> ChatResponse:
         started = time.perf_counter()
-        body, raw = await self._post_json(request, self.payload(request, model, stream=False))
+        body, raw = await self._post_json(request, self.payload(request, model, stream=False),
+                                          received)
         return self.parse(body, raw, time.perf_counter() - started)
 
     def parse(self, body: Any, raw: bytes, latency: float) -> ChatResponse:

@@ -378,8 +378,10 @@ class Router:
             try:
                 provider = att.lane.ready_provider or await att.lane.provider()
                 async with clock_timeout(self.clock, call.budget.remaining()):
-                    response = await provider.complete(
-                        request, model=att.lane.channel.wire_model(att.info))
+                    # The slot goes to the next call once the answer is read, not parsed.
+                    response = await provider.complete_then(
+                        request, model=att.lane.channel.wire_model(att.info),
+                        received=att.permit.release)
             except ProviderError as err:
                 await self._next(call, att, err)
                 continue
