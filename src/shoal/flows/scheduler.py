@@ -3,9 +3,8 @@ concurrency cap that serves the longest remaining path first, apply failure poli
 journal finished steps, and stop everything cleanly on failure or cancellation.
 
 Priority. When more steps (or map items) are ready than the cap admits, the one
-with the most steps still below it goes first (critical-path list scheduling); ties
-go in the order steps were added. That keeps a capped DAG's makespan close to its
-bound, max(critical path, work / cap).
+with the most steps still below it goes first: see :mod:`shoal.flows.slots`
+(:class:`SlotPool` is re-exported here).
 """
 
 from __future__ import annotations
@@ -13,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import heapq
 import inspect
-import itertools
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, cast
 
 from shoal.agents.client import ModelClient
@@ -37,6 +34,7 @@ from shoal.clock import Clock, RealClock
 from shoal.errors import BudgetExceeded, ConfigError, DeadlineExceeded, StoreError
 from shoal.flows.context import MessageBoard, SharedContext, StepContext
 from shoal.flows.flow import Flow, FlowResult, Step, StepResult, as_text, render_input
+from shoal.flows.slots import SlotPool, critical_path_priorities
 from shoal.types import Usage
 
 __all__ = ["FlowRun", "SlotPool"]
@@ -73,77 +71,6 @@ def _inputs_digest(deps: Mapping[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-class SlotPool:
-    """A concurrency cap whose waiters are served by priority (highest first, then FIFO).
-
-    ``request`` queues synchronously and returns a ticket (a future that completes when
-    the slot is granted), so a scheduler can queue several steps in priority order
-    before any slot is handed out. ``give_back`` releases a granted ticket (handing the
-    slot to the best waiter) or withdraws a waiting one. Cancelling a task that awaits
-    its ticket withdraws it.
-    """
-
-    def __init__(self, capacity: int | None) -> None:
-        self.capacity = capacity
-        self._free = capacity if capacity is not None else 0
-        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-        self.in_use = 0
-        self.max_in_use = 0
-
-    def request(self, priority: float = 0.0) -> asyncio.Future[None]:
-        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.capacity is None or self._free > 0:
-            if self.capacity is not None:
-                self._free -= 1
-            self._grant(ticket)
-        else:
-            heapq.heappush(self._heap, (-priority, next(self._seq), ticket))
-        return ticket
-
-    def _grant(self, ticket: asyncio.Future[None]) -> None:
-        ticket.set_result(None)
-        self.in_use += 1
-        self.max_in_use = max(self.max_in_use, self.in_use)
-
-    def give_back(self, ticket: asyncio.Future[None]) -> None:
-        if not ticket.done():
-            ticket.cancel()  # withdrawn while waiting: skipped when popped
-            return
-        if ticket.cancelled():
-            return
-        self.in_use -= 1
-        if self.capacity is None:
-            return
-        while self._heap:
-            _, _, nxt = heapq.heappop(self._heap)
-            if not nxt.done():
-                self._grant(nxt)
-                return
-        self._free += 1
-
-    @contextlib.asynccontextmanager
-    async def slot(self, priority: float = 0.0) -> AsyncIterator[None]:
-        ticket = self.request(priority)
-        try:
-            await ticket
-            yield
-        finally:
-            self.give_back(ticket)
-
-
-def _priorities(flow: Flow) -> dict[str, float]:
-    """Steps below each step on its longest path to a sink, itself included."""
-    children: dict[str, list[str]] = {n: [] for n in flow.steps}
-    for step in flow.steps.values():
-        for dep in step.after:
-            children[dep].append(step.name)
-    prio: dict[str, float] = {}
-    for name in reversed(list(flow.steps)):  # steps are added after their dependencies
-        prio[name] = 1.0 + max((prio[c] for c in children[name]), default=0.0)
-    return prio
-
-
 class FlowRun:
     """The execution of one :class:`Flow` run."""
 
@@ -177,7 +104,7 @@ class FlowRun:
         self.shared = SharedContext(dict(shared or {}))
         self.board = MessageBoard()
         self.pool = SlotPool(flow.max_concurrency)
-        self.priority = _priorities(flow)
+        self.priority = critical_path_priorities(flow)
         self.results: dict[str, StepResult] = {
             n: StepResult(n, "not_run") for n in flow.steps
         }

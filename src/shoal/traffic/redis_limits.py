@@ -29,6 +29,11 @@ across processes, the first to ask after a release wins.
 acquire of this process learned. ``in_flight`` counts the permits this process
 holds; ``Permit.in_flight`` is the global count when the permit was granted.
 
+The Redis plumbing (client, Lua calls, notifications) and the lease machinery (holder
+ids, heartbeat, releasing and settling a slot) live in the base class,
+:class:`~shoal.traffic.redis_link.RedisLink`; this module holds the queue, the
+hand-over of slots and the capacity.
+
 ``redis`` is imported only when this module is used.
 """
 
@@ -36,24 +41,19 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import itertools
 import logging
-import os
-import uuid
 from collections import deque
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from shoal.clock import Clock, RealClock
 from shoal.errors import ConfigError, DeadlineExceeded, RunError
 from shoal.observe.events import SETTLE, WAIT, EventBus
 from shoal.traffic import redis_scripts as lua
-from shoal.traffic.limits import WINDOW_S, Limiter, Permit, check_tokens
+from shoal.traffic.limiter import WINDOW_S, Permit, check_tokens
+from shoal.traffic.redis_link import RedisLink
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.client import PubSub
-    from redis.commands.core import AsyncScript
 
 __all__ = ["RedisLimiter"]
 
@@ -78,11 +78,7 @@ class _Waiter:
         self.taken: Permit | None = None
 
 
-def _as_str(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class RedisLimiter(Limiter):
+class RedisLimiter(RedisLink):
     """A limiter whose state lives in Redis under ``key`` (see the module docstring)."""
 
     def __init__(
@@ -114,43 +110,23 @@ class RedisLimiter(Limiter):
                 "shared limits need the redis client: pip install 'shoal[redis]'"
             ) from exc
         self.name = name or key
-        self.key = key
-        self._url = redis if isinstance(redis, str) else None
-        self._client: Redis | None = None if isinstance(redis, str) else redis
-        self._max = max_concurrency
+        super().__init__(
+            redis, key=key, max_concurrency=max_concurrency, lease_s=lease_s, poll_s=poll_s,
+            clock=clock if clock is not None else RealClock(),
+        )
         self._rpm = rpm
         self._tpm = tpm
-        self._lease_ms = int(lease_s * 1000)
-        self._lease_s = lease_s
         self._window_ms = int(window_s * 1000)
-        self._poll_s = poll_s
-        self._clock: Clock = clock if clock is not None else RealClock()
         self._events = events
-        tag = "{" + key + "}"  # one hash slot for every key: scripts work on a cluster too
-        self._keys = [f"{tag}:holders", f"{tag}:rpm", f"{tag}:tpm", f"{tag}:tpm_tokens",
-                      f"{tag}:tpm_used", f"{tag}:cap", f"{tag}:waiters", f"{tag}:yield",
-                      f"{tag}:ceiling"]
         self._waiter_ttl_ms = max(500, int(2000 * poll_s))
-        self._notify_channel = f"{tag}:free"
-        self._token = uuid.uuid4().hex[:12]
-        self._pid = os.getpid()
-        self._seq = itertools.count()
-        self._scripts: dict[str, AsyncScript] = {}
-        self._held: dict[str, Permit] = {}
         self._queue: deque[_Waiter] = deque()
         self._streak = 0
-        self._change: asyncio.Future[None] | None = None
-        self._pubsub: PubSub | None = None
-        self._listener: asyncio.Task[None] | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
         self._cap_seen: int | None = max_concurrency
         self._ceiling_seen: int | None = None
         self._cap_write: asyncio.Task[Any] | None = None
         self._cap_pending: tuple[int, bool, int | None] | None = None
         self._hint_until = 0.0
         self._hint_reason = 0
-        self._closed = False
 
     def __repr__(self) -> str:
         return (
@@ -170,61 +146,6 @@ class RedisLimiter(Limiter):
     def ceiling(self) -> int | None:
         return self._ceiling_seen
 
-    # -- plumbing --------------------------------------------------------------------
-
-    def _redis(self) -> Redis:
-        if self._client is None:
-            import redis.asyncio as aioredis
-
-            assert self._url is not None
-            self._client = aioredis.from_url(self._url)
-        return self._client
-
-    async def connect(self) -> None:
-        """Connect, load the scripts and subscribe to release notifications now, rather
-        than on the first acquire (optional: a warm-up for latency-sensitive starts)."""
-        from redis.exceptions import RedisError
-
-        client = self._redis()
-        try:
-            for text in (lua.ACQUIRE, lua.TRANSFER, lua.RELEASE, lua.SETTLE, lua.RENEW):
-                await client.script_load(text)
-        except RedisError as exc:
-            raise RunError(
-                f"shared limiter {self.key!r}: Redis failed ({type(exc).__name__}: {exc}); "
-                "check that Redis is reachable, or make the channel's limits local "
-                "(shared = false)"
-            ) from exc
-        await self._start_listener()
-
-    def _script(self, name: str, text: str) -> AsyncScript:
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = self._redis().register_script(text)
-        return script
-
-    async def _run(self, name: str, text: str, keys: list[str], args: list[object]) -> Any:
-        from redis.exceptions import RedisError
-
-        try:
-            return await self._script(name, text)(keys=keys, args=args)  # type: ignore[arg-type]
-        except RedisError as exc:
-            raise RunError(
-                f"shared limiter {self.key!r}: Redis failed ({type(exc).__name__}: {exc}); "
-                "check that Redis is reachable, or make the channel's limits local "
-                "(shared = false)"
-            ) from exc
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        try:
-            task = asyncio.get_running_loop().create_task(coro)
-        except RuntimeError:
-            coro.close()
-            _log.warning("limiter %s: no running loop; the lease will expire instead", self.key)
-            return
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     def _check_tokens(self, tokens: int) -> None:
         check_tokens(self.name, tokens, self._tpm)
 
@@ -239,14 +160,6 @@ class RedisLimiter(Limiter):
         if self._queue or self._closed:
             return None
         return await self._attempt(tokens)
-
-    def _holder(self) -> str:
-        if os.getpid() != self._pid:
-            # A forked child must not reuse its parent's holder ids: two processes on one
-            # sorted-set member would count as one slot.
-            self._pid = os.getpid()
-            self._token = uuid.uuid4().hex[:12]
-        return f"{self._token}:{next(self._seq)}"
 
     def _args(self, holder: str, tokens: int) -> list[object]:
         more = int(len(self._queue) > 1)  # calls of this process still queued after this one
@@ -378,93 +291,7 @@ class RedisLimiter(Limiter):
             "the channel's limits"
         )
 
-    async def _wait(self, futs: tuple[asyncio.Future[Any], ...], until: float | None) -> bool:
-        """Wait until one of ``futs`` is done (never cancelling them: others may share
-        them) or the clock reaches ``until``; True when one is done."""
-        if any(f.done() for f in futs):
-            return True
-        waiting: set[asyncio.Future[Any]] = set(futs)
-        sleeper = None
-        if until is not None:
-            sleeper = asyncio.ensure_future(self._clock.sleep(until - self._clock.now()))
-            waiting.add(sleeper)
-        try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if sleeper is not None:
-                sleeper.cancel()
-        return any(f.done() for f in futs)
-
-    def _change_future(self) -> asyncio.Future[None]:
-        if self._change is None or self._change.done():
-            self._change = asyncio.get_running_loop().create_future()
-        return self._change
-
-    def _notify(self) -> None:
-        fut, self._change = self._change, None
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    async def _start_listener(self) -> None:
-        if self._listener is not None:
-            return
-        from redis.exceptions import RedisError
-
-        pubsub = self._redis().pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(self._notify_channel)
-        except RedisError as exc:
-            _log.warning("limiter %s: cannot subscribe (%s); polling instead", self.key, exc)
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-            return
-        self._pubsub = pubsub
-        self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub))
-
-    async def _listen(self, pubsub: PubSub) -> None:
-        from redis.exceptions import RedisError
-
-        while not self._closed:
-            try:
-                message = await pubsub.get_message(timeout=self._poll_s)
-            except RedisError as exc:
-                _log.warning("limiter %s: notifications lost (%s); polling", self.key, exc)
-                await self._clock.sleep(self._poll_s)
-                continue
-            if message is not None:
-                self._notify()
-
-    # -- holding, releasing, settling ------------------------------------------------
-
-    async def _renew_loop(self) -> None:
-        """The heartbeat: while this process holds slots, renew their leases every
-        ``lease_s/3``, so a call slower than the lease keeps its slot."""
-        while self._held and not self._closed:
-            await self._clock.sleep(self._lease_s / 3)
-            holders = list(self._held)
-            if not holders:
-                break
-            try:
-                back, lost = await self._run(
-                    "renew", lua.RENEW, [self._keys[0], self._keys[5]],
-                    [self._lease_ms, self._max or 0, *holders])
-            except Exception as exc:  # the heartbeat must outlive any failure
-                _log.warning("limiter %s: lease renewal failed (%s); retrying", self.key, exc)
-                continue
-            for holder in map(_as_str, back):
-                if holder not in self._held:  # released while the renewal ran: undo
-                    self._spawn(self._release_holder(holder))
-                else:
-                    _log.warning(
-                        "limiter %s: the lease of slot %s expired before renewal (event loop "
-                        "blocked > %.1fs?); it was free again and is held anew", self.key,
-                        holder, self._lease_s)
-            for holder in map(_as_str, lost):
-                if holder in self._held:
-                    _log.warning(
-                        "limiter %s: the lease of slot %s expired before renewal (event loop "
-                        "blocked > %.1fs?) and was reused: one call more than the cap is in "
-                        "flight until it ends; raise lease_s", self.key, holder,
-                        self._lease_s)
+    # -- releasing, settling --------------------------------------------------------
 
     def _release(self, permit: Permit) -> None:
         holder = str(permit._handle)
@@ -512,15 +339,6 @@ class RedisLimiter(Limiter):
         else:
             waiter.grant.set_result(permit)
 
-    async def _release_holder(self, holder: str, *, yielding: bool = False) -> None:
-        keys = [self._keys[0], self._keys[6], self._keys[7]]
-        args = [holder, self._notify_channel, self._token if yielding else "", lua.YIELD_MS]
-        try:
-            await self._run("release", lua.RELEASE, keys, args)
-        except RunError as exc:
-            _log.warning("%s (the slot frees when its lease expires)", exc)
-        self._notify()
-
     def _settle(self, permit: Permit, actual_tokens: int) -> None:
         reserved = permit.tokens
         permit.tokens = actual_tokens
@@ -529,13 +347,6 @@ class RedisLimiter(Limiter):
         events = self._events
         if events is not None and events.active:
             events.emit(SETTLE, channel=self.name, reserved=reserved, actual=actual_tokens)
-
-    async def _settle_holder(self, holder: str, actual_tokens: int) -> None:
-        try:
-            await self._run("settle", lua.SETTLE, self._keys[3:5],
-                            [holder, actual_tokens, self._notify_channel])
-        except RunError as exc:
-            _log.warning("%s (settlement of %s lost)", exc, holder)
 
     # -- capacity --------------------------------------------------------------------
 
@@ -603,16 +414,4 @@ class RedisLimiter(Limiter):
         if self._closed:
             return
         self._closed = True
-        self._notify()
-        for task in (self._heartbeat, self._listener):
-            if task is not None:
-                task.cancel()
-        for holder in list(self._held):
-            self._held.pop(holder, None)
-            self._spawn(self._release_holder(holder))
-        pending = [t for t in (*self._background, self._cap_write) if t is not None]
-        await asyncio.gather(*pending, return_exceptions=True)
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-        if self._url is not None and self._client is not None:
-            await self._client.aclose()
+        await self._close_link(self._cap_write)
