@@ -315,3 +315,20 @@ def test_the_journal_keeps_what_goes_back_to_the_provider() -> None:
     )
     back = response_from_json(json.loads(json.dumps(response_to_json(response))))
     assert back.message() == response.message()
+
+
+def test_openai_reasoning_models_refuse_sampling_settings_before_any_request() -> None:
+    from shoal.errors import ConfigError
+    from shoal.providers.profiles import PROFILES, check_sampling
+    from shoal.types import ChatRequest, Message
+
+    openai = PROFILES["openai"]
+    hot = ChatRequest(model="m", messages=[Message.user("hi")], temperature=0.2)
+    for model in ("o3-mini", "o1", "gpt-5", "gpt-5-mini"):
+        with pytest.raises(ConfigError, match="leave temperature unset"):
+            check_sampling(openai, model, hot)
+    for model in ("gpt-4o", "gpt-5-chat-latest"):
+        check_sampling(openai, model, hot)  # accepted
+    check_sampling(PROFILES["deepseek"], "o3-mini", hot)  # another family's rules
+    check_sampling(openai, "o3-mini",
+                   ChatRequest(model="m", messages=[Message.user("hi")], temperature=1))

@@ -24,6 +24,7 @@ from shoal.providers.failures import (
 from shoal.providers.http import HttpProvider, answer_events
 from shoal.providers.profiles import (
     ProviderProfile,
+    check_sampling,
     profile_for,
     schema_instructions,
     strict_schema,
@@ -147,6 +148,7 @@ class OpenAICompatProvider(HttpProvider):
             fmt = _response_format(p, request.output_schema_name, schema)
             if fmt is not None:
                 body["response_format"] = fmt
+        check_sampling(p, model, request)
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.top_p is not None:

@@ -12,6 +12,7 @@ PROVIDERS.md (§1-5, traps 9, 10, 12) and docs/providers.md's profiles table.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ __all__ = [
     "PROFILES",
     "OutputMode",
     "ProviderProfile",
+    "check_sampling",
     "profile_for",
     "schema_instructions",
     "strict_schema",
@@ -137,6 +139,24 @@ def profile_for(family: str, protocol: Literal["openai", "anthropic"] = "openai"
 
 
 # -- structured output ----------------------------------------------------------------------
+
+
+# OpenAI's reasoning models (o-series, gpt-5 but not gpt-5-chat) refuse any temperature
+# or top_p but the default with a 400 "Unsupported value".
+_OPENAI_REASONING = re.compile(r"^(o\d|gpt-5(?!-chat))")
+
+
+def check_sampling(profile: ProviderProfile, model: str, request: ChatRequest) -> None:
+    """ConfigError, before any request, for sampling settings the model refuses."""
+    if profile.family != "openai" or not _OPENAI_REASONING.match(model):
+        return
+    for name in ("temperature", "top_p"):
+        value = getattr(request, name)
+        if value is not None and value != 1:
+            raise ConfigError(
+                f"OpenAI reasoning model {model!r} refuses {name}={value} (only the default "
+                f"1); leave {name} unset for it, or use a non-reasoning model such as gpt-4o"
+            )
 
 
 def schema_instructions(schema: dict[str, Any]) -> str:
