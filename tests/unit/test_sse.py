@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,3 +62,21 @@ def test_a_json_body_is_delivered_whole() -> None:
     assert events([b"\n\n  ", b'{"id": 1,', b' "x": 2}']) == want
     assert events([b"data: not json"], whole_json=True) == [(JSON_BODY, "data: not json")]
     assert events([]) == []
+
+
+async def _pieces(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_a_line_or_json_body_past_the_limit_is_malformed_not_held_forever() -> None:
+    from shoal.errors import MalformedResponse
+
+    with pytest.raises(MalformedResponse, match="SSE line over 100 bytes"):
+        async for _ in iter_sse(_pieces(b"data: ", b"x" * 60, b"x" * 60), limit=100):
+            pass
+    with pytest.raises(MalformedResponse, match="JSON body over 100 bytes"):
+        async for _ in iter_sse(_pieces(b'{"a": "', b"x" * 120, b'"}'), limit=100):
+            pass
+    got = [item async for item in iter_sse(_pieces(b"data: ", b"x" * 60, b"\n\n"), limit=100)]
+    assert got == [("", "x" * 60)]  # under the limit: parsed as before

@@ -15,7 +15,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 
-__all__ = ["JSON_BODY", "LineSplitter", "iter_sse"]
+from shoal.errors import MalformedResponse
+
+__all__ = ["JSON_BODY", "MAX_EVENT_BYTES", "LineSplitter", "iter_sse"]
+
+# No client-library line limit applies, but memory is finite: one line (or a whole JSON
+# body) past this is refused as malformed rather than read until the process dies.
+MAX_EVENT_BYTES = 64 * 1024 * 1024
+
+
+def _too_large(what: str, limit: int) -> MalformedResponse:
+    return MalformedResponse(
+        f"{what} over {limit:,} bytes: refused rather than held in memory",
+        status=200)
 
 # The event name that marks a whole JSON body; no SSE wire event can carry a NUL.
 JSON_BODY = "\x00json"
@@ -24,13 +36,22 @@ _BLANK = b" \t\r\n"
 
 
 class LineSplitter:
-    """Splits raw body chunks into lines (terminators removed), with no size limit."""
+    """Splits raw body chunks into lines (terminators removed) of up to ``limit`` bytes
+    (a longer one raises ``MalformedResponse``)."""
 
-    __slots__ = ("pending", "skip_lf")
+    __slots__ = ("limit", "pending", "size", "skip_lf")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self.pending: list[bytes] = []  # pieces of a line not yet terminated
+        self.size = 0  # bytes in pending
+        self.limit = limit
         self.skip_lf = False  # the last chunk ended in CR: a leading LF ends nothing new
+
+    def _hold(self, piece: bytes) -> None:
+        self.pending.append(piece)
+        self.size += len(piece)
+        if self.size > self.limit:
+            raise _too_large("an SSE line", self.limit)
 
     def feed(self, raw: bytes) -> list[bytes]:
         if not raw:
@@ -40,22 +61,26 @@ class LineSplitter:
         if not chunk:
             return []
         if b"\n" not in chunk and b"\r" not in chunk:
-            self.pending.append(chunk)
+            self._hold(chunk)
             return []
         pending = self.pending
         data = b"".join((*pending, chunk)) if pending else chunk
         self.pending = []
+        self.size = 0
         lines = data.splitlines()  # bytes split only on CR, LF and CRLF
         last = data[-1:]
         if last == b"\r":
             self.skip_lf = True
         elif last != b"\n":
-            self.pending.append(lines.pop())
+            self._hold(lines.pop())
+        if lines and max(map(len, lines)) > self.limit:
+            raise _too_large("an SSE line", self.limit)
         return lines
 
     def close(self) -> list[bytes]:
         """The last line, when the body did not end in a line break."""
         rest, self.pending = self.pending, []
+        self.size = 0
         return [b"".join(rest)] if rest else []
 
 
@@ -96,12 +121,13 @@ class _Events:
         return out
 
 
-async def iter_sse(chunks: AsyncIterable[bytes], *, whole_json: bool = False
-                   ) -> AsyncIterator[tuple[str, str]]:
+async def iter_sse(chunks: AsyncIterable[bytes], *, whole_json: bool = False,
+                   limit: int = MAX_EVENT_BYTES) -> AsyncIterator[tuple[str, str]]:
     """Yield ``(event_name, data)`` pairs; ``event_name`` is "" when the event had none.
 
     ``whole_json`` (the response said ``Content-Type: …json``) or a body that starts with
-    ``{``/``[`` yields one ``(JSON_BODY, text)`` instead.
+    ``{``/``[`` yields one ``(JSON_BODY, text)`` instead. A line or JSON body over
+    ``limit`` bytes raises ``MalformedResponse``.
     """
     it = aiter(chunks)
     head: list[bytes] = []
@@ -113,10 +139,15 @@ async def iter_sse(chunks: AsyncIterable[bytes], *, whole_json: bool = False
             first = stripped[:1]
             break
     if whole_json or first in (b"{", b"["):
-        rest = [chunk async for chunk in it]
-        yield JSON_BODY, b"".join((*head, *rest)).decode("utf-8", "replace")
+        size = sum(map(len, head))
+        async for chunk in it:
+            head.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise _too_large("a JSON body", limit)
+        yield JSON_BODY, b"".join(head).decode("utf-8", "replace")
         return
-    lines = LineSplitter()
+    lines = LineSplitter(limit)
     events = _Events()
     for chunk in head:
         for item in events.feed(lines.feed(chunk)):
