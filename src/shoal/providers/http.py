@@ -198,8 +198,7 @@ class HttpProvider(Provider):
     async def _post_json(self, request: ChatRequest, payload: dict[str, Any],
                          received: Callable[[], None] | None = None) -> tuple[Any, bytes]:
         """POST ``payload``; the decoded JSON answer and its raw bytes, or a shoal error.
-        ``received()`` runs once a 200 answer is read, before it is decoded (then this
-        yields once, so a call it let through sends before this one parses)."""
+        ``received()`` runs once a 200 answer is read, before it is decoded."""
         data = json.dumps(payload).encode()
         try:
             async with self._pool.session().post(
