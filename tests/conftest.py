@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,42 @@ async def redis_client(redis_url: str) -> AsyncIterator[object]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+async def journal_url(
+    request: pytest.FixtureRequest, tmp_path: Path, unique_prefix: str
+) -> AsyncIterator[str]:
+    """A journal store URL for each store kind (SQLite; Redis and PostgreSQL when up),
+    cleaned up after the test."""
+    kind: str = request.param
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'runs.db'}"
+        return
+    if kind == "redis":
+        redis_url: str = request.getfixturevalue("redis_url")
+        yield f"{redis_url}?prefix={unique_prefix}"
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(redis_url)
+        keys = [k async for k in client.scan_iter(match=f"{unique_prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        return
+    dsn: str = request.getfixturevalue("pg_dsn")
+    schema = f"journal_{uuid.uuid4().hex[:12]}"
+    yield f"{dsn}?schema={schema}&pool_max=4"
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()

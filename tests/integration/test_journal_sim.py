@@ -4,9 +4,6 @@ the simulator's request log (tagged with each step) proves which calls a resume 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -20,43 +17,6 @@ from shoal.traffic.retry import Backoff, RetryPolicy
 from shoal.traffic.router import Router
 
 QUICK_RETRY = RetryPolicy(attempts=2, backoff=Backoff(base=0.01, jitter=False))
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("postgres", marks=pytest.mark.postgres),
-    ]
-)
-async def journal_url(
-    request: pytest.FixtureRequest, tmp_path: Path, unique_prefix: str
-) -> AsyncIterator[str]:
-    kind: str = request.param
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'runs.db'}"
-        return
-    if kind == "redis":
-        redis_url: str = request.getfixturevalue("redis_url")
-        yield f"{redis_url}?prefix={unique_prefix}"
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(redis_url)
-        keys = [k async for k in client.scan_iter(match=f"{unique_prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-        return
-    dsn: str = request.getfixturevalue("pg_dsn")
-    schema = f"journal_{uuid.uuid4().hex[:12]}"
-    yield f"{dsn}?schema={schema}&pool_max=4"
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 def sim_config(sim: SimServer) -> Config:
