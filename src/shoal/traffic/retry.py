@@ -15,7 +15,7 @@ Delay rule for a retryable error, in order:
    left gives up).
 
 The budget gives up (``None``) when the error is not retryable, the attempts are
-spent, or the delay would end at or past the call's deadline. ``attempts`` (10 by
+spent, or the delay would end at or past the call's deadline. ``attempts`` (16 by
 default) is a cap: the deadline and the per-channel retry tokens
 (:class:`shoal.traffic.retry_budget.ChannelRetryBudget`) are the working bounds.
 
@@ -112,7 +112,7 @@ class Backoff:
 class RetryPolicy:
     """How one logical call may be retried.
 
-    ``attempts`` counts every try, the first included (10 = 1 call + 9 retries), across
+    ``attempts`` counts every try, the first included (16 = 1 call + 15 retries), across
     all channels and fallbacks. It is a cap, sized so that ≥ 99.9% of calls succeed at a
     39% per-attempt failure rate (0.39^8 < 0.001; 10 leaves room for a failover or two);
     the deadline and each channel's retry tokens are the bounds that usually apply.
@@ -121,7 +121,7 @@ class RetryPolicy:
     classes; anything else ends the call at once.
     """
 
-    attempts: int = 10
+    attempts: int = 16
     deadline_s: float | None = 120.0
     backoff: Backoff = field(default_factory=Backoff)
     retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON
