@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from shoal.traffic.limits import Permit
     from shoal.traffic.retry import RetryBudget
 
-__all__ = ["Attempt", "CallState", "billed_usage", "no_lane_error", "pick", "reopen_at", "usable"]
+__all__ = ["Attempt", "CallState", "billed_usage", "no_lane_error", "pick", "usable"]
 
 
 def billed_usage(request: ChatRequest, info: ModelInfo, err: ProviderError) -> Usage | None:
@@ -106,11 +106,6 @@ def usable(call: CallState) -> list[Lane]:
             if lane.keyed and lane.name not in call.excluded]
 
 
-def reopen_at(lane: Lane, now: float) -> float | None:
-    """When the lane's breaker will next let a call through (``now`` when it does)."""
-    return lane.breaker.next_allowed_at(now)
-
-
 def pick(call: CallState, now: float) -> tuple[ModelInfo, Lane] | None:
     """The lane for the next attempt, or None when every usable lane is refused now.
 
@@ -151,7 +146,7 @@ def no_lane_error(call: CallState, now: float) -> ShoalError:
             "model; with no keys at all, 'smollm2-135m' runs offline")
     if isinstance(last, ShoalError) and not usable(call):
         return last  # every lane is out for this call (auth, quota): that is the news
-    reopen = [t for t in (reopen_at(lane, now) for lane in lanes_all) if t is not None]
+    reopen = [lane.breaker.next_allowed_at(now) for lane in lanes_all]
     reasons = "; ".join(str(lane.breaker.error()) for lane in lanes_all
                         if lane.keyed and not lane.breaker.available(now))
     exc = CircuitOpen(

@@ -42,9 +42,9 @@ from shoal.errors import (
     ShoalError,
     StreamInterrupted,
 )
-from shoal.observe.events import EventBus
+from shoal.observe.events import WAIT, EventBus
 from shoal.tokens import count_text, estimate_call_tokens, estimate_prompt_tokens
-from shoal.traffic.call import Attempt, CallState, no_lane_error, pick, reopen_at, usable
+from shoal.traffic.call import Attempt, CallState, no_lane_error, pick, usable
 from shoal.traffic.deadline import clock_timeout
 from shoal.traffic.lane import Lane, build_lane
 from shoal.traffic.retry import RetryBudget, RetryPolicy
@@ -73,14 +73,6 @@ async def _aclose(it: AsyncIterator[StreamEvent] | None) -> None:
     if aclose is not None:
         with contextlib.suppress(Exception):
             await aclose()
-
-
-def _record_failure(lane: Lane, err: ProviderError, started: float) -> None:
-    lane.breaker.record_failure(err, started_at=started)
-
-
-def _record_success(lane: Lane, started: float) -> None:
-    lane.breaker.record_success(started_at=started)
 
 
 
@@ -155,10 +147,22 @@ class Router:
     def estimate_tokens(self, request: ChatRequest, info: ModelInfo | None = None) -> int:
         return estimate_call_tokens(request, info or self.config.model(request.model))
 
+    async def _sleep_toward(self, call: CallState, at: float | None, reason: str) -> bool:
+        """Sleep toward clock time ``at`` (at most a second at a time: what the caller
+        waits for may come sooner), emitting ``wait``; False, without sleeping, when
+        ``at`` is None or not before the call's deadline."""
+        deadline = call.budget.deadline
+        if at is None or (deadline is not None and at >= deadline):
+            return False
+        now = self.clock.now()
+        if self.events.active:
+            self.events.emit(WAIT, model=call.request.model, reason=reason, wait_s=at - now)
+        await self.clock.sleep(min(max(at - now, 0.0), 1.0))
+        return True
+
     async def _wait_for_probe(self, call: CallState) -> bool:
-        """Every usable lane's breaker refuses now: sleep until the earliest one lets a
-        probe through, if that is within the call's deadline (re-checking at least every
-        second, since a probe elsewhere may close a breaker sooner). False: give up."""
+        """Every usable lane's breaker refuses now: wait for the earliest one to let a
+        probe through, if that is within the call's deadline. False: give up."""
         lanes = usable(call)
         if not lanes:
             return False
@@ -166,29 +170,18 @@ class Router:
             if isinstance(lane.breaker.last_error, AuthError) and await lane.refresh_key():
                 return True
         now = self.clock.now()
-        reopen = min((t for t in (reopen_at(lane, now) for lane in lanes) if t is not None),
-                     default=None)
-        deadline = call.budget.deadline
-        if reopen is None or (deadline is not None and reopen >= deadline):
-            return False
-        if self.events.active:
-            self.events.emit("wait", model=call.request.model, reason="breakers_open",
-                             wait_s=reopen - now)
-        await self.clock.sleep(min(max(reopen - now, 0.0), 1.0))
-        return True
+        reopen = min(lane.breaker.next_allowed_at(now) for lane in lanes)
+        return await self._sleep_toward(call, reopen, "breakers_open")
 
     async def _wait_for_retry_token(self, call: CallState, lane: Lane) -> None:
         """The lane's retry budget is spent (it has been failing more than it serves):
         wait for its next token within the call's deadline, or give up with the last
         error. Retries to a failing channel thus stay near its floor rate, not a storm."""
-        now = self.clock.now()
-        at = lane.retry_budget.next_token_at(now)
-        deadline = call.budget.deadline
-        if at is None or (deadline is not None and at >= deadline):
+        if not await self._sleep_toward(call, lane.retry_budget.next_token_at(),
+                                        "retry_budget"):
             last = call.last
-            raise call.charged(last if isinstance(last, ShoalError) else self._deadline(
-                call, None, "waiting for a retry token"))
-        await self.clock.sleep(min(max(at - now, 0.0), 1.0))
+            assert isinstance(last, ShoalError)  # a retry follows a failed attempt
+            raise call.charged(last)
 
     # -- one attempt's bookkeeping ------------------------------------------------------
 
@@ -246,7 +239,7 @@ class Router:
             # The provider is overloaded, not our cap: back off multiplicatively, keep
             # the learned ceiling; it is not ill health either (no breaker verdict).
             att.release()
-            lane.breaker.abandon()
+            lane.breaker.abandon(started_at=att.started)
             if lane.adaptive is not None:
                 lane.adaptive.on_overload(att.started)
             return False
@@ -257,19 +250,19 @@ class Router:
             overshoot = (lane.adaptive.on_rate_limited(permit.in_flight)
                          if lane.adaptive is not None else False)
             att.release()
-            lane.breaker.abandon()
+            lane.breaker.abandon(started_at=att.started)
             return overshoot
         att.release()
         # Ill health (5xx, timeouts, broken answers) is the breaker's to judge. It does not
         # lower concurrency: in a storm of random 5xx that would starve a channel that
         # serves 80% of its calls (the provider says "overloaded" when it means it).
-        _record_failure(lane, err, att.started)
+        lane.breaker.record_failure(err, started_at=att.started)
         return False
 
     def _abandoned(self, att: Attempt) -> None:
         """The attempt ended without a verdict on the channel (deadline, cancellation)."""
         att.release()
-        att.lane.breaker.abandon()
+        att.lane.breaker.abandon(started_at=att.started)
 
     def _succeeded(self, request: ChatRequest, att: Attempt, call: CallState,
                    response: ChatResponse) -> ChatResponse:
@@ -286,7 +279,7 @@ class Router:
         if lane.adaptive is not None:  # before the release: a raised cap admits at once
             lane.adaptive.on_success(response.latency_s, permit.in_flight)
         att.release()
-        _record_success(lane, att.started)
+        lane.breaker.record_success(started_at=att.started)
         lane.retry_budget.deposit()
         response.cost_usd = info.cost(usage.input_tokens, usage.output_tokens,
                                       usage.cached_input_tokens)
