@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import pytest
+from worker_procs import read_line
 
 from shoal.sim import ModelProfile, SimConfig, SimServer
 from shoal.traffic.redis_limits import RedisLimiter
@@ -73,16 +74,6 @@ async def spawn(code: str, *args: str) -> asyncio.subprocess.Process:
     )
 
 
-async def read_line(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> str:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    if not line:
-        assert proc.stderr is not None
-        err = await proc.stderr.read()
-        raise AssertionError(f"worker ended early: {err.decode()[-2000:]}")
-    return line.decode().strip()
-
-
 async def test_four_processes_never_exceed_the_shared_cap(
     redis_url: str, unique_prefix: str, redis_client: Any
 ) -> None:
@@ -95,7 +86,7 @@ async def test_four_processes_never_exceed_the_shared_cap(
         ]
         try:
             for proc in procs:
-                assert await read_line(proc) == "ready"
+                assert await read_line(proc, 30.0) == "ready"
             await redis_client.rpush(unique_prefix + ":start", *["go"] * procs_n)
             results = [json.loads(await read_line(proc, 120.0)) for proc in procs]
             for proc in procs:
@@ -118,7 +109,7 @@ async def test_a_killed_holder_frees_its_slot_within_the_lease(
     limiter = RedisLimiter(redis_url, key=unique_prefix, max_concurrency=1, lease_s=1.0,
                            poll_s=0.1)
     try:
-        assert await read_line(holder) == "held"
+        assert await read_line(holder, 30.0) == "held"
         assert await limiter.atry_acquire() is None
         holder.send_signal(signal.SIGKILL)
         await holder.wait()

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from worker_procs import read_line
 
 from shoal.config import Config
 from shoal.errors import DeadlineExceeded
@@ -99,16 +100,6 @@ async def spawn(*args: str) -> asyncio.subprocess.Process:
         sys.executable, "-c", WORKER, *args, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=dict(os.environ),
     )
-
-
-async def read_line(proc: asyncio.subprocess.Process, timeout: float = 60.0) -> str:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    if not line:
-        assert proc.stderr is not None
-        err = await proc.stderr.read()
-        raise AssertionError(f"worker ended early: {err.decode()[-2000:]}")
-    return line.decode().strip()
 
 
 async def stop(procs: list[asyncio.subprocess.Process]) -> None:
