@@ -115,7 +115,7 @@ def pick(call: CallState, now: float) -> tuple[ModelInfo, Lane] | None:
     again), then model order, then load; on a tie the lane that just failed loses.
     """
     excluded, failures = call.excluded, call.failures
-    if not failures:
+    if not failures:  # the hot path: stop at the first model with a healthy lane
         for info, lanes in call.chain:
             healthy = [lane for lane in lanes if lane.keyed and lane.name not in excluded
                        and lane.breaker.available(now)]
@@ -131,7 +131,6 @@ def pick(call: CallState, now: float) -> tuple[ModelInfo, Lane] | None:
             if best is None or key < best[0]:
                 best = (key, info, lane)
     return None if best is None else (best[1], best[2])
-
 
 
 def no_lane_error(call: CallState, now: float) -> ShoalError:

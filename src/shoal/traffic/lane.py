@@ -74,8 +74,8 @@ class Lane:
         self.clock = clock
         self.events = events
         self.pending = 0  # calls assigned to this lane and not yet finished (queued + running)
-        self.keyed = channel.has_key()  # read once: the environment is read at the edge
-        self._key_digest = _digest(channel.key())
+        self._key_digest = ""
+        self.keyed = self._read_key()  # read once: the environment is read at the edge
         self._provider = provider
         self._injected = provider is not None  # the caller's adapter: never rebuilt here
         self._provider_lock: asyncio.Lock | None = None
@@ -108,6 +108,11 @@ class Lane:
                 self._provider = await make_provider(self.channel, self.clock)
         return self._provider
 
+    def _read_key(self) -> bool:
+        """Remember the channel's key fingerprint; say whether the lane can be used."""
+        self._key_digest = _digest(self.channel.key())
+        return self.channel.has_key()
+
     async def refresh_key(self, *, force: bool = False) -> bool:
         """Re-read the channel's key; when it changed (or ``force``), close the breaker
         and rebuild the adapter with the new key. True when the lane was refreshed.
@@ -116,11 +121,10 @@ class Lane:
         so fixing ``$API_KEY_ENV`` brings the channel back on the next call instead of
         after the hour-long auth cooldown.
         """
-        digest = _digest(self.channel.key())
-        if digest == self._key_digest and not force:
+        before = self._key_digest
+        self.keyed = self._read_key()
+        if self._key_digest == before and not force:
             return False
-        self._key_digest = digest
-        self.keyed = self.channel.has_key()
         self.breaker.reset()
         if not self._injected:
             provider, self._provider = self._provider, None
