@@ -35,6 +35,7 @@ from shoal.errors import (
     LoopDetected,
     OutputInvalid,
     ProviderError,
+    RunError,
 )
 from shoal.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
 
@@ -413,8 +414,8 @@ class _Loop(Generic[T]):
     def _charge_waste(self, reservation: Reservation | None, exc: BaseException) -> None:
         """A failed call bills nothing but the discarded answers it carried (cut streams,
         malformed bodies): charge those, release the rest of the reservation."""
-        usage: Usage | None = getattr(exc, "wasted_usage", None)
-        usd: float = getattr(exc, "wasted_cost_usd", 0.0)
+        usage = exc.wasted_usage if isinstance(exc, RunError) else None
+        usd = exc.wasted_cost_usd if isinstance(exc, RunError) else 0.0
         tokens = usage.total_tokens if usage is not None else 0
         if reservation is not None:
             reservation.settle(tokens, usd)

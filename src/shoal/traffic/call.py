@@ -40,10 +40,9 @@ def billed_usage(request: ChatRequest, info: ModelInfo, err: ProviderError) -> U
     prompt estimate (the provider ran the prompt). Errors without a response (5xx, 429,
     timeouts) are not billed.
     """
-    usage = getattr(err, "usage", None)
-    if isinstance(usage, Usage) and usage.total_tokens:
-        return usage
-    partial = getattr(err, "partial_output", "") if isinstance(err, StreamInterrupted) else ""
+    if err.usage is not None and err.usage.total_tokens:
+        return err.usage
+    partial = err.partial_output if isinstance(err, StreamInterrupted) else ""
     if partial:
         return Usage(estimate_prompt_tokens(request, info.encoding),
                      count_text(partial, info.encoding))
