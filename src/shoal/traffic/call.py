@@ -20,7 +20,7 @@ from shoal.errors import (
     ShoalError,
     StreamInterrupted,
 )
-from shoal.tokens import count_text, estimate_prompt_tokens
+from shoal.tokens import count_text, default_output_tokens, estimate_prompt_tokens
 from shoal.traffic.lane import Lane
 from shoal.types import ChatRequest, Usage
 
@@ -35,19 +35,20 @@ __all__ = ["Attempt", "CallState", "billed_usage", "no_lane_error", "pick", "usa
 def billed_usage(request: ChatRequest, info: ModelInfo, err: ProviderError) -> Usage | None:
     """What the provider billed for an answer shoal discarded, or None if nothing was.
 
-    The provider's own count when the answer carried one; for a stream cut after output
-    began, the prompt estimate plus the output received; for a malformed 200 body, the
-    prompt estimate (the provider ran the prompt). Errors without a response (5xx, 429,
+    The provider's own count when the answer carried one. Otherwise, for a stream cut
+    after output began or a malformed 200 body, the prompt estimate plus the most output
+    the call could have produced (``max_tokens``, else the model's default): the
+    provider bills what it generated, which shoal did not see, so the budget is charged
+    the upper bound rather than run past its limit. Errors without an answer (5xx, 429,
     timeouts) are not billed.
     """
     if err.usage is not None and err.usage.total_tokens:
         return err.usage
     partial = err.partial_output if isinstance(err, StreamInterrupted) else ""
-    if partial:
-        return Usage(estimate_prompt_tokens(request, info.encoding),
-                     count_text(partial, info.encoding))
-    if isinstance(err, MalformedResponse) and err.status == 200:
-        return Usage(estimate_prompt_tokens(request, info.encoding), 0)
+    if partial or (isinstance(err, MalformedResponse) and err.status == 200):
+        bound = request.max_tokens or default_output_tokens(info)
+        output = max(count_text(partial, info.encoding), bound) if partial else bound
+        return Usage(estimate_prompt_tokens(request, info.encoding), output)
     return None
 
 
