@@ -16,6 +16,29 @@ Kinds used across shoal (``data`` keys in brackets):
 ``limit_change`` adaptive concurrency moved a channel's cap [from, to, reason]
 ``settle``       a permit's token reservation was corrected [reserved, actual]
 
+Run, step, agent and tool kinds (issue 11; emitted by flows, agents and the Router):
+
+``run_start``    [run_id, flow]
+``run_end``      [run_id, flow, status, error, duration_s, cost_usd, + the token keys]
+``step_start``   [run_id, step, agent]
+``step_end``     [run_id, step, agent, status ("succeeded"|"failed"|"replayed"), error,
+                  duration_s, cost_usd, + the token keys]
+``agent_start``  [run_id, step, agent, model]              (one agent invocation: invoke_agent)
+``agent_end``    [run_id, step, agent, model, turns, status, error, duration_s, cost_usd, + tokens]
+``tool_start``   [run_id, step, agent, tool, call_id]
+``tool_end``     [run_id, step, agent, tool, call_id, status, error, duration_s]
+``call_start``   [run_id, step, agent, stream]              (one logical Router call: chat {model})
+``call_end``     [run_id, step, agent, stream, provider, served_model, status, error_type,
+                  attempts, duration_s, ttft_s, queue_s, cost_usd, wasted_cost_usd, + tokens]
+``guard``        [run_id, step, agent, guard, decision ("allow"|"trip"|"nudge"), detail]
+``budget``       [run_id, step, agent, decision ("reserve"|"refuse"|"settle"), amount_usd, tokens]
+``journal``      [run_id, step, what ("step"|"turn"|"run"), turn]
+
+The token keys are ``input_tokens``, ``output_tokens``, ``cached_input_tokens``,
+``cache_write_tokens``, ``reasoning_tokens``. ``run_id``/``step``/``agent`` come from
+:mod:`shoal.observe.context` (a ContextVar the flow and the runner set), so Router events
+inside a step carry them too; empty strings outside a run.
+
 ``channel`` and ``model`` name where it happened (empty when not applicable); ``at``
 is the emitting clock's monotonic time.
 """
@@ -32,12 +55,25 @@ from shoal.secrets import redact
 
 __all__ = [
     "ADMIT",
+    "AGENT_END",
+    "AGENT_START",
     "BREAKER",
+    "BUDGET",
+    "CALL_END",
+    "CALL_START",
     "FAILOVER",
+    "GUARD",
+    "JOURNAL",
     "KINDS",
     "LIMIT_CHANGE",
     "RETRY",
+    "RUN_END",
+    "RUN_START",
     "SETTLE",
+    "STEP_END",
+    "STEP_START",
+    "TOOL_END",
+    "TOOL_START",
     "WAIT",
     "Event",
     "EventBus",
@@ -51,7 +87,22 @@ FAILOVER = "failover"
 BREAKER = "breaker"
 LIMIT_CHANGE = "limit_change"
 SETTLE = "settle"
-KINDS = frozenset({ADMIT, WAIT, RETRY, FAILOVER, BREAKER, LIMIT_CHANGE, SETTLE})
+RUN_START = "run_start"
+RUN_END = "run_end"
+STEP_START = "step_start"
+STEP_END = "step_end"
+AGENT_START = "agent_start"
+AGENT_END = "agent_end"
+TOOL_START = "tool_start"
+TOOL_END = "tool_end"
+CALL_START = "call_start"
+CALL_END = "call_end"
+GUARD = "guard"
+BUDGET = "budget"
+JOURNAL = "journal"
+KINDS = frozenset({ADMIT, WAIT, RETRY, FAILOVER, BREAKER, LIMIT_CHANGE, SETTLE,
+                   RUN_START, RUN_END, STEP_START, STEP_END, AGENT_START, AGENT_END,
+                   TOOL_START, TOOL_END, CALL_START, CALL_END, GUARD, BUDGET, JOURNAL})
 
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 _log = logging.getLogger("shoal.events")
