@@ -19,8 +19,8 @@ from typing import Literal, Protocol
 from shoal.types import Usage
 
 __all__ = [
+    "GatewayKeyError",
     "KeyBudgetExceeded",
-    "KeyError_",
     "KeyGrant",
     "KeyLimited",
     "KeyModelDenied",
@@ -57,7 +57,7 @@ class KeyGrant:
     settled: bool = field(default=False)
 
 
-class KeyError_(Exception):  # noqa: N801 - KeyError is a builtin
+class GatewayKeyError(Exception):
     """Base of the key errors; ``status`` and ``code`` are what the gateway answers."""
 
     status: int = 401
@@ -68,7 +68,7 @@ class KeyError_(Exception):  # noqa: N801 - KeyError is a builtin
         self.retry_after_s = retry_after_s
 
 
-class KeyRejected(KeyError_):
+class KeyRejected(GatewayKeyError):
     """Missing, unknown or revoked key (401)."""
 
     def __init__(self, message: str, *, reason: Literal["missing", "invalid", "revoked"]) -> None:
@@ -76,21 +76,21 @@ class KeyRejected(KeyError_):
         self.reason = reason
 
 
-class KeyModelDenied(KeyError_):
+class KeyModelDenied(GatewayKeyError):
     """The key may not use this model (403)."""
 
     status = 403
     code = "model_not_allowed"
 
 
-class KeyLimited(KeyError_):
+class KeyLimited(GatewayKeyError):
     """The key's RPM, TPM or concurrency limit is reached (429 with retry-after)."""
 
     status = 429
     code = "rate_limit_exceeded"
 
 
-class KeyBudgetExceeded(KeyError_):
+class KeyBudgetExceeded(GatewayKeyError):
     """The call could take the key over its budget (429, ``insufficient_quota``)."""
 
     status = 429
