@@ -184,7 +184,10 @@ class Usage:
     ``input_tokens`` is the *total* prompt size, cached tokens included (OpenAI's
     convention; Anthropic's separate cache counts are folded in by its adapter).
     ``cached_input_tokens`` ⊂ input (cache reads), ``cache_write_tokens`` ⊂ input
-    (Anthropic cache creation), ``reasoning_tokens`` ⊂ output.
+    (Anthropic cache creation, all TTLs), ``cache_write_1h_tokens`` ⊂
+    ``cache_write_tokens`` (the part written with a 1-hour TTL, billed at 2× input
+    instead of 1.25×), ``reasoning_tokens`` ⊂ output. So the uncached, fresh part of
+    the prompt is :attr:`fresh_input_tokens`. Prices: :mod:`shoal.pricing`.
     """
 
     input_tokens: int = 0
@@ -192,6 +195,12 @@ class Usage:
     cached_input_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+
+    @property
+    def fresh_input_tokens(self) -> int:
+        """Prompt tokens neither read from nor written to a cache (billed at the base rate)."""
+        return max(0, self.input_tokens - self.cached_input_tokens - self.cache_write_tokens)
 
     @property
     def total_tokens(self) -> int:
@@ -204,6 +213,7 @@ class Usage:
             self.cached_input_tokens + other.cached_input_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
             self.cache_write_tokens + other.cache_write_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
         )
 
 
@@ -237,6 +247,12 @@ class ChatResponse:
     wasted_cost_usd: float = 0.0
     # Signed reasoning blocks to send back on the next turn (Anthropic thinking).
     reasoning_parts: tuple[ReasoningPart, ...] = ()
+    # How the Router got this answer (for the run report's timeline): seconds queued in
+    # channel limiters over all attempts, attempts made, and the whole call's span
+    # (queue + failed attempts + backoff + ``latency_s``); 0 when no Router timed it.
+    queue_s: float = 0.0
+    attempts: int = 1
+    call_s: float = 0.0
 
     def message(self) -> Message:
         """This answer as an assistant message, to append to the conversation."""

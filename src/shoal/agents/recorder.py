@@ -220,6 +220,11 @@ def response_to_json(response: ChatResponse) -> dict[str, Any]:
             {"text": p.text, "signature": p.signature, "redacted": p.redacted}
             for p in response.reasoning_parts
         ],
+        # The Router's timings (limiter wait, attempts, whole call) for the run report.
+        "served_model": response.served_model,
+        "queue_s": response.queue_s,
+        "attempts": response.attempts,
+        "call_s": response.call_s,
     }
 
 
@@ -243,4 +248,8 @@ def response_from_json(data: dict[str, Any]) -> ChatResponse:
             ReasoningPart(p.get("text", ""), p.get("signature"), p.get("redacted"))
             for p in data.get("reasoning_parts", ())
         ),
+        served_model=data.get("served_model", ""),
+        queue_s=data.get("queue_s", 0.0),
+        attempts=data.get("attempts", 1),
+        call_s=data.get("call_s", 0.0),
     )

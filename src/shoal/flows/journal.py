@@ -378,7 +378,7 @@ class StoreRecorder:
         now = self.clock.wall()
         rec = StepRecord(
             turn_id(step_id, turn), "succeeded", result=response_to_json(response),
-            started_at=now - response.latency_s, finished_at=now,
+            started_at=now - (response.call_s or response.latency_s), finished_at=now,
             tokens=response.usage.total_tokens, cost_usd=response.cost_usd,
             meta={"kind": "turn", "step": step_id, "turn": turn,
                   "inputs": journal.inputs.get(step_id)},

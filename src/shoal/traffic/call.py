@@ -80,6 +80,7 @@ class CallState:
     last: BaseException | None = None
     wasted: Usage | None = None
     wasted_usd: float = 0.0
+    queue_s: float = 0.0  # seconds spent waiting in lane limiters, all attempts
 
     def failed(self, att: Attempt, err: ProviderError) -> None:
         """Count a failed attempt on its lane and any billed, discarded answer."""

@@ -217,6 +217,7 @@ class Router:
                     lane.retry_budget.refund()
                 raise
             now = self.clock.now()
+            call.queue_s += now - waited_from
             if not lane.breaker.allow():
                 # The breaker opened while we queued: give the slot back, choose again.
                 Attempt(info, lane, permit, now).release()
@@ -290,6 +291,8 @@ class Router:
         if call.wasted is not None:
             response.wasted = call.wasted
             response.wasted_cost_usd = call.wasted_usd
+        response.queue_s, response.attempts = call.queue_s, call.budget.attempts + 1
+        response.call_s = self.clock.now() - call.budget.started
         return response
 
     async def _next(self, call: CallState, att: Attempt, err: ProviderError) -> None:
