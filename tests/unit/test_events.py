@@ -92,4 +92,7 @@ def test_a_failing_subscriber_is_logged_and_others_still_run(
 
 
 def test_the_documented_kinds() -> None:
-    assert {"admit", "wait", "retry", "failover", "breaker", "limit_change", "settle"} == KINDS
+    assert {"admit", "wait", "retry", "failover", "breaker", "limit_change", "settle",
+            "run_start", "run_end", "step_start", "step_end", "agent_start", "agent_end",
+            "tool_start", "tool_end", "call_start", "call_end", "guard", "budget",
+            "journal"} == KINDS

@@ -27,8 +27,8 @@ Run, step, agent and tool kinds (issue 11; emitted by flows, agents and the Rout
 ``agent_end``    [run_id, step, agent, model, turns, status, error, duration_s, cost_usd, + tokens]
 ``tool_start``   [run_id, step, agent, tool, call_id]
 ``tool_end``     [run_id, step, agent, tool, call_id, status, error, duration_s]
-``call_start``   [run_id, step, agent, stream]              (one logical Router call: chat {model})
-``call_end``     [run_id, step, agent, stream, provider, served_model, status, error_type,
+``call_start``   [run_id, step, agent, call_id, stream]     (one logical Router call: chat {model})
+``call_end``     [run_id, step, agent, call_id, stream, provider, served_model, status, error_type,
                   attempts, duration_s, ttft_s, queue_s, cost_usd, wasted_cost_usd, + tokens]
 ``guard``        [run_id, step, agent, guard, decision ("allow"|"trip"|"nudge"), detail]
 ``budget``       [run_id, step, agent, decision ("reserve"|"refuse"|"settle"), amount_usd, tokens]
@@ -37,7 +37,15 @@ Run, step, agent and tool kinds (issue 11; emitted by flows, agents and the Rout
 The token keys are ``input_tokens``, ``output_tokens``, ``cached_input_tokens``,
 ``cache_write_tokens``, ``reasoning_tokens``. ``run_id``/``step``/``agent`` come from
 :mod:`shoal.observe.context` (a ContextVar the flow and the runner set), so Router events
-inside a step carry them too; empty strings outside a run.
+inside a step carry them too; empty strings outside a run. Every event emitted during a
+model call also carries that call's ``call_id`` (retry, failover, admit, wait, breaker...),
+so an exporter can attach it to the right call; ``call_end``'s ``status`` is "ok" or
+"error", ``error_type`` the shoal error's class name (empty when ok), ``ttft_s`` the time
+to the first token (streams; None for ``complete``), ``queue_s`` the time spent waiting
+for capacity, ``duration_s`` the whole logical call (every attempt and wait).
+
+:func:`subscribe_all` subscribes a callback to every bus of the process, present and
+future (what ``shoal.observe.tracing()`` does when given no bus).
 
 ``channel`` and ``model`` name where it happened (empty when not applicable); ``at``
 is the emitting clock's monotonic time.
@@ -49,8 +57,11 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import ClassVar
+from weakref import WeakSet
 
 from shoal.clock import Clock, RealClock
+from shoal.observe.context import current
 from shoal.secrets import redact
 
 __all__ = [
@@ -78,6 +89,7 @@ __all__ = [
     "Event",
     "EventBus",
     "Subscriber",
+    "subscribe_all",
 ]
 
 ADMIT = "admit"
@@ -128,11 +140,12 @@ class EventBus:
     A subscriber that raises is logged and skipped: observing a call never breaks it.
     """
 
-    __slots__ = ("_clock", "_subscribers")
+    __slots__ = ("__weakref__", "_clock", "_subscribers")
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock: Clock = clock if clock is not None else RealClock()
-        self._subscribers: tuple[Subscriber, ...] = ()
+        self._subscribers: tuple[Subscriber, ...] = _Everywhere.subscribers
+        _Everywhere.buses.add(self)
 
     @property
     def active(self) -> bool:
@@ -165,9 +178,40 @@ class EventBus:
             return
         # Error texts in events never carry a key (subscribers export them).
         clean = {k: redact(v) if isinstance(v, str) else v for k, v in data.items()}
+        where = current()
+        if where.run_id or where.call_id:  # the run/step/agent/call this happened in
+            clean.setdefault("run_id", where.run_id)
+            clean.setdefault("step", where.step)
+            clean.setdefault("agent", where.agent)
+            if where.call_id:
+                clean.setdefault("call_id", where.call_id)
         event = Event(kind, self._clock.now(), channel, model, MappingProxyType(clean))
         for callback in subscribers:
             try:
                 callback(event)
             except Exception:
                 _log.exception("event subscriber %r failed on %s", callback, kind)
+
+
+
+class _Everywhere:
+    """The subscribers every bus starts with, and every bus alive (weakly)."""
+
+    subscribers: ClassVar[tuple[Subscriber, ...]] = ()
+    buses: ClassVar[WeakSet[EventBus]] = WeakSet()
+
+
+def subscribe_all(callback: Subscriber) -> Callable[[], None]:
+    """Subscribe ``callback`` to every :class:`EventBus` of the process, those that exist
+    and those made later; returns an unsubscribe that detaches it from all of them."""
+    _Everywhere.subscribers = (*_Everywhere.subscribers, callback)
+    for bus in list(_Everywhere.buses):
+        bus.subscribe(callback)
+
+    def unsubscribe() -> None:
+        _Everywhere.subscribers = tuple(
+            c for c in _Everywhere.subscribers if c is not callback)
+        for bus in list(_Everywhere.buses):
+            bus._subscribers = tuple(c for c in bus._subscribers if c is not callback)
+
+    return unsubscribe

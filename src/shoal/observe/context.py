@@ -1,0 +1,109 @@
+"""Where the code running now belongs: run id, step, agent and model call.
+
+A :class:`Scope` lives in a ContextVar. The flow sets the run id, the scheduler the
+step, the runner the agent, and the Router (only while someone listens to its events)
+the id of the logical model call. :meth:`shoal.observe.events.EventBus.publish` adds
+the scope's fields to every event that does not carry them itself, so an event from
+deep in the traffic layer (a retry, a breaker transition, a limiter wait) still says
+which run, step, agent and call it belongs to.
+
+asyncio tasks copy the context when they are created, so a step's task, an agent's
+tool calls and a call's attempts inherit the scope of whoever started them; setting it
+inside a task never leaks into its parent.
+
+The scope also carries the model call's request and response (:class:`CallNote`) for
+exporters that record content on request (traces with ``capture_content=True``): the
+content is never put in event data, which other exporters serialize.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shoal.types import ChatRequest, ChatResponse
+
+__all__ = ["CallNote", "Scope", "current", "enter", "leave", "new_call_id", "scope"]
+
+
+class CallNote:
+    """One logical model call as the Router sees it while events are on: its id, the
+    request (and the answer once there is one), and time queued for capacity."""
+
+    __slots__ = ("call_id", "queue_s", "request", "response", "started", "ttft_s")
+
+    def __init__(self, call_id: str, request: ChatRequest, started: float) -> None:
+        self.call_id = call_id
+        self.request = request
+        self.response: ChatResponse | None = None
+        self.started = started
+        self.queue_s = 0.0
+        self.ttft_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The run, step, agent and model call the running code belongs to ("" when none)."""
+
+    run_id: str = ""
+    step: str = ""
+    agent: str = ""
+    call_id: str = ""
+    call: CallNote | None = None
+
+
+EMPTY = Scope()
+_scope: ContextVar[Scope] = ContextVar("shoal_observe_scope", default=EMPTY)
+_ids = itertools.count(1)
+
+
+def current() -> Scope:
+    """The scope of the running code (:data:`EMPTY` outside any run)."""
+    return _scope.get()
+
+
+def enter(
+    *, run_id: str | None = None, step: str | None = None, agent: str | None = None,
+    call: CallNote | None = None,
+) -> Token[Scope]:
+    """Narrow the current scope (fields left None keep their value); pass the token to
+    :func:`leave` when done. Entering a run clears step and agent; a step, the agent."""
+    old = _scope.get()
+    if run_id is not None:
+        new = Scope(run_id=run_id, step=step or "", agent=agent or "")
+    elif step is not None:
+        new = replace(old, step=step, agent=agent or "", call_id="", call=None)
+    elif agent is not None:
+        new = replace(old, agent=agent, call_id="", call=None)
+    else:
+        new = old
+    if call is not None:
+        new = replace(new, call_id=call.call_id, call=call)
+    return _scope.set(new)
+
+
+def leave(token: Token[Scope]) -> None:
+    """Restore the scope :func:`enter` replaced."""
+    _scope.reset(token)
+
+
+@contextmanager
+def scope(
+    *, run_id: str | None = None, step: str | None = None, agent: str | None = None
+) -> Iterator[Scope]:
+    """``with scope(run_id=...):`` — :func:`enter` and :func:`leave` around a block."""
+    token = enter(run_id=run_id, step=step, agent=agent)
+    try:
+        yield _scope.get()
+    finally:
+        leave(token)
+
+
+def new_call_id() -> str:
+    """A process-unique id for one logical model call (tool calls use the model's id)."""
+    return f"c{next(_ids):x}"
