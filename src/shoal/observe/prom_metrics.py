@@ -1,0 +1,310 @@
+"""The Prometheus metrics shoal exports, and how each event kind updates them.
+
+:class:`Metrics` owns the metric families (registered on one ``CollectorRegistry``) and
+one ``on_<kind>`` handler per event kind; :class:`shoal.observe.prometheus.PrometheusExporter`
+subscribes it to an :class:`~shoal.observe.events.EventBus`. The list of series, with
+their labels, is in docs/observe.md.
+
+Label values are names shoal's user chose (channel, model, agent, tool, flow, step
+status) or error class names; never an error message, a prompt, an output or a key.
+Labelled children are cached per label tuple: ``labels()`` costs a lock and a
+validation per call, the cache a dict lookup, and the hot path pays per event.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shoal.observe.events import Event
+
+__all__ = ["DURATION_BUCKETS", "TOKEN_BUCKETS", "TOKEN_TYPES", "Metrics"]
+
+# The OpenTelemetry GenAI semantic conventions' advised bucket boundaries.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
+                    20.48, 40.96, 81.92)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TURN_BUCKETS = (1, 2, 3, 5, 8, 13, 20, 30, 50, 100)
+
+# event data key → the ``type`` label of shoal_tokens_total
+TOKEN_TYPES = {"input_tokens": "input", "output_tokens": "output",
+               "cached_input_tokens": "cached_input", "cache_write_tokens": "cache_write",
+               "reasoning_tokens": "reasoning"}
+_TOKEN_KEYS = tuple(TOKEN_TYPES.items())
+
+BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
+
+
+def _num(data: Mapping[str, object], key: str) -> float:
+    value = data.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _str(data: Mapping[str, object], key: str) -> str:
+    value = data.get(key)
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+class _Family:
+    """A labelled metric with its children cached by label values."""
+
+    __slots__ = ("children", "metric")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+    def remove(self, *values: str) -> None:
+        if self.children.pop(values, None) is not None:
+            self.metric.remove(*values)
+
+
+class Metrics:
+    """Every shoal metric family on ``registry``, updated by :meth:`handle`."""
+
+    def __init__(self, registry: CollectorRegistry, *, keep_runs: int = 50) -> None:
+        r = registry
+
+        def counter(name: str, doc: str, *labels: str) -> _Family:
+            return _Family(Counter(name, doc, labels, registry=r))
+
+        def gauge(name: str, doc: str, *labels: str) -> _Family:
+            return _Family(Gauge(name, doc, labels, registry=r))
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...], *labels: str) -> _Family:
+            return _Family(Histogram(name, doc, labels, buckets=buckets, registry=r))
+
+        # per channel
+        self.requests = counter("shoal_channel_requests", "Provider attempts by outcome "
+                                "(ok, or the error class).", "channel", "outcome")
+        self.rate_limited = counter("shoal_channel_rate_limited", "HTTP 429 answers "
+                                    "(RateLimited).", "channel")
+        self.quota = counter("shoal_channel_quota_errors", "Quota or balance exhausted "
+                             "(QuotaExhausted).", "channel")
+        self.retries = counter("shoal_channel_retries", "Retries after a failed attempt.",
+                               "channel", "error")
+        self.failovers = counter("shoal_channel_failovers", "Failovers away from a channel.",
+                                 "channel", "error")
+        self.waits = counter("shoal_channel_waits", "Calls that queued: for capacity, "
+                             "an open breaker or the retry budget.", "channel", "reason")
+        self.queue_wait = hist("shoal_channel_queue_wait_seconds", "Time from asking the "
+                               "channel's limiter to admission.", WAIT_BUCKETS, "channel")
+        self.breaker_changes = counter("shoal_channel_breaker_transitions", "Circuit "
+                                       "breaker state changes.", "channel", "to")
+        # per model and agent
+        self.calls = counter("shoal_model_calls", "Logical model calls (retries inside).",
+                             "model", "agent", "status")
+        self.tokens = counter("shoal_tokens", "Tokens by type (cached_input and "
+                              "cache_write are part of input; reasoning of output).",
+                              "model", "agent", "type")
+        self.cost = counter("shoal_cost_usd", "Estimated cost in US dollars.", "model", "agent")
+        self.wasted = counter("shoal_wasted_cost_usd", "Cost of billed answers discarded "
+                              "on the way (cut streams, retried answers).", "model", "agent")
+        self.latency = hist("shoal_model_call_duration_seconds", "Logical call duration, "
+                            "queueing and retries included.", DURATION_BUCKETS, "model", "agent")
+        self.ttft = hist("shoal_model_time_to_first_token_seconds", "Time to the first "
+                         "token of a streamed call.", DURATION_BUCKETS, "model", "agent")
+        self.attempts = counter("shoal_model_attempts", "Provider attempts made by logical "
+                                "calls.", "model", "agent")
+        self.agents = counter("shoal_agent_invocations", "Agent invocations that ended.",
+                              "agent", "status")
+        self.turns = hist("shoal_agent_turns", "Turns per agent invocation.", TURN_BUCKETS,
+                          "agent")
+        self.tools = counter("shoal_tool_calls", "Tool calls that ended.", "agent", "tool",
+                             "status")
+        self.tool_latency = hist("shoal_tool_duration_seconds", "Tool call duration.",
+                                 DURATION_BUCKETS, "tool")
+        self.guards = counter("shoal_guard_decisions", "Guard decisions.", "guard", "decision")
+        self.budgets = counter("shoal_budget_decisions", "Budget decisions.", "decision")
+        self.journal = counter("shoal_journal_writes", "Journal writes.", "what")
+        # per run
+        self.runs = counter("shoal_runs", "Runs that ended.", "flow", "status")
+        self.run_latency = hist("shoal_run_duration_seconds", "Run duration.",
+                                DURATION_BUCKETS, "flow")
+        self.steps = counter("shoal_steps", "Steps that ended.", "status")
+        self.run_steps = gauge("shoal_run_steps", "Steps of a run by status (running "
+                               "included); the last finished runs are kept.", "run_id",
+                               "status")
+        self.running = gauge("shoal_running", "Runs, steps, agents, tools and model calls "
+                             "in progress.", "what")
+        # OpenTelemetry GenAI semantic conventions, in Prometheus form
+        self.genai_tokens = hist("gen_ai_client_token_usage", "gen_ai.client.token.usage: "
+                                 "tokens used per call.", TOKEN_BUCKETS,
+                                 "gen_ai_operation_name", "gen_ai_provider_name",
+                                 "gen_ai_request_model", "gen_ai_response_model",
+                                 "gen_ai_token_type")
+        self.genai_duration = hist("gen_ai_client_operation_duration_seconds",
+                                   "gen_ai.client.operation.duration: call duration.",
+                                   DURATION_BUCKETS, "gen_ai_operation_name",
+                                   "gen_ai_provider_name", "gen_ai_request_model",
+                                   "gen_ai_response_model", "error_type")
+        self._keep_runs = keep_runs
+        self._run_counts: dict[str, dict[str, int]] = {}
+        self._finished_runs: deque[str] = deque()
+        self._active_steps: set[tuple[str, str]] = set()
+        # event-derived channel state (the collector prefers a Router's live stats)
+        self.breaker_state: dict[str, str] = {}
+        self.limits: dict[str, float] = {}
+        self.queued: dict[str, float] = {}
+        self._handlers: dict[str, Callable[[Event], None]] = {
+            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")}
+
+    def handle(self, event: Event) -> None:
+        """Update the metrics for one event (unknown kinds are ignored)."""
+        handler = self._handlers.get(event.kind)
+        if handler is not None:
+            handler(event)
+
+    # -- traffic ------------------------------------------------------------------------
+
+    def on_admit(self, e: Event) -> None:
+        self.queue_wait(e.channel).observe(_num(e.data, "waited_s"))
+
+    def on_wait(self, e: Event) -> None:
+        reason = _str(e.data, "reason") or "capacity"
+        self.waits(e.channel, reason).inc()
+        if e.channel and "queued" in e.data:
+            self.queued[e.channel] = _num(e.data, "queued")
+
+    def _attempt_failed(self, channel: str, error: str) -> None:
+        self.requests(channel, error or "error").inc()
+        if error == "RateLimited":
+            self.rate_limited(channel).inc()
+        elif error == "QuotaExhausted":
+            self.quota(channel).inc()
+
+    def on_retry(self, e: Event) -> None:
+        error = _str(e.data, "error")
+        self.retries(e.channel, error).inc()
+        self._attempt_failed(e.channel, error)
+
+    def on_failover(self, e: Event) -> None:
+        error = _str(e.data, "error")
+        self.failovers(e.channel, error).inc()
+        self._attempt_failed(e.channel, error)
+
+    def on_breaker(self, e: Event) -> None:
+        to = _str(e.data, "to")
+        self.breaker_changes(e.channel, to).inc()
+        self.breaker_state[e.channel] = to
+
+    def on_limit_change(self, e: Event) -> None:
+        self.limits[e.channel] = _num(e.data, "to")
+
+    # -- calls --------------------------------------------------------------------------
+
+    def on_call_start(self, e: Event) -> None:
+        self.running("call").inc()
+
+    def on_call_end(self, e: Event) -> None:
+        d = e.data
+        model, agent, status = e.model, _str(d, "agent"), _str(d, "status")
+        self.running("call").dec()
+        error = _str(d, "error_type")
+        if e.channel:  # the last attempt's outcome (earlier ones came as retry/failover)
+            if error:
+                self._attempt_failed(e.channel, error)
+            else:
+                self.requests(e.channel, "ok").inc()
+        self.calls(model, agent, status).inc()
+        self.attempts(model, agent).inc(_num(d, "attempts"))
+        for key, kind in _TOKEN_KEYS:
+            n = _num(d, key)
+            if n:
+                self.tokens(model, agent, kind).inc(n)
+        self.cost(model, agent).inc(_num(d, "cost_usd"))
+        wasted = _num(d, "wasted_cost_usd")
+        if wasted:
+            self.wasted(model, agent).inc(wasted)
+        duration = _num(d, "duration_s")
+        self.latency(model, agent).observe(duration)
+        ttft = _num(d, "ttft_s")
+        if ttft > 0:
+            self.ttft(model, agent).observe(ttft)
+        provider, served = _str(d, "provider"), _str(d, "served_model") or model
+        if not error:
+            self.genai_tokens("chat", provider, model, served, "input").observe(
+                _num(d, "input_tokens"))
+            self.genai_tokens("chat", provider, model, served, "output").observe(
+                _num(d, "output_tokens"))
+        self.genai_duration("chat", provider, model, served, error).observe(duration)
+
+    # -- agents, tools, guards ----------------------------------------------------------
+
+    def on_agent_start(self, e: Event) -> None:
+        self.running("agent").inc()
+
+    def on_agent_end(self, e: Event) -> None:
+        agent = _str(e.data, "agent")
+        self.running("agent").dec()
+        self.agents(agent, _str(e.data, "status")).inc()
+        self.turns(agent).observe(_num(e.data, "turns"))
+
+    def on_tool_start(self, e: Event) -> None:
+        self.running("tool").inc()
+
+    def on_tool_end(self, e: Event) -> None:
+        tool = _str(e.data, "tool")
+        self.running("tool").dec()
+        self.tools(_str(e.data, "agent"), tool, _str(e.data, "status")).inc()
+        self.tool_latency(tool).observe(_num(e.data, "duration_s"))
+
+    def on_guard(self, e: Event) -> None:
+        self.guards(_str(e.data, "guard"), _str(e.data, "decision")).inc()
+
+    def on_budget(self, e: Event) -> None:
+        self.budgets(_str(e.data, "decision")).inc()
+
+    def on_journal(self, e: Event) -> None:
+        self.journal(_str(e.data, "what")).inc()
+
+    # -- runs and steps -----------------------------------------------------------------
+
+    def on_run_start(self, e: Event) -> None:
+        self.running("run").inc()
+
+    def on_run_end(self, e: Event) -> None:
+        d = e.data
+        self.running("run").dec()
+        self.runs(_str(d, "flow"), _str(d, "status")).inc()
+        self.run_latency(_str(d, "flow")).observe(_num(d, "duration_s"))
+        run_id = _str(d, "run_id")
+        if run_id in self._run_counts:
+            self._finished_runs.append(run_id)
+            while len(self._finished_runs) > self._keep_runs:
+                old = self._finished_runs.popleft()
+                for status in self._run_counts.pop(old, {}):
+                    self.run_steps.remove(old, status)
+
+    def _run_step(self, run_id: str, status: str, delta: int) -> None:
+        counts = self._run_counts.setdefault(run_id, {})
+        counts[status] = counts.get(status, 0) + delta
+        self.run_steps(run_id, status).set(counts[status])
+
+    def on_step_start(self, e: Event) -> None:
+        key = (_str(e.data, "run_id"), _str(e.data, "step"))
+        if key not in self._active_steps:
+            self._active_steps.add(key)
+            self.running("step").inc()
+            self._run_step(key[0], "running", 1)
+
+    def on_step_end(self, e: Event) -> None:
+        key = (_str(e.data, "run_id"), _str(e.data, "step"))
+        status = _str(e.data, "status")
+        self.steps(status).inc()
+        if key in self._active_steps:  # a replayed step may never have started
+            self._active_steps.discard(key)
+            self.running("step").dec()
+            self._run_step(key[0], "running", -1)
+        self._run_step(key[0], status, 1)
