@@ -284,6 +284,6 @@ async def test_push_sends_the_metrics_to_a_pushgateway(bus: EventBus) -> None:
 
 
 def test_push_to_nowhere_says_which_gateway(bus: EventBus) -> None:
-    with pytest.raises(ConfigError, match="Pushgateway at http://127.0.0.1:9"):
+    with pytest.raises(ConfigError, match=r"Pushgateway at http://127\.0\.0\.1:9"):
         PrometheusExporter(bus).push("http://127.0.0.1:9", "job", timeout_s=2)
 
