@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from shoal.errors import ConfigError
 from shoal.families import FAMILIES, close_families, infer_family
+from shoal.pricing import ModelPrice
 from shoal.secrets import register_secret
+from shoal.types import Usage
 
 __all__ = ["ChannelConfig", "Config", "ModelInfo"]
 
@@ -113,20 +115,31 @@ class ModelInfo(BaseModel):
     input: float = Field(default=0.0, ge=0)
     output: float = Field(default=0.0, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+    # Cache writes: 5-minute (default 1.25× input on Claude models, else = input) and
+    # 1-hour (default 2× input). See shoal.pricing.
+    cache_write: float | None = Field(default=None, ge=0)
+    cache_write_1h: float | None = Field(default=None, ge=0)
     encoding: Literal["approx", "cl100k_base", "o200k_base"] = "approx"
     reasoning: bool = False
     channels: list[str] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list)
 
-    def cost(
-        self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0
-    ) -> float:
-        """USD for the given usage; cached prompt tokens at the cached price."""
-        cached_price = self.input if self.cached_input is None else self.cached_input
-        fresh = max(0, input_tokens - cached_input_tokens)
-        return (
-            fresh * self.input + cached_input_tokens * cached_price + output_tokens * self.output
-        ) / 1_000_000
+    @property
+    def price(self) -> ModelPrice:
+        """This model's prices, with the defaults filled in (:meth:`ModelPrice.of`)."""
+        claude = self.provider == "anthropic" or \
+            (self.wire_name or self.name).lower().startswith("claude")
+        return ModelPrice.of(self.input, self.output, cached_input=self.cached_input,
+                             cache_write=self.cache_write, cache_write_1h=self.cache_write_1h,
+                             anthropic=claude)
+
+    def cost(self, usage: Usage | int, output_tokens: int = 0,
+             cached_input_tokens: int = 0) -> float:
+        """USD for ``usage``: each kind of token at its price (:mod:`shoal.pricing`).
+        ``cost(input_tokens, output_tokens, cached_input_tokens)`` is the older form."""
+        if not isinstance(usage, Usage):
+            usage = Usage(usage, output_tokens, cached_input_tokens)
+        return self.price.cost(usage)
 
 
 def _check_base_url(channel: str, url: str) -> None:

@@ -193,6 +193,7 @@ def _usage_json(usage: Usage) -> dict[str, int]:
         "cached_input_tokens": usage.cached_input_tokens,
         "reasoning_tokens": usage.reasoning_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
+        "cache_write_1h_tokens": usage.cache_write_1h_tokens,  # absent in older records
     }
 
 

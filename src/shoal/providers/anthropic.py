@@ -55,22 +55,29 @@ _STOP: dict[str, FinishReason] = {
 
 def _usage(raw: Any, base: Usage | None = None) -> Usage:
     """Anthropic usage → shoal usage; values present in ``raw`` overwrite ``base``
-    (message_delta usage is cumulative, not additive)."""
+    (message_delta usage is cumulative, not additive). Anthropic's ``input_tokens`` is
+    the uncached part only: shoal's input is it + cache reads + cache writes, and
+    ``cache_creation.ephemeral_1h_input_tokens`` is the 1-hour part of the writes."""
     u = Usage() if base is None else Usage(
         base.input_tokens, base.output_tokens, base.cached_input_tokens, 0,
-        base.cache_write_tokens,
+        base.cache_write_tokens, base.cache_write_1h_tokens,
     )
     if not isinstance(raw, dict):
         return u
-    fresh_in = raw.get("input_tokens")
-    read = raw.get("cache_read_input_tokens")
-    write = raw.get("cache_creation_input_tokens")
-    if read is not None:
-        u.cached_input_tokens = int(read)
-    if write is not None:
-        u.cache_write_tokens = int(write)
-    if fresh_in is not None:
-        u.input_tokens = int(fresh_in) + u.cached_input_tokens + u.cache_write_tokens
+    fresh = u.fresh_input_tokens
+    if raw.get("input_tokens") is not None:
+        fresh = int(raw["input_tokens"])
+    if raw.get("cache_read_input_tokens") is not None:
+        u.cached_input_tokens = int(raw["cache_read_input_tokens"])
+    split = raw.get("cache_creation")
+    if isinstance(split, dict):
+        five = int(split.get("ephemeral_5m_input_tokens") or 0)
+        u.cache_write_1h_tokens = int(split.get("ephemeral_1h_input_tokens") or 0)
+        u.cache_write_tokens = five + u.cache_write_1h_tokens
+    if raw.get("cache_creation_input_tokens") is not None:  # the total, when both are sent
+        u.cache_write_tokens = int(raw["cache_creation_input_tokens"])
+    u.cache_write_1h_tokens = min(u.cache_write_1h_tokens, u.cache_write_tokens)
+    u.input_tokens = fresh + u.cached_input_tokens + u.cache_write_tokens
     if raw.get("output_tokens") is not None:
         u.output_tokens = int(raw["output_tokens"])
     return u

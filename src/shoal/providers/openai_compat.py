@@ -76,6 +76,9 @@ def _count(raw: Any) -> int:
 
 
 def _usage(raw: Any) -> Usage | None:
+    """Chat Completions usage → shoal usage. Cache reads come as OpenAI's
+    ``prompt_tokens_details.cached_tokens`` (⊂ prompt), DeepSeek's
+    ``prompt_cache_hit_tokens`` (hit + miss = prompt) or Gemini's cached-content count."""
     if not isinstance(raw, dict):
         return None
     prompt = _count(raw.get("prompt_tokens"))
@@ -83,7 +86,12 @@ def _usage(raw: Any) -> Usage | None:
     details = raw.get("prompt_tokens_details") or {}
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     if not cached:
-        cached = _count(raw.get("prompt_cache_hit_tokens"))  # DeepSeek
+        hit = _count(raw.get("prompt_cache_hit_tokens"))  # DeepSeek
+        cached = hit or _count(raw.get("cached_content_token_count")
+                               or raw.get("cachedContentTokenCount"))  # Gemini, native names
+        if not prompt and hit:
+            prompt = hit + _count(raw.get("prompt_cache_miss_tokens"))
+    cached = min(cached, prompt) if prompt else cached
     cdetails = raw.get("completion_tokens_details") or {}
     reasoning = _count(cdetails.get("reasoning_tokens")) if isinstance(cdetails, dict) else 0
     return Usage(prompt, completion, cached, reasoning)

@@ -90,8 +90,7 @@ class CallState:
         billed = billed_usage(self.request, att.info, err)
         if billed is not None:
             self.wasted = billed if self.wasted is None else self.wasted + billed
-            self.wasted_usd += att.info.cost(billed.input_tokens, billed.output_tokens,
-                                             billed.cached_input_tokens)
+            self.wasted_usd += att.info.cost(billed)
 
     def charged(self, exc: BaseException) -> BaseException:
         """``exc`` carrying this call's waste, so budgets can charge what was billed."""

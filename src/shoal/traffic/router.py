@@ -282,8 +282,7 @@ class Router:
         att.release()
         lane.breaker.record_success(started_at=att.started)
         lane.retry_budget.deposit()
-        response.cost_usd = info.cost(usage.input_tokens, usage.output_tokens,
-                                      usage.cached_input_tokens)
+        response.cost_usd = info.cost(usage)
         if not response.served_model:
             response.served_model = response.model
         response.model = info.name
