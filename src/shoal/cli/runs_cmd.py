@@ -155,6 +155,9 @@ def show(
     store: StoreOpt = None,
     *,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+    html_out: Annotated[Path | None, typer.Option(
+        "--html", help="Write the run report (graph, timeline, cost, errors, resume) to "
+                       "this self-contained HTML file instead.")] = None,
 ) -> None:
     """Show a run: its steps (status, timings, tokens, cost, errors) and what a resume
     would replay and redo."""
@@ -162,6 +165,9 @@ def show(
     from shoal.cli.loop import run as run_loop
     from shoal.flows.resume import plan
 
+    if html_out is not None:
+        _write_html(run_id, store, html_out)
+        return
     try:
         p = run_loop(plan(store or _default_url(), run_id))
     except ShoalError as exc:
@@ -185,6 +191,20 @@ def show(
         console.print(f"[red]error:[/] {plain(run.error)}", highlight=False, soft_wrap=True)
     console.print(_steps_table(p))
     console.print(plain(_resume_line(p)), soft_wrap=True)
+
+
+def _write_html(run_id: str, store: str | None, path: Path) -> None:
+    from shoal.cli.loop import run as run_loop
+    from shoal.observe.report import write_report
+
+    try:
+        written = run_loop(write_report(store or _default_url(), run_id, path))
+    except ShoalError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        raise _fail(ConfigError(f"cannot write the report to {path}: {exc.strerror or exc}; "
+                                "pick a writable path")) from None
+    typer.echo(f"wrote the report of run {run_id} to {written}")
 
 
 def _default_url() -> str:

@@ -1,0 +1,325 @@
+"""The run report: one self-contained HTML file for a journaled run.
+
+    shoal show rep-001 --html report.html
+
+    path = await write_report("sqlite:///.shoal/runs.db", "rep-001", "report.html")
+
+It shows the flow's graph coloured by step status, a timeline of steps and model calls
+(limiter wait, failed attempts and backoff, provider time), tokens and cost by agent
+and model with what prompt caching saved, the errors with their messages, and what a
+resume would replay and redo. No network: the stylesheet, the script and the data are
+inlined, and a Content-Security-Policy forbids every fetch. Journaled text is escaped
+(HTML) or handed to the script as JSON and set with ``textContent``; error texts pass
+through :func:`shoal.secrets.redact`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shoal.clock import RealClock
+from shoal.observe.report_assets import CSS, JS
+from shoal.observe.report_data import ReportData, gather
+from shoal.types import Usage
+
+if TYPE_CHECKING:
+    from shoal.config import Config
+    from shoal.stores.base import Store
+
+__all__ = ["render", "write_report"]
+
+_CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+        "img-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'")
+_STATUSES = ("succeeded", "running", "failed", "cancelled", "interrupted", "skipped",
+             "not_run")
+_OPEN_STEPS = 60  # the step table starts folded above this many rows
+
+
+async def write_report(store: Store | str, run_id: str, path: str | Path, *,
+                       prices: Config | None = None) -> Path:
+    """Write the report of ``run_id`` to ``path`` (replaced whole, never half-written).
+
+    ``prices``: the config whose catalog prices the cache savings (default: the config
+    the run recorded, else ``$SHOAL_CONFIG`` or ``./shoal.toml``, else shoal's catalog).
+    Raises ``RunNotFound`` / ``CorruptRecord`` as ``shoal show`` does, ``OSError`` when
+    the file cannot be written."""
+    data = await gather(store, run_id, prices=prices)
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(render(data), "utf-8")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+# -- formatting ------------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def _usd(x: float | None) -> str:
+    return "?" if x is None else f"${x:.6f}"
+
+
+def _secs(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1:
+        return f"{s * 1000:.0f} ms" if s >= 0.01 else f"{s * 1000:.1f} ms"
+    return f"{s:.2f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge st-{_e(status)}">{_e(status.replace("_", " "))}</span>'
+
+
+def _preview(value: Any, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
+                                                           default=str)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+def _script_json(value: Any) -> str:
+    """JSON safe inside ``<script>``: no ``</script>``, ``<!--`` or ``&`` can form."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+# -- the page --------------------------------------------------------------------------
+
+
+def render(data: ReportData) -> str:
+    """The report as one HTML document (no external resources)."""
+    run = data.plan.run
+    return "\n".join([
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta name="generator" content="shoal show --html">',
+        f"<title>shoal run {_e(run.run_id)} · {_e(run.flow)} · {_e(run.status)}</title>",
+        f"<style>{CSS}</style></head>",
+        f'<body data-run="{_e(run.run_id)}" data-status="{_e(run.status)}">',
+        _header(data),
+        '<p id="render-error" class="errors" hidden></p>',
+        "<noscript><p>The graph and the timeline are drawn by the page's script; the "
+        "tables below hold the same numbers.</p></noscript>",
+        _dag_section(data),
+        _timeline_section(data),
+        _usage_section(data),
+        _errors_section(data),
+        _resume_section(data),
+        _steps_section(data),
+        f'<script type="application/json" id="shoal-data">{_script_json(_payload(data))}'
+        "</script>",
+        f"<script>{JS}</script>",
+        "</body></html>",
+        "",
+    ])
+
+
+def _header(data: ReportData) -> str:
+    run = data.plan.run
+    done = sum(1 for s in data.steps if s.status == "succeeded")
+    failed = sum(1 for s in data.steps if s.status == "failed")
+    queue = sum(c.queue_s for c in data.calls)
+    retry = sum(c.retry_s for c in data.calls)
+    missing = data.prices_missing
+    saved_note = f" (no price for {', '.join(missing)})" if missing else ""
+    kpis = [
+        ("status", _badge(run.status)),
+        ("steps", f"{done}/{len(data.steps)} done" + (f", {failed} failed" if failed else "")),
+        ("model calls", str(len(data.calls))),
+        ("tokens", f"{run.tokens:,}"),
+        ("cost", _e(_usd(run.cost_usd))),
+        ("cached tokens", f"{data.cached_tokens:,}"),
+        ("saved by caching", _e(_usd(data.saved_usd)) + _e(saved_note)),
+        ("span", _e(_secs(data.end - data.origin))),
+        ("limiter wait", _e(_secs(queue))),
+        ("retries & backoff", _e(_secs(retry))),
+    ]
+    boxes = "".join(f'<div class="kpi" data-kpi="{_e(k)}"><span>{_e(k)}</span><b>{v}</b></div>'
+                    for k, v in kpis)
+    lines = [
+        f"<header><h1>run <code>{_e(run.run_id)}</code> · flow <code>{_e(run.flow)}</code> "
+        f"{_badge(run.status)}</h1>",
+        f'<div class="muted">created {_e(_when(run.created_at))} · last write '
+        f"{_e(_when(run.updated_at))} · report generated "
+        f"{_e(_when(RealClock().wall()))}</div>",
+        f'<div class="muted">input: <span class="mono" id="run-input">'
+        f"{_e(_preview(run.input))}</span></div>",
+    ]
+    if data.plan.target:
+        lines.append(f'<div class="muted">target: <code>{_e(data.plan.target)}</code></div>')
+    lines.append(f'<div class="summary">{boxes}</div></header>')
+    return "\n".join(lines)
+
+
+def _legend(items: list[tuple[str, str]]) -> str:
+    return '<div class="legend">' + "".join(
+        f'<span><i style="background:{c}"></i>{_e(label)}</span>' for label, c in items
+    ) + "</div>"
+
+
+_STATUS_CSS = {"succeeded": "var(--ok)", "running": "var(--run)", "failed": "var(--fail)",
+               "cancelled": "var(--cancel)", "interrupted": "var(--int)",
+               "skipped": "var(--skip)", "not_run": "var(--notrun)"}
+
+
+def _dag_section(data: ReportData) -> str:
+    present = {n.status for n in data.nodes}
+    legend = _legend([(s.replace("_", " "), _STATUS_CSS[s]) for s in _STATUSES
+                      if s in present])
+    return (
+        f'<section id="dag" data-steps="{len(data.nodes)}"><h2>Flow</h2>{legend}'
+        '<p class="muted">Steps by dependency layer, coloured by status. A dashed outline: '
+        "a resume runs it again (orange dots: again only if its inputs come out "
+        "different). Click a step to find it on the timeline.</p>"
+        '<div class="scroll"><svg id="dag-svg" xmlns="http://www.w3.org/2000/svg" '
+        'role="img" aria-label="the flow\'s steps and their dependencies"></svg></div>'
+        "</section>")
+
+
+def _timeline_section(data: ReportData) -> str:
+    legend = _legend([("step (by status)", "var(--skip)"), ("limiter wait", "var(--queue)"),
+                      ("failed attempts & backoff", "var(--retry)"),
+                      ("provider", "var(--prov)")])
+    untimed = sum(1 for c in data.calls if not c.timed)
+    note = (f" {untimed} call(s) were journaled without the Router's timings (older "
+            "records): they show provider time only." if untimed else "")
+    return (
+        f'<section id="timeline" data-expected-calls="{len(data.calls)}"><h2>Timeline</h2>'
+        f"{legend}<p class=\"muted\">Seconds from the run's creation. Each model call is "
+        "drawn as its wait in the channel's limiter, then its failed attempts and backoff, "
+        f"then the request that answered (hover for numbers).{_e(note)}</p>"
+        '<div class="scroll"><svg id="timeline-svg" xmlns="http://www.w3.org/2000/svg" '
+        'role="img" aria-label="timeline of steps and model calls"></svg></div></section>')
+
+
+def _usage_section(data: ReportData) -> str:
+    head = ("<tr><th>agent</th><th>model</th><th class=n>calls</th><th class=n>input</th>"
+            "<th class=n>cached read</th><th class=n>cache write</th><th class=n>output</th>"
+            "<th class=n>reasoning</th><th class=n>cost</th><th class=n>saved by cache</th>"
+            "</tr>")
+    rows = []
+    for r in data.usage:
+        u = r.usage
+        rows.append(
+            f'<tr data-agent="{_e(r.agent)}" data-model="{_e(r.model)}"><td>{_e(r.agent)}</td>'
+            f"<td>{_e(r.model)}</td><td class=n>{r.calls}</td>"
+            f"<td class=n>{u.input_tokens:,}</td><td class=n>{u.cached_input_tokens:,}</td>"
+            f"<td class=n>{u.cache_write_tokens:,}</td><td class=n>{u.output_tokens:,}</td>"
+            f"<td class=n>{u.reasoning_tokens:,}</td><td class=n>{_usd(r.cost_usd)}</td>"
+            f"<td class=n>{_usd(r.saved_usd)}</td></tr>")
+    if not rows:
+        return ('<section id="usage"><h2>Tokens and cost by agent and model</h2>'
+                "<p>No model calls journaled.</p></section>")
+    total = sum((r.usage for r in data.usage), Usage())
+    rows.append(
+        f'<tr class="total"><td>all</td><td></td><td class=n>{len(data.calls)}</td>'
+        f"<td class=n>{total.input_tokens:,}</td><td class=n>{total.cached_input_tokens:,}</td>"
+        f"<td class=n>{total.cache_write_tokens:,}</td><td class=n>{total.output_tokens:,}</td>"
+        f"<td class=n>{total.reasoning_tokens:,}</td>"
+        f"<td class=n>{_usd(sum(r.cost_usd for r in data.usage))}</td>"
+        f"<td class=n>{_usd(data.saved_usd)}</td></tr>")
+    missing = data.prices_missing
+    note = ("<p class=\"muted\">Saved by cache: what the cached prompt tokens would have cost "
+            "at the model's input price, minus what they cost (cache reads at their price; "
+            "a cache write's premium counts against)."
+            + (f" No catalog price for {_e(', '.join(missing))}: its savings show as ?."
+               if missing else "") + "</p>")
+    return (f'<section id="usage"><h2>Tokens and cost by agent and model</h2>'
+            f"<table>{head}{''.join(rows)}</table>{note}</section>")
+
+
+def _errors_section(data: ReportData) -> str:
+    if not data.errors:
+        return '<section id="errors" data-count="0"><h2>Errors</h2><p>No errors.</p></section>'
+    items = "".join(
+        f'<li data-where="{_e(e.where)}"><b>{_e(e.where)}</b> {_badge(e.status)}'
+        f"<pre>{_e(e.message)}</pre></li>" for e in data.errors)
+    return (f'<section id="errors" data-count="{len(data.errors)}"><h2>Errors</h2>'
+            f'<ul class="errors">{items}</ul></section>')
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"<code>{_e(n)}</code>" for n in names) or "none"
+
+
+def _resume_section(data: ReportData) -> str:
+    p = data.plan
+    if not p.redo:
+        body = (f"<p>Nothing to redo: all {len(p.replay)} step(s) replay from the journal "
+                "with zero model calls.</p>")
+    else:
+        body = (
+            f'<ul><li>Replays with zero model calls ({len(p.replay)}): {_names(p.replay)}</li>'
+            f'<li id="resume-redo">Runs again ({len(p.redo)}): {_names(p.redo)}</li>'
+            + (f"<li>Journaled model turns inside them that replay: {p.turns_to_replay}</li>"
+               if p.turns_to_replay else "")
+            + (f"<li>Also run again if their inputs come out different: "
+               f"{_names(p.stale_if_changed)}</li>" if p.stale_if_changed else "")
+            + "</ul>"
+            + f"<p class=\"muted\">Resume with <code>shoal resume {_e(p.run.run_id)}</code>"
+            + ("" if p.target else " --target module:object") + ".</p>")
+    return (f'<section id="resume" data-redo="{_e(json.dumps(p.redo))}"><h2>What a resume '
+            f"would do</h2>{body}</section>")
+
+
+def _steps_section(data: ReportData) -> str:
+    origin = data.origin
+    rows = []
+    for v in data.steps:
+        start = "-" if v.started_at is None else f"+{v.started_at - origin:.2f}s"
+        rows.append(
+            f'<tr data-step="{_e(v.step_id)}" data-status="{_e(v.status)}">'
+            f"<td>{_e(v.step_id)}</td><td>{_badge(v.status)}</td><td class=n>{v.attempt}</td>"
+            f"<td class=n>{_e(start)}</td><td class=n>{_e(_secs(v.duration_s))}</td>"
+            f"<td class=n>{v.turns}</td><td class=n>{v.tokens:,}</td>"
+            f"<td class=n>{_usd(v.cost_usd)}</td><td>{_e(v.model or '-')}</td></tr>")
+    opened = " open" if len(rows) <= _OPEN_STEPS else ""
+    return (
+        f'<section id="steps"><h2>Steps</h2><details{opened}><summary>{len(rows)} step '
+        "record(s)</summary><table><tr><th>step</th><th>status</th><th class=n>try</th>"
+        "<th class=n>start</th><th class=n>took</th><th class=n>turns</th>"
+        "<th class=n>tokens</th><th class=n>cost</th><th>model</th></tr>"
+        f"{''.join(rows)}</table></details></section>")
+
+
+def _payload(data: ReportData) -> dict[str, Any]:
+    """What the script draws from (compact: a 500-step run stays well under a megabyte)."""
+    return {
+        "origin": _r(data.origin), "end": _r(data.end),
+        "nodes": [{"name": n.name, "status": n.status, "after": list(n.after),
+                   "layer": n.layer, "resume": n.resume, "items": n.items,
+                   "items_failed": n.items_failed, "tokens": n.tokens, "cost": _r(n.cost_usd),
+                   "model": n.model, "error": n.error} for n in data.nodes],
+        "steps": [{"id": v.step_id, "status": v.status, "start": _r(v.started_at),
+                   "end": _r(v.finished_at), "attempt": v.attempt, "tokens": v.tokens,
+                   "cost": _r(v.cost_usd)} for v in data.steps],
+        "calls": [{"step": c.step, "turn": c.turn, "model": c.model, "served": c.served_model,
+                   "channel": c.channel, "start": _r(c.started_at), "end": _r(c.finished_at),
+                   "queue": _r(c.queue_s), "retry": _r(c.retry_s), "latency": _r(c.latency_s),
+                   "attempts": c.attempts, "timed": c.timed, "input": c.usage.input_tokens,
+                   "cached": c.usage.cached_input_tokens, "output": c.usage.output_tokens,
+                   "cost": _r(c.cost_usd)} for c in data.calls],
+    }
