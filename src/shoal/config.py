@@ -56,6 +56,9 @@ class ChannelConfig(BaseModel):
     pool_size: int = Field(default=100, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
     models: dict[str, str] = Field(default_factory=dict)
+    # Prompt caching (shoal.providers.caching): None = auto; "off" sends nothing cached.
+    cache: Literal["auto", "off"] | None = None
+    cache_ttl: Literal["5m", "1h"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -123,6 +126,9 @@ class ModelInfo(BaseModel):
     reasoning: bool = False
     channels: list[str] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list)
+    # Prompt caching for this model on every channel; "off" here or on the channel wins.
+    cache: Literal["auto", "off"] | None = None
+    cache_ttl: Literal["5m", "1h"] | None = None
 
     @property
     def price(self) -> ModelPrice:

@@ -174,9 +174,10 @@ class _Loop(Generic[T]):
         self.messages: list[Message] = []
         self.tool_specs = [t.spec() for t in agent.tools]
         self.detector = LoopDetector(agent.loop)
-        # Tag requests with the step (sent as x-shoal-tag) unless the agent set a tag.
-        self.metadata = (agent.metadata if "tag" in agent.metadata
-                         else {**agent.metadata, "tag": ctx.step_id})
+        # Tag requests with the step (sent as x-shoal-tag) unless the agent set a tag;
+        # the agent's name is its prompt-cache key (OpenAI prompt_cache_key): every run
+        # of it shares instructions and tools, so a fan-out lands on one cache.
+        self.metadata = {"cache_key": agent.name, "tag": ctx.step_id, **agent.metadata}
 
     def model_info(self, model: str) -> ModelInfo:
         info = self.info.get(model)

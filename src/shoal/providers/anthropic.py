@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
+from shoal.providers.caching import gate_turn, plan_anthropic
 from shoal.providers.failures import (
     error_from_stream_payload,
     is_error_body,
@@ -205,6 +206,7 @@ class AnthropicProvider(HttpProvider):
             body["stream"] = True
         if request.extra:
             body.update(request.extra)  # last, like the SDKs' extra_body
+        plan_anthropic(body, model, request)  # cache breakpoints (providers/caching.py)
         return body
 
     # -- complete -----------------------------------------------------------------------
@@ -215,8 +217,13 @@ class AnthropicProvider(HttpProvider):
     async def complete_then(self, request: ChatRequest, *, model: str,
                             received: Callable[[], None] | None) -> ChatResponse:
         started = time.perf_counter()
-        body, raw = await self._post_json(request, self.payload(request, model, stream=False),
-                                          received)
+        payload = self.payload(request, model, stream=False)
+        turn = await gate_turn(self, self._clock, payload, request)  # one cache writer
+        try:
+            body, raw = await self._post_json(request, payload, received)
+            turn.began()
+        finally:
+            turn.end(ok=False)
         schema_tool = request.output_schema_name if request.output_schema is not None else None
         return self.parse(body, raw, started, schema_tool)
 
@@ -275,9 +282,11 @@ class AnthropicProvider(HttpProvider):
         schema_tool = request.output_schema_name if request.output_schema is not None else None
         st = _StreamState(schema_tool)
         payload = self.payload(request, model, stream=True)
+        turn = await gate_turn(self, self._clock, payload, request)  # one cache writer
         try:
             async with contextlib.aclosing(self._sse(request, payload)) as events:
                 async for event, data in events:
+                    turn.began()
                     if event == JSON_BODY:  # a whole answer (a proxy ignored stream: true)
                         answer = self.parse(self._whole_body(data), data.encode(), started,
                                             schema_tool)
@@ -316,6 +325,8 @@ class AnthropicProvider(HttpProvider):
             if err is exc:
                 raise
             raise err from exc
+        finally:
+            turn.end(ok=False)
         yield UsageEvent(st.usage)
         calls = [ToolCall(b[0], b[1], _same_as_whole(b[2:])) for b in st.tools.values()]
         finish: FinishReason = "tool_calls" if calls else (

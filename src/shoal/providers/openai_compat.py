@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
+from shoal.providers.caching import plan_openai
 from shoal.providers.failures import (
     error_from_stream_payload,
     is_error_body,
@@ -175,6 +176,7 @@ class OpenAICompatProvider(HttpProvider):
                 body["stream_options"] = {"include_usage": True}
         if request.extra:
             body.update(request.extra)  # last, like the SDKs' extra_body
+        plan_openai(body, request, self.provider)  # prompt_cache_key (providers/caching.py)
         return body
 
     # -- complete -----------------------------------------------------------------------

@@ -43,6 +43,7 @@ from shoal.errors import (
     StreamInterrupted,
 )
 from shoal.observe.events import WAIT, EventBus
+from shoal.providers.caching import with_cache_settings
 from shoal.tokens import count_text, estimate_call_tokens, estimate_prompt_tokens
 from shoal.traffic.call import Attempt, CallState, no_lane_error, pick, usable
 from shoal.traffic.deadline import clock_timeout
@@ -375,7 +376,8 @@ class Router:
                 async with clock_timeout(self.clock, call.budget.remaining()):
                     # The slot goes to the next call once the answer is read, not parsed.
                     response = await provider.complete_then(
-                        request, model=att.lane.channel.wire_model(att.info),
+                        with_cache_settings(request, att.info, att.lane.channel),
+                        model=att.lane.channel.wire_model(att.info),
                         received=att.permit.release)
             except ProviderError as err:
                 await self._next(call, att, err)
@@ -402,7 +404,8 @@ class Router:
             it: AsyncIterator[StreamEvent] | None = None
             try:
                 provider = att.lane.ready_provider or await att.lane.provider()
-                it = provider.stream(request, model=att.lane.channel.wire_model(att.info))
+                it = provider.stream(with_cache_settings(request, att.info, att.lane.channel),
+                                     model=att.lane.channel.wire_model(att.info))
                 while True:  # hold events until the first token: failover stays possible
                     event = await self._event(call, it)
                     if event is None:

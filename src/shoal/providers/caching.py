@@ -1,0 +1,376 @@
+"""Prompt caching on purpose: where the adapters ask providers to cache a prefix.
+
+One setting, ``cache = "auto" | "off"`` (and ``cache_ttl = "5m" | "1h"``), on a
+channel, a model, or one request (``ChatRequest.metadata["cache"]`` /
+``["cache_ttl"]``); the request wins, else ``off`` on the model or channel wins, else
+auto. What auto does per provider (PROVIDERS.md §7):
+
+* **Anthropic** — explicit ``cache_control`` breakpoints on the stable prefix, in
+  the provider's order tools → system → messages: the end of the conversation so
+  far (moves forward every turn), the end of the system prompt (shared by every
+  agent with the same instructions and tools), the end of the previous turn (in
+  case more than 20 blocks were added since, beyond the lookback), the end of the
+  tools. Never more than 4 in all (breakpoints the caller placed through ``extra``
+  count and are kept), never where the prefix is shorter than the model family's
+  minimum (:func:`anthropic_min_tokens`; a shorter prefix is not cached and a
+  write would only cost), and a 1h breakpoint never after a 5m one.
+* **OpenAI** — caching is automatic; ``prompt_cache_key`` (the request's
+  ``metadata["cache_key"]``: the agent's name by default) lands requests sharing a
+  prefix on the same cache. Only sent to OpenAI itself: compatible servers refuse
+  unknown fields (Gemini) or ignore them.
+* Others (DeepSeek's disk cache, Gemini's implicit caching) need nothing sent.
+
+``off`` sends nothing cache-related. :class:`WarmGate` lets the first of several
+concurrent requests write a new shared prefix while the others wait for its answer
+to begin, then read it (a cache entry exists only once a response has started).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import weakref
+from typing import TYPE_CHECKING, Any, Literal
+
+from shoal.types import ChatRequest
+
+if TYPE_CHECKING:
+    from shoal.clock import Clock
+    from shoal.config import ChannelConfig, ModelInfo
+
+__all__ = [
+    "MAX_BREAKPOINTS",
+    "CacheMode",
+    "CacheTTL",
+    "Turn",
+    "WarmGate",
+    "anthropic_min_tokens",
+    "estimate_tokens",
+    "gate_turn",
+    "plan_anthropic",
+    "plan_openai",
+    "settings",
+    "shared_prefix_key",
+    "with_cache_settings",
+]
+
+CacheMode = Literal["auto", "off"]
+CacheTTL = Literal["5m", "1h"]
+MAX_BREAKPOINTS = 4
+_TTL_S = {"5m": 300.0, "1h": 3600.0}
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+# Minimum cacheable prefix per Claude family (Anthropic's prompt-caching docs, as
+# tabulated by orq.ai's proxy docs; PROVIDERS.md §7 notes that sources differ). First
+# match of a substring of the model id wins; unknown Claude models get 1024.
+_ANTHROPIC_MIN: tuple[tuple[str, int], ...] = (
+    ("opus-4-6", 4096), ("opus-4-5", 4096), ("haiku-4-5", 4096),
+    ("sonnet-4-6", 2048), ("haiku-3", 2048), ("3-haiku", 2048), ("3-5-haiku", 2048),
+)  # fmt: skip
+_ANTHROPIC_DEFAULT_MIN = 1024
+
+
+def anthropic_min_tokens(model: str) -> int:
+    """The shortest prefix a Claude model caches (shorter: no error, nothing cached)."""
+    name = model.lower()
+    for part, minimum in _ANTHROPIC_MIN:
+        if part in name:
+            return minimum
+    return _ANTHROPIC_DEFAULT_MIN
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap token estimate for placing breakpoints: 4 characters a token for ASCII,
+    about a token per character for CJK (3 UTF-8 bytes). Errs on no side much; a
+    breakpoint placed a little under the real minimum costs nothing (no write)."""
+    if text.isascii():
+        return len(text) // 4
+    return len(text.encode("utf-8")) // 3
+
+
+# -- the setting --------------------------------------------------------------------------
+
+
+def settings(request: ChatRequest) -> tuple[CacheMode, CacheTTL]:
+    """(mode, ttl) for one request from its metadata (``cache``, ``cache_ttl``)."""
+    meta = request.metadata
+    mode: CacheMode = "off" if meta.get("cache") == "off" else "auto"
+    ttl: CacheTTL = "1h" if meta.get("cache_ttl") == "1h" else "5m"
+    return mode, ttl
+
+
+def with_cache_settings(request: ChatRequest, info: ModelInfo,
+                        channel: ChannelConfig) -> ChatRequest:
+    """``request`` with the model's and channel's cache settings in its metadata (a copy
+    only when either sets one the request does not): the request's own wins, then
+    ``off`` anywhere, then the model's ttl before the channel's."""
+    mode = "off" if "off" in (info.cache, channel.cache) else None
+    ttl = info.cache_ttl or channel.cache_ttl
+    meta = request.metadata
+    add: dict[str, str] = {}
+    if mode is not None and "cache" not in meta:
+        add["cache"] = mode
+    if ttl is not None and "cache_ttl" not in meta:
+        add["cache_ttl"] = ttl
+    if not add:
+        return request
+    return dataclasses.replace(request, metadata={**meta, **add})
+
+
+# -- OpenAI -------------------------------------------------------------------------------
+
+
+def plan_openai(body: dict[str, Any], request: ChatRequest, provider: str) -> None:
+    """Add ``prompt_cache_key`` for OpenAI itself when caching is on and the request
+    names a key (``metadata["cache_key"]``) and the caller did not set one."""
+    key = request.metadata.get("cache_key")
+    if provider != "openai" or not key or "prompt_cache_key" in body:
+        return
+    if settings(request)[0] == "off":
+        return
+    body["prompt_cache_key"] = key[:64]  # OpenAI caps the key's length
+
+
+# -- Anthropic ----------------------------------------------------------------------------
+
+
+def _marker(ttl: CacheTTL) -> dict[str, str]:
+    # 5m is the API's default: the short form is what every SDK example sends.
+    return {"type": "ephemeral"} if ttl == "5m" else {"type": "ephemeral", "ttl": "1h"}
+
+
+def _block_tokens(block: Any) -> int:
+    if not isinstance(block, dict):
+        return 0
+    kind = block.get("type")
+    if kind == "text":
+        return estimate_tokens(str(block.get("text", "")))
+    if kind == "tool_result":
+        content = block.get("content", "")
+        if isinstance(content, list):
+            return sum(_block_tokens(b) for b in content)
+        return estimate_tokens(str(content))
+    if kind == "thinking":
+        return estimate_tokens(str(block.get("thinking", "")))
+    return estimate_tokens(_DUMPS({k: v for k, v in block.items() if k != "cache_control"}))
+
+
+def _count_markers(body: dict[str, Any]) -> tuple[int, list[str]]:
+    """Breakpoints already in ``body`` (the caller's, via ``extra``) and their ttls in
+    prefix order (a top-level one counts, at the end)."""
+    ttls: list[str] = []
+
+    def see(block: Any) -> None:
+        if isinstance(block, dict) and isinstance(block.get("cache_control"), dict):
+            ttls.append(str(block["cache_control"].get("ttl", "5m")))
+
+    for tool in body.get("tools") or ():
+        see(tool)
+    system = body.get("system")
+    if isinstance(system, list):
+        for block in system:
+            see(block)
+    for msg in body.get("messages") or ():
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, list):
+            for block in content:
+                see(block)
+    if isinstance(body.get("cache_control"), dict):
+        ttls.append(str(body["cache_control"].get("ttl", "5m")))
+    return len(ttls), ttls
+
+
+def _system_blocks(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The system prompt as blocks (a string becomes one text block), or None."""
+    system = body.get("system")
+    if isinstance(system, str):
+        if not system:
+            return None
+        body["system"] = [{"type": "text", "text": system}]
+    system = body.get("system")
+    if isinstance(system, list) and system and isinstance(system[-1], dict):
+        return system
+    return None
+
+
+def _message_blocks(msg: Any) -> list[Any] | None:
+    if not isinstance(msg, dict):
+        return None
+    content = msg.get("content")
+    if isinstance(content, str):
+        if not content:
+            return None
+        msg["content"] = [{"type": "text", "text": content}]
+    content = msg.get("content")
+    return content if isinstance(content, list) and content else None
+
+
+def _cacheable(block: Any) -> bool:
+    # Thinking blocks cannot carry cache_control; empty text blocks must not.
+    if not isinstance(block, dict) or block.get("type") in ("thinking", "redacted_thinking"):
+        return False
+    return not (block.get("type") == "text" and not block.get("text"))
+
+
+def plan_anthropic(body: dict[str, Any], model: str, request: ChatRequest) -> int:
+    """Place ``cache_control`` breakpoints on a Messages body (see the module doc);
+    returns how many were placed. Nothing when caching is off, the caller used
+    top-level automatic caching, or no prefix reaches the model's minimum."""
+    mode, ttl = settings(request)
+    if mode == "off" or isinstance(body.get("cache_control"), dict):
+        return 0
+    taken, user_ttls = _count_markers(body)
+    free = MAX_BREAKPOINTS - taken
+    if free <= 0:
+        return 0
+    if "1h" in user_ttls and ttl == "5m":
+        ttl = "1h"  # a 1h breakpoint may not follow a 5m one (ours may come after theirs)
+    if "5m" in user_ttls and ttl == "1h":
+        ttl = "5m"
+    minimum = anthropic_min_tokens(model)
+    # Candidates: (priority, block, prefix tokens up to and including it).
+    cands: list[tuple[int, dict[str, Any], int]] = []
+    total = 0
+    tools = body.get("tools") or []
+    for tool in tools:
+        total += _block_tokens(tool)
+    if tools and isinstance(tools[-1], dict):
+        cands.append((3, tools[-1], total))
+    system = _system_blocks(body)
+    if system is not None:
+        total += sum(_block_tokens(b) for b in system)
+        cands.append((1, system[-1], total))
+    messages = body.get("messages") or []
+    ends: list[tuple[str, dict[str, Any], int]] = []  # (role, last cacheable block, tokens)
+    for msg in messages:
+        blocks = _message_blocks(msg)
+        if blocks is None:
+            continue
+        last: dict[str, Any] | None = None
+        for block in blocks:
+            total += _block_tokens(block)
+            if _cacheable(block):
+                last = block
+        if last is not None:
+            ends.append((str(msg.get("role")), last, total))
+    if ends:
+        cands.append((0, ends[-1][1], ends[-1][2]))  # the conversation so far
+        # The end of the previous turn: the last user-role message before the last
+        # assistant message (what the previous request ended with).
+        seen_assistant = False
+        for role, block, tokens in reversed(ends[:-1]):
+            if role == "assistant":
+                seen_assistant = True
+            elif seen_assistant:
+                cands.append((2, block, tokens))
+                break
+    chosen = sorted((c for c in cands if c[2] >= minimum and "cache_control" not in c[1]),
+                    key=lambda c: c[0])[:free]
+    for _, block, _ in chosen:
+        block["cache_control"] = _marker(ttl)
+    return len(chosen)
+
+
+def shared_prefix_key(body: dict[str, Any]) -> str | None:
+    """A digest of the prefix up to the last breakpoint on the tools or system (what
+    agents with the same instructions share), or None when there is none."""
+    upto: list[Any] = []
+    found = False
+    tools = body.get("tools") or []
+    for i, tool in enumerate(tools):
+        if isinstance(tool, dict) and "cache_control" in tool:
+            upto, found = [body.get("model"), tools[: i + 1]], True
+    system = body.get("system")
+    if isinstance(system, list):
+        for i, block in enumerate(system):
+            if isinstance(block, dict) and "cache_control" in block:
+                upto, found = [body.get("model"), tools, system[: i + 1]], True
+    if not found:
+        return None
+    return hashlib.sha256(_DUMPS(upto).encode()).hexdigest()
+
+
+class WarmGate:
+    """First writer of a shared prefix goes alone; the others wait for its answer.
+
+    Anthropic caches a prefix only once a response has begun, so 20 agents that start
+    together would each pay a cache *write* (1.25× or 2× input) for the same system
+    prompt. Through the gate the first request of a new prefix goes ahead; concurrent
+    ones with the same prefix wait until its answer begins (or it fails), then read
+    the cache. A prefix written within its ttl (kept warm by use) passes straight
+    through.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._warm: dict[str, float] = {}  # prefix -> when it may have expired
+        self._writing: dict[str, asyncio.Event] = {}
+
+    async def enter(self, key: str | None, ttl: CacheTTL = "5m") -> Turn:
+        """A turn at the gate for ``key`` (None: no gate). Call ``began()`` on it once
+        the answer starts and ``end(ok=False)`` on every path (a no-op after began)."""
+        turn = Turn(self, key, ttl)
+        while key is not None:
+            if self._warm.get(key, -1.0) > self._clock.now():
+                break
+            event = self._writing.get(key)
+            if event is None:
+                self._writing[key] = asyncio.Event()
+                turn.leader = True
+                break
+            await event.wait()
+        return turn
+
+    def _end(self, turn: Turn, ok: bool) -> None:
+        key = turn.key
+        if key is None:
+            return
+        if ok:
+            now = self._clock.now()
+            self._warm[key] = now + _TTL_S[turn.ttl]
+            if len(self._warm) > 4096:  # bounded: drop what has expired
+                self._warm = {k: t for k, t in self._warm.items() if t > now}
+        if turn.leader:
+            turn.leader = False
+            event = self._writing.pop(key, None)
+            if event is not None:
+                event.set()
+
+
+class Turn:
+    """One request's passage through a :class:`WarmGate`."""
+
+    __slots__ = ("done", "gate", "key", "leader", "ttl")
+
+    def __init__(self, gate: WarmGate, key: str | None, ttl: CacheTTL) -> None:
+        self.gate = gate
+        self.key = key
+        self.ttl = ttl
+        self.leader = False
+        self.done = False
+
+    def began(self) -> None:
+        """The answer started: the prefix is cached, the waiting requests may go."""
+        self.end(ok=True)
+
+    def end(self, *, ok: bool) -> None:
+        if not self.done:
+            self.done = True
+            self.gate._end(self, ok)
+
+
+_GATES: weakref.WeakKeyDictionary[object, WarmGate] = weakref.WeakKeyDictionary()
+
+
+async def gate_turn(owner: object, clock: Clock, body: dict[str, Any],
+                    request: ChatRequest) -> Turn:
+    """``owner``'s (an adapter's) gate turn for an Anthropic body with breakpoints
+    placed: keyed on its shared prefix (tools and system), none when caching is off."""
+    gate = _GATES.get(owner)
+    if gate is None:
+        gate = _GATES[owner] = WarmGate(clock)
+    mode, ttl = settings(request)
+    key = shared_prefix_key(body) if mode == "auto" else None
+    return await gate.enter(key, ttl)
