@@ -17,6 +17,8 @@ from shoal.agents.runner import Runner, new_run_id
 from shoal.clock import Clock, RealClock
 from shoal.errors import ConfigError
 from shoal.flows.flow import Flow, FlowResult, as_text
+from shoal.observe.emit import bus_of, live
+from shoal.observe.emit_flow import observed_run
 from shoal.types import Usage
 
 if TYPE_CHECKING:
@@ -200,6 +202,21 @@ class Batch:
                    budget: Budget | None) -> BatchItem:
         started = self.clock.now()
         item = BatchItem(index, value, "succeeded", run_id=run_id)
+        bus = bus_of(client)
+        if live(bus) and not isinstance(self.target, Flow):  # a flow emits its own
+            assert bus is not None
+            await observed_run(bus, self.clock, run_id, self.description,
+                               work=self._fill(item, value, client, budget),
+                               totals=lambda: (item.usage, item.cost_usd))
+        else:
+            await self._fill(item, value, client, budget)
+        item.latency_s = self.clock.now() - started
+        return item
+
+    async def _fill(self, item: BatchItem, value: Any, client: ModelClient | None,
+                    budget: Budget | None) -> BatchItem:
+        """Run one input, recording its outcome (or error) in ``item``."""
+        run_id = item.run_id
         try:
             target = self.target
             if isinstance(target, Agent):
@@ -229,7 +246,6 @@ class Batch:
             partial = getattr(exc, "result", None)
             if isinstance(partial, FlowResult):
                 item.usage, item.cost_usd, item.detail = partial.usage, partial.cost_usd, partial
-        item.latency_s = self.clock.now() - started
         return item
 
 

@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, cast
 
+from shoal.agents.agent import Agent
 from shoal.agents.client import ModelClient
 from shoal.agents.deadline import with_timeout
 from shoal.agents.errors import GuardrailTripped, StepFailed
@@ -35,6 +36,8 @@ from shoal.errors import BudgetExceeded, ConfigError, DeadlineExceeded, StoreErr
 from shoal.flows.context import MessageBoard, SharedContext, StepContext
 from shoal.flows.flow import Flow, FlowResult, Step, StepResult, as_text, render_input
 from shoal.flows.slots import SlotPool, critical_path_priorities
+from shoal.observe.emit import bus_of, live
+from shoal.observe.emit_flow import journaled, observed_run, observed_step
 from shoal.types import Usage
 
 __all__ = ["FlowRun", "SlotPool"]
@@ -93,6 +96,8 @@ class FlowRun:
         self.recorder: RunRecorder = recorder or NullRecorder()
         self.runner = Runner(client, clock=self.clock, recorder=self.recorder,
                              default_model=flow.default_model)
+        self.events = bus_of(client)  # run/step events go where the client's calls' go
+        self.journal_events = None if isinstance(self.recorder, NullRecorder) else self.events
         if flow.budget_usd is not None or flow.budget_tokens is not None:
             name = f"flow {flow.name!r}"
             budget = (
@@ -114,8 +119,20 @@ class FlowRun:
         self.item_inputs: dict[str, str] = {}  # map step -> what its items share of them
 
     async def execute(self) -> FlowResult:
+        if live(self.events):
+            assert self.events is not None
+            return await observed_run(self.events, self.clock, self.run_id, self.flow.name,
+                                      work=self._run(), totals=self._totals)
+        return await self._run()
+
+    def _totals(self) -> tuple[Usage, float]:
+        results = self.results.values()
+        return sum((r.usage for r in results), Usage()), sum(r.cost_usd for r in results)
+
+    async def _run(self) -> FlowResult:
         started = self.clock.now()
         await self.recorder.run_started(self.run_id, self.flow.name, to_jsonable(self.input))
+        journaled(self.journal_events, "run")
         waiting = {n: len(s.after) for n, s in self.flow.steps.items()}
         children: dict[str, list[str]] = {n: [] for n in self.flow.steps}
         for s in self.flow.steps.values():
@@ -152,11 +169,13 @@ class FlowRun:
         except BaseException:
             await self._cancel_all()
             await self.recorder.run_finished(self.run_id, "cancelled", "cancelled")
+            journaled(self.journal_events, "run")
             raise
         if failed is not None:
             await self._cancel_all()
             result = self._result("failed", started)
             await self.recorder.run_finished(self.run_id, "failed", failed.error)
+            journaled(self.journal_events, "run")
             if isinstance(failed.exception, StoreError):
                 raise failed.exception  # names the record; "resume" would not help
             done_steps = [n for n, r in self.results.items() if r.ok]
@@ -172,6 +191,7 @@ class FlowRun:
             else "succeeded"
         )
         await self.recorder.run_finished(self.run_id, status, None)
+        journaled(self.journal_events, "run")
         return self._result(status, started)
 
     def _skipped(self, name: str, children: dict[str, list[str]]) -> bool:
@@ -261,7 +281,17 @@ class FlowRun:
         # The scheduler gives the slot back once it has queued this step's dependents.
         return await self._run_unit(step, ctx, self._execute(step, ctx), ticket=ticket)
 
-    async def _run_unit(
+    async def _run_unit(self, step: Step, ctx: StepContext,
+                        work: Coroutine[Any, Any, tuple[Any, int, list[StepResult]]],
+                        **options: Any) -> StepResult:
+        if live(self.events):  # step_start/step_end around it
+            assert self.events is not None
+            agent = step.target.name if isinstance(step.target, Agent) else ""
+            return await observed_step(self.events, self.clock, self.run_id, ctx.step,
+                                       agent=agent, work=self._unit(step, ctx, work, **options))
+        return await self._unit(step, ctx, work, **options)
+
+    async def _unit(
         self,
         step: Step,
         ctx: StepContext,
@@ -332,6 +362,7 @@ class FlowRun:
             to_jsonable(output), usage=result.usage, cost_usd=result.cost_usd,
             model=result.model, inputs=step_inputs,
         ))
+        journaled(self.journal_events, "step")
         return result
 
     def _failed(self, step: Step, ctx: StepContext, exc: BaseException, *, started: float,
@@ -353,8 +384,6 @@ class FlowRun:
         """Run the step's target once: (output, model turns, no items)."""
         target = step.target
         if step.is_agent:
-            from shoal.agents.agent import Agent
-
             assert isinstance(target, Agent)
             if step.input is not None:
                 agent_input = step.input(ctx)

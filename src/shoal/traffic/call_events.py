@@ -1,0 +1,137 @@
+"""``call_start`` / ``call_end`` around one logical Router call, only while someone listens.
+
+The Router hands a call here only when its bus is active, so with nothing subscribed
+the hot path pays one attribute check. While the call runs, the observe scope holds
+its :class:`~shoal.observe.context.CallNote`: every event emitted meanwhile (admit,
+wait, retry, failover, breaker) carries the call's ``call_id``, and :func:`admitted`
+counts its attempts and time queued for capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING
+
+from shoal.errors import RunError
+from shoal.observe.context import CallNote, current, enter, leave, new_call_id
+from shoal.observe.events import CALL_END, CALL_START, EventBus
+from shoal.types import ChatResponse, ReasoningDelta, StreamEnd, StreamEvent, TextDelta, Usage
+
+if TYPE_CHECKING:
+    from shoal.clock import Clock
+    from shoal.types import ChatRequest
+
+__all__ = ["admitted", "observed_complete", "observed_stream"]
+
+_FIRST = (TextDelta, ReasoningDelta)
+_NO_USAGE = Usage()
+
+
+class _Note(CallNote):
+    __slots__ = ("attempts", "stream")
+
+    def __init__(self, call_id: str, request: ChatRequest, started: float,
+                 stream: bool) -> None:
+        super().__init__(call_id, request, started)
+        self.attempts = 0
+        self.stream = stream
+
+
+def admitted(waited_s: float) -> None:
+    """An attempt of the current call got its slot after ``waited_s`` in the limiter."""
+    note = current().call
+    if isinstance(note, _Note):
+        note.attempts += 1
+        note.queue_s += waited_s
+
+
+def _start(bus: EventBus, clock: Clock, request: ChatRequest, stream: bool) -> _Note:
+    note = _Note(new_call_id(), request, clock.now(), stream)
+    bus.emit(CALL_START, model=request.model, call_id=note.call_id, stream=stream)
+    return note
+
+
+def _end(bus: EventBus, clock: Clock, note: _Note,
+         response: ChatResponse | None, error: BaseException | None) -> None:
+    """Emit ``call_end`` (while the call's scope is still current)."""
+    if response is not None:
+        note.response = response
+        usage = response.usage
+        data: dict[str, object] = {
+            "provider": response.provider, "served_model": response.served_model,
+            "status": "ok", "error_type": "", "cost_usd": response.cost_usd,
+            "wasted_cost_usd": response.wasted_cost_usd,
+        }
+        channel, model = response.channel, response.model
+        note.attempts, note.queue_s = response.attempts, response.queue_s
+    else:
+        usage = _NO_USAGE
+        data = {
+            "provider": getattr(error, "provider", "") or "", "served_model": "",
+            "status": "error", "error_type": type(error).__name__, "cost_usd": 0.0,
+            "wasted_cost_usd": error.wasted_cost_usd if isinstance(error, RunError) else 0.0,
+        }
+        channel, model = "", note.request.model
+    data.update(
+        call_id=note.call_id, stream=note.stream, attempts=note.attempts,
+        duration_s=clock.now() - note.started, ttft_s=note.ttft_s, queue_s=note.queue_s,
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_tokens, reasoning_tokens=usage.reasoning_tokens,
+    )
+    bus.publish(CALL_END, data, channel=channel, model=model)
+
+
+async def observed_complete(bus: EventBus, clock: Clock, request: ChatRequest,
+                            call: Awaitable[ChatResponse]) -> ChatResponse:
+    """Await the Router's ``call`` between ``call_start`` and ``call_end``."""
+    note = _start(bus, clock, request, False)
+    token = enter(call=note)
+    try:
+        try:
+            response = await call
+        except BaseException as exc:
+            _end(bus, clock, note, None, exc)
+            raise
+        _end(bus, clock, note, response, None)
+        return response
+    finally:
+        leave(token)
+
+
+async def observed_stream(bus: EventBus, clock: Clock, request: ChatRequest,
+                          events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    """Relay the Router's stream between ``call_start`` and ``call_end``. The call's
+    scope is current only while the Router works, never while the caller holds an event
+    (a scope set in a generator would otherwise leak into the caller between events)."""
+    note = _start(bus, clock, request, True)
+    ended = False
+    try:
+        while True:
+            token = enter(call=note)
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                return
+            except BaseException as exc:
+                ended = True
+                _end(bus, clock, note, None, exc)
+                raise
+            else:
+                if note.ttft_s is None and isinstance(event, _FIRST):
+                    note.ttft_s = clock.now() - note.started
+                if isinstance(event, StreamEnd):
+                    if note.ttft_s is None:
+                        note.ttft_s = clock.now() - note.started
+                    ended = True
+                    _end(bus, clock, note, event.response, None)
+            finally:
+                leave(token)
+            yield event
+    finally:
+        if not ended:  # the caller stopped reading (or was cancelled) mid-stream
+            _end(bus, clock, note, None, asyncio.CancelledError())
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
