@@ -1,0 +1,289 @@
+"""Per-key admission: RPM, TPM, concurrency and budget reservations.
+
+A virtual key's call is admitted or refused *before* any upstream request, never
+queued: the caller gets a 429 with ``retry-after`` and decides. Admission reserves
+one request (RPM), the call's worst-case tokens (TPM), one concurrency slot and the
+call's worst-case cost; settlement replaces the tokens and cost by the real ones and
+frees the slot.
+
+* :class:`LocalKeyLimits` keeps the state in this process (one gateway process);
+* :class:`RedisKeyLimits` keeps it in Redis, one Lua script per admission and per
+  settlement (``key_scripts``), so N replicas enforce one key's limits and budget as
+  one process would. A grant holds a lease renewed every ``lease_s/3`` while the call
+  runs; a replica that dies stops renewing and its slots and reservations come back
+  ``lease_s`` later instead of leaking.
+
+Spend itself is durable in the key store; the limits only read it (``seed``) when a
+period starts or Redis lost it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shoal.clock import Clock, RealClock
+from shoal.errors import ConfigError, RunError
+from shoal.gateway import key_scripts as lua
+from shoal.gateway.keys_api import KeyBudgetExceeded, KeyLimited, VirtualKey
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["Ask", "KeyLimits", "LocalKeyLimits", "RedisKeyLimits", "refusal"]
+
+_log = logging.getLogger("shoal.gateway.keys")
+WINDOW_S = 60.0
+_EPS = 1e-9
+Seed = Callable[[], Awaitable[float]]
+
+
+@dataclass(slots=True)
+class Ask:
+    """One admission: its grant id, worst-case tokens and cost, and the spend period."""
+
+    grant: str
+    tokens: int
+    cost_usd: float
+    period: str  # the spend row: total, d2026-11-27, m2026-11
+    spend_ttl_s: int = 86400
+    admitted: bool = field(default=False)
+
+
+def refusal(key: VirtualKey, reason: int, wait_s: float | None, *, ask: Ask,
+            spend: float = 0.0, reserved: float = 0.0) -> KeyLimited | KeyBudgetExceeded:
+    """The error for a refused admission (``reason`` as in ``key_scripts.ADMIT``)."""
+    who = f"virtual key {key.name!r}"
+    if reason == 4:
+        where = "in total" if key.period == "total" else f"this {key.period} (UTC)"
+        return KeyBudgetExceeded(
+            f"{who} is out of budget: ${spend:.4f} spent and ${reserved:.4f} reserved by calls "
+            f"in flight {where}, of ${key.budget_usd:.4f}; this call may cost up to "
+            f"${ask.cost_usd:.4f}. Lower max_tokens, wait for the period to end, or ask the "
+            "gateway's admin for a larger budget")
+    what = {1: f"{key.max_concurrency} concurrent calls", 2: f"{key.rpm} requests per minute",
+            3: f"{key.tpm} tokens per minute"}[reason]
+    if wait_s is None:
+        return KeyLimited(f"{who} allows {what}; this call alone asks for {ask.tokens} tokens "
+                          "(prompt + max_tokens): lower max_tokens or shorten the prompt")
+    return KeyLimited(f"{who} is at its limit of {what}; retry in {wait_s:.1f}s",
+                      retry_after_s=max(wait_s, 0.001))
+
+
+class KeyLimits(ABC):
+    """Admission state of every key (see the module docstring)."""
+
+    @abstractmethod
+    async def admit(self, key: VirtualKey, ask: Ask, seed: Seed) -> None:
+        """Reserve ``ask`` or raise :class:`KeyLimited` / :class:`KeyBudgetExceeded`.
+        ``seed()`` returns the key's spend in ``ask.period`` from the store."""
+
+    @abstractmethod
+    async def settle(self, key: VirtualKey, ask: Ask, *, tokens: int, cost_usd: float) -> None:
+        """Replace the reservation of an admitted ``ask`` by the real tokens and cost."""
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _too_big(key: VirtualKey, ask: Ask) -> KeyLimited | KeyBudgetExceeded | None:
+    if key.tpm is not None and ask.tokens > key.tpm:
+        return refusal(key, 3, None, ask=ask)
+    if key.budget_usd is not None and ask.cost_usd > key.budget_usd + _EPS:
+        return refusal(key, 4, None, ask=ask)
+    return None
+
+
+class _State:
+    __slots__ = ("held", "period", "rpm", "spend", "tpm", "tpm_tokens", "tpm_used")
+
+    def __init__(self) -> None:
+        self.period: str | None = None
+        self.spend = 0.0
+        self.held: dict[str, float] = {}  # grant -> USD reserved
+        self.rpm: deque[float] = deque()
+        self.tpm: deque[tuple[float, str]] = deque()
+        self.tpm_tokens: dict[str, int] = {}
+        self.tpm_used = 0
+
+
+class LocalKeyLimits(KeyLimits):
+    """Every key's state in this process: exact for one gateway process, N× for N."""
+
+    def __init__(self, *, clock: Clock | None = None, window_s: float = WINDOW_S) -> None:
+        self._clock = clock or RealClock()
+        self._window = window_s
+        self._states: dict[str, _State] = {}
+
+    def in_flight(self, key_id: str) -> int:
+        state = self._states.get(key_id)
+        return 0 if state is None else len(state.held)
+
+    async def admit(self, key: VirtualKey, ask: Ask, seed: Seed) -> None:
+        big = _too_big(key, ask)
+        if big is not None:
+            raise big
+        st = self._states.setdefault(key.id, _State())
+        if key.budget_usd is not None and st.period != ask.period:
+            spend = await seed()
+            if st.period != ask.period:  # not loaded by another admission meanwhile
+                st.period, st.spend = ask.period, spend
+        # From here to the grant nothing awaits: the check and the reservation are one step.
+        now = self._clock.now()
+        cutoff = now - self._window
+        if key.max_concurrency is not None and len(st.held) >= key.max_concurrency:
+            raise refusal(key, 1, 1.0, ask=ask)
+        while st.rpm and st.rpm[0] <= cutoff:
+            st.rpm.popleft()
+        if key.rpm is not None and len(st.rpm) >= key.rpm:
+            raise refusal(key, 2, st.rpm[len(st.rpm) - key.rpm] + self._window - now, ask=ask)
+        while st.tpm and st.tpm[0][0] <= cutoff:
+            st.tpm_used -= st.tpm_tokens.pop(st.tpm.popleft()[1], 0)
+        if key.tpm is not None and st.tpm_used + ask.tokens > key.tpm:
+            freed, wait = 0, self._window
+            for at, grant in st.tpm:
+                freed += st.tpm_tokens.get(grant, 0)
+                if st.tpm_used - freed + ask.tokens <= key.tpm:
+                    wait = at + self._window - now
+                    break
+            raise refusal(key, 3, wait, ask=ask)
+        if key.budget_usd is not None:
+            reserved = sum(st.held.values())
+            if st.spend + reserved + ask.cost_usd > key.budget_usd + _EPS:
+                raise refusal(key, 4, None, ask=ask, spend=st.spend, reserved=reserved)
+        st.held[ask.grant] = ask.cost_usd if key.budget_usd is not None else 0.0
+        if key.rpm is not None:
+            st.rpm.append(now)
+        if key.tpm is not None:
+            st.tpm.append((now, ask.grant))
+            st.tpm_tokens[ask.grant] = ask.tokens
+            st.tpm_used += ask.tokens
+        ask.admitted = True
+
+    async def settle(self, key: VirtualKey, ask: Ask, *, tokens: int, cost_usd: float) -> None:
+        st = self._states.get(key.id)
+        if st is None or st.held.pop(ask.grant, None) is None:
+            return
+        if ask.grant in st.tpm_tokens:
+            st.tpm_used += tokens - st.tpm_tokens[ask.grant]
+            st.tpm_tokens[ask.grant] = tokens
+        if st.period == ask.period:
+            st.spend += cost_usd
+
+
+class RedisKeyLimits(KeyLimits):
+    """Every key's state in Redis (see the module docstring); ``prefix`` namespaces the
+    keys (``{prefix:key:<id>}:…``)."""
+
+    def __init__(self, redis: Redis | str, *, prefix: str = "shoal", lease_s: float = 60.0,
+                 window_s: float = WINDOW_S, clock: Clock | None = None) -> None:
+        if lease_s <= 0 or window_s <= 0:
+            raise ConfigError("lease_s and window_s must be > 0")
+        try:
+            importlib.import_module("redis.asyncio")
+        except ImportError as exc:
+            raise ConfigError("shared key limits need the redis client: "
+                              "pip install 'shoal[redis]'") from exc
+        self._url = redis if isinstance(redis, str) else None
+        self._client: Redis | None = None if isinstance(redis, str) else redis
+        self._prefix = prefix
+        self._lease_s = lease_s
+        self._lease_ms = int(lease_s * 1000)
+        self._window_ms = int(window_s * 1000)
+        self._clock = clock or RealClock()
+        self._scripts: dict[str, AsyncScript] = {}
+        self._held: dict[str, str] = {}  # grant -> the key's held set
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            import redis.asyncio as aioredis
+
+            assert self._url is not None
+            self._client = aioredis.from_url(self._url)
+        return self._client
+
+    def _keys(self, key_id: str, period: str) -> list[str]:
+        tag = "{" + f"{self._prefix}:key:{key_id}" + "}"
+        return [f"{tag}:{n}" for n in ("held", "res", "rpm", "tpm", "tpm_tok", "tpm_used",
+                                       f"spend:{period}")]
+
+    async def _run(self, text: str, keys: list[str], args: list[object]) -> Any:
+        from redis.exceptions import RedisError
+
+        script = self._scripts.get(text)
+        if script is None:
+            script = self._scripts[text] = self._redis().register_script(text)
+        try:
+            return await script(keys=keys, args=args)  # type: ignore[arg-type]
+        except RedisError as exc:
+            raise RunError(f"virtual keys: Redis failed ({type(exc).__name__}: {exc}); check "
+                           "that the gateway's redis_url is reachable") from exc
+
+    async def admit(self, key: VirtualKey, ask: Ask, seed: Seed) -> None:
+        big = _too_big(key, ask)
+        if big is not None:
+            raise big
+        keys = self._keys(key.id, ask.period)
+        args: list[object] = [
+            ask.grant, self._lease_ms, key.max_concurrency or 0, key.rpm or 0, key.tpm or 0,
+            ask.tokens, self._window_ms,
+            -1 if key.budget_usd is None else repr(float(key.budget_usd)),
+            repr(float(ask.cost_usd)), "", ask.spend_ttl_s]
+        granted, reason, wait_ms, spend, reserved = await self._run(lua.ADMIT, keys, args)
+        if int(reason) == lua.NEED_SEED:
+            args[9] = repr(float(await seed()))
+            granted, reason, wait_ms, spend, reserved = await self._run(lua.ADMIT, keys, args)
+        if not int(granted):
+            reason = int(reason)
+            raise refusal(key, reason, None if reason == 4 else int(wait_ms) / 1000, ask=ask,
+                          spend=float(spend), reserved=float(reserved))
+        ask.admitted = True
+        self._held[ask.grant] = keys[0]
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._renew_loop())
+
+    async def settle(self, key: VirtualKey, ask: Ask, *, tokens: int, cost_usd: float) -> None:
+        self._held.pop(ask.grant, None)
+        keys = self._keys(key.id, ask.period)
+        await self._run(lua.SETTLE, [keys[0], keys[1], keys[3], keys[4], keys[5], keys[6]],
+                        [ask.grant, tokens, repr(float(cost_usd))])
+
+    async def _renew_loop(self) -> None:
+        """While this process holds grants, renew their leases every ``lease_s/3``."""
+        while self._held and not self._closed:
+            await self._clock.sleep(self._lease_s / 3)
+            by_set: dict[str, list[str]] = {}
+            for grant, held in list(self._held.items()):
+                by_set.setdefault(held, []).append(grant)
+            for held, grants in by_set.items():
+                try:
+                    lost = await self._run(lua.RENEW, [held, held[:-4] + "res"],
+                                           [self._lease_ms, *grants])
+                except Exception as exc:  # the heartbeat must outlive any failure
+                    _log.warning("virtual keys: lease renewal failed (%s); retrying", exc)
+                    continue
+                for raw in lost:
+                    grant = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    if grant in self._held:
+                        _log.warning(
+                            "virtual keys: the lease of call %s lapsed before renewal (event "
+                            "loop blocked > %.0fs?): its slot and reservation were freed",
+                            grant, self._lease_s)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        if self._url is not None and self._client is not None:
+            await self._client.aclose()
+            self._client = None

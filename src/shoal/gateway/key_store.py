@@ -1,0 +1,490 @@
+"""Where virtual keys and their spend live: tables beside the run store's, in the same
+database (SQLite by default; PostgreSQL for several replicas).
+
+A key is stored as the SHA-256 of its secret (never the secret) and a short
+non-secret ``prefix`` for display. Spend is kept per key and per period: the
+``total`` row, one row per UTC day (``d2026-11-27``) and one per UTC month
+(``m2026-11``), each with USD, input/output/cached tokens and requests; a settled call
+moves all three rows in one statement.
+
+URLs follow :func:`shoal.stores.open_store`: ``sqlite:///path.db`` (default
+``.shoal/runs.db``), ``memory://`` (a private in-memory database, tests) and
+``postgresql://user@host/db?schema=shoal&pool_max=10``. A Redis store URL has no
+tables: virtual keys need SQLite or PostgreSQL.
+"""
+
+# SQL text is built only from module constants and a validated, quoted schema name;
+# every value is a bind parameter.
+# ruff: noqa: S608
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+import sqlite3
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from shoal.errors import ConfigError
+from shoal.gateway.keys_api import VirtualKey
+from shoal.stores.records import StoreError
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from shoal.types import Usage
+
+__all__ = [
+    "SECRET_PREFIX",
+    "KeyRecord",
+    "KeyStore",
+    "Minted",
+    "Period",
+    "Spend",
+    "hash_secret",
+    "mint_secret",
+    "open_key_store",
+    "period_id",
+    "period_ids",
+]
+
+Period = Literal["total", "day", "month"]
+PERIODS: tuple[Period, ...] = ("total", "day", "month")
+SECRET_PREFIX = "sk-shoal-"  # noqa: S105  # a public marker, not a secret
+_SHOWN = len(SECRET_PREFIX) + 6  # the display prefix: "sk-shoal-" and 6 random chars
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
+_COLS = ("id, name, prefix, models, budget_usd, period, rpm, tpm, max_concurrency, "
+         "created_at, revoked_at, rotated_at")
+
+
+def _ddl(t: str, real: str) -> tuple[str, ...]:
+    return (
+        f"""CREATE TABLE IF NOT EXISTS {t}gateway_keys (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL,
+            secret_hash TEXT NOT NULL UNIQUE, models TEXT NOT NULL, budget_usd {real},
+            period TEXT NOT NULL, rpm INTEGER, tpm INTEGER, max_concurrency INTEGER,
+            created_at {real} NOT NULL, revoked_at {real}, rotated_at {real})""",
+        # one active key per name; revoked ones keep theirs for the record
+        f"""CREATE UNIQUE INDEX IF NOT EXISTS gateway_keys_active_name
+            ON {t}gateway_keys (name) WHERE revoked_at IS NULL""",
+        f"""CREATE TABLE IF NOT EXISTS {t}gateway_key_spend (
+            key_id TEXT NOT NULL, period TEXT NOT NULL, usd {real} NOT NULL,
+            input_tokens BIGINT NOT NULL, output_tokens BIGINT NOT NULL,
+            cached_tokens BIGINT NOT NULL, requests BIGINT NOT NULL,
+            PRIMARY KEY (key_id, period))""",
+    )
+
+
+# -- secrets and periods ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Minted:
+    """A new secret (shown once), its hash (stored) and its display prefix."""
+
+    secret: str
+    digest: str
+    prefix: str
+
+    def __repr__(self) -> str:
+        return f"Minted(prefix={self.prefix!r})"
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of a key's secret (see docs/DECISIONS.md: the secret is 256 random
+    bits, so a fast hash is enough; a slow KDF would only add latency per request)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def mint_secret() -> Minted:
+    """``sk-shoal-`` and 32 random bytes (urlsafe base64, 43 characters)."""
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    return Minted(secret, hash_secret(secret), secret[:_SHOWN] + "…")
+
+
+def period_id(period: Period, wall: float) -> str:
+    """The spend row a call made at ``wall`` (epoch seconds) counts in; boundaries are UTC."""
+    if period == "total":
+        return "total"
+    at = datetime.fromtimestamp(wall, UTC)
+    return at.strftime("d%Y-%m-%d") if period == "day" else at.strftime("m%Y-%m")
+
+
+def period_ids(wall: float) -> tuple[str, str, str]:
+    """The total, day and month rows for ``wall``."""
+    return "total", period_id("day", wall), period_id("month", wall)
+
+
+def period_end(period: Period, wall: float) -> float | None:
+    """Epoch seconds when the period containing ``wall`` ends (``None`` for total)."""
+    if period == "total":
+        return None
+    at = datetime.fromtimestamp(wall, UTC)
+    if period == "day":
+        start = at.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start.timestamp() + 86400
+    year, month = (at.year + 1, 1) if at.month == 12 else (at.year, at.month + 1)
+    return datetime(year, month, 1, tzinfo=UTC).timestamp()
+
+
+# -- records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A stored key (no secret, no hash)."""
+
+    id: str
+    name: str
+    prefix: str
+    models: tuple[str, ...]
+    budget_usd: float | None
+    period: Period
+    rpm: int | None
+    tpm: int | None
+    max_concurrency: int | None
+    created_at: float
+    revoked_at: float | None = None
+    rotated_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def virtual(self) -> VirtualKey:
+        return VirtualKey(self.id, self.name, self.models, self.budget_usd, self.period,
+                          self.rpm, self.tpm, self.max_concurrency)
+
+    @classmethod
+    def _from_row(cls, row: Sequence[Any]) -> KeyRecord:
+        (kid, name, prefix, models, budget, period, rpm, tpm, conc, created, revoked,
+         rotated) = row
+        return cls(kid, name, prefix, tuple(m for m in models.split(",") if m), budget,
+                   period, rpm, tpm, conc, created, revoked, rotated)
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """What a key spent in one period."""
+
+    usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    requests: int = 0
+
+
+def _check_limits(name: str, models: Sequence[str], budget_usd: float | None, period: str,
+                  *, rpm: int | None, tpm: int | None, max_concurrency: int | None) -> None:
+    if not _NAME.match(name):
+        raise ConfigError(f"key name {name!r}: use letters, digits and _ . : @ - (at most 64, "
+                          "starting with a letter or digit)")
+    if period not in PERIODS:
+        raise ConfigError(f"budget period {period!r}: use total, day or month")
+    if budget_usd is not None and not budget_usd >= 0:
+        raise ConfigError(f"budget_usd must be >= 0, got {budget_usd}")
+    for label, value in (("rpm", rpm), ("tpm", tpm), ("concurrency", max_concurrency)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{label} must be >= 1 (or unset for no limit), got {value}")
+    for pattern in models:
+        if not pattern or "," in pattern or pattern != pattern.strip():
+            raise ConfigError(f"model pattern {pattern!r}: give comma-separated names or globs "
+                              "such as 'gpt-4o,deepseek-*'")
+
+
+# -- the store --------------------------------------------------------------------------
+
+
+class KeyStore:
+    """Keys and spend over one backend; ``async with open_key_store(url) as keys``."""
+
+    def __init__(self, backend: _Backend) -> None:
+        self._db = backend
+
+    @property
+    def url(self) -> str:
+        return self._db.url
+
+    async def open(self) -> KeyStore:
+        await self._db.open()
+        return self
+
+    async def aclose(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> KeyStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def create(
+        self, name: str, *, models: Sequence[str] = (), budget_usd: float | None = None,
+        period: Period = "total", rpm: int | None = None, tpm: int | None = None,
+        max_concurrency: int | None = None, now: float | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """A new key and its secret (the only time the secret exists outside the caller)."""
+        _check_limits(name, models, budget_usd, period, rpm=rpm, tpm=tpm,
+                      max_concurrency=max_concurrency)
+        minted = mint_secret()
+        record = KeyRecord("key_" + uuid.uuid4().hex[:16], name, minted.prefix, tuple(models),
+                           budget_usd, period, rpm, tpm, max_concurrency,
+                           time.time() if now is None else now)
+        try:
+            await self._db.execute(
+                f"INSERT INTO {self._db.t}gateway_keys (id, name, prefix, secret_hash, models, "
+                "budget_usd, period, rpm, tpm, max_concurrency, created_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (record.id, name, minted.prefix, minted.digest, ",".join(models), budget_usd,
+                 period, rpm, tpm, max_concurrency, record.created_at))
+        except Exception as exc:
+            if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
+                raise ConfigError(f"an active key named {name!r} exists; revoke it first or "
+                                  "choose another name") from None
+            raise
+        return record, minted.secret
+
+    async def by_hash(self, digest: str) -> KeyRecord | None:
+        rows = await self._db.fetch(
+            f"SELECT {_COLS} FROM {self._db.t}gateway_keys WHERE secret_hash = ?", (digest,))
+        return KeyRecord._from_row(rows[0]) if rows else None
+
+    async def find(self, name_or_id: str) -> KeyRecord | None:
+        """The key with this id, else the active key with this name, else the newest
+        revoked one with it."""
+        rows = await self._db.fetch(
+            f"SELECT {_COLS} FROM {self._db.t}gateway_keys WHERE id = ? OR name = ? "
+            "ORDER BY (id = ?) DESC, (revoked_at IS NULL) DESC, created_at DESC LIMIT 1",
+            (name_or_id, name_or_id, name_or_id))
+        return KeyRecord._from_row(rows[0]) if rows else None
+
+    async def list(self, *, include_revoked: bool = False) -> list[KeyRecord]:
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        rows = await self._db.fetch(
+            f"SELECT {_COLS} FROM {self._db.t}gateway_keys{where} ORDER BY created_at, id", ())
+        return [KeyRecord._from_row(r) for r in rows]
+
+    async def count_active(self) -> int:
+        rows = await self._db.fetch(
+            f"SELECT count(*) FROM {self._db.t}gateway_keys WHERE revoked_at IS NULL", ())
+        return int(rows[0][0])
+
+    async def revoke(self, key_id: str, *, now: float | None = None) -> bool:
+        """True when the key was active; its secret stops working at once here and within
+        the gateways' key cache (``cache_s``) elsewhere."""
+        count = await self._db.execute(
+            f"UPDATE {self._db.t}gateway_keys SET revoked_at = ? "
+            "WHERE id = ? AND revoked_at IS NULL", (time.time() if now is None else now, key_id))
+        return count == 1
+
+    async def rotate(self, key_id: str, *, now: float | None = None) -> str | None:
+        """A new secret for an active key (same id, spend and limits); the old one stops
+        working. ``None`` when no active key has this id."""
+        minted = mint_secret()
+        count = await self._db.execute(
+            f"UPDATE {self._db.t}gateway_keys SET secret_hash = ?, prefix = ?, rotated_at = ? "
+            "WHERE id = ? AND revoked_at IS NULL",
+            (minted.digest, minted.prefix, time.time() if now is None else now, key_id))
+        return minted.secret if count == 1 else None
+
+    async def add_spend(self, key_id: str, *, wall: float, usd: float, usage: Usage) -> None:
+        """Add one settled call to the key's total, day and month rows (one statement)."""
+        values = (usd, usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+        args: list[object] = []
+        for pid in period_ids(wall):
+            args += [key_id, pid, *values]
+        await self._db.execute(
+            f"INSERT INTO {self._db.t}gateway_key_spend (key_id, period, usd, input_tokens, "
+            "output_tokens, cached_tokens, requests) VALUES (?,?,?,?,?,?,1), (?,?,?,?,?,?,1), "
+            "(?,?,?,?,?,?,1) ON CONFLICT (key_id, period) DO UPDATE SET "
+            "usd = gateway_key_spend.usd + excluded.usd, "
+            "input_tokens = gateway_key_spend.input_tokens + excluded.input_tokens, "
+            "output_tokens = gateway_key_spend.output_tokens + excluded.output_tokens, "
+            "cached_tokens = gateway_key_spend.cached_tokens + excluded.cached_tokens, "
+            "requests = gateway_key_spend.requests + 1", args)
+
+    async def spend(self, key_id: str, period: str) -> Spend:
+        """The key's spend in one period row (``total``, ``d2026-11-27``, ``m2026-11``)."""
+        rows = await self._db.fetch(
+            f"SELECT usd, input_tokens, output_tokens, cached_tokens, requests FROM "
+            f"{self._db.t}gateway_key_spend WHERE key_id = ? AND period = ?", (key_id, period))
+        if not rows:
+            return Spend()
+        usd, inp, out, cached, requests = rows[0]
+        return Spend(float(usd), int(inp), int(out), int(cached), int(requests))
+
+
+# -- backends ---------------------------------------------------------------------------
+
+
+class _Backend(ABC):
+    url: str
+    t: str  # the table prefix: "" or '"schema".'
+
+    @abstractmethod
+    async def open(self) -> None: ...
+    @abstractmethod
+    async def close(self) -> None: ...
+    @abstractmethod
+    async def execute(self, sql: str, args: Sequence[object]) -> int:
+        """Run one statement; the number of rows it changed."""
+
+    @abstractmethod
+    async def fetch(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]]:
+        """Run one query; its rows."""
+
+
+class _SQLite(_Backend):
+    """One connection on one worker thread, like :class:`~shoal.stores.sqlite.SQLiteStore`;
+    every operation is one statement (atomic on its own)."""
+
+    def __init__(self, path: str, synchronous: str, busy_timeout_ms: int) -> None:
+        self.path, self.t = path, ""
+        self.url = f"sqlite:///{path}"
+        self._sync, self._busy = synchronous, busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        conn, pool = self._conn, self._pool
+        if conn is None or pool is None:
+            raise StoreError(f"the key store {self.url} is closed")
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, conn)
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shoal-keys")
+        self._conn = await asyncio.get_running_loop().run_in_executor(self._pool, self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy / 1e3,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
+        for statement in _ddl("", "REAL"):
+            conn.execute(statement)
+        return conn
+
+    async def close(self) -> None:
+        conn, pool = self._conn, self._pool
+        self._conn = self._pool = None
+        if conn is not None and pool is not None:
+            await asyncio.get_running_loop().run_in_executor(pool, conn.close)
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    async def execute(self, sql: str, args: Sequence[object]) -> int:
+        return int(await self._call(lambda c: c.execute(sql, tuple(args)).rowcount))
+
+    async def fetch(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]]:
+        rows: list[Sequence[Any]] = await self._call(
+            lambda c: c.execute(sql, tuple(args)).fetchall())
+        return rows
+
+
+class _Postgres(_Backend):
+    """An asyncpg pool; the tables live in the run store's schema."""
+
+    def __init__(self, dsn: str, schema: str, pool_max: int) -> None:
+        if not _IDENT.match(schema):
+            raise ConfigError(f"PostgreSQL schema name {schema!r} must be letters, digits and _")
+        self._dsn, self.schema, self._max = dsn, schema, pool_max
+        self.t = f'"{schema}".'
+        parts = urlsplit(dsn)
+        if parts.password:
+            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+        self.url = f"{urlunsplit(parts)} (schema {schema!r})"
+        self._pool: asyncpg.Pool | None = None
+        self._sql: dict[str, str] = {}
+
+    def _q(self, sql: str) -> str:
+        out = self._sql.get(sql)
+        if out is None:
+            n = iter(range(1, 1000))
+            out = self._sql[sql] = re.sub(r"\?", lambda _: f"${next(n)}", sql)
+        return out
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        import asyncpg
+
+        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max,
+                                               timeout=5, command_timeout=30)
+        s = f'"{self.schema}"'
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"shoal-keys:{s}")
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            for statement in _ddl(self.t, "double precision"):
+                await conn.execute(statement)
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def _p(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError(f"the key store {self.url} is closed")
+        return self._pool
+
+    async def execute(self, sql: str, args: Sequence[object]) -> int:
+        status = await self._p().execute(self._q(sql), *args)
+        return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+
+    async def fetch(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]]:
+        return list(await self._p().fetch(self._q(sql), *args))
+
+
+def open_key_store(url: str | None = None) -> KeyStore:
+    """The key store for a store URL (``None``: the default ``sqlite:///.shoal/runs.db``),
+    not yet opened."""
+    from shoal.stores import DEFAULT_URL
+
+    url = url or DEFAULT_URL
+    if "://" not in url:
+        url = "sqlite:///" + url
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    params.pop("retry_attempts", None)
+    if scheme in ("sqlite", "memory"):
+        path = ":memory:"
+        if scheme == "sqlite":
+            path = parts.netloc + parts.path
+            if not parts.netloc and path.startswith("/"):
+                path = path[1:]  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
+            path = path or ".shoal/runs.db"
+        return KeyStore(_SQLite(path, params.get("synchronous", "full"),
+                                _int(params.get("busy_timeout_ms", "5000"))))
+    if scheme in ("postgresql", "postgres"):
+        schema = params.pop("schema", "shoal")
+        pool_max = _int(params.pop("pool_max", "10"))
+        dsn = urlunsplit(parts._replace(query=urlencode(params)))
+        return KeyStore(_Postgres(dsn, schema, pool_max))
+    raise ConfigError(
+        f"virtual keys need a SQL store, not {parts.scheme}://: use sqlite:///path.db (one "
+        "host) or postgresql://user@host/db (several replicas) as --store / $SHOAL_STORE"
+    )
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"key store URL: expected an integer, got {value!r}") from None
