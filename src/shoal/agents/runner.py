@@ -37,6 +37,8 @@ from shoal.errors import (
     ProviderError,
     RunError,
 )
+from shoal.observe import emit
+from shoal.observe.events import JOURNAL, EventBus
 from shoal.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
 
 __all__ = ["RunResult", "Runner", "TurnTrace", "new_run_id"]
@@ -103,6 +105,8 @@ class Runner:
         default_max_tokens: ``max_tokens`` for agents that set none (bounded by the
             model's ``max_output``); it is also what a budget reserves for the output.
         tool_result_chars: tool results longer than this are truncated.
+        events: where agent, tool, guard, budget and journal events go (default: the
+            client's bus, ``client.events``, so one subscription also sees its calls).
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class Runner:
         default_model: str | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         tool_result_chars: int | None = DEFAULT_TOOL_RESULT_CHARS,
+        events: EventBus | None = None,
     ) -> None:
         self.client = client
         self.clock: Clock = clock or RealClock()
@@ -121,6 +126,7 @@ class Runner:
         self.default_model = default_model
         self.default_max_tokens = default_max_tokens
         self.tool_result_chars = tool_result_chars
+        self.events = events if events is not None else emit.bus_of(client)
 
     def model_for(self, agent: Agent[Any]) -> str:
         """The model an agent runs on (its own, the runner's default, or the config's)."""
@@ -158,7 +164,12 @@ class Runner:
             run_id=run_id or new_run_id(), step_id=step_id or agent.name, agent=agent.name,
             runner=self, deps=deps, budget=budget,
         )
-        return await _Loop(self, agent, ctx, model).run(input)
+        loop = _Loop(self, agent, ctx, model)
+        if emit.live(self.events):
+            assert self.events is not None
+            return await emit.observed_agent(self.events, self.clock, ctx, model,
+                                             loop.run(input), turns=loop.turns)
+        return await loop.run(input)
 
 
 class _Loop(Generic[T]):
@@ -199,6 +210,7 @@ class _Loop(Generic[T]):
         turn = 0
         while True:
             if turn >= agent.max_turns:
+                emit.guard(self.r.events, "max_turns", "trip", f"{agent.max_turns} turns")
                 raise BudgetExceeded(
                     f"agent {agent.name!r} reached max_turns={agent.max_turns} without a final "
                     "answer; raise max_turns or simplify the task"
@@ -216,7 +228,9 @@ class _Loop(Generic[T]):
                 loop = self.detector.observe(response)
                 if loop is not None:
                     if agent.loop.on_loop == "raise" or self.detector.nudged:
+                        emit.guard(self.r.events, "loop", "trip", loop)
                         raise LoopDetected(f"agent {agent.name!r} is looping: {loop}")
+                    emit.guard(self.r.events, "loop", "nudge", loop)
                     self.detector.nudged = True
                     tool_choice = "none"
                     self.turns[-1].note = f"loop: {loop}; nudged to stop"
@@ -243,7 +257,7 @@ class _Loop(Generic[T]):
                 self.messages.append(agent.output.reask(exc))
                 continue
             for guard in agent.output_guardrails:
-                output = await guard.apply(output, ctx, "output")
+                output = await emit.guarded(self.r.events, guard, output, ctx, "output")
             return RunResult(
                 agent=agent.name, output=output, text=response.text, messages=self.messages,
                 usage=ctx.usage, cost_usd=ctx.cost_usd, turns=self.turns,
@@ -263,7 +277,7 @@ class _Loop(Generic[T]):
             if idx is not None:
                 value: Any = history[idx].content
                 for guard in agent.input_guardrails:
-                    value = await guard.apply(value, ctx, "input")
+                    value = await emit.guarded(self.r.events, guard, value, ctx, "input")
                 history[idx] = Message.user(value if isinstance(value, str) else str(value))
         instructions = agent.instructions
         if callable(instructions):
@@ -359,6 +373,9 @@ class _Loop(Generic[T]):
             if not response.latency_s:
                 response.latency_s = r.clock.now() - started
             await r.recorder.turn_done(ctx.run_id, ctx.step_id, turn, response)
+            if emit.live(r.events) and not isinstance(r.recorder, NullRecorder):
+                assert r.events is not None
+                r.events.emit(JOURNAL, what="turn", turn=turn)
         ctx.usage = ctx.usage + response.usage
         ctx.cost_usd += response.cost_usd
         self.turns.append(
@@ -384,11 +401,14 @@ class _Loop(Generic[T]):
             reservation = None
             if budget is not None:
                 estimate = client.estimate_tokens(request)
-                reservation = budget.reserve(
-                    estimate,
-                    estimate_cost(self.model_info(model), estimate, request.max_tokens),
-                    what=f"agent {agent.name!r} turn {turn} on {model}",
-                )
+                usd = estimate_cost(self.model_info(model), estimate, request.max_tokens)
+                try:
+                    reservation = budget.reserve(
+                        estimate, usd, what=f"agent {agent.name!r} turn {turn} on {model}")
+                except BudgetExceeded:
+                    emit.budget(self.r.events, "refuse", usd, estimate)
+                    raise
+                emit.budget(self.r.events, "reserve", usd, estimate)
             try:
                 response = await client.complete(request, deadline_s=agent.call_deadline_s)
             except _FALLBACK_ON as exc:
@@ -399,6 +419,7 @@ class _Loop(Generic[T]):
                 if plain_bad_request or i + 1 == len(models):
                     raise
                 notes.append(f"{model} failed ({type(exc).__name__}), fell back")
+                emit.fallback(self.r.events, model, models[i + 1], exc)
                 continue
             except BaseException as exc:
                 self._charge_waste(reservation, exc)
@@ -408,6 +429,8 @@ class _Loop(Generic[T]):
                 wasted = response.wasted.total_tokens if response.wasted is not None else 0
                 reservation.settle(response.usage.total_tokens + wasted,
                                    response.cost_usd + response.wasted_cost_usd)
+                emit.budget(self.r.events, "settle", response.cost_usd + response.wasted_cost_usd,
+                             response.usage.total_tokens + wasted)
             self.ctx.cost_usd += response.wasted_cost_usd
             return response, "; ".join(notes)
         raise AssertionError("unreachable: models is never empty")
@@ -420,6 +443,7 @@ class _Loop(Generic[T]):
         tokens = usage.total_tokens if usage is not None else 0
         if reservation is not None:
             reservation.settle(tokens, usd)
+            emit.budget(self.r.events, "settle", usd, tokens)
         self.ctx.cost_usd += usd
 
     async def _run_tools(self, calls: Sequence[ToolCall]) -> None:
@@ -436,6 +460,13 @@ class _Loop(Generic[T]):
             )
 
     async def _run_tool(self, call: ToolCall) -> ToolOutcome:
+        bus = self.r.events
+        if bus is not None and bus.active:
+            return await emit.observed_tool(bus, self.r.clock, call.name, call.id,
+                                            self._tool_outcome(call))
+        return await self._tool_outcome(call)
+
+    async def _tool_outcome(self, call: ToolCall) -> ToolOutcome:
         tool = self.agent.tool_map.get(call.name)
         if tool is None:
             available = ", ".join(self.agent.tool_map) or "(none)"

@@ -46,6 +46,7 @@ from shoal.observe.events import WAIT, EventBus
 from shoal.providers.caching import with_cache_settings
 from shoal.tokens import count_text, estimate_call_tokens, estimate_prompt_tokens
 from shoal.traffic.call import Attempt, CallState, no_lane_error, pick, usable
+from shoal.traffic.call_events import admitted, observed_complete, observed_stream
 from shoal.traffic.deadline import clock_timeout
 from shoal.traffic.lane import Lane, build_lane
 from shoal.traffic.retry import RetryBudget, RetryPolicy
@@ -226,6 +227,7 @@ class Router:
                     lane.retry_budget.refund()
                 continue
             if self.events.active:
+                admitted(now - waited_from)
                 self.events.emit("admit", channel=lane.name, model=info.name,
                                  waited_s=now - waited_from, tokens=tokens,
                                  attempt=budget.attempts)
@@ -368,6 +370,13 @@ class Router:
         ``deadline_s`` (default: the retry policy's) bounds everything: waiting for
         capacity, backoff, and the request in flight, which is cancelled when it passes.
         """
+        if self.events.active:  # call_start/call_end (traffic/call_events.py)
+            return await observed_complete(self.events, self.clock, request,
+                                           self._complete(request, deadline_s))
+        return await self._complete(request, deadline_s)
+
+    async def _complete(self, request: ChatRequest, deadline_s: float | None
+                        ) -> ChatResponse:
         call = self._call(request, deadline_s)
         while True:
             att = await self._admit(call)
@@ -391,12 +400,19 @@ class Router:
                 raise
             return self._succeeded(request, att, call, response)
 
-    async def stream(self, request: ChatRequest, *, deadline_s: float | None = None
-                     ) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ChatRequest, *, deadline_s: float | None = None
+               ) -> AsyncIterator[StreamEvent]:
         """Stream one logical call; fails over only before its first token (text, tool
         call or reasoning) reaches the caller. After that a broken stream raises
         ``StreamInterrupted`` (the provider's error as its cause). ``deadline_s`` bounds
         the whole stream, the wait for every event included."""
+        if self.events.active:  # call_start/call_end (traffic/call_events.py)
+            return observed_stream(self.events, self.clock, request,
+                                   self._stream(request, deadline_s))
+        return self._stream(request, deadline_s)
+
+    async def _stream(self, request: ChatRequest, deadline_s: float | None
+                      ) -> AsyncIterator[StreamEvent]:
         call = self._call(request, deadline_s)
         while True:
             att = await self._admit(call)
