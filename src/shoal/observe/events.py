@@ -12,6 +12,8 @@ Kinds used across shoal (``data`` keys in brackets):
 ``wait``         a call queued for capacity [tokens, in_flight, queued]
 ``retry``        a call will be retried after a delay [attempt, delay_s, error]
 ``failover``     a call moves to another channel or fallback model [from, to, error]
+                 (from the Router: ``channel`` is the lane left, ``to`` the next lane;
+                 from an agent falling back to its next model: ``from``/``to`` models)
 ``breaker``      a circuit breaker changed state [from, to, error]
 ``limit_change`` adaptive concurrency moved a channel's cap [from, to, reason]
 ``settle``       a permit's token reservation was corrected [reserved, actual]
@@ -19,10 +21,13 @@ Kinds used across shoal (``data`` keys in brackets):
 Run, step, agent and tool kinds (issue 11; emitted by flows, agents and the Router):
 
 ``run_start``    [run_id, flow]
-``run_end``      [run_id, flow, status, error, duration_s, cost_usd, + the token keys]
+``run_end``      [run_id, flow, status ("succeeded"|"partial"|"failed"|"cancelled"), error,
+                  duration_s, cost_usd, + the token keys]   (batch items of an agent or
+                  function are runs too: ``flow`` is the batch's description)
 ``step_start``   [run_id, step, agent]
-``step_end``     [run_id, step, agent, status ("succeeded"|"failed"|"replayed"), error,
-                  duration_s, cost_usd, + the token keys]
+``step_end``     [run_id, step, agent, status ("succeeded"|"failed"|"replayed"|"fallback"|
+                  "cancelled"), error, duration_s, cost_usd, + the token keys]
+                  (a map item is a step ``"name/i"`` inside step ``"name"``)
 ``agent_start``  [run_id, step, agent, model]              (one agent invocation: invoke_agent)
 ``agent_end``    [run_id, step, agent, model, turns, status, error, duration_s, cost_usd, + tokens]
 ``tool_start``   [run_id, step, agent, tool, call_id]
@@ -31,6 +36,7 @@ Run, step, agent and tool kinds (issue 11; emitted by flows, agents and the Rout
 ``call_end``     [run_id, step, agent, call_id, stream, provider, served_model, status, error_type,
                   attempts, duration_s, ttft_s, queue_s, cost_usd, wasted_cost_usd, + tokens]
 ``guard``        [run_id, step, agent, guard, decision ("allow"|"trip"|"nudge"), detail]
+                 (guard: a guardrail's name, "loop" or "max_turns")
 ``budget``       [run_id, step, agent, decision ("reserve"|"refuse"|"settle"), amount_usd, tokens]
 ``journal``      [run_id, step, what ("step"|"turn"|"run"), turn]
 
