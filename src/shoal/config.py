@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from shoal.errors import ConfigError
 from shoal.families import FAMILIES, close_families, infer_family
+from shoal.observe.alert_config import AlertsConfig
 from shoal.pricing import ModelPrice
 from shoal.secrets import register_secret
 from shoal.types import Usage
@@ -188,8 +189,22 @@ def _validation_message(where: str, exc: ValidationError) -> str:
     return f"invalid {where}: {problems}"
 
 
+def _alerts_section(raw: Any) -> AlertsConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("[alerts] must be a table (see docs/observe.md)")
+    try:
+        return AlertsConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_validation_message("[alerts]", exc)) from None
+
+
 class Config:
     """Channels and models, resolved. Build with :meth:`load` or :meth:`from_dict`."""
+
+    #: ``[alerts]`` (shoal.observe.alerts); None when shoal.toml has no such section
+    alerts: AlertsConfig | None = None
 
     def __init__(
         self,
@@ -234,6 +249,7 @@ class Config:
     def from_dict(cls, user: dict[str, Any] | None = None) -> Config:
         """The catalog with ``user`` (the parsed shape of a shoal.toml) laid over it."""
         user = dict(user or {})
+        alerts = _alerts_section(user.pop("alerts", None))
         unknown = set(user) - {"channels", "models", "redis_url"}
         if unknown:
             raise ConfigError(
@@ -279,7 +295,9 @@ class Config:
                 raise ConfigError(
                     f"model {name!r} has no channels: set channels = [...] or provider = ..."
                 )
-        return cls(channels, models, redis_url=user.get("redis_url"))
+        config = cls(channels, models, redis_url=user.get("redis_url"))
+        config.alerts = alerts
+        return config
 
     # -- lookups ------------------------------------------------------------------------
 
