@@ -18,10 +18,22 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from shoal.cli import channels_cmd, demo_cmd, run_cmd, runs_cmd, sim_cmd
+    from shoal.cli import (
+        channels_cmd,
+        cost_cmd,
+        demo_cmd,
+        keys_cmd,
+        models_cmd,
+        run_cmd,
+        runs_cmd,
+        sim_cmd,
+    )
 
     channels_cmd.register(app)
+    cost_cmd.register(app)
     demo_cmd.register(app)
+    models_cmd.register(app)
+    keys_cmd.register(app)
     run_cmd.register(app)
     runs_cmd.register(app)
     sim_cmd.register(app)

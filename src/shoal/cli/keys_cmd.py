@@ -1,0 +1,245 @@
+"""``shoal keys create|list|show|revoke|rotate``: the gateway's virtual keys, managed on
+the store directly (``--store URL``, ``$SHOAL_STORE``, default ``sqlite:///.shoal/runs.db``;
+PostgreSQL when several gateway replicas share the keys).
+
+``create`` and ``rotate`` print the secret once, alone on stdout (the rest goes to
+stderr), so ``KEY=$(shoal keys create --name team-a)`` captures it; the store keeps
+only its hash.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from shoal.cli.common import fail, plain
+from shoal.errors import ConfigError, ShoalError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from shoal.gateway.key_store import KeyRecord, KeyStore, Spend
+
+__all__ = ["register"]
+
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", envvar="SHOAL_STORE",
+    help="Store URL (sqlite:///path.db or postgresql://...). "
+         "Default: $SHOAL_STORE or sqlite:///.shoal/runs.db.")]
+KeyArg = Annotated[str, typer.Argument(help="The key's name or id.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead.")]
+
+keys_app = typer.Typer(
+    name="keys", no_args_is_help=True,
+    help="The gateway's virtual keys: create, list, show, revoke, rotate.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app)
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console
+
+
+def _run(coro: Any) -> Any:
+    from shoal.cli.loop import run as run_loop
+
+    try:
+        return run_loop(coro)
+    except ShoalError as exc:
+        raise fail(exc) from None
+
+
+async def _with_store(url: str | None, fn: Any) -> Any:
+    from shoal.gateway.key_store import open_key_store
+
+    async with open_key_store(url) as store:
+        return await fn(store)
+
+
+async def _find(store: KeyStore, name_or_id: str) -> KeyRecord:
+    record = await store.find(name_or_id)
+    if record is None:
+        raise ConfigError(f"no virtual key named or with id {name_or_id!r} in {store.url}; "
+                          "`shoal keys list --all` shows them")
+    return record
+
+
+def _prefix(record: KeyRecord) -> str:
+    """The display prefix as is: plain() would mask it for its ``sk-`` shape, and it is
+    only ``sk-shoal-`` and 6 characters of 43."""
+    from rich.markup import escape
+
+    return escape(record.prefix)
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:.4f}".rstrip("0").rstrip(".")
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _row(record: KeyRecord, spend: dict[str, Spend] | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": record.id, "name": record.name, "prefix": record.prefix,
+        "models": list(record.models), "budget_usd": record.budget_usd,
+        "period": record.period, "rpm": record.rpm, "tpm": record.tpm,
+        "concurrency": record.max_concurrency, "created_at": record.created_at,
+        "rotated_at": record.rotated_at, "revoked_at": record.revoked_at,
+        "status": "active" if record.active else "revoked"}
+    if spend is not None:
+        row["spend"] = {p: {"usd": s.usd, "input_tokens": s.input_tokens,
+                            "output_tokens": s.output_tokens, "cached_tokens": s.cached_tokens,
+                            "requests": s.requests} for p, s in spend.items()}
+    return row
+
+
+async def _spend(store: KeyStore, record: KeyRecord) -> dict[str, Spend]:
+    from shoal.gateway.key_store import period_ids
+
+    total, day, month = period_ids(datetime.now(UTC).timestamp())
+    return {"total": await store.spend(record.id, total), "today": await store.spend(
+        record.id, day), "this_month": await store.spend(record.id, month)}
+
+
+def _print_secret(record: KeyRecord, secret: str, verb: str, json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps({**_row(record), "key": secret}))
+        return
+    _console(stderr=True).print(
+        f"{verb} virtual key [b]{plain(record.name)}[/b] ({record.id}); the key is shown "
+        "only this once, store it now:", highlight=False, soft_wrap=True)
+    sys.stdout.write(secret + "\n")  # not through rich: no wrapping, no redaction
+
+
+@keys_app.command("create")
+def create(
+    name: Annotated[str, typer.Option("--name", help="A unique name, e.g. team-a.")],
+    store: StoreOpt = None,
+    *,
+    budget_usd: Annotated[float | None, typer.Option(
+        "--budget-usd", help="Spend cap in USD per --period; unset: no cap.")] = None,
+    period: Annotated[str, typer.Option(help="Budget period: total, day or month (UTC).")]
+    = "total",
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute (prompt + max_tokens "
+                                                 "reserved, then the real count).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Calls in flight at once.")] = None,
+    models: Annotated[str, typer.Option(help="Allowed models, comma-separated names or globs "
+                                             "('gpt-4o,deepseek-*'); empty: all.")] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a virtual key and print its secret once."""
+    allowed = [m.strip() for m in models.split(",") if m.strip()]
+    if period not in ("total", "day", "month"):
+        raise fail(ConfigError(f"--period {period!r}: use total, day or month"))
+
+    async def op(s: KeyStore) -> tuple[KeyRecord, str]:
+        return await s.create(name, models=allowed, budget_usd=budget_usd,
+                              period=period,  # type: ignore[arg-type]  # checked above
+                              rpm=rpm, tpm=tpm, max_concurrency=concurrency)
+
+    record, secret = _run(_with_store(store, op))
+    _print_secret(record, secret, "created", json_out)
+
+
+@keys_app.command("list")
+def list_keys(
+    store: StoreOpt = None,
+    *,
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """List virtual keys: name, id, prefix, limits, budget and this period's spend."""
+    from rich import box
+    from rich.table import Table
+
+    from shoal.gateway.key_store import period_id
+
+    async def op(s: KeyStore) -> list[tuple[KeyRecord, float]]:
+        now = datetime.now(UTC).timestamp()
+        records = await s.list(include_revoked=all_keys)
+        return [(r, (await s.spend(r.id, period_id(r.period, now))).usd) for r in records]
+
+    rows = _run(_with_store(store, op))
+    if json_out:
+        typer.echo(json.dumps([{**_row(r), "period_spend_usd": usd} for r, usd in rows]))
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("name", "id", "prefix", "models", "spent", "budget", "rpm", "tpm",
+                "concurrency", "status"):
+        table.add_column(col, no_wrap=True)
+    for r, usd in rows:
+        table.add_row(plain(r.name), r.id, _prefix(r), plain(",".join(r.models) or "*"),
+                      _money(usd), f"{_money(r.budget_usd)}/{r.period}",
+                      str(r.rpm or "-"), str(r.tpm or "-"), str(r.max_concurrency or "-"),
+                      "active" if r.active else "[red]revoked[/]")
+    _console().print(table if rows else "no virtual keys in this store")
+
+
+@keys_app.command("show")
+def show(key: KeyArg, store: StoreOpt = None, *, json_out: JsonOpt = False) -> None:
+    """Show one key: limits, status and spend (total, today, this month; UTC)."""
+
+    async def op(s: KeyStore) -> tuple[KeyRecord, dict[str, Spend]]:
+        record = await _find(s, key)
+        return record, await _spend(s, record)
+
+    record, spend = _run(_with_store(store, op))
+    if json_out:
+        typer.echo(json.dumps(_row(record, spend)))
+        return
+    out = _console()
+    status = "active" if record.active else f"[red]revoked {_when(record.revoked_at)}[/]"
+    out.print(f"[b]{plain(record.name)}[/b] · {record.id} · {_prefix(record)} · {status}")
+    out.print(f"models: {plain(', '.join(record.models) or 'all')}", highlight=False)
+    out.print(f"budget: {_money(record.budget_usd)} per {record.period} · rpm "
+              f"{record.rpm or '-'} · tpm {record.tpm or '-'} · concurrency "
+              f"{record.max_concurrency or '-'}", highlight=False)
+    out.print(f"created {_when(record.created_at)} · rotated {_when(record.rotated_at)}",
+              highlight=False)
+    for label, s in spend.items():
+        out.print(f"spent {label.replace('_', ' ')}: {_money(s.usd)} · {s.requests} requests · "
+                  f"{s.input_tokens} in ({s.cached_tokens} cached) / {s.output_tokens} out",
+                  highlight=False)
+
+
+@keys_app.command("revoke")
+def revoke(key: KeyArg, store: StoreOpt = None) -> None:
+    """Revoke a key: its secret stops working (within a second on running gateways)."""
+
+    async def op(s: KeyStore) -> tuple[KeyRecord, bool]:
+        record = await _find(s, key)
+        return record, await s.revoke(record.id)
+
+    record, done = _run(_with_store(store, op))
+    state = "revoked" if done else "was already revoked:"
+    _console().print(f"{state} {plain(record.name)} ({record.id})", highlight=False)
+
+
+@keys_app.command("rotate")
+def rotate(key: KeyArg, store: StoreOpt = None, *, json_out: JsonOpt = False) -> None:
+    """Give a key a new secret (same id, limits and spend); the old secret stops working."""
+
+    async def op(s: KeyStore) -> tuple[KeyRecord, str]:
+        record = await _find(s, key)
+        secret = await s.rotate(record.id)
+        if secret is None:
+            raise ConfigError(f"the key {record.name!r} ({record.id}) is revoked; create a "
+                              "new one")
+        return await _find(s, record.id), secret
+
+    record, secret = _run(_with_store(store, op))
+    _print_secret(record, secret, "rotated", json_out)

@@ -1,0 +1,82 @@
+"""`shoal keys`: create prints the secret once (alone on stdout), the store keeps its hash;
+list, show, rotate and revoke work on the store directly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from shoal.cli.keys_cmd import register
+from shoal.gateway.key_store import hash_secret, open_key_store
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # two commands: typer keeps the subcommand name
+    return app
+
+
+def _keys(*args: str) -> tuple[int, str, str]:
+    out = CliRunner().invoke(_app(), ["keys", *args])
+    return out.exit_code, out.stdout, out.stderr
+
+
+def _hash_of(url: str, name: str) -> str | None:
+    async def read() -> str | None:
+        async with open_key_store(url) as store:
+            record = await store.find(name)
+            assert record is not None
+            rows = await store._db.fetch(
+                "SELECT secret_hash FROM gateway_keys WHERE id = ?", (record.id,))
+            return str(rows[0][0])
+
+    return asyncio.run(read())
+
+
+def test_create_show_rotate_revoke(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, err = _keys("create", "--name", "team-a", "--budget-usd", "50", "--period",
+                           "month", "--rpm", "100", "--tpm", "200000", "--concurrency", "10",
+                           "--models", "gpt-4o, deepseek-*", "--store", url)
+    assert code == 0, err
+    secret = out.strip()
+    assert secret.startswith("sk-shoal-") and "\n" not in secret
+    assert "shown only this once" in err
+    assert _hash_of(url, "team-a") == hash_secret(secret)
+
+    code, out, _ = _keys("show", "team-a", "--store", url, "--json")
+    shown = json.loads(out)
+    assert code == 0 and secret not in out
+    assert (shown["models"], shown["budget_usd"], shown["period"], shown["rpm"], shown["tpm"],
+            shown["concurrency"], shown["status"]) == (
+        ["gpt-4o", "deepseek-*"], 50.0, "month", 100, 200000, 10, "active")
+    assert shown["spend"]["this_month"]["usd"] == 0.0
+
+    code, out, _ = _keys("rotate", "team-a", "--store", url)
+    new = out.strip()
+    assert code == 0 and new != secret and _hash_of(url, "team-a") == hash_secret(new)
+
+    code, out, _ = _keys("list", "--store", url)
+    assert code == 0 and "team-a" in out and new[:15] in out and new not in out
+
+    code, out, _ = _keys("revoke", shown["id"], "--store", url)
+    assert code == 0 and "revoked team-a" in out
+    code, out, _ = _keys("list", "--store", url, "--json")
+    assert json.loads(out) == []
+    code, out, _ = _keys("list", "--all", "--store", url, "--json")
+    assert [r["status"] for r in json.loads(out)] == ["revoked"]
+
+
+def test_unknown_key_and_bad_period_exit_2(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, _, err = _keys("show", "nobody", "--store", url)
+    assert code == 2 and "no virtual key named" in err
+    code, _, err = _keys("create", "--name", "x", "--period", "week", "--store", url)
+    assert code == 2 and "total, day or month" in err
+    code, _, err = _keys("list", "--store", "redis://127.0.0.1:6379/0")
+    assert code == 2 and "postgresql://" in err
