@@ -219,3 +219,20 @@ def test_webhook_config_needs_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
         WebhookConfig.model_validate({"url": "ftp://x"}).resolved_url()
     monkeypatch.setenv("SHOAL_TEST_HOOK", "https://hooks.example/T0/secret-path")
     assert WebhookConfig(url_env="SHOAL_TEST_HOOK").resolved_url().endswith("secret-path")
+
+
+def test_alerts_section_of_shoal_toml() -> None:
+    from shoal.config import Config
+
+    config = Config.from_dict({"alerts": {"burn_rate": 10, "baseline_per_minute": 20_000,
+                                          "tokens_per_task": 50_000,
+                                          "webhook": [{"url": "https://hooks.example/x"}]}})
+    assert config.alerts is not None
+    assert config.alerts.tokens_per_task == 50_000
+    assert config.alerts.webhook[0].resolved_url() == "https://hooks.example/x"
+    assert Config.from_dict({}).alerts is None
+    with pytest.raises(ConfigError, match=r"invalid \[alerts\]: burn_rat: Extra inputs"):
+        Config.from_dict({"alerts": {"burn_rat": 10}})
+    with pytest.raises(ConfigError, match=r"invalid \[alerts\]: burn_rate: Input should be "
+                                          "greater than 1"):
+        Config.from_dict({"alerts": {"burn_rate": 0.5}})

@@ -178,6 +178,8 @@ class Metrics:
             self.queued[e.channel] = _num(e.data, "queued")
 
     def _attempt_failed(self, channel: str, error: str) -> None:
+        if not channel:  # an agent falling back to its next model: no channel attempt
+            return
         self.requests(channel, error or "error").inc()
         if error == "RateLimited":
             self.rate_limited(channel).inc()
