@@ -27,6 +27,7 @@ def _register() -> None:
         run_cmd,
         runs_cmd,
         sim_cmd,
+        top_cmd,
     )
 
     channels_cmd.register(app)
@@ -37,6 +38,7 @@ def _register() -> None:
     run_cmd.register(app)
     runs_cmd.register(app)
     sim_cmd.register(app)
+    top_cmd.register(app)
 
 
 def main() -> None:
