@@ -86,6 +86,12 @@ JS = r"""
   var COLOURS = { succeeded: "#2e9d57", failed: "#d63c3c", running: "#1f8fbf",
     cancelled: "#a347ba", interrupted: "#e0a21b", skipped: "#9aa3ad", not_run: "#c9ced4" };
   var data = JSON.parse(document.getElementById("shoal-data").textContent);
+  function objects(table) {  // {keys, rows} -> [{key: value}]
+    return table.rows.map(function (row) {
+      var o = {}; table.keys.forEach(function (k, i) { o[k] = row[i]; }); return o;
+    });
+  }
+  data.steps = objects(data.steps); data.calls = objects(data.calls);
 
   function el(name, attrs, parent) {
     var node = document.createElementNS(NS, name);

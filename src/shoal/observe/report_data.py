@@ -132,18 +132,13 @@ class ReportData:
 
 
 def cache_savings(info: ModelInfo, usage: Usage) -> float:
-    """Dollars prompt caching saved on ``usage``: what its prompt would have cost with
-    every token at the input price, minus what it cost as billed (cache reads at their
-    price; a cache write's premium, where the catalog prices one, counts against)."""
-    uncached = Usage(input_tokens=usage.input_tokens)
-    as_billed = Usage(input_tokens=usage.input_tokens,
-                      cached_input_tokens=usage.cached_input_tokens,
-                      cache_write_tokens=usage.cache_write_tokens)
-    return _price(info, uncached) - _price(info, as_billed)
+    """Dollars prompt caching saved on ``usage`` at ``info``'s prices: the prompt with
+    every token at the input price, minus its cost as billed (cache reads at their price,
+    cache writes at theirs; negative when a write premium was never read back). The
+    catalog's own rule, :func:`shoal.pricing.savings_usd`."""
+    from shoal.pricing import savings_usd
 
-
-def _price(info: ModelInfo, usage: Usage) -> float:
-    return info.cost(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+    return savings_usd(usage, info.price)
 
 
 def layers(after: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
@@ -207,8 +202,8 @@ def build(p: RunPlan, records: list[StepRecord], *, prices: Config | None = None
     times = [t for c in calls for t in (c.started_at, c.finished_at) if t is not None]
     times += [t for s in steps for t in (s.started_at, s.finished_at) if t is not None]
     end = max([origin, p.run.updated_at, *times])
-    return ReportData(p, _nodes(p, steps), steps, calls, _usage(calls), _errors(p, steps),
-                      origin, end)
+    return ReportData(p, _nodes(p, steps, calls), steps, calls, _usage(calls),
+                      _errors(p, steps), origin, end)
 
 
 def _steps(p: RunPlan) -> list[StepView]:
@@ -277,7 +272,7 @@ def _calls(records: list[StepRecord], prices: Config | None) -> list[CallView]:
 
 def _usage_of(raw: Mapping[str, Any]) -> Usage:
     names = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens",
-             "cache_write_tokens")
+             "cache_write_tokens", "cache_write_1h_tokens")
     return Usage(**{n: int(raw[n]) for n in names if isinstance(raw.get(n), int)})
 
 
@@ -295,7 +290,8 @@ def _usage(calls: list[CallView]) -> list[UsageRow]:
     return sorted(rows.values(), key=lambda r: (-r.cost_usd, r.agent, r.model))
 
 
-def _graph(p: RunPlan, steps: list[StepView]) -> dict[str, tuple[str, ...]]:
+def _graph(p: RunPlan, steps: list[StepView], calls: list[CallView]
+           ) -> dict[str, tuple[str, ...]]:
     """Step name -> its dependencies, in the flow's order (from the run's meta; steps
     the meta does not name, e.g. in runs not started by a flow, stand alone)."""
     raw = p.run.meta.get("step_after")
@@ -303,16 +299,17 @@ def _graph(p: RunPlan, steps: list[StepView]) -> dict[str, tuple[str, ...]]:
     if isinstance(raw, Mapping):
         for name, deps in raw.items():
             graph[str(name)] = tuple(str(d) for d in deps) if isinstance(deps, list) else ()
-    for v in steps:
-        graph.setdefault(v.step_id.split("/", 1)[0], ())
+    for name in [v.step_id.split("/", 1)[0] for v in steps] + [c.agent for c in calls]:
+        graph.setdefault(name, ())
     return {n: tuple(d for d in deps if d in graph) for n, deps in graph.items()}
 
 
 _WORST = ("failed", "cancelled", "interrupted", "running", "skipped", "not_run", "succeeded")
 
 
-def _nodes(p: RunPlan, steps: list[StepView]) -> list[NodeView]:
-    graph = _graph(p, steps)
+def _nodes(p: RunPlan, steps: list[StepView], calls: list[CallView]) -> list[NodeView]:
+    graph = _graph(p, steps, calls)
+    called = {c.agent for c in calls}
     level = layers(graph)
     own = {v.step_id: v for v in steps}
     items: dict[str, list[StepView]] = {}
@@ -330,6 +327,9 @@ def _nodes(p: RunPlan, steps: list[StepView]) -> list[NodeView]:
         elif mine:  # only its items are journaled: the worst of them
             status = min((i.status for i in mine),
                          key=lambda s: _WORST.index(s) if s in _WORST else 0)
+        elif name in called:  # model turns journaled, no step record (an agent run)
+            status = p.run.status if p.run.status in ("succeeded", "running") \
+                else "interrupted"
         else:
             status = "not_run"
         resume = "stale" if name in stale else "redo" if name in redo else "replay"
