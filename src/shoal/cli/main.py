@@ -22,6 +22,7 @@ def _register() -> None:
         channels_cmd,
         cost_cmd,
         demo_cmd,
+        gateway_cmd,
         keys_cmd,
         models_cmd,
         run_cmd,
@@ -33,6 +34,7 @@ def _register() -> None:
     channels_cmd.register(app)
     cost_cmd.register(app)
     demo_cmd.register(app)
+    gateway_cmd.register(app)
     models_cmd.register(app)
     keys_cmd.register(app)
     run_cmd.register(app)

@@ -1,0 +1,65 @@
+"""One JSON line per request on the ``shoal.gateway.access`` logger.
+
+Fields: ``ts``, ``method``, ``route``, ``status``, ``duration_ms``, ``model``, ``key``
+(the virtual key's id), ``stream``, ``input_tokens``, ``output_tokens``, ``cost_usd``,
+``error`` (the failure kind) and, on a broken stream, ``stream_error``. Never prompts,
+answers or any key's secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+__all__ = ["AccessRecord", "configure_access_log", "log"]
+
+log = logging.getLogger("shoal.gateway.access")
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    """What one request did, filled in as it goes."""
+
+    method: str
+    route: str
+    started: float
+    status: int = 0
+    model: str = ""
+    key: str = ""
+    stream: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+    stream_error: bool = False
+
+    def line(self, duration_s: float) -> str:
+        fields: dict[str, object] = {
+            "ts": round(time.time(), 3), "method": self.method, "route": self.route,
+            "status": self.status, "duration_ms": round(duration_s * 1000, 3),
+            "model": self.model, "key": self.key, "stream": self.stream,
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "cost_usd": round(self.cost_usd, 8),
+        }
+        if self.error is not None:
+            fields["error"] = self.error
+        if self.stream_error:
+            fields["stream_error"] = True
+        return _dumps(fields)
+
+
+def configure_access_log(enabled: bool) -> None:
+    """Send access lines, bare, to stderr (``shoal gateway``); off: drop them."""
+    log.propagate = False
+    log.handlers.clear()
+    if enabled:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    else:
+        log.setLevel(logging.CRITICAL + 1)

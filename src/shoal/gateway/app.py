@@ -1,0 +1,290 @@
+"""The gateway's HTTP layer (aiohttp.web): routes, body limit, errors, metrics, logs.
+
+Routes: ``POST /v1/chat/completions`` (OpenAI), ``POST /v1/messages`` and
+``POST /v1/messages/count_tokens`` (Anthropic), ``GET /v1/models``, ``GET /health``,
+``GET /ready``, ``GET /metrics``. Everything protocol-neutral is in
+:mod:`shoal.gateway.calls`; this module only reads requests and writes answers, so the
+HTTP server could be swapped without touching the call path.
+
+Every error goes out in the caller's protocol envelope (:mod:`shoal.gateway.errors`);
+a 500 means a bug in the gateway, logged without secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from shoal.gateway import anthropic_api, openai_api
+from shoal.gateway.access_log import AccessRecord
+from shoal.gateway.access_log import log as access_log
+from shoal.gateway.anthropic_api import AnthropicWire
+from shoal.gateway.calls import Gateway, Spend, Wire
+from shoal.gateway.errors import BadInput, Failure, failure_of
+from shoal.gateway.openai_api import OpenAIWire
+from shoal.gateway.streaming import stream_answer
+from shoal.gateway.translate_anthropic import parse_messages_body
+from shoal.tokens import estimate_prompt_tokens
+
+__all__ = ["GATEWAY_KEY", "build_app"]
+
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+OPENAI: Wire = OpenAIWire()
+ANTHROPIC: Wire = AnthropicWire()
+log = logging.getLogger("shoal.gateway")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_JSON = "application/json"
+
+
+def _protocol_of(request: web.Request) -> Wire:
+    """Which envelope a caller expects when its route does not say (404s, models)."""
+    if request.path.startswith("/v1/messages") or "anthropic-version" in request.headers:
+        return ANTHROPIC
+    return OPENAI
+
+
+def error_response(wire: Wire, failure: Failure) -> web.Response:
+    return web.Response(status=failure.status, body=wire.error_body(failure),
+                        content_type=_JSON, headers=failure.all_headers())
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    """The body as JSON; a 413 past ``limit`` bytes, a 400 saying what is wrong."""
+    too_large = BadInput(f"the request body is over the gateway's limit of {limit} bytes "
+                         "(max_body_bytes in [gateway]); send a smaller request",
+                         status=413, kind="too_large", code="request_too_large")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    if not raw:
+        raise BadInput("the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"the request body is not valid JSON ({exc}); send a JSON object "
+                       "with Content-Type: application/json") from None
+
+
+# -- the chat endpoints -------------------------------------------------------------------
+
+async def _chat(gw: Gateway, wire: Wire, request: web.Request,
+                rec: AccessRecord) -> web.StreamResponse:
+    if gw.draining:
+        raise BadInput("the gateway is shutting down; retry on another replica",
+                       status=503, kind="unavailable")
+    body = await read_json(request, gw.settings.max_body_bytes)
+    parsed = wire.parse(body)
+    rec.stream = parsed.stream
+    key = await gw.authenticate(request)
+    rec.key = key.id
+    adm = await gw.admit(parsed, wire.name, key)
+    rec.model = adm.info.name
+    spend = Spend()
+    try:
+        if parsed.stream:
+            return await stream_answer(gw, wire, request, parsed, adm=adm, spend=spend,
+                                       rec=rec)
+        try:
+            answer = await gw.router.complete(parsed.request,
+                                              deadline_s=gw.settings.request_timeout_s)
+        except asyncio.CancelledError:
+            spend.cut(adm, [])
+            raise
+        except Exception as exc:
+            spend.failed(exc)
+            raise
+        spend.answered(answer)
+        return web.Response(body=wire.render(answer, parsed.request.model),
+                            content_type=_JSON)
+    finally:
+        rec.input_tokens = spend.usage.input_tokens
+        rec.output_tokens = spend.usage.output_tokens
+        rec.cost_usd = spend.cost_usd
+        gw.settle(adm.grant, spend)
+
+
+def _finish(gw: Gateway, rec: AccessRecord) -> None:
+    duration = time.perf_counter() - rec.started
+    gw.metrics.observe(route=rec.route, model=rec.model, key=rec.key, status=rec.status,
+                       duration_s=duration, error_kind=rec.error,
+                       input_tokens=rec.input_tokens, output_tokens=rec.output_tokens,
+                       cost_usd=rec.cost_usd)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(rec.line(duration))
+
+
+def chat_handler(wire: Wire) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        gw = request.app[GATEWAY_KEY]
+        rec = AccessRecord(request.method, wire.route, time.perf_counter())
+        in_flight = gw.metrics.in_flight.labels(wire.route)
+        in_flight.inc()
+        try:
+            try:
+                response = await _chat(gw, wire, request, rec)
+            except Exception as exc:
+                failure = failure_of(exc)
+                rec.error = failure.kind
+                response = error_response(wire, failure)
+        except asyncio.CancelledError:
+            rec.status = 499  # nginx's "client closed request": nothing was sent
+            rec.error = rec.error or "client_disconnected"
+            raise
+        else:
+            rec.status = response.status
+            return response
+        finally:
+            in_flight.dec()
+            _finish(gw, rec)
+
+    return handle
+
+
+# -- the other endpoints ------------------------------------------------------------------
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY_KEY]
+    try:
+        body = await read_json(request, gw.settings.max_body_bytes)
+        _, chat = parse_messages_body(body, need_max_tokens=False)
+        key = await gw.authenticate(request)
+        info = gw.model(chat.model)
+        gw.allowed(key, info, chat.model)
+        tokens = estimate_prompt_tokens(chat, info.encoding)
+    except Exception as exc:
+        return error_response(ANTHROPIC, failure_of(exc))
+    return web.json_response({"input_tokens": tokens})
+
+
+async def models(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY_KEY]
+    wire = _protocol_of(request)
+    try:
+        key = await gw.authenticate(request)
+    except Exception as exc:
+        return error_response(wire, failure_of(exc))
+    config = gw.router.config
+    names: list[tuple[str, str]] = []
+    for info in sorted(config.models.values(), key=lambda m: m.name):
+        if not config.usable(info):
+            continue
+        try:
+            gw.keys.check_model(key, info.name)
+        except Exception:  # noqa: S112 - a model this key may not use is not listed
+            continue
+        names.append((info.name, info.provider))
+    body = (anthropic_api.models_body(names) if wire is ANTHROPIC
+            else openai_api.models_body(names))
+    return web.Response(body=body, content_type=_JSON)
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.StreamResponse:
+    """200 once the Router is built and the key store answers; 503 while starting or
+    draining, or when the key store does not answer."""
+    gw = request.app[GATEWAY_KEY]
+    if gw.draining or not gw.ready:
+        return web.json_response({"status": "draining" if gw.draining else "starting"},
+                                 status=503)
+    check = getattr(gw.keys, "ready", None)  # a key store may say whether it answers
+    if callable(check):
+        try:
+            ok = await check()
+        except Exception as exc:
+            return web.json_response({"status": "key store unavailable",
+                                      "error": type(exc).__name__}, status=503)
+        if ok is False:
+            return web.json_response({"status": "key store unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    body, content_type = request.app[GATEWAY_KEY].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+@web.middleware
+async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own answers (404 unknown route, 405, 413) and any bug, in the caller's
+    protocol envelope instead of HTML or a bare 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = {404: "not_found", 413: "too_large"}.get(exc.status, "invalid_request")
+        message = (f"no route {request.method} {request.path}; the gateway serves POST "
+                   "/v1/chat/completions, POST /v1/messages, GET /v1/models"
+                   if exc.status in (404, 405) else exc.reason)
+        return error_response(_protocol_of(request),
+                              Failure(exc.status, kind, message))  # type: ignore[arg-type]
+    except Exception as exc:
+        return error_response(_protocol_of(request), failure_of(exc))
+
+
+# -- the application ----------------------------------------------------------------------
+
+def attach_runtime_metrics(gw: Gateway) -> None:
+    """Export the Router's events (limits, retries, breakers, ...) on the same registry
+    when :mod:`shoal.observe.prometheus` provides ``PrometheusExporter(bus, registry)``."""
+    try:
+        from shoal.observe.prometheus import PrometheusExporter  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return
+    try:
+        PrometheusExporter(gw.router.events, gw.metrics.registry)
+    except Exception as exc:  # metrics are never a reason not to serve
+        log.warning("runtime metrics not attached: %s", exc)
+
+
+async def _startup(app: web.Application) -> None:
+    from shoal.tokens import preload
+
+    gw = app[GATEWAY_KEY]
+    for encoding in sorted({m.encoding for m in gw.router.config.models.values()}):
+        await preload(encoding)  # the first estimate must not block the loop
+    gw.ready = True
+
+
+async def _cleanup(app: web.Application) -> None:
+    gw = app[GATEWAY_KEY]
+    gw.draining = True
+    await gw.aclose()
+
+
+def build_app(gw: Gateway) -> web.Application:
+    """The aiohttp application serving ``gw``; run it with ``handler_cancellation=True``
+    (:func:`shoal.gateway.server.serve` does), so a client that leaves cancels its call."""
+    app = web.Application(client_max_size=gw.settings.max_body_bytes,
+                          middlewares=[envelope_errors])
+    app[GATEWAY_KEY] = gw
+    app.router.add_post("/v1/chat/completions", chat_handler(OPENAI))
+    app.router.add_post("/v1/messages", chat_handler(ANTHROPIC))
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.on_startup.append(_startup)
+    app.on_cleanup.append(_cleanup)
+    attach_runtime_metrics(gw)
+    with contextlib.suppress(Exception):
+        gw.metrics.in_flight.labels("/v1/chat/completions")
+        gw.metrics.in_flight.labels("/v1/messages")
+    return app

@@ -1,0 +1,199 @@
+"""The gateway's core, below HTTP: one caller's call from key to Router to settlement.
+
+Per call: authenticate the presented key → resolve the model (404 when the config has
+none such) → the key may use it → validate the request (shoal.validate, the model's
+window included) → admit it against the key with its worst case (estimated prompt +
+output bound tokens; their price on the dearest model of the fallback chain) → the
+Router call → settle what was really spent, in a finally, also when the call failed or
+the client went away. Settlements run as tracked tasks: a cancelled handler cannot
+lose one, and shutdown waits for all of them.
+
+Routing policy (channels, limits, breakers, retries, failover, fallbacks) is entirely
+the Router's; the gateway adds none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shoal.errors import ConfigError, RunError
+from shoal.gateway.errors import BadInput, Failure
+from shoal.gateway.keys_api import KeyModelDenied
+from shoal.gateway.metrics import GatewayMetrics
+from shoal.secrets import redact
+from shoal.tokens import count_text, default_output_tokens, estimate_prompt_tokens
+from shoal.types import ChatResponse, StreamEvent, Usage
+from shoal.validate import validate_request
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from shoal.config import ModelInfo
+    from shoal.gateway.keys_api import KeyGrant, KeyService, VirtualKey
+    from shoal.gateway.settings import GatewaySettings
+    from shoal.gateway.translate_common import Parsed
+    from shoal.traffic.router import Router
+
+__all__ = ["Admitted", "Encoder", "Gateway", "Spend", "Wire", "presented_key"]
+
+log = logging.getLogger("shoal.gateway")
+
+
+class Encoder(Protocol):
+    """One stream's bytes in a protocol (:mod:`openai_api`, :mod:`anthropic_api`)."""
+
+    def start(self) -> bytes: ...
+    def feed(self, event: StreamEvent) -> bytes: ...
+    def end(self, response: ChatResponse) -> bytes: ...
+    def fail(self, failure: Failure) -> bytes: ...
+
+
+class Wire(Protocol):
+    """A protocol's chat endpoint: parse a request, render answers, streams and errors."""
+
+    name: str
+    route: str
+
+    def parse(self, body: Any) -> Parsed: ...
+    def render(self, response: ChatResponse, model: str) -> bytes: ...
+    def stream(self, model: str, prompt_tokens: int, include_usage: bool) -> Encoder: ...
+    def error_body(self, failure: Failure) -> bytes: ...
+
+
+def presented_key(request: web.Request) -> str | None:
+    """``Authorization: Bearer <key>`` (OpenAI) or ``x-api-key`` (Anthropic), either
+    on both endpoints."""
+    auth = request.headers.get("Authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A call that passed its key's checks and holds a grant to settle."""
+
+    key: VirtualKey
+    info: ModelInfo
+    grant: KeyGrant
+    prompt_tokens: int
+
+
+@dataclass(slots=True)
+class Spend:
+    """What a call cost, as known when it ended."""
+
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+
+    def answered(self, response: ChatResponse) -> None:
+        wasted = response.wasted
+        self.usage = response.usage if wasted is None else response.usage + wasted
+        self.cost_usd = response.cost_usd + response.wasted_cost_usd
+
+    def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, RunError) and exc.wasted_usage is not None:
+            self.usage = exc.wasted_usage
+            self.cost_usd = exc.wasted_cost_usd
+
+    def cut(self, adm: Admitted, output: list[str]) -> None:
+        """The client left: the provider bills the prompt and what it generated (what
+        the caller received is the best count the gateway has)."""
+        out = count_text("".join(output), adm.info.encoding) if output else 0
+        self.usage = Usage(adm.prompt_tokens, out)
+        self.cost_usd = adm.info.cost(adm.prompt_tokens, out)
+
+
+class Gateway:
+    """The Router, the keys and the settings of one gateway process."""
+
+    def __init__(self, router: Router, keys: KeyService, settings: GatewaySettings,
+                 metrics: GatewayMetrics | None = None) -> None:
+        self.router = router
+        self.keys = keys
+        self.settings = settings
+        self.metrics = metrics or GatewayMetrics()
+        self.ready = False
+        self.draining = False
+        self._settles: set[asyncio.Task[None]] = set()
+
+    # -- before the call ------------------------------------------------------------------
+
+    async def authenticate(self, request: web.Request) -> VirtualKey:
+        return await self.keys.authenticate(presented_key(request))
+
+    def model(self, name: str) -> ModelInfo:
+        try:
+            return self.router.model_info(name)
+        except ConfigError as exc:
+            hint = str(exc).split(" Add it under", 1)[0]
+            raise BadInput(f"{hint} GET /v1/models lists the models this gateway serves.",
+                           param="model", status=404, kind="not_found",
+                           code="model_not_found") from None
+
+    def allowed(self, key: VirtualKey, info: ModelInfo, requested: str) -> None:
+        """The key may use the model under its catalog name or the name it asked for."""
+        try:
+            self.keys.check_model(key, info.name)
+        except KeyModelDenied:
+            if requested == info.name:
+                raise
+            self.keys.check_model(key, requested)
+
+    def _chain(self, info: ModelInfo) -> list[ModelInfo]:
+        config = self.router.config
+        return [info, *(config.model(f) for f in info.fallbacks)]
+
+    def _passthrough(self, parsed: Parsed, protocol: str, chain: list[ModelInfo]) -> None:
+        config = self.router.config
+        if parsed.passthrough and all(
+                ch.protocol == protocol for m in chain for ch in config.channels_for(m)):
+            parsed.request.extra.update(parsed.passthrough)
+
+    async def admit(self, parsed: Parsed, protocol: str, key: VirtualKey) -> Admitted:
+        request = parsed.request
+        info = self.model(request.model)
+        self.allowed(key, info, request.model)
+        chain = self._chain(info)
+        self._passthrough(parsed, protocol, chain)
+        prompt = estimate_prompt_tokens(request, info.encoding)
+        validate_request(request, info, prompt_tokens=prompt)  # BadRequest: a 400
+        worst_tokens, worst_usd = 0, 0.0
+        for m in chain:
+            out = request.max_tokens or default_output_tokens(m)
+            worst_tokens = max(worst_tokens, prompt + out)
+            worst_usd = max(worst_usd, m.cost(prompt, out))
+        grant = await self.keys.admit(key, model=info.name, tokens=worst_tokens,
+                                      max_cost_usd=worst_usd)
+        return Admitted(key, info, grant, prompt)
+
+    # -- after the call -------------------------------------------------------------------
+
+    def settle(self, grant: KeyGrant, spend: Spend) -> None:
+        """Settle in a tracked task: it runs to its end even when the handler that
+        started it is cancelled (client gone, shutdown deadline)."""
+        task = asyncio.get_running_loop().create_task(self._settle(grant, spend))
+        self._settles.add(task)
+        task.add_done_callback(self._settles.discard)
+
+    async def _settle(self, grant: KeyGrant, spend: Spend) -> None:
+        try:
+            await self.keys.settle(grant, usage=spend.usage, cost_usd=spend.cost_usd)
+        except Exception as exc:  # the store is down: say so loudly, keep serving
+            log.error(  # noqa: TRY400 - a traceback could carry the store's URL"could not settle key %s (%s, $%.6f): %s", grant.key.id, grant.model,
+                      spend.cost_usd, redact(str(exc)))
+
+    async def settled(self) -> None:
+        """Wait for every settlement started so far (shutdown, tests)."""
+        while self._settles:
+            await asyncio.gather(*list(self._settles), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.settled()
+        await self.router.aclose()
+        await self.keys.aclose()

@@ -1,0 +1,160 @@
+"""The OpenAI Chat Completions wire, outbound: answers, stream chunks and errors.
+
+The stream encoder pre-encodes everything constant in a chunk once per stream (id,
+model, created, the JSON around a delta), so a text delta costs one ``json.dumps`` of
+its string and one bytes join.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from shoal.gateway.errors import Failure
+from shoal.gateway.translate_common import Parsed
+from shoal.gateway.translate_openai import parse_chat
+from shoal.types import (
+    ChatResponse,
+    ReasoningDelta,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+
+__all__ = ["OpenAIStream", "OpenAIWire", "usage_json"]
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+_TYPES = {
+    "invalid_request": "invalid_request_error", "authentication": "authentication_error",
+    "permission": "permission_error", "not_found": "invalid_request_error",
+    "too_large": "invalid_request_error", "rate_limit": "rate_limit_error",
+    "quota": "insufficient_quota", "api_error": "api_error", "overloaded": "api_error",
+    "timeout": "timeout", "unavailable": "api_error",
+}
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
+           "content_filter": "content_filter", "other": "stop"}
+_OPEN = b',"finish_reason":null}]}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+def usage_json(u: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
+        "total_tokens": u.input_tokens + u.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+    }
+
+
+def new_id() -> str:
+    return "chatcmpl-" + os.urandom(12).hex()
+
+
+class OpenAIStream:
+    """One stream's chunks, as bytes ready to write."""
+
+    __slots__ = ("_head", "_include_usage", "_pre", "_tools")
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        head = _dumps({"id": new_id(), "object": "chat.completion.chunk",
+                       "created": int(time.time()), "model": model})[:-1].encode()
+        self._head = b"data: " + head
+        self._pre = self._head + b',"choices":[{"index":0,"delta":'
+        self._include_usage = include_usage
+        self._tools: dict[int, int] = {}  # upstream tool index -> OpenAI index (0, 1, ...)
+
+    def start(self) -> bytes:
+        return self._pre + b'{"role":"assistant","content":""}' + _OPEN
+
+    def feed(self, event: StreamEvent) -> bytes:
+        if isinstance(event, TextDelta):
+            return self._pre + b'{"content":' + _dumps(event.text).encode() + b"}" + _OPEN
+        if isinstance(event, ReasoningDelta):
+            return (self._pre + b'{"reasoning_content":' + _dumps(event.text).encode() + b"}"
+                    + _OPEN)
+        if isinstance(event, ToolCallDelta):
+            index = self._tools.get(event.index)
+            call: dict[str, Any]
+            if index is None:
+                index = self._tools[event.index] = len(self._tools)
+                call = {"index": index, "id": event.id or f"call_{index}", "type": "function",
+                        "function": {"name": event.name or "", "arguments": event.arguments}}
+            else:
+                call = {"index": index, "function": {"arguments": event.arguments}}
+            return self._pre + _dumps({"tool_calls": [call]}).encode() + _OPEN
+        if isinstance(event, StreamEnd):
+            return self.end(event.response)
+        return b""  # UsageEvent: the usage goes out with the end
+
+    def end(self, response: ChatResponse) -> bytes:
+        finish = _FINISH.get(response.finish_reason, "stop")
+        out = self._pre + b'{},"finish_reason":"' + finish.encode() + b'"}]}\n\n'
+        if self._include_usage:
+            out += (self._head + b',"choices":[],"usage":'
+                    + _dumps(usage_json(response.usage)).encode() + b"}\n\n")
+        return out + DONE
+
+    @staticmethod
+    def fail(failure: Failure) -> bytes:
+        """The error chunk a broken stream ends with (never followed by ``[DONE]``)."""
+        return b"data: " + error_body(failure) + b"\n\n"
+
+
+def error_body(failure: Failure) -> bytes:
+    return _dumps({"error": {"message": failure.message, "type": _TYPES[failure.kind],
+                             "param": failure.param, "code": failure.code}}).encode()
+
+
+def render(response: ChatResponse, model: str) -> bytes:
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": response.text if response.text or not
+                               response.tool_calls else None}
+    if response.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments}}
+            for c in response.tool_calls]
+    if response.reasoning:
+        message["reasoning_content"] = response.reasoning
+    return _dumps({
+        "id": response.id if response.id.startswith("chatcmpl") else new_id(),
+        "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": _FINISH.get(response.finish_reason, "stop")}],
+        "usage": usage_json(response.usage), "system_fingerprint": None,
+    }).encode()
+
+
+class OpenAIWire:
+    """``POST /v1/chat/completions`` as the gateway's core sees it."""
+
+    name = "openai"
+    route = "/v1/chat/completions"
+
+    @staticmethod
+    def parse(body: Any) -> Parsed:
+        return parse_chat(body)
+
+    @staticmethod
+    def render(response: ChatResponse, model: str) -> bytes:
+        return render(response, model)
+
+    @staticmethod
+    def stream(model: str, prompt_tokens: int, include_usage: bool) -> OpenAIStream:
+        return OpenAIStream(model, include_usage)
+
+    @staticmethod
+    def error_body(failure: Failure) -> bytes:
+        return error_body(failure)
+
+
+def models_body(names: list[tuple[str, str]]) -> bytes:
+    """``GET /v1/models`` in OpenAI's shape: ``(name, provider)`` pairs."""
+    return _dumps({"object": "list", "data": [
+        {"id": name, "object": "model", "created": 0, "owned_by": provider or "shoal"}
+        for name, provider in names]}).encode()

@@ -1,0 +1,169 @@
+"""An OpenAI Chat Completions request body → shoal's neutral :class:`ChatRequest`.
+
+``response_format`` becomes ``output_schema`` (``json_object``: any object), so every
+channel's provider gets it in the form its profile says (native schema, JSON mode, an
+output tool on Anthropic). Content parts other than text (images, audio, files) are
+refused with a 400: shoal's neutral messages carry text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.gateway.errors import BadInput
+from shoal.gateway.translate_common import Fields, Parsed, type_name
+from shoal.types import ChatRequest, Message, Thinking, ToolCall, ToolSpec
+
+__all__ = ["parse_chat"]
+
+# Sent to the channel as they came when every channel speaks OpenAI (else dropped).
+PASSTHROUGH = ("presence_penalty", "frequency_penalty", "logit_bias", "parallel_tool_calls",
+               "user", "service_tier")
+ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
+_EFFORT = {"low": "low", "minimal": "low", "medium": "medium", "high": "high"}
+
+
+def _text(value: Any, path: str, *, allow_null: bool = False) -> str:
+    """A message's ``content``: a string, or text parts joined."""
+    if isinstance(value, str):
+        return value
+    if value is None and allow_null:
+        return ""
+    if not isinstance(value, list):
+        raise BadInput(f"{path}: expected a string or an array of content parts, got "
+                       f"{type_name(value)}", param=path)
+    out: list[str] = []
+    for i, part in enumerate(value):
+        f = Fields(part, f"{path}[{i}]")
+        kind = f.string("type", required=True)
+        if kind in ("text", "refusal"):
+            out.append(f.string(kind, required=True) or "")
+        else:
+            raise BadInput(f"{f.path}: content part type {kind!r} is not supported by the "
+                           "gateway (shoal's messages carry text); send text parts",
+                           param=f.path)
+    return "".join(out)
+
+
+def _tool_calls(f: Fields) -> tuple[ToolCall, ...]:
+    calls: list[ToolCall] = []
+    for i, raw in enumerate(f.array("tool_calls") or []):
+        c = Fields(raw, f"{f.where('tool_calls')}[{i}]")
+        fn = c.obj("function")
+        if fn is None:
+            raise BadInput(f"{c.where('function')} is required", param=c.where("function"))
+        calls.append(ToolCall(id=c.string("id", required=True) or "",
+                              name=fn.string("name", required=True) or "",
+                              arguments=fn.string("arguments") or "{}"))
+    return tuple(calls)
+
+
+def _message(raw: Any, path: str) -> Message:
+    f = Fields(raw, path)
+    role = f.string("role", required=True)
+    if role in ("system", "developer"):
+        return Message.system(_text(f.need("content"), f.where("content")))
+    if role == "user":
+        return Message(role="user", content=_text(f.need("content"), f.where("content")),
+                       name=f.string("name"))
+    if role == "assistant":
+        return Message.assistant(
+            _text(f.data.get("content"), f.where("content"), allow_null=True),
+            _tool_calls(f), reasoning=f.string("reasoning_content"))
+    if role == "tool":
+        return Message.tool(f.string("tool_call_id", required=True) or "",
+                            _text(f.need("content"), f.where("content")))
+    raise BadInput(f"{f.where('role')}: unknown role {role!r}; use system, developer, user, "
+                   "assistant or tool", param=f.where("role"))
+
+
+def _tools(f: Fields) -> list[ToolSpec]:
+    tools: list[ToolSpec] = []
+    for i, raw in enumerate(f.array("tools") or []):
+        t = Fields(raw, f"tools[{i}]")
+        kind = t.string("type") or "function"
+        fn = t.obj("function")
+        if kind != "function" or fn is None:
+            raise BadInput(f"{t.path}: only function tools are supported "
+                           '({"type": "function", "function": {...}})', param=t.path)
+        tools.append(ToolSpec(name=fn.string("name", required=True) or "",
+                              description=fn.string("description") or "",
+                              parameters=fn.mapping("parameters") or {"type": "object",
+                                                                    "properties": {}}))
+    return tools
+
+
+def _tool_choice(f: Fields) -> str | None:
+    raw = f.data.get("tool_choice")
+    if raw is None or raw in ("auto", "none", "required"):
+        return raw
+    if isinstance(raw, dict):
+        fn = Fields(raw, "tool_choice").obj("function")
+        if fn is not None:
+            return fn.string("name", required=True)
+    raise BadInput('tool_choice: expected "auto", "none", "required" or '
+                   '{"type": "function", "function": {"name": ...}}', param="tool_choice")
+
+
+def _output(f: Fields) -> tuple[dict[str, Any] | None, str]:
+    fmt = f.obj("response_format")
+    if fmt is None:
+        return None, "output"
+    kind = fmt.string("type", required=True)
+    if kind == "text":
+        return None, "output"
+    if kind == "json_object":
+        return dict(ANY_OBJECT), "json_object"
+    if kind == "json_schema":
+        spec = fmt.obj("json_schema")
+        if spec is None:
+            raise BadInput("response_format.json_schema is required with type json_schema",
+                           param="response_format.json_schema")
+        return (spec.mapping("schema") or dict(ANY_OBJECT)), (spec.string("name") or "output")
+    raise BadInput(f"response_format.type: expected text, json_object or json_schema, got "
+                   f"{kind!r}", param="response_format.type")
+
+
+def _thinking(f: Fields) -> Thinking | None:
+    effort = f.string("reasoning_effort")
+    if effort is None:
+        return None
+    if effort == "none":
+        return Thinking(enabled=False)
+    if effort not in _EFFORT:
+        raise BadInput(f"reasoning_effort: expected none, minimal, low, medium or high, got "
+                       f"{effort!r}", param="reasoning_effort")
+    return Thinking(effort=_EFFORT[effort])  # type: ignore[arg-type]
+
+
+def parse_chat(body: Any) -> Parsed:
+    """Raises :class:`BadInput` naming the first field that is wrong."""
+    f = Fields(body, "")
+    model = f.string("model", required=True) or ""
+    raw_messages = f.array("messages", required=True) or []
+    if not raw_messages:
+        raise BadInput("messages: must hold at least one message", param="messages")
+    n = f.integer("n")
+    if n not in (None, 1):
+        raise BadInput("n: the gateway returns one choice; leave n unset or 1", param="n")
+    schema, schema_name = _output(f)
+    max_tokens = f.integer("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = f.integer("max_tokens")
+    metadata = f.metadata("metadata")
+    user = f.string("user")
+    if user:
+        metadata.setdefault("user_id", user)
+    request = ChatRequest(
+        model=model,
+        messages=[_message(m, f"messages[{i}]") for i, m in enumerate(raw_messages)],
+        tools=_tools(f), tool_choice=_tool_choice(f), output_schema=schema,
+        output_schema_name=schema_name, temperature=f.number("temperature"),
+        top_p=f.number("top_p"), max_tokens=max_tokens, stop=f.str_list("stop"),
+        seed=f.integer("seed"), metadata=metadata, thinking=_thinking(f),
+    )
+    options = f.obj("stream_options")
+    include_usage = bool(options.boolean("include_usage")) if options is not None else False
+    passthrough = {k: f.data[k] for k in PASSTHROUGH if f.data.get(k) is not None}
+    return Parsed(request, stream=bool(f.boolean("stream")), include_usage=include_usage,
+                  passthrough=passthrough)
