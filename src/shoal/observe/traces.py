@@ -1,0 +1,350 @@
+"""OpenTelemetry traces built from shoal's events (``pip install 'shoal[otel]'``).
+
+    import shoal.observe
+    shoal.observe.tracing()            # OTLP over HTTP, configured by OTEL_* variables
+
+One subscriber turns the event stream into spans, GenAI semantic conventions::
+
+    run {flow}                      (run_start … run_end)
+    └─ step {id}                    (step_start … step_end; map items under their step)
+       └─ invoke_agent {agent}      (agent_start … agent_end)
+          ├─ chat {model}           (call_start … call_end: one logical Router call)
+          └─ execute_tool {name}    (tool_start … tool_end)
+
+Events are synchronous and calls concurrent, so spans are matched by key, not by
+nesting: a run by ``run_id``, a step by (run_id, step), an agent by (run_id, step,
+agent), a model call by ``call_id``, a tool call by (run_id, step, agent, call_id).
+Retries, failovers, breaker changes, limiter waits and adaptive limit changes become
+span events on the chat span of the call they happened in (or on the innermost span
+of their scope). Span times are the events' times: the bus clock's monotonic seconds,
+moved onto the wall clock by one offset taken at the first event.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from shoal.errors import ConfigError
+from shoal.observe import tracing_attrs as A
+from shoal.observe.context import current
+from shoal.observe.events import Event, EventBus, subscribe_all
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span, Tracer
+
+__all__ = ["SpanBuilder", "Tracing", "tracing"]
+
+# Traffic events recorded as span events (with their data as attributes).
+_SPAN_EVENTS = frozenset({"retry", "failover", "breaker", "wait", "limit_change"})
+_Key = tuple[str, ...]
+_QUEUED_S = 0.001  # an admission after a wait this long is a "limiter_wait" span event
+
+
+def _attr(value: object) -> Any:
+    """An attribute value OTel accepts (None dropped by the caller)."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+class SpanBuilder:
+    """The event subscriber: opens and ends spans as start/end events arrive."""
+
+    def __init__(self, tracer: Tracer, *, capture_content: bool = False) -> None:
+        self.tracer = tracer
+        self.capture_content = capture_content
+        self._offset_ns: int | None = None
+        self._runs: dict[str, Span] = {}
+        self._steps: dict[_Key, Span] = {}
+        self._agents: dict[_Key, Span] = {}  # by (run_id, step, agent)
+        self._agent_of_step: dict[_Key, Span] = {}  # by (run_id, step): the latest
+        self._calls: dict[str, Span] = {}
+        self._tools: dict[_Key, Span] = {}
+        self._handlers: dict[str, Callable[[Event], None]] = {
+            "run_start": self._run_start, "run_end": self._run_end,
+            "step_start": self._step_start, "step_end": self._step_end,
+            "agent_start": self._agent_start, "agent_end": self._agent_end,
+            "call_start": self._call_start, "call_end": self._call_end,
+            "tool_start": self._tool_start, "tool_end": self._tool_end,
+        }
+
+    def __call__(self, event: Event) -> None:
+        handler = self._handlers.get(event.kind)
+        if handler is not None:
+            handler(event)
+        elif event.kind in _SPAN_EVENTS or (event.kind == "admit" and _num(
+                event.data, "waited_s") >= _QUEUED_S):
+            self._span_event(event)
+
+    # -- time and lookup -----------------------------------------------------------------
+
+    def _ns(self, event: Event) -> int:
+        at_ns = int(event.at * 1e9)
+        if self._offset_ns is None:
+            self._offset_ns = time.time_ns() - at_ns
+        return self._offset_ns + at_ns
+
+    def _parent(self, run_id: str, step: str, agent: str = "", *,
+                agents: bool = True) -> Span | None:
+        """The innermost open span enclosing ``step`` of ``run_id``: the agent's span,
+        an agent or step span of the step, then of each enclosing step ("a/0" is inside
+        "a"; a context summary "a/summary/2" inside "a"), then the run's span."""
+        exact = self._agents.get((run_id, step, agent)) if agents and agent else None
+        if exact is not None:
+            return exact
+        probe = step
+        while probe:
+            key = (run_id, probe)
+            found = (self._agent_of_step.get(key) if agents else None) or self._steps.get(key)
+            if found is not None:
+                return found
+            probe = probe.rpartition("/")[0]
+        return self._runs.get(run_id)
+
+    def _start(self, name: str, event: Event, parent: Span | None,
+               attributes: Mapping[str, Any]) -> Span:
+        from opentelemetry import trace
+
+        context = trace.set_span_in_context(parent) if parent is not None else None
+        return self.tracer.start_span(name, context=context, attributes=dict(attributes),
+                                      start_time=self._ns(event))
+
+    def _end(self, span: Span | None, event: Event, attributes: Mapping[str, Any],
+             error: str = "", error_type: str = "") -> None:
+        if span is None:
+            return  # its start was not seen (tracing turned on mid-run)
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_attributes({k: _attr(v) for k, v in attributes.items() if v is not None})
+        if error or error_type:
+            kind = error_type or error.partition(":")[0]
+            span.set_attribute(A.ERROR_TYPE, kind)
+            span.set_status(Status(StatusCode.ERROR, error or kind))
+        span.end(end_time=self._ns(event))
+
+    # -- runs, steps, agents -------------------------------------------------------------
+
+    def _run_start(self, e: Event) -> None:
+        run_id, flow = _str(e.data, "run_id"), _str(e.data, "flow")
+        self._runs[run_id] = self._start(f"run {flow}", e, None, {
+            "shoal.run_id": run_id, "shoal.flow": flow})
+
+    def _run_end(self, e: Event) -> None:
+        d = e.data
+        self._end(self._runs.pop(_str(d, "run_id"), None), e, {
+            "shoal.status": d.get("status"), "shoal.cost_usd": d.get("cost_usd"),
+            **A.token_attrs(d, A.TOKENS_SHOAL)}, error=_str(d, "error"))
+
+    def _step_start(self, e: Event) -> None:
+        d = e.data
+        run_id, step = _str(d, "run_id"), _str(d, "step")
+        parent = self._parent(run_id, step, agents=False)
+        self._steps[(run_id, step)] = self._start(f"step {step}", e, parent, {
+            "shoal.run_id": run_id, "shoal.step": step, "shoal.agent": _str(d, "agent")})
+
+    def _step_end(self, e: Event) -> None:
+        d = e.data
+        status = _str(d, "status")
+        self._end(self._steps.pop((_str(d, "run_id"), _str(d, "step")), None), e, {
+            "shoal.status": status, "shoal.cost_usd": d.get("cost_usd"),
+            **A.token_attrs(d, A.TOKENS_SHOAL)},
+            error=_str(d, "error") if status in ("failed", "fallback", "cancelled") else "")
+
+    def _agent_start(self, e: Event) -> None:
+        d = e.data
+        run_id, step, agent = _str(d, "run_id"), _str(d, "step"), _str(d, "agent")
+        parent = self._parent(run_id, step)
+        span = self._start(f"invoke_agent {agent}", e, parent, {
+            A.OPERATION: "invoke_agent", A.AGENT_NAME: agent, A.REQUEST_MODEL: e.model,
+            "shoal.run_id": run_id, "shoal.step": step})
+        self._agents[(run_id, step, agent)] = self._agent_of_step[(run_id, step)] = span
+
+    def _agent_end(self, e: Event) -> None:
+        d = e.data
+        run_id, step = _str(d, "run_id"), _str(d, "step")
+        span = self._agents.pop((run_id, step, _str(d, "agent")), None)
+        if span is not None and self._agent_of_step.get((run_id, step)) is span:
+            del self._agent_of_step[(run_id, step)]
+        self._end(span, e, {
+            "shoal.turns": d.get("turns"), "shoal.status": d.get("status"),
+            "shoal.cost_usd": d.get("cost_usd"), **A.token_attrs(d, A.TOKENS_SHOAL)},
+            error=_str(d, "error"))
+
+    # -- model calls and tools -----------------------------------------------------------
+
+    def _call_start(self, e: Event) -> None:
+        d = e.data
+        parent = self._parent(_str(d, "run_id"), _str(d, "step"), _str(d, "agent"))
+        self._calls[_str(d, "call_id")] = self._start(f"chat {e.model}", e, parent, {
+            A.OPERATION: "chat", A.REQUEST_MODEL: e.model, "shoal.call_id": _str(d, "call_id"),
+            "shoal.stream": bool(d.get("stream"))})
+
+    def _call_end(self, e: Event) -> None:
+        d = e.data
+        span = self._calls.pop(_str(d, "call_id"), None)
+        if span is None:
+            return
+        attrs: dict[str, Any] = {attr: d.get(key) for key, attr in A.CHAT_END.items()}
+        attrs.update(A.token_attrs(d, A.TOKENS_GEN_AI))
+        if e.channel:
+            attrs["shoal.channel"] = e.channel
+        if not attrs.get(A.PROVIDER):
+            attrs.pop(A.PROVIDER, None)
+        if not attrs.get(A.RESPONSE_MODEL):
+            attrs.pop(A.RESPONSE_MODEL, None)
+        if self.capture_content:
+            note = current().call  # the call's scope is current while call_end is emitted
+            if note is not None and note.call_id == d.get("call_id"):
+                attrs[A.CONTENT_INPUT] = A.input_messages(note.request)
+                if note.response is not None:
+                    attrs[A.CONTENT_OUTPUT] = A.output_messages(note.response)
+        self._end(span, e, attrs, error_type=_str(d, "error_type"))
+
+    def _tool_start(self, e: Event) -> None:
+        d = e.data
+        run_id, step, agent = _str(d, "run_id"), _str(d, "step"), _str(d, "agent")
+        tool, call_id = _str(d, "tool"), _str(d, "call_id")
+        self._tools[(run_id, step, agent, call_id)] = self._start(
+            f"execute_tool {tool}", e, self._parent(run_id, step, agent), {
+                A.OPERATION: "execute_tool", A.TOOL_NAME: tool, A.TOOL_CALL_ID: call_id,
+                A.TOOL_TYPE: "function"})
+
+    def _tool_end(self, e: Event) -> None:
+        d = e.data
+        key = (_str(d, "run_id"), _str(d, "step"), _str(d, "agent"), _str(d, "call_id"))
+        error = _str(d, "error")
+        self._end(self._tools.pop(key, None), e, {"shoal.status": d.get("status")},
+                  error=error, error_type=error.partition(":")[0] if error else "")
+
+    def _span_event(self, e: Event) -> None:
+        d = e.data
+        span = self._calls.get(_str(d, "call_id")) or self._parent(
+            _str(d, "run_id"), _str(d, "step"), _str(d, "agent"))
+        if span is None:
+            return
+        attrs = {f"shoal.{k}": _attr(v) for k, v in d.items()
+                 if v is not None and k not in ("run_id", "step", "agent", "call_id")}
+        if e.channel:
+            attrs["shoal.channel"] = e.channel
+        name = "limiter_wait" if e.kind == "admit" else e.kind
+        span.add_event(name, attributes=attrs, timestamp=self._ns(e))
+
+
+def _str(data: Mapping[str, object], key: str) -> str:
+    value = data.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _num(data: Mapping[str, object], key: str) -> float:
+    value = data.get(key)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+class Tracing:
+    """Tracing switched on: :meth:`close` (or leaving ``with``) stops it, flushing and
+    shutting down the provider if :func:`tracing` made it."""
+
+    def __init__(self, builder: SpanBuilder, provider: TracerProvider | None,
+                 unsubscribe: Callable[[], None], own: bool) -> None:
+        self.builder = builder
+        self.provider = provider
+        self._unsubscribe = unsubscribe
+        self._own = own
+
+    def force_flush(self) -> None:
+        """Export the spans ended so far (the batch processor otherwise waits)."""
+        if self.provider is not None:
+            self.provider.force_flush()
+
+    def close(self) -> None:
+        self._unsubscribe()
+        if self.provider is not None:
+            self.provider.force_flush()
+            if self._own:
+                self.provider.shutdown()
+
+    def __enter__(self) -> Tracing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _env_exporter() -> SpanExporter | None:
+    """The exporter ``OTEL_TRACES_EXPORTER`` names (default otlp; none disables)."""
+    choice = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")[0].strip().lower()
+    if choice == "none":
+        return None
+    if choice == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if choice != "otlp":
+        raise ConfigError(f"OTEL_TRACES_EXPORTER={choice!r} is not supported by "
+                          "shoal.observe.tracing(); use otlp, console or none, or pass "
+                          "exporter=... yourself")
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                              os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"))
+    if protocol != "http/protobuf":
+        raise ConfigError(f"OTLP protocol {protocol!r}: shoal's otel extra exports over "
+                          "http/protobuf; set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf or "
+                          "pass exporter=... (e.g. a grpc OTLPSpanExporter)")
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        raise ConfigError("OTLP export needs opentelemetry-exporter-otlp-proto-http: "
+                          "pip install 'shoal[otel]'") from exc
+    return OTLPSpanExporter()  # endpoint, headers, timeout: OTEL_EXPORTER_OTLP_* variables
+
+
+def tracing(exporter: SpanExporter | None = None, *,
+            tracer_provider: TracerProvider | None = None, capture_content: bool = False,
+            bus: EventBus | Any = None) -> Tracing:
+    """Turn shoal's events into OpenTelemetry spans; returns a :class:`Tracing` to close.
+
+    ``exporter``: where spans go (batched); None: what the standard ``OTEL_*``
+    variables say (OTLP over HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT`` by default;
+    ``OTEL_TRACES_EXPORTER=console|none``; ``OTEL_SERVICE_NAME`` names the service).
+    ``tracer_provider``: use yours instead (its processors decide the export).
+    ``capture_content``: record prompts and answers (``gen_ai.input.messages`` /
+    ``gen_ai.output.messages``, secrets redacted); off by default.
+    ``bus``: an :class:`EventBus` or anything with ``.events`` (a Router); default:
+    every bus of the process, present and future.
+    """
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        raise ConfigError("tracing needs the OpenTelemetry SDK: pip install 'shoal[otel]'"
+                          ) from exc
+    own = tracer_provider is None
+    provider = tracer_provider
+    if provider is None:
+        provider = TracerProvider(resource=Resource.create(
+            {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "shoal"}))
+        chosen = exporter if exporter is not None else _env_exporter()
+        if chosen is not None:
+            provider.add_span_processor(BatchSpanProcessor(chosen))
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        shoal_version = version("shoal")
+    except PackageNotFoundError:
+        shoal_version = "0"
+    builder = SpanBuilder(provider.get_tracer("shoal", shoal_version),
+                          capture_content=capture_content)
+    if bus is None:
+        unsubscribe = subscribe_all(builder)
+    else:
+        target = bus if isinstance(bus, EventBus) else getattr(bus, "events", None)
+        if not isinstance(target, EventBus):
+            raise ConfigError(f"tracing(bus=...) takes an EventBus or an object with .events "
+                              f"(a Router), not {type(bus).__name__}")
+        unsubscribe = target.subscribe(builder)
+    return Tracing(builder, provider, unsubscribe, own)
