@@ -212,10 +212,12 @@ class Config:
         models: dict[str, ModelInfo],
         *,
         redis_url: str | None = None,
+        gateway: dict[str, Any] | None = None,
     ) -> None:
         self.channels = channels
         self.models = models
         self.redis_url = redis_url
+        self.gateway: dict[str, Any] = dict(gateway or {})  # [gateway]: shoal.gateway.settings
         self._aliases: dict[str, str] = {}
         for info in models.values():
             self._aliases[info.name.lower()] = info.name
@@ -250,11 +252,11 @@ class Config:
         """The catalog with ``user`` (the parsed shape of a shoal.toml) laid over it."""
         user = dict(user or {})
         alerts = _alerts_section(user.pop("alerts", None))
-        unknown = set(user) - {"channels", "models", "redis_url"}
+        unknown = set(user) - {"channels", "models", "redis_url", "gateway"}
         if unknown:
             raise ConfigError(
                 f"unknown top-level config keys {sorted(unknown)}; "
-                "expected [channels.*], [models.*] and redis_url"
+                "expected [channels.*], [models.*], [gateway] and redis_url"
             )
         catalog = _catalog_data()
         channels: dict[str, ChannelConfig] = {}
@@ -295,7 +297,10 @@ class Config:
                 raise ConfigError(
                     f"model {name!r} has no channels: set channels = [...] or provider = ..."
                 )
-        config = cls(channels, models, redis_url=user.get("redis_url"))
+        gateway = user.get("gateway")
+        if gateway is not None and not isinstance(gateway, dict):
+            raise ConfigError("[gateway] must be a table (see docs/gateway.md)")
+        config = cls(channels, models, redis_url=user.get("redis_url"), gateway=gateway)
         config.alerts = alerts
         return config
 

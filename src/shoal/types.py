@@ -61,6 +61,9 @@ class ToolSpec:
     parameters: dict[str, Any] = field(
         default_factory=lambda: {"type": "object", "properties": {}}
     )
+    # A prompt-cache breakpoint after this tool (Anthropic ``cache_control``), passed
+    # through as given; adapters of providers without explicit caching ignore it.
+    cache_control: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +117,9 @@ class Message:
     ``reasoning`` carries a provider's reasoning text (DeepSeek ``reasoning_content``)
     and ``reasoning_parts`` its signed blocks (Anthropic thinking), so they can be sent
     back where the provider requires it. ``is_error`` on a tool result is sent when set
-    (True or False); None leaves it out.
+    (True or False); None leaves it out. ``cache_control`` marks a prompt-cache
+    breakpoint at the end of this message (Anthropic's block field, passed through as
+    given; other protocols ignore it).
     """
 
     role: Role
@@ -125,6 +130,7 @@ class Message:
     reasoning: str | None = None
     is_error: bool | None = None
     reasoning_parts: tuple[ReasoningPart, ...] = ()
+    cache_control: dict[str, Any] | None = None
 
     @classmethod
     def system(cls, content: str) -> Message:

@@ -116,12 +116,12 @@ class AnthropicProvider(HttpProvider):
 
     @staticmethod
     def _messages(messages: list[Message], p: ProviderProfile
-                  ) -> tuple[str, list[dict[str, Any]]]:
-        system: list[str] = []
+                  ) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+        system: list[Message] = []
         out: list[dict[str, Any]] = []
         for m in messages:
             if m.role == "system":
-                system.append(m.content)
+                system.append(m)
                 continue
             if m.role == "tool":
                 block: dict[str, Any] = {
@@ -147,11 +147,17 @@ class AnthropicProvider(HttpProvider):
                                    "input": args})
             else:
                 role, blocks = "user", [{"type": "text", "text": m.content}]
+            if m.cache_control is not None and blocks:  # the breakpoint ends the message
+                blocks[-1] = {**blocks[-1], "cache_control": m.cache_control}
             if out and out[-1]["role"] == role:
                 out[-1]["content"].extend(blocks)  # the API wants alternating roles
             else:
                 out.append({"role": role, "content": blocks})
-        return "\n\n".join(system), out
+        if any(m.cache_control is not None for m in system):  # blocks keep the breakpoints
+            return [{"type": "text", "text": m.content}
+                    | ({"cache_control": m.cache_control} if m.cache_control else {})
+                    for m in system], out
+        return "\n\n".join(m.content for m in system), out
 
     def payload(self, request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
         p = self.profile
@@ -168,6 +174,7 @@ class AnthropicProvider(HttpProvider):
         thinking_on = thinking.get("thinking", {}).get("type") == "enabled"
         tools = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            | ({"cache_control": t.cache_control} if t.cache_control is not None else {})
             for t in request.tools
         ]
         choice = request.tool_choice
