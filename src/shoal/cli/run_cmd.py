@@ -26,10 +26,14 @@ from shoal.cli.loop import run as run_loop
 from shoal.errors import ConfigError, ShoalError, StepFailed
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from rich.console import Console
 
     from shoal.agents.client import ModelClient
     from shoal.flows.flow import FlowResult
+    from shoal.observe.alert_config import AlertsConfig
+    from shoal.traffic.router import Router
 
 __all__ = ["load_inputs", "load_target", "register", "run"]
 
@@ -170,6 +174,8 @@ class RunOptions:
     budget_usd: float | None = None
     progress: bool = True
     store: str | None = None
+    metrics_port: int | None = None
+    metrics_push: str | None = None
 
 
 async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelClient,
@@ -301,11 +307,25 @@ async def _main(items: list[tuple[str, Any]], opts: RunOptions, console: Console
     if opts.model:
         target = _override_model(target, opts.model)
     check_models(target, config)
+    # [alerts] of shoal.toml (with --sim, of --config when given)
+    alerts = Config.load(opts.config).alerts if opts.sim and opts.config else config.alerts
     if not opts.sim:
-        async with Router(config) as router:
+        async with Router(config) as router, _observed(router, opts, console, alerts):
             return await _execute(target, items, client=router, opts=opts, console=console)
-    async with SimServer(SimConfig()) as server, Router(config_for_sim(server.url)) as router:
+    async with SimServer(SimConfig()) as server, Router(config_for_sim(server.url)) as router, \
+            _observed(router, opts, console, alerts):
         return await _execute(target, items, client=router, opts=opts, console=console)
+
+
+def _observed(router: Router, opts: RunOptions, console: Console,
+              alerts: AlertsConfig | None) -> AbstractAsyncContextManager[object]:
+    """Metrics served (--metrics-port) or pushed (--metrics-push), and alerts, around
+    the run."""
+    from shoal.observe.session import observing
+
+    return observing(router, metrics_port=opts.metrics_port, push_url=opts.metrics_push,
+                     job="shoal_run", alerts=alerts,
+                     announce=lambda line: console.print(plain(line)))
 
 
 def run(
@@ -337,6 +357,13 @@ def run(
         "--store", envvar="SHOAL_STORE",
         help="Journal the run in this store (e.g. sqlite:///.shoal/runs.db); "
              "`shoal resume RUN_ID` continues it.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=0, help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics "
+                                      "while it runs (0: any free port; see shoal top).")]
+    = None,
+    metrics_push: Annotated[str | None, typer.Option(
+        "--metrics-push", help="Push the metrics to this Prometheus Pushgateway URL at "
+                               "the end (a short job).")] = None,
 ) -> None:
     """Run an agent, a flow or a flow spec on one input or a batch of inputs.
 
@@ -350,7 +377,8 @@ def run(
             raise ConfigError("give an input: an argument, --input-file or --input-dir")
         opts = RunOptions(target, config=config, model=model, sim=sim,
                           concurrency=concurrency, run_id=run_id, budget_usd=budget_usd,
-                          progress=progress, store=store)
+                          progress=progress, store=store, metrics_port=metrics_port,
+                          metrics_push=metrics_push)
         summary = run_loop(_main(items, opts, console))
     except ShoalError as exc:
         raise fail(exc) from None

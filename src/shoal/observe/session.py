@@ -1,0 +1,81 @@
+"""Metrics and alerts around one piece of work, in one ``async with``.
+
+::
+
+    async with Router(config) as router, observing(router, metrics_port=9464,
+                                                   alerts=config.alerts):
+        await flow.run(...)
+
+What ``shoal run --metrics-port PORT`` does: serve ``/metrics`` (a
+:class:`~shoal.observe.prometheus.PrometheusExporter` with the Router's channel gauges)
+while the block runs, evaluate the ``[alerts]`` of shoal.toml, and push the metrics to
+a Pushgateway at the end when ``push_url`` is given (a short job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shoal.observe.alert_config import AlertsConfig
+    from shoal.observe.alerts import AlertEngine
+    from shoal.observe.prometheus import PrometheusExporter
+    from shoal.traffic.router import Router
+
+__all__ = ["Observing", "observing"]
+
+_log = logging.getLogger("shoal.observe")
+
+
+@dataclass
+class Observing:
+    """What :func:`observing` started (None: not asked for)."""
+
+    exporter: PrometheusExporter | None = None
+    port: int | None = None
+    alerts: AlertEngine | None = None
+
+
+@contextlib.asynccontextmanager
+async def observing(router: Router, *, metrics_port: int | None = None,
+                    push_url: str | None = None, job: str = "shoal",
+                    alerts: AlertsConfig | None = None,
+                    announce: Callable[[str], object] | None = None
+                    ) -> AsyncIterator[Observing]:
+    """Serve metrics on ``metrics_port`` (0: any free port), push them to ``push_url`` at
+    the end, and evaluate ``alerts``, for the events of ``router``'s bus. ``announce``
+    receives one line saying where the metrics are served."""
+    state = Observing()
+    try:
+        if metrics_port is not None or push_url is not None:
+            from shoal.observe.prometheus import PrometheusExporter
+
+            state.exporter = PrometheusExporter(router.events, router=router)
+            state.exporter.subscribe()
+            if metrics_port is not None:
+                state.port = state.exporter.serve(metrics_port)
+                if announce is not None:
+                    announce(f"metrics on http://127.0.0.1:{state.port}/metrics "
+                             f"(shoal top --url http://127.0.0.1:{state.port}/metrics)")
+        if alerts is not None:
+            from shoal.observe.alerts import AlertEngine
+
+            state.alerts = AlertEngine.from_config(router.events, alerts, clock=router.clock)
+            state.alerts.start()
+        yield state
+    finally:
+        if state.alerts is not None:
+            await state.alerts.tick()  # what the last interval saw
+            await state.alerts.aclose()
+        if state.exporter is not None:
+            if push_url is not None:
+                try:
+                    await asyncio.to_thread(state.exporter.push, push_url, job)
+                except Exception as exc:  # the run's result matters more than its metrics
+                    _log.error("metrics push failed: %s", exc)
+            state.exporter.close()
