@@ -5,17 +5,65 @@ a terminal (a pipe, a log file, CI)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from shoal.flows.progress import RunProgress, StepProgress
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console
 
+    from shoal.config import Config
     from shoal.flows.flow import Flow
+    from shoal.types import Usage
 
-__all__ = ["live_progress"]
+__all__ = ["cache_line", "live_progress", "print_cache_line", "run_prices"]
+
+
+def run_prices(config: Path | str | None, *, sim: bool = False) -> Config:
+    """The prices a run was made at: the catalog's under ``--sim`` (the simulator serves
+    catalog models at catalog prices), else ``config``'s (the catalog's if it is unreadable:
+    a footer must not fail a finished run)."""
+    from shoal.config import Config
+    from shoal.errors import ConfigError
+
+    if not sim:
+        with contextlib.suppress(ConfigError):
+            return Config.load(config)
+    return Config.from_dict({})
+
+
+def print_cache_line(console: Console, config: Config,
+                     spent: Iterable[tuple[str | None, Usage]]) -> None:
+    """Print :func:`cache_line` under a run table (nothing when no prompt was spent)."""
+    line = cache_line(config, spent)
+    if line:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def cache_line(config: Config, spent: Iterable[tuple[str | None, Usage]]) -> str:
+    """The footer of a run table: prompt tokens read from (and written to) the providers'
+    caches, and the dollars caching saved at ``config``'s prices (:func:`shoal.pricing.
+    savings_usd`); "" when no prompt tokens were spent. ``spent``: (model, usage) pairs."""
+    from shoal.errors import ConfigError
+    from shoal.pricing import savings_usd
+
+    prompt = read = written = 0
+    saved = 0.0
+    for model, usage in spent:
+        prompt += usage.input_tokens
+        read += usage.cached_input_tokens
+        written += usage.cache_write_tokens
+        if model:  # a model no longer in the config: its tokens still count, unpriced
+            with contextlib.suppress(ConfigError):
+                saved += savings_usd(usage, config.model(model).price)
+    if not prompt:
+        return ""
+    wrote = f", {written:,} written to it" if written else ""
+    return (f"cache: {read:,} of {prompt:,} prompt tokens read from cache "
+            f"({read / prompt:.0%}){wrote}; saved ${saved:.6f} by caching")
 
 
 @contextlib.contextmanager

@@ -261,9 +261,12 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
 
 def _flow_summary(console: Console, res: FlowResult, opts: RunOptions) -> dict[str, Any]:
     from shoal.agents.recorder import to_jsonable
+    from shoal.cli.live import print_cache_line, run_prices
 
     _print_output(console, res.output)
     console.print(res.table())
+    print_cache_line(console, run_prices(opts.config, sim=opts.sim),
+                     [(s.model, s.usage) for s in res.steps.values()])
     if opts.store is not None:
         console.print(plain(f"journaled as run {res.run_id} in {opts.store}"))
     return {"run_id": res.run_id, "status": res.status, "output": to_jsonable(res.output),

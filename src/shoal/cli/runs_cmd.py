@@ -190,6 +190,7 @@ def show(
     if run.error:
         console.print(f"[red]error:[/] {plain(run.error)}", highlight=False, soft_wrap=True)
     console.print(_steps_table(p))
+    _cache_footer(console, store or _default_url(), run)
     console.print(plain(_resume_line(p)), soft_wrap=True)
 
 
@@ -205,6 +206,22 @@ def _write_html(run_id: str, store: str | None, path: Path) -> None:
         raise _fail(ConfigError(f"cannot write the report to {path}: {exc.strerror or exc}; "
                                 "pick a writable path")) from None
     typer.echo(f"wrote the report of run {run_id} to {written}")
+
+
+def _cache_footer(console: Console, url: str, run: Any) -> None:
+    """Under ``show``'s table: prompt tokens read from cache and the dollars that saved."""
+    from shoal.cli.cost_cmd import load_spend
+    from shoal.cli.live import print_cache_line, run_prices
+    from shoal.cli.loop import run as run_loop
+
+    config = run.meta.get("config")
+    prices = run_prices(config if isinstance(config, str) else None,
+                        sim=bool(run.meta.get("sim")))
+    try:
+        spend = run_loop(load_spend(url, run.run_id))
+    except ShoalError:  # the table is printed; a footer it cannot read is left out
+        return
+    print_cache_line(console, prices, spend.by_model.items())
 
 
 def _default_url() -> str:
@@ -430,7 +447,7 @@ async def _continue(flow: Flow, run_id: str, store: Any, client: ModelClient, *,
                     allow_changed: bool, console: Console, progress: bool = True
                     ) -> dict[str, Any]:
     from shoal.agents.recorder import to_jsonable
-    from shoal.cli.live import live_progress
+    from shoal.cli.live import live_progress, print_cache_line
     from shoal.errors import StepFailed
     from shoal.flows.flow import as_text
     from shoal.flows.resume import resume as resume_run
@@ -445,6 +462,9 @@ async def _continue(flow: Flow, run_id: str, store: Any, client: ModelClient, *,
         raise
     console.print(as_text(result.output), markup=False, highlight=False)
     console.print(result.table())
+    prices = getattr(client, "config", None)  # the Router's: the prices it charged
+    if prices is not None:
+        print_cache_line(console, prices, [(s.model, s.usage) for s in result.steps.values()])
     return {"run_id": result.run_id, "status": result.status,
             "output": to_jsonable(result.output), "steps": result.rows(),
             "cost_usd": result.cost_usd, "usage": to_jsonable(result.usage)}
