@@ -98,7 +98,7 @@ def test_nothing_below_the_minimum() -> None:
     sonnet = an().payload(ChatRequest("m", conversation(0)), "claude-sonnet-4-5", stream=False)
     opus = an().payload(ChatRequest("m", conversation(0)), "claude-opus-4-6", stream=False)
     assert markers(sonnet) and markers(opus) == []
-    assert isinstance(opus["system"], list)  # the same text, as a block: still byte-stable
+    assert opus["system"] == LONG  # untouched: a plain string, as without caching
 
 
 def test_off_sends_nothing_cache_related() -> None:

@@ -182,29 +182,19 @@ def _count_markers(body: dict[str, Any]) -> tuple[int, list[str]]:
     return len(ttls), ttls
 
 
-def _system_blocks(body: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The system prompt as blocks (a string becomes one text block), or None."""
-    system = body.get("system")
-    if isinstance(system, str):
-        if not system:
-            return None
-        body["system"] = [{"type": "text", "text": system}]
-    system = body.get("system")
-    if isinstance(system, list) and system and isinstance(system[-1], dict):
-        return system
-    return None
+def _as_blocks(owner: dict[str, Any], field: str) -> list[Any] | None:
+    """``owner[field]`` as a list of blocks without changing it (a string is read as one
+    text block; :func:`_mark` turns it into one only when a breakpoint goes there)."""
+    value = owner.get(field)
+    if isinstance(value, str):
+        return [{"type": "text", "text": value}] if value else None
+    return value if isinstance(value, list) and value else None
 
 
-def _message_blocks(msg: Any) -> list[Any] | None:
-    if not isinstance(msg, dict):
-        return None
-    content = msg.get("content")
-    if isinstance(content, str):
-        if not content:
-            return None
-        msg["content"] = [{"type": "text", "text": content}]
-    content = msg.get("content")
-    return content if isinstance(content, list) and content else None
+def _mark(owner: dict[str, Any], field: str, block: dict[str, Any], ttl: CacheTTL) -> None:
+    if isinstance(owner.get(field), str):  # a plain string cannot carry cache_control
+        owner[field] = [block]
+    block["cache_control"] = _marker(ttl)
 
 
 def _cacheable(block: Any) -> bool:
@@ -230,22 +220,22 @@ def plan_anthropic(body: dict[str, Any], model: str, request: ChatRequest) -> in
     if "5m" in user_ttls and ttl == "1h":
         ttl = "5m"
     minimum = anthropic_min_tokens(model)
-    # Candidates: (priority, block, prefix tokens up to and including it).
-    cands: list[tuple[int, dict[str, Any], int]] = []
+    # Candidates: (priority, prefix tokens up to and including the block, where it is).
+    Where = tuple[dict[str, Any], str, dict[str, Any]]  # (owner, field, block)
+    cands: list[tuple[int, int, Where]] = []
     total = 0
     tools = body.get("tools") or []
     for tool in tools:
         total += _block_tokens(tool)
     if tools and isinstance(tools[-1], dict):
-        cands.append((3, tools[-1], total))
-    system = _system_blocks(body)
-    if system is not None:
+        cands.append((3, total, (body, "", tools[-1])))
+    system = _as_blocks(body, "system")
+    if system is not None and isinstance(system[-1], dict):
         total += sum(_block_tokens(b) for b in system)
-        cands.append((1, system[-1], total))
-    messages = body.get("messages") or []
-    ends: list[tuple[str, dict[str, Any], int]] = []  # (role, last cacheable block, tokens)
-    for msg in messages:
-        blocks = _message_blocks(msg)
+        cands.append((1, total, (body, "system", system[-1])))
+    ends: list[tuple[str, int, Where]] = []  # (role, tokens, its last cacheable block)
+    for msg in body.get("messages") or ():
+        blocks = _as_blocks(msg, "content") if isinstance(msg, dict) else None
         if blocks is None:
             continue
         last: dict[str, Any] | None = None
@@ -254,22 +244,22 @@ def plan_anthropic(body: dict[str, Any], model: str, request: ChatRequest) -> in
             if _cacheable(block):
                 last = block
         if last is not None:
-            ends.append((str(msg.get("role")), last, total))
+            ends.append((str(msg.get("role")), total, (msg, "content", last)))
     if ends:
         cands.append((0, ends[-1][1], ends[-1][2]))  # the conversation so far
         # The end of the previous turn: the last user-role message before the last
         # assistant message (what the previous request ended with).
         seen_assistant = False
-        for role, block, tokens in reversed(ends[:-1]):
+        for role, tokens, where in reversed(ends[:-1]):
             if role == "assistant":
                 seen_assistant = True
             elif seen_assistant:
-                cands.append((2, block, tokens))
+                cands.append((2, tokens, where))
                 break
-    chosen = sorted((c for c in cands if c[2] >= minimum and "cache_control" not in c[1]),
+    chosen = sorted((c for c in cands if c[1] >= minimum and "cache_control" not in c[2][2]),
                     key=lambda c: c[0])[:free]
-    for _, block, _ in chosen:
-        block["cache_control"] = _marker(ttl)
+    for _, _, (owner, field, block) in chosen:
+        _mark(owner, field, block, ttl)
     return len(chosen)
 
 

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from shoal.sim.anthropic_rules import anthropic_request, sign_thinking
+from shoal.sim.caching import anthropic_plan
 from shoal.sim.content import Answer, Ask, BadInput
 
 __all__ = ["error_body", "parse", "render", "render_stream", "stream_error_event"]
@@ -95,24 +96,30 @@ def parse(body: Any, style: str = "anthropic") -> Ask:
     meta = body.get("metadata")
     if isinstance(meta, dict) and meta.get("user_id") is not None:
         ask.metadata = {"user_id": meta["user_id"]}
+    ask.cache = anthropic_plan(body, style)  # cache_control breakpoints (and refusals)
     anthropic_request(body, style)  # thinking budget, tool pairing, signed thinking blocks
     return ask
 
 
 def _usage_json(answer: Answer, output: int) -> str:
+    # input_tokens is the uncached part only (Anthropic counts reads and writes apart).
+    read, w5, w1 = answer.cache_read, answer.cache_write_5m, answer.cache_write_1h
     return (
-        f'{{"input_tokens":{answer.prompt_tokens},"cache_creation_input_tokens":0,'
-        '"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,'
-        f'"ephemeral_1h_input_tokens":0}},"output_tokens":{output},"service_tier":"standard"}}'
+        f'{{"input_tokens":{answer.prompt_tokens - read - w5 - w1},'
+        f'"cache_creation_input_tokens":{w5 + w1},"cache_read_input_tokens":{read},'
+        f'"cache_creation":{{"ephemeral_5m_input_tokens":{w5},'
+        f'"ephemeral_1h_input_tokens":{w1}}},"output_tokens":{output},'
+        '"service_tier":"standard"}'
     )
 
 
 def _usage(answer: Answer, output: int) -> dict[str, Any]:
+    read, w5, w1 = answer.cache_read, answer.cache_write_5m, answer.cache_write_1h
     return {
-        "input_tokens": answer.prompt_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "input_tokens": answer.prompt_tokens - read - w5 - w1,
+        "cache_creation_input_tokens": w5 + w1,
+        "cache_read_input_tokens": read,
+        "cache_creation": {"ephemeral_5m_input_tokens": w5, "ephemeral_1h_input_tokens": w1},
         "output_tokens": output,
         "service_tier": "standard",
     }

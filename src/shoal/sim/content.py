@@ -66,6 +66,7 @@ class Ask:
     reasoning: bool = False
     include_usage: bool = False
     metadata: dict[str, Any] | None = None
+    cache: Any = None  # a shoal.sim.caching.CachePlan when the request can use the cache
 
 
 @dataclass(slots=True)
@@ -86,6 +87,10 @@ class Answer:
     finish: Literal["stop", "length", "tool_calls"]
     prompt_tokens: int
     completion_tokens: int
+    # Prompt-cache reads and writes (⊂ prompt_tokens), set by the engine (sim/caching.py).
+    cache_read: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
 
     @property
     def text(self) -> str:

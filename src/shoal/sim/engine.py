@@ -24,6 +24,7 @@ from aiohttp import web
 
 from shoal.errors import ConfigError
 from shoal.sim import anthropic_wire, openai_wire, styles
+from shoal.sim.caching import PromptCache
 from shoal.sim.config import ModelProfile, SimConfig, check_fault
 from shoal.sim.content import Answer, Ask, BadInput, Wordbank, plan
 from shoal.sim.delivery import Call, send_stream, send_whole
@@ -72,6 +73,7 @@ class SimEngine:
         self.counter = 0
         self.stopping: asyncio.Event | None = None
         self.config = config
+        self.prompt_cache = PromptCache()  # per API key, on this clock (sim/caching.py)
         self.apply(config)
 
     def apply(self, config: SimConfig, *, fresh: bool = True) -> None:
@@ -80,6 +82,8 @@ class SimEngine:
         self.config = config
         self._table = config.faults.table()
         self._profiles: dict[str, ModelProfile] = {}
+        if fresh:
+            self.prompt_cache.clear()
         if fresh or config.seed != old.seed:
             self.rng = random.Random(config.seed)
             self.jitter_rng = random.Random(config.seed + 1)
@@ -128,6 +132,13 @@ class SimEngine:
                 call.fault = "context_overflow"
                 _raise("context_overflow", 400, window=profile.context_window,
                        prompt=answer.prompt_tokens)  # fmt: skip
+            if ask.cache is not None:  # cached once the answer begins (first token)
+                now = self.clock.now()
+                got = self.prompt_cache.settle(ask.cache, _api_key(call) or "",
+                                               answer.prompt_tokens, now,
+                                               now + profile.first_token_s)
+                answer.cache_read = got.read
+                answer.cache_write_5m, answer.cache_write_1h = got.write_5m, got.write_1h
             return await self._deliver(call, profile)
         except _Reply as reply:
             response = self._error(call, reply)

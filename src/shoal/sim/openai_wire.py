@@ -23,6 +23,7 @@ import json
 from typing import Any
 
 from shoal.sim import styles
+from shoal.sim.caching import prefix_plan
 from shoal.sim.content import Answer, Ask, BadInput
 from shoal.sim.schema import schema_in_text
 from shoal.sim.style_rules import gemini_signed_call, openai_request
@@ -103,21 +104,23 @@ def parse(body: Any, style: str) -> Ask:
     meta = body.get("metadata")
     ask.metadata = meta if isinstance(meta, dict) else None
     openai_request(body, style, ask)  # the style's refusals (and DeepSeek thinking mode)
+    if chars >= 256:  # at least one 64-token cache unit: automatic prefix caching
+        ask.cache = prefix_plan(body, style)
     return ask
 
 
 def _usage_json(answer: Answer, style: str) -> str:
     # Built as text: this is on every request's path and a template is ~5x faster
     # than encoding the nested dicts.
-    p, c = answer.prompt_tokens, answer.completion_tokens
+    p, c, hit = answer.prompt_tokens, answer.completion_tokens, answer.cache_read
     extra = (
-        f',"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":{p}'
+        f',"prompt_cache_hit_tokens":{hit},"prompt_cache_miss_tokens":{p - hit}'
         if style == "deepseek"
         else ""
     )
     return (
         f'{{"prompt_tokens":{p},"completion_tokens":{c},"total_tokens":{p + c},'
-        '"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},'
+        f'"prompt_tokens_details":{{"cached_tokens":{hit},"audio_tokens":0}},'
         f'"completion_tokens_details":{{"reasoning_tokens":{len(answer.reasoning)},'
         '"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}'
         f"{extra}}}"
