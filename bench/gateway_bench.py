@@ -1,0 +1,292 @@
+"""``shoal gateway`` against direct-to-upstream and LiteLLM's proxy, one run, 127.0.0.1.
+
+Everything is a separate process, started and stopped (by PID) here: the upstream mock
+(``bench/gateway_mock.py``, pinned to CPU 0 with ``taskset``), ``wrk`` (CPU 0), the stream
+client (``bench/gateway_load.py streams``, CPU 0), and the servers under test pinned to
+CPU 1: ``shoal gateway`` and LiteLLM's proxy (``litellm --config``), each with the same
+one-channel config pointing at the mock. Phases, each with its goal from issue 10:
+
+1. added latency (server p50/p99 minus direct-to-mock p50/p99, same round) at 1 and 64
+   connections, zero-latency mock: p99 ≤ 1 ms at 1, ≤ 10 ms at 64;
+2. throughput with a 20 ms mock at 64 and 256 connections, ÷ direct: ≥ 0.5, ≥ 5× LiteLLM;
+3. streams: 64 chunks every 20 ms, N concurrent; the largest N with every stream complete
+   and no inter-chunk gap over 100 ms (≥ 256 and as many as direct), added TTFT p99;
+4. memory: the gateway's RSS after warm-up and after 100,000 requests (no growth).
+
+    python bench/gateway_bench.py                    # ~6-8 minutes on 2 shared cores
+    python bench/gateway_bench.py --quick            # ~2 minutes, shorter points
+    python bench/gateway_bench.py --peers shoal      # without LiteLLM
+
+Install wrk and LiteLLM's proxy first: ``bash scripts/bench_tools.sh``. Without wrk the
+load comes from ``gateway_load.py``'s Python generator (said in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gateway_load as gl
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.dirname(sys.executable)
+PATH = "/v1/chat/completions"
+UPSTREAM_KEY = "sk-upstream-bench-0123456789"
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    tmp: str
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # what, figure, goal, ok
+
+    def row(self, what: str, figure: str, goal: str = "", ok: bool | None = None) -> None:
+        mark = "" if ok is None else ("met" if ok else "MISSED")
+        self.rows.append((what, figure, goal, mark))
+        print(f"  {what}: {figure} {('(goal ' + goal + ': ' + mark + ')') if goal else ''}",
+              file=sys.stderr, flush=True)
+
+
+def start_mock(ctx: Ctx, *extra: str) -> gl.Server:
+    port = gl.free_port()
+    mock = gl.Server([sys.executable, os.path.join(HERE, "gateway_mock.py"), "--port",
+                      str(port), *extra], port, cpu=ctx.args.mock_cpu)
+    mock.wait_ready()
+    return mock
+
+
+def start_shoal(ctx: Ctx, mock_port: int) -> gl.Server:
+    port = gl.free_port()
+    cfg = os.path.join(ctx.tmp, f"shoal-{mock_port}.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[channels.openai]\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n'
+                f'api_key = "{UPSTREAM_KEY}"\nmax_concurrency = 4096\npool_size = 1024\n'
+                '\n[gateway]\naccess_log = false\n')
+    cmd = [os.path.join(BIN, "shoal"), "gateway", "--config", cfg, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(ctx.args.workers)]
+    srv = gl.Server(cmd, port, cpu=ctx.args.server_cpu, ready_path="/health",
+                    log=os.path.join(ctx.tmp, f"shoal-{port}.log"),
+                    env={"SHOAL_STORE": f"sqlite:///{ctx.tmp}/keys.db"})
+    srv.wait_ready()
+    return srv
+
+
+def start_litellm(ctx: Ctx, mock_port: int) -> gl.Server:
+    port = gl.free_port()
+    cfg = os.path.join(ctx.tmp, f"litellm-{mock_port}.yaml")
+    with open(cfg, "w") as f:
+        f.write("model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n"
+                f"      model: openai/gpt-4o-mini\n      api_base: http://127.0.0.1:{mock_port}/v1\n"
+                f"      api_key: {UPSTREAM_KEY}\n")
+    cmd = [os.path.join(BIN, "litellm"), "--config", cfg, "--host", "127.0.0.1", "--port",
+           str(port), "--num_workers", str(ctx.args.workers)]
+    # No master key and no database: LiteLLM's plainest proxy (no key checks, as shoal here).
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
+    srv = gl.Server(cmd, port, cpu=ctx.args.server_cpu, ready_path="/health/liveliness",
+                    env=env, log=os.path.join(ctx.tmp, f"litellm-{port}.log"))
+    srv.wait_ready(timeout_s=120)
+    return srv
+
+
+def servers(ctx: Ctx, mock_port: int) -> dict[str, gl.Server]:
+    out = {"shoal": start_shoal(ctx, mock_port)}
+    if "litellm" in ctx.args.peers:
+        try:
+            out["litellm"] = start_litellm(ctx, mock_port)
+        except (RuntimeError, OSError) as exc:
+            print(f"LiteLLM's proxy did not start ({exc}); it is left out", file=sys.stderr)
+    return out
+
+
+def url(port: int) -> str:
+    return f"http://127.0.0.1:{port}{PATH}"
+
+
+def stop_all(srvs: dict[str, gl.Server]) -> None:
+    for srv in srvs.values():
+        srv.stop()
+
+
+# -- phases ---------------------------------------------------------------------------------
+
+
+def phase_latency(ctx: Ctx) -> None:
+    a = ctx.args
+    mock = start_mock(ctx)
+    srvs: dict[str, gl.Server] = {}
+    try:
+        srvs = servers(ctx, mock.port)
+        for s in srvs.values():
+            gl.wrk(url(s.port), connections=16, duration_s=2, cpu=a.load_cpu)  # warm-up
+        added: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for _ in range(a.rounds):
+            for conc in (1, 64):
+                d = gl.wrk(url(mock.port), connections=conc, duration_s=a.duration,
+                           cpu=a.load_cpu)
+                for name, s in srvs.items():
+                    r = gl.wrk(url(s.port), connections=conc, duration_s=a.duration,
+                               cpu=a.load_cpu)
+                    added.setdefault((name, conc), []).append(
+                        (r.p50_ms - d.p50_ms, r.p99_ms - d.p99_ms))
+        for (name, conc), vals in sorted(added.items()):
+            p50 = statistics.median(v[0] for v in vals)
+            p99 = statistics.median(v[1] for v in vals)
+            goal = 1.0 if conc == 1 else 10.0
+            ctx.row(f"added latency, {name}, c={conc}", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+                    f"p99 ≤ {goal:g} ms" if name == "shoal" else "",
+                    p99 <= goal if name == "shoal" else None)
+    finally:
+        stop_all(srvs)
+        mock.stop()
+
+
+def phase_throughput(ctx: Ctx) -> None:
+    a = ctx.args
+    mock = start_mock(ctx, "--latency-ms", "20")
+    srvs: dict[str, gl.Server] = {}
+    try:
+        srvs = servers(ctx, mock.port)
+        for s in srvs.values():
+            gl.wrk(url(s.port), connections=64, duration_s=2, cpu=a.load_cpu)
+        for conc in (64, 256):
+            rps: dict[str, list[float]] = {}
+            for _ in range(a.rounds):
+                rps.setdefault("direct", []).append(gl.wrk(
+                    url(mock.port), connections=conc, duration_s=a.duration,
+                    cpu=a.load_cpu).rps)
+                for name, s in srvs.items():
+                    rps.setdefault(name, []).append(gl.wrk(
+                        url(s.port), connections=conc, duration_s=a.duration,
+                        cpu=a.load_cpu).rps)
+            med = {k: statistics.median(v) for k, v in rps.items()}
+            ratio = med["shoal"] / med["direct"]
+            ctx.row(f"throughput, 20 ms mock, c={conc}",
+                    f"direct {med['direct']:,.0f}/s, shoal {med['shoal']:,.0f}/s"
+                    + (f", litellm {med['litellm']:,.0f}/s" if "litellm" in med else ""))
+            ctx.row(f"  shoal ÷ direct, c={conc}", f"{ratio:.2f}", "≥ 0.5", ratio >= 0.5)
+            if "litellm" in med:
+                vs = med["shoal"] / med["litellm"]
+                ctx.row(f"  shoal ÷ litellm, c={conc}", f"{vs:.1f}×", "≥ 5×", vs >= 5)
+    finally:
+        stop_all(srvs)
+        mock.stop()
+
+
+def phase_streams(ctx: Ctx) -> None:
+    a = ctx.args
+    mock = start_mock(ctx, "--chunks", "64", "--chunk-ms", "20")
+    srvs: dict[str, gl.Server] = {}
+    try:
+        srvs = servers(ctx, mock.port)
+        targets = {"direct": mock.port, **{k: s.port for k, s in srvs.items()}}
+        for port in targets.values():
+            gl.streams(url(port), 16, cpu=a.load_cpu)  # warm-up
+        carried: dict[str, int] = {}
+        ttft: dict[str, float] = {}
+        for n in a.stream_levels:
+            for name, port in targets.items():
+                if name in carried and carried[name] < n // 2:
+                    continue  # already failed a lower level
+                r = gl.streams(url(port), n, cpu=a.load_cpu)
+                ok = r["completed"] == n and r["max_gap_ms"] <= 100
+                print(f"  streams {name} n={n}: {r['completed']}/{n} complete, max gap "
+                      f"{r['max_gap_ms']:.0f} ms, TTFT p99 {r['ttft_p99_ms']:.1f} ms",
+                      file=sys.stderr, flush=True)
+                if ok:
+                    carried[name] = max(carried.get(name, 0), n)
+                if n == 256:
+                    ttft[name] = r["ttft_p99_ms"]
+        top = max(a.stream_levels)
+        for name in targets:
+            got = carried.get(name, 0)
+            shown = f"≥ {got}" if got == top else str(got)
+            if name == "shoal":
+                goal_ok = got >= 256 and got >= carried.get("direct", 0)
+                ctx.row(f"streams carried (no gap > 100 ms), {name}", shown,
+                        "≥ 256 and = direct", goal_ok)
+            else:
+                ctx.row(f"streams carried (no gap > 100 ms), {name}", shown)
+        for name in srvs:
+            if name in ttft and "direct" in ttft:
+                ctx.row(f"added TTFT p99 at 256 streams, {name}",
+                        f"{ttft[name] - ttft['direct']:.1f} ms")
+    finally:
+        stop_all(srvs)
+        mock.stop()
+
+
+def phase_memory(ctx: Ctx) -> None:
+    a = ctx.args
+    mock = start_mock(ctx)
+    srv = start_shoal(ctx, mock.port)
+    try:
+        gl.wrk(url(srv.port), connections=64, duration_s=3, cpu=a.load_cpu)
+        warm = srv.rss_mb()
+        done, t0 = 0, time.monotonic()
+        while done < a.memory_requests and time.monotonic() - t0 < 300:
+            done += gl.wrk(url(srv.port), connections=64, duration_s=5, cpu=a.load_cpu).requests
+        after = srv.rss_mb()
+        growth = after - warm
+        ctx.row("gateway RSS after warm-up / after N requests",
+                f"{warm:.1f} MiB / {after:.1f} MiB after {done:,} (growth {growth:+.1f} MiB)",
+                "no growth beyond noise (≤ 5 MiB)", growth <= 5.0 and done >= a.memory_requests)
+    finally:
+        srv.stop()
+        mock.stop()
+
+
+PHASES = {"latency": phase_latency, "throughput": phase_throughput, "streams": phase_streams,
+          "memory": phase_memory}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="shoal gateway vs direct vs LiteLLM's proxy")
+    parser.add_argument("--phases", default=",".join(PHASES))
+    parser.add_argument("--peers", default="shoal,litellm")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk point")
+    parser.add_argument("--stream-levels", default="64,128,256,512,1024")
+    parser.add_argument("--memory-requests", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help="1 round of 2 s points, streams up to 512, 30,000 requests")
+    parser.add_argument("--mock-cpu", default="0")
+    parser.add_argument("--server-cpu", default="1")
+    parser.add_argument("--load-cpu", default="0")
+    a = parser.parse_args()
+    if a.quick:
+        a.rounds, a.duration, a.stream_levels = 1, 2.0, "64,256,512"
+        a.memory_requests = 30_000
+    a.stream_levels = [int(n) for n in a.stream_levels.split(",")]
+    if "litellm" in a.peers and shutil.which(os.path.join(BIN, "litellm")) is None:
+        print("LiteLLM's proxy is not installed (bash scripts/bench_tools.sh): left out",
+              file=sys.stderr)
+        a.peers = "shoal"
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp:
+        ctx = Ctx(a, tmp)
+        for name in a.phases.split(","):
+            print(f"phase {name}...", file=sys.stderr, flush=True)
+            PHASES[name](ctx)
+    load = "wrk" if shutil.which("wrk") else "Python load generator (wrk missing)"
+    pin = "taskset" if shutil.which("taskset") else "no taskset: unpinned"
+    print(f"\nshoal gateway bench: {a.rounds} round(s) × {a.duration:g} s per point, "
+          f"{load}, {pin} (mock+load CPU {a.mock_cpu}, servers CPU {a.server_cpu}), "
+          f"{a.workers} worker(s), {time.monotonic() - started:.0f} s\n")
+    print("| measure | figure | goal | |")
+    print("| --- | --- | --- | --- |")
+    for what, figure, goal, ok in ctx.rows:
+        print(f"| {what} | {figure} | {goal} | {ok} |")
+
+
+if __name__ == "__main__":
+    main()
