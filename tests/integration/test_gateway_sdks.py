@@ -1,0 +1,187 @@
+"""The official openai and anthropic SDKs, unmodified, with base_url at the gateway:
+answers, streams, tool calls and JSON output, each SDK calling a model of its own
+protocol and one of the other (translated through shoal's neutral types)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from gateway_fixtures import (
+    ANTHROPIC_MODEL,
+    OPENAI_MODEL,
+    anthropic_client,
+    gateway,
+    openai_client,
+    sim_config,
+)
+from pydantic import BaseModel
+
+from shoal.gateway.server import GatewayServer
+from shoal.sim import SimConfig, SimServer
+
+MODELS = [OPENAI_MODEL, ANTHROPIC_MODEL]
+USER: list[Any] = [{"role": "user", "content": "What limits bind when agents share a provider?"}]
+WEATHER_OPENAI: list[Any] = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}]
+WEATHER_ANTHROPIC: list[Any] = [{
+    "name": "get_weather", "description": "Weather for a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                     "required": ["city"]}}]
+
+
+class Answer(BaseModel):
+    title: str
+    points: list[str]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[SimServer, GatewayServer]]:
+    async with SimServer(SimConfig()) as sim, gateway(sim_config(sim)) as gw:
+        yield sim, gw
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_openai_sdk_answer(server: tuple[SimServer, GatewayServer], model: str) -> None:
+    sim, gw = server
+    async with openai_client(gw) as client:
+        answer = await client.chat.completions.create(model=model, messages=USER,
+                                                      max_tokens=50)
+    assert answer.model == model
+    assert answer.choices[0].finish_reason == "stop"
+    assert len((answer.choices[0].message.content or "").split()) == 20
+    assert answer.usage is not None and answer.usage.completion_tokens == 20
+    assert answer.usage.prompt_tokens == sim.stats().requests[-1].prompt_tokens
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_openai_sdk_stream_with_usage(server: tuple[SimServer, GatewayServer],
+                                           model: str) -> None:
+    _, gw = server
+    async with openai_client(gw) as client:
+        stream = await client.chat.completions.create(
+            model=model, messages=USER, stream=True, stream_options={"include_usage": True})
+        chunks = [c async for c in stream]
+        plain = await client.chat.completions.create(model=model, messages=USER, stream=True)
+        plain_chunks = [c async for c in plain]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) == 20
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 20
+    assert all(c.usage is None for c in plain_chunks)  # no include_usage: no usage chunk
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_openai_sdk_tool_calls(server: tuple[SimServer, GatewayServer],
+                                     model: str) -> None:
+    _, gw = server
+    async with openai_client(gw) as client:
+        answer = await client.chat.completions.create(
+            model=model, messages=USER, tools=WEATHER_OPENAI, tool_choice="required")
+        call = (answer.choices[0].message.tool_calls or [])[0]
+        assert answer.choices[0].finish_reason == "tool_calls"
+        assert call.function.name == "get_weather"  # type: ignore[union-attr]
+        assert isinstance(json.loads(call.function.arguments)["city"], str)  # type: ignore[union-attr]
+        # The tool's result goes back; the model answers in text.
+        follow = await client.chat.completions.create(model=model, tools=WEATHER_OPENAI,
+                                                      messages=[
+            *USER, answer.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}])
+        assert follow.choices[0].finish_reason == "stop"
+        assert follow.choices[0].message.content
+        # Streamed, assembled by the SDK's own helper.
+        async with client.chat.completions.stream(
+                model=model, messages=USER, tools=WEATHER_OPENAI,
+                tool_choice="required") as stream:
+            async for _ in stream:
+                pass
+            final = await stream.get_final_completion()
+    streamed = (final.choices[0].message.tool_calls or [])[0]
+    assert streamed.function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(streamed.function.arguments)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_openai_sdk_json_output(server: tuple[SimServer, GatewayServer],
+                                      model: str) -> None:
+    _, gw = server
+    async with openai_client(gw) as client:
+        parsed = await client.chat.completions.parse(model=model, messages=USER,
+                                                     response_format=Answer)
+        loose = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Reply in JSON."}],
+            response_format={"type": "json_object"})
+    assert isinstance(parsed.choices[0].message.parsed, Answer)
+    assert isinstance(json.loads(loose.choices[0].message.content or ""), dict)
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_anthropic_sdk_answer_and_stream(server: tuple[SimServer, GatewayServer],
+                                               model: str) -> None:
+    _, gw = server
+    async with anthropic_client(gw) as client:
+        message = await client.messages.create(model=model, max_tokens=100, messages=USER,
+                                               system="Be brief.")
+        async with client.messages.stream(model=model, max_tokens=100, messages=USER,
+                                          system=[{"type": "text", "text": "Be brief."}]
+                                          ) as stream:
+            pieces = [t async for t in stream.text_stream]
+            final = await stream.get_final_message()
+    assert message.model == model and message.stop_reason == "end_turn"
+    assert message.content[0].type == "text"
+    assert len(message.content[0].text.split()) == 20
+    assert message.usage.output_tokens == 20 and message.usage.input_tokens > 0
+    assert "".join(pieces) == final.content[0].text  # type: ignore[union-attr]
+    assert len(pieces) == 20
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 20
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_anthropic_sdk_tool_use(server: tuple[SimServer, GatewayServer],
+                                      model: str) -> None:
+    _, gw = server
+    async with anthropic_client(gw) as client:
+        message = await client.messages.create(model=model, max_tokens=200, messages=USER,
+                                               tools=WEATHER_ANTHROPIC,
+                                               tool_choice={"type": "any"})
+        use = next(b for b in message.content if b.type == "tool_use")
+        assert message.stop_reason == "tool_use"
+        assert use.name == "get_weather" and isinstance(use.input["city"], str)
+        follow = await client.messages.create(
+            model=model, max_tokens=200, tools=WEATHER_ANTHROPIC, messages=[
+                *USER, {"role": "assistant", "content": message.content},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                              "content": "sunny, 21 C"}]}])
+        assert follow.stop_reason == "end_turn"
+        async with client.messages.stream(model=model, max_tokens=200, messages=USER,
+                                          tools=WEATHER_ANTHROPIC,
+                                          tool_choice={"type": "any"}) as stream:
+            final = await stream.get_final_message()
+    streamed = next(b for b in final.content if b.type == "tool_use")
+    assert streamed.name == "get_weather" and isinstance(streamed.input["city"], str)
+    assert final.stop_reason == "tool_use"
+
+
+async def test_models_lists_the_config(server: tuple[SimServer, GatewayServer]) -> None:
+    _, gw = server
+    async with openai_client(gw) as client:
+        names = [m.id async for m in client.models.list()]
+    async with anthropic_client(gw) as aclient:
+        anames = [m.id async for m in aclient.models.list()]
+    assert OPENAI_MODEL in names and ANTHROPIC_MODEL in names
+    assert anames == names
+
+
+async def test_count_tokens(server: tuple[SimServer, GatewayServer]) -> None:
+    _, gw = server
+    async with anthropic_client(gw) as client:
+        short = await client.messages.count_tokens(model=ANTHROPIC_MODEL, messages=USER)
+        longer = await client.messages.count_tokens(
+            model=OPENAI_MODEL, messages=[{"role": "user", "content": "word " * 400}])
+    assert 0 < short.input_tokens < longer.input_tokens
