@@ -89,10 +89,11 @@ async def test_openai_sdk_tool_calls(server: tuple[SimServer, GatewayServer],
         assert call.function.name == "get_weather"  # type: ignore[union-attr]
         assert isinstance(json.loads(call.function.arguments)["city"], str)  # type: ignore[union-attr]
         # The tool's result goes back; the model answers in text.
-        follow = await client.chat.completions.create(model=model, tools=WEATHER_OPENAI,
-                                                      messages=[
+        turn: list[Any] = [
             *USER, answer.choices[0].message.model_dump(exclude_none=True),
-            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}])
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+        follow = await client.chat.completions.create(model=model, tools=WEATHER_OPENAI,
+                                                      messages=turn)
         assert follow.choices[0].finish_reason == "stop"
         assert follow.choices[0].message.content
         # Streamed, assembled by the SDK's own helper.
@@ -103,8 +104,8 @@ async def test_openai_sdk_tool_calls(server: tuple[SimServer, GatewayServer],
                 pass
             final = await stream.get_final_completion()
     streamed = (final.choices[0].message.tool_calls or [])[0]
-    assert streamed.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(streamed.function.arguments)  # type: ignore[union-attr]
+    assert streamed.function.name == "get_weather"
+    assert json.loads(streamed.function.arguments)
 
 
 @pytest.mark.parametrize("model", MODELS)
