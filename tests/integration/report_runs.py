@@ -81,7 +81,7 @@ async def failed_run(tmp_path: Path) -> FailedRun:
                 await run_durable(brief_flow(), TOPIC, store=url, run_id=RUN_ID,
                                   client=router,
                                   meta=journal_meta("report_runs:brief_flow", config=config))
-        tags = [r.tag for r in sim.stats().requests]
+        tags = [r.tag or "" for r in sim.stats().requests]
         assert tags[:2] == ["researcher", "researcher"]
         assert sorted(tags[2:]) == ["analyzer", "critic"]
     return FailedRun(url, config)
