@@ -198,7 +198,8 @@ class HttpProvider(Provider):
     async def _post_json(self, request: ChatRequest, payload: dict[str, Any],
                          received: Callable[[], None] | None = None) -> tuple[Any, bytes]:
         """POST ``payload``; the decoded JSON answer and its raw bytes, or a shoal error.
-        ``received()`` runs once a 200 answer is read, before it is decoded."""
+        ``received()`` runs once a 200 answer is read, before it is decoded; then this
+        coroutine yields once, so a call woken by ``received`` sends first."""
         data = json.dumps(payload).encode()
         try:
             async with self._pool.session().post(
@@ -211,6 +212,9 @@ class HttpProvider(Provider):
             raise error_from_transport(exc, provider=self.name, url=self._url) from exc
         if received is not None:
             received()
+            # Let the queued call that just got the slot send its request before this
+            # answer is decoded and priced: the provider's slot is busy again sooner.
+            await asyncio.sleep(0)
         try:
             return json.loads(raw), raw
         except ValueError:
