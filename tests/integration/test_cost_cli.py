@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from shoal.agents import Agent
 from shoal.agents.recorder import response_to_json
-from shoal.cli import cost_cmd, models_cmd
+from shoal.cli import cost_cmd, models_cmd, run_cmd, runs_cmd
 from shoal.config import Config
 from shoal.flows.flow import Flow, FlowResult
 from shoal.flows.resume import run_durable
@@ -46,11 +47,18 @@ def shoal(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
                           env={**os.environ, "COLUMNS": "200", **(env or {})}, check=False)
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CACHE_LINE = re.compile(r"^cache: [\d,]+ of [\d,]+ prompt tokens read from cache \(\d+%\)"
+                        r".*; saved \$-?\d+\.\d{6} by caching$", re.MULTILINE)
+
+
 @pytest.fixture
 def cli() -> typer.Typer:
     app = typer.Typer()
     cost_cmd.register(app)
     models_cmd.register(app)
+    run_cmd.register(app)
+    runs_cmd.register(app)
     return app
 
 
@@ -170,6 +178,18 @@ def test_a_journaled_run_is_priced_from_its_journal(
         (u.input_tokens * 0.28 + u.output_tokens * 0.42) / 1e6)
     text = invoke(cli, "cost", "--run", "r1", "--store", store, "--runs-per-day", "100")
     assert f"this run cost ${result.cost_usd:.6f}; at 100/day that is $" in text.stdout
+    shown = invoke(cli, "show", "r1", "--store", store)
+    assert shown.exit_code == 0 and CACHE_LINE.search(shown.stdout), shown.stdout
+
+
+@pytest.mark.parametrize("inputs", [["one short document"],
+                                    ["-d", str(EXAMPLES / "docs"), "--glob", "*.txt"]])
+def test_run_tables_end_with_the_cache_line(cli: typer.Typer, inputs: list[str]) -> None:
+    """An agent's turns table and a batch table (a flow's: test above, via show)."""
+    out = invoke(cli, "run", f"{EXAMPLES / 'batch_folder.py'}:summarizer", *inputs, "--sim",
+                 "--no-progress")
+    assert out.exit_code == 0, out.output
+    assert CACHE_LINE.search(out.stdout), out.stdout
 
 
 def test_a_batch_with_cache_hits_shows_what_caching_saves(

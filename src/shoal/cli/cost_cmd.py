@@ -53,6 +53,7 @@ class RunSpend:
     flow: str
     recorded_usd: float  # the runs' cost as billed when they ran
     by_model: dict[str, Usage] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # the (first) run's: config, sim
 
     @property
     def usage(self) -> Usage:
@@ -100,7 +101,8 @@ async def run_spend(store: Store, run_id: str) -> RunSpend:
     if not runs:
         raise RunNotFound(f"no run or batch {run_id!r} in {store.url}; `shoal runs` lists "
                           "the runs there (a batch's items are RUN_ID-0, RUN_ID-1, …)")
-    spend = RunSpend([r.run_id for r in runs], runs[0].flow, sum(r.cost_usd for r in runs))
+    spend = RunSpend([r.run_id for r in runs], runs[0].flow, sum(r.cost_usd for r in runs),
+                     meta=dict(runs[0].meta))
     for r in runs:
         _steps_spend(await store.get_steps(r.run_id), spend.by_model)
     return spend
@@ -230,18 +232,19 @@ def cost(
     from shoal.config import Config
 
     try:
-        cfg = Config.load(config)
         if run is not None:
             if runs_per_day < 0:
                 raise ConfigError(f"--runs-per-day must not be negative, not {runs_per_day}")
             if cache_hit_rate is not None and not 0.0 <= cache_hit_rate <= 1.0:
                 raise ConfigError(f"--cache-hit-rate {cache_hit_rate} is not a fraction: "
                                   "give 0.0 to 1.0")
-            names = _models(cfg, models) if models else []
             spend = run_loop(load_spend(store, run))
+            cfg = Config.load(config) if config is not None else _prices_of_run(spend)
+            names = _models(cfg, models) if models else []
             _print_run(cfg, spend, models=names, runs_per_day=runs_per_day,
                        cache_hit_rate=cache_hit_rate, json_out=json_out)
             return
+        cfg = Config.load(config)
         if requests_per_day is None or input_tokens is None or output_tokens is None:
             missing = [flag for flag, v in (("--requests-per-day", requests_per_day),
                                             ("--input-tokens", input_tokens),
@@ -267,6 +270,14 @@ def cost(
              f"{output_tokens:,} output tokens, cache hit rate {volume['cache_hit_rate']:.0%}")
     _console().print(_table(title, rows, per="request", caching=bool(
         cache_hit_rate or cache_write_rate)))
+
+
+def _prices_of_run(spend: RunSpend) -> Config:
+    """The configuration the run recorded (``shoal run`` keeps its --config and --sim)."""
+    from shoal.cli.live import run_prices
+
+    path = spend.meta.get("config")
+    return run_prices(path if isinstance(path, str) else None, sim=bool(spend.meta.get("sim")))
 
 
 def _console() -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.flows.progress import RunProgress, StepProgress
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from shoal.flows.flow import Flow
     from shoal.types import Usage
 
-__all__ = ["cache_line", "live_progress", "print_cache_line", "run_prices"]
+__all__ = ["cache_line", "live_progress", "print_cache_line", "run_prices", "spent_of"]
 
 
 def run_prices(config: Path | str | None, *, sim: bool = False) -> Config:
@@ -33,6 +33,20 @@ def run_prices(config: Path | str | None, *, sim: bool = False) -> Config:
         with contextlib.suppress(ConfigError):
             return Config.load(config)
     return Config.from_dict({})
+
+
+def spent_of(result: Any) -> list[tuple[str | None, Usage]]:
+    """(model, usage) pairs of a finished run: a flow's steps, an agent's turns, or every
+    item of a batch (each item's own run)."""
+    if hasattr(result, "steps") and isinstance(result.steps, dict):  # FlowResult
+        return [(s.model, s.usage) for s in result.steps.values()]
+    if hasattr(result, "turns"):  # an agent's RunResult
+        return [(t.model, t.usage) for t in result.turns]
+    if hasattr(result, "items"):  # BatchResult: an item without detail counts unpriced
+        return [pair for item in result.items
+                for pair in (spent_of(item.detail) if item.detail is not None
+                             else [(None, item.usage)])]
+    return []
 
 
 def print_cache_line(console: Console, config: Config,

@@ -184,7 +184,7 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
     from shoal.agents.guards import Budget
     from shoal.agents.recorder import NullRecorder, to_jsonable
     from shoal.agents.runner import Runner
-    from shoal.cli.live import live_progress
+    from shoal.cli.live import live_progress, print_cache_line, run_prices, spent_of
     from shoal.flows.batch import Batch
     from shoal.flows.flow import Flow
     from shoal.flows.resume import as_flow
@@ -229,6 +229,8 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
                     target, text, budget=budget, run_id=run_id)
             _print_output(console, agent_res.output)
             console.print(_turns_table(agent_res))
+            print_cache_line(console, run_prices(opts.config, sim=opts.sim),
+                             spent_of(agent_res))
             return {"run_id": agent_res.run_id, "status": "succeeded",
                     "output": to_jsonable(agent_res.output), "cost_usd": agent_res.cost_usd,
                     "usage": to_jsonable(agent_res.usage), "turns": len(agent_res.turns)}
@@ -247,6 +249,7 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
                       budget_usd=budget_usd, progress=opts.progress, console=console)
         result = await batch.run(dict(items))
     console.print(result.table())
+    print_cache_line(console, run_prices(opts.config, sim=opts.sim), spent_of(result))
     return {
         "items": [
             {"input": label, "status": it.status, "output": to_jsonable(it.output),
@@ -261,12 +264,11 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
 
 def _flow_summary(console: Console, res: FlowResult, opts: RunOptions) -> dict[str, Any]:
     from shoal.agents.recorder import to_jsonable
-    from shoal.cli.live import print_cache_line, run_prices
+    from shoal.cli.live import print_cache_line, run_prices, spent_of
 
     _print_output(console, res.output)
     console.print(res.table())
-    print_cache_line(console, run_prices(opts.config, sim=opts.sim),
-                     [(s.model, s.usage) for s in res.steps.values()])
+    print_cache_line(console, run_prices(opts.config, sim=opts.sim), spent_of(res))
     if opts.store is not None:
         console.print(plain(f"journaled as run {res.run_id} in {opts.store}"))
     return {"run_id": res.run_id, "status": res.status, "output": to_jsonable(res.output),
