@@ -158,6 +158,6 @@ class ScriptedClient:
             provider="scripted",
             model=request.model,
             latency_s=latency,
-            cost_usd=info.cost(usage.input_tokens, usage.output_tokens),
+            cost_usd=info.cost(usage),
             channel="scripted",
         )
