@@ -190,6 +190,11 @@ def _run_rows(cfg: Config, spend: RunSpend, models: list[str], runs_per_day: flo
 # -- the command ---------------------------------------------------------------------------
 
 
+def _count(x: float) -> str:
+    """10,000 for 10000.0 (never 1e+06); fractions as given."""
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:,}"
+
+
 def _money(x: float) -> str:
     return f"{x:,.2f}"
 
@@ -266,7 +271,7 @@ def cost(
         print(json.dumps({**volume, "days_per_month": 30, "days_per_year": 365,
                           "models": rows}, indent=2))
         return
-    title = (f"{requests_per_day:,g} requests/day × {input_tokens:,} input + "
+    title = (f"{_count(requests_per_day)} requests/day × {input_tokens:,} input + "
              f"{output_tokens:,} output tokens, cache hit rate {volume['cache_hit_rate']:.0%}")
     _console().print(_table(title, rows, per="request", caching=bool(
         cache_hit_rate or cache_write_rate)))
@@ -343,7 +348,7 @@ def _print_run(cfg: Config, spend: RunSpend, *, models: list[str], runs_per_day:
     for r in rows:
         console.print(
             f"this {'run' if len(spend.run_ids) == 1 else 'batch'} cost "
-            f"{_dollars(spend.recorded_usd)}; at {runs_per_day:,g}/day that is "
+            f"{_dollars(spend.recorded_usd)}; at {_count(runs_per_day)}/day that is "
             f"{_dollars(r['uncached_monthly_usd'])}/month on {plain(r['model'])}, "
             f"{_dollars(r['monthly_usd'])} with caching", highlight=False, soft_wrap=True)
-    console.print(_table(f"{what} × {runs_per_day:,g}/day", rows, per="run", caching=True))
+    console.print(_table(f"{what} × {_count(runs_per_day)}/day", rows, per="run", caching=True))
