@@ -49,6 +49,7 @@ __all__ = [
     "anthropic_min_tokens",
     "estimate_tokens",
     "gate_turn",
+    "openai_prefix_key",
     "plan_anthropic",
     "plan_openai",
     "settings",
@@ -354,13 +355,32 @@ class Turn:
 _GATES: weakref.WeakKeyDictionary[object, WarmGate] = weakref.WeakKeyDictionary()
 
 
+def openai_prefix_key(body: dict[str, Any]) -> str | None:
+    """A digest of an OpenAI body's tools and leading system messages when they reach
+    OpenAI's 1,024-token minimum and the body asks for a cache (``prompt_cache_key``),
+    else None."""
+    if "prompt_cache_key" not in body:
+        return None
+    head: list[Any] = []
+    for msg in body.get("messages") or ():
+        if not isinstance(msg, dict) or msg.get("role") not in ("system", "developer"):
+            break
+        head.append(msg)
+    text = _DUMPS([body.get("model"), body.get("prompt_cache_key"), body.get("tools"), head])
+    if estimate_tokens(text) < 1024:
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 async def gate_turn(owner: object, clock: Clock, body: dict[str, Any],
-                    request: ChatRequest) -> Turn:
-    """``owner``'s (an adapter's) gate turn for an Anthropic body with breakpoints
-    placed: keyed on its shared prefix (tools and system), none when caching is off."""
+                    request: ChatRequest, protocol: str = "anthropic") -> Turn:
+    """``owner``'s (an adapter's) gate turn for a body with its cache fields placed:
+    keyed on the shared prefix (tools and system), none when caching is off."""
     gate = _GATES.get(owner)
     if gate is None:
         gate = _GATES[owner] = WarmGate(clock)
     mode, ttl = settings(request)
-    key = shared_prefix_key(body) if mode == "auto" else None
+    key = None
+    if mode == "auto":
+        key = shared_prefix_key(body) if protocol == "anthropic" else openai_prefix_key(body)
     return await gate.enter(key, ttl)

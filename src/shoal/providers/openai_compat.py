@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
-from shoal.providers.caching import plan_openai
+from shoal.providers.caching import gate_turn, plan_openai
 from shoal.providers.failures import (
     error_from_stream_payload,
     is_error_body,
@@ -187,8 +187,13 @@ class OpenAICompatProvider(HttpProvider):
     async def complete_then(self, request: ChatRequest, *, model: str,
                             received: Callable[[], None] | None) -> ChatResponse:
         started = time.perf_counter()
-        body, raw = await self._post_json(request, self.payload(request, model, stream=False),
-                                          received)
+        payload = self.payload(request, model, stream=False)
+        turn = await gate_turn(self, self._clock, payload, request, "openai")  # one writer
+        try:
+            body, raw = await self._post_json(request, payload, received)
+            turn.began()
+        finally:
+            turn.end(ok=False)
         return self.parse(body, raw, time.perf_counter() - started)
 
     def parse(self, body: Any, raw: bytes, latency: float) -> ChatResponse:
@@ -241,9 +246,11 @@ class OpenAICompatProvider(HttpProvider):
         acc = _Accumulator()
         done = False
         payload = self.payload(request, model, stream=True)
+        turn = await gate_turn(self, self._clock, payload, request, "openai")  # one writer
         try:
             async with contextlib.aclosing(self._sse(request, payload)) as events:
                 async for event, data in events:
+                    turn.began()
                     if event == JSON_BODY:  # a whole answer (a proxy ignored stream: true)
                         body = self._whole_body(data)
                         answer = self.parse(body, data.encode(), time.perf_counter() - started)
@@ -286,6 +293,8 @@ class OpenAICompatProvider(HttpProvider):
             if err is exc:
                 raise
             raise err from exc
+        finally:
+            turn.end(ok=False)
         if acc.usage is not None:
             yield UsageEvent(acc.usage)
         yield StreamEnd(acc.response(self, time.perf_counter() - started))
