@@ -133,7 +133,7 @@ JS = r"""
       }
       col.forEach(function (n, r) { n.row = r; });
     });
-    var W = 168, H = 40, GX = 70, GY = 16, PAD = 12;
+    var W = 184, H = 40, GX = 70, GY = 16, PAD = 12;
     var rows = Math.max.apply(null, cols.map(function (c) { return c.length; }).concat([1]));
     var width = PAD * 2 + cols.length * W + Math.max(0, cols.length - 1) * GX;
     var height = PAD * 2 + rows * H + (rows - 1) * GY;
@@ -165,10 +165,10 @@ JS = r"""
         "data-status": n.status, "data-resume": n.resume,
         transform: "translate(" + n.x + "," + n.y + ")" }, svg);
       el("rect", { width: W, height: H, rx: 6, fill: COLOURS[n.status] || "#888" }, g);
-      text(g, { x: 10, y: 16, "font-weight": 600 }, clip(n.name, 22));
+      text(g, { x: 10, y: 16, "font-weight": 600 }, clip(n.name, 24));
       var sub = n.status.replace("_", " ") + (n.items ? " \u00b7 " + n.items + " items" : "")
         + (n.tokens ? " \u00b7 " + n.tokens + " tok" : "");
-      text(g, { x: 10, y: 31, "font-size": 11 }, clip(sub, 28));
+      text(g, { x: 10, y: 31, "font-size": 11 }, clip(sub, 27));
       title(g, n.name + "\n" + n.status + (n.model ? "\nmodel: " + n.model : "")
         + "\ntokens: " + n.tokens + " \u00b7 " + usd(n.cost)
         + (n.items ? "\nitems: " + n.items + " (" + n.items_failed + " failed)" : "")

@@ -143,24 +143,24 @@ def cache_savings(info: ModelInfo, usage: Usage) -> float:
 
 def layers(after: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
     """Each node's layer: 0 for a node with no (known) dependency, else one more than its
-    deepest dependency. ``after`` in the flow's order; a cycle (a corrupt graph) breaks
-    at the node met first."""
+    deepest dependency. Iterative (a chain of thousands of steps is fine); a cycle (a
+    corrupt graph) is broken where it is found."""
     out: dict[str, int] = {}
-    visiting: set[str] = set()
-
-    def depth(name: str) -> int:
-        if name in out:
-            return out[name]
-        if name in visiting or name not in after:
-            return -1
-        visiting.add(name)
-        level = 1 + max((depth(d) for d in after[name]), default=-1)
-        visiting.discard(name)
-        out[name] = level
-        return level
-
-    for name in after:
-        depth(name)
+    for root in after:
+        stack, entered = [root], set()
+        while stack:
+            name = stack[-1]
+            if name in out:
+                stack.pop()
+                continue
+            pending = [d for d in after[name] if d in after and d not in out
+                       and d not in entered]
+            if name not in entered and pending:
+                entered.add(name)
+                stack.extend(pending)
+                continue
+            out[name] = 1 + max((out[d] for d in after[name] if d in out), default=-1)
+            stack.pop()
     return out
 
 
