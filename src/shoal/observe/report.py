@@ -319,7 +319,7 @@ def _steps_section(data: ReportData) -> str:
 
 _STEP_KEYS = ("id", "status", "start", "end", "attempt", "tokens", "cost")
 _CALL_KEYS = ("step", "turn", "model", "served", "channel", "start", "end", "queue", "retry",
-              "latency", "attempts", "timed", "input", "cached", "output", "cost")
+              "latency", "attempts", "timed", "input", "cached", "output", "cost", "tools")
 
 
 def _payload(data: ReportData) -> dict[str, Any]:
@@ -346,7 +346,7 @@ def _payload(data: ReportData) -> dict[str, Any]:
              c.channel, t(c.started_at), t(c.finished_at), round(c.queue_s, 4),
              round(c.retry_s, 4), round(c.latency_s, 4), c.attempts, c.timed,
              c.usage.input_tokens, c.usage.cached_input_tokens, c.usage.output_tokens,
-             _usd_num(c.cost_usd)] for c in data.calls]},
+             _usd_num(c.cost_usd), ", ".join(c.tool_calls)] for c in data.calls]},
     }
 
 

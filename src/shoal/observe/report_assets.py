@@ -260,7 +260,8 @@ JS = r"""
             + " (" + c.attempts + " attempt" + (c.attempts === 1 ? "" : "s") + ")"
             : "\n(no Router timings journaled)")
           + "\nprovider " + secs(c.latency) + "\ntokens in " + c.input + " (cached "
-          + c.cached + ") out " + c.output + " \u00b7 " + usd(c.cost));
+          + c.cached + ") out " + c.output + " \u00b7 " + usd(c.cost)
+          + (c.tools ? "\ncalled tools: " + clip(c.tools, 200) : ""));
         calls++;
       });
     });
