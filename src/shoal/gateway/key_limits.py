@@ -201,6 +201,7 @@ class RedisKeyLimits(KeyLimits):
         self._scripts: dict[str, AsyncScript] = {}
         self._held: dict[str, str] = {}  # grant -> the key's held set
         self._heartbeat: asyncio.Task[None] | None = None
+        self._undoing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def _redis(self) -> Redis:
@@ -238,10 +239,10 @@ class RedisKeyLimits(KeyLimits):
             ask.tokens, self._window_ms,
             -1 if key.budget_usd is None else repr(float(key.budget_usd)),
             repr(float(ask.cost_usd)), "", ask.spend_ttl_s]
-        granted, reason, wait_ms, spend, reserved = await self._run(lua.ADMIT, keys, args)
+        granted, reason, wait_ms, spend, reserved = await self._admit(key, ask, keys, args)
         if int(reason) == lua.NEED_SEED:
             args[9] = repr(float(await seed()))
-            granted, reason, wait_ms, spend, reserved = await self._run(lua.ADMIT, keys, args)
+            granted, reason, wait_ms, spend, reserved = await self._admit(key, ask, keys, args)
         if not int(granted):
             reason = int(reason)
             raise refusal(key, reason, None if reason == 4 else int(wait_ms) / 1000, ask=ask,
@@ -250,6 +251,24 @@ class RedisKeyLimits(KeyLimits):
         self._held[ask.grant] = keys[0]
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.get_running_loop().create_task(self._renew_loop())
+
+    async def _admit(self, key: VirtualKey, ask: Ask, keys: list[str],
+                     args: list[object]) -> Any:
+        """One ADMIT round trip; when the caller is cancelled meanwhile (its client went
+        away) a grant the script made anyway is released at once, not at lease expiry."""
+        call = asyncio.ensure_future(self._run(lua.ADMIT, keys, args))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            def undo(done: asyncio.Future[Any]) -> None:
+                if not done.cancelled() and done.exception() is None and int(done.result()[0]):
+                    task = asyncio.ensure_future(
+                        self.settle(key, ask, tokens=0, cost_usd=0.0))
+                    self._undoing.add(task)
+                    task.add_done_callback(self._undoing.discard)
+
+            call.add_done_callback(undo)
+            raise
 
     async def settle(self, key: VirtualKey, ask: Ask, *, tokens: int, cost_usd: float) -> None:
         self._held.pop(ask.grant, None)
@@ -281,6 +300,7 @@ class RedisKeyLimits(KeyLimits):
 
     async def aclose(self) -> None:
         self._closed = True
+        await asyncio.gather(*self._undoing, return_exceptions=True)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)

@@ -18,29 +18,22 @@ tables: virtual keys need SQLite or PostgreSQL.
 # ruff: noqa: S608
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import secrets
-import sqlite3
 import time
 import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shoal.errors import ConfigError
+from shoal.gateway.key_db import Backend, PostgresBackend, SQLiteBackend
 from shoal.gateway.keys_api import VirtualKey
-from shoal.stores.records import StoreError
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from shoal.types import Usage
 
 __all__ = [
@@ -61,28 +54,9 @@ Period = Literal["total", "day", "month"]
 PERIODS: tuple[Period, ...] = ("total", "day", "month")
 SECRET_PREFIX = "sk-shoal-"  # noqa: S105  # a public marker, not a secret
 _SHOWN = len(SECRET_PREFIX) + 6  # the display prefix: "sk-shoal-" and 6 random chars
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
 _COLS = ("id, name, prefix, models, budget_usd, period, rpm, tpm, max_concurrency, "
          "created_at, revoked_at, rotated_at")
-
-
-def _ddl(t: str, real: str) -> tuple[str, ...]:
-    return (
-        f"""CREATE TABLE IF NOT EXISTS {t}gateway_keys (
-            id TEXT PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL,
-            secret_hash TEXT NOT NULL UNIQUE, models TEXT NOT NULL, budget_usd {real},
-            period TEXT NOT NULL, rpm INTEGER, tpm INTEGER, max_concurrency INTEGER,
-            created_at {real} NOT NULL, revoked_at {real}, rotated_at {real})""",
-        # one active key per name; revoked ones keep theirs for the record
-        f"""CREATE UNIQUE INDEX IF NOT EXISTS gateway_keys_active_name
-            ON {t}gateway_keys (name) WHERE revoked_at IS NULL""",
-        f"""CREATE TABLE IF NOT EXISTS {t}gateway_key_spend (
-            key_id TEXT NOT NULL, period TEXT NOT NULL, usd {real} NOT NULL,
-            input_tokens BIGINT NOT NULL, output_tokens BIGINT NOT NULL,
-            cached_tokens BIGINT NOT NULL, requests BIGINT NOT NULL,
-            PRIMARY KEY (key_id, period))""",
-    )
 
 
 # -- secrets and periods ----------------------------------------------------------------
@@ -208,7 +182,7 @@ def _check_limits(name: str, models: Sequence[str], budget_usd: float | None, pe
 class KeyStore:
     """Keys and spend over one backend; ``async with open_key_store(url) as keys``."""
 
-    def __init__(self, backend: _Backend) -> None:
+    def __init__(self, backend: Backend) -> None:
         self._db = backend
 
     @property
@@ -324,133 +298,6 @@ class KeyStore:
         return Spend(float(usd), int(inp), int(out), int(cached), int(requests))
 
 
-# -- backends ---------------------------------------------------------------------------
-
-
-class _Backend(ABC):
-    url: str
-    t: str  # the table prefix: "" or '"schema".'
-
-    @abstractmethod
-    async def open(self) -> None: ...
-    @abstractmethod
-    async def close(self) -> None: ...
-    @abstractmethod
-    async def execute(self, sql: str, args: Sequence[object]) -> int:
-        """Run one statement; the number of rows it changed."""
-
-    @abstractmethod
-    async def fetch(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]]:
-        """Run one query; its rows."""
-
-
-class _SQLite(_Backend):
-    """One connection on one worker thread, like :class:`~shoal.stores.sqlite.SQLiteStore`;
-    every operation is one statement (atomic on its own)."""
-
-    def __init__(self, path: str, synchronous: str, busy_timeout_ms: int) -> None:
-        self.path, self.t = path, ""
-        self.url = f"sqlite:///{path}"
-        self._sync, self._busy = synchronous, busy_timeout_ms
-        self._conn: sqlite3.Connection | None = None
-        self._pool: ThreadPoolExecutor | None = None
-
-    async def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        conn, pool = self._conn, self._pool
-        if conn is None or pool is None:
-            raise StoreError(f"the key store {self.url} is closed")
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, conn)
-
-    async def open(self) -> None:
-        if self._conn is not None:
-            return
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shoal-keys")
-        self._conn = await asyncio.get_running_loop().run_in_executor(self._pool, self._connect)
-
-    def _connect(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy / 1e3,
-                               check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
-        if self.path != ":memory:":
-            conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
-        for statement in _ddl("", "REAL"):
-            conn.execute(statement)
-        return conn
-
-    async def close(self) -> None:
-        conn, pool = self._conn, self._pool
-        self._conn = self._pool = None
-        if conn is not None and pool is not None:
-            await asyncio.get_running_loop().run_in_executor(pool, conn.close)
-        if pool is not None:
-            pool.shutdown(wait=True)
-
-    async def execute(self, sql: str, args: Sequence[object]) -> int:
-        return int(await self._call(lambda c: c.execute(sql, tuple(args)).rowcount))
-
-    async def fetch(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]]:
-        rows: list[Sequence[Any]] = await self._call(
-            lambda c: c.execute(sql, tuple(args)).fetchall())
-        return rows
-
-
-class _Postgres(_Backend):
-    """An asyncpg pool; the tables live in the run store's schema."""
-
-    def __init__(self, dsn: str, schema: str, pool_max: int) -> None:
-        if not _IDENT.match(schema):
-            raise ConfigError(f"PostgreSQL schema name {schema!r} must be letters, digits and _")
-        self._dsn, self.schema, self._max = dsn, schema, pool_max
-        self.t = f'"{schema}".'
-        parts = urlsplit(dsn)
-        if parts.password:
-            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-        self.url = f"{urlunsplit(parts)} (schema {schema!r})"
-        self._pool: asyncpg.Pool | None = None
-        self._sql: dict[str, str] = {}
-
-    def _q(self, sql: str) -> str:
-        out = self._sql.get(sql)
-        if out is None:
-            n = iter(range(1, 1000))
-            out = self._sql[sql] = re.sub(r"\?", lambda _: f"${next(n)}", sql)
-        return out
-
-    async def open(self) -> None:
-        if self._pool is not None:
-            return
-        import asyncpg
-
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max,
-                                               timeout=5, command_timeout=30)
-        s = f'"{self.schema}"'
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"shoal-keys:{s}")
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-            for statement in _ddl(self.t, "double precision"):
-                await conn.execute(statement)
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    def _p(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise StoreError(f"the key store {self.url} is closed")
-        return self._pool
-
-    async def execute(self, sql: str, args: Sequence[object]) -> int:
-        status = await self._p().execute(self._q(sql), *args)
-        return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
-
-    async def fetch(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]]:
-        return list(await self._p().fetch(self._q(sql), *args))
-
-
 def open_key_store(url: str | None = None) -> KeyStore:
     """The key store for a store URL (``None``: the default ``sqlite:///.shoal/runs.db``),
     not yet opened."""
@@ -470,13 +317,13 @@ def open_key_store(url: str | None = None) -> KeyStore:
             if not parts.netloc and path.startswith("/"):
                 path = path[1:]  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
             path = path or ".shoal/runs.db"
-        return KeyStore(_SQLite(path, params.get("synchronous", "full"),
+        return KeyStore(SQLiteBackend(path, params.get("synchronous", "full"),
                                 _int(params.get("busy_timeout_ms", "5000"))))
     if scheme in ("postgresql", "postgres"):
         schema = params.pop("schema", "shoal")
         pool_max = _int(params.pop("pool_max", "10"))
         dsn = urlunsplit(parts._replace(query=urlencode(params)))
-        return KeyStore(_Postgres(dsn, schema, pool_max))
+        return KeyStore(PostgresBackend(dsn, schema, pool_max))
     raise ConfigError(
         f"virtual keys need a SQL store, not {parts.scheme}://: use sqlite:///path.db (one "
         "host) or postgresql://user@host/db (several replicas) as --store / $SHOAL_STORE"

@@ -223,3 +223,33 @@ async def test_a_long_call_keeps_its_reservation_past_the_lease(
         await a.aclose()
         await b.aclose()
 
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_an_admission_cancelled_in_flight_gives_its_slot_back_at_once(
+    pg_url: str, redis_url: str, unique_prefix: str
+) -> None:
+    (keys,) = await _replicas(pg_url, redis_url, unique_prefix, 1, lease_s=60.0)
+    try:
+        _, secret = await keys.store.create("cancel", budget_usd=1.0, max_concurrency=1)
+        key = await keys.authenticate(secret)
+        for _ in range(20):  # cancelled at different points of the round trip
+            task = asyncio.ensure_future(
+                keys.admit(key, model="m", tokens=1, max_cost_usd=0.9))
+            await asyncio.sleep(random.random() * 0.002)
+            task.cancel()
+            results = await asyncio.gather(task, return_exceptions=True)
+            if not isinstance(results[0], BaseException):  # admitted before the cancel
+                await keys.settle(results[0], usage=Usage(), cost_usd=0.0)
+            for _ in range(100):  # well under the 60 s lease
+                try:
+                    grant = await keys.admit(key, model="m", tokens=1, max_cost_usd=0.9)
+                    break
+                except (KeyLimited, KeyBudgetExceeded):
+                    await asyncio.sleep(0.01)
+            else:
+                pytest.fail("a cancelled admission kept its slot")
+            await keys.settle(grant, usage=Usage(), cost_usd=0.0)
+    finally:
+        await keys.aclose()
