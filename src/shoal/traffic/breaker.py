@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from enum import StrEnum
 
 from shoal.clock import Clock, RealClock
@@ -135,6 +136,10 @@ class CircuitBreaker:
         self.opened_at: float | None = None
         self.retry_at: float | None = None
         self.last_error: BaseException | None = None
+        # Told of every transition this breaker decided itself (not of remote ones):
+        # the hook a shared breaker (traffic/redis_breaker.py) publishes through.
+        self.on_change: Callable[[BreakerState, BreakerState], None] | None = None
+        self._remote = False
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, {self._state}, retry_at={self.retry_at})"
@@ -167,8 +172,11 @@ class CircuitBreaker:
         events = self._events
         if events is not None and events.active:
             error = type(self.last_error).__name__ if self.last_error is not None else ""
-            fields = {"from": str(before), "to": str(to), "error": error}
+            fields = {"from": str(before), "to": str(to), "error": error,
+                      "remote": self._remote}
             events.publish(BREAKER, fields, channel=self.name)
+        if self.on_change is not None and not self._remote:
+            self.on_change(before, to)
 
     def _open(self, cooldown: float, error: BaseException) -> None:
         now = self._clock.now()
@@ -327,6 +335,27 @@ class CircuitBreaker:
         else:
             message = f"channel {self.name!r} circuit is {self.state} after failures: {last}{wait}"
         return CircuitOpen(message, retry_at=self.retry_at)
+
+    # -- state decided elsewhere (another process sharing the channel) -----------------
+
+    def apply_remote_open(self, remaining_s: float, error: BaseException) -> None:
+        """Open for ``remaining_s`` because another process sharing this channel tripped
+        its breaker (``error`` says why). Never shortens a longer local open."""
+        self._remote = True
+        try:
+            self._open(max(0.0, remaining_s), error)
+        finally:
+            self._remote = False
+
+    def apply_remote_close(self) -> None:
+        """Another process's probe succeeded: close, as if this breaker's own had."""
+        if self._state is BreakerState.CLOSED:
+            return
+        self._remote = True
+        try:
+            self._transition(BreakerState.CLOSED)
+        finally:
+            self._remote = False
 
     def reset(self) -> None:
         """Close the breaker by hand: the way to re-enable a channel at once after fixing

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from shoal.traffic.adaptive import AdaptiveConcurrency
     from shoal.traffic.breaker import CircuitBreaker
     from shoal.traffic.limits import Limiter
+    from shoal.traffic.redis_breaker import SharedBreaker
 
 __all__ = ["Lane", "build_lane", "make_provider"]
 
@@ -79,6 +80,7 @@ class Lane:
         self._provider = provider
         self._injected = provider is not None  # the caller's adapter: never rebuilt here
         self._provider_lock: asyncio.Lock | None = None
+        self.shared_breaker: SharedBreaker | None = None
 
     def __repr__(self) -> str:
         return f"Lane({self.name!r}, pending={self.pending}, breaker={self.breaker.state})"
@@ -105,6 +107,8 @@ class Lane:
             self._provider_lock = asyncio.Lock()
         async with self._provider_lock:
             if self._provider is None:
+                if self.shared_breaker is not None:
+                    await self.shared_breaker.start()  # no-op when already following
                 self._provider = await make_provider(self.channel, self.clock)
         return self._provider
 
@@ -142,6 +146,8 @@ class Lane:
         }
 
     async def aclose(self) -> None:
+        if self.shared_breaker is not None:
+            await self.shared_breaker.aclose()
         provider, self._provider = self._provider, None
         if provider is not None:
             await provider.aclose()
@@ -202,5 +208,13 @@ def build_lane(
     breaker = CircuitBreaker(ch.name, clock=clock, events=events, key_hint=ch.api_key_env,
                              **(breaker_options or {}))
     retry_budget = ChannelRetryBudget(ch.name, clock=clock, **(retry_budget_options or {}))
-    return Lane(ch, limiter=limiter, breaker=breaker, adaptive=adaptive, clock=clock,
+    lane = Lane(ch, limiter=limiter, breaker=breaker, adaptive=adaptive, clock=clock,
                 events=events, provider=provider, retry_budget=retry_budget)
+    if ch.shared:  # one breaker for every process on this channel (traffic/redis_breaker)
+        from shoal.traffic.redis_breaker import SharedBreaker
+        from shoal.traffic.redis_link import RedisLink
+
+        assert isinstance(limiter, RedisLink)
+        lane.shared_breaker = SharedBreaker(limiter._redis(), breaker)
+        lane.shared_breaker.start_soon()
+    return lane
