@@ -17,7 +17,7 @@ from report_runs import BACKOFF_S, LEAKED, REFUSAL, RUN_ID, TOPIC, failed_run, l
 from shoal.config import Config
 from shoal.flows.journal import StoreRecorder
 from shoal.observe.report import render, write_report
-from shoal.observe.report_data import gather
+from shoal.observe.report_data import gather, layers
 from shoal.stores import open_store
 from shoal.stores.records import RunRecord, StepRecord
 from shoal.types import ChatResponse, Usage
@@ -197,3 +197,13 @@ def test_show_html_names_an_unknown_run(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "nope" in missing.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_layers_of_a_long_chain_a_diamond_and_a_corrupt_cycle() -> None:
+    chain = {f"s{i}": (f"s{i - 1}",) if i else () for i in range(5000)}
+    assert layers(chain)["s4999"] == 4999  # no recursion limit
+    backwards = {f"s{i}": (f"s{i + 1}",) if i < 4999 else () for i in range(5000)}
+    assert layers(backwards)["s0"] == 4999  # dependencies named after their dependants
+    diamond = {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c"), "e": ("d", "a")}
+    assert layers(diamond) == {"a": 0, "b": 1, "c": 1, "d": 2, "e": 3}
+    assert sorted(layers({"a": ("b",), "b": ("a",)}).values()) == [0, 1]
