@@ -20,9 +20,11 @@ auto. What auto does per provider (PROVIDERS.md §7):
   unknown fields (Gemini) or ignore them.
 * Others (DeepSeek's disk cache, Gemini's implicit caching) need nothing sent.
 
-``off`` sends nothing cache-related. :class:`WarmGate` lets the first of several
-concurrent requests write a new shared prefix while the others wait for its answer
-to begin, then read it (a cache entry exists only once a response has started).
+``off`` sends nothing cache-related. :class:`WarmGate` (Anthropic, and OpenAI when a
+``prompt_cache_key`` goes with a prefix of 1,024 tokens or more) lets the first of
+several concurrent requests write a new shared prefix while the others wait for its
+answer to begin, then read it: a cache entry exists only once a response has started,
+so a fan-out's first wave would otherwise miss (and on Anthropic pay a write) N times.
 """
 
 from __future__ import annotations
@@ -142,45 +144,20 @@ def _marker(ttl: CacheTTL) -> dict[str, str]:
     return {"type": "ephemeral"} if ttl == "5m" else {"type": "ephemeral", "ttl": "1h"}
 
 
-def _block_tokens(block: Any) -> int:
-    if not isinstance(block, dict):
-        return 0
+def _block_tokens(block: dict[str, Any]) -> int:
     kind = block.get("type")
     if kind == "text":
         return estimate_tokens(str(block.get("text", "")))
     if kind == "tool_result":
         content = block.get("content", "")
         if isinstance(content, list):
-            return sum(_block_tokens(b) for b in content)
+            return sum(_block_tokens(b) for b in content if isinstance(b, dict))
         return estimate_tokens(str(content))
     if kind == "thinking":
         return estimate_tokens(str(block.get("thinking", "")))
-    return estimate_tokens(_DUMPS({k: v for k, v in block.items() if k != "cache_control"}))
-
-
-def _count_markers(body: dict[str, Any]) -> tuple[int, list[str]]:
-    """Breakpoints already in ``body`` (the caller's, via ``extra``) and their ttls in
-    prefix order (a top-level one counts, at the end)."""
-    ttls: list[str] = []
-
-    def see(block: Any) -> None:
-        if isinstance(block, dict) and isinstance(block.get("cache_control"), dict):
-            ttls.append(str(block["cache_control"].get("ttl", "5m")))
-
-    for tool in body.get("tools") or ():
-        see(tool)
-    system = body.get("system")
-    if isinstance(system, list):
-        for block in system:
-            see(block)
-    for msg in body.get("messages") or ():
-        content = msg.get("content") if isinstance(msg, dict) else None
-        if isinstance(content, list):
-            for block in content:
-                see(block)
-    if isinstance(body.get("cache_control"), dict):
-        ttls.append(str(body["cache_control"].get("ttl", "5m")))
-    return len(ttls), ttls
+    # A tool, a tool_use: repr is C-fast and a little longer than the JSON (errs high,
+    # and a breakpoint a little under the minimum costs nothing).
+    return len(repr(block)) // 4
 
 
 def _as_blocks(owner: dict[str, Any], field: str) -> list[Any] | None:
@@ -198,11 +175,8 @@ def _mark(owner: dict[str, Any], field: str, block: dict[str, Any], ttl: CacheTT
     block["cache_control"] = _marker(ttl)
 
 
-def _cacheable(block: Any) -> bool:
-    # Thinking blocks cannot carry cache_control; empty text blocks must not.
-    if not isinstance(block, dict) or block.get("type") in ("thinking", "redacted_thinking"):
-        return False
-    return not (block.get("type") == "text" and not block.get("text"))
+# (owner, field, block): where a breakpoint would go
+_Where = tuple[dict[str, Any], str, dict[str, Any]]
 
 
 def plan_anthropic(body: dict[str, Any], model: str, request: ChatRequest) -> int:
@@ -212,40 +186,48 @@ def plan_anthropic(body: dict[str, Any], model: str, request: ChatRequest) -> in
     mode, ttl = settings(request)
     if mode == "off" or isinstance(body.get("cache_control"), dict):
         return 0
-    taken, user_ttls = _count_markers(body)
-    free = MAX_BREAKPOINTS - taken
+    user_ttls: list[str] = []  # breakpoints the caller placed (via extra), in order
+    # Candidates: (priority, prefix tokens up to and including the block, where).
+    cands: list[tuple[int, int, _Where]] = []
+    total = 0
+    tools = body.get("tools") or []
+    for t in tools:
+        if isinstance(t, dict):
+            total += _block_tokens(t)
+            if "cache_control" in t:
+                user_ttls.append(str((t["cache_control"] or {}).get("ttl", "5m")))
+    if tools and isinstance(tools[-1], dict):
+        cands.append((3, total, (body, "", tools[-1])))
+    ends: list[tuple[str, int, _Where]] = []  # (role, tokens, its last cacheable block)
+    parts: list[tuple[dict[str, Any], str, str]] = [(body, "system", "system")]
+    parts += [(m, "content", str(m.get("role"))) for m in body.get("messages") or ()
+              if isinstance(m, dict)]
+    for owner, field, role in parts:
+        blocks = _as_blocks(owner, field)
+        last: dict[str, Any] | None = None
+        for block in blocks or ():
+            if not isinstance(block, dict):
+                continue
+            total += _block_tokens(block)
+            if "cache_control" in block:
+                user_ttls.append(str((block["cache_control"] or {}).get("ttl", "5m")))
+            kind = block.get("type")
+            # Thinking blocks cannot carry cache_control; empty text blocks must not.
+            if kind not in ("thinking", "redacted_thinking") and (
+                    kind != "text" or block.get("text")):
+                last = block
+        if last is not None:
+            if role == "system":
+                cands.append((1, total, (owner, field, last)))
+            else:
+                ends.append((role, total, (owner, field, last)))
+    free = MAX_BREAKPOINTS - len(user_ttls)
     if free <= 0:
         return 0
     if "1h" in user_ttls and ttl == "5m":
         ttl = "1h"  # a 1h breakpoint may not follow a 5m one (ours may come after theirs)
     if "5m" in user_ttls and ttl == "1h":
         ttl = "5m"
-    minimum = anthropic_min_tokens(model)
-    # Candidates: (priority, prefix tokens up to and including the block, where it is).
-    Where = tuple[dict[str, Any], str, dict[str, Any]]  # (owner, field, block)
-    cands: list[tuple[int, int, Where]] = []
-    total = 0
-    tools = body.get("tools") or []
-    for tool in tools:
-        total += _block_tokens(tool)
-    if tools and isinstance(tools[-1], dict):
-        cands.append((3, total, (body, "", tools[-1])))
-    system = _as_blocks(body, "system")
-    if system is not None and isinstance(system[-1], dict):
-        total += sum(_block_tokens(b) for b in system)
-        cands.append((1, total, (body, "system", system[-1])))
-    ends: list[tuple[str, int, Where]] = []  # (role, tokens, its last cacheable block)
-    for msg in body.get("messages") or ():
-        blocks = _as_blocks(msg, "content") if isinstance(msg, dict) else None
-        if blocks is None:
-            continue
-        last: dict[str, Any] | None = None
-        for block in blocks:
-            total += _block_tokens(block)
-            if _cacheable(block):
-                last = block
-        if last is not None:
-            ends.append((str(msg.get("role")), total, (msg, "content", last)))
     if ends:
         cands.append((0, ends[-1][1], ends[-1][2]))  # the conversation so far
         # The end of the previous turn: the last user-role message before the last
@@ -257,6 +239,7 @@ def plan_anthropic(body: dict[str, Any], model: str, request: ChatRequest) -> in
             elif seen_assistant:
                 cands.append((2, tokens, where))
                 break
+    minimum = anthropic_min_tokens(model)
     chosen = sorted((c for c in cands if c[1] >= minimum and "cache_control" not in c[2][2]),
                     key=lambda c: c[0])[:free]
     for _, _, (owner, field, block) in chosen:
@@ -286,12 +269,12 @@ def shared_prefix_key(body: dict[str, Any]) -> str | None:
 class WarmGate:
     """First writer of a shared prefix goes alone; the others wait for its answer.
 
-    Anthropic caches a prefix only once a response has begun, so 20 agents that start
-    together would each pay a cache *write* (1.25× or 2× input) for the same system
-    prompt. Through the gate the first request of a new prefix goes ahead; concurrent
-    ones with the same prefix wait until its answer begins (or it fails), then read
-    the cache. A prefix written within its ttl (kept warm by use) passes straight
-    through.
+    Providers cache a prefix only once a response has begun, so 20 agents that start
+    together would each miss, and on Anthropic each pay a cache *write* (1.25× or 2×
+    input), for the same system prompt. Through the gate the first request of a new
+    prefix goes ahead; concurrent ones with the same prefix wait until its answer
+    begins (or it fails), then read the cache. A prefix written within its ttl (kept
+    warm by use) passes straight through.
     """
 
     def __init__(self, clock: Clock) -> None:
