@@ -7,19 +7,21 @@ their labels, is in docs/observe.md.
 
 Label values are names shoal's user chose (channel, model, agent, tool, flow, step
 status) or error class names; never an error message, a prompt, an output or a key.
-Labelled children are cached per label tuple: ``labels()`` costs a lock and a
-validation per call, the cache a dict lookup, and the hot path pays per event.
+The series are plain numbers (:mod:`shoal.observe.prom_series`): one dict update per
+series per event on the hot path, the Prometheus families built only when scraped.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from shoal.observe.events import Event
+from shoal.observe.prom_series import Counter, Gauge, Histogram, Series
 
 __all__ = ["DURATION_BUCKETS", "TOKEN_BUCKETS", "TOKEN_TYPES", "Metrics"]
 
@@ -37,6 +39,7 @@ TOKEN_TYPES = {"input_tokens": "input", "output_tokens": "output",
                "reasoning_tokens": "reasoning"}
 _TOKEN_KEYS = tuple(TOKEN_TYPES.items())
 
+_CALL = ("call",)
 BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
 
 
@@ -50,40 +53,24 @@ def _str(data: Mapping[str, object], key: str) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
 
 
-class _Family:
-    """A labelled metric with its children cached by label values."""
+class Metrics(Collector):
+    """Every shoal metric, updated by :meth:`handle`; a ``prometheus_client`` collector
+    (register it on a ``CollectorRegistry``)."""
 
-    __slots__ = ("children", "metric")
+    def __init__(self, *, keep_runs: int = 50) -> None:
+        self.series: list[Series | Histogram] = []
 
-    def __init__(self, metric: Any) -> None:
-        self.metric = metric
-        self.children: dict[tuple[str, ...], Any] = {}
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            self.series.append(c := Counter(name, doc, labels))
+            return c
 
-    def __call__(self, *values: str) -> Any:
-        child = self.children.get(values)
-        if child is None:
-            child = self.children[values] = self.metric.labels(*values)
-        return child
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            self.series.append(g := Gauge(name, doc, labels))
+            return g
 
-    def remove(self, *values: str) -> None:
-        if self.children.pop(values, None) is not None:
-            self.metric.remove(*values)
-
-
-class Metrics:
-    """Every shoal metric family on ``registry``, updated by :meth:`handle`."""
-
-    def __init__(self, registry: CollectorRegistry, *, keep_runs: int = 50) -> None:
-        r = registry
-
-        def counter(name: str, doc: str, *labels: str) -> _Family:
-            return _Family(Counter(name, doc, labels, registry=r))
-
-        def gauge(name: str, doc: str, *labels: str) -> _Family:
-            return _Family(Gauge(name, doc, labels, registry=r))
-
-        def hist(name: str, doc: str, buckets: tuple[float, ...], *labels: str) -> _Family:
-            return _Family(Histogram(name, doc, labels, buckets=buckets, registry=r))
+        def hist(name: str, doc: str, buckets: tuple[float, ...], *labels: str) -> Histogram:
+            self.series.append(h := Histogram(name, doc, labels, buckets))
+            return h
 
         # per channel
         self.requests = counter("shoal_channel_requests", "Provider attempts by outcome "
@@ -166,147 +153,157 @@ class Metrics:
         if handler is not None:
             handler(event)
 
+    def collect(self) -> Iterator[Metric]:
+        for s in self.series:
+            yield s.family()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # families appear as they are first used: no fixed list to check
+
     # -- traffic ------------------------------------------------------------------------
 
     def on_admit(self, e: Event) -> None:
-        self.queue_wait(e.channel).observe(_num(e.data, "waited_s"))
+        self.queue_wait.observe((e.channel,), _num(e.data, "waited_s"))
 
     def on_wait(self, e: Event) -> None:
         reason = _str(e.data, "reason") or "capacity"
-        self.waits(e.channel, reason).inc()
+        self.waits.inc((e.channel, reason))
         if e.channel and "queued" in e.data:
             self.queued[e.channel] = _num(e.data, "queued")
 
     def _attempt_failed(self, channel: str, error: str) -> None:
         if not channel:  # an agent falling back to its next model: no channel attempt
             return
-        self.requests(channel, error or "error").inc()
+        self.requests.inc((channel, error or "error"))
         if error == "RateLimited":
-            self.rate_limited(channel).inc()
+            self.rate_limited.inc((channel,))
         elif error == "QuotaExhausted":
-            self.quota(channel).inc()
+            self.quota.inc((channel,))
 
     def on_retry(self, e: Event) -> None:
         error = _str(e.data, "error")
-        self.retries(e.channel, error).inc()
+        self.retries.inc((e.channel, error))
         self._attempt_failed(e.channel, error)
 
     def on_failover(self, e: Event) -> None:
         error = _str(e.data, "error")
-        self.failovers(e.channel, error).inc()
+        self.failovers.inc((e.channel, error))
         self._attempt_failed(e.channel, error)
 
     def on_breaker(self, e: Event) -> None:
         to = _str(e.data, "to")
-        self.breaker_changes(e.channel, to).inc()
+        self.breaker_changes.inc((e.channel, to))
         self.breaker_state[e.channel] = to
 
     def on_limit_change(self, e: Event) -> None:
         self.limits[e.channel] = _num(e.data, "to")
 
-    # -- calls --------------------------------------------------------------------------
+    # -- calls (the hot path: one call_start and one call_end per model call) -----------
 
     def on_call_start(self, e: Event) -> None:
-        self.running("call").inc()
+        self.running.add(_CALL, 1.0)
 
     def on_call_end(self, e: Event) -> None:
-        d = e.data
-        model, agent, status = e.model, _str(d, "agent"), _str(d, "status")
-        self.running("call").dec()
-        error = _str(d, "error_type")
+        d: Mapping[str, Any] = e.data  # numbers where the vocabulary says so
+        model, agent = e.model, d.get("agent") or ""
+        ma = (model, agent)
+        self.running.add(_CALL, -1.0)
+        error = d.get("error_type") or ""
         if e.channel:  # the last attempt's outcome (earlier ones came as retry/failover)
             if error:
                 self._attempt_failed(e.channel, error)
             else:
-                self.requests(e.channel, "ok").inc()
-        self.calls(model, agent, status).inc()
-        self.attempts(model, agent).inc(_num(d, "attempts"))
+                self.requests.inc((e.channel, "ok"))
+        self.calls.inc((model, agent, d.get("status") or ""))
+        self.attempts.inc(ma, d.get("attempts") or 0)
+        tokens = self.tokens
         for key, kind in _TOKEN_KEYS:
-            n = _num(d, key)
+            n = d.get(key)
             if n:
-                self.tokens(model, agent, kind).inc(n)
-        self.cost(model, agent).inc(_num(d, "cost_usd"))
-        wasted = _num(d, "wasted_cost_usd")
+                tokens.inc((model, agent, kind), n)
+        self.cost.inc(ma, d.get("cost_usd") or 0.0)
+        wasted = d.get("wasted_cost_usd")
         if wasted:
-            self.wasted(model, agent).inc(wasted)
-        duration = _num(d, "duration_s")
-        self.latency(model, agent).observe(duration)
-        ttft = _num(d, "ttft_s")
-        if ttft > 0:
-            self.ttft(model, agent).observe(ttft)
-        provider, served = _str(d, "provider"), _str(d, "served_model") or model
+            self.wasted.inc(ma, wasted)
+        duration = d.get("duration_s") or 0.0
+        self.latency.observe(ma, duration)
+        ttft = d.get("ttft_s")
+        if ttft:
+            self.ttft.observe(ma, ttft)
+        provider, served = d.get("provider") or "", d.get("served_model") or model
         if not error:
-            self.genai_tokens("chat", provider, model, served, "input").observe(
-                _num(d, "input_tokens"))
-            self.genai_tokens("chat", provider, model, served, "output").observe(
-                _num(d, "output_tokens"))
-        self.genai_duration("chat", provider, model, served, error).observe(duration)
+            genai = self.genai_tokens
+            genai.observe(("chat", provider, model, served, "input"),
+                          d.get("input_tokens") or 0)
+            genai.observe(("chat", provider, model, served, "output"),
+                          d.get("output_tokens") or 0)
+        self.genai_duration.observe(("chat", provider, model, served, error), duration)
 
     # -- agents, tools, guards ----------------------------------------------------------
 
     def on_agent_start(self, e: Event) -> None:
-        self.running("agent").inc()
+        self.running.add(("agent",), 1.0)
 
     def on_agent_end(self, e: Event) -> None:
         agent = _str(e.data, "agent")
-        self.running("agent").dec()
-        self.agents(agent, _str(e.data, "status")).inc()
-        self.turns(agent).observe(_num(e.data, "turns"))
+        self.running.add(("agent",), -1.0)
+        self.agents.inc((agent, _str(e.data, "status")))
+        self.turns.observe((agent,), _num(e.data, "turns"))
 
     def on_tool_start(self, e: Event) -> None:
-        self.running("tool").inc()
+        self.running.add(("tool",), 1.0)
 
     def on_tool_end(self, e: Event) -> None:
         tool = _str(e.data, "tool")
-        self.running("tool").dec()
-        self.tools(_str(e.data, "agent"), tool, _str(e.data, "status")).inc()
-        self.tool_latency(tool).observe(_num(e.data, "duration_s"))
+        self.running.add(("tool",), -1.0)
+        self.tools.inc((_str(e.data, "agent"), tool, _str(e.data, "status")))
+        self.tool_latency.observe((tool,), _num(e.data, "duration_s"))
 
     def on_guard(self, e: Event) -> None:
-        self.guards(_str(e.data, "guard"), _str(e.data, "decision")).inc()
+        self.guards.inc((_str(e.data, "guard"), _str(e.data, "decision")))
 
     def on_budget(self, e: Event) -> None:
-        self.budgets(_str(e.data, "decision")).inc()
+        self.budgets.inc((_str(e.data, "decision"),))
 
     def on_journal(self, e: Event) -> None:
-        self.journal(_str(e.data, "what")).inc()
+        self.journal.inc((_str(e.data, "what"),))
 
     # -- runs and steps -----------------------------------------------------------------
 
     def on_run_start(self, e: Event) -> None:
-        self.running("run").inc()
+        self.running.add(("run",), 1.0)
 
     def on_run_end(self, e: Event) -> None:
         d = e.data
-        self.running("run").dec()
-        self.runs(_str(d, "flow"), _str(d, "status")).inc()
-        self.run_latency(_str(d, "flow")).observe(_num(d, "duration_s"))
+        self.running.add(("run",), -1.0)
+        self.runs.inc((_str(d, "flow"), _str(d, "status")))
+        self.run_latency.observe((_str(d, "flow"),), _num(d, "duration_s"))
         run_id = _str(d, "run_id")
         if run_id in self._run_counts:
             self._finished_runs.append(run_id)
             while len(self._finished_runs) > self._keep_runs:
                 old = self._finished_runs.popleft()
                 for status in self._run_counts.pop(old, {}):
-                    self.run_steps.remove(old, status)
+                    self.run_steps.remove((old, status))
 
     def _run_step(self, run_id: str, status: str, delta: int) -> None:
         counts = self._run_counts.setdefault(run_id, {})
         counts[status] = counts.get(status, 0) + delta
-        self.run_steps(run_id, status).set(counts[status])
+        self.run_steps.set((run_id, status), counts[status])
 
     def on_step_start(self, e: Event) -> None:
         key = (_str(e.data, "run_id"), _str(e.data, "step"))
         if key not in self._active_steps:
             self._active_steps.add(key)
-            self.running("step").inc()
+            self.running.add(("step",), 1.0)
             self._run_step(key[0], "running", 1)
 
     def on_step_end(self, e: Event) -> None:
         key = (_str(e.data, "run_id"), _str(e.data, "step"))
         status = _str(e.data, "status")
-        self.steps(status).inc()
+        self.steps.inc((status,))
         if key in self._active_steps:  # a replayed step may never have started
             self._active_steps.discard(key)
-            self.running("step").dec()
+            self.running.add(("step",), -1.0)
             self._run_step(key[0], "running", -1)
         self._run_step(key[0], status, 1)

@@ -101,7 +101,8 @@ class PrometheusExporter:
                  router: Router | None = None, keep_runs: int = 50) -> None:
         self.bus = bus
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = Metrics(self.registry, keep_runs=keep_runs)
+        self.metrics = Metrics(keep_runs=keep_runs)
+        self.registry.register(self.metrics)
         self._gauges = _ChannelGauges(self.metrics)
         self.registry.register(self._gauges)
         self._unsubscribe: Callable[[], None] | None = None

@@ -1,0 +1,170 @@
+"""What observing costs the Router: calls/s with events off, on with nobody listening, and
+with metrics + traces + an event stream subscribed; same process, one run.
+
+A zero-latency server (bench/http_clients.py --serve, its own process) answers every
+POST with the same chat.completion. In THIS process, in alternating rounds, 50
+concurrent workers make N calls through ``Router.complete`` (cap 100, so all 50 are
+admitted), each peer with its own Router and bus:
+
+- ``all off``: a bus that can never be active (``_Off``): no event is ever built, no
+  call is observed;
+- ``nothing subscribed``: the stock bus with nobody listening, the calls inside a
+  run/step/agent scope as in a flow (what every user pays for the instrumentation);
+- ``metrics+events``: the same, with a :class:`PrometheusExporter` (the Router's
+  channel gauges attached) and an event-stream subscriber (a bounded deque) on the bus;
+- ``metrics+traces+events``: that, plus ``shoal.observe.tracing()`` (OpenTelemetry
+  SDK, batch span processor, spans discarded by the exporter).
+
+Client CPU (process time: the span processor's thread included) and calls/s per peer;
+ratios to ``all off``, best round and median round. Targets (issue 11): nothing
+subscribed >= 0.98, everything on >= 0.90.
+
+    python bench/observe_overhead_bench.py [--calls 3000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from http_clients import _drive
+from overhead_bench import request
+from shoal.config import Config
+from shoal.observe.context import enter, leave
+from shoal.observe.events import Event, EventBus
+from shoal.observe.prometheus import PrometheusExporter
+from shoal.traffic.router import Router
+
+PEERS = ("all off", "nothing subscribed", "metrics+events", "metrics+traces+events")
+TARGETS = {"nothing subscribed": 0.98, "metrics+traces+events": 0.90}
+
+
+class _Off(EventBus):
+    """A bus that is never active: the Router builds and observes nothing."""
+
+    __slots__ = ()
+
+    @property
+    def active(self) -> bool:
+        return False
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        raise RuntimeError("the 'all off' bus takes no subscribers")
+
+
+def _tracing(router: Router) -> tuple[str, Callable[[], None]]:
+    """shoal.observe.tracing on ``router``'s bus with spans discarded, or why not."""
+    try:
+        from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+        from shoal.observe import tracing
+    except ImportError as exc:
+        return f"traces OFF ({exc})", lambda: None
+
+    class Discard(SpanExporter):
+        def export(self, spans: Sequence[Any]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    handle = tracing(exporter=Discard(), bus=router)
+    return "traces via shoal.observe.tracing (OTel SDK, batch processor)", handle.close
+
+
+def config(url: str) -> Config:
+    return Config.from_dict({
+        "channels": {"bench": {"protocol": "openai", "base_url": url + "/v1",
+                               "api_key": "sk-bench", "provider": "generic",
+                               "max_concurrency": 100}},
+        "models": {"bench-model": {"channels": ["bench"], "input": 1.0, "output": 1.0}},
+    })
+
+
+async def measure(url: str, calls: int, concurrency: int, rounds: int
+                  ) -> tuple[dict[str, list[dict[str, float]]], str]:
+    cfg = config(url)
+    routers = {"all off": Router(cfg, events=_Off()), "nothing subscribed": Router(cfg),
+               "metrics+events": Router(cfg), "metrics+traces+events": Router(cfg)}
+    exporters, stream = [], deque[Event](maxlen=10_000)
+    for name in ("metrics+events", "metrics+traces+events"):
+        on = routers[name]
+        exporters.append(PrometheusExporter(on.events, router=on))
+        exporters[-1].subscribe()
+        on.events.subscribe(stream.append)
+    traces, stop_tracing = _tracing(routers["metrics+traces+events"])
+    req = request()
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in PEERS}
+    try:
+        for r in range(rounds):
+            order = PEERS[r % len(PEERS):] + PEERS[:r % len(PEERS)]  # rotate who goes first
+            for name in order:
+                router = routers[name]
+
+                async def post(router: Router = router) -> None:
+                    await router.complete(req)
+
+                token = enter(run_id="bench", step="step", agent="agent") \
+                    if name != "all off" else None
+                try:
+                    results[name].append(await _drive(post, calls, concurrency, warmup=200))
+                finally:
+                    if token is not None:
+                        leave(token)
+    finally:
+        stop_tracing()
+        for exporter in exporters:
+            exporter.close()
+        for router in routers.values():
+            await router.aclose()
+    assert len(stream) > 0, "the event stream saw nothing: events are not on"
+    return results, traces
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--calls", type=int, default=3000)
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "http_clients.py"),
+                               "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None
+        url = f"http://127.0.0.1:{int(server.stdout.readline())}"
+        results, traces = asyncio.run(measure(url, args.calls, args.concurrency, args.rounds))
+    finally:
+        if server.stdin:
+            server.stdin.close()
+        server.wait(timeout=10)
+    cps = {name: [r["calls"] / r["wall_s"] for r in rs] for name, rs in results.items()}
+    cpu = {name: [1e6 * r["cpu_s"] / r["calls"] for r in rs] for name, rs in results.items()}
+    print(f"{args.calls} calls x {args.rounds} alternating rounds, {args.concurrency} "
+          f"concurrent, zero-latency server in its own process; {traces}")
+    print(f"{'peer':24} {'best c/s':>9} {'median':>9} {'CPU/call':>9} {'best':>6} "
+          f"{'median':>7} {'target':>7}")
+    base_best, base_med = max(cps["all off"]), statistics.median(cps["all off"])
+    ok = True
+    for name in PEERS:
+        best, med = max(cps[name]), statistics.median(cps[name])
+        r_best, r_med = best / base_best, med / base_med
+        target = TARGETS.get(name)
+        verdict = ""
+        if target is not None:
+            verdict = "PASS" if r_med >= target else "FAIL"
+            ok &= r_med >= target
+        print(f"{name:24} {best:9.0f} {med:9.0f} {min(cpu[name]):7.0f}us {r_best:6.3f} "
+              f"{r_med:7.3f} {'' if target is None else f'>={target}':>7} {verdict}")
+    print("per-round calls/s: " + "; ".join(
+        f"{name}: {', '.join(f'{c:.0f}' for c in cps[name])}" for name in PEERS))
+    print("targets met (median ratio)" if ok else "targets MISSED (median ratio)")
+
+
+if __name__ == "__main__":
+    main()
