@@ -84,7 +84,7 @@ def _prefix(record: KeyRecord) -> str:
 
 
 def _money(value: float | None) -> str:
-    return "-" if value is None else f"${value:.4f}".rstrip("0").rstrip(".")
+    return "-" if value is None else f"${value:.6f}".rstrip("0").rstrip(".")
 
 
 def _when(ts: float | None) -> str:
@@ -92,26 +92,10 @@ def _when(ts: float | None) -> str:
 
 
 def _row(record: KeyRecord, spend: dict[str, Spend] | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": record.id, "name": record.name, "prefix": record.prefix,
-        "models": list(record.models), "budget_usd": record.budget_usd,
-        "period": record.period, "rpm": record.rpm, "tpm": record.tpm,
-        "concurrency": record.max_concurrency, "created_at": record.created_at,
-        "rotated_at": record.rotated_at, "revoked_at": record.revoked_at,
-        "status": "active" if record.active else "revoked"}
+    row = record.as_dict()
     if spend is not None:
-        row["spend"] = {p: {"usd": s.usd, "input_tokens": s.input_tokens,
-                            "output_tokens": s.output_tokens, "cached_tokens": s.cached_tokens,
-                            "requests": s.requests} for p, s in spend.items()}
+        row["spend"] = {p: s.as_dict() for p, s in spend.items()}
     return row
-
-
-async def _spend(store: KeyStore, record: KeyRecord) -> dict[str, Spend]:
-    from shoal.gateway.key_store import period_ids
-
-    total, day, month = period_ids(datetime.now(UTC).timestamp())
-    return {"total": await store.spend(record.id, total), "today": await store.spend(
-        record.id, day), "this_month": await store.spend(record.id, month)}
 
 
 def _print_secret(record: KeyRecord, secret: str, verb: str, json_out: bool) -> None:
@@ -195,7 +179,7 @@ def show(key: KeyArg, store: StoreOpt = None, *, json_out: JsonOpt = False) -> N
 
     async def op(s: KeyStore) -> tuple[KeyRecord, dict[str, Spend]]:
         record = await _find(s, key)
-        return record, await _spend(s, record)
+        return record, await s.spend_now(record.id)
 
     record, spend = _run(_with_store(store, op))
     if json_out:

@@ -135,6 +135,15 @@ class KeyRecord:
     def active(self) -> bool:
         return self.revoked_at is None
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields (``shoal keys --json``, the admin API)."""
+        return {"id": self.id, "name": self.name, "prefix": self.prefix,
+                "models": list(self.models), "budget_usd": self.budget_usd,
+                "period": self.period, "rpm": self.rpm, "tpm": self.tpm,
+                "concurrency": self.max_concurrency, "created_at": self.created_at,
+                "rotated_at": self.rotated_at, "revoked_at": self.revoked_at,
+                "status": "active" if self.active else "revoked"}
+
     def virtual(self) -> VirtualKey:
         return VirtualKey(self.id, self.name, self.models, self.budget_usd, self.period,
                           self.rpm, self.tpm, self.max_concurrency)
@@ -156,6 +165,11 @@ class Spend:
     output_tokens: int = 0
     cached_tokens: int = 0
     requests: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"usd": self.usd, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "cached_tokens": self.cached_tokens,
+                "requests": self.requests}
 
 
 def _check_limits(name: str, models: Sequence[str], budget_usd: float | None, period: str,
@@ -286,6 +300,12 @@ class KeyStore:
             "output_tokens = gateway_key_spend.output_tokens + excluded.output_tokens, "
             "cached_tokens = gateway_key_spend.cached_tokens + excluded.cached_tokens, "
             "requests = gateway_key_spend.requests + 1", args)
+
+    async def spend_now(self, key_id: str, wall: float | None = None) -> dict[str, Spend]:
+        """The key's spend in total, today and this month (UTC)."""
+        total, day, month = period_ids(time.time() if wall is None else wall)
+        return {"total": await self.spend(key_id, total), "today": await self.spend(key_id, day),
+                "this_month": await self.spend(key_id, month)}
 
     async def spend(self, key_id: str, period: str) -> Spend:
         """The key's spend in one period row (``total``, ``d2026-11-27``, ``m2026-11``)."""
