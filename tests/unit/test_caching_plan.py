@@ -234,3 +234,23 @@ def test_prefix_is_byte_stable_across_turns(turns: int) -> None:
     assert json.dumps(strip(before["system"])) == json.dumps(strip(after["system"]))
     n = len(before["messages"])
     assert json.dumps(strip(before["messages"])) == json.dumps(strip(after["messages"][:n]))
+
+
+def test_breakpoints_set_on_messages_and_tools_are_kept_within_four() -> None:
+    import dataclasses
+
+    from shoal import types
+
+    marker = {"type": "ephemeral"}
+    cc_type = getattr(types, "CacheControl", None)  # the typed slot, where it exists
+    given: Any = cc_type() if cc_type is not None else marker
+    msgs = conversation(3)
+    msgs[1] = dataclasses.replace(msgs[1], cache_control=given)  # the task
+    tools = [dataclasses.replace(TOOLS[4], cache_control=given), *TOOLS[5:]]
+    body = an().payload(ChatRequest("m", msgs, tools=tools), "claude-sonnet-4-5",
+                        stream=False)
+    found = markers(body)
+    assert len(found) == 4
+    assert ("tools.0", marker) in found and ("messages.0.0", marker) in found
+    # shoal's two: the conversation end first, then the system prompt
+    assert [w for w, _ in found] == ["tools.0", "system.0", "messages.0.0", "messages.6.0"]
