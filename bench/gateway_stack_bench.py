@@ -4,10 +4,11 @@ The same minimal OpenAI-shaped proxy (read the body, decode the JSON, re-encode 
 it upstream over one shared ``aiohttp.ClientSession``, decode + re-encode the answer; a
 ``"stream": true`` body is passed through chunk by chunk) on each candidate:
 
-- ``aiohttp``: aiohttp.web on uvloop (JSON: stdlib, and again with orjson and msgspec);
+- ``aiohttp``: aiohttp.web on uvloop;
 - ``uvicorn``: a raw ASGI app on uvicorn + uvloop + httptools;
 - ``granian-asgi`` / ``granian-rsgi``: granian (Rust HTTP) with the ASGI app / an RSGI app;
-- ``blacksheep``: a blacksheep app on uvicorn + uvloop + httptools.
+- ``blacksheep``: a blacksheep app on uvicorn + uvloop + httptools;
+- ``<stack>-json=orjson`` / ``-json=msgspec``: the same with that JSON codec (default stdlib).
 
 The upstream is ``bench/gateway_mock.py`` (zero latency) pinned to CPU 0, each proxy to
 CPU 1, ``wrk`` to CPU 0. Rounds alternate over the targets; per target and concurrency
@@ -17,8 +18,9 @@ that shared-machine noise disturbs least). Then 256 concurrent SSE streams (64 c
 one every 20 ms) through each proxy: completed, largest inter-chunk gap, added TTFT p99.
 Last, an in-process micro-bench of the JSON codecs on the request and the answer.
 
-    python bench/gateway_stack_bench.py                       # ~4 minutes
-    python bench/gateway_stack_bench.py --rounds 1 --duration 2 --targets aiohttp,granian-rsgi
+    python bench/gateway_stack_bench.py                    # ~8 minutes
+    python bench/gateway_stack_bench.py --rounds 1 --duration 2 \
+        --targets aiohttp,granian-rsgi-json=orjson
 
 Install the candidates first (they are not shoal dependencies):
 ``pip install granian blacksheep uvicorn httptools orjson msgspec psutil``.
@@ -211,32 +213,34 @@ def __getattr__(name: str) -> Any:
 
 # -- the driver ------------------------------------------------------------------------------------
 
-TARGETS = ("aiohttp", "aiohttp-orjson", "aiohttp-msgspec", "uvicorn", "granian-asgi",
-           "granian-rsgi", "blacksheep")
+TARGETS = ("aiohttp", "aiohttp-json=orjson", "aiohttp-json=msgspec", "uvicorn",
+           "granian-asgi", "granian-rsgi", "granian-rsgi-json=orjson", "blacksheep")
 
 
 def command(target: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """How to serve ``target`` (``stack`` or ``stack-codec``) on ``port``."""
     here = os.path.dirname(os.path.abspath(__file__))
     py = sys.executable
     bindir = os.path.dirname(py)
-    env = {"STACK_JSON": target.split("-", 1)[1] if target.startswith("aiohttp-") else "stdlib"}
+    stack, _, json_codec = target.partition("-json=")
+    env = {"STACK_JSON": json_codec or "stdlib"}
     uvicorn = [py, "-m", "uvicorn", "--app-dir", here, "--host", "127.0.0.1", "--port",
                str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                "--log-level", "warning", "--backlog", "4096"]
     granian = [os.path.join(bindir, "granian"), "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--loop", "uvloop", "--no-ws", "--log-level", "warning",
                "--backlog", "4096", "--working-dir", here]
-    if target.startswith("aiohttp"):
+    if stack == "aiohttp":
         return [py, os.path.abspath(__file__), "serve", "--port", str(port)], env
-    if target == "uvicorn":
+    if stack == "uvicorn":
         return [*uvicorn, "gateway_stack_bench:asgi_app"], env
-    if target == "blacksheep":
+    if stack == "blacksheep":
         return [*uvicorn, "gateway_stack_bench:blacksheep_app"], env
-    if target == "granian-asgi":
+    if stack == "granian-asgi":
         return [*granian, "--interface", "asgi", "gateway_stack_bench:asgi_app"], env
-    if target == "granian-rsgi":
+    if stack == "granian-rsgi":
         return [*granian, "--interface", "rsgi", "gateway_stack_bench:rsgi_app"], env
-    raise ValueError(target)
+    raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
 
 
 def cpu_seconds(server: gl.Server) -> float:
@@ -336,21 +340,26 @@ def report(targets: list[str], results: dict[tuple[str, int], list[dict[str, flo
     print(f"\nStack bench: {args.rounds} alternating round(s) x {args.duration}s per point, "
           f"load generator {'wrk' if shutil.which('wrk') else 'python (wrk missing)'}"
           f", medians; added = proxy - direct-to-mock in the same round\n")
-    print("| stack | c | req/s | ÷ aiohttp | added p50 | added p99 | proxy CPU/req | errors |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| stack | c | req/s | ÷ aiohttp | added p50 | added p99 | proxy CPU/req "
+          "| CPU ÷ aiohttp | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for conc in (1, 64):
-        ref = med("aiohttp", conc, "rps") if ("aiohttp", conc) in results else None
+        have = ("aiohttp", conc) in results
+        ref = med("aiohttp", conc, "rps") if have else None
+        ref_cpu = med("aiohttp", conc, "cpu_us") if have else None
         direct = statistics.median(r["direct_rps"] for t in targets
                                    for r in results.get((t, conc), []))
-        print(f"| direct-to-mock | {conc} | {direct:,.0f} | | | | | |")
+        print(f"| direct-to-mock | {conc} | {direct:,.0f} | | | | | | |")
         for t in targets:
             if (t, conc) not in results:
-                print(f"| {t} | {conc} | failed | | | | | |")
+                print(f"| {t} | {conc} | failed | | | | | | |")
                 continue
             rps = med(t, conc, "rps")
             ratio = f"{rps / ref:.2f}" if ref else "-"
+            cpu = med(t, conc, "cpu_us")
+            cpu_ratio = f"{cpu / ref_cpu:.2f}" if ref_cpu else "-"
             print(f"| {t} | {conc} | {rps:,.0f} | {ratio} | {med(t, conc, 'add_p50'):.2f} ms "
-                  f"| {med(t, conc, 'add_p99'):.2f} ms | {med(t, conc, 'cpu_us'):.0f} µs "
+                  f"| {med(t, conc, 'add_p99'):.2f} ms | {cpu:.0f} µs | {cpu_ratio} "
                   f"| {int(sum(r['errors'] for r in results[(t, conc)]))} |")
     if streams:
         print(f"\n{args.streams} concurrent streams, 64 chunks every 20 ms:\n")
