@@ -36,7 +36,7 @@ def _ddl(t: str, real: str) -> tuple[str, ...]:
         f"""CREATE TABLE IF NOT EXISTS {t}gateway_keys (
             id TEXT PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL,
             secret_hash TEXT NOT NULL UNIQUE, models TEXT NOT NULL, budget_usd {real},
-            period TEXT NOT NULL, rpm INTEGER, tpm INTEGER, max_concurrency INTEGER,
+            period TEXT NOT NULL, rpm BIGINT, tpm BIGINT, max_concurrency BIGINT,
             created_at {real} NOT NULL, revoked_at {real}, rotated_at {real})""",
         # one active key per name; revoked ones keep theirs for the record
         f"""CREATE UNIQUE INDEX IF NOT EXISTS gateway_keys_active_name
