@@ -254,3 +254,22 @@ def test_breakpoints_set_on_messages_and_tools_are_kept_within_four() -> None:
     assert ("tools.0", marker) in found and ("messages.0.0", marker) in found
     # shoal's two: the conversation end first, then the system prompt
     assert [w for w, _ in found] == ["tools.0", "system.0", "messages.0.0", "messages.6.0"]
+
+
+def test_warm_gate_stops_waiting_for_a_hung_writer() -> None:
+    clock = VirtualClock()
+    gate = WarmGate(clock, max_wait_s=30)
+
+    async def main() -> list[float]:
+        leader = await gate.enter("prefix")  # never begins: a hung request
+        assert leader.leader
+        follower = asyncio.ensure_future(gate.enter("prefix"))
+        await clock.advance(29)
+        assert not follower.done()
+        await clock.advance(2)
+        turn = await follower
+        assert not turn.leader  # goes without the cache's help
+        leader.end(ok=False)
+        return [clock.now()]
+
+    assert asyncio.run(main()) == [31.0]

@@ -277,15 +277,19 @@ class WarmGate:
     warm by use) passes straight through.
     """
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, max_wait_s: float = 30.0) -> None:
         self._clock = clock
+        self.max_wait_s = max_wait_s  # a slow or hung writer holds the others this long
         self._warm: dict[str, float] = {}  # prefix -> when it may have expired
         self._writing: dict[str, asyncio.Event] = {}
 
     async def enter(self, key: str | None, ttl: CacheTTL = "5m") -> Turn:
         """A turn at the gate for ``key`` (None: no gate). Call ``began()`` on it once
-        the answer starts and ``end(ok=False)`` on every path (a no-op after began)."""
+        the answer starts and ``end(ok=False)`` on every path (a no-op after began).
+        Waiting ends when the writer's answer begins or fails, or after ``max_wait_s``
+        (then the request goes without the cache's help)."""
         turn = Turn(self, key, ttl)
+        give_up = self._clock.now() + self.max_wait_s
         while key is not None:
             if self._warm.get(key, -1.0) > self._clock.now():
                 break
@@ -294,8 +298,21 @@ class WarmGate:
                 self._writing[key] = asyncio.Event()
                 turn.leader = True
                 break
-            await event.wait()
+            left = give_up - self._clock.now()
+            if left <= 0 or not await self._wait(event, left):
+                break
         return turn
+
+    async def _wait(self, event: asyncio.Event, seconds: float) -> bool:
+        """Whether ``event`` was set within ``seconds`` (on the injected clock)."""
+        waiter = asyncio.ensure_future(event.wait())
+        timer = asyncio.ensure_future(self._clock.sleep(seconds))
+        try:
+            await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
+        return event.is_set()
 
     def _end(self, turn: Turn, ok: bool) -> None:
         key = turn.key
