@@ -316,3 +316,19 @@ def test_admin_key_comes_from_the_environment() -> None:
 def test_a_redis_store_url_is_refused_clearly() -> None:
     with pytest.raises(ConfigError, match="postgresql://"):
         open_key_store("redis://127.0.0.1:6379/0")
+
+
+async def test_without_redis_two_services_meet_through_the_store_within_refresh_s(
+    store: KeyStore, clock: VirtualClock
+) -> None:
+    _, secret = await store.create("two", budget_usd=1.0)
+    a, b = StoreKeys(store, clock=clock, cache_s=0), StoreKeys(store, clock=clock, cache_s=0)
+    key = await a.authenticate(secret)
+    await b.settle(await b.admit(key, model="m", tokens=1, max_cost_usd=0.1),
+                   usage=Usage(), cost_usd=0.1)  # b has loaded its view of the spend
+    await a.settle(await a.admit(key, model="m", tokens=1, max_cost_usd=0.9),
+                   usage=Usage(), cost_usd=0.8)
+    await b.admit(key, model="m", tokens=1, max_cost_usd=0.5)  # b's view is 5 s old at most
+    await clock.advance(5.0)
+    with pytest.raises(KeyBudgetExceeded, match=r"\$0.9000 spent"):
+        await b.admit(key, model="m", tokens=1, max_cost_usd=0.5)

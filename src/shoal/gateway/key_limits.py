@@ -102,11 +102,12 @@ def _too_big(key: VirtualKey, ask: Ask) -> KeyLimited | KeyBudgetExceeded | None
 
 
 class _State:
-    __slots__ = ("held", "period", "rpm", "spend", "tpm", "tpm_tokens", "tpm_used")
+    __slots__ = ("held", "loaded_at", "period", "rpm", "spend", "tpm", "tpm_tokens", "tpm_used")
 
     def __init__(self) -> None:
         self.period: str | None = None
         self.spend = 0.0
+        self.loaded_at = 0.0
         self.held: dict[str, float] = {}  # grant -> USD reserved
         self.rpm: deque[float] = deque()
         self.tpm: deque[tuple[float, str]] = deque()
@@ -115,11 +116,15 @@ class _State:
 
 
 class LocalKeyLimits(KeyLimits):
-    """Every key's state in this process: exact for one gateway process, N× for N."""
+    """Every key's state in this process: exact for one gateway process. Several
+    processes without Redis each allow a key's full RPM/TPM/concurrency; their budgets
+    meet only through the store, re-read every ``refresh_s``."""
 
-    def __init__(self, *, clock: Clock | None = None, window_s: float = WINDOW_S) -> None:
+    def __init__(self, *, clock: Clock | None = None, window_s: float = WINDOW_S,
+                 refresh_s: float = 5.0) -> None:
         self._clock = clock or RealClock()
         self._window = window_s
+        self._refresh = refresh_s
         self._states: dict[str, _State] = {}
 
     def in_flight(self, key_id: str) -> int:
@@ -131,10 +136,12 @@ class LocalKeyLimits(KeyLimits):
         if big is not None:
             raise big
         st = self._states.setdefault(key.id, _State())
-        if key.budget_usd is not None and st.period != ask.period:
+        if key.budget_usd is not None and (
+                st.period != ask.period or self._clock.now() - st.loaded_at >= self._refresh):
+            asked = self._clock.now()
             spend = await seed()
-            if st.period != ask.period:  # not loaded by another admission meanwhile
-                st.period, st.spend = ask.period, spend
+            if st.period != ask.period or st.loaded_at < asked:  # not newer meanwhile
+                st.period, st.spend, st.loaded_at = ask.period, spend, asked
         # From here to the grant nothing awaits: the check and the reservation are one step.
         now = self._clock.now()
         cutoff = now - self._window
