@@ -14,6 +14,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from chromium_setup import chromium_path  # noqa: F401 - the `chromium` fixture
 from report_runs import LEAKED, RUN_ID, failed_run, large_run
 
 from shoal.config import Config

@@ -1,6 +1,8 @@
 """Chromium for the browser tests: Debian's package, installed by
-scripts/install_chromium.sh when it is missing. Under CI=true a Chromium that cannot be
-installed fails the tests; elsewhere they skip, saying how to install it."""
+scripts/install_chromium.sh when it is missing. (A fixture module, not a conftest: a
+second conftest.py clashes with tests/conftest.py as a module name under mypy.)
+Under CI=true a Chromium that cannot be installed fails the tests; elsewhere they skip,
+saying how to install it."""
 
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ def _usable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-@pytest.fixture(scope="session")
-def chromium() -> str:
+@pytest.fixture(scope="session", name="chromium")
+def chromium_path() -> str:
     """The path of a headless-capable Chromium."""
     path = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     if _usable(path):
