@@ -8,6 +8,7 @@ shared prefix once, OpenAI requests carry the agent's prompt_cache_key, and
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from shoal.agents import Agent, LoopPolicy, Runner, tool
 from shoal.config import Config
 from shoal.sim import ModelProfile, SimConfig, SimServer
 from shoal.traffic.router import Router
+from shoal.types import ChatRequest, Message, StreamEnd
 
 CLAUDE = "claude-sonnet-4-5"
 GPT = "gpt-4.1"
@@ -68,7 +70,7 @@ async def test_ten_turn_tool_agent_reads_its_whole_previous_prompt_each_turn(
     turns = [t.usage for t in result.turns]
     assert len(turns) == 10
     assert turns[0].cached_input_tokens == 0 and turns[0].cache_write_tokens > 3000
-    for prev, cur in zip(turns, turns[1:], strict=False):
+    for prev, cur in itertools.pairwise(turns):
         # everything the previous request sent is read back (a few tokens of rounding
         # and the breakpoint markers aside): the prefix did not change between turns
         assert prev.input_tokens - 16 <= cur.cached_input_tokens <= prev.input_tokens
@@ -108,3 +110,15 @@ async def test_openai_agents_share_a_cache_per_agent_name(sim: SimServer) -> Non
     assert first.usage.cached_input_tokens == 0
     assert again.usage.cached_input_tokens >= 2048  # same prompt_cache_key: a hit
     assert other.usage.cached_input_tokens == 0  # another agent, another key
+
+
+async def test_streamed_calls_cache_and_report_it(sim: SimServer) -> None:
+    request = ChatRequest(CLAUDE, [Message.system(INSTRUCTIONS), Message.user("Clause 9?")])
+    usages = []
+    async with Router(config(sim)) as router:
+        for _ in range(2):
+            async for event in router.stream(request):
+                if isinstance(event, StreamEnd):
+                    usages.append(event.response.usage)
+    assert usages[0].cache_write_tokens > 2800 and usages[0].cached_input_tokens == 0
+    assert usages[1].cached_input_tokens == usages[0].cache_write_tokens
