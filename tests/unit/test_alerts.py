@@ -236,3 +236,21 @@ def test_alerts_section_of_shoal_toml() -> None:
     with pytest.raises(ConfigError, match=r"invalid \[alerts\]: burn_rate: Input should be "
                                           "greater than 1"):
         Config.from_dict({"alerts": {"burn_rate": 0.5}})
+
+
+async def test_an_early_tick_neither_judges_the_burn_rate_nor_resolves_it() -> None:
+    clock = VirtualClock()
+    bus, eng = engine(clock, burn_rate=10, baseline_per_minute=1_000, interval_s=15,
+                      send_resolved=True)
+    call(bus, 100)  # 100 tokens in 0.1 s would be 60,000/min: too short a span to say
+    await clock.advance(0.1)
+    assert eng.evaluate() == []
+    await clock.advance(14.9)
+    assert eng.evaluate() == []  # judged over the full 15 s: 400 tokens/min
+    call(bus, 47 * 250)
+    await clock.advance(15)
+    assert keys(eng.evaluate()) == ["burn_rate:tokens:firing"]
+    await clock.advance(1)
+    assert eng.evaluate() == []  # the run ended early: still firing, not resolved
+    await clock.advance(15)
+    assert keys(eng.evaluate()) == ["burn_rate:tokens:resolved"]

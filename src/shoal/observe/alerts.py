@@ -54,6 +54,7 @@ __all__ = ["Alert", "AlertEngine"]
 
 _log = logging.getLogger("shoal.alerts")
 _TOKEN_KEYS = ("input_tokens", "output_tokens")  # cached/reasoning are inside these
+_WINDOW_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +104,9 @@ class _Tally:
         self.agent_turns: dict[tuple[str, str, str], int] = {}
         self.run_cost: dict[str, float] = {}
         self.day_cost: dict[str, float] = {}
-        self.calls: deque[tuple[float, bool]] = deque()  # (at, failed)
-        self.limited: deque[tuple[float, str]] = deque()  # (at, channel) of each 429
+        # bounded in case nobody evaluates (the window prunes them at each evaluation)
+        self.calls: deque[tuple[float, bool]] = deque(maxlen=_WINDOW_MAX)  # (at, failed)
+        self.limited: deque[tuple[float, str]] = deque(maxlen=_WINDOW_MAX)  # (at, channel)
         self.breakers: dict[str, str] = {}
         self.burn_tokens = 0.0  # since the last evaluation
         self.burn_cost = 0.0
@@ -137,8 +139,9 @@ class AlertEngine:
         self.firing: dict[str, Alert] = {}
         self.sent: list[Alert] = []  # every transition, in order (tests, `shoal top`)
         self._tally = _Tally()
-        self._last_eval = self.clock.now()
+        self._burn_from = self.clock.now()  # the tokens/cost tallied for the burn rate since
         self._history: deque[tuple[float, float, float]] = deque()  # (span_s, tokens, usd)
+        self._still_burning: Verdict = (0.0, 0.0, "", {})
         self._unsubscribe: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -288,17 +291,20 @@ class AlertEngine:
 
     def _burn(self, now: float, out: dict[tuple[str, str], Verdict]) -> None:
         c, t = self.config, self._tally
-        span = now - self._last_eval
+        span = now - self._burn_from
+        if span < c.interval_s / 2:  # an early tick (the end of a run): too short to judge
+            if f"burn_rate:{c.burn_on}" in self.firing:
+                out["burn_rate", c.burn_on] = self._still_burning
+            return
         tokens, usd = t.burn_tokens, t.burn_cost
         t.burn_tokens = t.burn_cost = 0.0
-        if span <= 0:
-            return
+        self._burn_from = now
         if c.burn_rate is not None:
             base = self.baseline()
             rate = (tokens if c.burn_on == "tokens" else usd) * 60.0 / span
             if base is not None and rate >= c.burn_rate * base:
                 unit = "tokens" if c.burn_on == "tokens" else "USD"
-                out["burn_rate", c.burn_on] = (
+                out["burn_rate", c.burn_on] = self._still_burning = (
                     rate / base, c.burn_rate, f"{rate:,.4g} {unit}/min over the last "
                     f"{span:g}s is {rate / base:.1f}x the baseline {base:,.4g} {unit}/min "
                     f"(alert at {c.burn_rate:g}x)",
@@ -316,7 +322,6 @@ class AlertEngine:
         now, wall = self.clock.now(), self.clock.wall()
         holding = self._holding(now)
         self._burn(now, holding)
-        self._last_eval = now
         changes: list[Alert] = []
         for (rule, subject), (value, threshold, message, labels) in holding.items():
             key = f"{rule}:{subject}"
@@ -363,7 +368,7 @@ class AlertEngine:
     def start(self) -> AlertEngine:
         """Subscribe and evaluate in a background task (inside a running loop)."""
         self.subscribe()
-        self._last_eval = self.clock.now()
+        self._burn_from = self.clock.now()
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name="shoal-alerts")
         return self
