@@ -1,7 +1,8 @@
 """What a virtual key adds before the upstream call: authenticate + check_model + admit,
 per call, for OpenKeys (none), StoreKeys on SQLite (in-process limits) and StoreKeys on
 PostgreSQL + Redis (shared limits); and the settlement after it (off the latency path in
-the gateway: it runs once the answer is sent). Side by side in one run, printed as µs per
+the gateway: it runs once the answer is sent); then admit+settle per second with 64
+callers at once. Side by side in one run, printed as µs per
 call and as a ratio to the in-process limits.
 
     .venv/bin/python bench/gateway_keys_bench.py [--calls 2000] [--no-shared]
@@ -42,6 +43,20 @@ async def measure(keys: KeyService, secret: str, calls: int) -> tuple[list[float
     return before, after
 
 
+async def throughput(keys: KeyService, secret: str, calls: int, concurrency: int) -> float:
+    """Calls per second through admit + settle with ``concurrency`` callers at once."""
+    key = await keys.authenticate(secret)
+
+    async def caller(n: int) -> None:
+        for _ in range(n):
+            grant = await keys.admit(key, model="gpt-4o", tokens=1000, max_cost_usd=0.001)
+            await keys.settle(grant, usage=Usage(800, 100), cost_usd=0.0005)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(calls // concurrency) for _ in range(concurrency)))
+    return (calls // concurrency * concurrency) / (time.perf_counter() - t0)
+
+
 def row(name: str, before: list[float], after: list[float], base: float) -> str:
     q = statistics.quantiles(before, n=100)
     p50 = statistics.median(before)
@@ -51,6 +66,7 @@ def row(name: str, before: list[float], after: list[float], base: float) -> str:
 
 async def main(calls: int, shared: bool) -> None:
     results: dict[str, tuple[list[float], list[float]]] = {}
+    rates: dict[str, float] = {}
     results["OpenKeys (no keys)"] = await measure(OpenKeys(), "", calls)
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'runs.db'}"
@@ -60,6 +76,7 @@ async def main(calls: int, shared: bool) -> None:
         keys = await StoreKeys(url).open()
         await measure(keys, secret, 50)  # warm-up
         results["StoreKeys SQLite, local"] = await measure(keys, secret, calls)
+        rates["StoreKeys SQLite, local"] = await throughput(keys, secret, calls, 64)
         await keys.aclose()
     if shared:
         import asyncpg
@@ -72,6 +89,7 @@ async def main(calls: int, shared: bool) -> None:
         keys = await StoreKeys(pg, redis=REDIS, prefix=f"bench:{schema}").open()
         await measure(keys, secret, 50)
         results["StoreKeys PostgreSQL+Redis"] = await measure(keys, secret, calls)
+        rates["StoreKeys PostgreSQL+Redis"] = await throughput(keys, secret, calls, 64)
         await keys.aclose()
         conn = await asyncpg.connect(PG)
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
@@ -80,6 +98,9 @@ async def main(calls: int, shared: bool) -> None:
     print(f"{calls} calls each, one after another (the machine is shared: compare rows)")
     for name, (before, after) in results.items():
         print(row(name, before, after, base))
+    for name, rate in rates.items():
+        print(f"{name:<28} 64 callers at once: {rate:8.0f} admit+settle per second "
+              "(spend written in group commits)")
 
 
 if __name__ == "__main__":

@@ -332,3 +332,31 @@ async def test_without_redis_two_services_meet_through_the_store_within_refresh_
     await clock.advance(5.0)
     with pytest.raises(KeyBudgetExceeded, match=r"\$0.9000 spent"):
         await b.admit(key, model="m", tokens=1, max_cost_usd=0.5)
+
+
+async def test_spend_is_written_in_group_commits_and_kept_when_the_store_fails(
+    tmp_path: Path
+) -> None:
+    store = await open_key_store(f"sqlite:///{tmp_path / 'runs.db'}").open()
+    _, secret = await store.create("g")
+    keys = StoreKeys(store, cache_s=0)
+    key = await keys.authenticate(secret)
+
+    async def call(cost: float) -> None:
+        grant = await keys.admit(key, model="m", tokens=1, max_cost_usd=cost)
+        await keys.settle(grant, usage=Usage(10, 5, 1), cost_usd=cost)
+
+    await asyncio.gather(*(call(0.01) for _ in range(200)))
+    spend = await store.spend(key.id, "total")
+    assert spend.usd == pytest.approx(2.0) and spend.requests == 200
+    assert (spend.input_tokens, spend.output_tokens, spend.cached_tokens) == (2000, 1000, 200)
+
+    await store.aclose()  # the database goes away: settlements still return
+    await call(0.5)
+    await call(0.25)
+    await store.open()
+    await call(0.125)  # the next write carries the two it could not save
+    assert (await store.spend(key.id, "total")).usd == pytest.approx(2.875)
+    assert (await store.spend(key.id, "total")).requests == 203
+    await keys.aclose()
+    await store.aclose()

@@ -67,6 +67,10 @@ class Backend(ABC):
     async def fetch(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]]:
         """Run one query; its rows."""
 
+    @abstractmethod
+    async def execute_all(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        """Run the statements in one transaction: all or none."""
+
 
 class SQLiteBackend(Backend):
     """One connection on one worker thread, like :class:`~shoal.stores.sqlite.SQLiteStore`;
@@ -119,6 +123,20 @@ class SQLiteBackend(Backend):
         rows: list[Sequence[Any]] = await self._call(
             lambda c: c.execute(sql, tuple(args)).fetchall())
         return rows
+
+    async def execute_all(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    conn.execute(sql, tuple(args))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        await self._call(tx)
 
 
 class PostgresBackend(Backend):
@@ -173,3 +191,8 @@ class PostgresBackend(Backend):
 
     async def fetch(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]]:
         return list(await self._p().fetch(self._q(sql), *args))
+
+    async def execute_all(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        async with self._p().acquire() as conn, conn.transaction():
+            for sql, args in statements:
+                await conn.execute(self._q(sql), *args)

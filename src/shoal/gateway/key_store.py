@@ -55,6 +55,7 @@ PERIODS: tuple[Period, ...] = ("total", "day", "month")
 SECRET_PREFIX = "sk-shoal-"  # noqa: S105  # a public marker, not a secret
 _SHOWN = len(SECRET_PREFIX) + 6  # the display prefix: "sk-shoal-" and 6 random chars
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
+_ROWS_PER_STATEMENT = 1000  # 7 bind parameters a row; both databases take 32,766
 _COLS = ("id, name, prefix, models, budget_usd, period, rpm, tpm, max_concurrency, "
          "created_at, revoked_at, rotated_at")
 
@@ -287,19 +288,42 @@ class KeyStore:
 
     async def add_spend(self, key_id: str, *, wall: float, usd: float, usage: Usage) -> None:
         """Add one settled call to the key's total, day and month rows (one statement)."""
-        values = (usd, usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
-        args: list[object] = []
-        for pid in period_ids(wall):
-            args += [key_id, pid, *values]
-        await self._db.execute(
-            f"INSERT INTO {self._db.t}gateway_key_spend (key_id, period, usd, input_tokens, "
-            "output_tokens, cached_tokens, requests) VALUES (?,?,?,?,?,?,1), (?,?,?,?,?,?,1), "
-            "(?,?,?,?,?,?,1) ON CONFLICT (key_id, period) DO UPDATE SET "
-            "usd = gateway_key_spend.usd + excluded.usd, "
-            "input_tokens = gateway_key_spend.input_tokens + excluded.input_tokens, "
-            "output_tokens = gateway_key_spend.output_tokens + excluded.output_tokens, "
-            "cached_tokens = gateway_key_spend.cached_tokens + excluded.cached_tokens, "
-            "requests = gateway_key_spend.requests + 1", args)
+        await self.add_spends([(key_id, wall, usd, usage)])
+
+    async def add_spends(self, calls: Sequence[tuple[str, float, float, Usage]]) -> None:
+        """Add settled calls ``(key_id, wall, usd, usage)`` to their keys' total, day and
+        month rows: summed per row first, then upserted in one transaction, so a burst of
+        settlements is one commit, not one each."""
+        rows: dict[tuple[str, str], list[float]] = {}
+        for key_id, wall, usd, usage in calls:
+            for pid in period_ids(wall):
+                row = rows.setdefault((key_id, pid), [0.0, 0, 0, 0, 0])
+                row[0] += usd
+                row[1] += usage.input_tokens
+                row[2] += usage.output_tokens
+                row[3] += usage.cached_input_tokens
+                row[4] += 1
+        items = list(rows.items())
+        statements: list[tuple[str, list[object]]] = []
+        for start in range(0, len(items), _ROWS_PER_STATEMENT):
+            chunk = items[start:start + _ROWS_PER_STATEMENT]
+            args: list[object] = []
+            for (key_id, pid), (usd, inp, out, cached, n) in chunk:
+                args += [key_id, pid, usd, int(inp), int(out), int(cached), int(n)]
+            statements.append((
+                f"INSERT INTO {self._db.t}gateway_key_spend (key_id, period, usd, input_tokens, "
+                "output_tokens, cached_tokens, requests) VALUES "
+                + ", ".join(["(?,?,?,?,?,?,?)"] * len(chunk))
+                + " ON CONFLICT (key_id, period) DO UPDATE SET "
+                "usd = gateway_key_spend.usd + excluded.usd, "
+                "input_tokens = gateway_key_spend.input_tokens + excluded.input_tokens, "
+                "output_tokens = gateway_key_spend.output_tokens + excluded.output_tokens, "
+                "cached_tokens = gateway_key_spend.cached_tokens + excluded.cached_tokens, "
+                "requests = gateway_key_spend.requests + excluded.requests", args))
+        if len(statements) == 1:
+            await self._db.execute(*statements[0])
+        elif statements:
+            await self._db.execute_all(statements)
 
     async def spend_now(self, key_id: str, wall: float | None = None) -> dict[str, Spend]:
         """The key's spend in total, today and this month (UTC)."""

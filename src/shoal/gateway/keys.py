@@ -51,6 +51,7 @@ __all__ = ["ADMIN_ENV", "StoreKeys", "admin_key", "check_admin"]
 
 _log = logging.getLogger("shoal.gateway.keys")
 ADMIN_ENV = "SHOAL_ADMIN_KEY"
+SpendRecord = tuple[str, float, float, "Usage"]  # key id, wall time, USD, usage
 _NEGATIVE_CACHE = 4096  # unknown secrets remembered (bounded: they are attacker-chosen)
 
 
@@ -106,7 +107,10 @@ class StoreKeys:
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, VirtualKey | KeyRejected]] = {}
         self._grants: dict[str, _Open] = {}
-        self._unsaved: list[tuple[str, float, float, Usage]] = []
+        self._unsaved: list[SpendRecord] = []
+        self._batch: list[SpendRecord] = []
+        self._batch_done: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"StoreKeys({self._store.url!r}, shared={self.shared})"
@@ -222,24 +226,45 @@ class StoreKeys:
                          exc)
 
     async def _save(self, key_id: str, wall: float, cost: float, usage: Usage) -> None:
-        """Record spend durably; a record the store refused is kept and retried with the
-        next one and on close (never dropped while the process lives)."""
-        await self._flush([(key_id, wall, cost, usage), *self._take_unsaved()])
+        """Record spend durably, in group commits: records that arrive while a write is
+        in flight go together in the next one (one transaction), and each caller returns
+        once its record is committed. A batch the store refused is kept and retried with
+        the next one and on close (never dropped while the process lives)."""
+        loop = asyncio.get_running_loop()
+        if self._batch_done is None:
+            self._batch_done = loop.create_future()
+        done = self._batch_done
+        self._batch.append((key_id, wall, cost, usage))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_batches())
+        await done
 
-    def _take_unsaved(self) -> list[tuple[str, float, float, Usage]]:
+    async def _write_batches(self) -> None:
+        while self._batch:
+            batch, done = self._batch, self._batch_done
+            self._batch, self._batch_done = [], None
+            try:
+                await self._flush(batch)
+            finally:  # the settlers waiting on this batch return whatever happened
+                if done is not None and not done.done():
+                    done.set_result(None)
+
+    def _take_unsaved(self) -> list[SpendRecord]:
         pending, self._unsaved = self._unsaved, []
         return pending
 
-    async def _flush(self, records: list[tuple[str, float, float, Usage]]) -> bool:
-        for i, (kid, at, usd, use) in enumerate(records):
-            try:
-                await self._store.add_spend(kid, wall=at, usd=usd, usage=use)
-            except Exception as exc:
-                self._unsaved.extend(records[i:])
-                _log.error("virtual keys: %d spend record(s) not yet saved to %s (%s); "
-                           "retrying with the next call and on close", len(self._unsaved),
-                           self._store.url, exc)
-                return False
+    async def _flush(self, records: list[SpendRecord]) -> bool:
+        records = [*self._take_unsaved(), *records]
+        if not records:
+            return True
+        try:
+            await self._store.add_spends(records)
+        except Exception as exc:
+            self._unsaved.extend(records)
+            _log.error("virtual keys: %d spend record(s) not yet saved to %s (%s); retrying "
+                       "with the next settlement and on close", len(self._unsaved),
+                       self._store.url, exc)
+            return False
         return True
 
     async def aclose(self) -> None:
@@ -250,9 +275,11 @@ class StoreKeys:
             except Exception as exc:
                 _log.warning("virtual keys: releasing call %s failed (%s)", held.ask.grant, exc)
         self._grants.clear()
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
         if self._opened:
             for _ in range(3):
-                if await self._flush(self._take_unsaved()):
+                if await self._flush([]):
                     break
                 await asyncio.sleep(0.5)
             if self._unsaved:
