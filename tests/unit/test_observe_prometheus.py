@@ -287,3 +287,47 @@ def test_push_to_nowhere_says_which_gateway(bus: EventBus) -> None:
     with pytest.raises(ConfigError, match=r"Pushgateway at http://127\.0\.0\.1:9"):
         PrometheusExporter(bus).push("http://127.0.0.1:9", "job", timeout_s=2)
 
+
+
+def test_histogram_buckets_are_upper_inclusive_and_count_matches_inf(bus: EventBus) -> None:
+    exporter = PrometheusExporter(bus)
+    exporter.subscribe()
+    for waited in (0.0, 0.01, 0.010001, 100.0):
+        bus.emit("admit", channel="c", waited_s=waited)
+    got = samples(exporter.text())
+    assert value(got, "shoal_channel_queue_wait_seconds_bucket", channel="c", le="0.01") == 2
+    assert value(got, "shoal_channel_queue_wait_seconds_bucket", channel="c", le="0.05") == 3
+    assert value(got, "shoal_channel_queue_wait_seconds_bucket", channel="c", le="60.0") == 3
+    assert value(got, "shoal_channel_queue_wait_seconds_bucket", channel="c", le="+Inf") == 4
+    assert value(got, "shoal_channel_queue_wait_seconds_count", channel="c") == 4
+    assert value(got, "shoal_channel_queue_wait_seconds_sum", channel="c") == pytest.approx(
+        100.020001)
+
+
+def test_scrapes_from_another_thread_while_events_arrive(bus: EventBus) -> None:
+    import threading
+
+    exporter = PrometheusExporter(bus)
+    exporter.subscribe()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            try:
+                samples(exporter.text())
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=scrape)
+    thread.start()
+    try:
+        for i in range(3000):  # new label values keep growing the dicts under the scraper
+            call_end(bus, agent=f"agent{i % 300}", channel=f"ch{i % 7}")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert errors == []
+    got = samples(exporter.text())
+    assert sum(v for (name, _), v in got.items() if name == "shoal_model_calls_total") == 3000
