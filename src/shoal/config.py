@@ -131,9 +131,10 @@ class ModelInfo(BaseModel):
     cache: Literal["auto", "off"] | None = None
     cache_ttl: Literal["5m", "1h"] | None = None
 
-    @property
+    @functools.cached_property
     def price(self) -> ModelPrice:
-        """This model's prices, with the defaults filled in (:meth:`ModelPrice.of`)."""
+        """This model's prices, with the defaults filled in (:meth:`ModelPrice.of`);
+        computed once (the model is frozen; every answer is priced with it)."""
         claude = self.provider == "anthropic" or \
             (self.wire_name or self.name).lower().startswith("claude")
         return ModelPrice.of(self.input, self.output, cached_input=self.cached_input,

@@ -102,8 +102,14 @@ class ModelPrice:
         )
 
     def cost(self, usage: Usage) -> float:
-        """USD for ``usage``: each kind of token at its price (see the module docstring)."""
-        return self.breakdown(usage).total
+        """USD for ``usage``: each kind of token at its price (see the module docstring);
+        the sum :meth:`breakdown` gives, without building it (every answer is priced)."""
+        write_1h = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
+        return (usage.fresh_input_tokens * self.input
+                + usage.cached_input_tokens * self.cached_input
+                + (usage.cache_write_tokens - write_1h) * self.cache_write
+                + write_1h * self.cache_write_1h
+                + usage.output_tokens * self.output) / PER
 
 
 def uncached(usage: Usage) -> Usage:
