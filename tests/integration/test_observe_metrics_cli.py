@@ -95,3 +95,19 @@ async def test_metrics_push_sends_the_run_to_a_pushgateway(tmp_path: Path) -> No
     got = series(body.decode())
     assert got["shoal_steps_total", (("status", "succeeded"),)] == 3
     assert got["shoal_runs_total", (("flow", "report"), ("status", "succeeded"))] == 1
+
+
+def test_alerts_of_the_config_are_evaluated_during_the_run(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = tmp_path / "shoal.toml"
+    config.write_text("[alerts]\ninterval_s = 60\ntokens_per_task = 10\n")
+    spec = Path(__file__).resolve().parents[2] / "examples" / "report_flow.toml"
+    _register()
+    caplog.set_level("WARNING", logger="shoal.alerts")
+    result = CliRunner().invoke(app, ["run", str(spec), "topic", "--sim", "--config",
+                                      str(config), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    fired = sorted(r.getMessage().split(" [")[0] for r in caplog.records
+                   if r.name == "shoal.alerts")
+    assert len(fired) == 3  # every step of the three used more than 10 tokens
+    assert all(line.startswith("alert tokens_per_task:") for line in fired)
