@@ -137,7 +137,7 @@ class AlertEngine:
         self.sinks: list[Sink] = list(sinks)
         self.clock: Clock = clock if clock is not None else RealClock()
         self.firing: dict[str, Alert] = {}
-        self.sent: list[Alert] = []  # every transition, in order (tests, `shoal top`)
+        self.sent: deque[Alert] = deque(maxlen=1000)  # the last transitions, in order
         self._tally = _Tally()
         self._burn_from = self.clock.now()  # the tokens/cost tallied for the burn rate since
         self._history: deque[tuple[float, float, float]] = deque()  # (span_s, tokens, usd)
