@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "CacheControl",
     "ChatRequest",
     "ChatResponse",
     "FinishReason",
@@ -53,6 +54,20 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheControl:
+    """A prompt-cache breakpoint (Anthropic's ``cache_control``): the prompt up to and
+    including the marked part is cached for ``ttl`` (``"5m"``, ``"1h"``; None: the
+    provider's default). Sent by the Anthropic adapter, ignored where caching is
+    automatic."""
+
+    type: str = "ephemeral"
+    ttl: str | None = None
+
+    def wire(self) -> dict[str, str]:
+        return {"type": self.type} if self.ttl is None else {"type": self.type, "ttl": self.ttl}
+
+
+@dataclass(frozen=True, slots=True)
 class ToolSpec:
     """A tool the model may call: its name, what it is for, and a JSON schema of its arguments."""
 
@@ -61,9 +76,9 @@ class ToolSpec:
     parameters: dict[str, Any] = field(
         default_factory=lambda: {"type": "object", "properties": {}}
     )
-    # A prompt-cache breakpoint after this tool (Anthropic ``cache_control``), passed
-    # through as given; adapters of providers without explicit caching ignore it.
-    cache_control: dict[str, Any] | None = None
+    # A prompt-cache breakpoint after this tool (Anthropic ``cache_control``); adapters
+    # of providers without explicit caching ignore it.
+    cache_control: CacheControl | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +133,8 @@ class Message:
     and ``reasoning_parts`` its signed blocks (Anthropic thinking), so they can be sent
     back where the provider requires it. ``is_error`` on a tool result is sent when set
     (True or False); None leaves it out. ``cache_control`` marks a prompt-cache
-    breakpoint at the end of this message (Anthropic's block field, passed through as
-    given; other protocols ignore it).
+    breakpoint at the end of this message (Anthropic's block field; other protocols
+    ignore it).
     """
 
     role: Role
@@ -130,7 +145,7 @@ class Message:
     reasoning: str | None = None
     is_error: bool | None = None
     reasoning_parts: tuple[ReasoningPart, ...] = ()
-    cache_control: dict[str, Any] | None = None
+    cache_control: CacheControl | None = None
 
     @classmethod
     def system(cls, content: str) -> Message:

@@ -15,7 +15,15 @@ from typing import Any
 
 from shoal.gateway.errors import BadInput
 from shoal.gateway.translate_common import Fields, Parsed, type_name
-from shoal.types import ChatRequest, Message, ReasoningPart, Thinking, ToolCall, ToolSpec
+from shoal.types import (
+    CacheControl,
+    ChatRequest,
+    Message,
+    ReasoningPart,
+    Thinking,
+    ToolCall,
+    ToolSpec,
+)
 
 __all__ = ["parse_messages", "parse_messages_body"]
 
@@ -29,6 +37,14 @@ def _blocks(value: Any, path: str) -> list[Fields]:
         raise BadInput(f"{path}: expected a string or an array of content blocks, got "
                        f"{type_name(value)}", param=path)
     return [Fields(b, f"{path}[{i}]") for i, b in enumerate(value)]
+
+
+def _cache(b: Fields) -> CacheControl | None:
+    """A block's ``cache_control``, checked: ``{"type": "ephemeral"[, "ttl": "5m"|"1h"]}``."""
+    c = b.obj("cache_control")
+    if c is None:
+        return None
+    return CacheControl(c.string("type") or "ephemeral", c.string("ttl"))
 
 
 def _unsupported(b: Fields, kind: str | None) -> BadInput:
@@ -52,14 +68,14 @@ def _tool_result_text(b: Fields) -> str:
 def _user(f: Fields, out: list[Message]) -> None:
     text: list[str] = []
 
-    def flush(cache: dict[str, Any] | None = None) -> None:
+    def flush(cache: CacheControl | None = None) -> None:
         if text or cache is not None:
             out.append(Message(role="user", content="".join(text), cache_control=cache))
             text.clear()
 
     for b in _blocks(f.need("content"), f.where("content")):
         kind = b.string("type", required=True)
-        cache = b.mapping("cache_control")
+        cache = _cache(b)
         if kind == "text":
             text.append(b.string("text", required=True) or "")
             if cache is not None:
@@ -79,10 +95,10 @@ def _assistant(f: Fields) -> Message:
     reasoning: list[str] = []
     parts: list[ReasoningPart] = []
     calls: list[ToolCall] = []
-    cache: dict[str, Any] | None = None
+    cache: CacheControl | None = None
     for b in _blocks(f.need("content"), f.where("content")):
         kind = b.string("type", required=True)
-        cache = b.mapping("cache_control") or cache
+        cache = _cache(b) or cache
         if kind == "text":
             text.append(b.string("text", required=True) or "")
         elif kind == "tool_use":
@@ -114,7 +130,7 @@ def _system(f: Fields) -> list[Message]:
         if kind != "text":
             raise BadInput(f"{b.path}: system blocks must be text, got {kind!r}", param=b.path)
         out.append(Message(role="system", content=b.string("text", required=True) or "",
-                           cache_control=b.mapping("cache_control")))
+                           cache_control=_cache(b)))
     return out
 
 
@@ -131,7 +147,7 @@ def _tools(f: Fields) -> list[ToolSpec]:
                               description=t.string("description") or "",
                               parameters=t.mapping("input_schema") or {"type": "object",
                                                                     "properties": {}},
-                              cache_control=t.mapping("cache_control")))
+                              cache_control=_cache(t)))
     return tools
 
 

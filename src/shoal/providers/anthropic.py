@@ -148,14 +148,14 @@ class AnthropicProvider(HttpProvider):
             else:
                 role, blocks = "user", [{"type": "text", "text": m.content}]
             if m.cache_control is not None and blocks:  # the breakpoint ends the message
-                blocks[-1] = {**blocks[-1], "cache_control": m.cache_control}
+                blocks[-1] = {**blocks[-1], "cache_control": m.cache_control.wire()}
             if out and out[-1]["role"] == role:
                 out[-1]["content"].extend(blocks)  # the API wants alternating roles
             else:
                 out.append({"role": role, "content": blocks})
         if any(m.cache_control is not None for m in system):  # blocks keep the breakpoints
             return [{"type": "text", "text": m.content}
-                    | ({"cache_control": m.cache_control} if m.cache_control else {})
+                    | ({"cache_control": m.cache_control.wire()} if m.cache_control else {})
                     for m in system], out
         return "\n\n".join(m.content for m in system), out
 
@@ -174,7 +174,7 @@ class AnthropicProvider(HttpProvider):
         thinking_on = thinking.get("thinking", {}).get("type") == "enabled"
         tools = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
-            | ({"cache_control": t.cache_control} if t.cache_control is not None else {})
+            | ({"cache_control": t.cache_control.wire()} if t.cache_control else {})
             for t in request.tools
         ]
         choice = request.tool_choice
