@@ -22,6 +22,7 @@ from typing import Any
 from shoal.clock import Clock, RealClock
 from shoal.config import ModelInfo
 from shoal.errors import ConfigError
+from shoal.observe.events import EventBus
 from shoal.types import ChatRequest, ChatResponse, ToolCall, Usage
 
 __all__ = ["Reply", "ScriptedClient", "call", "reply"]
@@ -70,6 +71,8 @@ class ScriptedClient:
         latency_s: seconds (or a function of the request) slept on ``clock`` per call.
         models: catalog entries by name; unknown names get ``default_info`` (priced at
             $1/$2 per million tokens) unless ``strict_models``.
+        events: a bus for the runs, steps, agents and tools run through this client
+            (as a Router's ``events``); the client itself emits no call events.
     """
 
     script: Iterable[ScriptItem] = ()
@@ -83,6 +86,7 @@ class ScriptedClient:
     in_flight: int = 0
     max_in_flight: int = 0
     calls: int = 0
+    events: EventBus | None = None
 
     def __post_init__(self) -> None:
         self._queue: deque[ScriptItem] = deque(self.script)

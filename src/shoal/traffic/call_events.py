@@ -48,7 +48,9 @@ def admitted(waited_s: float) -> None:
 
 def _start(bus: EventBus, clock: Clock, request: ChatRequest, stream: bool) -> _Note:
     note = _Note(new_call_id(), request, clock.now(), stream)
-    bus.emit(CALL_START, model=request.model, call_id=note.call_id, stream=stream)
+    where = current()
+    bus.emit(CALL_START, model=request.model, run_id=where.run_id, step=where.step,
+             agent=where.agent, call_id=note.call_id, stream=stream)
     return note
 
 
@@ -73,8 +75,10 @@ def _end(bus: EventBus, clock: Clock, note: _Note,
             "wasted_cost_usd": error.wasted_cost_usd if isinstance(error, RunError) else 0.0,
         }
         channel, model = "", note.request.model
+    where = current()
     data.update(
-        call_id=note.call_id, stream=note.stream, attempts=note.attempts,
+        run_id=where.run_id, step=where.step, agent=where.agent, call_id=note.call_id,
+        stream=note.stream, attempts=note.attempts,
         duration_s=clock.now() - note.started, ttft_s=note.ttft_s, queue_s=note.queue_s,
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
         cached_input_tokens=usage.cached_input_tokens,
