@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from shoal.agents.client import ModelClient
     from shoal.agents.recorder import RunRecorder
+    from shoal.scale.executor import DaskExecutor, LocalExecutor
 
 __all__ = ["Batch", "BatchItem", "BatchResult"]
 
@@ -143,11 +144,15 @@ class Batch:
         self.console = console
         self.description = description or getattr(target, "name", None) or "batch"
 
-    async def run(self, inputs: Iterable[Any] | Mapping[str, Any]) -> BatchResult:
+    async def run(self, inputs: Iterable[Any] | Mapping[str, Any], *,
+                  executor: DaskExecutor | LocalExecutor | None = None) -> BatchResult:
         """Run every input; returns when all are done. ``inputs``: a list, or a mapping of
         name -> input (the names label the items, e.g. file names). Item errors are
         collected in the result, never raised; cancelling the call cancels the items in
-        flight."""
+        flight. ``executor``: where the items run (e.g. ``shoal.scale.DaskExecutor``: a
+        Dask cluster, every item journaled; see docs/scale.md); default here."""
+        if executor is not None:
+            return await executor.run(self, inputs)
         if isinstance(inputs, Mapping):
             names = [str(k) for k in inputs]
             items = list(inputs.values())

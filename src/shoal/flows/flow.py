@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from shoal.agents.guards import Budget
     from shoal.agents.recorder import RunRecorder, RunStatus
     from shoal.clock import Clock
+    from shoal.flows.batch import BatchResult
 
 __all__ = [
     "FailurePolicy",
@@ -402,6 +403,15 @@ class Flow:
                 close = getattr(model_client, "aclose", None)
                 if close is not None:
                     await close()
+
+    async def run_batch(self, inputs: Iterable[Any] | Mapping[str, Any], *,
+                        executor: Any = None, **options: Any) -> BatchResult:
+        """Run the flow over many inputs: ``Batch(self, **options).run(inputs,
+        executor=executor)`` (a :class:`~shoal.flows.batch.BatchResult`; ``executor``
+        e.g. ``shoal.scale.DaskExecutor``, see docs/scale.md)."""
+        from shoal.flows.batch import Batch
+
+        return await Batch(self, **options).run(inputs, executor=executor)
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], *, name: str | None = None) -> Flow:

@@ -1,0 +1,191 @@
+"""A batch run through an executor: the batch record, the chunks, one progress bar,
+the result; and resuming a batch (only its unfinished items run again).
+
+An executor only knows how to run :class:`~shoal.scale.worker.ChunkJob` s somewhere
+(:class:`~shoal.scale.executor.LocalExecutor`: this process;
+:class:`~shoal.scale.executor.DaskExecutor`: a Dask cluster); everything else about a
+batch is here, the same for both.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shoal.errors import ConfigError
+from shoal.scale.batch_ids import batch_items, is_batch, item_run_id, open_batch
+from shoal.scale.worker import ChunkJob
+from shoal.types import Usage
+
+if TYPE_CHECKING:
+    from shoal.flows.batch import Batch, BatchItem, BatchResult, Target
+
+__all__ = ["ChunkExecutor", "resume_batch", "run_batch"]
+
+
+class ChunkExecutor(Protocol):
+    """Runs chunks of batch items somewhere; calls ``done`` with each chunk's items."""
+
+    store: str | None
+    config: str | None
+    chunk_size: int
+    items_per_worker: int
+
+    async def run_chunks(self, jobs: Sequence[ChunkJob],
+                         done: Callable[[ChunkJob, list[BatchItem]], None]) -> None: ...
+
+
+def store_url(executor: ChunkExecutor) -> str:
+    url = executor.store or os.environ.get("SHOAL_STORE")
+    if not url:
+        raise ConfigError(
+            "a batch on an executor journals every item: give the executor a store every "
+            "worker reaches (store='postgresql://user@db-host/shoal', or $SHOAL_STORE)")
+    return url
+
+
+def shippable(target: Target) -> Target:
+    """The target without what cannot travel to a worker (a Flow's client, recorder and
+    clock: each worker brings its own)."""
+    from shoal.flows.flow import Flow
+
+    if isinstance(target, Flow) and (target.client or target.recorder or target.clock):
+        target = copy.copy(target)
+        target.client = target.recorder = target.clock = None
+    return target
+
+
+def _check(batch: Batch) -> None:
+    if batch.budget_usd is not None or batch.budget_tokens is not None:
+        raise ConfigError(
+            "a batch on an executor has no batch-wide budget yet (its items run in several "
+            "processes): give the flow or agent its own budget_usd, or run the batch "
+            "without executor=")
+
+
+def _jobs(executor: ChunkExecutor, batch: Batch, batch_id: str, *, todo: Sequence[int],
+          names: Sequence[str], inputs: Sequence[Any], url: str, meta: Mapping[str, Any]
+          ) -> list[ChunkJob]:
+    target = shippable(batch.target)
+    size = max(1, executor.chunk_size)
+    return [
+        ChunkJob(target, batch_id, [(i, names[i], inputs[i]) for i in todo[k:k + size]],
+                 store=url, config=executor.config, items_per_worker=executor.items_per_worker,
+                 description=batch.description, meta=dict(meta))
+        for k in range(0, len(todo), size)
+    ]
+
+
+async def _execute(executor: ChunkExecutor, batch: Batch, batch_id: str, *,
+                   todo: Sequence[int], names: Sequence[str], inputs: Sequence[Any], url: str,
+                   meta: Mapping[str, Any], finished: Sequence[BatchItem] = ()
+                   ) -> BatchResult:
+    from shoal.flows.batch import BatchResult, _Progress
+
+    started = batch.clock.now()
+    results: dict[int, BatchItem] = {i.index: i for i in finished}
+    state = _Progress(len(inputs), batch.clock, batch.progress, batch.console,
+                      batch.description)
+    for item in finished:
+        state.started()
+        state.finished(item)
+
+    def done(job: ChunkJob, items: list[BatchItem]) -> None:
+        for item in items:
+            item.input = inputs[item.index]
+            results[item.index] = item
+            state.started()
+            state.finished(item)
+
+    with state:
+        await executor.run_chunks(_jobs(executor, batch, batch_id, todo=todo, names=names,
+                                        inputs=inputs, url=url, meta=meta), done)
+    missing = [i for i in range(len(inputs)) if i not in results]
+    assert not missing, f"every input has an outcome (missing {missing[:5]})"
+    items = [results[i] for i in range(len(inputs))]
+    usage = sum((i.usage for i in items), Usage())
+    return BatchResult(items, usage, sum(i.cost_usd for i in items),
+                       batch.clock.now() - started)
+
+
+async def run_batch(executor: ChunkExecutor, batch: Batch,
+                    inputs: Iterable[Any] | Mapping[str, Any], *,
+                    meta: Mapping[str, Any] | None = None) -> BatchResult:
+    """Run ``batch`` over ``inputs`` on ``executor`` as batch ``batch.run_id`` (a new id
+    when unset): every item journaled as run ``{batch_id}-{i}``, its outcome recorded
+    under the batch run. A batch id already in the store continues that batch: finished
+    items replay from their journals."""
+    from shoal.agents.runner import new_run_id
+    from shoal.stores import open_store
+
+    _check(batch)
+    if isinstance(inputs, Mapping):
+        names, values = [str(k) for k in inputs], list(inputs.values())
+    else:
+        values = list(inputs)
+        names = [str(i) for i in range(len(values))]
+    batch_id = batch.run_id or new_run_id()
+    url = store_url(executor)
+    item_meta = dict(meta or {})
+    async with open_store(url) as store:
+        await open_batch(store, batch_id, names, values,
+                         {**item_meta, "description": batch.description,
+                          "cluster": getattr(executor, "address", None)})
+        try:
+            result = await _execute(executor, batch, batch_id, todo=range(len(values)),
+                                    names=names, inputs=values, url=url, meta=item_meta)
+        except BaseException:
+            await store.update_run(batch_id, status="cancelled", error="interrupted")
+            raise
+        await _finish(store, batch_id, result)
+    return result
+
+
+async def _finish(store: Any, batch_id: str, result: BatchResult) -> None:
+    failed = len(result.failed)
+    await store.update_run(batch_id, status="succeeded" if not failed else "failed",
+                           error=f"{failed} of {len(result.items)} items failed" if failed
+                           else None)
+
+
+async def resume_batch(batch_id: str, target: Target, executor: ChunkExecutor, *,
+                       progress: bool = False, console: Any = None,
+                       meta: Mapping[str, Any] | None = None) -> BatchResult:
+    """Continue batch ``batch_id``: items with a ``succeeded`` outcome are taken from the
+    store as they are; every other item (failed, in flight when a worker or the client
+    died, never started) runs again on ``executor`` (its finished steps and turns replay
+    from its journal). The inputs are the batch's own, read from the store."""
+    from shoal.flows.batch import Batch, BatchItem
+    from shoal.stores import open_store
+
+    url = store_url(executor)
+    async with open_store(url) as store:
+        record = await store.require_run(batch_id)
+        if not is_batch(record):
+            raise ConfigError(f"run {batch_id!r} is not a batch (it is a run of "
+                              f"{record.flow!r}); resume it with `shoal resume {batch_id}`")
+        inputs = list(record.input or [])
+        names = [str(n) for n in record.meta.get("names", [])]
+        rows = await batch_items(store, record, look_up_open=False)
+        finished = [
+            BatchItem(r.index, inputs[r.index], "succeeded", output=r.output, usage=r.usage,
+                      cost_usd=r.cost_usd, latency_s=r.latency_s,
+                      run_id=item_run_id(batch_id, r.index), name=r.name)
+            for r in rows if r.status == "succeeded"]
+        todo = [r.index for r in rows if r.status != "succeeded"]
+        batch = Batch(target, run_id=batch_id, progress=progress, console=console,
+                      description=str(record.meta.get("description") or batch_id))
+        item_meta = {k: v for k, v in record.meta.items()
+                     if k not in ("kind", "names", "items", "description", "cluster")}
+        item_meta.update(meta or {})
+        await store.update_run(batch_id, status="running")
+        try:
+            result = await _execute(executor, batch, batch_id, todo=todo, names=names,
+                                    inputs=inputs, url=url, meta=item_meta, finished=finished)
+        except BaseException:
+            await store.update_run(batch_id, status="cancelled", error="interrupted")
+            raise
+        await _finish(store, batch_id, result)
+    return result

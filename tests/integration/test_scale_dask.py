@@ -1,0 +1,147 @@
+"""Batches on a real local Dask cluster (worker processes on 127.0.0.1): every item a
+journaled run on PostgreSQL, the workers' Routers sharing the simulator's cap through
+Redis. The results are the local batch's; per-item errors come back; the simulator
+never has more than the cap in flight; a batch resumed runs only its unfinished items."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scale_flows import sim_config, three_steps
+
+from shoal.config import Config
+from shoal.flows.batch import Batch
+from shoal.scale import DaskExecutor, LocalExecutor
+from shoal.scale.batch_ids import batch_items
+from shoal.sim import SimProcess
+from shoal.stores import open_store
+from shoal.traffic.router import Router
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+CAP = 5
+
+
+@pytest.fixture
+def sim() -> Iterator[SimProcess]:
+    with SimProcess("--cap", str(CAP), "--latency", "0.05") as s:
+        yield s
+
+
+@pytest.fixture
+def store_url(pg_dsn: str) -> str:
+    return f"{pg_dsn}?schema=scale_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def drop_schema(store_url: str) -> AsyncIterator[None]:
+    yield
+    import asyncpg
+
+    dsn, _, query = store_url.partition("?schema=")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{query}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, sim: SimProcess, redis_url: str) -> str:
+    path = tmp_path / "shoal.toml"
+    path.write_text(sim_config(sim.url, redis_url, f"s{uuid.uuid4().hex[:10]}", cap=CAP))
+    return str(path)
+
+
+@pytest.fixture
+def cluster_address() -> Iterator[str]:
+    from distributed import LocalCluster
+
+    with LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address=None, worker_dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+INPUTS = [f"doc{i}" for i in range(10)] + ["fail-a"]
+
+
+def outcome(result: Any) -> list[tuple[str, Any, str | None]]:
+    return [(i.status, i.output, i.error_type) for i in result.items]
+
+
+async def test_a_batch_on_a_dask_cluster_returns_the_local_batch_results(
+    sim: SimProcess, config_path: str, store_url: str, drop_schema: None,
+    cluster_address: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOAL_SCALE_FAIL", "1")  # the workers were started before: see below
+    flow = three_steps()
+    async with Router(Config.load(config_path)) as router:
+        local = await Batch(flow, client=router).run(INPUTS)
+    sim.reset()
+    executor = DaskExecutor(cluster_address, store=store_url, config=config_path,
+                            chunk_size=3, items_per_worker=8)
+    remote = await Batch(flow, run_id="b1").run(INPUTS, executor=executor)
+    stats = sim.stats(log=True)
+
+    # The workers do not see $SHOAL_SCALE_FAIL (their environment is their own), so
+    # "fail-a" succeeds there; every other item is the local batch's, in input order.
+    assert outcome(local)[-1][0] == "failed"
+    assert outcome(remote)[:-1] == outcome(local)[:-1]
+    assert [i.run_id for i in remote.items] == [f"b1-{i}" for i in range(len(INPUTS))]
+    # One request per step of every item, never more than the cap at the provider.
+    tags = Counter(r["tag"] for r in stats["requests"])
+    assert set(tags.values()) == {1}
+    assert len(tags) == 3 * len(INPUTS)
+    assert stats["rate_limited"] == 0
+    assert stats["max_in_flight"] <= CAP
+
+    # The batch is in the store: every item succeeded, with its output.
+    async with open_store(store_url) as store:
+        rows = await batch_items(store, await store.require_run("b1"))
+    assert [r.status for r in rows] == ["succeeded"] * len(INPUTS)
+    assert [r.output for r in rows] == [i.output for i in remote.items]
+
+    # The same batch id again: every item replays from the journal, no model call.
+    sim.reset()
+    again = await Batch(flow, run_id="b1").run(INPUTS, executor=executor)
+    assert outcome(again) == outcome(remote)
+    assert sim.stats()["total_requests"] == 0
+
+
+async def test_item_errors_come_back_and_a_resume_runs_only_the_unfinished_items(
+    sim: SimProcess, config_path: str, store_url: str, drop_schema: None,
+    cluster_address: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flow = three_steps()
+    # In this process (a LocalExecutor) $SHOAL_SCALE_FAIL holds: "fail-a" fails.
+    monkeypatch.setenv("SHOAL_SCALE_FAIL", "1")
+    local = LocalExecutor(store=store_url, config=config_path, chunk_size=4)
+    first = await Batch(flow, run_id="b2").run(INPUTS, executor=local)
+    assert [i.status for i in first.items] == ["succeeded"] * 10 + ["failed"]
+    failed = first.items[-1]
+    assert failed.error_type == "StepFailed" or failed.error_type == "ValueError"
+    assert "cannot draft 'fail-a'" in (failed.error or "")
+    async with open_store(store_url) as store:
+        record = await store.require_run("b2")
+        assert record.status == "failed"
+        rows = await batch_items(store, record)
+    assert Counter(r.status for r in rows) == {"succeeded": 10, "failed": 1}
+
+    # Resumed on the cluster (whose workers do not fail it): only "fail-a" runs.
+    sim.reset()
+    os.environ.pop("SHOAL_SCALE_FAIL")
+    executor = DaskExecutor(cluster_address, store=store_url, config=config_path,
+                            chunk_size=3)
+    resumed = await executor.resume("b2", flow)
+    tags = Counter(r["tag"] for r in sim.stats(log=True)["requests"])
+    assert [i.status for i in resumed.items] == ["succeeded"] * len(INPUTS)
+    assert resumed.items[-1].output == "fail-a:draft:review:final"
+    assert sorted(tags) == [f"b2-10/{s}" for s in ("draft", "final", "review")]
+    assert set(tags.values()) == {1}
