@@ -200,14 +200,15 @@ async def ready(request: web.Request) -> web.StreamResponse:
     if gw.draining or not gw.ready:
         return web.json_response({"status": "draining" if gw.draining else "starting"},
                                  status=503)
-    check = getattr(gw.keys, "ready", None)  # a key store may say whether it answers
+    # A key store says whether it answers (StoreKeys: counting its keys is a query).
+    check = getattr(gw.keys, "ready", None) or getattr(gw.keys, "active_keys", None)
     if callable(check):
         try:
             ok = await check()
         except Exception as exc:
             return web.json_response({"status": "key store unavailable",
                                       "error": type(exc).__name__}, status=503)
-        if ok is False:
+        if ok is False:  # active_keys() == 0 is a store that answers, not False
             return web.json_response({"status": "key store unavailable"}, status=503)
     return web.json_response({"status": "ready"})
 

@@ -59,7 +59,9 @@ class GatewayServer:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
-        runner = web.AppRunner(build_app(self.gateway), handler_cancellation=True,
+        app = build_app(self.gateway)
+        _mount_key_admin(app, self.gateway.keys)
+        runner = web.AppRunner(app, handler_cancellation=True,
                                shutdown_timeout=self.settings.drain_timeout_s,
                                access_log=None)
         await runner.setup()
@@ -88,6 +90,17 @@ class GatewayServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _mount_key_admin(app: web.Application, keys: KeyService) -> None:
+    """``/admin/keys`` (guarded by ``SHOAL_ADMIN_KEY``) when keys come from a store."""
+    if not keys.required:
+        return
+    from shoal.gateway.keys import StoreKeys
+    from shoal.gateway.keys_admin import add_key_admin
+
+    if isinstance(keys, StoreKeys):
+        add_key_admin(app, keys)
 
 
 async def open_keys(config: Config, store: str | None) -> KeyService:
