@@ -253,3 +253,18 @@ async def test_an_admission_cancelled_in_flight_gives_its_slot_back_at_once(
             await keys.settle(grant, usage=Usage(), cost_usd=0.0)
     finally:
         await keys.aclose()
+
+
+async def test_keys_live_beside_the_runs_in_the_same_database(store_url: str) -> None:
+    from shoal.stores import RunRecord, open_store
+
+    async with open_store(store_url) as runs, open_key_store(store_url) as keys:
+        record, _ = await keys.create("beside")
+        await runs.create_run(RunRecord("run-1", "f", input="x"))
+        run = await runs.get_run("run-1")
+        assert run is not None and run.flow == "f"
+        found = await keys.find("beside")
+        assert found is not None and found.id == record.id
+    async with open_key_store(store_url) as keys, open_store(store_url) as runs:
+        assert [r.run_id for r in await runs.list_runs()] == ["run-1"]
+        assert await keys.count_active() == 1
