@@ -156,9 +156,13 @@ def _worker(config_path: str | None, settings: dict[str, Any], store: str | None
     from shoal.cli.loop import run as run_loop
     from shoal.config import Config
 
+    from shoal.gateway.access_log import configure_access_log
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
     config = Config.load(config_path)
-    run_loop(serve(config, GatewaySettings(**settings), store=store, reuse_port=True))
+    gateway_settings = GatewaySettings(**settings)
+    configure_access_log(gateway_settings.access_log)  # a spawned process starts bare
+    run_loop(serve(config, gateway_settings, store=store, reuse_port=True))
 
 
 def _free_port(host: str) -> int:
