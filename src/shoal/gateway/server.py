@@ -155,7 +155,6 @@ async def serve(config: Config, settings: GatewaySettings, *, store: str | None 
 def _worker(config_path: str | None, settings: dict[str, Any], store: str | None) -> None:
     from shoal.cli.loop import run as run_loop
     from shoal.config import Config
-
     from shoal.gateway.access_log import configure_access_log
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
