@@ -360,3 +360,33 @@ async def test_spend_is_written_in_group_commits_and_kept_when_the_store_fails(
     assert (await store.spend(key.id, "total")).requests == 203
     await keys.aclose()
     await store.aclose()
+
+
+async def test_a_cost_settled_while_the_spend_is_re_read_is_never_lost() -> None:
+    from shoal.gateway.key_limits import Ask, LocalKeyLimits
+
+    clock = VirtualClock()
+    limits = LocalKeyLimits(clock=clock, refresh_s=5.0)
+    key = VirtualKey("k", "k", budget_usd=1.0)
+
+    async def zero() -> float:
+        return 0.0
+
+    first = Ask("a", 1, 0.5, "total")
+    await limits.admit(key, first, zero)
+    await clock.advance(5.0)
+    reading = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_store() -> float:  # the store's answer predates the settlement below
+        reading.set()
+        await release.wait()
+        return 0.0
+
+    second = asyncio.ensure_future(limits.admit(key, Ask("b", 1, 0.1, "total"), slow_store))
+    await reading.wait()
+    await limits.settle(key, first, tokens=1, cost_usd=0.5)
+    release.set()
+    await second
+    with pytest.raises(KeyBudgetExceeded, match=r"\$0.5000 spent"):
+        await limits.admit(key, Ask("c", 1, 0.45, "total"), zero)

@@ -102,12 +102,14 @@ def _too_big(key: VirtualKey, ask: Ask) -> KeyLimited | KeyBudgetExceeded | None
 
 
 class _State:
-    __slots__ = ("held", "loaded_at", "period", "rpm", "spend", "tpm", "tpm_tokens", "tpm_used")
+    __slots__ = ("added", "held", "loaded_at", "period", "rpm", "spend", "tpm", "tpm_tokens",
+                 "tpm_used")
 
     def __init__(self) -> None:
         self.period: str | None = None
         self.spend = 0.0
-        self.loaded_at = 0.0
+        self.added = 0.0  # every cost this process settled into ``spend``, ever
+        self.loaded_at = float("-inf")
         self.held: dict[str, float] = {}  # grant -> USD reserved
         self.rpm: deque[float] = deque()
         self.tpm: deque[tuple[float, str]] = deque()
@@ -136,12 +138,8 @@ class LocalKeyLimits(KeyLimits):
         if big is not None:
             raise big
         st = self._states.setdefault(key.id, _State())
-        if key.budget_usd is not None and (
-                st.period != ask.period or self._clock.now() - st.loaded_at >= self._refresh):
-            asked = self._clock.now()
-            spend = await seed()
-            if st.period != ask.period or st.loaded_at < asked:  # not newer meanwhile
-                st.period, st.spend, st.loaded_at = ask.period, spend, asked
+        if key.budget_usd is not None:
+            await self._load(st, ask, seed)
         # From here to the grant nothing awaits: the check and the reservation are one step.
         now = self._clock.now()
         cutoff = now - self._window
@@ -174,6 +172,27 @@ class LocalKeyLimits(KeyLimits):
             st.tpm_used += ask.tokens
         ask.admitted = True
 
+    async def _load(self, st: _State, ask: Ask, seed: Seed) -> None:
+        """Read the key's spend from the store when its period starts and every
+        ``refresh_s`` (other processes spend too). One admission reads; the others go on
+        with the current view. Costs settled here during the read are added to what it
+        returns: they may be in it already (counted twice until the next read, the safe
+        side), never lost."""
+        now = self._clock.now()
+        if st.period == ask.period and now - st.loaded_at < self._refresh:
+            return
+        st.loaded_at = now
+        added = st.added
+        try:
+            spend = await seed()
+        except BaseException:
+            st.loaded_at = float("-inf")
+            raise
+        if st.period == ask.period:  # a refresh (or another admission loaded it meanwhile)
+            st.spend = spend + (st.added - added)
+        else:  # the period's first read
+            st.period, st.spend = ask.period, spend
+
     async def settle(self, key: VirtualKey, ask: Ask, *, tokens: int, cost_usd: float) -> None:
         st = self._states.get(key.id)
         if st is None or st.held.pop(ask.grant, None) is None:
@@ -183,6 +202,7 @@ class LocalKeyLimits(KeyLimits):
             st.tpm_tokens[ask.grant] = tokens
         if st.period == ask.period:
             st.spend += cost_usd
+            st.added += cost_usd
 
 
 class RedisKeyLimits(KeyLimits):
