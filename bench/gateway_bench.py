@@ -128,13 +128,18 @@ def phase_latency(ctx: Ctx) -> None:
         for s in srvs.values():
             gl.wrk(url(s.port), connections=16, duration_s=2, cpu=a.load_cpu)  # warm-up
         added: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        cpu: dict[str, list[float]] = {}
         for _ in range(a.rounds):
             for conc in (1, 64):
                 d = gl.wrk(url(mock.port), connections=conc, duration_s=a.duration,
                            cpu=a.load_cpu)
                 for name, s in srvs.items():
+                    c0 = s.cpu_s()
                     r = gl.wrk(url(s.port), connections=conc, duration_s=a.duration,
                                cpu=a.load_cpu)
+                    if conc == 64:
+                        cpu.setdefault(name, []).append(
+                            (s.cpu_s() - c0) / max(r.requests, 1) * 1e6)
                     added.setdefault((name, conc), []).append(
                         (r.p50_ms - d.p50_ms, r.p99_ms - d.p99_ms))
         for (name, conc), vals in sorted(added.items()):
@@ -144,6 +149,9 @@ def phase_latency(ctx: Ctx) -> None:
             ctx.row(f"added latency, {name}, c={conc}", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
                     f"p99 ≤ {goal:g} ms" if name == "shoal" else "",
                     p99 <= goal if name == "shoal" else None)
+        for name, per_req in cpu.items():
+            ctx.row(f"server CPU per request, {name}, c=64",
+                    f"{statistics.median(per_req):.0f} µs")
     finally:
         stop_all(srvs)
         mock.stop()
@@ -191,11 +199,12 @@ def phase_streams(ctx: Ctx) -> None:
         for port in targets.values():
             gl.streams(url(port), 16, cpu=a.load_cpu)  # warm-up
         carried: dict[str, int] = {}
+        failed: set[str] = set()
         ttft: dict[str, float] = {}
         for n in a.stream_levels:
             for name, port in targets.items():
-                if name in carried and carried[name] < n // 2:
-                    continue  # already failed a lower level
+                if name in failed:
+                    continue  # a lower level already failed
                 r = gl.streams(url(port), n, cpu=a.load_cpu)
                 ok = r["completed"] == n and r["max_gap_ms"] <= 100
                 print(f"  streams {name} n={n}: {r['completed']}/{n} complete, max gap "
@@ -203,6 +212,8 @@ def phase_streams(ctx: Ctx) -> None:
                       file=sys.stderr, flush=True)
                 if ok:
                     carried[name] = max(carried.get(name, 0), n)
+                else:
+                    failed.add(name)
                 if n == 256:
                     ttft[name] = r["ttft_p99_ms"]
         top = max(a.stream_levels)

@@ -92,6 +92,17 @@ class Server:
                 total += child.memory_info().rss
         return float(total) / 2**20
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the process and its children."""
+        import psutil
+        proc = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(OSError):
@@ -141,12 +152,12 @@ def wrk(url: str, *, connections: int, duration_s: float, body: dict[str, Any] |
     try:
         threads = 1 if connections < 4 else 2
         cmd = pinned(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
-                      "--latency", "-s", f.name, url], cpu)
+                      "--timeout", "30s", "--latency", "-s", f.name, url], cpu)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                              timeout=duration_s + 30).stdout
     finally:
         os.unlink(f.name)
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = 0
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):

@@ -243,16 +243,6 @@ def command(target: str, port: int) -> tuple[list[str], dict[str, str]]:
     raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
 
 
-def cpu_seconds(server: gl.Server) -> float:
-    import psutil  # type: ignore[import-untyped]
-    proc = psutil.Process(server.proc.pid)
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        t = p.cpu_times()
-        total += t.user + t.system
-    return total
-
-
 def codec_micro(n: int = 20000) -> dict[str, float]:
     """µs to decode + encode one request and one answer, per codec."""
     import gateway_mock
@@ -300,10 +290,10 @@ def run(args: argparse.Namespace) -> None:
                     for conc in (1, 64):
                         base = gl.wrk(direct, connections=conc, duration_s=args.duration,
                                       cpu=args.load_cpu)
-                        c0 = cpu_seconds(srv)
+                        c0 = srv.cpu_s()
                         res = gl.wrk(url, connections=conc, duration_s=args.duration,
                                      cpu=args.load_cpu)
-                        cpu_us = (cpu_seconds(srv) - c0) / max(res.requests, 1) * 1e6
+                        cpu_us = (srv.cpu_s() - c0) / max(res.requests, 1) * 1e6
                         results.setdefault((target, conc), []).append({
                             "rps": res.rps, "add_p50": res.p50_ms - base.p50_ms,
                             "add_p99": res.p99_ms - base.p99_ms, "cpu_us": cpu_us,
