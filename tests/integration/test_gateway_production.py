@@ -86,6 +86,7 @@ async def test_health_ready_metrics_and_access_log(caplog: pytest.LogCaptureFixt
     assert f"shoal_gateway_request_duration_seconds_count{{{labels}}} 1.0" in metrics
     assert 'shoal_gateway_in_flight{route="/v1/chat/completions"} 0.0' in metrics
     assert 'shoal_gateway_tokens_total{key="anonymous",kind="output",model="gpt-test"}' in metrics
+    assert 'shoal_channel_requests_total{channel="oa",outcome="ok"} 1.0' in metrics  # Router's
     lines = [json.loads(r.getMessage()) for r in caplog.records
              if r.name == "shoal.gateway.access"]
     assert len(lines) == 1

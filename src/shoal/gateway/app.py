@@ -242,16 +242,18 @@ async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamR
 # -- the application ----------------------------------------------------------------------
 
 def attach_runtime_metrics(gw: Gateway) -> None:
-    """Export the Router's events (limits, retries, breakers, ...) on the same registry
-    when :mod:`shoal.observe.prometheus` provides ``PrometheusExporter(bus, registry)``."""
+    """The Router's own metrics (channels, limits, retries, breakers, calls) from
+    :class:`shoal.observe.prometheus.PrometheusExporter`, on the gateway's registry: one
+    ``/metrics`` serves both."""
+    from shoal.observe.prometheus import PrometheusExporter
+
     try:
-        from shoal.observe.prometheus import PrometheusExporter  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return
-    try:
-        PrometheusExporter(gw.router.events, gw.metrics.registry)
+        exporter = PrometheusExporter(gw.router.events, gw.metrics.registry, router=gw.router)
     except Exception as exc:  # metrics are never a reason not to serve
         log.warning("runtime metrics not attached: %s", exc)
+        return
+    exporter.subscribe()
+    gw.on_close.append(exporter.unsubscribe)
 
 
 async def _startup(app: web.Application) -> None:

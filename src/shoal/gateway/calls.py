@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -121,6 +122,7 @@ class Gateway:
         self.ready = False
         self.draining = False
         self._settles: set[asyncio.Task[None]] = set()
+        self.on_close: list[Callable[[], None]] = []  # run by aclose (exporters' unsubscribe)
 
     # -- before the call ------------------------------------------------------------------
 
@@ -195,5 +197,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.settled()
+        for hook in self.on_close:
+            hook()
         await self.router.aclose()
         await self.keys.aclose()
