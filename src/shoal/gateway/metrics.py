@@ -7,7 +7,7 @@ its secret) and ``status``. prometheus_client is imported here, not by ``import 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -42,21 +42,39 @@ class GatewayMetrics:
         self.cost = Counter("shoal_gateway_cost_usd", "Spend through the gateway, USD "
                             "(answers discarded on the way included).",
                             ["model", "key"], registry=r)
+        self._children: dict[tuple[str, str, str, int], tuple[Any, ...]] = {}
+
+    def _series(self, route: str, model: str, key: str, status: int) -> tuple[Any, ...]:
+        """The labelled children of one (route, model, key, status), looked up once."""
+        label = (route, model, key, status)
+        series = self._children.get(label)
+        if series is None:
+            if len(self._children) > 10_000:  # many keys: stay bounded, look up again
+                self._children.clear()
+            series = self._children[label] = (
+                self.requests.labels(route, model, key, str(status)),
+                self.latency.labels(route, model, key),
+                self.tokens.labels(model, key, "input"),
+                self.tokens.labels(model, key, "output"),
+                self.cost.labels(model, key))
+        return series
 
     def observe(self, *, route: str, model: str, key: str, status: int, duration_s: float,
                 error_kind: str | None, input_tokens: int, output_tokens: int,
                 cost_usd: float) -> None:
         model = model or "unknown"
-        self.requests.labels(route, model, key, str(status)).inc()
-        self.latency.labels(route, model, key).observe(duration_s)
+        requests, latency, tokens_in, tokens_out, cost = self._series(route, model, key,
+                                                                      status)
+        requests.inc()
+        latency.observe(duration_s)
         if error_kind is not None:
             self.errors.labels(route, model, key, error_kind).inc()
         if input_tokens:
-            self.tokens.labels(model, key, "input").inc(input_tokens)
+            tokens_in.inc(input_tokens)
         if output_tokens:
-            self.tokens.labels(model, key, "output").inc(output_tokens)
+            tokens_out.inc(output_tokens)
         if cost_usd:
-            self.cost.labels(model, key).inc(cost_usd)
+            cost.inc(cost_usd)
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""
