@@ -268,3 +268,13 @@ async def test_keys_live_beside_the_runs_in_the_same_database(store_url: str) ->
     async with open_key_store(store_url) as keys, open_store(store_url) as runs:
         assert [r.run_id for r in await runs.list_runs()] == ["run-1"]
         assert await keys.count_active() == 1
+
+
+async def test_an_unreachable_store_is_a_clear_store_error() -> None:
+    from shoal.errors import StoreUnavailable
+
+    keys = StoreKeys("postgresql://shoal:hunter2-secret@127.0.0.1:1/none", cache_s=0)
+    with pytest.raises(StoreUnavailable, match=r"the key store postgresql://shoal:\*\*\*@") as err:
+        await keys.authenticate("sk-shoal-anything")
+    assert "hunter2" not in str(err.value)
+    await keys.aclose()

@@ -23,13 +23,13 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from shoal.errors import ConfigError
+from shoal.errors import ConfigError, ShoalError, StoreError, StoreUnavailable
 from shoal.gateway.key_db import Backend, PostgresBackend, SQLiteBackend
 from shoal.gateway.keys_api import VirtualKey
 
@@ -50,6 +50,7 @@ __all__ = [
     "period_ids",
 ]
 
+T = TypeVar("T")
 Period = Literal["total", "day", "month"]
 PERIODS: tuple[Period, ...] = ("total", "day", "month")
 SECRET_PREFIX = "sk-shoal-"  # noqa: S105  # a public marker, not a secret
@@ -205,8 +206,29 @@ class KeyStore:
         return self._db.url
 
     async def open(self) -> KeyStore:
-        await self._db.open()
+        await self._guarded(self._db.open())
         return self
+
+    async def _guarded(self, op: Awaitable[T]) -> T:
+        """``op``, its driver errors as StoreError (a lost connection: StoreUnavailable),
+        naming the store, so callers (the gateway: a 502) see what failed and where."""
+        try:
+            return await op
+        except ShoalError:
+            raise
+        except Exception as exc:
+            unique = "unique" in str(exc).lower() or "duplicate" in str(exc).lower()
+            cls = StoreError if unique or isinstance(exc, ValueError) else StoreUnavailable
+            raise cls(f"the key store {self.url} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _execute(self, sql: str, args: Sequence[object]) -> int:
+        return await self._guarded(self._db.execute(sql, args))
+
+    async def _fetch(self, sql: str, args: Sequence[object]) -> list[Sequence[Any]]:
+        return await self._guarded(self._db.fetch(sql, args))
+
+    async def _execute_all(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        await self._guarded(self._db.execute_all(statements))
 
     async def aclose(self) -> None:
         await self._db.close()
@@ -230,13 +252,13 @@ class KeyStore:
                            budget_usd, period, rpm, tpm, max_concurrency,
                            time.time() if now is None else now)
         try:
-            await self._db.execute(
+            await self._execute(
                 f"INSERT INTO {self._db.t}gateway_keys (id, name, prefix, secret_hash, models, "
                 "budget_usd, period, rpm, tpm, max_concurrency, created_at) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (record.id, name, minted.prefix, minted.digest, ",".join(models), budget_usd,
                  period, rpm, tpm, max_concurrency, record.created_at))
-        except Exception as exc:
+        except StoreError as exc:
             if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
                 raise ConfigError(f"an active key named {name!r} exists; revoke it first or "
                                   "choose another name") from None
@@ -244,14 +266,14 @@ class KeyStore:
         return record, minted.secret
 
     async def by_hash(self, digest: str) -> KeyRecord | None:
-        rows = await self._db.fetch(
+        rows = await self._fetch(
             f"SELECT {_COLS} FROM {self._db.t}gateway_keys WHERE secret_hash = ?", (digest,))
         return KeyRecord._from_row(rows[0]) if rows else None
 
     async def find(self, name_or_id: str) -> KeyRecord | None:
         """The key with this id, else the active key with this name, else the newest
         revoked one with it."""
-        rows = await self._db.fetch(
+        rows = await self._fetch(
             f"SELECT {_COLS} FROM {self._db.t}gateway_keys WHERE id = ? OR name = ? "
             "ORDER BY (id = ?) DESC, (revoked_at IS NULL) DESC, created_at DESC LIMIT 1",
             (name_or_id, name_or_id, name_or_id))
@@ -259,19 +281,19 @@ class KeyStore:
 
     async def list(self, *, include_revoked: bool = False) -> list[KeyRecord]:
         where = "" if include_revoked else " WHERE revoked_at IS NULL"
-        rows = await self._db.fetch(
+        rows = await self._fetch(
             f"SELECT {_COLS} FROM {self._db.t}gateway_keys{where} ORDER BY created_at, id", ())
         return [KeyRecord._from_row(r) for r in rows]
 
     async def count_active(self) -> int:
-        rows = await self._db.fetch(
+        rows = await self._fetch(
             f"SELECT count(*) FROM {self._db.t}gateway_keys WHERE revoked_at IS NULL", ())
         return int(rows[0][0])
 
     async def revoke(self, key_id: str, *, now: float | None = None) -> bool:
         """True when the key was active; its secret stops working at once here and within
         the gateways' key cache (``cache_s``) elsewhere."""
-        count = await self._db.execute(
+        count = await self._execute(
             f"UPDATE {self._db.t}gateway_keys SET revoked_at = ? "
             "WHERE id = ? AND revoked_at IS NULL", (time.time() if now is None else now, key_id))
         return count == 1
@@ -280,7 +302,7 @@ class KeyStore:
         """A new secret for an active key (same id, spend and limits); the old one stops
         working. ``None`` when no active key has this id."""
         minted = mint_secret()
-        count = await self._db.execute(
+        count = await self._execute(
             f"UPDATE {self._db.t}gateway_keys SET secret_hash = ?, prefix = ?, rotated_at = ? "
             "WHERE id = ? AND revoked_at IS NULL",
             (minted.digest, minted.prefix, time.time() if now is None else now, key_id))
@@ -321,9 +343,9 @@ class KeyStore:
                 "cached_tokens = gateway_key_spend.cached_tokens + excluded.cached_tokens, "
                 "requests = gateway_key_spend.requests + excluded.requests", args))
         if len(statements) == 1:
-            await self._db.execute(*statements[0])
+            await self._execute(*statements[0])
         elif statements:
-            await self._db.execute_all(statements)
+            await self._execute_all(statements)
 
     async def spend_now(self, key_id: str, wall: float | None = None) -> dict[str, Spend]:
         """The key's spend in total, today and this month (UTC)."""
@@ -333,7 +355,7 @@ class KeyStore:
 
     async def spend(self, key_id: str, period: str) -> Spend:
         """The key's spend in one period row (``total``, ``d2026-11-27``, ``m2026-11``)."""
-        rows = await self._db.fetch(
+        rows = await self._fetch(
             f"SELECT usd, input_tokens, output_tokens, cached_tokens, requests FROM "
             f"{self._db.t}gateway_key_spend WHERE key_id = ? AND period = ?", (key_id, period))
         if not rows:
