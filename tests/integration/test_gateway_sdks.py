@@ -186,3 +186,28 @@ async def test_count_tokens(server: tuple[SimServer, GatewayServer]) -> None:
         longer = await client.messages.count_tokens(
             model=OPENAI_MODEL, messages=[{"role": "user", "content": "word " * 400}])
     assert 0 < short.input_tokens < longer.input_tokens
+
+
+async def test_thinking_round_trip(server: tuple[SimServer, GatewayServer]) -> None:
+    """Anthropic thinking through the gateway: signed thinking blocks come back and are
+    accepted when sent back with a tool result; an OpenAI client gets the reasoning as
+    ``reasoning_content``."""
+    _, gw = server
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    async with anthropic_client(gw) as client, openai_client(gw) as oa:
+        first = await client.messages.create(model=ANTHROPIC_MODEL, max_tokens=2000,
+                                             thinking=thinking, messages=USER,
+                                             tools=WEATHER_ANTHROPIC)
+        think = first.content[0]
+        use = next(b for b in first.content if b.type == "tool_use")
+        follow = await client.messages.create(
+            model=ANTHROPIC_MODEL, max_tokens=2000, thinking=thinking, tools=WEATHER_ANTHROPIC,
+            messages=[*USER, {"role": "assistant", "content": first.content},
+                      {"role": "user", "content": [{"type": "tool_result",
+                                                    "tool_use_id": use.id,
+                                                    "content": "sunny"}]}])
+        reasoned = await oa.chat.completions.create(model=ANTHROPIC_MODEL, messages=USER,
+                                                    reasoning_effort="high", max_tokens=3000)
+    assert think.type == "thinking" and think.signature and think.thinking
+    assert follow.stop_reason == "end_turn"
+    assert (reasoned.choices[0].message.model_extra or {}).get("reasoning_content")
