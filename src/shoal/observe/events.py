@@ -68,7 +68,7 @@ from weakref import WeakSet
 
 from shoal.clock import Clock, RealClock
 from shoal.observe.context import current
-from shoal.secrets import redact
+from shoal.secrets import MIN_SECRET_CHARS, redact
 
 __all__ = [
     "ADMIT",
@@ -182,8 +182,10 @@ class EventBus:
         subscribers = self._subscribers
         if not subscribers:
             return
-        # Error texts in events never carry a key (subscribers export them).
-        clean = {k: redact(v) if isinstance(v, str) else v for k, v in data.items()}
+        # Error texts in events never carry a key (subscribers export them). A text
+        # shorter than the shortest secret (ids, statuses, model names) cannot hold one.
+        clean = {k: redact(v) if isinstance(v, str) and len(v) >= MIN_SECRET_CHARS else v
+                 for k, v in data.items()}
         where = current()
         if where.run_id or where.call_id:  # the run/step/agent/call this happened in
             clean.setdefault("run_id", where.run_id)

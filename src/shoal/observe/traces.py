@@ -52,6 +52,25 @@ def _attr(value: object) -> Any:
     return str(value)
 
 
+class _Leaf:
+    """A chat or tool span not yet handed to OpenTelemetry: it has no children, so it
+    is made whole at its end event (one attribute write instead of two: the SDK's
+    attribute checks are most of a span's cost)."""
+
+    __slots__ = ("attributes", "events", "name", "parent", "start_ns")
+
+    def __init__(self, name: str, start_ns: int, parent: Span | None,
+                 attributes: dict[str, Any]) -> None:
+        self.name = name
+        self.start_ns = start_ns
+        self.parent = parent
+        self.attributes = attributes
+        self.events: list[tuple[str, dict[str, Any], int]] = []
+
+    def add_event(self, name: str, attributes: dict[str, Any], timestamp: int) -> None:
+        self.events.append((name, attributes, timestamp))
+
+
 class SpanBuilder:
     """The event subscriber: opens and ends spans as start/end events arrive."""
 
@@ -63,8 +82,12 @@ class SpanBuilder:
         self._steps: dict[_Key, Span] = {}
         self._agents: dict[_Key, Span] = {}  # by (run_id, step, agent)
         self._agent_of_step: dict[_Key, Span] = {}  # by (run_id, step): the latest
-        self._calls: dict[str, Span] = {}
-        self._tools: dict[_Key, Span] = {}
+        self._calls: dict[str, _Leaf] = {}
+        self._tools: dict[_Key, _Leaf] = {}
+        from opentelemetry.trace import Status, StatusCode, set_span_in_context
+
+        self._in_context = set_span_in_context
+        self._error = (Status, StatusCode.ERROR)
         self._handlers: dict[str, Callable[[Event], None]] = {
             "run_start": self._run_start, "run_end": self._run_end,
             "step_start": self._step_start, "step_end": self._step_end,
@@ -107,24 +130,31 @@ class SpanBuilder:
         return self._runs.get(run_id)
 
     def _start(self, name: str, event: Event, parent: Span | None,
-               attributes: Mapping[str, Any]) -> Span:
-        from opentelemetry import trace
+               attributes: Mapping[str, Any], *, start_ns: int | None = None) -> Span:
+        context = self._in_context(parent) if parent is not None else None
+        return self.tracer.start_span(
+            name, context=context, attributes=attributes,
+            start_time=self._ns(event) if start_ns is None else start_ns)
 
-        context = trace.set_span_in_context(parent) if parent is not None else None
-        return self.tracer.start_span(name, context=context, attributes=dict(attributes),
-                                      start_time=self._ns(event))
-
-    def _end(self, span: Span | None, event: Event, attributes: Mapping[str, Any],
+    def _end(self, span: Span | _Leaf | None, event: Event, attributes: Mapping[str, Any],
              error: str = "", error_type: str = "") -> None:
         if span is None:
             return  # its start was not seen (tracing turned on mid-run)
-        from opentelemetry.trace import Status, StatusCode
-
-        span.set_attributes({k: _attr(v) for k, v in attributes.items() if v is not None})
-        if error or error_type:
-            kind = error_type or error.partition(":")[0]
-            span.set_attribute(A.ERROR_TYPE, kind)
-            span.set_status(Status(StatusCode.ERROR, error or kind))
+        attrs = {k: v for k, v in attributes.items() if v is not None}
+        kind = (error_type or error.partition(":")[0]) if error or error_type else ""
+        if kind:
+            attrs[A.ERROR_TYPE] = kind
+        if isinstance(span, _Leaf):
+            leaf = span
+            span = self._start(leaf.name, event, leaf.parent, {**leaf.attributes, **attrs},
+                               start_ns=leaf.start_ns)
+            for name, event_attrs, at in leaf.events:
+                span.add_event(name, attributes=event_attrs, timestamp=at)
+        else:
+            span.set_attributes(attrs)
+        if kind:
+            status, code = self._error
+            span.set_status(status(code, error or kind))
         span.end(end_time=self._ns(event))
 
     # -- runs, steps, agents -------------------------------------------------------------
@@ -180,9 +210,10 @@ class SpanBuilder:
     def _call_start(self, e: Event) -> None:
         d = e.data
         parent = self._parent(_str(d, "run_id"), _str(d, "step"), _str(d, "agent"))
-        self._calls[_str(d, "call_id")] = self._start(f"chat {e.model}", e, parent, {
-            A.OPERATION: "chat", A.REQUEST_MODEL: e.model, "shoal.call_id": _str(d, "call_id"),
-            "shoal.stream": bool(d.get("stream"))})
+        self._calls[_str(d, "call_id")] = _Leaf(f"chat {e.model}", self._ns(e), parent, {
+            A.OPERATION: "chat", A.REQUEST_MODEL: e.model, "shoal.call_id": _str(d, "call_id")})
+        if d.get("stream"):
+            self._calls[_str(d, "call_id")].attributes["shoal.stream"] = True
 
     def _call_end(self, e: Event) -> None:
         d = e.data
@@ -197,6 +228,8 @@ class SpanBuilder:
             attrs.pop(A.PROVIDER, None)
         if not attrs.get(A.RESPONSE_MODEL):
             attrs.pop(A.RESPONSE_MODEL, None)
+        if not d.get("wasted_cost_usd"):
+            attrs.pop("shoal.wasted_cost_usd", None)
         if self.capture_content:
             note = current().call  # the call's scope is current while call_end is emitted
             if note is not None and note.call_id == d.get("call_id"):
@@ -209,8 +242,8 @@ class SpanBuilder:
         d = e.data
         run_id, step, agent = _str(d, "run_id"), _str(d, "step"), _str(d, "agent")
         tool, call_id = _str(d, "tool"), _str(d, "call_id")
-        self._tools[(run_id, step, agent, call_id)] = self._start(
-            f"execute_tool {tool}", e, self._parent(run_id, step, agent), {
+        self._tools[(run_id, step, agent, call_id)] = _Leaf(
+            f"execute_tool {tool}", self._ns(e), self._parent(run_id, step, agent), {
                 A.OPERATION: "execute_tool", A.TOOL_NAME: tool, A.TOOL_CALL_ID: call_id,
                 A.TOOL_TYPE: "function"})
 

@@ -58,7 +58,6 @@ CHAT_END: Mapping[str, str] = {
     "provider": PROVIDER,
     "served_model": RESPONSE_MODEL,
     "attempts": "shoal.attempts",
-    "duration_s": "shoal.duration_s",
     "queue_s": "shoal.queue_s",
     "ttft_s": "shoal.ttft_s",
     "cost_usd": "shoal.cost_usd",
