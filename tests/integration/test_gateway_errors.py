@@ -243,3 +243,17 @@ async def test_upstream_key_never_reaches_the_caller(sim: SimServer) -> None:
     assert UPSTREAM_KEY not in metrics
     assert 'shoal_gateway_errors_total{key="anonymous",kind="api_error"' in metrics
     assert "upstream refused the gateway's channel" in bodies[0][2]["error"]["message"]
+
+
+async def test_request_timeout_is_the_routers_deadline() -> None:
+    from shoal.sim import ModelProfile
+
+    slow = SimConfig(models={"*": ModelProfile(latency_s=1.5)})
+    async with SimServer(slow) as upstream, \
+            gateway(sim_config(upstream), request_timeout_s=0.3) as gw:
+        status, _, body = await post(gw, CHAT, {"model": OPENAI_MODEL, "messages": USER})
+        astatus, _, abody = await post(gw, MESSAGES, {"model": ANTHROPIC_MODEL,
+                                                      "max_tokens": 5, "messages": USER})
+    assert status == 504 and astatus == 504
+    assert "deadline (0.3s) passed" in openai_error(body)["message"]
+    assert anthropic_error(abody)["type"] == "timeout_error"
