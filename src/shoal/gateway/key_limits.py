@@ -319,7 +319,7 @@ class RedisKeyLimits(KeyLimits):
                     continue
                 for raw in lost:
                     grant = raw.decode() if isinstance(raw, bytes) else str(raw)
-                    if grant in self._held:
+                    if self._held.pop(grant, None) is not None:  # warned once
                         _log.warning(
                             "virtual keys: the lease of call %s lapsed before renewal (event "
                             "loop blocked > %.0fs?): its slot and reservation were freed",
