@@ -58,6 +58,10 @@ _NEGATIVE_CACHE = 4096  # unknown secrets remembered (bounded: they are attacker
 def admin_key(env: Mapping[str, str] | None = None) -> str | None:
     """The admin key from ``SHOAL_ADMIN_KEY`` (``None`` when unset or empty)."""
     value = (os.environ if env is None else env).get(ADMIN_ENV, "")
+    if value:
+        from shoal.secrets import register_secret
+
+        register_secret(value)  # masked in every error, log line and event from now on
     return value or None
 
 
