@@ -5,16 +5,19 @@ metrics and the access log, cache_control passed through, no keys off loopback."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from gateway_fixtures import (
     ANTHROPIC_MODEL,
@@ -122,13 +125,23 @@ def sim_config_dummy() -> Any:
     return Config.from_dict({})
 
 
-def gateway_process(config: Path) -> subprocess.Popen[str]:
+def gateway_process(config: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SHOAL_STORE", None)
     return subprocess.Popen(
         [sys.executable, "-c", "from shoal.cli.main import main; main()", "gateway",
-         "--config", str(config), "--port", "0", "--store", f"sqlite:///{config.parent}/k.db"],
+         "--config", str(config), "--store", f"sqlite:///{config.parent}/k.db",
+         *(args or ("--port", "0"))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=config.parent)
+
+
+@contextlib.asynccontextmanager
+async def openai_client_at(url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="sk-any", max_retries=0)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 async def test_sigterm_drains_an_in_flight_stream(tmp_path: Path) -> None:
@@ -179,3 +192,36 @@ async def test_sigterm_drains_an_in_flight_stream(tmp_path: Path) -> None:
     access = [json.loads(x) for x in stderr.splitlines() if x.startswith("{")]
     assert [(a["route"], a["status"], a["stream"]) for a in access] == [
         ("/v1/chat/completions", 200, True)]
+
+
+async def test_workers_share_the_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with SimServer(SimConfig()) as sim:
+        config = tmp_path / "shoal.toml"
+        config.write_text(
+            f'[channels.oa]\nprotocol = "openai"\nbase_url = "{sim.base_url("openai")}"\n'
+            f'api_key = "sk-sim"\nprovider = "openai"\n\n[models.gpt-test]\nchannels = ["oa"]\n'
+            f'wire_name = "gpt-4o-mini"\n\n[gateway]\nworkers = 2\nport = {port}\n'
+            "access_log = false\n")
+        proc = gateway_process(config, "--port", str(port))
+        try:
+            assert proc.stdout is not None
+            lines = [await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+                     for _ in range(2)]
+            pids = {line.split("(pid ", 1)[1].split(",")[0] for line in lines}
+            assert len(pids) == 2 and all(f":{port} " in line for line in lines), lines
+            async with openai_client_at(f"http://127.0.0.1:{port}") as client:
+                answers = await asyncio.gather(*(client.chat.completions.create(
+                    model=OPENAI_MODEL, messages=USER) for _ in range(8)))
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(asyncio.to_thread(proc.wait), 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert all(a.choices[0].message.content for a in answers)
+    assert code == 0
