@@ -9,7 +9,9 @@
 What ``shoal run --metrics-port PORT`` does: serve ``/metrics`` (a
 :class:`~shoal.observe.prometheus.PrometheusExporter` with the Router's channel gauges)
 while the block runs, evaluate the ``[alerts]`` of shoal.toml, and push the metrics to
-a Pushgateway at the end when ``push_url`` is given (a short job).
+a Pushgateway at the end when ``push_url`` is given (a short job). When the environment
+asks for OpenTelemetry traces (``OTEL_EXPORTER_OTLP_ENDPOINT``, or
+``OTEL_TRACES_EXPORTER`` other than none), :func:`shoal.observe.tracing` runs too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from shoal.observe.alert_config import AlertsConfig
     from shoal.observe.alerts import AlertEngine
     from shoal.observe.prometheus import PrometheusExporter
+    from shoal.observe.traces import Tracing
     from shoal.traffic.router import Router
 
 __all__ = ["Observing", "observing"]
@@ -39,6 +43,7 @@ class Observing:
     exporter: PrometheusExporter | None = None
     port: int | None = None
     alerts: AlertEngine | None = None
+    tracing: Tracing | None = None
 
 
 @contextlib.asynccontextmanager
@@ -62,6 +67,10 @@ async def observing(router: Router, *, metrics_port: int | None = None,
                 if announce is not None:
                     announce(f"metrics on http://127.0.0.1:{state.port}/metrics "
                              f"(shoal top --url http://127.0.0.1:{state.port}/metrics)")
+        if _otel_asked():  # traces as the standard OTEL_* variables say
+            from shoal.observe.traces import tracing
+
+            state.tracing = tracing(bus=router)
         if alerts is not None:
             from shoal.observe.alerts import AlertEngine
 
@@ -79,3 +88,15 @@ async def observing(router: Router, *, metrics_port: int | None = None,
                 except Exception as exc:  # the run's result matters more than its metrics
                     _log.error("metrics push failed: %s", exc)
             state.exporter.close()
+        if state.tracing is not None:
+            state.tracing.close()
+
+
+def _otel_asked() -> bool:
+    """Whether the environment asks for traces (an OTLP endpoint, or an exporter named)."""
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    return (named not in ("", "none")) or any(
+        env.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
