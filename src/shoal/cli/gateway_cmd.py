@@ -23,7 +23,7 @@ def gateway(
     config: Annotated[Path | None, typer.Option(
         "--config", help="shoal.toml (default: $SHOAL_CONFIG, else ./shoal.toml).")] = None,
     host: Annotated[str | None, typer.Option(
-        help="Interface to bind (default 127.0.0.1; [gateway] host).")] = None,
+        help="Interface to bind (default 127.0.0.1, or the gateway table's host).")] = None,
     port: Annotated[int | None, typer.Option(
         help="Port (default 8080; 0 picks a free one, printed).")] = None,
     workers: Annotated[int | None, typer.Option(
