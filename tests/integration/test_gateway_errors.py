@@ -257,3 +257,22 @@ async def test_request_timeout_is_the_routers_deadline() -> None:
     assert status == 504 and astatus == 504
     assert "deadline (0.3s) passed" in openai_error(body)["message"]
     assert anthropic_error(abody)["type"] == "timeout_error"
+
+
+ODD_BODIES: list[tuple[str, bytes]] = [
+    ("deep nesting", b"[" * 100_000 + b"]" * 100_000),
+    ("NaN", b'{"model": "gpt-test", "max_tokens": NaN, "messages": []}'),
+    ("huge float", b'{"model": "gpt-test", "max_tokens": 1e400, "messages": []}'),
+    ("lone surrogate model", b'{"model": "\\ud800", "max_tokens": 5, '
+                             b'"messages": [{"role": "user", "content": "hi"}]}'),
+    ("not UTF-8", b'{"model": "\xff\xfe", "messages": []}'),
+]
+
+
+@pytest.mark.parametrize(("case", "body"), ODD_BODIES, ids=[c[0] for c in ODD_BODIES])
+async def test_odd_bodies_are_4xx_never_500(sim: SimServer, case: str, body: bytes) -> None:
+    async with gateway(sim_config(sim)) as gw:
+        status, _, oa = await post(gw, CHAT, body)
+        astatus, _, an = await post(gw, MESSAGES, body)
+    assert 400 <= status < 500 and 400 <= astatus < 500, (oa, an)
+    assert openai_error(oa)["message"] and anthropic_error(an)["message"]

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 __all__ = ["AccessRecord", "configure_access_log", "log"]
 
 log = logging.getLogger("shoal.gateway.access")
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# ASCII out: the C encoder's fast path, and no text (a lone surrogate from a caller or
+# an upstream) can make encoding the bytes fail.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(slots=True)

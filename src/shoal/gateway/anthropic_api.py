@@ -28,7 +28,9 @@ from shoal.types import (
 
 __all__ = ["AnthropicStream", "AnthropicWire", "models_body", "usage_json"]
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# ASCII out: the C encoder's fast path, and no text (a lone surrogate from a caller or
+# an upstream) can make encoding the bytes fail.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 _TYPES = {
     "invalid_request": "invalid_request_error", "authentication": "authentication_error",

@@ -70,10 +70,16 @@ async def read_json(request: web.Request, limit: int) -> Any:
     if not raw:
         raise BadInput("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"the request body is not valid JSON ({exc}); send a JSON object "
                        "with Content-Type: application/json") from None
+    except RecursionError:
+        raise BadInput("the request body nests too deeply to be a chat request") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 # -- the chat endpoints -------------------------------------------------------------------

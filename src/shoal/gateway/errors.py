@@ -33,6 +33,7 @@ from shoal.errors import (
     RateLimited,
     RunError,
     ShoalError,
+    StoreError,
 )
 from shoal.gateway.keys_api import (
     GatewayKeyError,
@@ -152,6 +153,8 @@ def failure_of(exc: BaseException) -> Failure:
         return Failure(503, "unavailable", str(exc), retry_after_s=5.0)
     if isinstance(exc, DeadlineExceeded):
         return Failure(504, "timeout", str(exc))
+    if isinstance(exc, StoreError):  # the key store (or Redis) did not answer
+        return Failure(503, "unavailable", str(exc), retry_after_s=1.0)
     if isinstance(exc, ShoalError | RunError):
         return Failure(502, "api_error", str(exc))
     log.error("gateway bug: %s", redact("".join(traceback.format_exception(exc))))

@@ -81,7 +81,8 @@ class Fields:
         value = self.need(key) if required else self.data.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                isinstance(value, float) and not value.is_integer()):
             raise self.bad(key, "an integer")
         return int(value)
 
