@@ -127,6 +127,7 @@ async def test_a_flow_is_one_span_tree_with_genai_attributes(
         # a tool call between two model calls: chat, then the tool, then chat
         ordered = sorted(below, key=lambda s: s.start_time or 0)
         assert [s.name.split()[0] for s in ordered] == ["chat", "execute_tool", "chat"]
+        assert [attrs(s).get("shoal.turn") for s in ordered] == [0, None, 1]
         chats += [s for s in below if s.name == "chat m"]
         tools += [s for s in below if s.name.startswith("execute_tool")]
         assert attrs(step)["shoal.status"] == "succeeded"

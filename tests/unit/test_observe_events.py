@@ -229,6 +229,7 @@ async def test_router_calls_emit_call_start_and_end_with_attempts_tokens_and_sco
     assert (first.data["run_id"], first.data["step"], first.data["agent"]) == (
         result.run_id, "solo", "solo")
     assert first.data["attempts"] == 2
+    assert first.data["turn"] == 0  # the agent's first turn
     assert first.data["status"] == "ok" and first.data["error_type"] == ""
     assert first.data["served_model"] == "m-2026" and first.data["provider"] == "openai"
     assert first.data["cached_input_tokens"] == 4
@@ -239,7 +240,8 @@ async def test_router_calls_emit_call_start_and_end_with_attempts_tokens_and_sco
     assert retry.data["call_id"] == first.data["call_id"]
     assert retry.data["run_id"] == result.run_id and retry.data["agent"] == "solo"
     # outside a run: no run id, a fresh call id each time
-    assert (ends[1].data["run_id"], ends[1].data["agent"]) == ("", "")
+    assert (ends[1].data["run_id"], ends[1].data["agent"], ends[1].data["turn"]) == (
+        "", "", None)
     assert ends[1].data["call_id"] != first.data["call_id"]
     assert ends[1].data["cost_usd"] == pytest.approx(response.cost_usd)
     assert ends[2].data["stream"] is True and ends[2].data["ttft_s"] is not None

@@ -38,6 +38,7 @@ from shoal.errors import (
     RunError,
 )
 from shoal.observe import emit
+from shoal.observe.context import enter, leave
 from shoal.observe.events import JOURNAL, EventBus
 from shoal.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
 
@@ -369,7 +370,12 @@ class _Loop(Generic[T]):
             request = self._request(self.model, tool_choice)
             await self._fit_context(request)
             started = r.clock.now()
-            response, note = await self._call(request, turn)
+            token = enter(turn=turn) if emit.live(r.events) else None  # call events say it
+            try:
+                response, note = await self._call(request, turn)
+            finally:
+                if token is not None:
+                    leave(token)
             if not response.latency_s:
                 response.latency_s = r.clock.now() - started
             await r.recorder.turn_done(ctx.run_id, ctx.step_id, turn, response)

@@ -1,7 +1,7 @@
 """Where the code running now belongs: run id, step, agent and model call.
 
 A :class:`Scope` lives in a ContextVar. The flow sets the run id, the scheduler the
-step, the runner the agent, and the Router (only while someone listens to its events)
+step, the runner the agent and its turn, and the Router (only while someone listens to its events)
 the id of the logical model call. :meth:`shoal.observe.events.EventBus.publish` adds
 the scope's fields to every event that does not carry them itself, so an event from
 deep in the traffic layer (a retry, a breaker transition, a limiter wait) still says
@@ -53,6 +53,7 @@ class Scope:
     run_id: str = ""
     step: str = ""
     agent: str = ""
+    turn: int | None = None
     call_id: str = ""
     call: CallNote | None = None
 
@@ -69,19 +70,22 @@ def current() -> Scope:
 
 def enter(
     *, run_id: str | None = None, step: str | None = None, agent: str | None = None,
-    call: CallNote | None = None,
+    turn: int | None = None, call: CallNote | None = None,
 ) -> Token[Scope]:
     """Narrow the current scope (fields left None keep their value); pass the token to
-    :func:`leave` when done. Entering a run clears step and agent; a step, the agent."""
+    :func:`leave` when done. Entering a run clears step and agent; a step, the agent;
+    an agent, its turn."""
     old = _scope.get()
     if run_id is not None:
         new = Scope(run_id=run_id, step=step or "", agent=agent or "")
     elif step is not None:
-        new = replace(old, step=step, agent=agent or "", call_id="", call=None)
+        new = replace(old, step=step, agent=agent or "", turn=None, call_id="", call=None)
     elif agent is not None:
-        new = replace(old, agent=agent, call_id="", call=None)
+        new = replace(old, agent=agent, turn=None, call_id="", call=None)
     else:
         new = old
+    if turn is not None:
+        new = replace(new, turn=turn)
     if call is not None:
         new = replace(new, call_id=call.call_id, call=call)
     return _scope.set(new)

@@ -32,9 +32,11 @@ Run, step, agent and tool kinds (issue 11; emitted by flows, agents and the Rout
 ``agent_end``    [run_id, step, agent, model, turns, status, error, duration_s, cost_usd, + tokens]
 ``tool_start``   [run_id, step, agent, tool, call_id]
 ``tool_end``     [run_id, step, agent, tool, call_id, status, error, duration_s]
-``call_start``   [run_id, step, agent, call_id, stream]     (one logical Router call: chat {model})
-``call_end``     [run_id, step, agent, call_id, stream, provider, served_model, status, error_type,
-                  attempts, duration_s, ttft_s, queue_s, cost_usd, wasted_cost_usd, + tokens]
+``call_start``   [run_id, step, agent, turn, call_id, stream]   (one logical Router call: chat
+                  {model}; in an agent, its turn: ``turn`` is the turn's number, else None)
+``call_end``     [run_id, step, agent, turn, call_id, stream, provider, served_model, status,
+                  error_type, attempts, duration_s, ttft_s, queue_s, cost_usd,
+                  wasted_cost_usd, + tokens]
 ``guard``        [run_id, step, agent, guard, decision ("allow"|"trip"|"nudge"), detail]
                  (guard: a guardrail's name, "loop" or "max_turns")
 ``budget``       [run_id, step, agent, decision ("reserve"|"refuse"|"settle"), amount_usd, tokens]

@@ -212,8 +212,11 @@ class SpanBuilder:
         parent = self._parent(_str(d, "run_id"), _str(d, "step"), _str(d, "agent"))
         self._calls[_str(d, "call_id")] = _Leaf(f"chat {e.model}", self._ns(e), parent, {
             A.OPERATION: "chat", A.REQUEST_MODEL: e.model, "shoal.call_id": _str(d, "call_id")})
+        leaf = self._calls[_str(d, "call_id")]
         if d.get("stream"):
-            self._calls[_str(d, "call_id")].attributes["shoal.stream"] = True
+            leaf.attributes["shoal.stream"] = True
+        if isinstance(d.get("turn"), int):
+            leaf.attributes["shoal.turn"] = d["turn"]
 
     def _call_end(self, e: Event) -> None:
         d = e.data

@@ -50,7 +50,7 @@ def _start(bus: EventBus, clock: Clock, request: ChatRequest, stream: bool) -> _
     note = _Note(new_call_id(), request, clock.now(), stream)
     where = current()
     bus.emit(CALL_START, model=request.model, run_id=where.run_id, step=where.step,
-             agent=where.agent, call_id=note.call_id, stream=stream)
+             agent=where.agent, turn=where.turn, call_id=note.call_id, stream=stream)
     return note
 
 
@@ -77,7 +77,8 @@ def _end(bus: EventBus, clock: Clock, note: _Note,
         channel, model = "", note.request.model
     where = current()
     data.update(
-        run_id=where.run_id, step=where.step, agent=where.agent, call_id=note.call_id,
+        run_id=where.run_id, step=where.step, agent=where.agent, turn=where.turn,
+        call_id=note.call_id,
         stream=note.stream, attempts=note.attempts,
         duration_s=clock.now() - note.started, ttft_s=note.ttft_s, queue_s=note.queue_s,
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
