@@ -69,6 +69,17 @@ async def test_admin_routes(keys: StoreKeys) -> None:
         resp = await client.post("/admin/keys", headers=auth, json={"name": "team-a"})
         assert resp.status == 400 and "exists" in (await resp.json())["error"]["message"]
 
+        resp = await client.patch("/admin/keys/team-a", headers=auth,
+                                  json={"budget_usd": 80, "rpm": None, "concurrency": 4})
+        patched = await resp.json()
+        assert resp.status == 200, patched
+        assert (patched["budget_usd"], patched["rpm"], patched["concurrency"],
+                patched["period"], patched["models"]) == (80.0, None, 4, "month",
+                                                         ["gpt-4o", "deepseek-*"])
+        assert (await keys.authenticate(secret)).budget_usd == 80.0  # at once, here
+        resp = await client.patch("/admin/keys/team-a", headers=auth, json={"rpm": 0})
+        assert resp.status == 400
+
         resp = await client.post("/admin/keys/team-a/rotate", headers=auth)
         new = (await resp.json())["key"]
         assert resp.status == 200 and new != secret

@@ -390,3 +390,19 @@ async def test_a_cost_settled_while_the_spend_is_re_read_is_never_lost() -> None
     await second
     with pytest.raises(KeyBudgetExceeded, match=r"\$0.5000 spent"):
         await limits.admit(key, Ask("c", 1, 0.45, "total"), zero)
+
+
+async def test_update_applies_to_the_next_admission(store: KeyStore, keys: StoreKeys) -> None:
+    record, secret = await store.create("u", budget_usd=0.1, rpm=1)
+    key = await keys.authenticate(secret)
+    await keys.admit(key, model="m", tokens=1, max_cost_usd=0.0)
+    with pytest.raises(KeyLimited):
+        await keys.admit(key, model="m", tokens=1, max_cost_usd=0.0)
+    updated = await store.update(record.id, rpm=None, budget_usd=2.0, models=["gpt-*"])
+    assert updated is not None and updated.rpm is None and updated.models == ("gpt-*",)
+    key = await keys.authenticate(secret)  # cache_s=0: read again
+    await keys.admit(key, model="gpt-4o", tokens=1, max_cost_usd=1.5)
+    with pytest.raises(ConfigError, match="cannot update"):
+        await store.update(record.id, name="other")
+    await store.revoke(record.id)
+    assert await store.update(record.id, rpm=5) is None

@@ -80,3 +80,23 @@ def test_unknown_key_and_bad_period_exit_2(tmp_path: Path) -> None:
     assert code == 2 and "total, day or month" in err
     code, _, err = _keys("list", "--store", "redis://127.0.0.1:6379/0")
     assert code == 2 and "postgresql://" in err
+
+
+def test_update_changes_limits_in_place(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, _ = _keys("create", "--name", "team-a", "--budget-usd", "5", "--rpm", "10",
+                         "--store", url)
+    secret = out.strip()
+    code, out, err = _keys("update", "team-a", "--budget-usd", "50", "--period", "month",
+                           "--rpm", "none", "--models", "gpt-*", "--store", url, "--json")
+    assert code == 0, err
+    row = json.loads(out)
+    assert (row["budget_usd"], row["period"], row["rpm"], row["models"]) == (
+        50.0, "month", None, ["gpt-*"])
+    assert _hash_of(url, "team-a") == hash_secret(secret)  # same secret
+    code, _, err = _keys("update", "team-a", "--rpm", "many", "--store", url)
+    assert code == 2 and "none to lift" in err
+    code, _, err = _keys("update", "team-a", "--store", url)
+    assert code == 2 and "nothing to update" in err
+    code, _, err = _keys("update", "team-a", "--tpm", "0", "--store", url)
+    assert code == 2 and "tpm must be >= 1" in err

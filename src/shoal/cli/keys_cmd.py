@@ -1,4 +1,4 @@
-"""``shoal keys create|list|show|revoke|rotate``: the gateway's virtual keys, managed on
+"""``shoal keys create|list|show|update|revoke|rotate``: the gateway's virtual keys, managed on
 the store directly (``--store URL``, ``$SHOAL_STORE``, default ``sqlite:///.shoal/runs.db``;
 PostgreSQL when several gateway replicas share the keys).
 
@@ -35,7 +35,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead.")]
 
 keys_app = typer.Typer(
     name="keys", no_args_is_help=True,
-    help="The gateway's virtual keys: create, list, show, revoke, rotate.")
+    help="The gateway's virtual keys: create, list, show, update, revoke, rotate.")
 
 
 def register(app: typer.Typer) -> None:
@@ -198,6 +198,71 @@ def show(key: KeyArg, store: StoreOpt = None, *, json_out: JsonOpt = False) -> N
         out.print(f"spent {label.replace('_', ' ')}: {_money(s.usd)} · {s.requests} requests · "
                   f"{s.input_tokens} in ({s.cached_tokens} cached) / {s.output_tokens} out",
                   highlight=False)
+
+
+def _limit(value: str | None, name: str, kind: type[int] | type[float]) -> object:
+    if value is None:
+        return _KEEP
+    if value.lower() in ("none", "off", "-"):
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise fail(ConfigError(f"--{name} {value!r}: give a number, or none to lift the "
+                               "limit")) from None
+
+
+_KEEP = object()
+LimitOpt = Annotated[str | None, typer.Option(help="New value; none lifts it.")]
+
+
+@keys_app.command("update")
+def update(
+    key: KeyArg,
+    store: StoreOpt = None,
+    *,
+    budget_usd: Annotated[str | None, typer.Option(
+        "--budget-usd", help="New budget in USD per period; none lifts it.")] = None,
+    period: Annotated[str | None, typer.Option(help="total, day or month (UTC).")] = None,
+    rpm: LimitOpt = None,
+    tpm: LimitOpt = None,
+    concurrency: LimitOpt = None,
+    models: Annotated[str | None, typer.Option(
+        help="Allowed models, comma-separated names or globs; empty: all.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Change a key's limits in place: same secret, id and spend (running gateways apply
+    it within a second)."""
+    changes: dict[str, Any] = {
+        "budget_usd": _limit(budget_usd, "budget-usd", float), "rpm": _limit(rpm, "rpm", int),
+        "tpm": _limit(tpm, "tpm", int), "max_concurrency": _limit(concurrency, "concurrency",
+                                                                  int)}
+    changes = {k: v for k, v in changes.items() if v is not _KEEP}
+    if period is not None:
+        changes["period"] = period
+    if models is not None:
+        changes["models"] = [m.strip() for m in models.split(",") if m.strip()]
+    if not changes:
+        raise fail(ConfigError("nothing to update: give --budget-usd, --period, --rpm, --tpm, "
+                               "--concurrency or --models"))
+
+    async def op(s: KeyStore) -> KeyRecord:
+        record = await _find(s, key)
+        updated = await s.update(record.id, **changes)
+        if updated is None:
+            raise ConfigError(f"the key {record.name!r} ({record.id}) is revoked; create a "
+                              "new one")
+        return updated
+
+    record = _run(_with_store(store, op))
+    if json_out:
+        typer.echo(json.dumps(_row(record)))
+        return
+    _console().print(f"updated {plain(record.name)} ({record.id}): budget "
+                     f"{_money(record.budget_usd)} per {record.period} · rpm "
+                     f"{record.rpm or '-'} · tpm {record.tpm or '-'} · concurrency "
+                     f"{record.max_concurrency or '-'} · models "
+                     f"{plain(', '.join(record.models) or 'all')}", highlight=False)
 
 
 @keys_app.command("revoke")

@@ -56,6 +56,7 @@ PERIODS: tuple[Period, ...] = ("total", "day", "month")
 SECRET_PREFIX = "sk-shoal-"  # noqa: S105  # a public marker, not a secret
 _SHOWN = len(SECRET_PREFIX) + 6  # the display prefix: "sk-shoal-" and 6 random chars
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
+_LIMITS = ("models", "budget_usd", "period", "rpm", "tpm", "max_concurrency")
 _ROWS_PER_STATEMENT = 1000  # 7 bind parameters a row; both databases take 32,766
 _COLS = ("id, name, prefix, models, budget_usd, period, rpm, tpm, max_concurrency, "
          "created_at, revoked_at, rotated_at")
@@ -289,6 +290,30 @@ class KeyStore:
         rows = await self._fetch(
             f"SELECT count(*) FROM {self._db.t}gateway_keys WHERE revoked_at IS NULL", ())
         return int(rows[0][0])
+
+    async def update(self, key_id: str, **changes: Any) -> KeyRecord | None:
+        """Change an active key's limits in place (``models``, ``budget_usd``, ``period``,
+        ``rpm``, ``tpm``, ``max_concurrency``; ``None`` lifts a limit). Same id, secret and
+        spend; running gateways apply it within their key cache (``cache_s``). ``None``
+        when no active key has this id."""
+        unknown = set(changes) - set(_LIMITS)
+        if unknown:
+            raise ConfigError(f"cannot update {sorted(unknown)}; a key's limits are "
+                              f"{', '.join(_LIMITS)}")
+        record = await self.find(key_id)
+        if record is None or record.id != key_id or not record.active:
+            return None
+        merged = {name: getattr(record, name) for name in _LIMITS} | changes
+        merged["models"] = tuple(merged["models"] or ())
+        _check_limits(record.name, merged["models"], merged["budget_usd"], merged["period"],
+                      rpm=merged["rpm"], tpm=merged["tpm"],
+                      max_concurrency=merged["max_concurrency"])
+        count = await self._execute(
+            f"UPDATE {self._db.t}gateway_keys SET models = ?, budget_usd = ?, period = ?, "
+            "rpm = ?, tpm = ?, max_concurrency = ? WHERE id = ? AND revoked_at IS NULL",
+            (",".join(merged["models"]), merged["budget_usd"], merged["period"], merged["rpm"],
+             merged["tpm"], merged["max_concurrency"], key_id))
+        return await self.find(key_id) if count == 1 else None
 
     async def revoke(self, key_id: str, *, now: float | None = None) -> bool:
         """True when the key was active; its secret stops working at once here and within

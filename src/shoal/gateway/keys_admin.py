@@ -7,6 +7,7 @@ Mount on the gateway's aiohttp application with :func:`add_key_admin` (the CLI,
     POST /admin/keys                      {"name", "budget_usd", "period", "rpm", "tpm",
                                            "concurrency", "models": [..]} -> 201, with "key"
     GET  /admin/keys/{name_or_id}         one key and its spend (total, today, this month)
+    PATCH /admin/keys/{name_or_id}        {"budget_usd": 80, "rpm": null, ...}: new limits
     POST /admin/keys/{name_or_id}/revoke
     POST /admin/keys/{name_or_id}/rotate  -> the new "key"
 
@@ -134,6 +135,27 @@ def add_key_admin(app: web.Application, keys: StoreKeys, *, prefix: str = "/admi
         return web.json_response({**record.as_dict(),
                                   "spend": {p: s.as_dict() for p, s in spend.items()}})
 
+    async def update(request: web.Request) -> web.Response:
+        record = await find(request)
+        if isinstance(record, web.Response):
+            return record
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ConfigError("the body is not JSON") from None
+        if not isinstance(body, dict) or "name" in body:
+            raise ConfigError("the body must be a JSON object of the limits to change: "
+                              "budget_usd, period, rpm, tpm, concurrency, models")
+        args = _create_args({"name": record.name, **body})
+        args.pop("name")
+        changes = {k: v for k, v in args.items()
+                   if ("concurrency" if k == "max_concurrency" else k) in body}
+        updated = await (await store()).update(record.id, **changes)
+        if updated is None:
+            return _error(409, "key_revoked", f"the key {record.name!r} is revoked")
+        keys.forget()
+        return web.json_response(updated.as_dict())
+
     async def revoke(request: web.Request) -> web.Response:
         record = await find(request)
         if isinstance(record, web.Response):
@@ -159,5 +181,6 @@ def add_key_admin(app: web.Application, keys: StoreKeys, *, prefix: str = "/admi
     app.router.add_get(prefix, _guarded(env, list_keys))
     app.router.add_post(prefix, _guarded(env, create))
     app.router.add_get(prefix + "/{key}", _guarded(env, show))
+    app.router.add_patch(prefix + "/{key}", _guarded(env, update))
     app.router.add_post(prefix + "/{key}/revoke", _guarded(env, revoke))
     app.router.add_post(prefix + "/{key}/rotate", _guarded(env, rotate))
