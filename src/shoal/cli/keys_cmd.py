@@ -231,8 +231,7 @@ def update(
         help="Allowed models, comma-separated names or globs; empty: all.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Change a key's limits in place: same secret, id and spend (running gateways apply
-    it within a second)."""
+    """Change a key's limits in place: same secret, id and spend."""
     changes: dict[str, Any] = {
         "budget_usd": _limit(budget_usd, "budget-usd", float), "rpm": _limit(rpm, "rpm", int),
         "tpm": _limit(tpm, "tpm", int), "max_concurrency": _limit(concurrency, "concurrency",
