@@ -18,7 +18,7 @@ __all__ = ["parse_chat"]
 
 # Sent to the channel as they came when every channel speaks OpenAI (else dropped).
 PASSTHROUGH = ("presence_penalty", "frequency_penalty", "logit_bias", "parallel_tool_calls",
-               "user", "service_tier")
+               "user", "service_tier", "metadata", "store", "prompt_cache_key")
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 _EFFORT = {"low": "low", "minimal": "low", "medium": "medium", "high": "high"}
 
@@ -150,10 +150,9 @@ def parse_chat(body: Any) -> Parsed:
     max_tokens = f.integer("max_completion_tokens")
     if max_tokens is None:
         max_tokens = f.integer("max_tokens")
-    metadata = f.metadata("metadata")
-    user = f.string("user")
-    if user:
-        metadata.setdefault("user_id", user)
+    f.metadata("metadata")  # checked; it travels as a pass-through field, not as shoal's
+    user = f.string("user")  # request metadata (whose keys steer shoal's caching)
+    metadata = {"user_id": user} if user else {}
     request = ChatRequest(
         model=model,
         messages=[_message(m, f"messages[{i}]") for i, m in enumerate(raw_messages)],
