@@ -293,3 +293,17 @@ async def test_with_nobody_subscribed_no_layer_emits() -> None:
     assert result.status == "succeeded"
     assert not bus.active
     assert CountingBus.calls == 0
+
+
+async def test_a_stream_left_early_still_ends_its_call() -> None:
+    clock = VirtualClock()
+    bus = EventBus(clock)
+    seen = Recorded(bus)
+    async with router(clock, Flaky(), bus) as r:
+        stream = r.stream(ask())
+        async for _event in stream:
+            break  # the caller stops reading after the first token
+        await stream.aclose()  # type: ignore[attr-defined]
+    (end,) = seen.of("call_end")
+    assert (end.data["status"], end.data["error_type"]) == ("error", "CancelledError")
+    assert r.lane("a").limiter.in_flight == 0  # the Router's own stream was closed too
