@@ -24,7 +24,8 @@ Run, step, agent and tool kinds (issue 11; emitted by flows, agents and the Rout
 ``run_end``      [run_id, flow, status ("succeeded"|"partial"|"failed"|"cancelled"), error,
                   duration_s, cost_usd, + the token keys]   (batch items of an agent or
                   function are runs too: ``flow`` is the batch's description)
-``step_start``   [run_id, step, agent]
+``step_start``   [run_id, step, agent]   (when the step is ready: a wait for a concurrency
+                  slot is inside the step)
 ``step_end``     [run_id, step, agent, status ("succeeded"|"failed"|"replayed"|"fallback"|
                   "cancelled"), error, duration_s, cost_usd, + the token keys]
                   (a map item is a step ``"name/i"`` inside step ``"name"``)
