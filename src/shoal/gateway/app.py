@@ -13,7 +13,6 @@ a 500 means a bug in the gateway, logged without secrets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -27,7 +26,7 @@ from shoal.gateway.access_log import AccessRecord
 from shoal.gateway.access_log import log as access_log
 from shoal.gateway.anthropic_api import AnthropicWire
 from shoal.gateway.calls import Gateway, Spend, Wire
-from shoal.gateway.errors import BadInput, Failure, failure_of
+from shoal.gateway.errors import BadInput, Failure, Kind, failure_of
 from shoal.gateway.openai_api import OpenAIWire
 from shoal.gateway.streaming import stream_answer
 from shoal.gateway.translate_anthropic import parse_messages_body
@@ -235,12 +234,13 @@ async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        kind = {404: "not_found", 413: "too_large"}.get(exc.status, "invalid_request")
+        kind: Kind = ("not_found" if exc.status == 404 else
+                      "too_large" if exc.status == 413 else "invalid_request")
         message = (f"no route {request.method} {request.path}; the gateway serves POST "
                    "/v1/chat/completions, POST /v1/messages, GET /v1/models"
                    if exc.status in (404, 405) else exc.reason)
         return error_response(_protocol_of(request),
-                              Failure(exc.status, kind, message))  # type: ignore[arg-type]
+                              Failure(exc.status, kind, message))
     except Exception as exc:
         return error_response(_protocol_of(request), failure_of(exc))
 
@@ -293,7 +293,6 @@ def build_app(gw: Gateway) -> web.Application:
     app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)
     attach_runtime_metrics(gw)
-    with contextlib.suppress(Exception):
-        gw.metrics.in_flight.labels("/v1/chat/completions")
-        gw.metrics.in_flight.labels("/v1/messages")
+    for wire in (OPENAI, ANTHROPIC):  # in-flight gauges read 0 before the first call
+        gw.metrics.in_flight.labels(wire.route)
     return app
