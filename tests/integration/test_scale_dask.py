@@ -5,6 +5,7 @@ never has more than the cap in flight; a batch resumed runs only its unfinished 
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections import Counter
@@ -145,3 +146,59 @@ async def test_item_errors_come_back_and_a_resume_runs_only_the_unfinished_items
     assert resumed.items[-1].output == "fail-a:draft:review:final"
     assert sorted(tags) == [f"b2-10/{s}" for s in ("draft", "final", "review")]
     assert set(tags.values()) == {1}
+
+
+def cli_app() -> Any:
+    import typer
+
+    from shoal.cli import run_cmd, runs_cmd
+
+    app = typer.Typer()
+    run_cmd.register(app)
+    runs_cmd.register(app)
+    return app
+
+
+def invoke(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(cli_app(), list(args), catch_exceptions=False)
+
+
+def test_the_cli_runs_lists_and_resumes_a_batch_on_the_cluster(
+    sim: SimProcess, config_path: str, store_url: str, drop_schema: None,
+    cluster_address: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    # Here (no --cluster) with $SHOAL_SCALE_FAIL set: "fail-a" fails.
+    monkeypatch.setenv("SHOAL_SCALE_FAIL", "1")
+    out = invoke("batch", "scale_flows:three_steps", "doc0", "doc1", "fail-a",
+                 "--store", store_url, "--config", config_path, "--run-id", "b3",
+                 "--no-progress")
+    assert out.exit_code == 1, out.output
+    assert "shoal resume b3" in out.output
+    listed = invoke("runs", "--batch", "b3", "--store", store_url, "--json")
+    report = json.loads(listed.stdout)
+    assert report["counts"] == {"succeeded": 2, "failed": 1}
+    assert [f["name"] for f in report["failures"]] == ["arg2"]
+    assert "cannot draft 'fail-a'" in report["failures"][0]["error"]
+
+    # Resumed on the cluster (its workers never fail it): only the failed item runs.
+    monkeypatch.delenv("SHOAL_SCALE_FAIL")
+    sim.reset()
+    out = invoke("resume", "b3", "--store", store_url, "--cluster", cluster_address,
+                 "--no-progress")
+    assert out.exit_code == 0, out.output
+    tags = sorted(r["tag"] for r in sim.stats(log=True)["requests"])
+    assert tags == [f"b3-2/{s}" for s in ("draft", "final", "review")]
+    listed = invoke("runs", "--batch", "b3", "--store", store_url, "--json")
+    assert json.loads(listed.stdout)["counts"] == {"succeeded": 3}
+
+    # A new batch straight onto the cluster.
+    out = invoke("run", "scale_flows:three_steps", "doc7", "doc8", "--store", store_url,
+                 "--config", config_path, "--cluster", cluster_address, "--run-id", "b4",
+                 "--no-progress")
+    assert out.exit_code == 0, out.output
+    assert "on " + cluster_address in out.output
+    listed = invoke("runs", "--batch", "b4", "--store", store_url, "--json")
+    assert json.loads(listed.stdout)["cluster"] == cluster_address

@@ -95,6 +95,8 @@ async def run_spend(store: Store, run_id: str) -> RunSpend:
     """The spend of run ``run_id``, or of the batch whose items ran as ``run_id-0``,
     ``run_id-1``, …; :class:`RunNotFound` if neither is in ``store``."""
     run = await store.get_run(run_id)
+    if run is not None and run.meta.get("kind") == "batch":  # a batch record: its items
+        run = None
     runs = [run] if run is not None else [
         r for r in await store.list_runs(limit=1_000_000)
         if r.run_id.startswith(run_id + "-") and r.run_id[len(run_id) + 1:].isdigit()]

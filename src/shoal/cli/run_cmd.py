@@ -41,6 +41,8 @@ __all__ = ["load_inputs", "load_target", "register", "run"]
 def register(app: typer.Typer) -> None:
     """Add the ``run`` command to *app*."""
     app.command("run")(run)
+    app.command("batch", help="Run TARGET over many inputs (as `shoal run`; with --store "
+                "the batch is journaled, with --cluster it runs on a Dask cluster).")(run)
 
 
 def _import_object(spec: str) -> Any:
@@ -176,6 +178,7 @@ class RunOptions:
     store: str | None = None
     metrics_port: int | None = None
     metrics_push: str | None = None
+    cluster: str | None = None
 
 
 async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelClient,
@@ -191,7 +194,7 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
 
     run_id, budget_usd = opts.run_id, opts.budget_usd
     budget = Budget(max_usd=budget_usd) if budget_usd else None
-    if len(items) == 1 and isinstance(target, Flow | Agent) and (
+    if len(items) == 1 and isinstance(target, Flow | Agent) and not opts.cluster and (
             opts.store is not None or isinstance(target, Flow)):
         value = items[0][1]
         try:
@@ -219,7 +222,7 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
                                         f"{opts.store}: shoal resume {exc.result.run_id}"))
             raise
         return _flow_summary(console, res, opts)
-    if len(items) == 1:
+    if len(items) == 1 and not opts.cluster:
         value = items[0][1]
         if isinstance(target, Agent):
             text = value if isinstance(value, str) else json.dumps(value)
@@ -235,15 +238,17 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
                     "output": to_jsonable(agent_res.output), "cost_usd": agent_res.cost_usd,
                     "usage": to_jsonable(agent_res.usage), "turns": len(agent_res.turns)}
     if opts.store is not None:
-        from shoal.flows.journal import StoreRecorder
-        from shoal.stores import open_store
+        # A batch with an identity (shoal runs --batch, shoal resume BATCH_ID), here or
+        # on a Dask cluster (--cluster).
+        from shoal.cli.runs_cmd import journal_meta
+        from shoal.scale.cli import run_batch_cli
 
-        async with open_store(opts.store) as store:
-            journal = StoreRecorder(store, flow=target if isinstance(target, Flow) else None)
-            batch = Batch(target, concurrency=opts.concurrency, client=client, run_id=run_id,
-                          budget_usd=budget_usd, progress=opts.progress, console=console,
-                          recorder=journal)
-            result = await batch.run(dict(items))
+        result = await run_batch_cli(
+            target, items, client=client, store=opts.store, cluster=opts.cluster,
+            sim=opts.sim, config=opts.config, run_id=run_id, concurrency=opts.concurrency,
+            budget_usd=budget_usd, progress=opts.progress, console=console,
+            meta=journal_meta(opts.target_spec, model=opts.model, sim=opts.sim,
+                              config=opts.config))
     else:
         batch = Batch(target, concurrency=opts.concurrency, client=client, run_id=run_id,
                       budget_usd=budget_usd, progress=opts.progress, console=console)
@@ -369,6 +374,10 @@ def run(
     metrics_push: Annotated[str | None, typer.Option(
         "--metrics-push", help="Push the metrics to this Prometheus Pushgateway URL at "
                                "the end (a short job).")] = None,
+    cluster: Annotated[str | None, typer.Option(
+        "--cluster", envvar="SHOAL_CLUSTER",
+        help="Run the batch on this Dask scheduler (tcp://host:8786); needs --store "
+             "every worker reaches (postgresql://...). See docs/scale.md.")] = None,
 ) -> None:
     """Run an agent, a flow or a flow spec on one input or a batch of inputs.
 
@@ -380,10 +389,13 @@ def run(
         items = load_inputs(list(inputs or []), input_file, input_dir, glob)
         if not items:
             raise ConfigError("give an input: an argument, --input-file or --input-dir")
+        if cluster and store is None:
+            raise ConfigError("--cluster journals every item: give --store "
+                              "postgresql://user@db-host/db (a store every worker reaches)")
         opts = RunOptions(target, config=config, model=model, sim=sim,
                           concurrency=concurrency, run_id=run_id, budget_usd=budget_usd,
                           progress=progress, store=store, metrics_port=metrics_port,
-                          metrics_push=metrics_push)
+                          metrics_push=metrics_push, cluster=cluster)
         summary = run_loop(_main(items, opts, console))
     except ShoalError as exc:
         raise fail(exc) from None

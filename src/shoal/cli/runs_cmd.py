@@ -109,6 +109,9 @@ def runs(
         help="Only runs in this status: running, succeeded, failed, cancelled.")] = None,
     limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+    batch: Annotated[str | None, typer.Option(
+        "--batch", help="The items of this batch by status, with its counts, tokens, cost "
+                        "and failures.")] = None,
 ) -> None:
     """List journaled runs: id, flow, status, tokens, cost, age."""
     from rich import box
@@ -116,6 +119,11 @@ def runs(
 
     from shoal.cli.loop import run as run_loop
 
+    if batch is not None:
+        from shoal.scale.cli import print_batch
+
+        print_batch(batch, store, status=status, limit=limit, json_out=json_out)
+        return
     try:
         records = run_loop(_list(store, status, limit))
     except ShoalError as exc:
@@ -369,9 +377,12 @@ def resume(
         "--json", "-o", help="Write the result as JSON to this file.")] = None,
     progress: Annotated[bool, typer.Option(
         help="Live progress: each step's state, tokens and cost.")] = True,
+    cluster: Annotated[str | None, typer.Option(
+        "--cluster", help="A batch: resume it on this Dask scheduler (default: where it "
+                          "ran; 'local': here).")] = None,
 ) -> None:
     """Continue a failed, cancelled or killed run: journaled steps and model turns replay
-    with zero calls, the rest runs.
+    with zero calls, the rest runs. A batch id runs its unfinished items again.
 
     Exit status 1 if the run fails again, 2 for a usage or config error (an unknown run,
     a changed flow, an unknown model)."""
@@ -383,7 +394,7 @@ def resume(
     try:
         summary = run_loop(_resume(run_id, store, target=target, config=config, sim=sim,
                                    allow_changed=allow_changed, console=console,
-                                   progress=progress))
+                                   progress=progress, cluster=cluster))
     except ShoalError as exc:
         raise _fail(exc) from None
     if json_out is not None:
@@ -393,12 +404,19 @@ def resume(
 
 async def _resume(run_id: str, url: str | None, *, target: str | None, config: Path | None,
                   sim: bool | None, allow_changed: bool, console: Console,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, cluster: str | None = None) -> dict[str, Any]:
     from shoal.cli.common import check_models
+    from shoal.scale.batch_ids import is_batch
     from shoal.stores import open_store
 
     async with open_store(url) as store:
         run = await store.require_run(run_id)
+        if is_batch(run):  # its items: only the unfinished run again (shoal.scale)
+            from shoal.scale.cli import resume_batch_cli
+
+            return await resume_batch_cli(run, url or _default_url(), target=target,
+                                          config=config, sim=sim, cluster=cluster,
+                                          progress=progress, console=console)
         meta = dict(run.meta)
         spec = target or meta.get("target")
         if not isinstance(spec, str):

@@ -57,14 +57,6 @@ def shippable(target: Target) -> Target:
     return target
 
 
-def _check(batch: Batch) -> None:
-    if batch.budget_usd is not None or batch.budget_tokens is not None:
-        raise ConfigError(
-            "a batch on an executor has no batch-wide budget yet (its items run in several "
-            "processes): give the flow or agent its own budget_usd, or run the batch "
-            "without executor=")
-
-
 def _jobs(executor: ChunkExecutor, batch: Batch, batch_id: str, *, todo: Sequence[int],
           names: Sequence[str], inputs: Sequence[Any], url: str, meta: Mapping[str, Any]
           ) -> list[ChunkJob]:
@@ -120,7 +112,6 @@ async def run_batch(executor: ChunkExecutor, batch: Batch,
     from shoal.agents.runner import new_run_id
     from shoal.stores import open_store
 
-    _check(batch)
     if isinstance(inputs, Mapping):
         names, values = [str(k) for k in inputs], list(inputs.values())
     else:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from shoal.agents.client import ModelClient
+    from shoal.agents.guards import Budget
     from shoal.flows.batch import Batch, BatchItem, BatchResult, Target
 
 __all__ = ["DaskExecutor", "LocalExecutor"]
@@ -89,13 +90,25 @@ class LocalExecutor(_Executor):
         self.chunk_size = chunk_size
         self.items_per_worker = items_per_worker
         self.address = None
+        self.budget: Budget | None = None  # the running batch's (set by run)
+
+    async def run(self, batch: Batch, inputs: Iterable[Any] | Mapping[str, Any], *,
+                  meta: Mapping[str, Any] | None = None) -> BatchResult:
+        """As :meth:`DaskExecutor.run`; a batch budget holds over the items (one process)."""
+        from shoal.agents.guards import Budget
+
+        self.budget = None
+        if batch.budget_usd is not None or batch.budget_tokens is not None:
+            self.budget = Budget(max_usd=batch.budget_usd, max_tokens=batch.budget_tokens,
+                                 name="batch")
+        return await run_batch(self, batch, inputs, meta=meta)
 
     async def run_chunks(self, jobs: Sequence[ChunkJob],
                          done: Callable[[ChunkJob, list[BatchItem]], None]) -> None:
         from shoal.scale.worker import close_worker_state
 
         async def one(job: ChunkJob) -> None:
-            done(job, await run_chunk(job, self.client))
+            done(job, await run_chunk(job, self.client, self.budget))
 
         try:
             async with asyncio.TaskGroup() as tg:
@@ -138,6 +151,17 @@ class DaskExecutor(_Executor):
 
     def __repr__(self) -> str:
         return f"DaskExecutor({self.address!r})"
+
+    async def run(self, batch: Batch, inputs: Iterable[Any] | Mapping[str, Any], *,
+                  meta: Mapping[str, Any] | None = None) -> BatchResult:
+        """Run ``batch`` over ``inputs`` on the cluster (what ``Batch.run(inputs,
+        executor=...)`` calls). ``meta`` is stored with the batch and each item run."""
+        if batch.budget_usd is not None or batch.budget_tokens is not None:
+            raise ConfigError(
+                "a batch on a cluster has no batch-wide budget yet (its items run in several "
+                "processes): give the flow or agent its own budget_usd, or run the batch "
+                "without a cluster")
+        return await run_batch(self, batch, inputs, meta=meta)
 
     async def run_chunks(self, jobs: Sequence[ChunkJob],
                          done: Callable[[ChunkJob, list[BatchItem]], None]) -> None:

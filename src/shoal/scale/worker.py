@@ -30,6 +30,7 @@ from shoal.scale.batch_ids import item_run_id, mark_item
 
 if TYPE_CHECKING:
     from shoal.agents.client import ModelClient
+    from shoal.agents.guards import Budget
     from shoal.flows.batch import BatchItem, Target
     from shoal.stores.base import Store
 
@@ -133,11 +134,12 @@ def worker_plugin() -> Any:
     return ShoalWorkerPlugin()
 
 
-async def run_chunk(job: ChunkJob, client: ModelClient | None = None) -> list[BatchItem]:
+async def run_chunk(job: ChunkJob, client: ModelClient | None = None,
+                    budget: Budget | None = None) -> list[BatchItem]:
     """Run every item of ``job`` (each under this process's ``items_per_worker`` slots)
     and record each outcome under the batch run. Item errors are in the items, never
     raised. ``client``: the model call path (default: this process's Router for
-    ``job.config``)."""
+    ``job.config``); ``budget``: one budget over the items (in one process only)."""
     from shoal.agents.agent import Agent
     from shoal.flows.batch import Batch
     from shoal.flows.flow import Flow
@@ -159,7 +161,7 @@ async def run_chunk(job: ChunkJob, client: ModelClient | None = None) -> list[Ba
         async with slots:
             # Batch._one: the same item semantics (journal, events, errors) as a local batch.
             item = await batch._one(index, value, item_run_id(job.batch_id, index),
-                                    model_client, None)
+                                    model_client, budget)
         item.name = name
         await mark_item(store, job.batch_id, item)
         return portable(item)

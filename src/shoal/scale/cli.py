@@ -1,0 +1,189 @@
+"""The command-line side of batches with an identity: ``shoal run ... --store URL``
+(several inputs) and ``--cluster tcp://host:8786``, ``shoal runs --batch BATCH_ID`` and
+``shoal resume BATCH_ID``. The commands themselves live in :mod:`shoal.cli`; they call
+these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shoal.errors import ConfigError
+from shoal.scale.batch_ids import batch_items
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from shoal.agents.client import ModelClient
+    from shoal.flows.batch import BatchResult
+    from shoal.scale.executor import DaskExecutor, LocalExecutor
+    from shoal.stores.base import Store
+    from shoal.stores.records import RunRecord
+
+__all__ = ["batch_report", "print_batch", "resume_batch_cli", "run_batch_cli"]
+
+
+def _executor(cluster: str | None, store: str, *, config: Path | str | None,
+              client: ModelClient | None, concurrency: int) -> DaskExecutor | LocalExecutor:
+    from shoal.scale.executor import DaskExecutor, LocalExecutor
+
+    if cluster:
+        return DaskExecutor(cluster, store=store,
+                            config=None if config is None else str(Path(config).resolve()))
+    return LocalExecutor(store=store, client=client, items_per_worker=concurrency)
+
+
+async def run_batch_cli(target: Any, items: list[tuple[str, Any]], *, client: ModelClient,
+                        store: str, cluster: str | None, sim: bool, meta: dict[str, Any],
+                        config: Path | None, run_id: str | None, concurrency: int,
+                        budget_usd: float | None, progress: bool, console: Console
+                        ) -> BatchResult:
+    """A journaled batch, here (``cluster`` unset) or on a Dask cluster: the batch and
+    each item are runs in ``store``."""
+    from shoal.agents.runner import new_run_id
+    from shoal.cli.common import plain
+    from shoal.flows.batch import Batch
+
+    if cluster and sim:
+        raise ConfigError("--sim serves the models from this process, which the cluster's "
+                          "workers cannot reach: point --config at a shoal.toml every "
+                          "worker can use instead")
+    batch_id = run_id or new_run_id()
+    executor = _executor(cluster, store, config=config, client=client,
+                         concurrency=concurrency)
+    batch = Batch(target, client=client, run_id=batch_id, budget_usd=budget_usd,
+                  progress=progress, console=console)
+    console.print(plain(f"batch {batch_id} ({len(items)} items) on "
+                        f"{cluster or 'this process'}, journaled in {store}"))
+    result = await executor.run(batch, dict(items), meta=meta)
+    console.print(plain(f"shoal runs --batch {batch_id} lists its items; "
+                        f"shoal resume {batch_id} runs the unfinished ones again"))
+    return result
+
+
+def _status_cell(status: str) -> str:
+    colour = {"succeeded": "green", "failed": "red", "running": "cyan",
+              "pending": "dim"}.get(status, "white")
+    return f"[{colour}]{status}[/]"
+
+
+async def batch_report(store: Store, record: RunRecord, *, status: str | None = None,
+                       limit: int = 50) -> tuple[dict[str, Any], Table]:
+    """A batch's counts, tokens, cost and failures (as JSON data) and a table of its
+    items (``status``: only those; at most ``limit`` rows, failures first)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows = await batch_items(store, record)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    shown = [r for r in rows if status is None or r.status == status]
+    shown.sort(key=lambda r: (r.status == "succeeded", r.index))
+    data = {
+        "batch_id": record.run_id, "status": record.status, "items": len(rows),
+        "counts": counts, "tokens": sum(r.usage.total_tokens for r in rows),
+        "cost_usd": sum(r.cost_usd for r in rows),
+        "cluster": record.meta.get("cluster"),
+        "failures": [{"index": r.index, "name": r.name, "run_id": r.run_id,
+                      "error": r.error} for r in rows if r.status == "failed"],
+        "rows": [{"index": r.index, "name": r.name, "run_id": r.run_id, "status": r.status,
+                  "tokens": r.usage.total_tokens, "cost_usd": r.cost_usd, "error": r.error}
+                 for r in shown[:limit]],
+    }
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    table = Table(title=f"batch {escape(record.run_id)}: {summary}", box=box.SIMPLE_HEAD,
+                  pad_edge=False, caption=f"{data['tokens']} tokens · "
+                                          f"${data['cost_usd']:.6f}")
+    for col in ("item", "run", "status", "tokens", "cost $", "error"):
+        table.add_column(col, justify="right" if col in ("tokens", "cost $") else "left")
+    for r in shown[:limit]:
+        table.add_row(escape(r.name), escape(r.run_id), _status_cell(r.status),
+                      str(r.usage.total_tokens), f"{r.cost_usd:.6f}",
+                      escape((r.error or "")[:60]))
+    return data, table
+
+
+def print_batch(batch_id: str, url: str | None, *, status: str | None, limit: int,
+                json_out: bool) -> None:
+    """``shoal runs --batch BATCH_ID``: the batch report, as a table or JSON."""
+    import json
+
+    from shoal.cli.common import fail
+    from shoal.cli.loop import run as run_loop
+    from shoal.cli.runs_cmd import _console
+    from shoal.errors import ShoalError
+
+    async def report() -> tuple[dict[str, Any], Table]:
+        from shoal.scale.batch_ids import is_batch
+        from shoal.stores import open_store
+
+        async with open_store(url) as opened:
+            record = await opened.require_run(batch_id)
+            if not is_batch(record):
+                raise ConfigError(f"run {batch_id!r} is not a batch: shoal show {batch_id}")
+            return await batch_report(opened, record, status=status, limit=limit)
+
+    try:
+        data, table = run_loop(report())
+    except ShoalError as exc:
+        raise fail(exc) from None
+    console = _console()
+    if json_out:
+        console.print_json(json.dumps(data, default=str))
+    else:
+        console.print(table)
+
+
+async def resume_batch_cli(record: RunRecord, store: str, *, target: str | None,
+                           config: Path | None, sim: bool | None, cluster: str | None,
+                           progress: bool, console: Console) -> dict[str, Any]:
+    """``shoal resume BATCH_ID``: the unfinished items run again, here or on the cluster
+    the batch ran on (``--cluster`` overrides; ``--cluster local``: here)."""
+    from shoal.cli.common import check_models
+    from shoal.cli.run_cmd import _override_model, load_target
+    from shoal.config import Config
+    from shoal.traffic.router import Router
+
+    meta = dict(record.meta)
+    spec = target or meta.get("target")
+    if not isinstance(spec, str):
+        raise ConfigError(
+            f"batch {record.run_id!r} does not record its target (it was not started by "
+            "`shoal run`); pass --target module:object, or call shoal.scale.resume_batch")
+    if config is None and isinstance(meta.get("config"), str):
+        config = Path(meta["config"])
+    where = cluster if cluster is not None else meta.get("cluster")
+    where = None if where in (None, "", "local") else str(where)
+    use_sim = bool(meta.get("sim")) if sim is None else sim
+    built = load_target(spec)
+    if isinstance(meta.get("model"), str):
+        built = _override_model(built, meta["model"])
+    if where and use_sim:
+        raise ConfigError("this batch ran with --sim: resume it here (--cluster local)")
+    if use_sim:
+        from shoal.sim import SimConfig, SimServer, config_for_sim
+
+        async with SimServer(SimConfig()) as server, \
+                Router(config_for_sim(server.url)) as router:
+            return await _resume(record, built, store, where, config, router, progress,
+                                 console)
+    cfg = Config.load(config)
+    check_models(built, cfg)
+    async with Router(cfg) as router:
+        return await _resume(record, built, store, where, config, router, progress, console)
+
+
+async def _resume(record: RunRecord, target: Any, store: str, where: str | None,  # noqa: PLR0917
+                  config: Path | None, router: ModelClient, progress: bool, console: Console
+                  ) -> dict[str, Any]:
+    from shoal.cli.common import plain
+
+    executor = _executor(where, store, config=config, client=router, concurrency=8)
+    result = await executor.resume(record.run_id, target, progress=progress, console=console)
+    console.print(result.table(title=f"batch {record.run_id}"))
+    console.print(plain(f"resumed on {where or 'this process'}"))
+    return {"batch_id": record.run_id, "succeeded": len(result.succeeded),
+            "failed": len(result.failed), "cost_usd": result.cost_usd}
