@@ -276,3 +276,19 @@ async def test_odd_bodies_are_4xx_never_500(sim: SimServer, case: str, body: byt
         astatus, _, an = await post(gw, MESSAGES, body)
     assert 400 <= status < 500 and 400 <= astatus < 500, (oa, an)
     assert openai_error(oa)["message"] and anthropic_error(an)["message"]
+
+
+async def test_model_without_a_keyed_channel_is_not_served(sim: SimServer) -> None:
+    from shoal.config import Config
+
+    config = Config.from_dict({
+        "channels": {"nokey": {"protocol": "openai", "base_url": sim.base_url("openai"),
+                               "api_key_env": "SHOAL_TEST_UNSET_KEY", "provider": "openai"}},
+        "models": {"unkeyed": {"channels": ["nokey"]}}})
+    async with gateway(config) as gw, openai_client(gw) as client:
+        with pytest.raises(openai.NotFoundError) as info:
+            await client.chat.completions.create(model="unkeyed", messages=USER)
+        listed = [m.id async for m in client.models.list()]
+    assert "none of its channels has an API key" in info.value.message
+    assert "unkeyed" not in listed
+    assert sim.stats().total_requests == 0

@@ -162,6 +162,11 @@ class Gateway:
         info = self.model(request.model)
         self.allowed(key, info, request.model)
         chain = self._chain(info)
+        if not any(self.router.config.usable(m) for m in chain):
+            raise BadInput(f"model {info.name!r} is not served by this gateway: none of its "
+                           "channels has an API key. GET /v1/models lists the models it "
+                           "serves.", param="model", status=404, kind="not_found",
+                           code="model_not_found")
         self._passthrough(parsed, protocol, chain)
         prompt = estimate_prompt_tokens(request, info.encoding)
         validate_request(request, info, prompt_tokens=prompt)  # BadRequest: a 400
