@@ -138,11 +138,11 @@ async def serve(config: Config, settings: GatewaySettings, *, store: str | None 
     router = Router(config)
     try:
         server = GatewayServer(router, keys, settings, reuse_port=reuse_port)
-    except BaseException:
+        await server.start()
+    except BaseException:  # refused (no keys off loopback) or the port is taken
         await router.aclose()
         await keys.aclose()
         raise
-    await server.start()
     mode = "virtual keys" if keys.required else "no keys (loopback only)"
     print(f"shoal gateway listening on {server.url} (pid {os.getpid()}, {mode})", flush=True)
     await stop.wait()
