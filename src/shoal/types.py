@@ -289,8 +289,13 @@ class TextDelta:
 
 @dataclass(frozen=True, slots=True)
 class ReasoningDelta:
+    """A piece of reasoning. A ``signature`` (Anthropic's ``signature_delta``, with empty
+    ``text``) ends a signed thinking block: the gateway relays it to streaming clients,
+    which send it back with the block on the next turn."""
+
     text: str
     type: Literal["reasoning"] = "reasoning"
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

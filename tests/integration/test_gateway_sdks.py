@@ -206,8 +206,22 @@ async def test_thinking_round_trip(server: tuple[SimServer, GatewayServer]) -> N
                       {"role": "user", "content": [{"type": "tool_result",
                                                     "tool_use_id": use.id,
                                                     "content": "sunny"}]}])
+        async with client.messages.stream(model=ANTHROPIC_MODEL, max_tokens=2000,
+                                          thinking=thinking, messages=USER,
+                                          tools=WEATHER_ANTHROPIC) as stream:
+            streamed = await stream.get_final_message()
+        streamed_use = next(b for b in streamed.content if b.type == "tool_use")
+        streamed_follow = await client.messages.create(
+            model=ANTHROPIC_MODEL, max_tokens=2000, thinking=thinking, tools=WEATHER_ANTHROPIC,
+            messages=[*USER, {"role": "assistant", "content": streamed.content},
+                      {"role": "user", "content": [{"type": "tool_result",
+                                                    "tool_use_id": streamed_use.id,
+                                                    "content": "sunny"}]}])
         reasoned = await oa.chat.completions.create(model=ANTHROPIC_MODEL, messages=USER,
                                                     reasoning_effort="high", max_tokens=3000)
     assert think.type == "thinking" and think.signature and think.thinking
     assert follow.stop_reason == "end_turn"
+    streamed_think = streamed.content[0]
+    assert streamed_think.type == "thinking" and streamed_think.signature  # relayed in stream
+    assert streamed_follow.stop_reason == "end_turn"
     assert (reasoned.choices[0].message.model_extra or {}).get("reasoning_content")

@@ -44,6 +44,7 @@ _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
 _TEXT_DELTA = b'"delta":{"type":"text_delta","text":'
 _THINK_DELTA = b'"delta":{"type":"thinking_delta","thinking":'
 _JSON_DELTA = b'"delta":{"type":"input_json_delta","partial_json":'
+_SIGNATURE_DELTA = b'"delta":{"type":"signature_delta","signature":'
 
 
 def usage_json(u: Usage) -> dict[str, Any]:
@@ -113,6 +114,10 @@ class AnthropicStream:
                 "text", {"type": "text", "text": ""})
             return head + self._delta(self._index, _TEXT_DELTA, event.text)
         if isinstance(event, ReasoningDelta):
+            if event.signature is not None:  # ends the open thinking block
+                if self._kind != "thinking":
+                    return b""
+                return self._delta(self._index, _SIGNATURE_DELTA, event.signature)
             head = b"" if self._kind == "thinking" else self._open(
                 "thinking", {"type": "thinking", "thinking": "", "signature": ""})
             return head + self._delta(self._index, _THINK_DELTA, event.text)

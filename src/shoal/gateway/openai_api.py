@@ -77,6 +77,8 @@ class OpenAIStream:
         if isinstance(event, TextDelta):
             return self._pre + b'{"content":' + _dumps(event.text).encode() + b"}" + _OPEN
         if isinstance(event, ReasoningDelta):
+            if not event.text:  # a thinking block's signature: OpenAI has no place for it
+                return b""
             return (self._pre + b'{"reasoning_content":' + _dumps(event.text).encode() + b"}"
                     + _OPEN)
         if isinstance(event, ToolCallDelta):

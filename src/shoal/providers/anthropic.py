@@ -468,8 +468,9 @@ class _StreamState:
             block[0] = f"{block[0] or ''}{piece}"
             return [ReasoningDelta(piece)]
         elif dtype == "signature_delta":
-            self.thinking.setdefault(index, ["", None, None])[1] = str(
-                delta.get("signature", "")) or None
+            signature = str(delta.get("signature", "")) or None
+            self.thinking.setdefault(index, ["", None, None])[1] = signature
+            return [ReasoningDelta("", signature=signature)] if signature else []
         return []
 
     def reasoning_parts(self) -> tuple[ReasoningPart, ...]:
