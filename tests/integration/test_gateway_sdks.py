@@ -20,7 +20,7 @@ from gateway_fixtures import (
 from pydantic import BaseModel
 
 from shoal.gateway.server import GatewayServer
-from shoal.sim import SimConfig, SimServer
+from shoal.sim import ModelProfile, SimConfig, SimServer
 
 MODELS = [OPENAI_MODEL, ANTHROPIC_MODEL]
 USER: list[Any] = [{"role": "user", "content": "What limits bind when agents share a provider?"}]
@@ -225,3 +225,22 @@ async def test_thinking_round_trip(server: tuple[SimServer, GatewayServer]) -> N
     assert streamed_think.type == "thinking" and streamed_think.signature  # relayed in stream
     assert streamed_follow.stop_reason == "end_turn"
     assert (reasoned.choices[0].message.model_extra or {}).get("reasoning_content")
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_parallel_tool_calls_streamed_both_ways(model: str) -> None:
+    two = SimConfig(models={"*": ModelProfile(tool_calls=2)})
+    async with SimServer(two) as sim, gateway(sim_config(sim)) as gw:
+        async with openai_client(gw) as oa, oa.chat.completions.stream(
+                model=model, messages=USER, tools=WEATHER_OPENAI,
+                tool_choice="required") as stream:
+            completion = await stream.get_final_completion()
+        async with anthropic_client(gw) as an, an.messages.stream(
+                model=model, max_tokens=300, messages=USER, tools=WEATHER_ANTHROPIC,
+                tool_choice={"type": "any"}) as astream:
+            message = await astream.get_final_message()
+    calls = completion.choices[0].message.tool_calls or []
+    assert len(calls) == 2 and len({c.id for c in calls}) == 2
+    assert all(json.loads(c.function.arguments)["city"] for c in calls)
+    uses = [b for b in message.content if b.type == "tool_use"]
+    assert len(uses) == 2 and all(isinstance(u.input["city"], str) for u in uses)
