@@ -44,6 +44,7 @@ _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
 _TEXT_DELTA = b'"delta":{"type":"text_delta","text":'
 _THINK_DELTA = b'"delta":{"type":"thinking_delta","thinking":'
 _JSON_DELTA = b'"delta":{"type":"input_json_delta","partial_json":'
+_DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
 _SIGNATURE_DELTA = b'"delta":{"type":"signature_delta","signature":'
 
 
@@ -105,8 +106,8 @@ class AnthropicStream:
                       + str(self._index).encode() + b"}")
 
     def _delta(self, index: int, delta: bytes, piece: str) -> bytes:
-        return _event(b"content_block_delta", b'{"type":"content_block_delta","index":'
-                      + str(index).encode() + b"," + delta + _dumps(piece).encode() + b"}}")
+        return b"".join((_DELTA_HEAD, str(index).encode(), b",", delta,
+                         _dumps(piece).encode(), b"}}\n\n"))
 
     def feed(self, event: StreamEvent) -> bytes:
         if isinstance(event, TextDelta):

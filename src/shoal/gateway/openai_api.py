@@ -41,6 +41,7 @@ _TYPES = {
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
            "content_filter": "content_filter", "other": "stop"}
 _OPEN = b',"finish_reason":null}]}\n\n'
+_CLOSE = b"}" + _OPEN
 DONE = b"data: [DONE]\n\n"
 
 
@@ -60,13 +61,15 @@ def new_id() -> str:
 class OpenAIStream:
     """One stream's chunks, as bytes ready to write."""
 
-    __slots__ = ("_head", "_include_usage", "_pre", "_tools")
+    __slots__ = ("_head", "_include_usage", "_pre", "_reasoning", "_text", "_tools")
 
     def __init__(self, model: str, include_usage: bool) -> None:
         head = _dumps({"id": new_id(), "object": "chat.completion.chunk",
                        "created": int(time.time()), "model": model})[:-1].encode()
         self._head = b"data: " + head
         self._pre = self._head + b',"choices":[{"index":0,"delta":'
+        self._text = self._pre + b'{"content":'
+        self._reasoning = self._pre + b'{"reasoning_content":'
         self._include_usage = include_usage
         self._tools: dict[int, int] = {}  # upstream tool index -> OpenAI index (0, 1, ...)
 
@@ -74,13 +77,12 @@ class OpenAIStream:
         return self._pre + b'{"role":"assistant","content":""}' + _OPEN
 
     def feed(self, event: StreamEvent) -> bytes:
-        if isinstance(event, TextDelta):
-            return self._pre + b'{"content":' + _dumps(event.text).encode() + b"}" + _OPEN
+        if isinstance(event, TextDelta):  # the hot path: one join, one dumps
+            return b"".join((self._text, _dumps(event.text).encode(), _CLOSE))
         if isinstance(event, ReasoningDelta):
             if not event.text:  # a thinking block's signature: OpenAI has no place for it
                 return b""
-            return (self._pre + b'{"reasoning_content":' + _dumps(event.text).encode() + b"}"
-                    + _OPEN)
+            return b"".join((self._reasoning, _dumps(event.text).encode(), _CLOSE))
         if isinstance(event, ToolCallDelta):
             index = self._tools.get(event.index)
             call: dict[str, Any]
