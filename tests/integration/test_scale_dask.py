@@ -202,3 +202,57 @@ def test_the_cli_runs_lists_and_resumes_a_batch_on_the_cluster(
     assert "on " + cluster_address in out.output
     listed = invoke("runs", "--batch", "b4", "--store", store_url, "--json")
     assert json.loads(listed.stdout)["cluster"] == cluster_address
+
+
+async def test_a_killed_client_s_batch_resumes_with_only_its_unfinished_items(
+    sim: SimProcess, config_path: str, store_url: str, drop_schema: None,
+    cluster_address: str,
+) -> None:
+    """The client (``shoal batch --cluster``) SIGKILLed mid-batch: Dask drops its tasks;
+    ``shoal resume`` runs only the items with no outcome, replaying their journaled turns."""
+    import asyncio
+    import signal
+    import sys
+
+    n = 60
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("SHOAL_SCALE_FAIL", None)
+    client = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "shoal"), "batch", "scale_flows:three_steps",
+        *[f"doc{i}" for i in range(n)], "--store", store_url, "--config", config_path,
+        "--cluster", cluster_address, "--run-id", "b5", "--no-progress",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while sim.stats()["total_requests"] < 5 * n // 2:  # 5 in 6 of the calls
+            assert client.returncode is None, await client.stderr.read()  # type: ignore[union-attr]
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        client.send_signal(signal.SIGKILL)
+        await client.wait()
+    finally:
+        if client.returncode is None:
+            client.kill()
+            await client.wait()
+    async with open_store(store_url) as store:
+        rows = await batch_items(store, await store.require_run("b5"))
+    done_before = {r.index for r in rows if r.status == "succeeded"}
+    assert 0 < len(done_before) < n
+
+    await asyncio.sleep(1.0)  # the scheduler notices the client is gone, drops its tasks
+    before = Counter(r["tag"] for r in sim.request_log())
+    out = await asyncio.to_thread(invoke, "resume", "b5", "--store", store_url,
+                                  "--no-progress")
+    assert out.exit_code == 0, out.output
+    after = Counter(r["tag"] for r in sim.request_log()) - before
+    async with open_store(store_url) as store:
+        rows = await batch_items(store, await store.require_run("b5"))
+    assert [r.status for r in rows] == ["succeeded"] * n
+    # The resume called no model for the items that had finished, and every call it made
+    # was for a step the journal did not hold yet (or was in flight at the kill).
+    assert not {t.split("/")[0] for t in after} & {f"b5-{i}" for i in done_before}
+    total = before + after
+    assert len(total) == 3 * n
+    repeated = {t: c for t, c in total.items() if c > 1}
+    assert len(repeated) <= CAP, repeated
