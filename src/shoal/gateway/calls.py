@@ -26,7 +26,7 @@ from shoal.gateway.keys_api import KeyModelDenied
 from shoal.gateway.metrics import GatewayMetrics
 from shoal.secrets import redact
 from shoal.tokens import count_text, default_output_tokens, estimate_prompt_tokens
-from shoal.types import ChatResponse, StreamEvent, Usage
+from shoal.types import ChatRequest, ChatResponse, StreamEvent, Usage
 from shoal.validate import validate_request
 
 if TYPE_CHECKING:
@@ -110,6 +110,12 @@ class Spend:
         self.cost_usd = adm.info.cost(adm.prompt_tokens, out)
 
 
+def _asks_1h_cache(request: ChatRequest) -> bool:
+    marks = [m.cache_control for m in request.messages]
+    marks += [t.cache_control for t in request.tools]
+    return any(c is not None and c.ttl == "1h" for c in marks)
+
+
 class Gateway:
     """The Router, the keys and the settings of one gateway process."""
 
@@ -171,10 +177,15 @@ class Gateway:
         prompt = estimate_prompt_tokens(request, info.encoding)
         validate_request(request, info, prompt_tokens=prompt)  # BadRequest: a 400
         worst_tokens, worst_usd = 0, 0.0
+        hour = _asks_1h_cache(request)
         for m in chain:
             out = request.max_tokens or default_output_tokens(m)
             worst_tokens = max(worst_tokens, prompt + out)
-            worst_usd = max(worst_usd, m.cost(prompt, out))
+            # The dearest way the prompt can be billed: fresh, or written to a cache
+            # (Anthropic writes cost 1.25× input, 2× for a 1-hour breakpoint).
+            worst_usd = max(worst_usd, m.cost(prompt, out), m.cost(Usage(
+                prompt, out, cache_write_tokens=prompt,
+                cache_write_1h_tokens=prompt if hour else 0)))
         grant = await self.keys.admit(key, model=info.name, tokens=worst_tokens,
                                       max_cost_usd=worst_usd)
         return Admitted(key, info, grant, prompt)
