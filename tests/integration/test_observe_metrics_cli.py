@@ -111,3 +111,10 @@ def test_alerts_of_the_config_are_evaluated_during_the_run(
                    if r.name == "shoal.alerts")
     assert len(fired) == 3  # every step of the three used more than 10 tokens
     assert all(line.startswith("alert tokens_per_task:") for line in fired)
+
+
+def test_shoal_batch_takes_the_metrics_options_too() -> None:
+    _register()
+    result = CliRunner().invoke(app, ["batch", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "--metrics-port" in result.output and "--metrics-push" in result.output
