@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["Admitted", "Encoder", "Gateway", "Spend", "Wire", "presented_key"]
 
 log = logging.getLogger("shoal.gateway")
+_BIG_PROMPT_CHARS = 100_000
 
 
 class Encoder(Protocol):
@@ -174,7 +175,12 @@ class Gateway:
                            "serves.", param="model", status=404, kind="not_found",
                            code="model_not_found")
         self._passthrough(parsed, protocol, chain)
-        prompt = estimate_prompt_tokens(request, info.encoding)
+        if sum(len(m.content) for m in request.messages) > _BIG_PROMPT_CHARS:
+            # ~20 ms of tokenizing per 100k tokens: off the event loop, so the streams
+            # and calls in flight keep moving (the Router's estimate then hits the cache).
+            prompt = await asyncio.to_thread(estimate_prompt_tokens, request, info.encoding)
+        else:
+            prompt = estimate_prompt_tokens(request, info.encoding)
         validate_request(request, info, prompt_tokens=prompt)  # BadRequest: a 400
         worst_tokens, worst_usd = 0, 0.0
         hour = _asks_1h_cache(request)
