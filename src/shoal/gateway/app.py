@@ -40,6 +40,7 @@ ANTHROPIC: Wire = AnthropicWire()
 log = logging.getLogger("shoal.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _JSON = "application/json"
+_BIG_BODY = 512 * 1024
 
 
 def _protocol_of(request: web.Request) -> Wire:
@@ -69,6 +70,8 @@ async def read_json(request: web.Request, limit: int) -> Any:
     if not raw:
         raise BadInput("the request body is empty; send a JSON object")
     try:
+        if len(raw) > _BIG_BODY:  # megabytes of JSON: parse off the event loop
+            return await asyncio.to_thread(json.loads, raw, parse_constant=_no_constant)
         return json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"the request body is not valid JSON ({exc}); send a JSON object "
