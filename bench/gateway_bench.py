@@ -27,6 +27,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,8 +64,16 @@ def start_mock(ctx: Ctx, *extra: str) -> gl.Server:
     return mock
 
 
-def start_shoal(ctx: Ctx, mock_port: int) -> gl.Server:
+def start_shoal(ctx: Ctx, mock_port: int, *, keyed: bool = False) -> gl.Server:
+    """``shoal gateway`` over the mock; ``keyed``: with a virtual key store holding one
+    key, which every request then presents (authentication, admission, settlement)."""
     port = gl.free_port()
+    store = f"sqlite:///{ctx.tmp}/keys-{port}.db"
+    key = None
+    if keyed:
+        key = subprocess.run(
+            [os.path.join(BIN, "shoal"), "keys", "create", "--name", "bench", "--store", store],
+            capture_output=True, text=True, check=True, timeout=60).stdout.strip()
     cfg = os.path.join(ctx.tmp, f"shoal-{mock_port}.toml")
     with open(cfg, "w") as f:
         f.write(f'[channels.openai]\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n'
@@ -74,8 +83,10 @@ def start_shoal(ctx: Ctx, mock_port: int) -> gl.Server:
            "--port", str(port), "--workers", str(ctx.args.workers)]
     srv = gl.Server(cmd, port, cpu=ctx.args.server_cpu, ready_path="/health",
                     log=os.path.join(ctx.tmp, f"shoal-{port}.log"),
-                    env={"SHOAL_STORE": f"sqlite:///{ctx.tmp}/keys.db"})
+                    env={"SHOAL_STORE": store})
     srv.wait_ready()
+    if key:
+        srv.headers = {"authorization": f"Bearer {key}"}
     return srv
 
 
@@ -99,6 +110,8 @@ def start_litellm(ctx: Ctx, mock_port: int) -> gl.Server:
 
 def servers(ctx: Ctx, mock_port: int) -> dict[str, gl.Server]:
     out = {"shoal": start_shoal(ctx, mock_port)}
+    if "shoal-key" in ctx.args.peers:
+        out["shoal-key"] = start_shoal(ctx, mock_port, keyed=True)
     if "litellm" in ctx.args.peers:
         try:
             out["litellm"] = start_litellm(ctx, mock_port)
@@ -126,7 +139,8 @@ def phase_latency(ctx: Ctx) -> None:
     try:
         srvs = servers(ctx, mock.port)
         for s in srvs.values():
-            gl.wrk(url(s.port), connections=16, duration_s=2, cpu=a.load_cpu)  # warm-up
+            gl.wrk(url(s.port), connections=16, duration_s=2, headers=s.headers,
+                   cpu=a.load_cpu)  # warm-up
         added: dict[tuple[str, int], list[tuple[float, float]]] = {}
         cpu: dict[str, list[float]] = {}
         for _ in range(a.rounds):
@@ -136,7 +150,7 @@ def phase_latency(ctx: Ctx) -> None:
                 for name, s in srvs.items():
                     c0 = s.cpu_s()
                     r = gl.wrk(url(s.port), connections=conc, duration_s=a.duration,
-                               cpu=a.load_cpu)
+                               headers=s.headers, cpu=a.load_cpu)
                     if conc == 64:
                         cpu.setdefault(name, []).append(
                             (s.cpu_s() - c0) / max(r.requests, 1) * 1e6)
@@ -147,8 +161,8 @@ def phase_latency(ctx: Ctx) -> None:
             p99 = statistics.median(v[1] for v in vals)
             goal = 1.0 if conc == 1 else 10.0
             ctx.row(f"added latency, {name}, c={conc}", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
-                    f"p99 ≤ {goal:g} ms" if name == "shoal" else "",
-                    p99 <= goal if name == "shoal" else None)
+                    f"p99 ≤ {goal:g} ms" if name.startswith("shoal") else "",
+                    p99 <= goal if name.startswith("shoal") else None)
         for name, per_req in cpu.items():
             ctx.row(f"server CPU per request, {name}, c=64",
                     f"{statistics.median(per_req):.0f} µs")
@@ -164,7 +178,8 @@ def phase_throughput(ctx: Ctx) -> None:
     try:
         srvs = servers(ctx, mock.port)
         for s in srvs.values():
-            gl.wrk(url(s.port), connections=64, duration_s=2, cpu=a.load_cpu)
+            gl.wrk(url(s.port), connections=64, duration_s=2, headers=s.headers,
+                   cpu=a.load_cpu)
         for conc in (64, 256):
             rps: dict[str, list[float]] = {}
             for _ in range(a.rounds):
@@ -174,16 +189,18 @@ def phase_throughput(ctx: Ctx) -> None:
                 for name, s in srvs.items():
                     rps.setdefault(name, []).append(gl.wrk(
                         url(s.port), connections=conc, duration_s=a.duration,
-                        cpu=a.load_cpu).rps)
+                        headers=s.headers, cpu=a.load_cpu).rps)
             med = {k: statistics.median(v) for k, v in rps.items()}
-            ratio = med["shoal"] / med["direct"]
             ctx.row(f"throughput, 20 ms mock, c={conc}",
-                    f"direct {med['direct']:,.0f}/s, shoal {med['shoal']:,.0f}/s"
-                    + (f", litellm {med['litellm']:,.0f}/s" if "litellm" in med else ""))
-            ctx.row(f"  shoal ÷ direct, c={conc}", f"{ratio:.2f}", "≥ 0.5", ratio >= 0.5)
-            if "litellm" in med:
-                vs = med["shoal"] / med["litellm"]
-                ctx.row(f"  shoal ÷ litellm, c={conc}", f"{vs:.1f}×", "≥ 5×", vs >= 5)
+                    ", ".join(f"{k} {v:,.0f}/s" for k, v in med.items()))
+            for name, got in med.items():
+                if not name.startswith("shoal"):
+                    continue
+                ratio = got / med["direct"]
+                ctx.row(f"  {name} ÷ direct, c={conc}", f"{ratio:.2f}", "≥ 0.5", ratio >= 0.5)
+                if "litellm" in med:
+                    vs = got / med["litellm"]
+                    ctx.row(f"  {name} ÷ litellm, c={conc}", f"{vs:.1f}×", "≥ 5×", vs >= 5)
     finally:
         stop_all(srvs)
         mock.stop()
@@ -195,17 +212,18 @@ def phase_streams(ctx: Ctx) -> None:
     srvs: dict[str, gl.Server] = {}
     try:
         srvs = servers(ctx, mock.port)
-        targets = {"direct": mock.port, **{k: s.port for k, s in srvs.items()}}
-        for port in targets.values():
-            gl.streams(url(port), 16, cpu=a.load_cpu)  # warm-up
+        targets = {"direct": (mock.port, {}),
+                   **{k: (s.port, s.headers) for k, s in srvs.items()}}
+        for port, hdrs in targets.values():
+            gl.streams(url(port), 16, headers=hdrs, cpu=a.load_cpu)  # warm-up
         carried: dict[str, int] = {}
         failed: set[str] = set()
         ttft: dict[str, float] = {}
         for n in a.stream_levels:
-            for name, port in targets.items():
+            for name, (port, hdrs) in targets.items():
                 if name in failed:
                     continue  # a lower level already failed
-                r = gl.streams(url(port), n, cpu=a.load_cpu)
+                r = gl.streams(url(port), n, headers=hdrs, cpu=a.load_cpu)
                 ok = r["completed"] == n and r["max_gap_ms"] <= 100
                 print(f"  streams {name} n={n}: {r['completed']}/{n} complete, max gap "
                       f"{r['max_gap_ms']:.0f} ms, TTFT p99 {r['ttft_p99_ms']:.1f} ms",
@@ -220,7 +238,7 @@ def phase_streams(ctx: Ctx) -> None:
         for name in targets:
             got = carried.get(name, 0)
             shown = f"≥ {got}" if got == top else str(got)
-            if name == "shoal":
+            if name.startswith("shoal"):
                 goal_ok = got >= 256 and got >= carried.get("direct", 0)
                 ctx.row(f"streams carried (no gap > 100 ms), {name}", shown,
                         "≥ 256 and = direct", goal_ok)
@@ -262,7 +280,8 @@ PHASES = {"latency": phase_latency, "throughput": phase_throughput, "streams": p
 def main() -> None:
     parser = argparse.ArgumentParser(description="shoal gateway vs direct vs LiteLLM's proxy")
     parser.add_argument("--phases", default=",".join(PHASES))
-    parser.add_argument("--peers", default="shoal,litellm")
+    parser.add_argument("--peers", default="shoal,shoal-key,litellm",
+                        help="shoal: no keys; shoal-key: every request with a virtual key")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk point")
     parser.add_argument("--stream-levels", default="64,128,256,512,1024")

@@ -57,6 +57,7 @@ class Server:
                  log: str | None = None) -> None:
         self.port = port
         self.ready_path = ready_path
+        self.headers: dict[str, str] = {}  # what a client must send (a virtual key)
         self.log = open(log or os.devnull, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             pinned(cmd, cpu), stdin=subprocess.PIPE, stdout=self.log, stderr=self.log,
