@@ -26,7 +26,8 @@ __all__ = ["ChunkExecutor", "resume_batch", "run_batch"]
 
 
 class ChunkExecutor(Protocol):
-    """Runs chunks of batch items somewhere; calls ``done`` with each chunk's items."""
+    """Runs chunks of batch items somewhere; calls ``done`` with each chunk's items, and
+    ``item_done`` as each item finishes when it can tell (for the progress bar)."""
 
     store: str | None
     config: str | None
@@ -34,7 +35,8 @@ class ChunkExecutor(Protocol):
     items_per_worker: int
 
     async def run_chunks(self, jobs: Sequence[ChunkJob],
-                         done: Callable[[ChunkJob, list[BatchItem]], None]) -> None: ...
+                         done: Callable[[ChunkJob, list[BatchItem]], None],
+                         item_done: Callable[[BatchItem], None]) -> None: ...
 
 
 def store_url(executor: ChunkExecutor) -> str:
@@ -80,20 +82,26 @@ async def _execute(executor: ChunkExecutor, batch: Batch, batch_id: str, *,
     results: dict[int, BatchItem] = {i.index: i for i in finished}
     state = _Progress(len(inputs), batch.clock, batch.progress, batch.console,
                       batch.description)
+    counted: set[int] = set()
+
+    def item_done(item: BatchItem) -> None:
+        if item.index not in counted:  # an item announced, then in its chunk's results
+            counted.add(item.index)
+            state.started()
+            state.finished(item)
+
     for item in finished:
-        state.started()
-        state.finished(item)
+        item_done(item)
 
     def done(job: ChunkJob, items: list[BatchItem]) -> None:
         for item in items:
             item.input = inputs[item.index]
             results[item.index] = item
-            state.started()
-            state.finished(item)
+            item_done(item)
 
     with state:
         await executor.run_chunks(_jobs(executor, batch, batch_id, todo=todo, names=names,
-                                        inputs=inputs, url=url, meta=meta), done)
+                                        inputs=inputs, url=url, meta=meta), done, item_done)
     missing = [i for i in range(len(inputs)) if i not in results]
     assert not missing, f"every input has an outcome (missing {missing[:5]})"
     items = [results[i] for i in range(len(inputs))]

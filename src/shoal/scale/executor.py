@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ConfigError
 from shoal.scale.batch_run import resume_batch, run_batch
-from shoal.scale.worker import ChunkJob, run_chunk, worker_plugin
+from shoal.scale.worker import (
+    ChunkJob,
+    announced,
+    progress_topic,
+    run_chunk,
+    worker_plugin,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -57,7 +63,8 @@ class _Executor:
     items_per_worker: int
 
     async def run_chunks(self, jobs: Sequence[ChunkJob],
-                         done: Callable[[ChunkJob, list[BatchItem]], None]) -> None:
+                         done: Callable[[ChunkJob, list[BatchItem]], None],
+                         item_done: Callable[[BatchItem], None]) -> None:
         raise NotImplementedError
 
     async def run(self, batch: Batch, inputs: Iterable[Any] | Mapping[str, Any], *,
@@ -104,11 +111,12 @@ class LocalExecutor(_Executor):
         return await run_batch(self, batch, inputs, meta=meta)
 
     async def run_chunks(self, jobs: Sequence[ChunkJob],
-                         done: Callable[[ChunkJob, list[BatchItem]], None]) -> None:
+                         done: Callable[[ChunkJob, list[BatchItem]], None],
+                         item_done: Callable[[BatchItem], None]) -> None:
         from shoal.scale.worker import close_worker_state
 
         async def one(job: ChunkJob) -> None:
-            done(job, await run_chunk(job, self.client, self.budget))
+            done(job, await run_chunk(job, self.client, self.budget, on_item=item_done))
 
         try:
             async with asyncio.TaskGroup() as tg:
@@ -164,7 +172,8 @@ class DaskExecutor(_Executor):
         return await run_batch(self, batch, inputs, meta=meta)
 
     async def run_chunks(self, jobs: Sequence[ChunkJob],
-                         done: Callable[[ChunkJob, list[BatchItem]], None]) -> None:
+                         done: Callable[[ChunkJob, list[BatchItem]], None],
+                         item_done: Callable[[BatchItem], None]) -> None:
         import importlib
 
         dd: Any = importlib.import_module("distributed")  # untyped; imported only here
@@ -173,6 +182,9 @@ class DaskExecutor(_Executor):
         if own:
             client = await dd.Client(self.address, asynchronous=True)
         await client.register_plugin(worker_plugin(), name="shoal-scale")
+        topic = progress_topic(jobs[0].batch_id) if jobs else ""
+        if topic:  # each item as a worker finishes it: the progress bar moves per item
+            client.subscribe_topic(topic, lambda event: item_done(announced(event[1])))
         futures = client.map(run_chunk, list(jobs), pure=False)
         job_of = {f.key: job for f, job in zip(futures, jobs, strict=True)}
         finished = False
@@ -188,6 +200,8 @@ class DaskExecutor(_Executor):
         finally:
             if not finished:
                 await client.cancel(futures)
+            if topic:
+                client.unsubscribe_topic(topic)
             if own:
                 await client.close()
 

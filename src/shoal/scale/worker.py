@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
     from shoal.flows.batch import BatchItem, Target
     from shoal.stores.base import Store
 
-__all__ = ["ChunkJob", "close_worker_state", "run_chunk", "worker_plugin"]
+__all__ = ["ChunkJob", "announced", "close_worker_state", "progress_topic", "run_chunk",
+           "worker_plugin"]
 
 _log = logging.getLogger("shoal.scale")
 
@@ -135,11 +137,14 @@ def worker_plugin() -> Any:
 
 
 async def run_chunk(job: ChunkJob, client: ModelClient | None = None,
-                    budget: Budget | None = None) -> list[BatchItem]:
+                    budget: Budget | None = None, *,
+                    on_item: Callable[[BatchItem], None] | None = None) -> list[BatchItem]:
     """Run every item of ``job`` (each under this process's ``items_per_worker`` slots)
     and record each outcome under the batch run. Item errors are in the items, never
     raised. ``client``: the model call path (default: this process's Router for
-    ``job.config``); ``budget``: one budget over the items (in one process only)."""
+    ``job.config``); ``budget``: one budget over the items (in one process only);
+    ``on_item``: called as each item finishes (default, on a Dask worker: an event on
+    the batch's progress topic, which the client's progress bar follows)."""
     from shoal.agents.agent import Agent
     from shoal.flows.batch import Batch
     from shoal.flows.flow import Flow
@@ -164,9 +169,42 @@ async def run_chunk(job: ChunkJob, client: ModelClient | None = None,
                                     model_client, budget)
         item.name = name
         await mark_item(store, job.batch_id, item)
+        if on_item is not None:
+            on_item(item)
+        else:
+            _announce(job.batch_id, item)
         return portable(item)
 
     return list(await asyncio.gather(*(one(i, n, v) for i, n, v in job.items)))
+
+
+def progress_topic(batch_id: str) -> str:
+    return f"shoal-batch-{batch_id}"
+
+
+def _announce(batch_id: str, item: BatchItem) -> None:
+    """An event on the batch's progress topic, when running on a Dask worker."""
+    if "distributed" not in sys.modules:
+        return
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a worker
+        return
+    worker.log_event(progress_topic(batch_id), {
+        "index": item.index, "status": item.status, "tokens": item.usage.total_tokens,
+        "cost_usd": item.cost_usd})
+
+
+def announced(event: Any) -> BatchItem:
+    """The item an event of :func:`_announce` tells of (enough for a progress bar)."""
+    from shoal.flows.batch import BatchItem
+    from shoal.types import Usage
+
+    return BatchItem(int(event["index"]), None, event["status"],
+                     usage=Usage(input_tokens=int(event["tokens"])),
+                     cost_usd=float(event["cost_usd"]))
 
 
 def portable(item: BatchItem) -> BatchItem:
