@@ -145,13 +145,21 @@ async def openai_client_at(url: str) -> AsyncIterator[openai.AsyncOpenAI]:
 
 
 async def test_sigterm_drains_an_in_flight_stream(tmp_path: Path) -> None:
+    """With a real virtual key in a SQLite store: the stream finishes during the drain
+    and its spend is in the store once the process has exited."""
+    from shoal.gateway.key_store import open_key_store
+
+    store_url = f"sqlite:///{tmp_path}/k.db"
+    async with open_key_store(store_url) as store:
+        record, secret = await store.create("team-a", budget_usd=10.0)
     async with SimServer(SimConfig(models={"*": ModelProfile(tokens_per_s=20,
                                                              output_tokens=30)})) as sim:
         config = tmp_path / "shoal.toml"
         config.write_text(
             f'[channels.oa]\nprotocol = "openai"\nbase_url = "{sim.base_url("openai")}"\n'
             f'api_key = "sk-sim"\nprovider = "openai"\n\n[models.gpt-test]\nchannels = ["oa"]\n'
-            'wire_name = "gpt-4o-mini"\n\n[gateway]\ndrain_timeout_s = 20\n')
+            'wire_name = "gpt-4o-mini"\ninput = 1.0\noutput = 2.0\n\n[gateway]\n'
+            'drain_timeout_s = 20\n')
         proc = gateway_process(config)
         try:
             assert proc.stdout is not None
@@ -159,8 +167,9 @@ async def test_sigterm_drains_an_in_flight_stream(tmp_path: Path) -> None:
             assert "shoal gateway listening on http://127.0.0.1:" in line, line
             url = line.split("listening on ", 1)[1].split()[0]
             async with aiohttp.ClientSession() as session:
-                response = await session.post(url + "/v1/chat/completions", json={
-                    "model": OPENAI_MODEL, "messages": USER, "stream": True})
+                response = await session.post(
+                    url + "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                    json={"model": OPENAI_MODEL, "messages": USER, "stream": True})
                 head = await first_chunk(response)
                 proc.send_signal(signal.SIGTERM)  # mid-stream: ~1.5 s of it left
                 rest = await response.content.read()
@@ -190,8 +199,12 @@ async def test_sigterm_drains_an_in_flight_stream(tmp_path: Path) -> None:
     assert code == 0, stderr
     assert "shoal gateway draining" in stderr and "shoal gateway stopped" in stderr
     access = [json.loads(x) for x in stderr.splitlines() if x.startswith("{")]
-    assert [(a["route"], a["status"], a["stream"]) for a in access] == [
-        ("/v1/chat/completions", 200, True)]
+    assert [(a["route"], a["status"], a["stream"], a["key"]) for a in access] == [
+        ("/v1/chat/completions", 200, True, record.id)]
+    assert secret not in stderr
+    async with open_key_store(store_url) as store:
+        spent = await store.spend(record.id, "total")
+    assert spent.requests == 1 and spent.output_tokens == 30 and spent.usd > 0
 
 
 async def test_workers_share_the_port(tmp_path: Path) -> None:
