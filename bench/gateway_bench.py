@@ -226,8 +226,13 @@ def phase_streams(ctx: Ctx) -> None:
                 r = gl.streams(url(port), n, headers=hdrs, cpu=a.load_cpu)
                 ok = r["completed"] == n and r["max_gap_ms"] <= 100
                 print(f"  streams {name} n={n}: {r['completed']}/{n} complete, max gap "
-                      f"{r['max_gap_ms']:.0f} ms, TTFT p99 {r['ttft_p99_ms']:.1f} ms",
-                      file=sys.stderr, flush=True)
+                      f"{r['max_gap_ms']:.0f} ms, TTFT p99 {r['ttft_p99_ms']:.1f} ms, "
+                      f"client CPU {r['client_cpu']:.0%}", file=sys.stderr, flush=True)
+                if not ok and name == "direct":
+                    ctx.row(f"direct-to-mock stops at {n} streams",
+                            f"max gap {r['max_gap_ms']:.0f} ms with the stream client at "
+                            f"{r['client_cpu']:.0%} of a core (client and mock share CPU "
+                            f"{a.load_cpu}{', saturated' if r['client_cpu'] > 0.85 else ''})")
                 if ok:
                     carried[name] = max(carried.get(name, 0), n)
                 else:
