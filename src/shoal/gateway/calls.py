@@ -200,7 +200,11 @@ class Gateway:
 
     def settle(self, grant: KeyGrant, spend: Spend) -> None:
         """Settle in a tracked task: it runs to its end even when the handler that
-        started it is cancelled (client gone, shutdown deadline)."""
+        started it is cancelled (client gone, shutdown deadline), and the answer does
+        not wait for the store. Without keys there is nothing to record (no task)."""
+        if not self.keys.required:  # OpenKeys: settling only marks the grant
+            grant.settled = True
+            return
         task = asyncio.get_running_loop().create_task(self._settle(grant, spend))
         self._settles.add(task)
         task.add_done_callback(self._settles.discard)
