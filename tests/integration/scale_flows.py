@@ -3,7 +3,8 @@
 Three steps, each one model turn tagged ``{run_id}/{step}`` (sent as ``x-shoal-tag``,
 so the simulator's log tells which item's step every request was). An input starting
 with ``fail`` fails its first step while ``$SHOAL_SCALE_FAIL`` is set (before any model
-call), so a test can fail items and then resume them with the same definition.
+call), so a test can fail items and then resume them with the same definition; one starting
+with ``boom`` always fails.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ async def _turn(ctx: StepContext, text: str) -> None:
 async def draft(input: str, ctx: StepContext) -> str:
     if input.startswith("fail") and os.environ.get("SHOAL_SCALE_FAIL"):
         raise ValueError(f"cannot draft {input!r}")
+    if input.startswith("boom"):
+        raise ValueError(f"{input!r} always fails")
     await _turn(ctx, f"draft {input}")
     return f"{input}:draft"
 

@@ -73,8 +73,8 @@ def cluster_address() -> Iterator[str]:
 INPUTS = [f"doc{i}" for i in range(10)] + ["fail-a"]
 
 
-def outcome(result: Any) -> list[tuple[str, Any, str | None]]:
-    return [(i.status, i.output, i.error_type) for i in result.items]
+def outcome(result: Any) -> list[tuple[str, Any, str | None, str | None]]:
+    return [(i.status, i.output, i.error_type, i.error) for i in result.items]
 
 
 async def test_a_batch_on_a_dask_cluster_returns_the_local_batch_results(
@@ -83,19 +83,25 @@ async def test_a_batch_on_a_dask_cluster_returns_the_local_batch_results(
 ) -> None:
     monkeypatch.setenv("SHOAL_SCALE_FAIL", "1")  # the workers were started before: see below
     flow = three_steps()
+    inputs = [*INPUTS, "boom-b"]
     async with Router(Config.load(config_path)) as router:
-        local = await Batch(flow, client=router).run(INPUTS)
+        local = await Batch(flow, client=router, run_id="b1").run(inputs)
     sim.reset()
     executor = DaskExecutor(cluster_address, store=store_url, config=config_path,
                             chunk_size=3, items_per_worker=8)
-    remote = await Batch(flow, run_id="b1").run(INPUTS, executor=executor)
+    remote = await Batch(flow, run_id="b1").run(inputs, executor=executor)
     stats = sim.stats(log=True)
 
     # The workers do not see $SHOAL_SCALE_FAIL (their environment is their own), so
-    # "fail-a" succeeds there; every other item is the local batch's, in input order.
-    assert outcome(local)[-1][0] == "failed"
-    assert outcome(remote)[:-1] == outcome(local)[:-1]
-    assert [i.run_id for i in remote.items] == [f"b1-{i}" for i in range(len(INPUTS))]
+    # "fail-a" succeeds there; every other item is the local batch's, in input order,
+    # the error of "boom-b" included.
+    assert outcome(local)[-2][0] == "failed"
+    assert outcome(remote)[-2][0] == "succeeded"
+    assert outcome(remote)[:-2] + outcome(remote)[-1:] == \
+        outcome(local)[:-2] + outcome(local)[-1:]
+    boom = remote.items[-1]
+    assert boom.status == "failed" and "'boom-b' always fails" in (boom.error or "")
+    assert [i.run_id for i in remote.items] == [f"b1-{i}" for i in range(len(inputs))]
     # One request per step of every item, never more than the cap at the provider.
     tags = Counter(r["tag"] for r in stats["requests"])
     assert set(tags.values()) == {1}
@@ -106,12 +112,13 @@ async def test_a_batch_on_a_dask_cluster_returns_the_local_batch_results(
     # The batch is in the store: every item succeeded, with its output.
     async with open_store(store_url) as store:
         rows = await batch_items(store, await store.require_run("b1"))
-    assert [r.status for r in rows] == ["succeeded"] * len(INPUTS)
+    assert [r.status for r in rows] == ["succeeded"] * len(INPUTS) + ["failed"]
     assert [r.output for r in rows] == [i.output for i in remote.items]
+    assert rows[-1].error == boom.error
 
     # The same batch id again: every item replays from the journal, no model call.
     sim.reset()
-    again = await Batch(flow, run_id="b1").run(INPUTS, executor=executor)
+    again = await Batch(flow, run_id="b1").run(inputs, executor=executor)
     assert outcome(again) == outcome(remote)
     assert sim.stats()["total_requests"] == 0
 

@@ -209,17 +209,19 @@ def announced(event: Any) -> BatchItem:
 
 def portable(item: BatchItem) -> BatchItem:
     """The item as it can travel back to the client: ``detail`` and ``exception`` are
-    dropped when they do not pickle (the error's text and type always travel)."""
+    dropped when they do not survive a pickle round trip (an exception whose ``__init__``
+    takes keyword-only arguments unpickles with a TypeError, failing the whole chunk's
+    result on the client); the error's text and type always travel."""
     for name in ("detail", "exception"):
         value = getattr(item, name)
         if value is None:
             continue
         try:
-            pickle.dumps(value)
-        except Exception:  # anything unpicklable stays on the worker
+            pickle.loads(pickle.dumps(value))  # noqa: S301 - our own bytes, just made
+        except Exception:  # anything that cannot travel stays on the worker
             setattr(item, name, None)
     try:
-        pickle.dumps(item.output)
+        pickle.loads(pickle.dumps(item.output))  # noqa: S301 - as above
     except Exception:  # its JSON form travels instead
         from shoal.agents.recorder import to_jsonable
 
