@@ -5,6 +5,7 @@ resume runs only the unfinished items; a batch id is never reused for other inpu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,29 @@ async def test_a_cluster_batch_has_no_batch_wide_budget_yet() -> None:
     executor = DaskExecutor("tcp://127.0.0.1:8786", store="postgresql://db/x")
     with pytest.raises(ConfigError, match="no batch-wide budget"):
         await Batch(shout, budget_usd=1.0).run(["a"], executor=executor)
+
+
+class LosingExecutor(LocalExecutor):
+    """Runs every chunk, then reports it lost (as when a worker dies after finishing it,
+    or its result cannot travel back)."""
+
+    async def run_chunks(self, jobs: Any, done: Any, item_done: Any) -> None:
+        from shoal.flows.batch import BatchItem
+        from shoal.scale.worker import run_chunk
+
+        for job in jobs:
+            await run_chunk(job, on_item=lambda item: None)
+            done(job, [BatchItem(i, v, "failed", error="KilledWorker: lost", name=n,
+                                 run_id=item_run_id(job.batch_id, i))
+                       for i, n, v in job.items])
+
+
+async def test_items_a_lost_chunk_recorded_as_done_are_taken_from_the_store(
+        store: str) -> None:
+    broken.add("b")
+    result = await Batch(shout, run_id="L").run(["a", "b"], executor=LosingExecutor(
+        store=store))
+    assert [(i.status, i.output, i.error) for i in result.items] == [
+        ("succeeded", "A", None), ("failed", None, "KilledWorker: lost")]
+    async with open_store(store) as s:
+        assert (await s.require_run("L")).error == "1 of 2 items failed"

@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.errors import ConfigError
-from shoal.scale.batch_ids import batch_items, is_batch, item_run_id, open_batch
+from shoal.scale.batch_ids import ItemRow, batch_items, is_batch, item_run_id, open_batch
 from shoal.scale.worker import ChunkJob
 from shoal.types import Usage
 
 if TYPE_CHECKING:
     from shoal.flows.batch import Batch, BatchItem, BatchResult, Target
+    from shoal.stores.base import Store
 
 __all__ = ["ChunkExecutor", "resume_batch", "run_batch"]
 
@@ -138,15 +139,38 @@ async def run_batch(executor: ChunkExecutor, batch: Batch,
         except BaseException:
             await store.update_run(batch_id, status="cancelled", error="interrupted")
             raise
-        await _finish(store, batch_id, result)
-    return result
+        return await _finish(store, batch_id, result)
 
 
-async def _finish(store: Any, batch_id: str, result: BatchResult) -> None:
+def _recorded(row: ItemRow, value: Any, batch_id: str) -> BatchItem:
+    from shoal.flows.batch import BatchItem
+
+    return BatchItem(row.index, value, "succeeded", output=row.output, usage=row.usage,
+                     cost_usd=row.cost_usd, latency_s=row.latency_s,
+                     run_id=item_run_id(batch_id, row.index), name=row.name)
+
+
+async def _finish(store: Store, batch_id: str, result: BatchResult) -> BatchResult:
+    """Settle the batch's status; an item reported failed whose worker recorded it as
+    succeeded (its chunk's result was lost: the worker died after it, or the result
+    could not travel back) is taken as the store tells it."""
+    from shoal.flows.batch import BatchResult
+
+    if result.failed:
+        record = await store.require_run(batch_id)
+        rows = await batch_items(store, record, look_up_open=False)
+        items = [_recorded(rows[i.index], i.input, batch_id)
+                 if i.status != "succeeded" and rows[i.index].status == "succeeded" else i
+                 for i in result.items]
+        for old, new in zip(result.items, items, strict=True):
+            new.name = new.name or old.name
+        result = BatchResult(items, sum((i.usage for i in items), Usage()),
+                             sum(i.cost_usd for i in items), result.latency_s)
     failed = len(result.failed)
     await store.update_run(batch_id, status="succeeded" if not failed else "failed",
                            error=f"{failed} of {len(result.items)} items failed" if failed
                            else None)
+    return result
 
 
 async def resume_batch(batch_id: str, target: Target, executor: ChunkExecutor, *,
@@ -156,7 +180,7 @@ async def resume_batch(batch_id: str, target: Target, executor: ChunkExecutor, *
     store as they are; every other item (failed, in flight when a worker or the client
     died, never started) runs again on ``executor`` (its finished steps and turns replay
     from its journal). The inputs are the batch's own, read from the store."""
-    from shoal.flows.batch import Batch, BatchItem
+    from shoal.flows.batch import Batch
     from shoal.stores import open_store
 
     url = store_url(executor)
@@ -168,11 +192,8 @@ async def resume_batch(batch_id: str, target: Target, executor: ChunkExecutor, *
         inputs = list(record.input or [])
         names = [str(n) for n in record.meta.get("names", [])]
         rows = await batch_items(store, record, look_up_open=False)
-        finished = [
-            BatchItem(r.index, inputs[r.index], "succeeded", output=r.output, usage=r.usage,
-                      cost_usd=r.cost_usd, latency_s=r.latency_s,
-                      run_id=item_run_id(batch_id, r.index), name=r.name)
-            for r in rows if r.status == "succeeded"]
+        finished = [_recorded(r, inputs[r.index], batch_id)
+                    for r in rows if r.status == "succeeded"]
         todo = [r.index for r in rows if r.status != "succeeded"]
         batch = Batch(target, run_id=batch_id, progress=progress, console=console,
                       description=str(record.meta.get("description") or batch_id))
@@ -186,5 +207,4 @@ async def resume_batch(batch_id: str, target: Target, executor: ChunkExecutor, *
         except BaseException:
             await store.update_run(batch_id, status="cancelled", error="interrupted")
             raise
-        await _finish(store, batch_id, result)
-    return result
+        return await _finish(store, batch_id, result)
