@@ -11,7 +11,10 @@ Redis is a test-owned ``redis-server`` on the bridge address when the binary exi
   from the simulator's own request log (``makespan_s`` in the printed figures);
 - a second batch, one worker SIGKILLed mid-run: every item still completes, every
   journaled turn was sent to the simulator, once, except the calls in flight on the
-  killed worker at the kill (sent again: at-least-once, at most the cap of them).
+  killed worker at the kill (sent again: at-least-once, at most the cap of them);
+- a third batch, the scheduler SIGKILLed mid-run: the client gets the unfinished items
+  back failed ("shoal resume ..."); with a new scheduler and two workers, a resume
+  completes every item, calling no model for the items that had finished.
 
 Namespaces need root and iproute2. Without them the test skips (CI=true: it fails) —
 unless namespaces merely cannot be made here, where every role runs on 127.0.0.1
@@ -33,7 +36,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +117,32 @@ def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
 class Cluster:
     hosts: Hosts
     scheduler: str
-    workers: dict[str, subprocess.Popen[Any]]
     sim: SimProcess
     redis_url: str
     store_url: str
     config: str
+    env: dict[str, str]
+    logs: dict[str, Any]
+    procs: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
+
+    def start(self, role: str) -> None:
+        """Start the scheduler (``sched``) or a worker in its namespace."""
+        addr = self.hosts.addr(role)
+        if role == "sched":
+            argv = ["distributed.cli.dask_scheduler", "--host", addr, "--port",
+                    self.scheduler.rsplit(":", 1)[1], "--no-dashboard"]
+        else:  # no nanny: a killed worker stays dead
+            argv = ["distributed.cli.dask_worker", self.scheduler, "--host", addr, "--name",
+                    role, "--nthreads", "4", "--no-nanny", "--no-dashboard",
+                    "--death-timeout", "60"]
+        self.procs[role] = self.hosts.popen(role, [sys.executable, "-m", *argv], env=self.env,
+                                            stdout=self.logs[role], stderr=self.logs[role])
+
+    def kill(self, role: str) -> None:
+        proc = self.procs[role]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 @pytest.fixture
@@ -158,27 +182,19 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 assert forward.stdout.readline().strip() == "ready"
             wait_port(svc, redis_port)
             with SimProcess("--cap", str(CAP), "--latency", str(LATENCY), "--host", svc) as sim:
-                sched_port = free_port("127.0.0.1")
-                sched_addr = f"tcp://{hosts.addr('sched')}:{sched_port}"
-                hosts.popen("sched", [sys.executable, "-m", "distributed.cli.dask_scheduler",
-                                      "--host", hosts.addr("sched"), "--port",
-                                      str(sched_port), "--no-dashboard"],
-                            env=env, stdout=logs["sched"], stderr=logs["sched"])
-                workers = {
-                    w: hosts.popen(w, [sys.executable, "-m", "distributed.cli.dask_worker",
-                                       sched_addr, "--host", hosts.addr(w), "--name", w,
-                                       "--nthreads", "4", "--no-nanny", "--no-dashboard",
-                                       "--death-timeout", "60"],
-                                   env=env, stdout=logs[w], stderr=logs[w])
-                    for w in WORKERS}
+                sched_addr = f"tcp://{hosts.addr('sched')}:{free_port('127.0.0.1')}"
                 schema = f"netns_{uuid.uuid4().hex[:10]}"
                 redis_url = f"redis://{svc}:{redis_port}/0"
                 config = tmp_path / "shoal.toml"
                 config.write_text(sim_config(sim.url, redis_url, f"c{uuid.uuid4().hex[:8]}",
                                              cap=CAP, lease_s=2.0))
-                yield Cluster(hosts, sched_addr, workers, sim, redis_url,
-                              f"postgresql://postgres@{svc}:{pg_port}/test?schema={schema}",
-                              str(config))
+                cluster = Cluster(
+                    hosts, sched_addr, sim, redis_url,
+                    f"postgresql://postgres@{svc}:{pg_port}/test?schema={schema}",
+                    str(config), env, logs)
+                for role in ("sched", *WORKERS):
+                    cluster.start(role)
+                yield cluster
                 _drop_schema(schema)
         finally:
             hosts.stop_all()
@@ -258,9 +274,7 @@ async def test_500_items_on_3_namespaced_workers_then_one_is_killed(cluster: Clu
     while cluster.sim.stats()["total_requests"] < KILL_ITEMS * STEPS // 3:
         assert not run.done(), run
         await asyncio.sleep(0.05)
-    victim = cluster.workers["w2"]
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait(10)
+    cluster.kill("w2")
     killed = await asyncio.wait_for(run, 180)
     log = cluster.sim.request_log()
     assert [i.status for i in killed.items] == ["succeeded"] * KILL_ITEMS
@@ -283,3 +297,51 @@ async def test_500_items_on_3_namespaced_workers_then_one_is_killed(cluster: Clu
     # Once each, but for the calls in flight on the killed worker (at-least-once there).
     assert all(n == 2 for n in repeated.values()), repeated
     assert len(repeated) <= CAP
+
+    # 3. The scheduler SIGKILLed mid-batch: the client's batch fails; once a scheduler
+    # and workers are back, a resume runs only the items with no outcome.
+    cluster.sim.reset()
+    batch_id = f"nd-{uuid.uuid4().hex[:8]}"
+    run = asyncio.ensure_future(Batch(flow, run_id=batch_id).run(
+        [f"doc{i}" for i in range(KILL_ITEMS)], executor=executor))
+    while cluster.sim.stats()["total_requests"] < KILL_ITEMS * STEPS // 2:
+        assert not run.done(), run
+        await asyncio.sleep(0.05)
+    cluster.kill("sched")
+    try:  # the chunks in flight come back failed (or, per Dask version, the run raises)
+        lost = await asyncio.wait_for(run, 120)
+    except (Exception, asyncio.CancelledError):
+        lost = None
+    if lost is not None:
+        assert lost.failed
+        assert all(f"shoal resume {batch_id}" in (i.error or "") for i in lost.failed)
+    survivors = await asyncio.to_thread(_wait_exit, [cluster.procs[w] for w in WORKERS], 30.0)
+    for w in WORKERS:  # a worker that outlived its scheduler stops here
+        cluster.kill(w)
+    before = Counter(r["tag"] for r in cluster.sim.request_log())
+    async with open_store(cluster.store_url) as store:
+        rows = await batch_items(store, await store.require_run(batch_id))
+    done_before = {r.run_id for r in rows if r.status == "succeeded"}
+    for role in ("sched", "w1", "w3"):
+        cluster.start(role)
+    await wait_for_workers(cluster.scheduler, 2)
+    resumed = await executor.resume(batch_id, flow)
+    after = Counter(r["tag"] for r in cluster.sim.request_log()) - before
+    total = before + after
+    figures.update(sched_kill_items=KILL_ITEMS, done_before_resume=len(done_before),
+                   workers_outliving_scheduler=survivors, resume_requests=sum(after.values()),
+                   sched_kill_repeated_calls=sum(1 for n in total.values() if n > 1))
+    print("scale-netns figures:", json.dumps(figures))
+    assert [i.status for i in resumed.items] == ["succeeded"] * KILL_ITEMS
+    assert 0 < len(done_before) < KILL_ITEMS
+    assert not {t.split("/")[0] for t in after} & done_before  # finished items: no call
+    assert len(total) == KILL_ITEMS * STEPS
+    assert figures["sched_kill_repeated_calls"] <= CAP
+
+
+def _wait_exit(procs: list[subprocess.Popen[Any]], timeout: float) -> int:
+    """How many of ``procs`` are still running after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    return sum(p.poll() is None for p in procs)

@@ -50,7 +50,8 @@ def _failed(job: ChunkJob, exc: BaseException) -> list[BatchItem]:
     from shoal.flows.batch import BatchItem
     from shoal.scale.batch_ids import item_run_id
 
-    error = f"{type(exc).__name__}: {exc}"
+    error = (f"{type(exc).__name__}: {exc} (its chunk did not finish on the cluster; "
+             f"`shoal resume {job.batch_id}` runs it again)")
     return [BatchItem(i, value, "failed", error=error, error_type=type(exc).__name__,
                       run_id=item_run_id(job.batch_id, i), name=name)
             for i, name, value in job.items]
