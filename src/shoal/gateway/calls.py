@@ -213,8 +213,9 @@ class Gateway:
         try:
             await self.keys.settle(grant, usage=spend.usage, cost_usd=spend.cost_usd)
         except Exception as exc:  # the store is down: say so loudly, keep serving
-            log.error(  # noqa: TRY400 - a traceback could carry the store's URL"could not settle key %s (%s, $%.6f): %s", grant.key.id, grant.model,
-                      spend.cost_usd, redact(str(exc)))
+            # No traceback (TRY400): it could carry the store's URL.
+            log.error("could not settle key %s (%s, $%.6f): %s",  # noqa: TRY400
+                      grant.key.id, grant.model, spend.cost_usd, redact(str(exc)))
 
     async def settled(self) -> None:
         """Wait for every settlement started so far (shutdown, tests)."""
