@@ -227,7 +227,9 @@ def phase_streams(ctx: Ctx) -> None:
                 ok = r["completed"] == n and r["max_gap_ms"] <= 100
                 print(f"  streams {name} n={n}: {r['completed']}/{n} complete, max gap "
                       f"{r['max_gap_ms']:.0f} ms, TTFT p99 {r['ttft_p99_ms']:.1f} ms, "
-                      f"client CPU {r['client_cpu']:.0%}", file=sys.stderr, flush=True)
+                      f"client CPU {r['client_cpu']:.0%}"
+                      + (f", {r['failed']} refused or broken" if r["failed"] else ""),
+                      file=sys.stderr, flush=True)
                 if not ok and name == "direct":
                     ctx.row(f"direct-to-mock stops at {n} streams",
                             f"max gap {r['max_gap_ms']:.0f} ms with the stream client at "

@@ -256,10 +256,12 @@ async def _streams(url: str, n: int, body: bytes, headers: dict[str, str],
         results = await asyncio.gather(*(one(i) for i in range(n)))
     ttfts = [r[0] for r in results if r[0] == r[0]]
     gaps = [r[1] for r in results]
+    failed = sum(1 for r in results if r[2] == 0)
     # The client's own CPU share of the run: near 1.0, the client (not the server) is
     # what bounds the figures.
     busy = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-    return {"n": n, "client_cpu": round(busy, 2), "completed": sum(r[3] for r in results),
+    return {"n": n, "client_cpu": round(busy, 2), "failed": failed,
+            "completed": sum(r[3] for r in results),
             "events": sum(r[2] for r in results), "max_gap_ms": max(gaps, default=0.0),
             "p99_gap_ms": _pct(gaps, 0.99), "ttft_p50_ms": _pct(ttfts, 0.5),
             "ttft_p99_ms": _pct(ttfts, 0.99)}
