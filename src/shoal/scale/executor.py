@@ -114,17 +114,20 @@ class LocalExecutor(_Executor):
     async def run_chunks(self, jobs: Sequence[ChunkJob],
                          done: Callable[[ChunkJob, list[BatchItem]], None],
                          item_done: Callable[[BatchItem], None]) -> None:
-        from shoal.scale.worker import close_worker_state
+        from shoal.scale.worker import WorkerState
+
+        state = WorkerState()  # this run's own: another batch here never closes it
 
         async def one(job: ChunkJob) -> None:
-            done(job, await run_chunk(job, self.client, self.budget, on_item=item_done))
+            done(job, await run_chunk(job, self.client, self.budget, on_item=item_done,
+                                      state=state))
 
         try:
             async with asyncio.TaskGroup() as tg:
                 for job in jobs:
                     tg.create_task(one(job))
         finally:
-            await close_worker_state()
+            await state.aclose()
 
 
 class DaskExecutor(_Executor):

@@ -1,7 +1,7 @@
 """What runs on a worker: one chunk of a batch's items, concurrently on the worker's
 event loop, each item a journaled run.
 
-A Dask worker process keeps, across the tasks it runs (:class:`_WorkerState`, one per
+A Dask worker process keeps, across the tasks it runs (:class:`WorkerState`, one per
 event loop):
 
 - one Router per shoal.toml, built from the config and environment *the worker* sees
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from shoal.flows.batch import BatchItem, Target
     from shoal.stores.base import Store
 
-__all__ = ["ChunkJob", "announced", "close_worker_state", "progress_topic", "run_chunk",
-           "worker_plugin"]
+__all__ = ["ChunkJob", "WorkerState", "announced", "close_worker_state", "progress_topic",
+           "run_chunk", "worker_plugin"]
 
 _log = logging.getLogger("shoal.scale")
 
@@ -53,8 +53,10 @@ class ChunkJob:
 
     target: Target
     batch_id: str
-    items: Sequence[tuple[int, str, Any]]
-    store: str
+    # Neither in the repr (Dask logs a failed task's arguments): the URL may carry a
+    # password, the items the users' documents.
+    items: Sequence[tuple[int, str, Any]] = field(repr=False)
+    store: str = field(repr=False)
     config: str | None = None
     items_per_worker: int = 32
     description: str = "batch"
@@ -62,7 +64,7 @@ class ChunkJob:
 
 
 @dataclass(slots=True)
-class _WorkerState:
+class WorkerState:
     """What a worker process keeps between tasks (bound to its event loop)."""
 
     routers: dict[str | None, ModelClient] = field(default_factory=dict)
@@ -96,29 +98,36 @@ class _WorkerState:
         return found
 
 
-_STATES: dict[int, _WorkerState] = {}
+    async def aclose(self) -> None:
+        """Close the routers and stores it opened."""
+        routers, stores = list(self.routers.values()), list(self.stores.values())
+        self.routers.clear()
+        self.stores.clear()
+        for router in routers:
+            close = getattr(router, "aclose", None)
+            if close is not None:
+                await close()
+        for store in stores:
+            await store.aclose()
 
 
-def _state() -> _WorkerState:
+_STATES: dict[int, WorkerState] = {}
+
+
+def _state() -> WorkerState:
     loop = asyncio.get_running_loop()
     found = _STATES.get(id(loop))
     if found is None:
-        found = _STATES[id(loop)] = _WorkerState()
+        found = _STATES[id(loop)] = WorkerState()
     return found
 
 
 async def close_worker_state() -> None:
-    """Close the routers and stores this process keeps for the running loop (a worker
-    plugin's teardown; tests)."""
+    """Close the routers and stores this process keeps for the running loop (the worker
+    plugin's teardown)."""
     state = _STATES.pop(id(asyncio.get_running_loop()), None)
-    if state is None:
-        return
-    for router in state.routers.values():
-        close = getattr(router, "aclose", None)
-        if close is not None:
-            await close()
-    for store in state.stores.values():
-        await store.aclose()
+    if state is not None:
+        await state.aclose()
 
 
 def worker_plugin() -> Any:
@@ -139,19 +148,21 @@ def worker_plugin() -> Any:
 
 async def run_chunk(job: ChunkJob, client: ModelClient | None = None,
                     budget: Budget | None = None, *,
-                    on_item: Callable[[BatchItem], None] | None = None) -> list[BatchItem]:
+                    on_item: Callable[[BatchItem], None] | None = None,
+                    state: WorkerState | None = None) -> list[BatchItem]:
     """Run every item of ``job`` (each under this process's ``items_per_worker`` slots)
     and record each outcome under the batch run. Item errors are in the items, never
     raised. ``client``: the model call path (default: this process's Router for
     ``job.config``); ``budget``: one budget over the items (in one process only);
     ``on_item``: called as each item finishes (default, on a Dask worker: an event on
-    the batch's progress topic, which the client's progress bar follows)."""
+    the batch's progress topic, which the client's progress bar follows); ``state``:
+    the routers, stores and slots to use (default: this process's, for this loop)."""
     from shoal.agents.agent import Agent
     from shoal.flows.batch import Batch
     from shoal.flows.flow import Flow
     from shoal.flows.journal import StoreRecorder
 
-    state = _state()
+    state = state or _state()
     model_client = client
     if model_client is None and isinstance(job.target, Agent | Flow):
         model_client = await state.router(job.config)
