@@ -55,11 +55,22 @@ async def run_batch_cli(target: Any, items: list[tuple[str, Any]], *, client: Mo
     batch = Batch(target, client=client, run_id=batch_id, budget_usd=budget_usd,
                   progress=progress, console=console)
     console.print(plain(f"batch {batch_id} ({len(items)} items) on "
-                        f"{cluster or 'this process'}, journaled in {store}"))
+                        f"{cluster or 'this process'}, journaled in {_safe(store)}"))
     result = await executor.run(batch, dict(items), meta=meta)
     console.print(plain(f"shoal runs --batch {batch_id} lists its items; "
                         f"shoal resume {batch_id} runs the unfinished ones again"))
     return result
+
+
+def _safe(url: str) -> str:
+    """``url`` without its password (safe to print)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@",
+                                                                 ":***@")))
 
 
 def _status_cell(status: str) -> str:

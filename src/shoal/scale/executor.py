@@ -184,7 +184,12 @@ class DaskExecutor(_Executor):
         client: Any = self.client
         own = client is None or not client.asynchronous
         if own:
-            client = await dd.Client(self.address, asynchronous=True)
+            try:
+                client = await dd.Client(self.address, asynchronous=True)
+            except OSError as exc:  # TimeoutError included
+                raise ConfigError(
+                    f"cannot reach the Dask scheduler at {self.address} ({exc}); start one "
+                    "(`dask scheduler`, docs/scale.md) or check --cluster") from exc
         await client.register_plugin(worker_plugin(), name="shoal-scale")
         topic = progress_topic(jobs[0].batch_id) if jobs else ""
         if topic:  # each item as a worker finishes it: the progress bar moves per item
