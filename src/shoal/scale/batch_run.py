@@ -9,6 +9,7 @@ batch is here, the same for both.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -136,10 +137,20 @@ async def run_batch(executor: ChunkExecutor, batch: Batch,
         try:
             result = await _execute(executor, batch, batch_id, todo=range(len(values)),
                                     names=names, inputs=values, url=url, meta=item_meta)
-        except BaseException:
-            await store.update_run(batch_id, status="cancelled", error="interrupted")
+        except BaseException as exc:
+            await _interrupted(store, batch_id, exc)
             raise
         return await _finish(store, batch_id, result)
+
+
+async def _interrupted(store: Store, batch_id: str, exc: BaseException) -> None:
+    """The batch stopped before its end (cancelled, the cluster out of reach...): its
+    record says so, and how to continue. A failing store does not hide ``exc``."""
+    from shoal.errors import StoreError
+
+    with contextlib.suppress(StoreError):
+        await store.update_run(batch_id, status="cancelled", error=(
+            f"interrupted ({type(exc).__name__}); shoal resume {batch_id} continues it"))
 
 
 def _recorded(row: ItemRow, value: Any, batch_id: str) -> BatchItem:
@@ -204,7 +215,7 @@ async def resume_batch(batch_id: str, target: Target, executor: ChunkExecutor, *
         try:
             result = await _execute(executor, batch, batch_id, todo=todo, names=names,
                                     inputs=inputs, url=url, meta=item_meta, finished=finished)
-        except BaseException:
-            await store.update_run(batch_id, status="cancelled", error="interrupted")
+        except BaseException as exc:
+            await _interrupted(store, batch_id, exc)
             raise
         return await _finish(store, batch_id, result)
