@@ -124,3 +124,20 @@ async def test_items_a_lost_chunk_recorded_as_done_are_taken_from_the_store(
         ("succeeded", "A", None), ("failed", None, "KilledWorker: lost")]
     async with open_store(store) as s:
         assert (await s.require_run("L")).error == "1 of 2 items failed"
+
+
+async def test_flow_run_batch_takes_the_same_executor(store: str) -> None:
+    from shoal.flows.flow import Flow
+
+    async def loud(input: str) -> str:
+        return await shout(input)
+
+    flow = Flow("loud")
+    flow.add(loud)
+    result = await flow.run_batch(["x", "y"], executor=LocalExecutor(store=store),
+                                  run_id="F")
+    assert [(i.status, i.output, i.run_id) for i in result.items] == [
+        ("succeeded", "X", "F-0"), ("succeeded", "Y", "F-1")]
+    async with open_store(store) as s:
+        assert (await s.require_run("F-1")).flow == "loud"  # each item a journaled run
+        assert len(await batch_items(s, await s.require_run("F"))) == 2
