@@ -8,18 +8,16 @@ answers or any key's secret.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from dataclasses import dataclass
 
+from shoal.gateway.fastjson import dumps
+
 __all__ = ["AccessRecord", "configure_access_log", "log"]
 
 log = logging.getLogger("shoal.gateway.access")
-# ASCII out: the C encoder's fast path, and no text (a lone surrogate from a caller or
-# an upstream) can make encoding the bytes fail.
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(slots=True)
@@ -51,7 +49,7 @@ class AccessRecord:
             fields["error"] = self.error
         if self.stream_error:
             fields["stream_error"] = True
-        return _dumps(fields)
+        return dumps(fields).decode()
 
 
 def configure_access_log(enabled: bool) -> None:

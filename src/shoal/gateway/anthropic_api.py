@@ -9,11 +9,11 @@ upstream reports usage only at the end); ``message_delta`` carries the real one.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from shoal.gateway.errors import Failure
+from shoal.gateway.fastjson import dumps, loads
 from shoal.gateway.translate_anthropic import parse_messages
 from shoal.gateway.translate_common import Parsed
 from shoal.types import (
@@ -28,9 +28,6 @@ from shoal.types import (
 
 __all__ = ["AnthropicStream", "AnthropicWire", "models_body", "usage_json"]
 
-# ASCII out: the C encoder's fast path, and no text (a lone surrogate from a caller or
-# an upstream) can make encoding the bytes fail.
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 _TYPES = {
     "invalid_request": "invalid_request_error", "authentication": "authentication_error",
@@ -67,7 +64,7 @@ def _event(name: bytes, data: bytes) -> bytes:
 
 def _tool_input(arguments: str) -> Any:
     try:
-        return json.loads(arguments or "{}")
+        return loads(arguments or "{}")
     except ValueError:
         return {"_raw": arguments}  # what the model wrote, kept rather than dropped
 
@@ -85,18 +82,18 @@ class AnthropicStream:
         self._tools: dict[int, int] = {}  # upstream tool index -> block index
 
     def start(self) -> bytes:
-        return _event(b"message_start", _dumps({"type": "message_start", "message": {
+        return _event(b"message_start", dumps({"type": "message_start", "message": {
             "id": "msg_" + os.urandom(12).hex(), "type": "message", "role": "assistant",
             "model": self._model, "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": self._prompt, "output_tokens": 0}}}).encode())
+            "usage": {"input_tokens": self._prompt, "output_tokens": 0}}}))
 
     def _open(self, kind: str, block: dict[str, Any]) -> bytes:
         out = self._close()
         self._index += 1
         self._kind = kind
-        return out + _event(b"content_block_start", _dumps({
+        return out + _event(b"content_block_start", dumps({
             "type": "content_block_start", "index": self._index,
-            "content_block": block}).encode())
+            "content_block": block}))
 
     def _close(self) -> bytes:
         if not self._kind:
@@ -107,7 +104,7 @@ class AnthropicStream:
 
     def _delta(self, index: int, delta: bytes, piece: str) -> bytes:
         return b"".join((_DELTA_HEAD, str(index).encode(), b",", delta,
-                         _dumps(piece).encode(), b"}}\n\n"))
+                         dumps(piece), b"}}\n\n"))
 
     def feed(self, event: StreamEvent) -> bytes:
         if isinstance(event, TextDelta):
@@ -138,10 +135,10 @@ class AnthropicStream:
         return b""
 
     def end(self, response: ChatResponse) -> bytes:
-        return (self._close() + _event(b"message_delta", _dumps({
+        return (self._close() + _event(b"message_delta", dumps({
             "type": "message_delta",
             "delta": {"stop_reason": stop_reason(response), "stop_sequence": None},
-            "usage": usage_json(response.usage)}).encode())
+            "usage": usage_json(response.usage)}))
             + _event(b"message_stop", b'{"type":"message_stop"}'))
 
     @staticmethod
@@ -151,8 +148,8 @@ class AnthropicStream:
 
 
 def error_body(failure: Failure) -> bytes:
-    return _dumps({"type": "error", "error": {"type": _TYPES[failure.kind],
-                                              "message": failure.message}}).encode()
+    return dumps({"type": "error", "error": {"type": _TYPES[failure.kind],
+                                              "message": failure.message}})
 
 
 def render(response: ChatResponse, model: str) -> bytes:
@@ -169,12 +166,12 @@ def render(response: ChatResponse, model: str) -> bytes:
         content.append({"type": "text", "text": response.text})
     content.extend({"type": "tool_use", "id": c.id, "name": c.name,
                     "input": _tool_input(c.arguments)} for c in response.tool_calls)
-    return _dumps({
+    return dumps({
         "id": response.id if response.id.startswith("msg_") else "msg_" + os.urandom(12).hex(),
         "type": "message", "role": "assistant", "model": model, "content": content,
         "stop_reason": stop_reason(response), "stop_sequence": None,
         "usage": usage_json(response.usage),
-    }).encode()
+    })
 
 
 class AnthropicWire:
@@ -204,6 +201,6 @@ def models_body(names: list[tuple[str, str]]) -> bytes:
     """``GET /v1/models`` in Anthropic's shape (asked with an ``anthropic-version``)."""
     data = [{"type": "model", "id": name, "display_name": name,
              "created_at": "1970-01-01T00:00:00Z"} for name, _ in names]
-    return _dumps({"data": data, "has_more": False,
+    return dumps({"data": data, "has_more": False,
                    "first_id": data[0]["id"] if data else None,
-                   "last_id": data[-1]["id"] if data else None}).encode()
+                   "last_id": data[-1]["id"] if data else None})

@@ -13,7 +13,6 @@ a 500 means a bug in the gateway, logged without secrets.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from shoal.gateway.access_log import log as access_log
 from shoal.gateway.anthropic_api import AnthropicWire
 from shoal.gateway.calls import Gateway, Spend, Wire
 from shoal.gateway.errors import BadInput, Failure, Kind, failure_of
+from shoal.gateway.fastjson import loads
 from shoal.gateway.openai_api import OpenAIWire
 from shoal.gateway.streaming import stream_answer
 from shoal.gateway.translate_anthropic import parse_messages_body
@@ -71,17 +71,13 @@ async def read_json(request: web.Request, limit: int) -> Any:
         raise BadInput("the request body is empty; send a JSON object")
     try:
         if len(raw) > _BIG_BODY:  # megabytes of JSON: parse off the event loop
-            return await asyncio.to_thread(json.loads, raw, parse_constant=_no_constant)
-        return json.loads(raw, parse_constant=_no_constant)
+            return await asyncio.to_thread(loads, raw)
+        return loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"the request body is not valid JSON ({exc}); send a JSON object "
                        "with Content-Type: application/json") from None
     except RecursionError:
         raise BadInput("the request body nests too deeply to be a chat request") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 # -- the chat endpoints -------------------------------------------------------------------
@@ -136,7 +132,7 @@ def chat_handler(wire: Wire) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         gw = request.app[GATEWAY_KEY]
         rec = AccessRecord(request.method, wire.route, time.perf_counter())
-        in_flight = gw.metrics.in_flight.labels(wire.route)
+        in_flight = gw.metrics.in_flight_of(wire.route)
         in_flight.inc()
         try:
             try:
@@ -297,5 +293,5 @@ def build_app(gw: Gateway) -> web.Application:
     app.on_cleanup.append(_cleanup)
     attach_runtime_metrics(gw)
     for wire in (OPENAI, ANTHROPIC):  # in-flight gauges read 0 before the first call
-        gw.metrics.in_flight.labels(wire.route)
+        gw.metrics.in_flight_of(wire.route)
     return app

@@ -43,6 +43,14 @@ class GatewayMetrics:
                             "(answers discarded on the way included).",
                             ["model", "key"], registry=r)
         self._children: dict[tuple[str, str, str, int], tuple[Any, ...]] = {}
+        self._in_flight: dict[str, Any] = {}
+
+    def in_flight_of(self, route: str) -> Any:
+        """The in-flight gauge of ``route`` (a fixed set of routes), looked up once."""
+        gauge = self._in_flight.get(route)
+        if gauge is None:
+            gauge = self._in_flight[route] = self.in_flight.labels(route)
+        return gauge
 
     def _series(self, route: str, model: str, key: str, status: int) -> tuple[Any, ...]:
         """The labelled children of one (route, model, key, status), looked up once."""

@@ -1,18 +1,18 @@
 """The OpenAI Chat Completions wire, outbound: answers, stream chunks and errors.
 
 The stream encoder pre-encodes everything constant in a chunk once per stream (id,
-model, created, the JSON around a delta), so a text delta costs one ``json.dumps`` of
+model, created, the JSON around a delta), so a text delta costs one ``dumps`` (orjson) of
 its string and one bytes join.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
 from shoal.gateway.errors import Failure
+from shoal.gateway.fastjson import dumps
 from shoal.gateway.translate_common import Parsed
 from shoal.gateway.translate_openai import parse_chat
 from shoal.types import (
@@ -27,9 +27,6 @@ from shoal.types import (
 
 __all__ = ["OpenAIStream", "OpenAIWire", "usage_json"]
 
-# ASCII out: the C encoder's fast path, and no text (a lone surrogate from a caller or
-# an upstream) can make encoding the bytes fail.
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 _TYPES = {
     "invalid_request": "invalid_request_error", "authentication": "authentication_error",
@@ -64,8 +61,8 @@ class OpenAIStream:
     __slots__ = ("_head", "_include_usage", "_pre", "_reasoning", "_text", "_tools")
 
     def __init__(self, model: str, include_usage: bool) -> None:
-        head = _dumps({"id": new_id(), "object": "chat.completion.chunk",
-                       "created": int(time.time()), "model": model})[:-1].encode()
+        head = dumps({"id": new_id(), "object": "chat.completion.chunk",
+                      "created": int(time.time()), "model": model})[:-1]
         self._head = b"data: " + head
         self._pre = self._head + b',"choices":[{"index":0,"delta":'
         self._text = self._pre + b'{"content":'
@@ -78,11 +75,11 @@ class OpenAIStream:
 
     def feed(self, event: StreamEvent) -> bytes:
         if isinstance(event, TextDelta):  # the hot path: one join, one dumps
-            return b"".join((self._text, _dumps(event.text).encode(), _CLOSE))
+            return b"".join((self._text, dumps(event.text), _CLOSE))
         if isinstance(event, ReasoningDelta):
             if not event.text:  # a thinking block's signature: OpenAI has no place for it
                 return b""
-            return b"".join((self._reasoning, _dumps(event.text).encode(), _CLOSE))
+            return b"".join((self._reasoning, dumps(event.text), _CLOSE))
         if isinstance(event, ToolCallDelta):
             index = self._tools.get(event.index)
             call: dict[str, Any]
@@ -92,7 +89,7 @@ class OpenAIStream:
                         "function": {"name": event.name or "", "arguments": event.arguments}}
             else:
                 call = {"index": index, "function": {"arguments": event.arguments}}
-            return self._pre + _dumps({"tool_calls": [call]}).encode() + _OPEN
+            return self._pre + dumps({"tool_calls": [call]}) + _OPEN
         if isinstance(event, StreamEnd):
             return self.end(event.response)
         return b""  # UsageEvent: the usage goes out with the end
@@ -102,7 +99,7 @@ class OpenAIStream:
         out = self._pre + b'{},"finish_reason":"' + finish.encode() + b'"}]}\n\n'
         if self._include_usage:
             out += (self._head + b',"choices":[],"usage":'
-                    + _dumps(usage_json(response.usage)).encode() + b"}\n\n")
+                    + dumps(usage_json(response.usage)) + b"}\n\n")
         return out + DONE
 
     @staticmethod
@@ -112,8 +109,8 @@ class OpenAIStream:
 
 
 def error_body(failure: Failure) -> bytes:
-    return _dumps({"error": {"message": failure.message, "type": _TYPES[failure.kind],
-                             "param": failure.param, "code": failure.code}}).encode()
+    return dumps({"error": {"message": failure.message, "type": _TYPES[failure.kind],
+                             "param": failure.param, "code": failure.code}})
 
 
 def render(response: ChatResponse, model: str) -> bytes:
@@ -127,13 +124,13 @@ def render(response: ChatResponse, model: str) -> bytes:
             for c in response.tool_calls]
     if response.reasoning:
         message["reasoning_content"] = response.reasoning
-    return _dumps({
+    return dumps({
         "id": response.id if response.id.startswith("chatcmpl") else new_id(),
         "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": None,
                      "finish_reason": _FINISH.get(response.finish_reason, "stop")}],
         "usage": usage_json(response.usage), "system_fingerprint": None,
-    }).encode()
+    })
 
 
 class OpenAIWire:
@@ -161,6 +158,6 @@ class OpenAIWire:
 
 def models_body(names: list[tuple[str, str]]) -> bytes:
     """``GET /v1/models`` in OpenAI's shape: ``(name, provider)`` pairs."""
-    return _dumps({"object": "list", "data": [
+    return dumps({"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": provider or "shoal"}
-        for name, provider in names]}).encode()
+        for name, provider in names]})

@@ -150,8 +150,12 @@ class HttpProvider(Provider):
             provider=channel.provider or channel.name,
             headers=dict(channel.headers),
             key_env=channel.api_key_env,
+            # Never fewer connections than the channel's concurrency cap: a stream holds
+            # its connection to the end, so a pool of 100 would cap a gateway carrying
+            # 256 streams at 100 (the rest waiting out pool_timeout).
             pool=HttpPool(
-                pool_size=channel.pool_size, connect_timeout=channel.connect_timeout,
+                pool_size=max(channel.pool_size, channel.max_concurrency or 0),
+                connect_timeout=channel.connect_timeout,
                 read_timeout=channel.read_timeout, pool_timeout=channel.pool_timeout,
             ),
             clock=clock,

@@ -1,0 +1,170 @@
+"""The gateway's CPU per request, peers side by side in one run (and a py-spy profile).
+
+Each peer is ``shoal gateway`` run from a source tree (``--peer name=path/to/src``: e.g.
+an older commit unpacked with ``git archive``), with no keys and with one SQLite virtual
+key. The fast upstream mock (``bench/gateway_mock.py``) and ``wrk`` share CPU 0, the
+gateway is pinned to CPU 1. Per peer and round: ``wrk`` for ``--seconds`` at
+``--connections``, the gateway's CPU seconds (user + system, from ``/proc``) over the
+requests wrk counted = CPU µs per request. Rounds alternate the peers (the machine may be
+loaded by others: compare peers within a round, take medians; the ratio is the figure).
+
+    python bench/gateway_profile.py                                # this tree only
+    git archive HEAD~5 src | tar -x -C /tmp/base
+    python bench/gateway_profile.py --peer base=/tmp/base/src --peer now=src
+    python bench/gateway_profile.py --pyspy /tmp/prof   # py-spy record per peer (raw)
+    python bench/gateway_profile.py --stream 64         # 64 concurrent SSE streams too
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gateway_load as gl
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+UPSTREAM_KEY = "sk-upstream-bench-0123456789"
+
+
+def start_gateway(src: str, mock_port: int, tmp: str, *, keyed: bool) -> gl.Server:
+    port = gl.free_port()
+    env = {"PYTHONPATH": os.path.abspath(src)}
+    store = f"sqlite:///{tmp}/keys-{port}.db"
+    key = None
+    if keyed:
+        key = subprocess.run(
+            [sys.executable, "-m", "shoal.cli.main", "keys", "create", "--name", "p",
+             "--store", store], capture_output=True, text=True, check=True, timeout=60,
+            env={**os.environ, **env}).stdout.strip()
+    cfg = os.path.join(tmp, f"gw-{port}.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[channels.openai]\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n'
+                f'api_key = "{UPSTREAM_KEY}"\nmax_concurrency = 4096\npool_size = 1024\n'
+                '\n[gateway]\naccess_log = false\n')
+    code = "import sys; from shoal.cli.main import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", code, "gateway", "--config", cfg, "--port", str(port)]
+    srv = gl.Server(cmd, port, cpu="1", ready_path="/health",
+                    env={**env, "SHOAL_STORE": store}, log=os.path.join(tmp, f"gw-{port}.log"))
+    srv.wait_ready()
+    if key:
+        srv.headers = {"authorization": f"Bearer {key}"}
+    return srv
+
+
+def measure(srv: gl.Server, url: str, connections: int, seconds: float) -> tuple[float, float]:
+    """(CPU µs per request, req/s) over one wrk run."""
+    cpu0 = srv.cpu_s()
+    res = gl.wrk(url, connections=connections, duration_s=seconds, headers=srv.headers,
+                 cpu="0")
+    cpu = srv.cpu_s() - cpu0
+    if res.errors:
+        print(f"    ({res.errors} errors)", file=sys.stderr)
+    return cpu / max(res.requests, 1) * 1e6, res.rps
+
+
+def stream_cpu(srv: gl.Server, url: str, n: int) -> tuple[float, float]:
+    """(CPU µs per streamed chunk, largest inter-chunk gap ms) for ``n`` streams."""
+    cpu0 = srv.cpu_s()
+    res = gl.streams(url, n, headers=srv.headers, cpu="0")
+    cpu = srv.cpu_s() - cpu0
+    return cpu / max(res["events"], 1) * 1e6, float(res["max_gap_ms"])
+
+
+def spy_on(where: str, srv: gl.Server, name: str, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``srv`` for ``seconds`` into ``where/name.txt`` (folded stacks)."""
+    pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not where or not os.path.exists(pyspy):
+        return None
+    os.makedirs(where, exist_ok=True)
+    spy = subprocess.Popen([pyspy, "record", "--pid", str(srv.proc.pid), "-f", "raw", "-o",
+                            os.path.join(where, f"{name}.txt"), "-d", str(int(seconds)),
+                            "-r", "250"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return spy
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peer", action="append", default=[],
+                    help="name=src_dir (default: now=./src)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--no-keyed", action="store_true", help="skip the SQLite-key runs")
+    ap.add_argument("--stream", type=int, default=0, help="also N concurrent streams")
+    ap.add_argument("--pyspy", default="", help="dir: py-spy record each peer (raw format)")
+    args = ap.parse_args()
+    peers = dict(p.split("=", 1) for p in args.peer) or {"now": os.path.join(ROOT, "src")}
+    modes = ["open"] if args.no_keyed else ["open", "key"]
+    tmp = tempfile.mkdtemp(prefix="gwprof-")
+    mock = gl.Server([sys.executable, os.path.join(HERE, "gateway_mock.py"), "--port",
+                      str(mock_port := gl.free_port())], mock_port, cpu="0")
+    smock = gl.Server([sys.executable, os.path.join(HERE, "gateway_mock.py"), "--port",
+                       str(smock_port := gl.free_port()), "--chunks", "64", "--chunk-ms",
+                       "20"], smock_port, cpu="0")
+    mock.wait_ready()
+    smock.wait_ready()
+    cpu: dict[tuple[str, str], list[float]] = {}
+    rps: dict[tuple[str, str], list[float]] = {}
+    chunk: dict[str, list[tuple[float, float]]] = {}
+    try:
+        for r in range(args.rounds):
+            for name, src in peers.items():
+                for mode in modes:
+                    srv = start_gateway(src, mock_port, tmp, keyed=mode == "key")
+                    try:
+                        url = f"http://127.0.0.1:{srv.port}/v1/chat/completions"
+                        measure(srv, url, args.connections, 1)  # warm-up
+                        spy = spy_on(args.pyspy if r == 0 else "", srv, f"{name}-{mode}",
+                                     args.seconds + 1)
+                        us, rate = measure(srv, url, args.connections, args.seconds)
+                        if spy is not None:
+                            spy.wait(timeout=60)
+                        cpu.setdefault((name, mode), []).append(us)
+                        rps.setdefault((name, mode), []).append(rate)
+                        print(f"round {r} {name:>8} {mode:>4}: {us:6.0f} µs CPU/request, "
+                              f"{rate:7.0f} req/s", file=sys.stderr, flush=True)
+                    finally:
+                        srv.stop()
+                if args.stream:
+                    srv = start_gateway(src, smock_port, tmp, keyed=False)
+                    try:
+                        url = f"http://127.0.0.1:{srv.port}/v1/chat/completions"
+                        spy = spy_on(args.pyspy if r == 0 else "", srv, f"{name}-stream", 12)
+                        us, gap = stream_cpu(srv, url, args.stream)
+                        if spy is not None:
+                            spy.wait(timeout=60)
+                        chunk.setdefault(name, []).append((us, gap))
+                        print(f"round {r} {name:>8} stream: {us:6.1f} µs CPU/chunk, max gap "
+                              f"{gap:.0f} ms", file=sys.stderr, flush=True)
+                    finally:
+                        srv.stop()
+    finally:
+        mock.stop()
+        smock.stop()
+    first = next(iter(peers))
+    print(f"\nmedians over {args.rounds} rounds, wrk -c{args.connections}, "
+          f"{args.seconds:g} s each (ratios to {first!r}):")
+    for (name, mode), values in cpu.items():
+        base = statistics.median(cpu[(first, mode)])
+        med = statistics.median(values)
+        print(f"  {name:>8} {mode:>4}: {med:6.0f} µs CPU/request ({med / base:.2f}×), "
+              f"{statistics.median(rps[(name, mode)]):7.0f} req/s")
+    for name, runs in chunk.items():
+        base = statistics.median(u for u, _ in chunk[first])
+        med = statistics.median(u for u, _ in runs)
+        print(f"  {name:>8} stream {args.stream}: {med:6.1f} µs CPU/chunk ({med / base:.2f}×),"
+              f" max gap {max(g for _, g in runs):.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
