@@ -53,6 +53,23 @@ def _str(data: Mapping[str, object], key: str) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
 
 
+class _CallKeys:
+    """Every label tuple one kind of call_end updates (cached per label combination)."""
+
+    __slots__ = ("calls", "genai_duration", "genai_in", "genai_out", "ma", "request",
+                 "tokens")
+
+    def __init__(self, labels: tuple[str, str, str, str, str, str, str]) -> None:
+        channel, model, agent, status, provider, served, error = labels
+        self.ma = (model, agent)
+        self.calls = (model, agent, status)
+        self.request = (channel, "ok") if channel and not error else None
+        self.tokens = tuple((key, (model, agent, kind)) for key, kind in _TOKEN_KEYS)
+        self.genai_in = ("chat", provider, model, served, "input")
+        self.genai_out = ("chat", provider, model, served, "output")
+        self.genai_duration = ("chat", provider, model, served, error)
+
+
 class Metrics(Collector):
     """Every shoal metric, updated by :meth:`handle`; a ``prometheus_client`` collector
     (register it on a ``CollectorRegistry``)."""
@@ -140,6 +157,7 @@ class Metrics(Collector):
         self._run_counts: dict[str, dict[str, int]] = {}
         self._finished_runs: deque[str] = deque()
         self._active_steps: set[tuple[str, str]] = set()
+        self._call_keys: dict[tuple[str, str, str, str, str, str, str], _CallKeys] = {}
         # event-derived channel state (the collector prefers a Router's live stats)
         self.breaker_state: dict[str, str] = {}
         self.limits: dict[str, float] = {}
@@ -205,39 +223,38 @@ class Metrics(Collector):
 
     def on_call_end(self, e: Event) -> None:
         d: Mapping[str, Any] = e.data  # numbers where the vocabulary says so
-        model, agent = e.model, d.get("agent") or ""
-        ma = (model, agent)
+        get = d.get
+        model, error = e.model, get("error_type") or ""
+        labels = (e.channel, model, get("agent") or "", get("status") or "",
+                  get("provider") or "", get("served_model") or model, error)
+        k = self._call_keys.get(labels)
+        if k is None:  # the label tuples of this kind of call, built once
+            k = self._call_keys[labels] = _CallKeys(labels)
         self.running.add(_CALL, -1.0)
-        error = d.get("error_type") or ""
-        if e.channel:  # the last attempt's outcome (earlier ones came as retry/failover)
-            if error:
-                self._attempt_failed(e.channel, error)
-            else:
-                self.requests.inc((e.channel, "ok"))
-        self.calls.inc((model, agent, d.get("status") or ""))
-        self.attempts.inc(ma, d.get("attempts") or 0)
-        tokens = self.tokens
-        for key, kind in _TOKEN_KEYS:
-            n = d.get(key)
+        if k.request is not None:  # the last attempt's outcome (earlier: retry/failover)
+            self.requests.inc(k.request)
+        elif error and e.channel:
+            self._attempt_failed(e.channel, error)
+        self.calls.inc(k.calls)
+        self.attempts.inc(k.ma, get("attempts") or 0)
+        tokens = self.tokens.values
+        for key, tk in k.tokens:
+            n = get(key)
             if n:
-                tokens.inc((model, agent, kind), n)
-        self.cost.inc(ma, d.get("cost_usd") or 0.0)
-        wasted = d.get("wasted_cost_usd")
+                tokens[tk] = tokens.get(tk, 0.0) + n
+        self.cost.inc(k.ma, get("cost_usd") or 0.0)
+        wasted = get("wasted_cost_usd")
         if wasted:
-            self.wasted.inc(ma, wasted)
-        duration = d.get("duration_s") or 0.0
-        self.latency.observe(ma, duration)
-        ttft = d.get("ttft_s")
+            self.wasted.inc(k.ma, wasted)
+        duration = get("duration_s") or 0.0
+        self.latency.observe(k.ma, duration)
+        ttft = get("ttft_s")
         if ttft:
-            self.ttft.observe(ma, ttft)
-        provider, served = d.get("provider") or "", d.get("served_model") or model
+            self.ttft.observe(k.ma, ttft)
         if not error:
-            genai = self.genai_tokens
-            genai.observe(("chat", provider, model, served, "input"),
-                          d.get("input_tokens") or 0)
-            genai.observe(("chat", provider, model, served, "output"),
-                          d.get("output_tokens") or 0)
-        self.genai_duration.observe(("chat", provider, model, served, error), duration)
+            self.genai_tokens.observe(k.genai_in, get("input_tokens") or 0)
+            self.genai_tokens.observe(k.genai_out, get("output_tokens") or 0)
+        self.genai_duration.observe(k.genai_duration, duration)
 
     # -- agents, tools, guards ----------------------------------------------------------
 
