@@ -29,7 +29,7 @@ def _executor(cluster: str | None, store: str, *, config: Path | str | None,
     from shoal.scale.executor import DaskExecutor, LocalExecutor
 
     if cluster:
-        return DaskExecutor(cluster, store=store,
+        return DaskExecutor(cluster, store=store, items_per_worker=concurrency,
                             config=None if config is None else str(Path(config).resolve()))
     return LocalExecutor(store=store, client=client, items_per_worker=concurrency)
 
