@@ -15,6 +15,7 @@ from the journal. ``distributed`` is imported only when a DaskExecutor runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -190,14 +191,15 @@ class DaskExecutor(_Executor):
                 raise ConfigError(
                     f"cannot reach the Dask scheduler at {self.address} ({exc}); start one "
                     "(`dask scheduler`, docs/scale.md) or check --cluster") from exc
-        await client.register_plugin(worker_plugin(), name="shoal-scale")
         topic = progress_topic(jobs[0].batch_id) if jobs else ""
-        if topic:  # each item as a worker finishes it: the progress bar moves per item
-            client.subscribe_topic(topic, lambda event: item_done(announced(event[1])))
-        futures = client.map(run_chunk, list(jobs), pure=False)
-        job_of = {f.key: job for f, job in zip(futures, jobs, strict=True)}
+        futures: list[Any] = []
         finished = False
         try:
+            await client.register_plugin(worker_plugin(), name="shoal-scale")
+            if topic:  # each item as a worker finishes it: the progress bar moves per item
+                client.subscribe_topic(topic, lambda event: item_done(announced(event[1])))
+            futures = client.map(run_chunk, list(jobs), pure=False)
+            job_of = {f.key: job for f, job in zip(futures, jobs, strict=True)}
             async for future in dd.as_completed(futures):
                 job = job_of[future.key]
                 try:
@@ -207,12 +209,15 @@ class DaskExecutor(_Executor):
                 done(job, items)
             finished = True
         finally:
-            if not finished:
-                await client.cancel(futures)
-            if topic:
-                client.unsubscribe_topic(topic)
+            # Best effort: with the scheduler gone there is nothing left to cancel.
+            with contextlib.suppress(Exception):
+                if not finished and futures:
+                    await asyncio.wait_for(client.cancel(futures), 10)
+                if topic:
+                    client.unsubscribe_topic(topic)
             if own:
-                await client.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 30)
 
 
 def _address_of(client: Client) -> str:
