@@ -33,6 +33,7 @@ import gateway_load as gl
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 UPSTREAM_KEY = "sk-upstream-bench-0123456789"
+_MAIN = "import sys; from shoal.cli.main import main; sys.exit(main())"
 
 
 def start_gateway(src: str, mock_port: int, tmp: str, *, keyed: bool) -> gl.Server:
@@ -42,16 +43,17 @@ def start_gateway(src: str, mock_port: int, tmp: str, *, keyed: bool) -> gl.Serv
     key = None
     if keyed:
         key = subprocess.run(
-            [sys.executable, "-m", "shoal.cli.main", "keys", "create", "--name", "p",
-             "--store", store], capture_output=True, text=True, check=True, timeout=60,
+            [sys.executable, "-c", _MAIN, "keys", "create", "--name", "p", "--store", store],
+            capture_output=True, text=True, check=True, timeout=60,
             env={**os.environ, **env}).stdout.strip()
+        if not key.startswith("sk-"):
+            raise RuntimeError(f"shoal keys create printed no key: {key!r}")
     cfg = os.path.join(tmp, f"gw-{port}.toml")
     with open(cfg, "w") as f:
         f.write(f'[channels.openai]\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n'
                 f'api_key = "{UPSTREAM_KEY}"\nmax_concurrency = 4096\npool_size = 1024\n'
                 '\n[gateway]\naccess_log = false\n')
-    code = "import sys; from shoal.cli.main import main; sys.exit(main())"
-    cmd = [sys.executable, "-c", code, "gateway", "--config", cfg, "--port", str(port)]
+    cmd = [sys.executable, "-c", _MAIN, "gateway", "--config", cfg, "--port", str(port)]
     srv = gl.Server(cmd, port, cpu="1", ready_path="/health",
                     env={**env, "SHOAL_STORE": store}, log=os.path.join(tmp, f"gw-{port}.log"))
     srv.wait_ready()
