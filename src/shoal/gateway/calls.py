@@ -111,6 +111,13 @@ class Spend:
         self.cost_usd = adm.info.cost(adm.prompt_tokens, out)
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    info: ModelInfo
+    chain: tuple[ModelInfo, ...]
+    protocols: frozenset[str]  # of every channel that may serve the chain
+
+
 def _asks_1h_cache(request: ChatRequest) -> bool:
     marks = [m.cache_control for m in request.messages]
     marks += [t.cache_control for t in request.tools]
@@ -129,6 +136,7 @@ class Gateway:
         self.ready = False
         self.draining = False
         self._settles: set[asyncio.Task[None]] = set()
+        self._plans: dict[str, _Plan] = {}
         self.on_close: list[Callable[[], None]] = []  # run by aclose (exporters' unsubscribe)
 
     # -- before the call ------------------------------------------------------------------
@@ -154,27 +162,32 @@ class Gateway:
                 raise
             self.keys.check_model(key, requested)
 
-    def _chain(self, info: ModelInfo) -> list[ModelInfo]:
+    def _plan(self, info: ModelInfo) -> _Plan:
+        """The model's fallback chain and its channels' protocols; kept once the model is
+        servable (a model without a keyed channel is looked at again on every call, so a
+        key set later is seen)."""
+        plan = self._plans.get(info.name)
+        if plan is not None and plan.info is info:
+            return plan
         config = self.router.config
-        return [info, *(config.model(f) for f in info.fallbacks)]
-
-    def _passthrough(self, parsed: Parsed, protocol: str, chain: list[ModelInfo]) -> None:
-        config = self.router.config
-        if parsed.passthrough and all(
-                ch.protocol == protocol for m in chain for ch in config.channels_for(m)):
-            parsed.request.extra.update(parsed.passthrough)
+        chain = (info, *(config.model(f) for f in info.fallbacks))
+        if not any(config.usable(m) for m in chain):
+            raise BadInput(f"model {info.name!r} is not served by this gateway: none of its "
+                           "channels has an API key. GET /v1/models lists the models it "
+                           "serves.", param="model", status=404, kind="not_found",
+                           code="model_not_found")
+        protocols = frozenset(ch.protocol for m in chain for ch in config.channels_for(m))
+        plan = self._plans[info.name] = _Plan(info, chain, protocols)
+        return plan
 
     async def admit(self, parsed: Parsed, protocol: str, key: VirtualKey) -> Admitted:
         request = parsed.request
         info = self.model(request.model)
         self.allowed(key, info, request.model)
-        chain = self._chain(info)
-        if not any(self.router.config.usable(m) for m in chain):
-            raise BadInput(f"model {info.name!r} is not served by this gateway: none of its "
-                           "channels has an API key. GET /v1/models lists the models it "
-                           "serves.", param="model", status=404, kind="not_found",
-                           code="model_not_found")
-        self._passthrough(parsed, protocol, chain)
+        plan = self._plan(info)
+        chain = plan.chain
+        if parsed.passthrough and plan.protocols == {protocol}:  # else another would refuse
+            request.extra.update(parsed.passthrough)
         if sum(len(m.content) for m in request.messages) > _BIG_PROMPT_CHARS:
             # ~20 ms of tokenizing per 100k tokens: off the event loop, so the streams
             # and calls in flight keep moving (the Router's estimate then hits the cache).
