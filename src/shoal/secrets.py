@@ -28,6 +28,7 @@ __all__ = [
     "redact",
     "redact_values",
     "register_secret",
+    "registry_version",
 ]
 
 MASK = "***"
@@ -105,6 +106,12 @@ def forget_secret(value: str) -> None:
     if value in _registry.values:
         with _registry.lock:
             _registry.rebuild(_registry.values - {value})
+
+
+def registry_version() -> object:
+    """A value that changes (by identity) whenever a secret is registered or forgotten:
+    a cache of redacted texts keyed on it is never stale."""
+    return _registry.values
 
 
 def redact_values(text: str, secrets: Iterable[str] = ()) -> str:

@@ -22,8 +22,7 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from shoal.types import ChatRequest, ChatResponse
@@ -35,7 +34,7 @@ class CallNote:
     """One logical model call as the Router sees it while events are on: its id, the
     request (and the answer once there is one), and time queued for capacity."""
 
-    __slots__ = ("call_id", "queue_s", "request", "response", "started", "ttft_s")
+    __slots__ = ("call_id", "queue_s", "request", "response", "started", "tags", "ttft_s")
 
     def __init__(self, call_id: str, request: ChatRequest, started: float) -> None:
         self.call_id = call_id
@@ -44,11 +43,14 @@ class CallNote:
         self.started = started
         self.queue_s = 0.0
         self.ttft_s: float | None = None
+        # the scope's fields as events carry them, and the secrets version they were
+        # redacted for (made by shoal.observe.events at the call's first event)
+        self.tags: tuple[object, dict[str, object]] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """The run, step, agent and model call the running code belongs to ("" when none)."""
+class Scope(NamedTuple):
+    """The run, step, agent and model call the running code belongs to ("" when none).
+    Immutable (a named tuple: the Router makes one per observed call)."""
 
     run_id: str = ""
     step: str = ""
@@ -77,17 +79,20 @@ def enter(
     an agent, its turn."""
     old = _scope.get()
     if run_id is not None:
-        new = Scope(run_id=run_id, step=step or "", agent=agent or "")
+        new = Scope(run_id, step or "", agent or "")
     elif step is not None:
-        new = replace(old, step=step, agent=agent or "", turn=None, call_id="", call=None)
+        new = Scope(old.run_id, step, agent or "")
     elif agent is not None:
-        new = replace(old, agent=agent, turn=None, call_id="", call=None)
+        new = Scope(old.run_id, old.step, agent)
+    elif call is not None:  # the Router's observed call: the hot path
+        return _scope.set(Scope(old.run_id, old.step, old.agent, old.turn if turn is None
+                                else turn, call.call_id, call))
     else:
         new = old
     if turn is not None:
-        new = replace(new, turn=turn)
+        new = new._replace(turn=turn)
     if call is not None:
-        new = replace(new, call_id=call.call_id, call=call)
+        new = new._replace(call_id=call.call_id, call=call)
     return _scope.set(new)
 
 

@@ -64,14 +64,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 from weakref import WeakSet
 
 from shoal.clock import Clock, RealClock
-from shoal.observe.context import current
-from shoal.secrets import MIN_SECRET_CHARS, redact
+from shoal.observe.context import CallNote, Scope, current
+from shoal.secrets import MIN_SECRET_CHARS, redact, registry_version
 
 __all__ = [
     "ADMIT",
@@ -98,6 +97,8 @@ __all__ = [
     "Event",
     "EventBus",
     "Subscriber",
+    "clean_text",
+    "scope_fields",
     "subscribe_all",
 ]
 
@@ -129,15 +130,74 @@ _EMPTY: Mapping[str, object] = MappingProxyType({})
 _log = logging.getLogger("shoal.events")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One thing that happened: its kind, when (monotonic seconds), where, and details."""
+class Event(NamedTuple):
+    """One thing that happened: its kind, when (monotonic seconds), where, and details.
+
+    Immutable (a named tuple: the cheapest value to build on the hot path), ``data``
+    read-only; every string in it has been through :func:`shoal.secrets.redact`."""
 
     kind: str
     at: float
     channel: str = ""
     model: str = ""
-    data: Mapping[str, object] = field(default_factory=lambda: _EMPTY)
+    data: Mapping[str, object] = _EMPTY
+
+
+class _Texts:
+    """Redacted texts by their original, for the current set of registered secrets: an
+    event's strings (ids, step and agent names, models) repeat on every call, and
+    redacting one costs a regex pass per key shape."""
+
+    cache: ClassVar[dict[str, str]] = {}
+    version: ClassVar[object] = None
+    MAX: ClassVar[int] = 4096  # entries; then the cache starts over
+    LONG: ClassVar[int] = 512  # longer texts (error messages) are redacted, not kept
+
+
+def _texts() -> dict[str, str]:
+    """The cache of redacted texts, emptied when a secret was registered or forgotten."""
+    version = registry_version()
+    if version is not _Texts.version or len(_Texts.cache) > _Texts.MAX:
+        _Texts.cache, _Texts.version = {}, version
+    return _Texts.cache
+
+
+def _redact_new(cache: dict[str, str], text: str) -> str:
+    clean = redact(text)
+    if len(text) <= _Texts.LONG:
+        cache[text] = clean
+    return clean
+
+
+def scope_fields(where: Scope, note: CallNote | None = None) -> dict[str, object]:
+    """What events add from the scope: run_id, step, agent (redacted) and the model
+    call's call_id; kept on the call's note (``note``, else the scope's) for its events."""
+    if note is None:
+        note = where.call
+    version = registry_version()
+    if note is not None:
+        if note.tags is not None and note.tags[0] is version:
+            return note.tags[1]
+        call_id = note.call_id
+    else:
+        call_id = where.call_id
+    fields: dict[str, object] = {"run_id": clean_text(where.run_id),
+                                 "step": clean_text(where.step),
+                                 "agent": clean_text(where.agent)}
+    if call_id:
+        fields["call_id"] = call_id
+    if note is not None:
+        note.tags = (version, fields)
+    return fields
+
+
+def clean_text(text: str) -> str:
+    """``text`` as events carry it: :func:`shoal.secrets.redact` applied (remembered for
+    repeated texts). A text shorter than the shortest secret is returned as is."""
+    if len(text) < MIN_SECRET_CHARS:
+        return text
+    cache = _texts()
+    return cache.get(text) or _redact_new(cache, text)
 
 
 Subscriber = Callable[[Event], None]
@@ -185,24 +245,36 @@ class EventBus:
         subscribers = self._subscribers
         if not subscribers:
             return
-        # Error texts in events never carry a key (subscribers export them). A text
-        # shorter than the shortest secret (ids, statuses, model names) cannot hold one.
-        clean = {k: redact(v) if isinstance(v, str) and len(v) >= MIN_SECRET_CHARS else v
-                 for k, v in data.items()}
+        # No string in an event carries a key (subscribers export them). A text shorter
+        # than the shortest secret (ids, statuses, model names) cannot hold one.
+        cache = _texts()
+        clean: dict[str, object] = {}
+        for k, v in data.items():
+            clean[k] = (cache.get(v) or _redact_new(cache, v)
+                        if isinstance(v, str) and len(v) >= MIN_SECRET_CHARS else v)
         where = current()
         if where.run_id or where.call_id:  # the run/step/agent/call this happened in
-            clean.setdefault("run_id", where.run_id)
-            clean.setdefault("step", where.step)
-            clean.setdefault("agent", where.agent)
-            if where.call_id:
-                clean.setdefault("call_id", where.call_id)
-        event = Event(kind, self._clock.now(), channel, model, MappingProxyType(clean))
+            clean = {**scope_fields(where), **clean}
+        self._deliver(subscribers, Event(kind, self._clock.now(), channel, model,
+                                         MappingProxyType(clean)))
+
+    def publish_clean(self, kind: str, data: dict[str, object], *, channel: str = "",
+                      model: str = "") -> None:
+        """Deliver ``data`` as it is, without the scope's fields: for shoal's own emitters
+        that build the whole record and pass each of its strings through
+        :func:`clean_text` themselves (``call_start``/``call_end``)."""
+        subscribers = self._subscribers
+        if subscribers:
+            self._deliver(subscribers, Event(kind, self._clock.now(), channel, model,
+                                             MappingProxyType(data)))
+
+    @staticmethod
+    def _deliver(subscribers: tuple[Subscriber, ...], event: Event) -> None:
         for callback in subscribers:
             try:
                 callback(event)
             except Exception:
-                _log.exception("event subscriber %r failed on %s", callback, kind)
-
+                _log.exception("event subscriber %r failed on %s", callback, event.kind)
 
 
 class _Everywhere:

@@ -31,6 +31,7 @@ from shoal.errors import ConfigError
 from shoal.observe import tracing_attrs as A
 from shoal.observe.context import current
 from shoal.observe.events import Event, EventBus, subscribe_all
+from shoal.observe.leaf_spans import LeafWriter
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -74,8 +75,11 @@ class _Leaf:
 class SpanBuilder:
     """The event subscriber: opens and ends spans as start/end events arrive."""
 
-    def __init__(self, tracer: Tracer, *, capture_content: bool = False) -> None:
+    def __init__(self, tracer: Tracer, *, capture_content: bool = False,
+                 own_provider: bool = False) -> None:
         self.tracer = tracer
+        # chat and tool spans straight to the processor when that gives the SDK's spans
+        self._writer = LeafWriter.make(tracer, own_provider)
         self.capture_content = capture_content
         self._offset_ns: int | None = None
         self._runs: dict[str, Span] = {}
@@ -146,8 +150,13 @@ class SpanBuilder:
             attrs[A.ERROR_TYPE] = kind
         if isinstance(span, _Leaf):
             leaf = span
-            span = self._start(leaf.name, event, leaf.parent, {**leaf.attributes, **attrs},
-                               start_ns=leaf.start_ns)
+            attrs = {**leaf.attributes, **attrs}
+            writer = self._writer
+            if writer is not None and writer.write(
+                    leaf.name, leaf.parent, leaf.start_ns, self._ns(event), attributes=attrs,
+                    events=leaf.events, error=(error or kind) if kind else ""):
+                return
+            span = self._start(leaf.name, event, leaf.parent, attrs, start_ns=leaf.start_ns)
             for name, event_attrs, at in leaf.events:
                 span.add_event(name, attributes=event_attrs, timestamp=at)
         else:
@@ -374,7 +383,7 @@ def tracing(exporter: SpanExporter | None = None, *,
     except PackageNotFoundError:
         shoal_version = "0"
     builder = SpanBuilder(provider.get_tracer("shoal", shoal_version),
-                          capture_content=capture_content)
+                          capture_content=capture_content, own_provider=own)
     if bus is None:
         unsubscribe = subscribe_all(builder)
     else:

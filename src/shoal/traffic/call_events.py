@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from shoal.errors import RunError
 from shoal.observe.context import CallNote, current, enter, leave, new_call_id
-from shoal.observe.events import CALL_END, CALL_START, EventBus
+from shoal.observe.events import CALL_END, CALL_START, EventBus, clean_text, scope_fields
 from shoal.types import ChatResponse, ReasoningDelta, StreamEnd, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
@@ -49,8 +49,8 @@ def admitted(waited_s: float) -> None:
 def _start(bus: EventBus, clock: Clock, request: ChatRequest, stream: bool) -> _Note:
     note = _Note(new_call_id(), request, clock.now(), stream)
     where = current()
-    bus.emit(CALL_START, model=request.model, run_id=where.run_id, step=where.step,
-             agent=where.agent, turn=where.turn, call_id=note.call_id, stream=stream)
+    bus.publish_clean(CALL_START, {**scope_fields(where, note), "turn": where.turn,
+                                   "stream": stream}, model=request.model)
     return note
 
 
@@ -60,32 +60,30 @@ def _end(bus: EventBus, clock: Clock, note: _Note,
     if response is not None:
         note.response = response
         usage = response.usage
-        data: dict[str, object] = {
-            "provider": response.provider, "served_model": response.served_model,
-            "status": "ok", "error_type": "", "cost_usd": response.cost_usd,
-            "wasted_cost_usd": response.wasted_cost_usd,
-        }
-        channel, model = response.channel, response.model
         note.attempts, note.queue_s = response.attempts, response.queue_s
+        provider, served, status, error_type = (
+            response.provider, response.served_model, "ok", "")
+        cost, wasted = response.cost_usd, response.wasted_cost_usd
+        channel, model = response.channel, response.model
     else:
         usage = _NO_USAGE
-        data = {
-            "provider": getattr(error, "provider", "") or "", "served_model": "",
-            "status": "error", "error_type": type(error).__name__, "cost_usd": 0.0,
-            "wasted_cost_usd": error.wasted_cost_usd if isinstance(error, RunError) else 0.0,
-        }
+        provider, served, status = getattr(error, "provider", "") or "", "", "error"
+        error_type, cost = type(error).__name__, 0.0
+        wasted = error.wasted_cost_usd if isinstance(error, RunError) else 0.0
         channel, model = "", note.request.model
     where = current()
-    data.update(
-        run_id=where.run_id, step=where.step, agent=where.agent, turn=where.turn,
-        call_id=note.call_id,
-        stream=note.stream, attempts=note.attempts,
-        duration_s=clock.now() - note.started, ttft_s=note.ttft_s, queue_s=note.queue_s,
-        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-        cached_input_tokens=usage.cached_input_tokens,
-        cache_write_tokens=usage.cache_write_tokens, reasoning_tokens=usage.reasoning_tokens,
-    )
-    bus.publish(CALL_END, data, channel=channel, model=model)
+    bus.publish_clean(CALL_END, {
+        "provider": clean_text(str(provider)), "served_model": clean_text(served),
+        "status": status, "error_type": clean_text(error_type), "cost_usd": cost,
+        "wasted_cost_usd": wasted, **scope_fields(where, note),
+        "turn": where.turn, "stream": note.stream,
+        "attempts": note.attempts, "duration_s": clock.now() - note.started,
+        "ttft_s": note.ttft_s, "queue_s": note.queue_s,
+        "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    }, channel=channel, model=model)
 
 
 async def observed_complete(bus: EventBus, clock: Clock, request: ChatRequest,
