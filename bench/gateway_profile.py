@@ -73,12 +73,14 @@ def measure(srv: gl.Server, url: str, connections: int, seconds: float) -> tuple
     return cpu / max(res.requests, 1) * 1e6, res.rps
 
 
-def stream_cpu(srv: gl.Server, url: str, n: int) -> tuple[float, float]:
-    """(CPU µs per streamed chunk, largest inter-chunk gap ms) for ``n`` streams."""
+def stream_cpu(srv: gl.Server, url: str, n: int) -> tuple[float, float, float]:
+    """(CPU µs per streamed chunk, largest inter-chunk gap ms, TTFT p99 ms) for ``n``
+    streams."""
     cpu0 = srv.cpu_s()
     res = gl.streams(url, n, headers=srv.headers, cpu="0")
     cpu = srv.cpu_s() - cpu0
-    return cpu / max(res["events"], 1) * 1e6, float(res["max_gap_ms"])
+    return (cpu / max(res["events"], 1) * 1e6, float(res["max_gap_ms"]),
+            float(res["ttft_p99_ms"]))
 
 
 def spy_on(where: str, srv: gl.Server, name: str, seconds: float) -> subprocess.Popen[bytes] | None:
@@ -142,12 +144,13 @@ def main() -> None:
                     try:
                         url = f"http://127.0.0.1:{srv.port}/v1/chat/completions"
                         spy = spy_on(args.pyspy if r == 0 else "", srv, f"{name}-stream", 12)
-                        us, gap = stream_cpu(srv, url, args.stream)
+                        us, gap, ttft = stream_cpu(srv, url, args.stream)
                         if spy is not None:
                             spy.wait(timeout=60)
                         chunk.setdefault(name, []).append((us, gap))
                         print(f"round {r} {name:>8} stream: {us:6.1f} µs CPU/chunk, max gap "
-                              f"{gap:.0f} ms", file=sys.stderr, flush=True)
+                              f"{gap:.0f} ms, TTFT p99 {ttft:.0f} ms", file=sys.stderr,
+                              flush=True)
                     finally:
                         srv.stop()
     finally:
