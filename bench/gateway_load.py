@@ -104,6 +104,23 @@ class Server:
                 total += t.user + t.system
         return total
 
+    def cpu_wait_s(self) -> float:
+        """Seconds the process's threads (and its children's) spent runnable but waiting
+        for a CPU (Linux schedstat): how much other load on the machine held it back."""
+        import psutil
+        total = 0
+        try:
+            procs = [self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children(
+                recursive=True))]
+        except psutil.Error:
+            return 0.0
+        for pid in procs:
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                        total += int(f.read().split()[1])
+        return total / 1e9
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(OSError):
