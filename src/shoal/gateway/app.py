@@ -55,18 +55,21 @@ def error_response(wire: Wire, failure: Failure) -> web.Response:
                         content_type=_JSON, headers=failure.all_headers())
 
 
+def _too_large(limit: int) -> BadInput:
+    return BadInput(f"the request body is over the gateway's limit of {limit} bytes "
+                    "(max_body_bytes in [gateway]); send a smaller request",
+                    status=413, kind="too_large", code="request_too_large")
+
+
 async def read_json(request: web.Request, limit: int) -> Any:
     """The body as JSON; a 413 past ``limit`` bytes, a 400 saying what is wrong."""
-    too_large = BadInput(f"the request body is over the gateway's limit of {limit} bytes "
-                         "(max_body_bytes in [gateway]); send a smaller request",
-                         status=413, kind="too_large", code="request_too_large")
     length = request.content_length
     if length is not None and length > limit:
-        raise too_large
+        raise _too_large(limit)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(limit) from None
     if not raw:
         raise BadInput("the request body is empty; send a JSON object")
     try:

@@ -50,11 +50,15 @@ class GatewayMetrics:
                               ["model", "key", "kind"])
         self.cost = Counter("shoal_gateway_cost_usd", "Spend through the gateway, USD "
                             "(answers discarded on the way included).", ["model", "key"])
+        self._routes: dict[str, InFlight] = {}
         self.registry.register(_Collector(self))
 
     def in_flight_of(self, route: str) -> InFlight:
-        """The in-flight gauge of ``route`` (reads 0 from now on)."""
-        return InFlight(self.in_flight, route)
+        """The in-flight gauge of ``route`` (reads 0 from now on), made once per route."""
+        gauge = self._routes.get(route)
+        if gauge is None:
+            gauge = self._routes[route] = InFlight(self.in_flight, route)
+        return gauge
 
     def observe(self, *, route: str, model: str, key: str, status: int, duration_s: float,
                 error_kind: str | None, input_tokens: int, output_tokens: int,
