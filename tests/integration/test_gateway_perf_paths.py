@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 from gateway_fixtures import ANTHROPIC_MODEL, OPENAI_MODEL, gateway, sim_config
 
 from shoal.sim import ModelProfile, SimConfig, SimServer
@@ -81,3 +82,27 @@ async def test_a_concurrency_cap_above_the_pool_size_reaches_the_upstream() -> N
         stats = sim.stats()
     assert [s for s, _, _ in results] == [200] * 120
     assert stats.max_in_flight == 120
+
+
+async def test_a_model_refused_for_want_of_a_key_is_served_once_the_key_is_set(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway keeps a model's plan (chain, protocols) only once it is servable."""
+    from shoal.config import Config
+
+    env = "SHOAL_TEST_PERF_LATE_KEY"
+    monkeypatch.delenv(env, raising=False)
+    async with SimServer(SimConfig()) as sim:
+        config = Config.from_dict({
+            "channels": {"late": {"protocol": "openai", "base_url": sim.base_url("openai"),
+                                  "api_key_env": env, "provider": "openai"}},
+            "models": {"late-model": {"channels": ["late"], "wire_name": "gpt-4o-mini"}}})
+        raw = json.dumps({"model": "late-model", "max_tokens": 5,
+                          "messages": [{"role": "user", "content": "hi"}]}).encode()
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            first, answer, _ = await _post(session, gw.url + CHAT, raw)
+            monkeypatch.setenv(env, "sk-late-0123456789abcdef0123")
+            second, _, _ = await _post(session, gw.url + CHAT, raw)
+            third, _, _ = await _post(session, gw.url + CHAT, raw)
+    assert first == 404 and "none of its channels has an API key" in answer["error"]["message"]
+    assert (second, third) == (200, 200)
+    assert sim.stats().total_requests == 2
