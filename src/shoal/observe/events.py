@@ -209,10 +209,11 @@ class EventBus:
     A subscriber that raises is logged and skipped: observing a call never breaks it.
     """
 
-    __slots__ = ("__weakref__", "_clock", "_subscribers")
+    __slots__ = ("__weakref__", "_clock", "_now", "_subscribers")
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock: Clock = clock if clock is not None else RealClock()
+        self._now = self._clock.now
         self._subscribers: tuple[Subscriber, ...] = _Everywhere.subscribers
         _Everywhere.buses.add(self)
 
@@ -235,46 +236,51 @@ class EventBus:
 
     def emit(self, kind: str, *, channel: str = "", model: str = "", **data: object) -> None:
         """Build an :class:`Event` and deliver it; does nothing when nobody subscribed."""
-        if self._subscribers:
-            self.publish(kind, data, channel=channel, model=model)
+        subscribers = self._subscribers
+        if subscribers:  # ``data`` is this call's own dict: cleaned in place
+            self._send(subscribers, kind, data, channel, model)
 
     def publish(
         self, kind: str, data: Mapping[str, object], *, channel: str = "", model: str = ""
     ) -> None:
         """Like :meth:`emit`, with ``data`` as a mapping (for keys such as ``from``)."""
         subscribers = self._subscribers
-        if not subscribers:
-            return
+        if subscribers:
+            self._send(subscribers, kind, dict(data), channel, model)
+
+    def _send(self, subscribers: tuple[Subscriber, ...], kind: str, data: dict[str, object],
+              channel: str, model: str) -> None:
         # No string in an event carries a key (subscribers export them). A text shorter
         # than the shortest secret (ids, statuses, model names) cannot hold one.
         cache = _texts()
-        clean: dict[str, object] = {}
         for k, v in data.items():
-            clean[k] = (cache.get(v) or _redact_new(cache, v)
-                        if isinstance(v, str) and len(v) >= MIN_SECRET_CHARS else v)
+            if isinstance(v, str) and len(v) >= MIN_SECRET_CHARS:
+                data[k] = cache.get(v) or _redact_new(cache, v)  # same keys: safe
         where = current()
         if where.run_id or where.call_id:  # the run/step/agent/call this happened in
-            clean = {**scope_fields(where), **clean}
-        self._deliver(subscribers, Event(kind, self._clock.now(), channel, model,
-                                         MappingProxyType(clean)))
-
-    def publish_clean(self, kind: str, data: dict[str, object], *, channel: str = "",
-                      model: str = "") -> None:
-        """Deliver ``data`` as it is, without the scope's fields: for shoal's own emitters
-        that build the whole record and pass each of its strings through
-        :func:`clean_text` themselves (``call_start``/``call_end``)."""
-        subscribers = self._subscribers
-        if subscribers:
-            self._deliver(subscribers, Event(kind, self._clock.now(), channel, model,
-                                             MappingProxyType(data)))
-
-    @staticmethod
-    def _deliver(subscribers: tuple[Subscriber, ...], event: Event) -> None:
+            for k, v in scope_fields(where).items():
+                if k not in data:
+                    data[k] = v
+        event = Event(kind, self._now(), channel, model, MappingProxyType(data))
         for callback in subscribers:
             try:
                 callback(event)
             except Exception:
-                _log.exception("event subscriber %r failed on %s", callback, event.kind)
+                _log.exception("event subscriber %r failed on %s", callback, kind)
+
+    def publish_clean(self, kind: str, data: dict[str, object], *, channel: str = "",
+                      model: str = "") -> None:
+        """Deliver ``data`` as it is (not copied), without the scope's fields: for shoal's
+        own emitters that build the whole record and pass each of its strings through
+        :func:`clean_text` themselves (``call_start``/``call_end``)."""
+        subscribers = self._subscribers
+        if subscribers:
+            event = Event(kind, self._now(), channel, model, MappingProxyType(data))
+            for callback in subscribers:
+                try:
+                    callback(event)
+                except Exception:
+                    _log.exception("event subscriber %r failed on %s", callback, kind)
 
 
 class _Everywhere:

@@ -219,9 +219,9 @@ class SpanBuilder:
     def _call_start(self, e: Event) -> None:
         d = e.data
         parent = self._parent(_str(d, "run_id"), _str(d, "step"), _str(d, "agent"))
-        self._calls[_str(d, "call_id")] = _Leaf(f"chat {e.model}", self._ns(e), parent, {
-            A.OPERATION: "chat", A.REQUEST_MODEL: e.model, "shoal.call_id": _str(d, "call_id")})
-        leaf = self._calls[_str(d, "call_id")]
+        call_id = _str(d, "call_id")
+        self._calls[call_id] = leaf = _Leaf(f"chat {e.model}", self._ns(e), parent, {
+            A.OPERATION: "chat", A.REQUEST_MODEL: e.model, "shoal.call_id": call_id})
         if d.get("stream"):
             leaf.attributes["shoal.stream"] = True
         if isinstance(d.get("turn"), int):
