@@ -353,6 +353,9 @@ class Turn:
 
 
 _GATES: weakref.WeakKeyDictionary[object, WarmGate] = weakref.WeakKeyDictionary()
+# The turn of a request with nothing to gate: already done, so began()/end() do nothing.
+_NO_TURN = Turn(WarmGate.__new__(WarmGate), None, "5m")
+_NO_TURN.done = True
 
 
 def openai_prefix_key(body: dict[str, Any]) -> str | None:
@@ -376,11 +379,13 @@ async def gate_turn(owner: object, clock: Clock, body: dict[str, Any],
                     request: ChatRequest, protocol: str = "anthropic") -> Turn:
     """``owner``'s (an adapter's) gate turn for a body with its cache fields placed:
     keyed on the shared prefix (tools and system), none when caching is off."""
-    gate = _GATES.get(owner)
-    if gate is None:
-        gate = _GATES[owner] = WarmGate(clock)
     mode, ttl = settings(request)
     key = None
     if mode == "auto":
         key = shared_prefix_key(body) if protocol == "anthropic" else openai_prefix_key(body)
+    if key is None:
+        return _NO_TURN  # the common case: nothing to gate, no per-call allocation
+    gate = _GATES.get(owner)
+    if gate is None:
+        gate = _GATES[owner] = WarmGate(clock)
     return await gate.enter(key, ttl)

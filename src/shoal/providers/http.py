@@ -202,8 +202,9 @@ class HttpProvider(Provider):
     async def _post_json(self, request: ChatRequest, payload: dict[str, Any],
                          received: Callable[[], None] | None = None) -> tuple[Any, bytes]:
         """POST ``payload``; the decoded JSON answer and its raw bytes, or a shoal error.
-        ``received()`` runs once a 200 answer is read, before it is decoded; then this
-        coroutine yields once, so a call woken by ``received`` sends first."""
+        ``received()`` runs once a 200 answer is read, before it is decoded. (Yielding
+        after it, so the woken call sends first, cost a loop iteration per call, ~15 µs
+        of CPU at 50 concurrent, and measured no gain at a cap of 3: not done.)"""
         data = json.dumps(payload).encode()
         try:
             async with self._pool.session().post(
@@ -216,9 +217,6 @@ class HttpProvider(Provider):
             raise error_from_transport(exc, provider=self.name, url=self._url) from exc
         if received is not None:
             received()
-            # Let the queued call that just got the slot send its request before this
-            # answer is decoded and priced: the provider's slot is busy again sooner.
-            await asyncio.sleep(0)
         try:
             return json.loads(raw), raw
         except ValueError:
