@@ -85,7 +85,7 @@ class Server:
 
     def rss_mb(self) -> float:
         """Resident memory of the process and its children (workers), in MiB."""
-        import psutil  # type: ignore[import-untyped]
+        import psutil
         proc = psutil.Process(self.proc.pid)
         total = proc.memory_info().rss
         for child in proc.children(recursive=True):
