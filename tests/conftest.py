@@ -54,6 +54,25 @@ def pg_dsn() -> str:
     return PG_DSN
 
 
+async def drop_pg_schema(dsn: str, schema: str) -> None:
+    """Drop a test's PostgreSQL schema and everything in it."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pg_url(pg_dsn: str) -> AsyncIterator[str]:
+    """A PostgreSQL store URL on a schema of its own, dropped after the test."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{pg_dsn}?schema={schema}&pool_max=8"
+    await drop_pg_schema(pg_dsn, schema)
+
+
 @pytest.fixture
 def unique_prefix() -> str:
     """A key/table prefix no other test (or concurrent test run) uses."""
@@ -101,10 +120,4 @@ async def journal_url(
     dsn: str = request.getfixturevalue("pg_dsn")
     schema = f"journal_{uuid.uuid4().hex[:12]}"
     yield f"{dsn}?schema={schema}&pool_max=4"
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_pg_schema(dsn, schema)

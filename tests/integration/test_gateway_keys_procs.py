@@ -7,8 +7,6 @@ import asyncio
 import json
 import os
 import sys
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from worker_procs import read_line
@@ -66,19 +64,6 @@ async def main(store_url, redis_url, prefix, secret, tasks):
 
 asyncio.run(main(*sys.argv[1:5], int(sys.argv[5])))
 """
-
-
-@pytest.fixture
-async def pg_url(pg_dsn: str) -> AsyncIterator[str]:
-    import asyncpg
-
-    schema = f"keys_{uuid.uuid4().hex[:12]}"
-    yield f"{pg_dsn}?schema={schema}&pool_max=4"
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def test_two_processes_share_one_budget_and_one_concurrency_cap(

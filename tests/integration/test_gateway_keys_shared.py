@@ -12,28 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import drop_pg_schema
 from shoal.gateway.key_limits import RedisKeyLimits
 from shoal.gateway.key_store import open_key_store
 from shoal.gateway.keys import StoreKeys
 from shoal.gateway.keys_api import KeyBudgetExceeded, KeyLimited, VirtualKey
 from shoal.types import Usage
-
-
-async def _drop_schema(dsn: str, schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def pg_url(pg_dsn: str) -> AsyncIterator[str]:
-    schema = f"keys_{uuid.uuid4().hex[:12]}"
-    yield f"{pg_dsn}?schema={schema}&pool_max=8"
-    await _drop_schema(pg_dsn, schema)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -44,7 +28,7 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     dsn: str = request.getfixturevalue("pg_dsn")
     schema = f"keys_{uuid.uuid4().hex[:12]}"
     yield f"{dsn}?schema={schema}&pool_max=8"
-    await _drop_schema(dsn, schema)
+    await drop_pg_schema(dsn, schema)
 
 
 async def test_store_contract(store_url: str) -> None:

@@ -10,7 +10,6 @@ import signal
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -24,19 +23,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 OUTPUT_TOKENS = 1500  # gpt-4o: $10 per million output tokens, so ~$0.015 a call
 CALL_USD = OUTPUT_TOKENS * 10.0 / 1e6
 SHOAL = [sys.executable, "-c", "from shoal.cli.main import main; main()"]
-
-
-@pytest.fixture
-async def pg_url(pg_dsn: str) -> AsyncIterator[str]:
-    import asyncpg
-
-    schema = f"replicas_{uuid.uuid4().hex[:12]}"
-    yield f"{pg_dsn}?schema={schema}&pool_max=4"
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def _start_gateway(config: Path, store: str) -> tuple[asyncio.subprocess.Process, str]:
