@@ -335,7 +335,7 @@ class Turn:
 
     __slots__ = ("done", "gate", "key", "leader", "ttl")
 
-    def __init__(self, gate: WarmGate, key: str | None, ttl: CacheTTL) -> None:
+    def __init__(self, gate: WarmGate | None, key: str | None, ttl: CacheTTL) -> None:
         self.gate = gate
         self.key = key
         self.ttl = ttl
@@ -349,12 +349,13 @@ class Turn:
     def end(self, *, ok: bool) -> None:
         if not self.done:
             self.done = True
-            self.gate._end(self, ok)
+            if self.gate is not None:
+                self.gate._end(self, ok)
 
 
 _GATES: weakref.WeakKeyDictionary[object, WarmGate] = weakref.WeakKeyDictionary()
 # The turn of a request with nothing to gate: already done, so began()/end() do nothing.
-_NO_TURN = Turn(WarmGate.__new__(WarmGate), None, "5m")
+_NO_TURN = Turn(None, None, "5m")
 _NO_TURN.done = True
 
 
