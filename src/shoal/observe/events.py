@@ -16,7 +16,8 @@ Kinds used across shoal (``data`` keys in brackets):
                  from an agent falling back to its next model: ``from``/``to`` models)
 ``breaker``      a circuit breaker changed state [from, to, error]
 ``limit_change`` adaptive concurrency moved a channel's cap [from, to, reason]
-``settle``       a permit's token reservation was corrected [reserved, actual]
+``settle``       a permit's token reservation was corrected [reserved, actual] (channels
+                 with a ``tpm`` limit: elsewhere nothing is reserved)
 
 Run, step, agent and tool kinds (issue 11; emitted by flows, agents and the Router):
 

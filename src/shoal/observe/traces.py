@@ -44,6 +44,9 @@ __all__ = ["SpanBuilder", "Tracing", "tracing"]
 _SPAN_EVENTS = frozenset({"retry", "failover", "breaker", "wait", "limit_change"})
 _Key = tuple[str, ...]
 _QUEUED_S = 0.001  # an admission after a wait this long is a "limiter_wait" span event
+_CHAT_END = tuple(A.CHAT_END.items())
+_TOKENS = tuple(A.TOKENS_GEN_AI.items())
+_ALWAYS_TOKENS = frozenset({"input_tokens", "output_tokens"})  # the rest only when not 0
 
 
 def _attr(value: object) -> Any:
@@ -87,6 +90,7 @@ class SpanBuilder:
         self._agents: dict[_Key, Span] = {}  # by (run_id, step, agent)
         self._agent_of_step: dict[_Key, Span] = {}  # by (run_id, step): the latest
         self._calls: dict[str, _Leaf] = {}
+        self._chat_names: dict[str, str] = {}  # model → "chat {model}"
         self._tools: dict[_Key, _Leaf] = {}
         from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
@@ -218,37 +222,68 @@ class SpanBuilder:
 
     def _call_start(self, e: Event) -> None:
         d = e.data
-        parent = self._parent(_str(d, "run_id"), _str(d, "step"), _str(d, "agent"))
+        model = e.model
+        name = self._chat_names.get(model)
+        if name is None:
+            name = self._chat_names[model] = f"chat {model}"
         call_id = _str(d, "call_id")
-        self._calls[call_id] = leaf = _Leaf(f"chat {e.model}", self._ns(e), parent, {
-            A.OPERATION: "chat", A.REQUEST_MODEL: e.model, "shoal.call_id": call_id})
+        self._calls[call_id] = leaf = _Leaf(
+            name, self._ns(e), self._parent(_str(d, "run_id"), _str(d, "step"),
+                                            _str(d, "agent")),
+            {A.OPERATION: "chat", A.REQUEST_MODEL: model, "shoal.call_id": call_id})
         if d.get("stream"):
             leaf.attributes["shoal.stream"] = True
-        if isinstance(d.get("turn"), int):
-            leaf.attributes["shoal.turn"] = d["turn"]
+        turn = d.get("turn")
+        if isinstance(turn, int):
+            leaf.attributes["shoal.turn"] = turn
 
     def _call_end(self, e: Event) -> None:
+        """The chat span, whole: its attributes written once into the leaf's own dict
+        (the hot path of tracing: one model call, one span)."""
         d = e.data
-        span = self._calls.pop(_str(d, "call_id"), None)
-        if span is None:
+        leaf = self._calls.pop(_str(d, "call_id"), None)
+        if leaf is None:
             return
-        attrs: dict[str, Any] = {attr: d.get(key) for key, attr in A.CHAT_END.items()}
-        attrs.update(A.token_attrs(d, A.TOKENS_GEN_AI))
+        get = d.get
+        attrs = leaf.attributes
+        for key, attr in _CHAT_END:
+            value = get(key)
+            if value is not None:
+                attrs[attr] = value
+        if not get("provider"):
+            attrs.pop(A.PROVIDER, None)
+        if not get("served_model"):
+            attrs.pop(A.RESPONSE_MODEL, None)
+        if not get("wasted_cost_usd"):
+            attrs.pop("shoal.wasted_cost_usd", None)
+        for key, attr in _TOKENS:
+            value = get(key)
+            if isinstance(value, int) and (value or key in _ALWAYS_TOKENS):
+                attrs[attr] = value
         if e.channel:
             attrs["shoal.channel"] = e.channel
-        if not attrs.get(A.PROVIDER):
-            attrs.pop(A.PROVIDER, None)
-        if not attrs.get(A.RESPONSE_MODEL):
-            attrs.pop(A.RESPONSE_MODEL, None)
-        if not d.get("wasted_cost_usd"):
-            attrs.pop("shoal.wasted_cost_usd", None)
         if self.capture_content:
             note = current().call  # the call's scope is current while call_end is emitted
             if note is not None and note.call_id == d.get("call_id"):
                 attrs[A.CONTENT_INPUT] = A.input_messages(note.request)
                 if note.response is not None:
                     attrs[A.CONTENT_OUTPUT] = A.output_messages(note.response)
-        self._end(span, e, attrs, error_type=_str(d, "error_type"))
+        error = _str(d, "error_type")
+        if error:
+            attrs[A.ERROR_TYPE] = error
+        end_ns = self._ns(e)
+        writer = self._writer
+        if writer is not None and writer.write(leaf.name, leaf.parent, leaf.start_ns, end_ns,
+                                               attributes=attrs, events=leaf.events,
+                                               error=error):
+            return
+        span = self._start(leaf.name, e, leaf.parent, attrs, start_ns=leaf.start_ns)
+        for name, event_attrs, at in leaf.events:
+            span.add_event(name, attributes=event_attrs, timestamp=at)
+        if error:
+            status, code = self._error
+            span.set_status(status(code, error))
+        span.end(end_time=end_ns)
 
     def _tool_start(self, e: Event) -> None:
         d = e.data

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 
 from shoal.errors import RunError
 from shoal.observe.context import CallNote, current, enter, leave, new_call_id
-from shoal.observe.events import CALL_END, CALL_START, EventBus, clean_text, scope_fields
+from shoal.observe.events import (
+    ADMIT,
+    CALL_END,
+    CALL_START,
+    EventBus,
+    clean_text,
+    scope_fields,
+)
 from shoal.types import ChatResponse, ReasoningDelta, StreamEnd, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
@@ -38,12 +45,24 @@ class _Note(CallNote):
         self.stream = stream
 
 
-def admitted(waited_s: float) -> None:
-    """An attempt of the current call got its slot after ``waited_s`` in the limiter."""
-    note = current().call
+def admitted(bus: EventBus, channel: str, model: str, *, waited_s: float, tokens: int,
+             attempt: int) -> None:
+    """An attempt of the current call got its slot after ``waited_s`` in the limiter:
+    counted on the call's note and emitted as ``admit`` (with the scope's fields the
+    call's earlier events already cleaned: no second redaction pass)."""
+    where = current()
+    note = where.call
     if isinstance(note, _Note):
         note.attempts += 1
         note.queue_s += waited_s
+        data = {**scope_fields(where, note), "waited_s": waited_s, "tokens": tokens,
+                "attempt": attempt}
+    elif where.run_id or where.call_id:
+        data = {**scope_fields(where), "waited_s": waited_s, "tokens": tokens,
+                "attempt": attempt}
+    else:
+        data = {"waited_s": waited_s, "tokens": tokens, "attempt": attempt}
+    bus.publish_clean(ADMIT, data, channel=clean_text(channel), model=clean_text(model))
 
 
 def _start(bus: EventBus, clock: Clock, request: ChatRequest, stream: bool) -> _Note:

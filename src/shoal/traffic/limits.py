@@ -296,9 +296,9 @@ class LocalLimiter(Limiter):
             if entry.at > self._clock.now() - self._window:
                 self._tpm_used += actual_tokens - reserved
             entry.tokens = actual_tokens
-        events = self._events
-        if events is not None and events.active:
-            events.emit(SETTLE, channel=self.name, reserved=reserved, actual=actual_tokens)
+            events = self._events  # without a TPM window there is no reservation to correct
+            if events is not None and events.active:
+                events.emit(SETTLE, channel=self.name, reserved=reserved, actual=actual_tokens)
         if actual_tokens < reserved:
             if self._n_waiting:
                 self._wake()

@@ -342,11 +342,12 @@ class RedisLimiter(RedisLink):
     def _settle(self, permit: Permit, actual_tokens: int) -> None:
         reserved = permit.tokens
         permit.tokens = actual_tokens
-        if self._tpm is not None:
+        if self._tpm is not None:  # without a TPM window there is no reservation to correct
             self._spawn(self._settle_holder(str(permit._handle), actual_tokens))
-        events = self._events
-        if events is not None and events.active:
-            events.emit(SETTLE, channel=self.name, reserved=reserved, actual=actual_tokens)
+            events = self._events
+            if events is not None and events.active:
+                events.emit(SETTLE, channel=self.name, reserved=reserved,
+                            actual=actual_tokens)
 
     # -- capacity --------------------------------------------------------------------
 

@@ -227,10 +227,8 @@ class Router:
                     lane.retry_budget.refund()
                 continue
             if self.events.active:
-                admitted(now - waited_from)
-                self.events.emit("admit", channel=lane.name, model=info.name,
-                                 waited_s=now - waited_from, tokens=tokens,
-                                 attempt=budget.attempts)
+                admitted(self.events, lane.name, info.name, waited_s=now - waited_from,
+                         tokens=tokens, attempt=budget.attempts)
             return Attempt(info, lane, permit, now)
 
     def _failed(self, att: Attempt, err: ProviderError) -> bool:
