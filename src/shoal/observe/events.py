@@ -134,8 +134,13 @@ _log = logging.getLogger("shoal.events")
 class Event(NamedTuple):
     """One thing that happened: its kind, when (monotonic seconds), where, and details.
 
-    Immutable (a named tuple: the cheapest value to build on the hot path), ``data``
-    read-only; every string in it has been through :func:`shoal.secrets.redact`."""
+    Immutable (a named tuple: the cheapest value to build on the hot path). ``data`` is
+    the event's own dict, typed read-only: every subscriber sees the same one, so none
+    may change it (a subscriber that wants to edit copies it). It is not wrapped in a
+    ``MappingProxyType``: on the overhead bench with metrics, traces and an event
+    stream on, the proxies cost ~12 µs per call (slower lookups by every exporter, and
+    one more GC-tracked object per event kept by a subscriber). Every string in it has
+    been through :func:`shoal.secrets.redact`."""
 
     kind: str
     at: float
@@ -262,7 +267,7 @@ class EventBus:
             for k, v in scope_fields(where).items():
                 if k not in data:
                     data[k] = v
-        event = Event(kind, self._now(), channel, model, MappingProxyType(data))
+        event = Event(kind, self._now(), channel, model, data)
         for callback in subscribers:
             try:
                 callback(event)
@@ -276,7 +281,7 @@ class EventBus:
         :func:`clean_text` themselves (``call_start``/``call_end``)."""
         subscribers = self._subscribers
         if subscribers:
-            event = Event(kind, self._now(), channel, model, MappingProxyType(data))
+            event = Event(kind, self._now(), channel, model, data)
             for callback in subscribers:
                 try:
                     callback(event)
