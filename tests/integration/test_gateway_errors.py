@@ -130,6 +130,22 @@ async def test_unknown_route_is_an_envelope_404(sim: SimServer) -> None:
     assert "no route POST /v1/completions" in openai_error(body)["message"]
 
 
+async def test_a_served_path_with_another_method_is_an_envelope_405(sim: SimServer) -> None:
+    async with gateway(sim_config(sim)) as gw, aiohttp.ClientSession() as session:
+        async with session.get(gw.url + CHAT) as response:
+            status, body = response.status, await response.json()
+        assert status == 405
+        assert "no route GET /v1/chat/completions" in openai_error(body)["message"]
+        async with session.put(gw.url + MESSAGES) as response:
+            status, body = response.status, await response.json()
+        assert status == 405
+        assert anthropic_error(body)["type"] == "invalid_request_error"
+        async with session.delete(gw.url + "/health") as response:
+            assert response.status == 405
+        async with session.get(gw.url + "/health") as response:  # still served
+            assert response.status == 200
+
+
 async def test_key_refusals_are_the_sdks_error_classes(sim: SimServer) -> None:
     keys = fake_keys()
     async with gateway(sim_config(sim), keys=keys) as gw:

@@ -178,9 +178,11 @@ def add_key_admin(app: web.Application, keys: StoreKeys, *, prefix: str = "/admi
         assert fresh is not None
         return web.json_response({**fresh.as_dict(), "key": secret})
 
-    app.router.add_get(prefix, _guarded(env, list_keys))
-    app.router.add_post(prefix, _guarded(env, create))
-    app.router.add_get(prefix + "/{key}", _guarded(env, show))
-    app.router.add_patch(prefix + "/{key}", _guarded(env, update))
-    app.router.add_post(prefix + "/{key}/revoke", _guarded(env, revoke))
-    app.router.add_post(prefix + "/{key}/rotate", _guarded(env, rotate))
+    from shoal.gateway.app import enveloped  # errors in the caller's envelope
+
+    app.router.add_get(prefix, enveloped(_guarded(env, list_keys)))
+    app.router.add_post(prefix, enveloped(_guarded(env, create)))
+    app.router.add_get(prefix + "/{key}", enveloped(_guarded(env, show)))
+    app.router.add_patch(prefix + "/{key}", enveloped(_guarded(env, update)))
+    app.router.add_post(prefix + "/{key}/revoke", enveloped(_guarded(env, revoke)))
+    app.router.add_post(prefix + "/{key}/rotate", enveloped(_guarded(env, rotate)))
