@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -119,9 +119,11 @@ class _Plan:
 
 
 def _asks_1h_cache(request: ChatRequest) -> bool:
-    marks = [m.cache_control for m in request.messages]
-    marks += [t.cache_control for t in request.tools]
-    return any(c is not None and c.ttl == "1h" for c in marks)
+    for m in request.messages:
+        if m.cache_control is not None and m.cache_control.ttl == "1h":
+            return True
+    return any(t.cache_control is not None and t.cache_control.ttl == "1h"
+               for t in request.tools)
 
 
 class Gateway:
@@ -218,13 +220,22 @@ class Gateway:
         if not self.keys.required:  # OpenKeys: settling only marks the grant
             grant.settled = True
             return
-        task = asyncio.get_running_loop().create_task(self._settle(grant, spend))
+        # A key service that hands its settlement over (StoreKeys) has it run in this
+        # task, which nothing cancels, instead of shielding it in a second task.
+        handover = getattr(self.keys, "settlement", None)
+        work: Awaitable[None] | None = (
+            handover(grant, usage=spend.usage, cost_usd=spend.cost_usd)
+            if handover is not None else
+            self.keys.settle(grant, usage=spend.usage, cost_usd=spend.cost_usd))
+        if work is None:  # already settled
+            return
+        task = asyncio.get_running_loop().create_task(self._settle(work, grant, spend))
         self._settles.add(task)
         task.add_done_callback(self._settles.discard)
 
-    async def _settle(self, grant: KeyGrant, spend: Spend) -> None:
+    async def _settle(self, work: Awaitable[None], grant: KeyGrant, spend: Spend) -> None:
         try:
-            await self.keys.settle(grant, usage=spend.usage, cost_usd=spend.cost_usd)
+            await work
         except Exception as exc:  # the store is down: say so loudly, keep serving
             # No traceback (TRY400): it could carry the store's URL.
             log.error("could not settle key %s (%s, $%.6f): %s",  # noqa: TRY400

@@ -20,11 +20,10 @@ import asyncio
 import hmac
 import logging
 import os
-import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.clock import Clock, RealClock
 from shoal.gateway.key_limits import Ask, KeyLimits, LocalKeyLimits, RedisKeyLimits
@@ -197,8 +196,9 @@ class StoreKeys:
         pid = period_id(key.period, wall)
         end = period_end(key.period, wall)
         ttl = 86400 if end is None else int(min(86400.0, end - wall + 60))
-        ask = Ask("g" + uuid.uuid4().hex, max(0, int(tokens)), max(0.0, float(max_cost_usd)),
-                  pid, max(ttl, 60))
+        # 128 random bits, as a uuid4 has (without building the UUID object).
+        ask = Ask("g" + os.urandom(16).hex(), max(0, int(tokens)),
+                  max(0.0, float(max_cost_usd)), pid, max(ttl, 60))
         store = await self._ready()
 
         async def seed() -> float:
@@ -209,15 +209,25 @@ class StoreKeys:
         return KeyGrant(key, model, ask.cost_usd, ask.tokens, token=ask.grant)
 
     async def settle(self, grant: KeyGrant, *, usage: Usage, cost_usd: float) -> None:
-        if grant.settled:
-            return
-        grant.settled = True
-        held = self._grants.pop(grant.token, None)
-        if held is None:
+        work = self.settlement(grant, usage=usage, cost_usd=cost_usd)
+        if work is None:
             return
         # Shielded: a cancelled caller (client gone, shutdown) must not lose spend or
         # leave the slot held until its lease lapses.
-        await asyncio.shield(self._settle(held, usage, max(0.0, float(cost_usd))))
+        await asyncio.shield(work)
+
+    def settlement(self, grant: KeyGrant, *, usage: Usage,
+                   cost_usd: float) -> Coroutine[Any, Any, None] | None:
+        """What :meth:`settle` runs, for a caller that runs it in a task of its own (a
+        task nobody cancels, as the gateway's settlements): the same work without the
+        shield's second task. None when the grant is already settled."""
+        if grant.settled:
+            return None
+        grant.settled = True
+        held = self._grants.pop(grant.token, None)
+        if held is None:
+            return None
+        return self._settle(held, usage, max(0.0, float(cost_usd)))
 
     async def _settle(self, held: _Open, usage: Usage, cost: float) -> None:
         await self._save(held.key.id, held.wall, cost, usage)

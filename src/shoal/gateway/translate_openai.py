@@ -58,6 +58,22 @@ def _tool_calls(f: Fields) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
+def _plain_message(raw: Any, i: int) -> Message:
+    """The common messages (system, developer or user, with string content) read
+    directly; any other message, and any error, through :func:`_message`."""
+    if type(raw) is dict:
+        role = raw.get("role")
+        content = raw.get("content")
+        if type(content) is str:
+            if role == "user":
+                name = raw.get("name")
+                if name is None or type(name) is str:
+                    return Message("user", content, name=name)
+            elif role in ("system", "developer"):
+                return Message("system", content)
+    return _message(raw, f"messages[{i}]")
+
+
 def _message(raw: Any, path: str) -> Message:
     f = Fields(raw, path)
     role = f.string("role", required=True)
@@ -155,7 +171,7 @@ def parse_chat(body: Any) -> Parsed:
     metadata = {"user_id": user} if user else {}
     request = ChatRequest(
         model=model,
-        messages=[_message(m, f"messages[{i}]") for i, m in enumerate(raw_messages)],
+        messages=[_plain_message(m, i) for i, m in enumerate(raw_messages)],
         tools=_tools(f), tool_choice=_tool_choice(f), output_schema=schema,
         output_schema_name=schema_name, temperature=f.number("temperature"),
         top_p=f.number("top_p"), max_tokens=max_tokens, stop=f.str_list("stop"),
