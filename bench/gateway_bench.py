@@ -7,7 +7,11 @@ CPU 1: ``shoal gateway`` and LiteLLM's proxy (``litellm --config``), each with t
 one-channel config pointing at the mock. Phases, each with its goal from issue 10:
 
 1. added latency (server p50/p99 minus direct-to-mock p50/p99, same round) at 1 and 64
-   connections, zero-latency mock: p99 ≤ 1 ms at 1, ≤ 10 ms at 64;
+   connections, zero-latency mock: p99 ≤ 1 ms at 1, ≤ 10 ms at 64. At 64 connections
+   twice: closed loop (wrk as fast as answers come: the server saturated, its latency
+   ≈ 64 × its CPU per request, the worst case), and paced below saturation (each server
+   at ``--paced-share`` = 50% of its closed-loop req/s, Poisson arrivals from wrk's
+   ``delay()`` hook, the same rate sent direct), as fixed-RPS gateway benchmarks run;
 2. throughput with a 20 ms mock at 64 and 256 connections, ÷ direct: ≥ 0.5, ≥ 5× LiteLLM;
 3. streams: 64 chunks every 20 ms, N concurrent; the largest N with every stream complete
    and no inter-chunk gap over 100 ms (≥ 256 and as many as direct), added TTFT p99; a
@@ -162,6 +166,7 @@ def phase_latency(ctx: Ctx) -> None:
                    cpu=a.load_cpu)  # warm-up
         added: dict[tuple[str, int], list[tuple[float, float]]] = {}
         cpu: dict[str, list[float]] = {}
+        top: dict[str, list[float]] = {}  # req/s at 64 connections, closed loop: the max
         for _ in range(a.rounds):
             for conc in (1, 64):
                 d = gl.wrk(url(mock.port), connections=conc, duration_s=a.duration,
@@ -173,21 +178,64 @@ def phase_latency(ctx: Ctx) -> None:
                     if conc == 64:
                         cpu.setdefault(name, []).append(
                             (s.cpu_s() - c0) / max(r.requests, 1) * 1e6)
+                        top.setdefault(name, []).append(r.rps)
                     added.setdefault((name, conc), []).append(
                         (r.p50_ms - d.p50_ms, r.p99_ms - d.p99_ms))
+        paced = paced_latency(ctx, srvs, mock, {k: statistics.median(v) for k, v in top.items()})
         for (name, conc), vals in sorted(added.items()):
             p50 = statistics.median(v[0] for v in vals)
             p99 = statistics.median(v[1] for v in vals)
             goal = 1.0 if conc == 1 else 10.0
-            ctx.row(f"added latency, {name}, c={conc}", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+            what = (f"added latency, {name}, c={conc}" if conc == 1 else
+                    f"added latency, {name}, c=64 closed loop (saturated: {name} at "
+                    f"{statistics.median(top[name]):,.0f} req/s)")
+            ctx.row(what, f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
                     f"p99 ≤ {goal:g} ms" if name.startswith("shoal") else "",
                     p99 <= goal if name.startswith("shoal") else None)
+            if conc == 64 and name in paced:
+                rate, got, paced_vals = paced[name]
+                p50 = statistics.median(v[0] for v in paced_vals)
+                p99 = statistics.median(v[1] for v in paced_vals)
+                ctx.row(f"added latency, {name}, c=64 paced at {rate:,.0f} req/s offered "
+                        f"({a.paced_share:.0%} of its max; {got:,.0f} req/s sent, "
+                        "wrk delay(): Poisson arrivals)", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+                        "p99 ≤ 10 ms (below saturation; the closed-loop row above is the "
+                        "worst case)" if name.startswith("shoal") else "",
+                        p99 <= goal if name.startswith("shoal") else None)
         for name, per_req in cpu.items():
             ctx.row(f"server CPU per request, {name}, c=64",
                     f"{statistics.median(per_req):.0f} µs")
     finally:
         stop_all(ctx, srvs, "latency")
         mock.stop()
+
+
+def paced_latency(ctx: Ctx, srvs: dict[str, gl.Server], mock: gl.Server,
+                  top: dict[str, float]) -> dict[str, tuple[float, float,
+                                                            list[tuple[float, float]]]]:
+    """Added latency at 64 connections with the load paced below saturation: each server
+    at ``--paced-share`` of its own closed-loop maximum, and the same rate sent straight
+    to the mock in the same round. wrk's ``delay()`` hook spaces each connection's
+    requests by exponential think times (gateway_load._PACE_LUA), so requests arrive
+    about as a Poisson stream of that rate: an open-loop-like load, as published gateway
+    benchmarks run at a fixed RPS. Per server: (rate, req/s sent, [(added p50, p99)])."""
+    a = ctx.args
+    out: dict[str, tuple[float, float, list[tuple[float, float]]]] = {}
+    sent: dict[str, list[float]] = {}
+    for _ in range(a.rounds):
+        for name, s in srvs.items():
+            rate = top[name] * a.paced_share
+            d = gl.wrk(url(mock.port), connections=64, duration_s=a.duration, cpu=a.load_cpu,
+                       rate=rate)
+            r = gl.wrk(url(s.port), connections=64, duration_s=a.duration, headers=s.headers,
+                       cpu=a.load_cpu, rate=rate)
+            print(f"  paced {name} at {rate:,.0f} req/s: sent {r.rps:,.0f}/s, p50 "
+                  f"{r.p50_ms:.2f} / p99 {r.p99_ms:.2f} ms; direct sent {d.rps:,.0f}/s, p50 "
+                  f"{d.p50_ms:.2f} / p99 {d.p99_ms:.2f} ms", file=sys.stderr, flush=True)
+            sent.setdefault(name, []).append(r.rps)
+            vals = out.setdefault(name, (rate, 0.0, []))[2]
+            vals.append((r.p50_ms - d.p50_ms, r.p99_ms - d.p99_ms))
+    return {k: (v[0], statistics.median(sent[k]), v[2]) for k, v in out.items()}
 
 
 def phase_throughput(ctx: Ctx) -> None:
@@ -318,6 +366,8 @@ def main() -> None:
     parser.add_argument("--stream-levels", default="64,128,256,512,1024")
     parser.add_argument("--memory-requests", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--paced-share", type=float, default=0.5,
+                        help="the paced c=64 row's rate, a share of each server's max")
     parser.add_argument("--quick", action="store_true",
                         help="1 round of 2 s points, streams up to 512, 30,000 requests")
     parser.add_argument("--mock-cpu", default="0")

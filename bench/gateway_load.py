@@ -155,16 +155,44 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+# Paced load: before each request a connection waits an exponentially distributed
+# think time (wrk's ``delay()`` hook, whole milliseconds), so requests arrive as a Poisson
+# stream of ``rate`` per second over all connections, not in lock-step bursts (hey's
+# ``-q`` ticks every worker at the same instant), and the server is not saturated.
+# wrk's latency is timed from the request's first byte written, not from the delay.
+_PACE_LUA = """
+local mean_ms = {mean_ms}
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("seed", threads)
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + (seed or 0) * 7919)
+end
+function delay()
+  return math.floor(-math.log(1 - math.random()) * mean_ms + 0.5)
+end
+"""
+
+
 def wrk(url: str, *, connections: int, duration_s: float, body: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None, cpu: str | None = None) -> LoadResult:
+        headers: dict[str, str] | None = None, cpu: str | None = None,
+        rate: float | None = None) -> LoadResult:
     """POST ``body`` to ``url`` for ``duration_s`` over ``connections`` keep-alive
-    connections; wrk when installed, else this module's Python load generator."""
+    connections; wrk when installed, else this module's Python load generator.
+    ``rate``: paced at about that many requests per second in all (Poisson arrivals,
+    see ``_PACE_LUA``; wrk only) instead of as fast as the server answers."""
     body = body or BODY
     headers = {"content-type": "application/json", **(headers or {})}
     if shutil.which("wrk") is None:
+        if rate is not None:
+            raise RuntimeError("paced load needs wrk (bash scripts/bench_tools.sh)")
         return _python_load(url, connections, duration_s, body, headers, cpu)
     lua = "wrk.method = 'POST'\nwrk.body = [[" + json.dumps(body) + "]]\n" + "".join(
         f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
+    if rate is not None:
+        lua += _PACE_LUA.format(mean_ms=f"{1000.0 * connections / rate:.3f}")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(lua)
     try:

@@ -13,6 +13,10 @@ loaded by others: compare peers within a round, take medians; the ratio is the f
     python bench/gateway_profile.py --peer base=/tmp/base/src --peer now=src
     python bench/gateway_profile.py --pyspy /tmp/prof   # py-spy record per peer (raw)
     python bench/gateway_profile.py --stream 64         # 64 concurrent SSE streams too
+    python bench/gateway_profile.py --connections 1,64  # c=1 too (with added latency)
+
+With several ``--connections``, each round also runs wrk straight at the mock and the
+summary has each peer's added latency (p50/p99 minus direct's, medians over rounds).
 """
 
 from __future__ import annotations
@@ -62,15 +66,16 @@ def start_gateway(src: str, mock_port: int, tmp: str, *, keyed: bool) -> gl.Serv
     return srv
 
 
-def measure(srv: gl.Server, url: str, connections: int, seconds: float) -> tuple[float, float]:
-    """(CPU µs per request, req/s) over one wrk run."""
+def measure(srv: gl.Server, url: str, connections: int,
+            seconds: float) -> tuple[float, gl.LoadResult]:
+    """(CPU µs per request, wrk's result) over one wrk run."""
     cpu0 = srv.cpu_s()
     res = gl.wrk(url, connections=connections, duration_s=seconds, headers=srv.headers,
                  cpu="0")
     cpu = srv.cpu_s() - cpu0
     if res.errors:
         print(f"    ({res.errors} errors)", file=sys.stderr)
-    return cpu / max(res.requests, 1) * 1e6, res.rps
+    return cpu / max(res.requests, 1) * 1e6, res
 
 
 def stream_cpu(srv: gl.Server, url: str, n: int) -> tuple[float, float, float]:
@@ -91,7 +96,8 @@ def spy_on(where: str, srv: gl.Server, name: str, seconds: float) -> subprocess.
     os.makedirs(where, exist_ok=True)
     spy = subprocess.Popen([pyspy, "record", "--pid", str(srv.proc.pid), "-f", "raw", "-o",
                             os.path.join(where, f"{name}.txt"), "-d", str(int(seconds)),
-                            "-r", "250"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "-r", "250", "--nonblocking"],  # not paused per sample
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     return spy
 
@@ -102,7 +108,7 @@ def main() -> None:
                     help="name=src_dir (default: now=./src)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--connections", default="64", help="comma list, e.g. 1,64")
     ap.add_argument("--no-keyed", action="store_true", help="skip the SQLite-key runs")
     ap.add_argument("--stream", type=int, default=0, help="also N concurrent streams")
     ap.add_argument("--pyspy", default="", help="dir: py-spy record each peer (raw format)")
@@ -117,9 +123,12 @@ def main() -> None:
                        "20"], smock_port, cpu="0")
     mock.wait_ready()
     smock.wait_ready()
-    cpu: dict[tuple[str, str], list[float]] = {}
-    rps: dict[tuple[str, str], list[float]] = {}
+    conns = [int(c) for c in args.connections.split(",")]
+    cpu: dict[tuple[str, str, int], list[float]] = {}
+    rps: dict[tuple[str, str, int], list[float]] = {}
+    added: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
     chunk: dict[str, list[tuple[float, float]]] = {}
+    direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
     try:
         for r in range(args.rounds):
             for name, src in peers.items():
@@ -127,16 +136,26 @@ def main() -> None:
                     srv = start_gateway(src, mock_port, tmp, keyed=mode == "key")
                     try:
                         url = f"http://127.0.0.1:{srv.port}/v1/chat/completions"
-                        measure(srv, url, args.connections, 1)  # warm-up
-                        spy = spy_on(args.pyspy if r == 0 else "", srv, f"{name}-{mode}",
-                                     args.seconds + 1)
-                        us, rate = measure(srv, url, args.connections, args.seconds)
-                        if spy is not None:
-                            spy.wait(timeout=60)
-                        cpu.setdefault((name, mode), []).append(us)
-                        rps.setdefault((name, mode), []).append(rate)
-                        print(f"round {r} {name:>8} {mode:>4}: {us:6.0f} µs CPU/request, "
-                              f"{rate:7.0f} req/s", file=sys.stderr, flush=True)
+                        measure(srv, url, max(conns), 1)  # warm-up
+                        for conc in conns:
+                            d = gl.wrk(direct_url, connections=conc, duration_s=args.seconds,
+                                       cpu="0") if len(conns) > 1 else None
+                            spy = spy_on(args.pyspy if r == 0 else "", srv,
+                                         f"{name}-{mode}-c{conc}", args.seconds + 1)
+                            us, res = measure(srv, url, conc, args.seconds)
+                            if spy is not None:
+                                spy.wait(timeout=60)
+                            k = (name, mode, conc)
+                            cpu.setdefault(k, []).append(us)
+                            rps.setdefault(k, []).append(res.rps)
+                            lat = f"p50 {res.p50_ms:.3f} / p99 {res.p99_ms:.3f} ms"
+                            if d is not None:
+                                added.setdefault(k, []).append(
+                                    (res.p50_ms - d.p50_ms, res.p99_ms - d.p99_ms))
+                                lat += f" (direct {d.p50_ms:.3f} / {d.p99_ms:.3f})"
+                            print(f"round {r} {name:>8} {mode:>4} c={conc:<3}: {us:6.0f} µs "
+                                  f"CPU/request, {res.rps:7.0f} req/s, {lat}",
+                                  file=sys.stderr, flush=True)
                     finally:
                         srv.stop()
                 if args.stream:
@@ -159,11 +178,16 @@ def main() -> None:
     first = next(iter(peers))
     print(f"\nmedians over {args.rounds} rounds, wrk -c{args.connections}, "
           f"{args.seconds:g} s each (ratios to {first!r}):")
-    for (name, mode), values in cpu.items():
-        base = statistics.median(cpu[(first, mode)])
+    for (name, mode, conc), values in sorted(cpu.items(), key=lambda kv: kv[0][::-1]):
+        base = statistics.median(cpu[(first, mode, conc)])
         med = statistics.median(values)
-        print(f"  {name:>8} {mode:>4}: {med:6.0f} µs CPU/request ({med / base:.2f}×), "
-              f"{statistics.median(rps[(name, mode)]):7.0f} req/s")
+        line = (f"  {name:>8} {mode:>4} c={conc:<3}: {med:6.0f} µs CPU/request "
+                f"({med / base:.2f}×), {statistics.median(rps[(name, mode, conc)]):7.0f} req/s")
+        if (name, mode, conc) in added:
+            vals = added[(name, mode, conc)]
+            line += (f", added p50 {statistics.median(v[0] for v in vals):.3f} ms, "
+                     f"p99 {statistics.median(v[1] for v in vals):.3f} ms")
+        print(line)
     for name, runs in chunk.items():
         base = statistics.median(u for u, _ in chunk[first])
         med = statistics.median(u for u, _ in runs)
