@@ -49,7 +49,7 @@ async def test_drops_oldest_turns_keeping_system_task_and_recent() -> None:
     assert _count(out) <= 80
 
 
-async def test_summarises_the_dropped_turns_into_the_system_prompt() -> None:
+async def test_summarises_the_dropped_turns_after_the_task_leaving_the_prefix_alone() -> None:
     seen: list[list[Message]] = []
 
     async def summarize(dropped: list[Message]) -> str:
@@ -63,8 +63,11 @@ async def test_summarises_the_dropped_turns_into_the_system_prompt() -> None:
         summarize=summarize,
     )
     assert [m.tool_call_id for m in seen[0] if m.role == "tool"] == ["c1"]
-    assert out[0].role == "system"
-    assert out[0].content == f"{'S' * 10}\n\n{SUMMARY_HEADER}\nsum"
+    # the cached prefix (system prompt, task) is byte for byte what it was
+    assert out[:2] == msgs[:2]
+    assert out[2].role == "user"
+    assert out[2].content == f"{SUMMARY_HEADER}\nsum"
+    assert out[-2:] == msgs[-2:]
 
 
 async def test_overflow_when_even_the_essentials_do_not_fit() -> None:
@@ -115,8 +118,8 @@ async def test_runner_trims_to_the_model_window_and_summarises() -> None:
     summaries = [r for r in client.requests if r.messages[0].content.startswith("Summarise")]
     assert summaries, "the trimmer should have summarised dropped turns"
     last = client.requests[-1]
-    assert SUMMARY_HEADER in last.messages[0].content
-    assert last.messages[1].content == "read all pages"  # the task survived
+    assert last.messages[0].content == "read all pages"  # the task survived, first
+    assert last.messages[1].content.startswith(SUMMARY_HEADER)  # the summary after it
     # the summaries were paid for by this run
     assert result.cost_usd == pytest.approx(sum(r.cost_usd for r in client.responses))
     assert result.cost_usd > sum(t.cost_usd for t in result.turns)

@@ -5,7 +5,11 @@ turns — a turn being a user message, or an assistant message together with the
 tool results answering it, so a tool call is never separated from its result —
 while keeping the system prompt, the task (first user message) and the most
 recent turns. With ``summarize=True`` the dropped turns are summarised by a
-model call and the summary is appended to the system prompt.
+model call and the summary goes in as a user message right after the task: the
+system prompt, the tools and the task stay byte for byte what they were, so the
+provider's cached prefix (docs/cost.md) survives the trim. (Folding the summary
+into the system prompt, as shoal did first, changed the first bytes of every later
+request: each trim turned the whole cached prefix into a cache write.)
 
 :func:`map_reduce` handles inputs longer than a window: split, map every chunk
 (in parallel, bounded), then reduce the partial answers (hierarchically if even
@@ -101,10 +105,8 @@ async def trim_messages(
         current = assemble(head)
     if dropped and summarize is not None:
         summary = (await summarize(dropped)).strip()
-        if summary:
-            base = head[0].content if head else ""
-            merged = f"{base}\n\n{SUMMARY_HEADER}\n{summary}".strip()
-            head = [Message.system(merged), *head[1:]]
+        if summary:  # after the task: the cached prefix (system, tools, task) stays
+            task = [*task, [Message.user(f"{SUMMARY_HEADER}\n{summary}")]]
             current = assemble(head)
             while len(groups) > policy.keep_recent and estimate(current) > limit:
                 groups.pop(0)
