@@ -107,7 +107,7 @@ def test_retries_failovers_429s_quota_and_breaker(bus: EventBus) -> None:
     bus.emit("retry", channel="glm", model="m", error="RateLimited", delay_s=2.0, attempt=2)
     bus.emit("failover", channel="glm", model="m", error="QuotaExhausted")
     bus.emit("wait", channel="glm", tokens=10, in_flight=3, queued=4)
-    bus.emit("admit", channel="glm", model="m", waited_s=0.5, tokens=10, attempt=0)
+    bus.emit("call_end", channel="glm", model="m", status="ok", queue_s=0.5)
     bus.publish("breaker", {"from": "closed", "to": "open", "error": "ProviderUnavailable"},
                 channel="glm")
     bus.publish("limit_change", {"from": 4, "to": 2, "reason": "rate_limited"}, channel="glm")
@@ -293,7 +293,7 @@ def test_histogram_buckets_are_upper_inclusive_and_count_matches_inf(bus: EventB
     exporter = PrometheusExporter(bus)
     exporter.subscribe()
     for waited in (0.0, 0.01, 0.010001, 100.0):
-        bus.emit("admit", channel="c", waited_s=waited)
+        bus.emit("call_end", channel="c", model="m", status="ok", queue_s=waited)
     got = samples(exporter.text())
     assert value(got, "shoal_channel_queue_wait_seconds_bucket", channel="c", le="0.01") == 2
     assert value(got, "shoal_channel_queue_wait_seconds_bucket", channel="c", le="0.05") == 3

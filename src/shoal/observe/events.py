@@ -8,7 +8,11 @@ would build expensive fields first checks :attr:`EventBus.active`.
 
 Kinds used across shoal (``data`` keys in brackets):
 
-``admit``        a limiter granted a slot [tokens, in_flight, waited_s]
+``admit``        a limiter granted a slot the attempt waited for: it queued (after a
+                 ``wait``), or it is a retry, or the limiter is shared (a Redis round
+                 trip) [tokens, waited_s, attempt]. A first attempt that finds a slot
+                 free emits none (``call_end`` has ``attempts`` and ``queue_s``): one
+                 event fewer per call on the hot path
 ``wait``         a call queued for capacity [tokens, in_flight, queued]
 ``retry``        a call will be retried after a delay [attempt, delay_s, error]
 ``failover``     a call moves to another channel or fallback model [from, to, error]

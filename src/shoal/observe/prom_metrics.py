@@ -56,12 +56,13 @@ def _str(data: Mapping[str, object], key: str) -> str:
 class _CallKeys:
     """Every label tuple one kind of call_end updates (cached per label combination)."""
 
-    __slots__ = ("calls", "genai_duration", "genai_in", "genai_out", "ma", "request",
-                 "tokens")
+    __slots__ = ("calls", "channel", "genai_duration", "genai_in", "genai_out", "ma",
+                 "request", "tokens")
 
     def __init__(self, labels: tuple[str, str, str, str, str, str, str]) -> None:
         channel, model, agent, status, provider, served, error = labels
         self.ma = (model, agent)
+        self.channel = (channel,)
         self.calls = (model, agent, status)
         self.request = (channel, "ok") if channel and not error else None
         self.tokens = tuple((key, (model, agent, kind)) for key, kind in _TOKEN_KEYS)
@@ -102,8 +103,9 @@ class Metrics(Collector):
                                  "channel", "error")
         self.waits = counter("shoal_channel_waits", "Calls that queued: for capacity, "
                              "an open breaker or the retry budget.", "channel", "reason")
-        self.queue_wait = hist("shoal_channel_queue_wait_seconds", "Time from asking the "
-                               "channel's limiter to admission.", WAIT_BUCKETS, "channel")
+        self.queue_wait = hist("shoal_channel_queue_wait_seconds", "Time a call spent "
+                               "waiting for capacity, all its attempts (by the channel "
+                               "that answered).", WAIT_BUCKETS, "channel")
         self.breaker_changes = counter("shoal_channel_breaker_transitions", "Circuit "
                                        "breaker state changes.", "channel", "to")
         # per model and agent
@@ -180,9 +182,6 @@ class Metrics(Collector):
 
     # -- traffic ------------------------------------------------------------------------
 
-    def on_admit(self, e: Event) -> None:
-        self.queue_wait.observe((e.channel,), _num(e.data, "waited_s"))
-
     def on_wait(self, e: Event) -> None:
         reason = _str(e.data, "reason") or "capacity"
         self.waits.inc((e.channel, reason))
@@ -231,6 +230,8 @@ class Metrics(Collector):
         if k is None:  # the label tuples of this kind of call, built once
             k = self._call_keys[labels] = _CallKeys(labels)
         self.running.add(_CALL, -1.0)
+        if e.channel:
+            self.queue_wait.observe(k.channel, get("queue_s") or 0.0)
         if k.request is not None:  # the last attempt's outcome (earlier: retry/failover)
             self.requests.inc(k.request)
         elif error and e.channel:

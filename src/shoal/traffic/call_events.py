@@ -46,17 +46,23 @@ class _Note(CallNote):
 
 
 def admitted(bus: EventBus, channel: str, model: str, *, waited_s: float, tokens: int,
-             attempt: int) -> None:
+             attempt: int, emit: bool = True) -> None:
     """An attempt of the current call got its slot after ``waited_s`` in the limiter:
-    counted on the call's note and emitted as ``admit`` (with the scope's fields the
-    call's earlier events already cleaned: no second redaction pass)."""
+    counted on the call's note and, when ``emit`` (the attempt queued for its slot, or
+    is a retry), emitted as ``admit`` with the scope's fields the call's earlier events
+    already cleaned (no second redaction pass). A first attempt admitted at once emits
+    nothing: ``call_end`` carries the attempts and the time queued."""
     where = current()
     note = where.call
     if isinstance(note, _Note):
         note.attempts += 1
         note.queue_s += waited_s
+        if not emit:
+            return
         data = {**scope_fields(where, note), "waited_s": waited_s, "tokens": tokens,
                 "attempt": attempt}
+    elif not emit:
+        return
     elif where.run_id or where.call_id:
         data = {**scope_fields(where), "waited_s": waited_s, "tokens": tokens,
                 "attempt": attempt}

@@ -206,7 +206,10 @@ class Router:
             lane.pending += 1
             waited_from = self.clock.now()
             try:
-                permit = await lane.limiter.acquire(tokens, timeout=budget.remaining())
+                permit = lane.limiter.try_acquire(tokens)  # a free slot: no await
+                queued = permit is None
+                if permit is None:
+                    permit = await lane.limiter.acquire(tokens, timeout=budget.remaining())
             except DeadlineExceeded as exc:
                 lane.pending -= 1
                 raise call.charged(DeadlineExceeded(
@@ -226,9 +229,9 @@ class Router:
                 if retry:
                     lane.retry_budget.refund()
                 continue
-            if self.events.active:
+            if self.events.active:  # ``admit`` only for a slot waited for, or a retry's
                 admitted(self.events, lane.name, info.name, waited_s=now - waited_from,
-                         tokens=tokens, attempt=budget.attempts)
+                         tokens=tokens, attempt=budget.attempts, emit=queued or retry)
             return Attempt(info, lane, permit, now)
 
     def _failed(self, att: Attempt, err: ProviderError) -> bool:
