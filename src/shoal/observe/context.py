@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from shoal.types import ChatRequest, ChatResponse
 
-__all__ = ["CallNote", "Scope", "current", "enter", "leave", "new_call_id", "scope"]
+__all__ = ["CallNote", "Scope", "current", "enter", "leave", "new_call_id", "scope",
+           "set_scope"]
 
 
 class CallNote:
@@ -94,6 +95,12 @@ def enter(
     if call is not None:
         new = new._replace(call_id=call.call_id, call=call)
     return _scope.set(new)
+
+
+def set_scope(scope: Scope) -> Token[Scope]:
+    """Make ``scope`` (one :func:`current` returned earlier) current as it is; pass the
+    token to :func:`leave` when done."""
+    return _scope.set(scope)
 
 
 def leave(token: Token[Scope]) -> None:

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from contextvars import Token
 from typing import TYPE_CHECKING
 
 from shoal.errors import RunError
-from shoal.observe.context import CallNote, current, enter, leave, new_call_id
+from shoal.observe.context import (
+    CallNote,
+    Scope,
+    current,
+    enter,
+    leave,
+    new_call_id,
+    set_scope,
+)
 from shoal.observe.events import (
     ADMIT,
     CALL_END,
@@ -29,20 +38,21 @@ if TYPE_CHECKING:
     from shoal.clock import Clock
     from shoal.types import ChatRequest
 
-__all__ = ["admitted", "observed_complete", "observed_stream"]
+__all__ = ["admitted", "observed_complete", "observed_stream", "provider_scope"]
 
 _FIRST = (TextDelta, ReasoningDelta)
 _NO_USAGE = Usage()
 
 
 class _Note(CallNote):
-    __slots__ = ("attempts", "stream")
+    __slots__ = ("attempts", "outer", "stream")
 
     def __init__(self, call_id: str, request: ChatRequest, started: float,
-                 stream: bool) -> None:
+                 stream: bool, outer: Scope) -> None:
         super().__init__(call_id, request, started)
         self.attempts = 0
         self.stream = stream
+        self.outer = outer  # the scope the call was made in (run, step, agent)
 
 
 def admitted(bus: EventBus, channel: str, model: str, *, waited_s: float, tokens: int,
@@ -71,9 +81,22 @@ def admitted(bus: EventBus, channel: str, model: str, *, waited_s: float, tokens
     bus.publish_clean(ADMIT, data, channel=clean_text(channel), model=clean_text(model))
 
 
+def provider_scope() -> Token[Scope] | None:
+    """While the provider's HTTP request is in flight, make the scope the call was made
+    in current again, without the call's note (:func:`leave` the token after). Timers
+    that the HTTP client arms copy the current context and, once cancelled, stay in the
+    loop's timer heap for a while (aiohttp's connect timeout, per request): with the
+    note in the context they would keep each call's request and answer alive there.
+    Nothing emits events from inside the provider, so none loses its call id."""
+    note = current().call
+    if isinstance(note, _Note):
+        return set_scope(note.outer)
+    return None
+
+
 def _start(bus: EventBus, clock: Clock, request: ChatRequest, stream: bool) -> _Note:
-    note = _Note(new_call_id(), request, clock.now(), stream)
     where = current()
+    note = _Note(new_call_id(), request, clock.now(), stream, where)
     bus.publish_clean(CALL_START, {**scope_fields(where, note), "turn": where.turn,
                                    "stream": stream}, model=request.model)
     return note

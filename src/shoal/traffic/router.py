@@ -35,20 +35,25 @@ from shoal.errors import (
     BadRequest,
     ConfigError,
     DeadlineExceeded,
-    Overloaded,
     ProviderError,
     QuotaExhausted,
-    RateLimited,
     ShoalError,
     StreamInterrupted,
 )
+from shoal.observe.context import leave
 from shoal.observe.events import WAIT, EventBus
 from shoal.providers.caching import with_cache_settings
-from shoal.tokens import count_text, estimate_call_tokens, estimate_prompt_tokens
+from shoal.tokens import estimate_call_tokens
 from shoal.traffic.call import Attempt, CallState, no_lane_error, pick, usable
-from shoal.traffic.call_events import admitted, observed_complete, observed_stream
+from shoal.traffic.call_events import (
+    admitted,
+    observed_complete,
+    observed_stream,
+    provider_scope,
+)
 from shoal.traffic.deadline import clock_timeout
 from shoal.traffic.lane import Lane, build_lane
+from shoal.traffic.outcome import attempt_abandoned, attempt_failed, attempt_succeeded
 from shoal.traffic.retry import RetryBudget, RetryPolicy
 from shoal.types import (
     ChatRequest,
@@ -234,73 +239,9 @@ class Router:
                          tokens=tokens, attempt=budget.attempts, emit=queued or retry)
             return Attempt(info, lane, permit, now)
 
-    def _failed(self, att: Attempt, err: ProviderError) -> bool:
-        """Release the slot and teach the channel's policies; True when the error was our
-        own overshoot (adaptive concurrency admitted the call above the cap it now holds)."""
-        lane, permit = att.lane, att.permit
-        if isinstance(err, StreamInterrupted) and isinstance(err.__cause__, Overloaded):
-            err = err.__cause__  # overloaded mid-stream: the overload rule, not ill health
-        if isinstance(err, Overloaded):
-            # The provider is overloaded, not our cap: back off multiplicatively, keep
-            # the learned ceiling; it is not ill health either (no breaker verdict).
-            att.release()
-            lane.breaker.abandon(started_at=att.started)
-            if lane.adaptive is not None:
-                lane.adaptive.on_overload(att.started)
-            return False
-        if isinstance(err, RateLimited):
-            # Backpressure, not ill health: it teaches adaptive concurrency, not the breaker.
-            # Lower the cap *before* freeing the slot, or the limiter would hand the slot
-            # to the next waiter at the old, too-high level (a second 429).
-            overshoot = (lane.adaptive.on_rate_limited(permit.in_flight)
-                         if lane.adaptive is not None else False)
-            att.release()
-            lane.breaker.abandon(started_at=att.started)
-            return overshoot
-        att.release()
-        # Ill health (5xx, timeouts, broken answers) is the breaker's to judge. It does not
-        # lower concurrency: in a storm of random 5xx that would starve a channel that
-        # serves 80% of its calls (the provider says "overloaded" when it means it).
-        lane.breaker.record_failure(err, started_at=att.started)
-        return False
-
-    def _abandoned(self, att: Attempt) -> None:
-        """The attempt ended without a verdict on the channel (deadline, cancellation)."""
-        att.release()
-        att.lane.breaker.abandon(started_at=att.started)
-
-    def _succeeded(self, request: ChatRequest, att: Attempt, call: CallState,
-                   response: ChatResponse) -> ChatResponse:
-        info, lane, permit = att.info, att.lane, att.permit
-        usage = response.usage
-        if usage.total_tokens == 0 and (response.text or response.tool_calls):
-            # Some servers (llama.cpp) send no usage in streams: estimate it rather than
-            # let budgets and TPM see a free call.
-            usage.input_tokens = estimate_prompt_tokens(request, info.encoding)
-            usage.output_tokens = count_text(
-                response.text + "".join(c.arguments for c in response.tool_calls),
-                info.encoding)
-        permit.settle(usage.input_tokens + usage.output_tokens)
-        if lane.adaptive is not None:  # before the release: a raised cap admits at once
-            lane.adaptive.on_success(response.latency_s, permit.in_flight)
-        att.release()
-        lane.breaker.record_success(started_at=att.started)
-        lane.retry_budget.deposit()
-        response.cost_usd = info.cost(usage)
-        if not response.served_model:
-            response.served_model = response.model
-        response.model = info.name
-        response.channel = lane.name
-        if call.wasted is not None:
-            response.wasted = call.wasted
-            response.wasted_cost_usd = call.wasted_usd
-        response.queue_s, response.attempts = call.queue_s, call.budget.attempts + 1
-        response.call_s = self.clock.now() - call.budget.started
-        return response
-
     async def _next(self, call: CallState, att: Attempt, err: ProviderError) -> None:
         """After a failed attempt: settle it, then raise, or wait before the next."""
-        overshoot = self._failed(att, err)
+        overshoot = attempt_failed(att, err)
         call.failed(att, err)
         call.avoid = att.lane.name
         try:
@@ -383,23 +324,28 @@ class Router:
             att = await self._admit(call)
             try:
                 provider = att.lane.ready_provider or await att.lane.provider()
-                async with clock_timeout(self.clock, call.budget.remaining()):
-                    # The slot goes to the next call once the answer is read, not parsed.
-                    response = await provider.complete_then(
-                        with_cache_settings(request, att.info, att.lane.channel),
-                        model=att.lane.channel.wire_model(att.info),
-                        received=att.permit.release)
+                outside = provider_scope()  # the call's note out of the HTTP client's timers
+                try:
+                    async with clock_timeout(self.clock, call.budget.remaining()):
+                        # The slot goes to the next call once the answer is read, not parsed.
+                        response = await provider.complete_then(
+                            with_cache_settings(request, att.info, att.lane.channel),
+                            model=att.lane.channel.wire_model(att.info),
+                            received=att.permit.release)
+                finally:
+                    if outside is not None:
+                        leave(outside)
             except ProviderError as err:
                 await self._next(call, att, err)
                 continue
             except TimeoutError:
-                self._abandoned(att)
+                attempt_abandoned(att)
                 raise call.charged(self._deadline(call, att, "with the request in flight")
                                    ) from None
             except BaseException:
-                self._abandoned(att)
+                attempt_abandoned(att)
                 raise
-            return self._succeeded(request, att, call, response)
+            return attempt_succeeded(self.clock, request, att, call, response)
 
     def stream(self, request: ChatRequest, *, deadline_s: float | None = None
                ) -> AsyncIterator[StreamEvent]:
@@ -435,7 +381,7 @@ class Router:
                 await self._next(call, att, err)
                 continue
             except BaseException:
-                self._abandoned(att)
+                attempt_abandoned(att)
                 await _aclose(it)  # cancelled or past the deadline: give the connection back
                 raise
             async for event in self._finish_stream(call, att, it, held):
@@ -466,13 +412,14 @@ class Router:
                         "the stream ended without its end marker", provider=att.lane.name)
                 if isinstance(event, StreamEnd):
                     finished = True
-                    yield StreamEnd(self._succeeded(request, att, call, event.response))
+                    yield StreamEnd(attempt_succeeded(self.clock, request, att, call,
+                                                      event.response))
                     return
                 yield event
         except ProviderError as err:
             # After the first token the caller has partial output: no failover, surface it.
             finished = True
-            self._failed(att, err)
+            attempt_failed(att, err)
             call.failed(att, err)
             if not isinstance(err, StreamInterrupted):  # adapters wrap; a custom one may not
                 cut = StreamInterrupted(f"the stream broke after its first token: {err}",
@@ -482,7 +429,7 @@ class Router:
             raise call.charged(err)  # noqa: B904 - err is the answer, with its own cause
         finally:
             if not finished:  # the caller stopped early, was cancelled, or the deadline
-                self._abandoned(att)
+                attempt_abandoned(att)
             await _aclose(it)
     async def reset_channel(self, name: str) -> None:
         """Re-enable a channel by hand: close its breaker (e.g. one opened for an hour by
