@@ -40,7 +40,9 @@ Run, step, agent and tool kinds (issue 11; emitted by flows, agents and the Rout
 ``tool_end``     [run_id, step, agent, tool, call_id, status, error, duration_s]
 ``call_start``   [run_id, step, agent, turn, call_id, stream]   (one logical Router call: chat
                   {model}; in an agent, its turn: ``turn`` is the turn's number, else None)
-``call_end``     [run_id, step, agent, turn, call_id, stream, provider, served_model, status,
+``call_end``     [run_id, step, agent, turn, call_id, stream, request_model (the model as
+                  asked: the event's ``model`` is the catalog model that answered), provider,
+                  served_model, status,
                   error_type, attempts, duration_s, ttft_s, queue_s, cost_usd,
                   wasted_cost_usd, + tokens]
 ``guard``        [run_id, step, agent, guard, decision ("allow"|"trip"|"nudge"), detail]

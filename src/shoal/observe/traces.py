@@ -8,7 +8,8 @@ One subscriber turns the event stream into spans, GenAI semantic conventions::
     run {flow}                      (run_start … run_end)
     └─ step {id}                    (step_start … step_end; map items under their step)
        └─ invoke_agent {agent}      (agent_start … agent_end)
-          ├─ chat {model}           (call_start … call_end: one logical Router call)
+          ├─ chat {model}           (call_end, which says how long the call took: one
+          │                          logical Router call, whole at its end)
           └─ execute_tool {name}    (tool_start … tool_end)
 
 Events are synchronous and calls concurrent, so spans are matched by key, not by
@@ -100,7 +101,7 @@ class SpanBuilder:
             "run_start": self._run_start, "run_end": self._run_end,
             "step_start": self._step_start, "step_end": self._step_end,
             "agent_start": self._agent_start, "agent_end": self._agent_end,
-            "call_start": self._call_start, "call_end": self._call_end,
+            "call_end": self._call_end,  # a chat span is whole at its end
             "tool_start": self._tool_start, "tool_end": self._tool_end,
         }
 
@@ -220,32 +221,38 @@ class SpanBuilder:
 
     # -- model calls and tools -----------------------------------------------------------
 
-    def _call_start(self, e: Event) -> None:
+    def _call_leaf(self, e: Event, start_ns: int) -> _Leaf:
+        """A chat span for ``e``'s call, parented by the event's scope; its name, model,
+        turn and stream flag are ``call_end``'s to write."""
         d = e.data
-        model = e.model
-        name = self._chat_names.get(model)
-        if name is None:
-            name = self._chat_names[model] = f"chat {model}"
-        call_id = _str(d, "call_id")
-        self._calls[call_id] = leaf = _Leaf(
-            name, self._ns(e), self._parent(_str(d, "run_id"), _str(d, "step"),
-                                            _str(d, "agent")),
-            {A.OPERATION: "chat", A.REQUEST_MODEL: model, "shoal.call_id": call_id})
-        if d.get("stream"):
-            leaf.attributes["shoal.stream"] = True
-        turn = d.get("turn")
-        if isinstance(turn, int):
-            leaf.attributes["shoal.turn"] = turn
+        return _Leaf("chat", start_ns, self._parent(_str(d, "run_id"), _str(d, "step"),
+                                                    _str(d, "agent")),
+                     {A.OPERATION: "chat", "shoal.call_id": _str(d, "call_id")})
 
     def _call_end(self, e: Event) -> None:
         """The chat span, whole: its attributes written once into the leaf's own dict
         (the hot path of tracing: one model call, one span)."""
         d = e.data
-        leaf = self._calls.pop(_str(d, "call_id"), None)
-        if leaf is None:
-            return
         get = d.get
+        end_ns = self._ns(e)
+        start_ns = end_ns - int(_num(d, "duration_s") * 1e9)
+        leaf = self._calls.pop(_str(d, "call_id"), None)
+        if leaf is None:  # no span event during the call: its span starts here
+            leaf = self._call_leaf(e, start_ns)
+        else:
+            leaf.start_ns = start_ns
         attrs = leaf.attributes
+        model = _str(d, "request_model") or e.model  # what was asked (fallbacks: not served)
+        name = self._chat_names.get(model)
+        if name is None:
+            name = self._chat_names[model] = f"chat {model}"
+        leaf.name = name
+        attrs[A.REQUEST_MODEL] = model
+        if get("stream"):
+            attrs["shoal.stream"] = True
+        turn = get("turn")
+        if isinstance(turn, int):
+            attrs["shoal.turn"] = turn
         for key, attr in _CHAT_END:
             value = get(key)
             if value is not None:
@@ -271,7 +278,6 @@ class SpanBuilder:
         error = _str(d, "error_type")
         if error:
             attrs[A.ERROR_TYPE] = error
-        end_ns = self._ns(e)
         writer = self._writer
         if writer is not None and writer.write(leaf.name, leaf.parent, leaf.start_ns, end_ns,
                                                attributes=attrs, events=leaf.events,
@@ -303,8 +309,12 @@ class SpanBuilder:
 
     def _span_event(self, e: Event) -> None:
         d = e.data
-        span = self._calls.get(_str(d, "call_id")) or self._parent(
-            _str(d, "run_id"), _str(d, "step"), _str(d, "agent"))
+        call_id = _str(d, "call_id")
+        span: Span | _Leaf | None = self._calls.get(call_id) if call_id else None
+        if span is None and call_id:  # the call's chat span, made now (start: at its end)
+            span = self._calls[call_id] = self._call_leaf(e, 0)
+        if span is None:
+            span = self._parent(_str(d, "run_id"), _str(d, "step"), _str(d, "agent"))
         if span is None:
             return
         attrs = {f"shoal.{k}": _attr(v) for k, v in d.items()
