@@ -48,6 +48,9 @@ class ChannelConfig(BaseModel):
     tpm: int | None = Field(default=None, ge=1)
     weight: float = Field(default=1.0, gt=0)
     adaptive: bool | None = None  # None: adaptive when max_concurrency is not set
+    # The most calls adaptive concurrency may learn to run at once on this channel (a
+    # gateway carrying hundreds of streams raises it; None: the Router's default, 64).
+    adaptive_max: int | None = Field(default=None, ge=1)
     shared: bool = False
     lease_s: float = Field(default=30.0, gt=0)  # shared limits: a dead holder frees within it
     connect_timeout: float = Field(default=10.0, gt=0)

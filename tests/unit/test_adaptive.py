@@ -443,3 +443,28 @@ def test_a_cap_429_is_still_a_cap_after_a_storm_of_random_ones() -> None:
         refused += 1
         clock._now += 2.0  # past one rtt: each 429 is its own incident
     assert ada.limit <= 8
+
+
+async def test_a_channel_sets_its_own_adaptive_bound_in_config() -> None:
+    """``adaptive_max`` in shoal.toml: slow start grows past the default 64 on a channel
+    that asks for more (a gateway's streams), and only there."""
+    from shoal.config import Config
+    from shoal.traffic.router import Router
+
+    config = Config.from_dict({
+        "channels": {"wide": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1",
+                              "api_key": "sk-test", "adaptive_max": 300},
+                     "plain": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1",
+                               "api_key": "sk-test"}},
+        "models": {"m": {"channels": ["wide", "plain"]}}})
+    clock = VirtualClock()
+    async with Router(config, clock=clock) as router:
+        wide, plain = router.lane("wide").adaptive, router.lane("plain").adaptive
+        assert wide is not None and plain is not None
+        for lane in (wide, plain):
+            for _ in range(400):  # successes at the full limit: slow start to the bound
+                lane.on_success(0.1, int(lane.limit))
+        assert (int(wide.limit), int(plain.limit)) == (300, 64)
+    with pytest.raises(ConfigError, match="adaptive_max"):
+        Config.from_dict({"channels": {"c": {"protocol": "openai", "base_url": "http://x/v1",
+                                             "adaptive_max": 0}}, "models": {}})

@@ -197,6 +197,8 @@ def build_lane(
     from shoal.traffic.breaker import CircuitBreaker
 
     adaptive_options = adaptive_options or {}
+    if ch.adaptive_max is not None:  # the channel's own bound beats the Router's default
+        adaptive_options = {**adaptive_options, "max_limit": ch.adaptive_max}
     adaptive_on = ch.adaptive if ch.adaptive is not None else ch.max_concurrency is None
     limiter = _limiter(ch, adaptive_on, clock=clock, events=events, redis=redis,
                        adaptive_options=adaptive_options)
