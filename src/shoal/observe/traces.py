@@ -45,6 +45,7 @@ __all__ = ["SpanBuilder", "Tracing", "tracing"]
 _SPAN_EVENTS = frozenset({"retry", "failover", "breaker", "wait", "limit_change"})
 _Key = tuple[str, ...]
 _QUEUED_S = 0.001  # an admission after a wait this long is a "limiter_wait" span event
+_BATCH = 64  # spans per export when shoal makes the processor (see tracing())
 _CHAT_END = tuple(A.CHAT_END.items())
 _TOKENS = tuple(A.TOKENS_GEN_AI.items())
 _ALWAYS_TOKENS = frozenset({"input_tokens", "output_tokens"})  # the rest only when not 0
@@ -420,7 +421,10 @@ def tracing(exporter: SpanExporter | None = None, *,
             {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "shoal"}))
         chosen = exporter if exporter is not None else _env_exporter()
         if chosen is not None:
-            provider.add_span_processor(BatchSpanProcessor(chosen))
+            # Batches of 64, not the SDK's 512, unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE says:
+            # docs/DECISIONS.md, "Metrics and alerts" (Python's GC and bulk frees).
+            batch = None if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else _BATCH
+            provider.add_span_processor(BatchSpanProcessor(chosen, max_export_batch_size=batch))
     from importlib.metadata import PackageNotFoundError, version
 
     try:
