@@ -10,8 +10,9 @@ one-channel config pointing at the mock. Phases, each with its goal from issue 1
    connections, zero-latency mock: p99 ≤ 1 ms at 1, ≤ 10 ms at 64. At 64 connections
    twice: closed loop (wrk as fast as answers come: the server saturated, its latency
    ≈ 64 × its CPU per request, the worst case), and paced below saturation (each server
-   at ``--paced-share`` = 50% of its closed-loop req/s, Poisson arrivals from wrk's
-   ``delay()`` hook, the same rate sent direct), as fixed-RPS gateway benchmarks run;
+   at ``--paced-share`` = 50% of its closed-loop req/s, Poisson arrivals scheduled
+   through wrk's ``delay()`` hook, the same rate sent direct), as fixed-RPS gateway
+   benchmarks run;
 2. throughput with a 20 ms mock at 64 and 256 connections, ÷ direct: ≥ 0.5, ≥ 5× LiteLLM;
 3. streams: 64 chunks every 20 ms, N concurrent; the largest N with every stream complete
    and no inter-chunk gap over 100 ms (≥ 256 and as many as direct), added TTFT p99; a
@@ -198,7 +199,8 @@ def phase_latency(ctx: Ctx) -> None:
                 p99 = statistics.median(v[1] for v in paced_vals)
                 ctx.row(f"added latency, {name}, c=64 paced at {rate:,.0f} req/s offered "
                         f"({a.paced_share:.0%} of its max; {got:,.0f} req/s sent, "
-                        "wrk delay(): Poisson arrivals)", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+                        "Poisson arrivals through wrk's delay())",
+                        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
                         "p99 ≤ 10 ms (below saturation; the closed-loop row above is the "
                         "worst case)" if name.startswith("shoal") else "",
                         p99 <= goal if name.startswith("shoal") else None)
@@ -215,9 +217,9 @@ def paced_latency(ctx: Ctx, srvs: dict[str, gl.Server], mock: gl.Server,
                                                             list[tuple[float, float]]]]:
     """Added latency at 64 connections with the load paced below saturation: each server
     at ``--paced-share`` of its own closed-loop maximum, and the same rate sent straight
-    to the mock in the same round. wrk's ``delay()`` hook spaces each connection's
-    requests by exponential think times (gateway_load._PACE_LUA), so requests arrive
-    about as a Poisson stream of that rate: an open-loop-like load, as published gateway
+    to the mock in the same round. Requests arrive as a Poisson stream of that rate
+    (gateway_load._PACE_LUA: a schedule per wrk thread that free connections follow
+    through wrk's ``delay()`` hook): open loop below saturation, as published gateway
     benchmarks run at a fixed RPS. Per server: (rate, req/s sent, [(added p50, p99)])."""
     a = ctx.args
     out: dict[str, tuple[float, float, list[tuple[float, float]]]] = {}

@@ -155,14 +155,27 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-# Paced load: before each request a connection waits an exponentially distributed
-# think time (wrk's ``delay()`` hook, whole milliseconds), so requests arrive as a Poisson
-# stream of ``rate`` per second over all connections, not in lock-step bursts (hey's
-# ``-q`` ticks every worker at the same instant), and the server is not saturated.
-# wrk's latency is timed from the request's first byte written, not from the delay.
+# Paced load: each wrk thread draws an arrival schedule of exponential gaps (a Poisson
+# stream of rate/threads, on the monotonic clock through LuaJIT's FFI), and a connection
+# that is free claims the next arrival and waits for it (wrk's ``delay()`` hook, whole
+# milliseconds). So requests arrive at the offered rate whatever the latency (open loop,
+# while a thread has a free connection), not in lock-step bursts (hey's ``-q`` ticks
+# every worker at the same instant). A schedule more than 50 ms behind (every connection
+# busy) is not caught up in one burst. wrk times a request from its first byte written.
 _PACE_LUA = """
-local mean_ms = {mean_ms}
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct {{ long tv_sec; long tv_nsec; }} shoal_timespec;
+int clock_gettime(int clk_id, shoal_timespec *tp);
+]]
+local ts = ffi.new("shoal_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local gap_ms = {gap_ms}
 local threads = 0
+local due = nil
 function setup(thread)
   threads = threads + 1
   thread:set("seed", threads)
@@ -171,7 +184,9 @@ function init(args)
   math.randomseed(os.time() * 1000 + (seed or 0) * 7919)
 end
 function delay()
-  return math.floor(-math.log(1 - math.random()) * mean_ms + 0.5)
+  local now = now_ms()
+  due = math.max(due or now, now - 50) - math.log(1 - math.random()) * gap_ms
+  return math.max(0, math.floor(due - now + 0.5))
 end
 """
 
@@ -181,8 +196,8 @@ def wrk(url: str, *, connections: int, duration_s: float, body: dict[str, Any] |
         rate: float | None = None) -> LoadResult:
     """POST ``body`` to ``url`` for ``duration_s`` over ``connections`` keep-alive
     connections; wrk when installed, else this module's Python load generator.
-    ``rate``: paced at about that many requests per second in all (Poisson arrivals,
-    see ``_PACE_LUA``; wrk only) instead of as fast as the server answers."""
+    ``rate``: paced at that many requests per second in all (Poisson arrivals, see
+    ``_PACE_LUA``; wrk only) instead of as fast as the server answers."""
     body = body or BODY
     headers = {"content-type": "application/json", **(headers or {})}
     if shutil.which("wrk") is None:
@@ -192,7 +207,8 @@ def wrk(url: str, *, connections: int, duration_s: float, body: dict[str, Any] |
     lua = "wrk.method = 'POST'\nwrk.body = [[" + json.dumps(body) + "]]\n" + "".join(
         f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
     if rate is not None:
-        lua += _PACE_LUA.format(mean_ms=f"{1000.0 * connections / rate:.3f}")
+        threads = 1 if connections < 4 else 2  # as below
+        lua += _PACE_LUA.format(gap_ms=f"{1000.0 * threads / rate:.4f}")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(lua)
     try:
