@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from shoal.gateway.fastjson import dumps
+from shoal.fastjson import dumps
 
 __all__ = ["AccessRecord", "configure_access_log", "log"]
 

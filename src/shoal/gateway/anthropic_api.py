@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from shoal.fastjson import dumps, loads
 from shoal.gateway.errors import Failure
-from shoal.gateway.fastjson import dumps, loads
 from shoal.gateway.translate_anthropic import parse_messages
 from shoal.gateway.translate_common import Parsed
 from shoal.types import (

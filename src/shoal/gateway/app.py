@@ -20,13 +20,13 @@ from typing import Any
 
 from aiohttp import web
 
+from shoal.fastjson import loads
 from shoal.gateway import anthropic_api, openai_api
 from shoal.gateway.access_log import AccessRecord
 from shoal.gateway.access_log import log as access_log
 from shoal.gateway.anthropic_api import AnthropicWire
 from shoal.gateway.calls import Gateway, Spend, Wire
 from shoal.gateway.errors import BadInput, Failure, Kind, failure_of
-from shoal.gateway.fastjson import loads
 from shoal.gateway.openai_api import OpenAIWire
 from shoal.gateway.streaming import stream_answer
 from shoal.gateway.translate_anthropic import parse_messages_body

@@ -11,8 +11,8 @@ import os
 import time
 from typing import Any
 
+from shoal.fastjson import dumps
 from shoal.gateway.errors import Failure
-from shoal.gateway.fastjson import dumps
 from shoal.gateway.translate_common import Parsed
 from shoal.gateway.translate_openai import parse_chat
 from shoal.types import (

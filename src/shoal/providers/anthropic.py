@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from shoal import fastjson
 from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
 from shoal.providers.caching import gate_turn, plan_anthropic
 from shoal.providers.failures import (
@@ -301,7 +302,7 @@ class AnthropicProvider(HttpProvider):
                             yield out
                         return
                     try:
-                        obj = json.loads(data)
+                        obj = fastjson.loads(data)
                     except ValueError:
                         raise MalformedResponse(
                             f"{self.name} sent a stream event that is not JSON", status=200,

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from shoal import fastjson
 from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
 from shoal.providers.caching import gate_turn, plan_openai
 from shoal.providers.failures import (
@@ -261,7 +262,7 @@ class OpenAICompatProvider(HttpProvider):
                         done = True
                         break
                     try:
-                        chunk = json.loads(data)
+                        chunk = fastjson.loads(data)
                     except ValueError:
                         if event == "error":  # old llama.cpp `error:` line with plain text
                             raise error_from_stream_payload(
