@@ -58,27 +58,22 @@ class _Note(CallNote):
 def admitted(bus: EventBus, channel: str, model: str, *, waited_s: float, tokens: int,
              attempt: int, emit: bool = True) -> None:
     """An attempt of the current call got its slot after ``waited_s`` in the limiter:
-    counted on the call's note and, when ``emit`` (the attempt queued for its slot, or
-    is a retry), emitted as ``admit`` with the scope's fields the call's earlier events
-    already cleaned (no second redaction pass). A first attempt admitted at once emits
-    nothing: ``call_end`` carries the attempts and the time queued."""
+    counted on the call's note and, when ``emit`` (the attempt queued for its slot, is a
+    retry, or went through a shared limiter), emitted as ``admit`` with the scope's
+    fields the call's earlier events already cleaned (no second redaction pass). A first
+    attempt admitted at once emits nothing: ``call_end`` has the attempts and queue time."""
     where = current()
     note = where.call
     if isinstance(note, _Note):
         note.attempts += 1
         note.queue_s += waited_s
-        if not emit:
-            return
-        data = {**scope_fields(where, note), "waited_s": waited_s, "tokens": tokens,
-                "attempt": attempt}
-    elif not emit:
+    if not emit:
         return
-    elif where.run_id or where.call_id:
-        data = {**scope_fields(where), "waited_s": waited_s, "tokens": tokens,
-                "attempt": attempt}
-    else:
-        data = {"waited_s": waited_s, "tokens": tokens, "attempt": attempt}
-    bus.publish_clean(ADMIT, data, channel=clean_text(channel), model=clean_text(model))
+    fields = (scope_fields(where, note) if isinstance(note, _Note)
+              else scope_fields(where) if where.run_id or where.call_id else {})
+    bus.publish_clean(ADMIT, {**fields, "waited_s": waited_s, "tokens": tokens,
+                              "attempt": attempt},
+                      channel=clean_text(channel), model=clean_text(model))
 
 
 def provider_scope() -> Token[Scope] | None:
