@@ -101,8 +101,10 @@ def _mutate(body: dict[str, Any], edits: list[tuple[str, str, Any]]) -> dict[str
     body = json.loads(json.dumps(body))
     for where, key, value in edits:
         target = body
-        if where == "message" and isinstance(body.get("messages"), list) and body["messages"]:
-            target = body["messages"][0]
+        messages = body.get("messages")
+        if (where == "message" and isinstance(messages, list) and messages
+                and isinstance(messages[0], dict)):  # an earlier edit may have replaced it
+            target = messages[0]
         if value is DELETE:
             target.pop(key, None)
         else:
