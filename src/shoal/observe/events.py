@@ -273,12 +273,7 @@ class EventBus:
             for k, v in scope_fields(where).items():
                 if k not in data:
                     data[k] = v
-        event = Event(kind, self._now(), channel, model, data)
-        for callback in subscribers:
-            try:
-                callback(event)
-            except Exception:
-                _log.exception("event subscriber %r failed on %s", callback, kind)
+        _deliver(subscribers, Event(kind, self._now(), channel, model, data))
 
     def publish_clean(self, kind: str, data: dict[str, object], *, channel: str = "",
                       model: str = "") -> None:
@@ -287,12 +282,16 @@ class EventBus:
         :func:`clean_text` themselves (``call_start``/``call_end``)."""
         subscribers = self._subscribers
         if subscribers:
-            event = Event(kind, self._now(), channel, model, data)
-            for callback in subscribers:
-                try:
-                    callback(event)
-                except Exception:
-                    _log.exception("event subscriber %r failed on %s", callback, kind)
+            _deliver(subscribers, Event(kind, self._now(), channel, model, data))
+
+
+def _deliver(subscribers: tuple[Subscriber, ...], event: Event) -> None:
+    """Hand ``event`` to each subscriber; one that raises is logged and skipped."""
+    for callback in subscribers:
+        try:
+            callback(event)
+        except Exception:
+            _log.exception("event subscriber %r failed on %s", callback, event.kind)
 
 
 class _Everywhere:
