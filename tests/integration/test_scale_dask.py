@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from scale_flows import sim_config, three_steps
 
+from conftest import drop_pg_schema
 from shoal.config import Config
 from shoal.flows.batch import Batch
 from shoal.scale import DaskExecutor, LocalExecutor
@@ -43,14 +44,8 @@ def store_url(pg_dsn: str) -> str:
 @pytest.fixture
 async def drop_schema(store_url: str) -> AsyncIterator[None]:
     yield
-    import asyncpg
-
-    dsn, _, query = store_url.partition("?schema=")
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{query}" CASCADE')
-    finally:
-        await conn.close()
+    dsn, _, schema = store_url.partition("?schema=")
+    await drop_pg_schema(dsn, schema)
 
 
 @pytest.fixture
