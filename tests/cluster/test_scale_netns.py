@@ -44,14 +44,15 @@ from typing import Any
 import pytest
 from netns_hosts import Hosts, can_make_namespaces
 
-from conftest import require_service
+from conftest import drop_pg_schema, require_service
 
 INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
 sys.path.insert(0, str(INTEGRATION))
 
 from scale_flows import sim_config, three_steps  # noqa: E402 - after the path it lives on
 
-from shoal.flows.batch import Batch  # noqa: E402
+from shoal.flows.batch import Batch, BatchResult  # noqa: E402
+from shoal.flows.flow import Flow  # noqa: E402
 from shoal.scale import DaskExecutor  # noqa: E402
 from shoal.scale.batch_ids import batch_items  # noqa: E402
 from shoal.sim import SimProcess  # noqa: E402
@@ -208,16 +209,21 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def _drop_schema(schema: str) -> None:
-    async def drop() -> None:
-        import asyncpg
+    asyncio.run(drop_pg_schema(PG_DSN, schema))
 
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
-    asyncio.run(drop())
+async def batch_under_way(cluster: Cluster, flow: Flow, executor: DaskExecutor, prefix: str,
+                          requests: int) -> tuple[str, asyncio.Future[BatchResult]]:
+    """A batch of KILL_ITEMS started on a fresh simulator, once it has seen ``requests``
+    calls (the moment a scenario kills something)."""
+    cluster.sim.reset()
+    batch_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    run = asyncio.ensure_future(Batch(flow, run_id=batch_id).run(
+        [f"doc{i}" for i in range(KILL_ITEMS)], executor=executor))
+    while cluster.sim.stats()["total_requests"] < requests:
+        assert not run.done(), run
+        await asyncio.sleep(0.05)
+    return batch_id, run
 
 
 async def wait_for_workers(address: str, n: int, timeout: float = 90.0) -> None:
@@ -271,13 +277,8 @@ async def test_500_items_on_3_namespaced_workers_then_one_is_killed(cluster: Clu
     assert span <= 1.5 * bound, figures
 
     # 2. One worker SIGKILLed once a third of the calls are done: every item completes.
-    cluster.sim.reset()
-    batch_id = f"nk-{uuid.uuid4().hex[:8]}"
-    run = asyncio.ensure_future(Batch(flow, run_id=batch_id).run(
-        [f"doc{i}" for i in range(KILL_ITEMS)], executor=executor))
-    while cluster.sim.stats()["total_requests"] < KILL_ITEMS * STEPS // 3:
-        assert not run.done(), run
-        await asyncio.sleep(0.05)
+    batch_id, run = await batch_under_way(cluster, flow, executor, "nk",
+                                          KILL_ITEMS * STEPS // 3)
     cluster.kill("w2")
     killed = await asyncio.wait_for(run, 180)
     log = cluster.sim.request_log()
@@ -304,13 +305,8 @@ async def test_500_items_on_3_namespaced_workers_then_one_is_killed(cluster: Clu
 
     # 3. The scheduler SIGKILLed mid-batch: the client's batch fails; once a scheduler
     # and workers are back, a resume runs only the items with no outcome.
-    cluster.sim.reset()
-    batch_id = f"nd-{uuid.uuid4().hex[:8]}"
-    run = asyncio.ensure_future(Batch(flow, run_id=batch_id).run(
-        [f"doc{i}" for i in range(KILL_ITEMS)], executor=executor))
-    while cluster.sim.stats()["total_requests"] < KILL_ITEMS * STEPS // 2:
-        assert not run.done(), run
-        await asyncio.sleep(0.05)
+    batch_id, run = await batch_under_way(cluster, flow, executor, "nd",
+                                          KILL_ITEMS * STEPS // 2)
     cluster.kill("sched")
     try:  # the chunks in flight come back failed (or, per Dask version, the run raises)
         lost = await asyncio.wait_for(run, 120)
