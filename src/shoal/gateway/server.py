@@ -26,6 +26,7 @@ from shoal.gateway.app import build_app
 from shoal.gateway.calls import Gateway
 from shoal.gateway.keys_api import KeyService, OpenKeys
 from shoal.gateway.settings import GatewaySettings, is_loopback
+from shoal.gateway.worker_limits import keys_need_redis, split_channels, split_notice
 
 if TYPE_CHECKING:
     from shoal.config import Config
@@ -144,6 +145,15 @@ async def open_keys(config: Config, store: str | None) -> KeyService:
     return OpenKeys()
 
 
+async def _keyed(config: Config, store: str | None) -> int:
+    """1 when the gateway would serve virtual keys from ``store``, else 0."""
+    keys = await open_keys(config, store)
+    try:
+        return 1 if keys.required else 0
+    finally:
+        await keys.aclose()
+
+
 async def serve(config: Config, settings: GatewaySettings, *, store: str | None = None,
                 reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, print one ``listening on`` line first, then drain."""
@@ -172,14 +182,15 @@ async def serve(config: Config, settings: GatewaySettings, *, store: str | None 
     print("shoal gateway stopped", file=sys.stderr, flush=True)
 
 
-def _worker(config_path: str | None, settings: dict[str, Any], store: str | None) -> None:
+def _worker(index: int, config_path: str | None, settings: dict[str, Any],
+            store: str | None) -> None:
     from shoal.cli.loop import run as run_loop
     from shoal.config import Config
     from shoal.gateway.access_log import configure_access_log
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
-    config = Config.load(config_path)
     gateway_settings = GatewaySettings(**settings)
+    config = split_channels(Config.load(config_path), index, gateway_settings.workers)
     configure_access_log(gateway_settings.access_log)  # a spawned process starts bare
     run_loop(serve(config, gateway_settings, store=store, reuse_port=True))
 
@@ -198,11 +209,16 @@ def run(config: Config, settings: GatewaySettings, *, config_path: str | None = 
     if settings.workers == 1:
         run_loop(serve(config, settings, store=store))
         return
+    # Checked here, once, before any worker starts: limits that would multiply.
+    keys_need_redis(settings.workers, config.redis_url, run_loop(_keyed(config, store)))
+    notice = split_notice(config, settings.workers)
+    if notice is not None:
+        print(notice, file=sys.stderr, flush=True)
     if settings.port == 0:
         settings = settings.model_copy(update={"port": _free_port(settings.host)})
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, name=f"shoal-gateway-{i}",
-                         args=(config_path, settings.model_dump(), store))
+                         args=(i, config_path, settings.model_dump(), store))
              for i in range(settings.workers)]
     for p in procs:
         p.start()
