@@ -15,13 +15,19 @@ workers make N calls through:
 Printed: calls/second, client CPU per call, and ratios to raw aiohttp. Targets:
 adapter ≥ 0.8 (issue 2) and Router ≥ 0.7 (issue 3) of raw aiohttp's calls/second.
 
-    python bench/overhead_bench.py [--calls 3000] [--rounds 3]
+``--prompt-words N``: every call of every client sends a fresh user message of N words
+(a call number, then the same N words of English): what a batch over distinct documents
+or a gateway sends, where nothing caches a prompt's token count. The default is the
+short fixed prompt of bench/http_clients.py.
+
+    python bench/overhead_bench.py [--calls 3000] [--rounds 3] [--prompt-words 1500]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -39,19 +45,35 @@ from shoal.types import ChatRequest, Message
 Poster = Callable[[], Awaitable[None]]
 
 
-def request() -> ChatRequest:
+def request(user: str | None = None) -> ChatRequest:
     msgs = REQUEST_BODY["messages"]
     return ChatRequest(
         model="bench-model",
-        messages=[Message.system(msgs[0]["content"]), Message.user(msgs[1]["content"])],
+        messages=[Message.system(msgs[0]["content"]),
+                  Message.user(msgs[1]["content"] if user is None else user)],
         max_tokens=REQUEST_BODY["max_tokens"], temperature=REQUEST_BODY["temperature"],
     )
 
 
+def prose(words: int) -> str:
+    """``words`` words of English-like text (this file's docstring, repeated)."""
+    vocab = (__doc__ or "").split()
+    return " ".join(vocab[i % len(vocab)] for i in range(words))
+
+
 async def measure(url: str, calls: int, concurrency: int, rounds: int,
-                  clients: list[str]) -> dict[str, dict[str, float]]:
+                  clients: list[str], prompt_words: int = 0) -> dict[str, dict[str, float]]:
     import aiohttp
     import openai
+
+    text, numbers = prose(prompt_words), itertools.count()
+
+    def fresh() -> str:  # a user message no cache has seen
+        return f"{next(numbers)} {text}"
+
+    def body_of(user: str) -> dict[str, Any]:
+        return {**REQUEST_BODY, "messages": [REQUEST_BODY["messages"][0],
+                                             {"role": "user", "content": user}]}
 
     body = json.dumps(REQUEST_BODY).encode()
     headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
@@ -68,18 +90,20 @@ async def measure(url: str, calls: int, concurrency: int, rounds: int,
     req = request()
 
     async def raw() -> None:
-        async with session.post(url + "/v1/chat/completions", data=body,
+        data = json.dumps(body_of(fresh())).encode() if prompt_words else body
+        async with session.post(url + "/v1/chat/completions", data=data,
                                 headers=headers) as resp:
             json.loads(await resp.read())
 
     async def via_adapter() -> None:
-        await adapter.complete(req, model="gpt-4o-mini")
+        await adapter.complete(request(fresh()) if prompt_words else req, model="gpt-4o-mini")
 
     async def via_router() -> None:
-        await router.complete(req)
+        await router.complete(request(fresh()) if prompt_words else req)
 
     async def via_sdk() -> None:
-        await sdk.chat.completions.create(**REQUEST_BODY)
+        await sdk.chat.completions.create(**(body_of(fresh()) if prompt_words
+                                             else REQUEST_BODY))
 
     posters: dict[str, Poster] = {"raw aiohttp": raw, "shoal adapter": via_adapter,
                                   "shoal Router": via_router, "openai SDK": via_sdk}
@@ -105,6 +129,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-sdk", action="store_true")
+    p.add_argument("--prompt-words", type=int, default=0,
+                   help="a fresh user message of this many words per call (0: the short one)")
     args = p.parse_args()
     server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "http_clients.py"),
                                "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -115,15 +141,18 @@ def main() -> None:
         clients = ["raw aiohttp", "shoal adapter", "shoal Router"]
         if not args.no_sdk:
             clients.append("openai SDK")
-        best = asyncio.run(measure(url, args.calls, args.concurrency, args.rounds, clients))
+        best = asyncio.run(measure(url, args.calls, args.concurrency, args.rounds, clients,
+                                   args.prompt_words))
     finally:
         if server.stdin:
             server.stdin.close()
         server.wait(timeout=10)
     base = best["raw aiohttp"]
     targets: dict[str, Any] = {"shoal adapter": 0.8, "shoal Router": 0.7}
+    prompt = (f"a fresh {args.prompt_words}-word prompt per call" if args.prompt_words
+              else "the short prompt")
     print(f"{args.calls} calls x {args.rounds} rounds, {args.concurrency} concurrent, "
-          "zero-latency server in its own process (best round kept)")
+          f"{prompt}, zero-latency server in its own process (best round kept)")
     print(f"{'client':15} {'calls/s':>9} {'CPU/call':>10} {'ratio':>7} {'target':>7}")
     ok = True
     for name, r in best.items():

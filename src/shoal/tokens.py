@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.errors import ConfigError
-from shoal.types import ChatRequest, Message, ToolSpec
+from shoal.types import ChatRequest, Message
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shoal.config import ModelInfo
 
 __all__ = [
@@ -42,11 +44,13 @@ __all__ = [
     "DEFAULT_OUTPUT_TOKENS",
     "DEFAULT_REASONING_OUTPUT_TOKENS",
     "ENCODINGS",
+    "call_token_bound",
     "count_text",
     "default_output_tokens",
     "estimate_call_tokens",
     "estimate_prompt_tokens",
     "preload",
+    "prompt_token_bound",
 ]
 
 APPROX = "approx"
@@ -174,6 +178,24 @@ def _compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
+def _message_texts(message: Message) -> tuple[list[str], int]:
+    """The texts of one message that count, and its fixed overhead tokens."""
+    texts = [message.role, message.content]
+    fixed = TOKENS_PER_MESSAGE
+    if message.name:
+        texts.append(message.name)
+        fixed += TOKENS_PER_NAME
+    if message.reasoning:
+        # Sent back only where a provider requires it; counted whenever present.
+        texts.append(message.reasoning)
+    if message.tool_call_id:
+        texts.append(message.tool_call_id)
+    for call in message.tool_calls:
+        texts += (call.name, call.arguments)
+        fixed += TOKENS_PER_TOOL_CALL
+    return texts, fixed
+
+
 @functools.lru_cache(maxsize=8192)
 def _message_text_tokens(message: Message, encoding: str) -> tuple[int, int]:
     """(counted text tokens, fixed overhead tokens) of one message.
@@ -181,45 +203,61 @@ def _message_text_tokens(message: Message, encoding: str) -> tuple[int, int]:
     Cached: messages are frozen, and an agent re-sends its whole history every turn, so
     without the cache estimating a long conversation would cost O(turns²) tokenization.
     """
-    text = _raw_count(message.role, encoding) + _raw_count(message.content, encoding)
-    fixed = TOKENS_PER_MESSAGE
-    if message.name:
-        text += _raw_count(message.name, encoding)
-        fixed += TOKENS_PER_NAME
-    if message.reasoning:
-        # Sent back only where a provider requires it; counted whenever present.
-        text += _raw_count(message.reasoning, encoding)
-    if message.tool_call_id:
-        text += _raw_count(message.tool_call_id, encoding)
-    for call in message.tool_calls:
-        text += _raw_count(call.name, encoding) + _raw_count(call.arguments, encoding)
-        fixed += TOKENS_PER_TOOL_CALL
-    return text, fixed
+    texts, fixed = _message_texts(message)
+    return sum(_raw_count(t, encoding) for t in texts), fixed
 
 
-def _tool_tokens(tool: ToolSpec, encoding: str) -> int:
-    header = f"{tool.name}:{tool.description}" if tool.description else tool.name
-    return _raw_count(header, encoding) + _raw_count(_compact_json(tool.parameters), encoding)
+def _byte_bound(text: str, encoding: str = "") -> int:
+    """At least the tokens of ``text`` in any of shoal's encodings: they are byte-level
+    BPE, where every token covers at least one UTF-8 byte. O(1) for ASCII."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _message_byte_bound(message: Message, encoding: str) -> tuple[int, int]:
+    texts, fixed = _message_texts(message)
+    return sum(_byte_bound(t) for t in texts), fixed
+
+
+def _prompt_tokens(request: ChatRequest, encoding: str,
+                   message: Callable[[Message, str], tuple[int, int]],
+                   text: Callable[[str, str], int]) -> int:
+    """The prompt of ``request`` counted with ``message`` (per message: text, fixed) and
+    ``text`` (tool definitions, the output schema), plus the fixed overheads."""
+    counted = 0
+    fixed = REPLY_PRIMING
+    for m in request.messages:
+        m_text, m_fixed = message(m, encoding)
+        counted += m_text
+        fixed += m_fixed
+    if request.tools:
+        fixed += TOOLS_OVERHEAD + TOKENS_PER_TOOL * len(request.tools)
+        for tool in request.tools:
+            header = f"{tool.name}:{tool.description}" if tool.description else tool.name
+            counted += text(header, encoding) + text(_compact_json(tool.parameters), encoding)
+    if request.output_schema is not None:
+        fixed += OUTPUT_SCHEMA_OVERHEAD
+        counted += text(request.output_schema_name, encoding)
+        counted += text(_compact_json(request.output_schema), encoding)
+    return _scaled(counted, encoding) + fixed
 
 
 def estimate_prompt_tokens(request: ChatRequest, encoding: str) -> int:
     """Estimated input tokens of ``request``: messages with OpenAI's per-message overhead,
     tool definitions and the requested output schema."""
     _check_encoding(encoding)
-    text = 0
-    fixed = REPLY_PRIMING
-    for message in request.messages:
-        message_text, message_fixed = _message_text_tokens(message, encoding)
-        text += message_text
-        fixed += message_fixed
-    if request.tools:
-        fixed += TOOLS_OVERHEAD + TOKENS_PER_TOOL * len(request.tools)
-        text += sum(_tool_tokens(tool, encoding) for tool in request.tools)
-    if request.output_schema is not None:
-        fixed += OUTPUT_SCHEMA_OVERHEAD
-        text += _raw_count(request.output_schema_name, encoding)
-        text += _raw_count(_compact_json(request.output_schema), encoding)
-    return _scaled(text, encoding) + fixed
+    return _prompt_tokens(request, encoding, _message_text_tokens, _raw_count)
+
+
+def prompt_token_bound(request: ChatRequest, encoding: str) -> int:
+    """An upper bound of :func:`estimate_prompt_tokens`, without tokenizing: the UTF-8
+    bytes of the same texts (a token covers at least one), the same overheads. About
+    2-4× the estimate for prose; ~1 µs for a short prompt and ~10 µs for 100k ASCII
+    characters, where the exact count takes ~0.1-0.4 µs a token (``bench/tokens.py``).
+    What needs no exact count (does the call fit the context window?) asks this first."""
+    _check_encoding(encoding)
+    return _prompt_tokens(request, encoding, _message_byte_bound, _byte_bound)
 
 
 def default_output_tokens(model: ModelInfo) -> int:
@@ -231,7 +269,16 @@ def default_output_tokens(model: ModelInfo) -> int:
 def estimate_call_tokens(request: ChatRequest, model: ModelInfo) -> int:
     """Prompt estimate plus the output the call may produce: what a TPM limiter reserves
     (providers such as Moonshot count prompt + max_tokens) and a budget checks."""
-    prompt = estimate_prompt_tokens(request, model.encoding)
+    return _with_output(estimate_prompt_tokens(request, model.encoding), request, model)
+
+
+def call_token_bound(request: ChatRequest, model: ModelInfo) -> int:
+    """An upper bound of :func:`estimate_call_tokens` (the prompt's bound, the same
+    output allowance, which never lets the sum shrink as the prompt grows)."""
+    return _with_output(prompt_token_bound(request, model.encoding), request, model)
+
+
+def _with_output(prompt: int, request: ChatRequest, model: ModelInfo) -> int:
     if request.max_tokens is not None:
         return prompt + max(0, request.max_tokens)
     # Never reserve more output than the context window leaves room for.

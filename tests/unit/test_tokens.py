@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.config import Config, ModelInfo
 from shoal.errors import ConfigError
@@ -17,10 +19,12 @@ from shoal.tokens import (
     DEFAULT_OUTPUT_TOKENS,
     DEFAULT_REASONING_OUTPUT_TOKENS,
     ENCODINGS,
+    call_token_bound,
     count_text,
     estimate_call_tokens,
     estimate_prompt_tokens,
     preload,
+    prompt_token_bound,
 )
 from shoal.types import ChatRequest, Message, ToolCall, ToolSpec
 
@@ -246,3 +250,20 @@ def test_counting_skips_the_slow_package_import_and_coexists_with_it() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "6"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=300), min_size=1, max_size=4),
+       st.sampled_from(ENCODINGS), st.booleans())
+def test_the_byte_bound_is_never_below_the_estimate(texts: list[str], encoding: str,
+                                                    with_tools: bool) -> None:
+    """Any text (non-ASCII, emoji, lone surrogates), tools and an output schema: the
+    bound holds, so a call it admits to the context window would fit when counted."""
+    tools = [ToolSpec("lookup", texts[0], {"type": "object", "properties": {
+        "q": {"type": "string", "description": texts[-1]}}})] if with_tools else []
+    request = ChatRequest(model="m", messages=[Message.user(t) for t in texts], tools=tools,
+                          output_schema={"type": "object"} if with_tools else None)
+    assert prompt_token_bound(request, encoding) >= estimate_prompt_tokens(request, encoding)
+    info = ModelInfo.model_validate({"name": "m", "channels": ["c"], "context_window": 2_000,
+                                     "encoding": encoding})
+    assert call_token_bound(request, info) >= estimate_call_tokens(request, info)

@@ -10,6 +10,7 @@ upstream reports usage only at the end); ``message_delta`` carries the real one.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from shoal.fastjson import dumps, loads
@@ -189,8 +190,9 @@ class AnthropicWire:
         return render(response, model)
 
     @staticmethod
-    def stream(model: str, prompt_tokens: int, include_usage: bool) -> AnthropicStream:
-        return AnthropicStream(model, prompt_tokens)
+    def stream(model: str, prompt_tokens: Callable[[], int],
+               include_usage: bool) -> AnthropicStream:
+        return AnthropicStream(model, prompt_tokens())  # message_start reports it
 
     @staticmethod
     def error_body(failure: Failure) -> bytes:

@@ -25,7 +25,12 @@ from shoal.gateway.errors import BadInput, Failure
 from shoal.gateway.keys_api import KeyModelDenied
 from shoal.gateway.metrics import GatewayMetrics
 from shoal.secrets import redact
-from shoal.tokens import count_text, default_output_tokens, estimate_prompt_tokens
+from shoal.tokens import (
+    count_text,
+    default_output_tokens,
+    estimate_prompt_tokens,
+    prompt_token_bound,
+)
 from shoal.types import ChatRequest, ChatResponse, StreamEvent, Usage
 from shoal.validate import validate_request
 
@@ -61,7 +66,8 @@ class Wire(Protocol):
 
     def parse(self, body: Any) -> Parsed: ...
     def render(self, response: ChatResponse, model: str) -> bytes: ...
-    def stream(self, model: str, prompt_tokens: int, include_usage: bool) -> Encoder: ...
+    def stream(self, model: str, prompt_tokens: Callable[[], int],
+               include_usage: bool) -> Encoder: ...
     def error_body(self, failure: Failure) -> bytes: ...
 
 
@@ -83,7 +89,24 @@ class Admitted:
     key: VirtualKey
     info: ModelInfo
     grant: KeyGrant
-    prompt_tokens: int
+    request: ChatRequest
+    counted: int | None = None  # the prompt's estimate, once something needed it
+
+    def prompt_tokens(self) -> int:
+        """The prompt's estimate (counted on first need: a keyless call whose prompt
+        plainly fits needs it only for an Anthropic stream's start or a cut's bill)."""
+        if self.counted is None:
+            self.counted = estimate_prompt_tokens(self.request, self.info.encoding)
+        return self.counted
+
+
+async def _count(request: ChatRequest, info: ModelInfo) -> int:
+    """The prompt's estimate; a long one (~20 ms of tokenizing per 100k tokens) off the
+    event loop, so the streams and calls in flight keep moving (the Router's own
+    estimate, where it needs one, then hits the cache)."""
+    if sum(len(m.content) for m in request.messages) > _BIG_PROMPT_CHARS:
+        return await asyncio.to_thread(estimate_prompt_tokens, request, info.encoding)
+    return estimate_prompt_tokens(request, info.encoding)
 
 
 @dataclass(slots=True)
@@ -107,8 +130,9 @@ class Spend:
         """The client left: the provider bills the prompt and what it generated (what
         the caller received is the best count the gateway has)."""
         out = count_text("".join(output), adm.info.encoding) if output else 0
-        self.usage = Usage(adm.prompt_tokens, out)
-        self.cost_usd = adm.info.cost(adm.prompt_tokens, out)
+        prompt = adm.prompt_tokens()
+        self.usage = Usage(prompt, out)
+        self.cost_usd = adm.info.cost(prompt, out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,12 +214,13 @@ class Gateway:
         chain = plan.chain
         if parsed.passthrough and plan.protocols == {protocol}:  # else another would refuse
             request.extra.update(parsed.passthrough)
-        if sum(len(m.content) for m in request.messages) > _BIG_PROMPT_CHARS:
-            # ~20 ms of tokenizing per 100k tokens: off the event loop, so the streams
-            # and calls in flight keep moving (the Router's estimate then hits the cache).
-            prompt = await asyncio.to_thread(estimate_prompt_tokens, request, info.encoding)
+        counted: int | None = None
+        if not self.keys.required:  # no key to charge: count only if the bytes may not fit
+            prompt = prompt_token_bound(request, info.encoding)  # an upper bound
+            if prompt + (request.max_tokens or 0) > info.context_window:
+                prompt = counted = await _count(request, info)
         else:
-            prompt = estimate_prompt_tokens(request, info.encoding)
+            prompt = counted = await _count(request, info)
         validate_request(request, info, prompt_tokens=prompt)  # BadRequest: a 400
         worst_tokens, worst_usd = 0, 0.0
         hour = _asks_1h_cache(request)
@@ -209,7 +234,7 @@ class Gateway:
                 cache_write_1h_tokens=prompt if hour else 0)))
         grant = await self.keys.admit(key, model=info.name, tokens=worst_tokens,
                                       max_cost_usd=worst_usd)
-        return Admitted(key, info, grant, prompt)
+        return Admitted(key, info, grant, request, counted)
 
     # -- after the call -------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from shoal.fastjson import dumps
@@ -148,7 +149,8 @@ class OpenAIWire:
         return render(response, model)
 
     @staticmethod
-    def stream(model: str, prompt_tokens: int, include_usage: bool) -> OpenAIStream:
+    def stream(model: str, prompt_tokens: Callable[[], int],
+               include_usage: bool) -> OpenAIStream:
         return OpenAIStream(model, include_usage)
 
     @staticmethod

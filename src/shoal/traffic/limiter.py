@@ -148,6 +148,12 @@ class Limiter(ABC):
         (so a cap halved for overload is not taken for a ceiling elsewhere)."""
 
     @property
+    def counts_tokens(self) -> bool:
+        """Whether ``tokens`` matter here (a TPM window). When False, callers may pass 0
+        instead of estimating a prompt; a limiter that does not say is assumed to."""
+        return True
+
+    @property
     def ceiling(self) -> int | None:
         """The learned ceiling written with the cap in force (shared limiters); None."""
         return None

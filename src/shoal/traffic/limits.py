@@ -113,6 +113,10 @@ class LocalLimiter(Limiter):
     def tpm(self) -> int | None:
         return self._tpm
 
+    @property
+    def counts_tokens(self) -> bool:
+        return self._tpm is not None
+
     def __repr__(self) -> str:
         return (
             f"LocalLimiter({self.name!r}, in_flight={self._in_flight}, cap={self._cap}, "

@@ -146,6 +146,10 @@ class RedisLimiter(RedisLink):
     def ceiling(self) -> int | None:
         return self._ceiling_seen
 
+    @property
+    def counts_tokens(self) -> bool:
+        return self._tpm is not None
+
     def _check_tokens(self, tokens: int) -> None:
         check_tokens(self.name, tokens, self._tpm)
 

@@ -43,7 +43,7 @@ from shoal.errors import (
 from shoal.observe.context import leave
 from shoal.observe.events import WAIT, EventBus
 from shoal.providers.caching import with_cache_settings
-from shoal.tokens import estimate_call_tokens
+from shoal.tokens import call_token_bound, estimate_call_tokens
 from shoal.traffic.call import Attempt, CallState, no_lane_error, pick, usable
 from shoal.traffic.call_events import (
     admitted,
@@ -73,6 +73,20 @@ __all__ = ["Router"]
 
 # The first of these committed to a stream ends failover: the caller has seen output.
 _FIRST_TOKEN = (TextDelta, ToolCallDelta, ReasoningDelta, StreamEnd)
+
+
+def _reservation(request: ChatRequest, info: ModelInfo, lane: Lane) -> int:
+    """The tokens an attempt reserves on ``lane``: the call's estimate where its limiter
+    keeps a TPM window, else 0. Either way the call must fit the model's context window
+    (else ``ContextOverflow``), which the bytes of the prompt show without tokenizing it
+    (~0.1-0.4 µs a token, the Router's largest cost for a long fresh prompt)."""
+    counts = lane.limiter.counts_tokens
+    if not counts and call_token_bound(request, info) <= info.context_window:
+        return 0
+    tokens = estimate_call_tokens(request, info)
+    if tokens > info.context_window:  # the prompt (+ max_tokens) cannot fit
+        validate_request(request, info)  # raises ContextOverflow with the numbers
+    return tokens if counts else 0
 
 
 async def _aclose(it: AsyncIterator[StreamEvent] | None) -> None:
@@ -201,9 +215,7 @@ class Router:
                     continue
                 raise call.charged(no_lane_error(call, self.clock.now()))
             info, lane = chosen
-            tokens = self.estimate_tokens(request, info)
-            if tokens > info.context_window:  # the prompt (+ max_tokens) cannot fit
-                validate_request(request, info)  # raises ContextOverflow with the numbers
+            tokens = _reservation(request, info, lane)
             retry = budget.attempts > 0
             if retry and not lane.retry_budget.try_withdraw():
                 await self._wait_for_retry_token(call, lane)
