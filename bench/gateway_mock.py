@@ -167,7 +167,11 @@ async def serve(port: int, mock: Mock) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
+    # Stop when the parent closes our stdin (a pipe). A regular file cannot be watched
+    # (EPERM): then SIGTERM/SIGINT alone stop us.
+    with contextlib.suppress(OSError):
+        loop.add_reader(sys.stdin.fileno(),
+                        lambda: stop.set() if not sys.stdin.read(1) else None)
     await stop.wait()
     server.close()
 
