@@ -133,6 +133,9 @@ class ModelInfo(BaseModel):
     # Prompt caching for this model on every channel; "off" here or on the channel wins.
     cache: Literal["auto", "off"] | None = None
     cache_ttl: Literal["5m", "1h"] | None = None
+    # The day the provider retires it (ISO date): still callable by name until then,
+    # never picked as the default model.
+    retires: str | None = None
 
     @functools.cached_property
     def price(self) -> ModelPrice:
@@ -346,7 +349,8 @@ class Config:
     def default_model(self) -> str:
         """The offline model unless some provider key is set (then the cheapest usable model)."""
         usable = [
-            m for m in self.models.values() if m.name != OFFLINE_MODEL and self.usable(m)
+            m for m in self.models.values()
+            if m.name != OFFLINE_MODEL and m.retires is None and self.usable(m)
         ]
         if not usable:
             return OFFLINE_MODEL

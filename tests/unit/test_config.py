@@ -105,6 +105,22 @@ def test_default_model_is_offline_without_keys(monkeypatch: pytest.MonkeyPatch) 
     assert cfg.default_model() != OFFLINE_MODEL
 
 
+def test_a_retiring_model_is_callable_but_never_the_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anthropic retires claude-sonnet-4-5 on 2026-11-30 (its SDK says so): with only an
+    Anthropic key the default is the cheapest Claude that is not retiring, and the
+    ``sonnet`` alias points past the retiring one."""
+    cfg = Config.from_dict({})
+    for ch in cfg.channels.values():
+        if ch.api_key_env:
+            monkeypatch.delenv(ch.api_key_env, raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-x")
+    old = cfg.model("claude-sonnet-4-5")
+    assert old.retires == "2026-11-30" and cfg.usable(old)
+    assert cfg.default_model() == "claude-sonnet-4-6"
+    assert cfg.model("sonnet").name == cfg.model("claude-sonnet").name == "claude-sonnet-4-6"
+
+
 # -- provider families and endpoint validation ------------------------------------------
 
 
