@@ -276,6 +276,31 @@ async def test_anthropic_thinking_budget_bounds(max_tokens: int, budget: int, wo
     assert [b.type for b in ok.content] == ["thinking", "text"]
 
 
+async def test_anthropic_thinking_form_follows_the_model() -> None:
+    """As Anthropic documents: adaptive thinking from Opus/Sonnet 4.6 on (a manual budget
+    still taken there), only a manual budget on 4.5 and older, only adaptive on Claude 5."""
+    budget: Any = {"type": "enabled", "budget_tokens": 1024}
+    adaptive: Any = {"type": "adaptive"}
+    async with running(SimConfig(style="anthropic")) as sim, anthropic_for(sim) as client:
+        for model, thinking in (("claude-sonnet-4-6", adaptive), ("claude-sonnet-4-6", budget),
+                                ("claude-sonnet-4-5", budget), ("claude-sonnet-5-5", adaptive)):
+            ok = await client.messages.create(model=model, max_tokens=2048, messages=USER,
+                                              thinking=thinking)
+            assert ok.content[0].type == "thinking", (model, thinking)
+        with pytest.raises(anthropic.BadRequestError, match="adaptive thinking is not "
+                           "supported on claude-sonnet-4-5"):
+            await client.messages.create(model="claude-sonnet-4-5", max_tokens=2048,
+                                         messages=USER, thinking=adaptive)
+        with pytest.raises(anthropic.BadRequestError, match="'enabled' is not supported on "
+                           "claude-sonnet-5-5"):
+            await client.messages.create(model="claude-sonnet-5-5", max_tokens=2048,
+                                         messages=USER, thinking=budget)
+        with pytest.raises(anthropic.BadRequestError, match=r"output_config\.effort"):
+            await client.messages.create(model="claude-sonnet-4-6", max_tokens=2048,
+                                         messages=USER, thinking=adaptive,
+                                         extra_body={"output_config": {"effort": "extreme"}})
+
+
 async def test_anthropic_thinking_refuses_forced_tools_and_temperature() -> None:
     thinking: Any = {"type": "enabled", "budget_tokens": 1024}
     tools: Any = [ANT_TOOL]

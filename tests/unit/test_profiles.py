@@ -250,6 +250,32 @@ def test_anthropic_forces_the_output_tool_only_when_nothing_else_may_be_called()
     assert answer_now_thinking["tool_choice"] == {"type": "none"}  # a JSON text answer
 
 
+def test_anthropic_thinking_is_adaptive_where_the_model_takes_it() -> None:
+    """Opus/Sonnet 4.6 and Claude 5 think adaptively (a manual budget is deprecated or
+    refused there); effort goes in output_config. A budget the caller set is kept, and a
+    4.5 model gets the budgeted form."""
+    low = an().payload(req(thinking=Thinking(effort="low"), max_tokens=3000),
+                       "claude-sonnet-4-6", stream=False)
+    assert low["thinking"] == {"type": "adaptive"}
+    assert low["output_config"] == {"effort": "low"}
+    plain = an().payload(req(thinking=Thinking()), "claude-opus-4-6", stream=False)
+    assert plain["thinking"] == {"type": "adaptive"} and "output_config" not in plain
+    assert an().payload(req(thinking=Thinking(), max_tokens=1000), "claude-sonnet-5-5",
+                        stream=False)["thinking"] == {"type": "adaptive"}  # no budget floor
+    kept = an().payload(req(thinking=Thinking(budget_tokens=2000), max_tokens=3000),
+                        "claude-sonnet-4-6", stream=False)
+    assert kept["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+    old = an().payload(req(thinking=Thinking(effort="low"), max_tokens=3000),
+                       "claude-sonnet-4-5", stream=False)
+    assert old["thinking"]["type"] == "enabled" and "output_config" not in old
+    forced = an().payload(req(output_schema=SCHEMA, output_schema_name="F",
+                              thinking=Thinking()), "claude-sonnet-4-6", stream=False)
+    assert forced["tool_choice"] == {"type": "auto"}  # no forced tool while thinking
+    with pytest.raises(ConfigError, match="temperature"):
+        an().payload(req(thinking=Thinking(), temperature=0.2), "claude-sonnet-4-6",
+                     stream=False)
+
+
 def test_anthropic_thinking_budget_is_checked_before_sending() -> None:
     body = an().payload(req(thinking=Thinking(budget_tokens=2000), max_tokens=3000), "c",
                         stream=False)

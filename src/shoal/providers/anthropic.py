@@ -171,8 +171,8 @@ class AnthropicProvider(HttpProvider):
         }
         if system:
             body["system"] = system
-        thinking = thinking_fields(p, request) if request.thinking is not None else {}
-        thinking_on = thinking.get("thinking", {}).get("type") == "enabled"
+        thinking = thinking_fields(p, request, model) if request.thinking is not None else {}
+        thinking_on = thinking.get("thinking", {}).get("type") in ("enabled", "adaptive")
         tools = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             | ({"cache_control": t.cache_control.wire()} if t.cache_control else {})

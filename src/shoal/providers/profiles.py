@@ -234,8 +234,22 @@ def anthropic_budget(thinking: Thinking, max_tokens: int) -> int:
     return budget
 
 
-def thinking_fields(profile: ProviderProfile, request: ChatRequest) -> dict[str, Any]:
-    """The request fields that switch reasoning on or off for this provider.
+# Claude models that think adaptively (platform.claude.com, "Adaptive thinking"): Opus and
+# Sonnet 4.6 on (where a manual budget is deprecated), every Claude 5. Older ones (Sonnet
+# and Opus 4.5, Haiku 4.5) take only a manual budget.
+_ADAPTIVE_CLAUDE = re.compile(
+    r"claude-(?:(?:opus|sonnet)-4-(?:[6-9]|\d\d)|mythos|[a-z]+-(?:[5-9]|\d\d)(?:$|[-.]))")
+
+
+def adaptive_claude(model: str) -> bool:
+    """True for a Claude model id that takes ``thinking: {"type": "adaptive"}``."""
+    return _ADAPTIVE_CLAUDE.match(model.lower()) is not None
+
+
+def thinking_fields(profile: ProviderProfile, request: ChatRequest,
+                    model: str = "") -> dict[str, Any]:
+    """The request fields that switch reasoning on or off for this provider (``model``:
+    the wire id, which decides Anthropic's adaptive or budgeted form).
 
     Raises ConfigError when the request cannot be expressed (Anthropic's budget rules;
     forced tool use or a temperature while thinking; a provider with no known switch)."""
@@ -247,7 +261,6 @@ def thinking_fields(profile: ProviderProfile, request: ChatRequest) -> dict[str,
     if style == "anthropic":
         if not thinking.enabled:
             return {"thinking": {"type": "disabled"}}
-        max_tokens = request.max_tokens or 4096
         if request.temperature not in (None, 1, 1.0):
             raise ConfigError(
                 f"Anthropic refuses temperature={request.temperature} with thinking; "
@@ -258,8 +271,14 @@ def thinking_fields(profile: ProviderProfile, request: ChatRequest) -> dict[str,
                 f"Anthropic refuses tool_choice={request.tool_choice!r} with thinking (only "
                 "auto or none); leave tool_choice unset"
             )
-        return {"thinking": {"type": "enabled",
-                             "budget_tokens": anthropic_budget(thinking, max_tokens)}}
+        if thinking.budget_tokens is None and adaptive_claude(model):
+            # Claude decides how much to think; the coarse knob is output_config.effort.
+            adaptive: dict[str, Any] = {"thinking": {"type": "adaptive"}}
+            if thinking.effort is not None:
+                adaptive["output_config"] = {"effort": thinking.effort}
+            return adaptive
+        return {"thinking": {"type": "enabled", "budget_tokens": anthropic_budget(
+            thinking, request.max_tokens or 4096)}}
     if style == "deepseek":
         fields: dict[str, Any] = {
             "thinking": {"type": "enabled" if thinking.enabled else "disabled"}}

@@ -2,14 +2,16 @@
 
 :func:`anthropic_request` raises :class:`~shoal.sim.styles.Refusal` (400
 ``invalid_request_error``) for: unknown top-level fields, empty text blocks and empty
-messages, a thinking budget out of bounds, ``temperature`` or a forced tool with thinking
-on, unpaired ``tool_use``/``tool_result`` blocks, and a tool turn without its signed
+messages, a thinking budget out of bounds, a thinking form the model does not take
+(adaptive on 4.5 and older, a manual budget on Opus 4.7 and Claude 5), ``temperature``
+or a forced tool with thinking on, unpaired ``tool_use``/``tool_result`` blocks, and a tool turn without its signed
 thinking block (signatures from :func:`sign_thinking` cover the thinking text).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from shoal.sim.styles import Refusal
@@ -40,6 +42,29 @@ def _signature_ok(signature: str, thinking: str) -> bool:
     return digest == hashlib.sha256(thinking.encode()).hexdigest()[:24]
 
 
+# Which thinking forms a Claude model takes (platform.claude.com "Adaptive thinking", and
+# AWS Bedrock's copy of it): Sonnet/Opus/Haiku 4.5 and older take only a manual budget;
+# Opus 4.7, Mythos, Fable and the Claude 5 models only the adaptive form (a manual
+# budget is a 400 there); Opus and Sonnet 4.6 take both (the budget is deprecated).
+_BUDGET_ONLY = re.compile(r"claude-(?:3|(?:sonnet|opus|haiku)-4(?:-[0-5])?(?:-\d{8})?$)")
+_ADAPTIVE_ONLY = re.compile(r"claude-(?:opus-4-[7-9]|mythos|fable|[a-z]+-[5-9](?:$|-))")
+_EFFORTS = ("low", "medium", "high", "max")
+
+
+def _thinking_form(model: str, kind: str, body: dict[str, Any]) -> None:
+    """The thinking form ``model`` refuses, and a bad ``output_config.effort``."""
+    model = model.lower()
+    if kind == "adaptive" and _BUDGET_ONLY.match(model):
+        raise Refusal(f"adaptive thinking is not supported on {model}; use thinking.type "
+                      "'enabled' with budget_tokens")
+    if kind == "enabled" and _ADAPTIVE_ONLY.match(model):
+        raise Refusal(f"thinking.type 'enabled' is not supported on {model}; use "
+                      "thinking.type 'adaptive' with output_config.effort")
+    config = body.get("output_config")
+    if isinstance(config, dict) and "effort" in config and config["effort"] not in _EFFORTS:
+        raise Refusal(f"output_config.effort: Input should be {', '.join(map(repr, _EFFORTS))}")
+
+
 def anthropic_request(body: dict[str, Any], style: str) -> None:
     """Anthropic's refusals: thinking budget and its incompatibilities, tool_use /
     tool_result pairing, and thinking blocks (with valid signatures) on tool turns."""
@@ -59,6 +84,7 @@ def anthropic_request(body: dict[str, Any], style: str) -> None:
                 f"'{kind}' found using 'type' does not match any of the expected tags: "
                 "'enabled', 'disabled', 'adaptive'"
             )
+        _thinking_form(str(body.get("model", "")), kind, body)
         enabled = kind in ("enabled", "adaptive")
         if kind == "enabled":
             budget = thinking.get("budget_tokens")
