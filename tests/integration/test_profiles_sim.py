@@ -10,10 +10,10 @@ from pydantic import BaseModel
 
 from shoal.agents import Agent, Runner, tool
 from shoal.config import Config
-from shoal.errors import BadRequest
+from shoal.errors import BadRequest, ConfigError
 from shoal.sim import ModelProfile, SimConfig, SimServer
 from shoal.traffic.router import Router
-from shoal.types import ChatRequest, ChatResponse, Message, StreamEnd, Thinking
+from shoal.types import ChatRequest, ChatResponse, Message, StreamEnd, Thinking, ToolSpec
 
 
 class Findings(BaseModel):
@@ -100,6 +100,10 @@ def styled(sim: SimServer, style: str, wire_model: str, *,
 def lookup(q: str) -> str:
     """Look something up."""
     return f"{q}: costs fall"
+
+
+LOOKUP_SPEC = ToolSpec("lookup", "Look something up.",
+                       {"type": "object", "properties": {"q": {"type": "string"}}})
 
 
 @pytest.mark.parametrize(("style", "wire_model"), [
@@ -218,3 +222,29 @@ async def test_streamed_tool_turns_round_trip_on_strict_styles(
                                                     thinking=thinking))
     assert second.text
     assert [r.status for r in sim.stats().requests] == [200, 200]
+
+
+@pytest.mark.parametrize("tools", [[], [lookup]], ids=["alone", "with a tool"])
+async def test_claude_5_5_typed_output_without_forcing_a_tool(
+    sim: SimServer, tools: list[object]
+) -> None:
+    """Claude 5.5 refuses forced tool use (the simulator's Anthropic style too): a typed
+    output comes through the native JSON-schema format when nothing else may be called,
+    and through the offered output tool next to the agent's tools."""
+    cfg = styled(sim, "anthropic", "claude-sonnet-5-5", protocol="anthropic")
+    async with Router(cfg) as router:
+        agent = Agent("a", model="m", tools=tools, output_type=Findings)  # type: ignore[arg-type]
+        result = await Runner(router).run(agent, "summarise")
+    assert isinstance(result.output, Findings)
+    assert [r.status for r in sim.stats().requests] == [200] * len(result.turns)
+
+
+async def test_claude_5_sampling_is_refused_before_sending(sim: SimServer) -> None:
+    cfg = styled(sim, "anthropic", "claude-sonnet-5-5", protocol="anthropic")
+    async with Router(cfg) as router:
+        with pytest.raises(ConfigError, match="refuses temperature and top_p"):
+            await router.complete(ChatRequest("m", [Message.user("hi")], temperature=0.2))
+        with pytest.raises(ConfigError, match="refuses forced tool use"):
+            await router.complete(ChatRequest("m", [Message.user("hi")], tools=[LOOKUP_SPEC],
+                                              tool_choice="required"))
+    assert sim.stats().total_requests == 0

@@ -278,9 +278,12 @@ async def test_anthropic_thinking_budget_bounds(max_tokens: int, budget: int, wo
 
 async def test_anthropic_thinking_form_follows_the_model() -> None:
     """As Anthropic documents: adaptive thinking from Opus/Sonnet 4.6 on (a manual budget
-    still taken there), only a manual budget on 4.5 and older, only adaptive on Claude 5."""
+    still taken there), only a manual budget on 4.5 and older, only adaptive on Claude 5;
+    no sampling parameters on Claude 5, no forced tool use on Claude 5.5."""
     budget: Any = {"type": "enabled", "budget_tokens": 1024}
     adaptive: Any = {"type": "adaptive"}
+    tools: Any = [ANT_TOOL]
+    any_tool: Any = {"type": "any"}
     async with running(SimConfig(style="anthropic")) as sim, anthropic_for(sim) as client:
         for model, thinking in (("claude-sonnet-4-6", adaptive), ("claude-sonnet-4-6", budget),
                                 ("claude-sonnet-4-5", budget), ("claude-sonnet-5-5", adaptive)):
@@ -295,6 +298,18 @@ async def test_anthropic_thinking_form_follows_the_model() -> None:
                            "claude-sonnet-5-5"):
             await client.messages.create(model="claude-sonnet-5-5", max_tokens=2048,
                                          messages=USER, thinking=budget)
+        with pytest.raises(anthropic.BadRequestError, match="forced tool use is not "
+                           "supported on claude-sonnet-5-5"):
+            await client.messages.create(model="claude-sonnet-5-5", max_tokens=2048,
+                                         messages=USER, tools=tools, tool_choice=any_tool)
+        with pytest.raises(anthropic.BadRequestError, match="does not support setting "
+                           "temperature"):
+            await client.messages.create(model="claude-sonnet-5", max_tokens=2048,
+                                         messages=USER, extra_body={"temperature": 0.2})
+        forced = await client.messages.create(model="claude-sonnet-5", max_tokens=2048,
+                                              messages=USER, tools=tools,
+                                              tool_choice=any_tool)
+        assert forced.content[-1].type == "tool_use"  # Claude 5 still takes it
         with pytest.raises(anthropic.BadRequestError, match=r"output_config\.effort"):
             await client.messages.create(model="claude-sonnet-4-6", max_tokens=2048,
                                          messages=USER, thinking=adaptive,

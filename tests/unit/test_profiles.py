@@ -276,6 +276,34 @@ def test_anthropic_thinking_is_adaptive_where_the_model_takes_it() -> None:
                      stream=False)
 
 
+def test_claude_5_5_gets_the_json_schema_format_instead_of_a_forced_tool() -> None:
+    alone = an().payload(req(output_schema=SCHEMA, output_schema_name="F",
+                             thinking=Thinking(effort="low")), "claude-sonnet-5-5",
+                         stream=False)
+    assert alone["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA},
+                                      "effort": "low"}
+    assert "tools" not in alone and "tool_choice" not in alone
+    answer_now = an().payload(req(tools=[LOOKUP], tool_choice="none", output_schema=SCHEMA,
+                                  output_schema_name="F"), "claude-opus-5-5", stream=False)
+    assert answer_now["tool_choice"] == {"type": "none"}
+    assert answer_now["output_config"]["format"]["schema"] == SCHEMA
+    offered = an().payload(req(tools=[LOOKUP], output_schema=SCHEMA, output_schema_name="F"),
+                           "claude-sonnet-5-5", stream=False)
+    assert [t["name"] for t in offered["tools"]] == ["lookup", "F"]
+    assert offered["tool_choice"] == {"type": "auto"} and "output_config" not in offered
+    # Claude 5 (not 5.5) still takes a forced tool, but no sampling parameters.
+    five = an().payload(req(output_schema=SCHEMA, output_schema_name="F"), "claude-sonnet-5",
+                        stream=False)
+    assert five["tool_choice"] == {"type": "tool", "name": "F"}
+    with pytest.raises(ConfigError, match="refuses temperature"):
+        an().payload(req(temperature=0.3), "claude-sonnet-5", stream=False)
+    with pytest.raises(ConfigError, match="refuses forced tool use"):
+        an().payload(req(tools=[LOOKUP], tool_choice="lookup"), "claude-sonnet-5-5",
+                     stream=False)
+    assert an().payload(req(temperature=0.3), "claude-sonnet-4-6",
+                        stream=False)["temperature"] == 0.3
+
+
 def test_anthropic_thinking_budget_is_checked_before_sending() -> None:
     body = an().payload(req(thinking=Thinking(budget_tokens=2000), max_tokens=3000), "c",
                         stream=False)

@@ -17,6 +17,7 @@ from typing import Any
 from shoal import fastjson
 from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
 from shoal.providers.caching import gate_turn, plan_anthropic
+from shoal.providers.claude_models import check_claude_request
 from shoal.providers.failures import (
     error_from_stream_payload,
     is_error_body,
@@ -179,7 +180,16 @@ class AnthropicProvider(HttpProvider):
             for t in request.tools
         ]
         choice = request.tool_choice
-        if request.output_schema is not None:
+        forcing = check_claude_request(model, request)
+        if request.output_schema is not None and not forcing and (
+                not request.tools or choice == "none"):
+            # Nothing else may be called and the model refuses a forced output tool: the
+            # native JSON-schema output instead (a JSON text answer, validated as usual).
+            body["output_config"] = {"format": {"type": "json_schema",
+                                                "schema": request.output_schema}}
+            if request.tools:
+                body["tool_choice"] = {"type": "none"}
+        elif request.output_schema is not None:
             # The output tool is offered next to the caller's tools, so the model may call
             # those first. It is forced only when nothing else may be called (no tools, or
             # tool_choice "none": answer now), never while thinking (Anthropic refuses it).
@@ -209,7 +219,10 @@ class AnthropicProvider(HttpProvider):
             body["stop_sequences"] = request.stop
         if "user_id" in request.metadata:
             body["metadata"] = {"user_id": request.metadata["user_id"]}
+        config = thinking.pop("output_config", None)  # effort, next to a format
         body.update(thinking)
+        if config is not None:
+            body["output_config"] = {**body.get("output_config", {}), **config}
         if stream:
             body["stream"] = True
         if request.extra:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shoal.errors import ConfigError
+from shoal.providers.claude_models import adaptive_claude
 from shoal.types import ChatRequest, Thinking
 
 __all__ = [
@@ -232,18 +233,6 @@ def anthropic_budget(thinking: Thinking, max_tokens: int) -> int:
             f"max_tokens is {max_tokens}"
         )
     return budget
-
-
-# Claude models that think adaptively (platform.claude.com, "Adaptive thinking"): Opus and
-# Sonnet 4.6 on (where a manual budget is deprecated), every Claude 5. Older ones (Sonnet
-# and Opus 4.5, Haiku 4.5) take only a manual budget.
-_ADAPTIVE_CLAUDE = re.compile(
-    r"claude-(?:(?:opus|sonnet)-4-(?:[6-9]|\d\d)|mythos|[a-z]+-(?:[5-9]|\d\d)(?:$|[-.]))")
-
-
-def adaptive_claude(model: str) -> bool:
-    """True for a Claude model id that takes ``thinking: {"type": "adaptive"}``."""
-    return _ADAPTIVE_CLAUDE.match(model.lower()) is not None
 
 
 def thinking_fields(profile: ProviderProfile, request: ChatRequest,

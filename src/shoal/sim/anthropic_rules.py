@@ -3,8 +3,9 @@
 :func:`anthropic_request` raises :class:`~shoal.sim.styles.Refusal` (400
 ``invalid_request_error``) for: unknown top-level fields, empty text blocks and empty
 messages, a thinking budget out of bounds, a thinking form the model does not take
-(adaptive on 4.5 and older, a manual budget on Opus 4.7 and Claude 5), ``temperature``
-or a forced tool with thinking on, unpaired ``tool_use``/``tool_result`` blocks, and a tool turn without its signed
+(adaptive on 4.5 and older, a manual budget on Opus 4.7 and Claude 5), sampling on
+Claude 5 and forced tools on Claude 5.5, ``temperature`` or a forced tool with thinking
+on, unpaired ``tool_use``/``tool_result`` blocks, and a tool turn without its signed
 thinking block (signatures from :func:`sign_thinking` cover the thinking text).
 """
 
@@ -48,7 +49,24 @@ def _signature_ok(signature: str, thinking: str) -> bool:
 # budget is a 400 there); Opus and Sonnet 4.6 take both (the budget is deprecated).
 _BUDGET_ONLY = re.compile(r"claude-(?:3|(?:sonnet|opus|haiku)-4(?:-[0-5])?(?:-\d{8})?$)")
 _ADAPTIVE_ONLY = re.compile(r"claude-(?:opus-4-[7-9]|mythos|fable|[a-z]+-[5-9](?:$|-))")
-_EFFORTS = ("low", "medium", "high", "max")
+_EFFORTS = ("low", "medium", "high", "xhigh", "max")
+# Claude 5 refuses non-default sampling; Claude 5.5 refuses forced tool use (the models'
+# overview pages on platform.claude.com).
+_NO_SAMPLING = re.compile(r"claude-[a-z]+-[5-9](?:$|-)")
+_NO_FORCING = re.compile(r"claude-[a-z]+-(?:5-[5-9]|[6-9])(?:$|-)")
+
+
+def _claude5(body: dict[str, Any]) -> None:
+    model = str(body.get("model", "")).lower()
+    if _NO_SAMPLING.match(model):
+        for key, default in (("temperature", 1), ("top_p", 1), ("top_k", None)):
+            if key in body and body[key] != default:
+                raise Refusal(f"{key}: {model} does not support setting {key}; remove it")
+    choice = body.get("tool_choice")
+    if _NO_FORCING.match(model) and isinstance(choice, dict) and choice.get("type") in (
+            "any", "tool"):
+        raise Refusal(f"tool_choice: forced tool use is not supported on {model}; use "
+                      "'auto' or 'none'")
 
 
 def _thinking_form(model: str, kind: str, body: dict[str, Any]) -> None:
@@ -73,6 +91,7 @@ def anthropic_request(body: dict[str, Any], style: str) -> None:
     for key in body:
         if key not in _FIELDS:
             raise Refusal(f"{key}: Extra inputs are not permitted")
+    _claude5(body)
     max_tokens = int(body["max_tokens"])
     thinking = body.get("thinking")
     enabled = False

@@ -1,0 +1,58 @@
+"""What one Claude model takes that another refuses (platform.claude.com, the models'
+overview pages and "Adaptive thinking"; ../shared/PROVIDERS.md §2): the thinking form,
+sampling parameters and forced tool use, decided by the wire model id.
+"""
+
+from __future__ import annotations
+
+import re
+
+from shoal.errors import ConfigError
+from shoal.types import ChatRequest
+
+__all__ = ["adaptive_claude", "check_claude_request", "claude_takes_forced_tools",
+           "claude_takes_sampling"]
+
+# Claude models that think adaptively (platform.claude.com, "Adaptive thinking"): Opus and
+# Sonnet 4.6 on (where a manual budget is deprecated), every Claude 5. Older ones (Sonnet
+# and Opus 4.5, Haiku 4.5) take only a manual budget.
+_ADAPTIVE_CLAUDE = re.compile(
+    r"claude-(?:(?:opus|sonnet)-4-(?:[6-9]|\d\d)|mythos|[a-z]+-(?:[5-9]|\d\d)(?:$|[-.]))")
+
+
+def adaptive_claude(model: str) -> bool:
+    """True for a Claude model id that takes ``thinking: {"type": "adaptive"}``."""
+    return _ADAPTIVE_CLAUDE.match(model.lower()) is not None
+
+
+# From Claude Sonnet 5 on, non-default temperature/top_p/top_k are a 400; from Sonnet 5.5
+# on, forced tool use is an error (platform.claude.com, the models' overview pages).
+_CLAUDE_5 = re.compile(r"claude-[a-z]+-(?:[5-9]|\d\d)(?:$|[-.])")
+_CLAUDE_5_5 = re.compile(r"claude-[a-z]+-(?:5-[5-9]|[6-9]|\d\d)(?:$|[-.])")
+
+
+def claude_takes_sampling(model: str) -> bool:
+    """False for a Claude model that refuses temperature/top_p (Claude 5 and later)."""
+    return _CLAUDE_5.match(model.lower()) is None
+
+
+def claude_takes_forced_tools(model: str) -> bool:
+    """False for a Claude model that refuses a forced ``tool_choice`` (Claude 5.5 on)."""
+    return _CLAUDE_5_5.match(model.lower()) is None
+
+
+def check_claude_request(model: str, request: ChatRequest) -> bool:
+    """Refuse, before sending, what ``model`` would answer with a 400; return whether it
+    takes a forced tool (the output tool's fallback is the native JSON-schema format)."""
+    forcing = claude_takes_forced_tools(model)
+    choice = request.tool_choice
+    if not forcing and request.tools and choice not in (None, "auto", "none"):
+        raise ConfigError(
+            f"{model} refuses forced tool use (tool_choice={choice!r}): Anthropic returns an "
+            "error from Claude 5.5 on; leave tool_choice unset (auto)")
+    if not claude_takes_sampling(model) and (
+            request.temperature not in (None, 1, 1.0) or request.top_p not in (None, 1, 1.0)):
+        raise ConfigError(
+            f"{model} refuses temperature and top_p (Anthropic returns 400 for them from "
+            "Claude 5 on); leave them unset")
+    return forcing
