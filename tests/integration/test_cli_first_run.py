@@ -82,7 +82,7 @@ def test_an_unknown_model_is_a_config_error_before_anything_runs(tmp_path: Path)
     hint = re.search(r"Did you mean: ([^?]*)\?", res.stderr)
     assert hint is not None
     names = hint.group(1).split(", ")  # each alias used to bring its model once more
-    assert names == ["claude-sonnet-4-5", "claude-opus-4-6"]
+    assert names == ["claude-sonnet-4-5", "claude-sonnet-4-6", "claude-opus-4-6"]
     assert no_double_stops(res.stderr)
     assert "succeeded" not in res.stdout  # nothing ran
 
