@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import openai
 import pytest
 
 from shoal.config import Config
@@ -65,3 +66,33 @@ async def test_only_a_tpm_window_reserves_the_estimate(channel: dict[str, object
     assert admits and all(e.data["tokens"] == expected for e in admits)
     waits = [e for e in seen if e.kind == "wait" and e.channel == "c"]
     assert waits and all(e.data["tokens"] == expected for e in waits)
+
+
+async def test_the_gateway_checks_the_window_by_bytes_and_counts_for_a_budget() -> None:
+    """Through the gateway: a prompt whose bytes overrun the window but whose tokens fit
+    is served, one over the window is a 400 ``context_length_exceeded`` before any
+    upstream request, and a key with a budget is admitted with the counted estimate."""
+    from gateway_fixtures import fake_keys, gateway, openai_client
+
+    from shoal.gateway.keys_api import VirtualKey
+    from shoal.tokens import estimate_prompt_tokens
+
+    keys = fake_keys()
+    keys.keys["sk-budget"] = VirtualKey(id="k-budget", name="budget", budget_usd=5.0)
+    async with SimServer(SimConfig()) as sim, \
+            gateway(_config(sim.url), keys=keys) as server, \
+            openai_client(server, "sk-good") as client, \
+            openai_client(server, "sk-budget") as budgeted:
+        fits = await client.chat.completions.create(
+            model="m", max_tokens=16, messages=[{"role": "user", "content": "hello " * 300}])
+        assert fits.choices[0].message.content
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(
+                model="m", max_tokens=16,
+                messages=[{"role": "user", "content": "hello " * 1_000}])
+        await budgeted.chat.completions.create(
+            model="m", max_tokens=16, messages=[{"role": "user", "content": "hello " * 20}])
+        assert sim.stats().total_requests == 2
+    assert info.value.code == "context_length_exceeded"
+    counted = estimate_prompt_tokens(_ask(20), "approx") + 16
+    assert keys.admitted[-1][0] == "k-budget" and keys.admitted[-1][1] == counted

@@ -215,12 +215,12 @@ class Gateway:
         if parsed.passthrough and plan.protocols == {protocol}:  # else another would refuse
             request.extra.update(parsed.passthrough)
         counted: int | None = None
-        if not self.keys.required:  # no key to charge: count only if the bytes may not fit
+        if self.keys.required and (key.budget_usd is not None or key.tpm is not None):
+            prompt = counted = await _count(request, info)  # the key's budget or TPM needs it
+        else:  # nothing to charge it against: count only if the bytes may not fit
             prompt = prompt_token_bound(request, info.encoding)  # an upper bound
             if prompt + (request.max_tokens or 0) > info.context_window:
                 prompt = counted = await _count(request, info)
-        else:
-            prompt = counted = await _count(request, info)
         validate_request(request, info, prompt_tokens=prompt)  # BadRequest: a 400
         worst_tokens, worst_usd = 0, 0.0
         hour = _asks_1h_cache(request)
