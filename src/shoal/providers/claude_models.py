@@ -10,8 +10,7 @@ import re
 from shoal.errors import ConfigError
 from shoal.types import ChatRequest
 
-__all__ = ["adaptive_claude", "check_claude_request", "claude_takes_forced_tools",
-           "claude_takes_sampling"]
+__all__ = ["adaptive_claude", "check_claude_request"]
 
 # Claude models that think adaptively (platform.claude.com, "Adaptive thinking"): Opus and
 # Sonnet 4.6 on (where a manual budget is deprecated), every Claude 5. Older ones (Sonnet
@@ -26,31 +25,24 @@ def adaptive_claude(model: str) -> bool:
 
 
 # From Claude Sonnet 5 on, non-default temperature/top_p/top_k are a 400; from Sonnet 5.5
-# on, forced tool use is an error (platform.claude.com, the models' overview pages).
+# on, forced tool use is an error (platform.claude.com, the models' overview pages). The
+# simulator keeps its own copy of these facts (sim/anthropic_rules.py) on purpose: it must
+# not accept a request only because the adapter agrees with it.
 _CLAUDE_5 = re.compile(r"claude-[a-z]+-(?:[5-9]|\d\d)(?:$|[-.])")
 _CLAUDE_5_5 = re.compile(r"claude-[a-z]+-(?:5-[5-9]|[6-9]|\d\d)(?:$|[-.])")
-
-
-def claude_takes_sampling(model: str) -> bool:
-    """False for a Claude model that refuses temperature/top_p (Claude 5 and later)."""
-    return _CLAUDE_5.match(model.lower()) is None
-
-
-def claude_takes_forced_tools(model: str) -> bool:
-    """False for a Claude model that refuses a forced ``tool_choice`` (Claude 5.5 on)."""
-    return _CLAUDE_5_5.match(model.lower()) is None
 
 
 def check_claude_request(model: str, request: ChatRequest) -> bool:
     """Refuse, before sending, what ``model`` would answer with a 400; return whether it
     takes a forced tool (the output tool's fallback is the native JSON-schema format)."""
-    forcing = claude_takes_forced_tools(model)
+    model_id = model.lower()
+    forcing = _CLAUDE_5_5.match(model_id) is None
     choice = request.tool_choice
     if not forcing and request.tools and choice not in (None, "auto", "none"):
         raise ConfigError(
             f"{model} refuses forced tool use (tool_choice={choice!r}): Anthropic returns an "
             "error from Claude 5.5 on; leave tool_choice unset (auto)")
-    if not claude_takes_sampling(model) and (
+    if _CLAUDE_5.match(model_id) is not None and (
             request.temperature not in (None, 1, 1.0) or request.top_p not in (None, 1, 1.0)):
         raise ConfigError(
             f"{model} refuses temperature and top_p (Anthropic returns 400 for them from "

@@ -69,9 +69,10 @@ def _claude5(body: dict[str, Any]) -> None:
                       "'auto' or 'none'")
 
 
-def _thinking_form(model: str, kind: str, body: dict[str, Any]) -> None:
-    """The thinking form ``model`` refuses, and a bad ``output_config.effort``."""
-    model = model.lower()
+def _thinking_form(body: dict[str, Any], kind: str) -> None:
+    """The thinking form (``kind``) the body's model refuses, and a bad
+    ``output_config.effort``."""
+    model = str(body.get("model", "")).lower()
     if kind == "adaptive" and _BUDGET_ONLY.match(model):
         raise Refusal(f"adaptive thinking is not supported on {model}; use thinking.type "
                       "'enabled' with budget_tokens")
@@ -103,7 +104,7 @@ def anthropic_request(body: dict[str, Any], style: str) -> None:
                 f"'{kind}' found using 'type' does not match any of the expected tags: "
                 "'enabled', 'disabled', 'adaptive'"
             )
-        _thinking_form(str(body.get("model", "")), kind, body)
+        _thinking_form(body, kind)
         enabled = kind in ("enabled", "adaptive")
         if kind == "enabled":
             budget = thinking.get("budget_tokens")
