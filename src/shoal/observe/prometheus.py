@@ -79,13 +79,13 @@ class _ChannelGauges(Collector):
             if s.get("capacity") is not None:
                 limit.add_metric([name], float(s["capacity"]))
             breaker.add_metric([name], BREAKER_STATES.get(str(s.get("breaker")), 0.0))
-        for name, cap in list(m.limits.items()):
+        for name, cap in m.limits.copy().items():
             if name not in seen:
                 limit.add_metric([name], cap)
-        for name, n in list(m.queued.items()):
+        for name, n in m.queued.copy().items():
             if name not in seen:
                 queue.add_metric([name], n)
-        for name, state in list(m.breaker_state.items()):
+        for name, state in m.breaker_state.copy().items():
             if name not in seen:
                 breaker.add_metric([name], BREAKER_STATES.get(state, 0.0))
         yield from (in_flight, limit, queue, breaker)
