@@ -36,7 +36,7 @@ from shoal.sim import ModelProfile, SimConfig, SimServer
 from shoal.traffic.router import Router
 from shoal.types import Usage
 
-CLAUDE = "claude-sonnet-4-5"
+CLAUDE = "claude-sonnet-4-6"
 GPT = "gpt-4.1"
 SYSTEM = ("You are a contract analyst. Read the supplier contract the user names, look up "
           "the clauses you need with the tools, and report liability caps, termination "

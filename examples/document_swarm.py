@@ -23,7 +23,7 @@ from shoal.agents import Agent
 from shoal.flows.flow import Flow
 
 WANTED = {"metadata": "gpt-4o-mini", "entities": "deepseek-chat", "sentiment": "gpt-4o-mini",
-          "summary": "claude-sonnet-4-5"}
+          "summary": "claude-sonnet-4-6"}
 
 
 class Metadata(BaseModel):

@@ -8,6 +8,7 @@ kept in a ``SecretStr`` and never printed).
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import functools
 import os
@@ -133,9 +134,12 @@ class ModelInfo(BaseModel):
     # Prompt caching for this model on every channel; "off" here or on the channel wins.
     cache: Literal["auto", "off"] | None = None
     cache_ttl: Literal["5m", "1h"] | None = None
-    # The day the provider retires it (ISO date): still callable by name until then,
-    # never picked as the default model.
-    retires: str | None = None
+    # The day the provider retires it (ISO date, UTC): never picked as the default model;
+    # callable by name until then (a warning once per process from 30 days before), then
+    # refused before sending (ModelRetired, naming ``replaced_by``). See
+    # shoal.traffic.retirement.
+    retires: datetime.date | None = None
+    replaced_by: str | None = None
 
     @functools.cached_property
     def price(self) -> ModelPrice:
@@ -309,6 +313,11 @@ class Config:
             raise ConfigError("[gateway] must be a table (see docs/gateway.md)")
         config = cls(channels, models, redis_url=user.get("redis_url"), gateway=gateway)
         config.alerts = alerts
+        for info in models.values():
+            if info.replaced_by is not None and info.replaced_by.lower() not in config._aliases:
+                raise ConfigError(
+                    f"[models.{info.name!r}] replaced_by = {info.replaced_by!r} names no "
+                    "model of the catalog or shoal.toml; name one `shoal models` lists")
         return config
 
     # -- lookups ------------------------------------------------------------------------

@@ -7,6 +7,8 @@ everything above the adapters (router, agents, flows) matches only these.
 
     ShoalError
     ├── ConfigError              bad config, unknown model, misuse — never retried
+    │   └── ModelRetired(model, retired_on, replaced_by)  the provider has retired the
+    │                            model (catalog ``retires``): refused before sending
     └── RunError                 something went wrong while running
         ├── ProviderError(status, provider, retry_after, body, code, usage)
         │   ├── RateLimited          429 rate limit — retryable, may fail over
@@ -67,6 +69,7 @@ __all__ = [
     "GuardrailTripped",
     "LoopDetected",
     "MalformedResponse",
+    "ModelRetired",
     "OutputInvalid",
     "Overloaded",
     "ProviderError",
@@ -105,6 +108,19 @@ class ShoalError(Exception):
 
 class ConfigError(ShoalError):
     """Bad configuration, unknown model or misuse of the API. Never retried."""
+
+
+class ModelRetired(ConfigError):
+    """The call names a model its provider has retired (the catalog's ``retires`` date
+    has come): the provider would answer 404, so shoal refuses before sending.
+    ``replaced_by`` is the catalog's suggested successor (None when it names none)."""
+
+    def __init__(self, message: str, *, model: str, retired_on: str,
+                 replaced_by: str | None) -> None:
+        super().__init__(message)
+        self.model = model
+        self.retired_on = retired_on
+        self.replaced_by = replaced_by
 
 
 class RunError(ShoalError):

@@ -53,7 +53,7 @@ def sim_config(sim: SimServer, *, channel: dict[str, Any] | None = None,
         "models": {
             OPENAI_MODEL: {"channels": ["oa"], "wire_name": "gpt-4o-mini", "input": 1.0,
                            "output": 2.0, "fallbacks": []},
-            ANTHROPIC_MODEL: {"channels": ["an"], "wire_name": "claude-sonnet-4-5",
+            ANTHROPIC_MODEL: {"channels": ["an"], "wire_name": "claude-sonnet-4-20250514",
                               "input": 3.0, "output": 15.0, "fallbacks": []},
         },
     })

@@ -105,7 +105,7 @@ output = 2.0
 
 [models.claude-test]
 channels = ["an"]
-wire_name = "claude-sonnet-4-5"
+wire_name = "claude-sonnet-4-6"
 input = 3.0
 output = 15.0
 

@@ -20,7 +20,7 @@ from shoal.sim import ModelProfile, SimConfig, SimServer
 from shoal.traffic.router import Router
 from shoal.types import ChatRequest, Message, StreamEnd
 
-CLAUDE = "claude-sonnet-4-5"
+CLAUDE = "claude-sonnet-4-6"
 GPT = "gpt-4.1"
 INSTRUCTIONS = "You audit supplier contracts and flag risky clauses precisely. " * 190
 

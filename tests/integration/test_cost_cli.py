@@ -31,13 +31,13 @@ from shoal.traffic.router import Router
 from shoal.types import ChatResponse, Usage
 
 MUST_SHOW = ["cost", "--requests-per-day", "10000", "--input-tokens", "3000",
-             "--output-tokens", "800", "--models", "deepseek-chat,gpt-4.1,claude-sonnet-4-5"]
+             "--output-tokens", "800", "--models", "deepseek-chat,gpt-4.1,claude-sonnet-4-6"]
 # The figures by hand at the catalog's list prices ($ per million tokens, input/output):
-# deepseek-chat 0.28/0.42, gpt-4.1 2/8, claude-sonnet-4-5 3/15; 30-day month, 365-day year.
+# deepseek-chat 0.28/0.42, gpt-4.1 2/8, claude-sonnet-4-6 3/15; 30-day month, 365-day year.
 BY_HAND = {
     "deepseek-chat": (11.76, 352.80, 4292.40),
     "gpt-4.1": (124.00, 3720.00, 45260.00),
-    "claude-sonnet-4-5": (210.00, 6300.00, 76650.00),
+    "claude-sonnet-4-6": (210.00, 6300.00, 76650.00),
 }
 
 
@@ -72,7 +72,7 @@ def test_must_show_table_is_catalog_prices_times_volume() -> None:
     data = json.loads(out.stdout)
     cfg = Config.from_dict({})
     rows = {r["model"]: r for r in data["models"]}
-    assert list(rows) == ["deepseek-chat", "gpt-4.1", "claude-sonnet-4-5"]
+    assert list(rows) == ["deepseek-chat", "gpt-4.1", "claude-sonnet-4-6"]
     for name, (day, month, year) in BY_HAND.items():
         info = cfg.model(name)
         one = (3000 * info.input + 800 * info.output) / 1e6
@@ -99,8 +99,8 @@ def test_cache_hit_rate_reads_part_of_each_prompt_at_the_cached_price(
     out = invoke(cli, *MUST_SHOW, "--cache-hit-rate", "0.8", "--json")
     assert out.exit_code == 0, out.output
     rows = {r["model"]: r for r in json.loads(out.stdout)["models"]}
-    # claude-sonnet-4-5: 600 fresh × $3 + 2,400 read × $0.30 + 800 out × $15
-    claude = rows["claude-sonnet-4-5"]
+    # claude-sonnet-4-6: 600 fresh × $3 + 2,400 read × $0.30 + 800 out × $15
+    claude = rows["claude-sonnet-4-6"]
     assert claude["daily_usd"] == pytest.approx((600 * 3 + 2400 * 0.3 + 800 * 15) / 1e6 * 1e4)
     assert claude["uncached_monthly_usd"] == pytest.approx(6300.0)
     assert claude["saved_monthly_usd"] == pytest.approx(6300.0 - 4356.0)
@@ -133,23 +133,26 @@ def test_models_lists_prices_and_key_state_never_the_key(
     out = invoke(cli, "models", "--json")
     assert out.exit_code == 0, out.output
     rows = {r["model"]: r for r in json.loads(out.stdout)}
-    assert rows["claude-sonnet-4-5"] | {"aliases": []} == {
-        "model": "claude-sonnet-4-5", "provider": "anthropic", "aliases": [],
-        "context_window": 200000, "max_output": 64000, "input": 3.0, "output": 15.0,
+    assert rows["claude-sonnet-4-6"] | {"aliases": []} == {
+        "model": "claude-sonnet-4-6", "provider": "anthropic", "aliases": [],
+        "context_window": 200000, "max_output": 128000, "input": 3.0, "output": 15.0,
         "cache_read": 0.3, "cache_write": 3.75, "cache_write_1h": 6.0,
-        "channels": ["anthropic"], "key": "set"}
+        "channels": ["anthropic"], "key": "set", "retires": None, "replaced_by": None}
+    retiring = rows["claude-sonnet-4-5"]
+    assert (retiring["retires"], retiring["replaced_by"]) == ("2026-11-30", "claude-sonnet-4-6")
     assert rows["gpt-4.1"]["key"] == "unset: OPENAI_API_KEY"
     assert rows["gpt-4.1"]["cache_write_1h"] is None  # no 1-hour TTL to price
     text = invoke(cli, "models")
     assert "sk-ant-secret" not in text.stdout + out.stdout
-    assert "claude-sonnet-4-5" in text.stdout and "3.75" in text.stdout
+    assert "claude-sonnet-4-6" in text.stdout and "3.75" in text.stdout
+    assert "claude-sonnet-4-5 (retires 2026-11-30)" in text.stdout
 
 
 def test_a_journaled_run_is_priced_from_its_journal(
         cli: typer.Typer, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     flow = Flow("pair")
-    flow.add(Agent("a", model="claude-sonnet-4-5", instructions="Say something."))
+    flow.add(Agent("a", model="claude-sonnet-4-6", instructions="Say something."))
     flow.add(Agent("b", model="gpt-4.1", instructions="Answer it."), after="a")
 
     async def journaled() -> FlowResult:
@@ -164,9 +167,9 @@ def test_a_journaled_run_is_priced_from_its_journal(
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data["recorded_usd"] == pytest.approx(result.cost_usd)
-    assert set(data["by_model"]) == {"claude-sonnet-4-5", "gpt-4.1"}
+    assert set(data["by_model"]) == {"claude-sonnet-4-6", "gpt-4.1"}
     as_run = data["models"][0]
-    assert as_run["model"] == "claude-sonnet-4-5 + gpt-4.1"
+    assert as_run["model"] == "claude-sonnet-4-6 + gpt-4.1"
     assert as_run["run_usd"] == pytest.approx(result.cost_usd)  # each at its own price
     assert as_run["monthly_usd"] == pytest.approx(result.cost_usd * 100 * 30)
 
@@ -197,7 +200,7 @@ def test_a_batch_with_cache_hits_shows_what_caching_saves(
     """Two batch items (RUN-0, RUN-1) journaled as the Router journals a turn: one wrote
     the shared prefix, the other read it back."""
     store = f"sqlite:///{tmp_path / 'runs.db'}"
-    sonnet = Config.from_dict({}).model("claude-sonnet-4-5")
+    sonnet = Config.from_dict({}).model("claude-sonnet-4-6")
     turns = [Usage(3100, 200, 0, 0, 3000), Usage(3100, 200, 3000)]
 
     async def journal() -> None:

@@ -148,7 +148,7 @@ async def test_deepseek_thinking_mode_tool_turns_carry_reasoning_content(
 
 async def test_anthropic_thinking_signed_blocks_round_trip(sim: SimServer) -> None:
     spec = lookup.spec()
-    async with Router(styled(sim, "anthropic", "claude-sonnet-4-5",
+    async with Router(styled(sim, "anthropic", "claude-haiku-4-5",
                              protocol="anthropic")) as router:
         messages = [Message.user("find it")]
         thinking = Thinking(budget_tokens=1024)
@@ -172,7 +172,7 @@ async def test_anthropic_thinking_signed_blocks_round_trip(sim: SimServer) -> No
 async def test_anthropic_thinking_with_an_output_schema_is_offered_not_forced(
     sim: SimServer,
 ) -> None:
-    async with Router(styled(sim, "anthropic", "claude-sonnet-4-5",
+    async with Router(styled(sim, "anthropic", "claude-haiku-4-5",
                              protocol="anthropic")) as router:
         response = await router.complete(ChatRequest(
             "m", [Message.user("summarise")], output_schema=Answer.model_json_schema(),
@@ -184,7 +184,7 @@ async def test_anthropic_thinking_with_an_output_schema_is_offered_not_forced(
 async def test_agent_with_thinking_sends_its_signed_blocks_back_on_tool_turns(
     sim: SimServer,
 ) -> None:
-    async with Router(styled(sim, "anthropic", "claude-sonnet-4-5",
+    async with Router(styled(sim, "anthropic", "claude-haiku-4-5",
                              protocol="anthropic")) as router:
         agent = Agent("a", model="m", tools=[lookup], max_tokens=2048,
                       thinking=Thinking(budget_tokens=1024))
@@ -205,7 +205,7 @@ async def streamed(router: Router, request: ChatRequest) -> ChatResponse:
 @pytest.mark.parametrize(("style", "wire_model", "protocol", "thinking"), [
     ("gemini", "gemini-3-pro-preview", "openai", None),
     ("deepseek", "deepseek-chat", "openai", Thinking()),
-    ("anthropic", "claude-sonnet-4-5", "anthropic", Thinking(budget_tokens=1024)),
+    ("anthropic", "claude-haiku-4-5", "anthropic", Thinking(budget_tokens=1024)),
 ])
 async def test_streamed_tool_turns_round_trip_on_strict_styles(
     sim: SimServer, style: str, wire_model: str, protocol: str, thinking: Thinking | None

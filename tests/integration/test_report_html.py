@@ -133,9 +133,9 @@ async def test_cached_tokens_and_what_caching_saved(tmp_path: Path) -> None:
         await journal.run_started("c1", "writer", "hi")
         assert await journal.replay_step("c1", "writer") is None
         usage = Usage(10_000, 100, cached_input_tokens=8_000, cache_write_tokens=2_000)
-        claude = Config.from_dict({}).model("claude-sonnet-4-5")
+        claude = Config.from_dict({}).model("claude-sonnet-4-6")
         await journal.turn_done("c1", "writer", 0, ChatResponse(
-            "done", [], "stop", usage, "anthropic", "claude-sonnet-4-5", latency_s=0.4,
+            "done", [], "stop", usage, "anthropic", "claude-sonnet-4-6", latency_s=0.4,
             cost_usd=claude.cost(usage)))
         await journal.run_finished("c1", "succeeded", None)
         data = await gather(store, "c1", prices=Config.from_dict({}))
@@ -143,7 +143,7 @@ async def test_cached_tokens_and_what_caching_saved(tmp_path: Path) -> None:
                                   prices=Config.from_dict({}))
     (row,) = data.usage
     assert (row.agent, row.model, row.usage.cached_input_tokens) == (
-        "writer", "claude-sonnet-4-5", 8_000)
+        "writer", "claude-sonnet-4-6", 8_000)
     assert row.saved_usd == pytest.approx(0.0201)
     assert data.saved_usd == pytest.approx(0.0201)
     html = path.read_text("utf-8")

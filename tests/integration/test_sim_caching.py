@@ -15,7 +15,7 @@ from sim_fixtures import anthropic_for, openai_for, running
 from shoal.clock import VirtualClock
 from shoal.sim import ModelProfile, SimConfig
 
-SONNET = "claude-sonnet-4-5"
+SONNET = "claude-sonnet-4-20250514"  # Sonnet 4: caches from 1,024 tokens (4.6: 2,048)
 SYSTEM = "You review contracts for risky clauses. " * 200  # 8,000 chars: 2,000 tokens
 EPH: Any = {"type": "ephemeral"}
 

@@ -286,13 +286,13 @@ async def test_anthropic_thinking_form_follows_the_model() -> None:
     any_tool: Any = {"type": "any"}
     async with running(SimConfig(style="anthropic")) as sim, anthropic_for(sim) as client:
         for model, thinking in (("claude-sonnet-4-6", adaptive), ("claude-sonnet-4-6", budget),
-                                ("claude-sonnet-4-5", budget), ("claude-sonnet-5-5", adaptive)):
+                                ("claude-haiku-4-5", budget), ("claude-sonnet-5-5", adaptive)):
             ok = await client.messages.create(model=model, max_tokens=2048, messages=USER,
                                               thinking=thinking)
             assert ok.content[0].type == "thinking", (model, thinking)
         with pytest.raises(anthropic.BadRequestError, match="adaptive thinking is not "
-                           "supported on claude-sonnet-4-5"):
-            await client.messages.create(model="claude-sonnet-4-5", max_tokens=2048,
+                           "supported on claude-haiku-4-5"):
+            await client.messages.create(model="claude-haiku-4-5", max_tokens=2048,
                                          messages=USER, thinking=adaptive)
         with pytest.raises(anthropic.BadRequestError, match="'enabled' is not supported on "
                            "claude-sonnet-5-5"):

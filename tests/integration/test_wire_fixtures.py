@@ -246,7 +246,7 @@ async def test_gemini_thought_signature_goes_back(fake: FakeProvider, stream: bo
 
 
 def message(content: list[dict[str, Any]], stop: str) -> dict[str, Any]:
-    return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+    return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
             "content": content, "stop_reason": stop, "stop_sequence": None,
             "usage": {"input_tokens": 30, "output_tokens": 12,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
@@ -269,11 +269,11 @@ async def test_anthropic_output_tool_with_tools_and_thinking_round_trip(
     request = ChatRequest("claude", messages, tools=[LOOKUP], output_schema=SCHEMA,
                           output_schema_name="Findings", max_tokens=4000,
                           thinking=Thinking(budget_tokens=2048))
-    first = await ask(anthropic(fake), request, "claude-sonnet-4-5")
+    first = await ask(anthropic(fake), request, "claude-sonnet-4-6")
     output_tool = {"name": "Findings", "description": fake.bodies[0]["tools"][1]["description"],
                    "input_schema": SCHEMA}
     assert fake.bodies[0] == {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-4-6",
         "messages": [{"role": "user", "content": [{"type": "text", "text": "find it"}]}],
         "max_tokens": 4000,
         "system": "Be brief.",
@@ -285,7 +285,7 @@ async def test_anthropic_output_tool_with_tools_and_thinking_round_trip(
     assert [c.name for c in first.tool_calls] == ["lookup"]
     messages += [first.message(), Message.tool("toolu_01", "found", is_error=False)]
     request.messages = messages
-    second = await ask(anthropic(fake), request, "claude-sonnet-4-5")
+    second = await ask(anthropic(fake), request, "claude-sonnet-4-6")
     assert fake.bodies[1]["messages"][1:] == [
         {"role": "assistant", "content": [THINKING, TOOL_USE]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01",
@@ -329,8 +329,8 @@ async def test_anthropic_stream_and_whole_answers_give_the_same_message(
     fake.answers.append(("json", message(content, "tool_use")))
     fake.answers.append(("sse", anthropic_stream(content, "tool_use")))
     request = ChatRequest("claude", [Message.user("find it")], tools=[LOOKUP])
-    whole = await ask(anthropic(fake), request, "claude-sonnet-4-5")
-    streamed = await ask(anthropic(fake), request, "claude-sonnet-4-5", stream=True)
+    whole = await ask(anthropic(fake), request, "claude-sonnet-4-6")
+    streamed = await ask(anthropic(fake), request, "claude-sonnet-4-6", stream=True)
     assert whole.tool_calls == streamed.tool_calls
     assert whole.tool_calls[0].arguments == '{"q":"café ☕","n":[1,2]}'
     assert whole.reasoning_parts == streamed.reasoning_parts

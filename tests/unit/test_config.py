@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -116,9 +118,26 @@ def test_a_retiring_model_is_callable_but_never_the_default(
             monkeypatch.delenv(ch.api_key_env, raising=False)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-x")
     old = cfg.model("claude-sonnet-4-5")
-    assert old.retires == "2026-11-30" and cfg.usable(old)
+    assert old.retires == datetime.date(2026, 11, 30) and cfg.usable(old)
+    assert old.replaced_by == "claude-sonnet-4-6"
     assert cfg.default_model() == "claude-sonnet-4-6"
     assert cfg.model("sonnet").name == cfg.model("claude-sonnet").name == "claude-sonnet-4-6"
+
+
+def test_a_retirement_date_is_checked_when_the_config_loads() -> None:
+    """``retires`` is a date (ISO text or a TOML date) and ``replaced_by`` a model that
+    exists: a typo in either fails at load, naming the field, not on the day."""
+    openai = {"provider": "openai"}
+    with pytest.raises(ConfigError, match=r"\[models.'x'\]: retires: Input should be a valid"):
+        Config.from_dict({"models": {"x": {**openai, "retires": "30/11/2026"}}})
+    with pytest.raises(ConfigError, match="replaced_by = 'gpt-5o' names no model"):
+        Config.from_dict({"models": {"x": {**openai, "replaced_by": "gpt-5o"}}})
+    toml = Config.from_dict(tomllib.loads(
+        '[models.x]\nprovider = "openai"\nretires = 2027-01-01\nreplaced_by = "GPT-4o"\n'))
+    assert toml.model("x").retires == datetime.date(2027, 1, 1)
+    # the catalog's date can be moved by the user (a provider that extends a retirement)
+    later = Config.from_dict({"models": {"claude-sonnet-4-5": {"retires": "2027-03-01"}}})
+    assert later.model("claude-sonnet-4-5").retires == datetime.date(2027, 3, 1)
 
 
 # -- provider families and endpoint validation ------------------------------------------

@@ -37,7 +37,7 @@ ANTHROPIC_USAGE = {
     "output_tokens": 400,
     "cache_creation": {"ephemeral_5m_input_tokens": 2000, "ephemeral_1h_input_tokens": 1000},
 }
-# claude-sonnet-4-5 at list: $3 in, $3.75 5m write, $6 1h write, $0.30 read, $15 out.
+# claude-sonnet-4-6 at list: $3 in, $3.75 5m write, $6 1h write, $0.30 read, $15 out.
 ANTHROPIC_USD = (50 * 3 + 2000 * 3.75 + 1000 * 6 + 9000 * 0.30 + 400 * 15) / 1e6  # 0.02235
 ANTHROPIC_UNCACHED_USD = (12050 * 3 + 400 * 15) / 1e6
 
@@ -58,7 +58,7 @@ DEEPSEEK_USD = (3000 * 0.28 + 9000 * 0.028 + 500 * 0.42) / 1e6  # 0.001302
 
 
 def anthropic_answer() -> dict[str, Any]:
-    return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+    return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
             "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
             "stop_sequence": None, "usage": ANTHROPIC_USAGE}
 
@@ -152,7 +152,7 @@ async def test_anthropic_usage_block_is_priced_by_hand(stream: bool) -> None:
         usage = (await final(p, stream)).usage
     assert usage == Usage(input_tokens=12050, output_tokens=400, cached_input_tokens=9000,
                           cache_write_tokens=3000, cache_write_1h_tokens=1000)
-    info = catalog().model("claude-sonnet-4-5")
+    info = catalog().model("claude-sonnet-4-6")
     assert info.cost(usage) == pytest.approx(ANTHROPIC_USD, rel=1e-12)
     assert info.cost(usage) == pytest.approx(0.02235)  # the figure by hand
     assert savings_usd(usage, info.price) == pytest.approx(ANTHROPIC_UNCACHED_USD - ANTHROPIC_USD)
@@ -181,7 +181,7 @@ async def test_router_charges_each_call_its_exact_price(stream: bool) -> None:
             "channels": {"anthropic": {"base_url": url, "api_key": "k"},
                          "openai": {"base_url": url + "/v1", "api_key": "k"}}})
         async with Router(cfg) as router:
-            for model, usd in (("claude-sonnet-4-5", ANTHROPIC_USD), ("gpt-4.1", OPENAI_USD)):
+            for model, usd in (("claude-sonnet-4-6", ANTHROPIC_USD), ("gpt-4.1", OPENAI_USD)):
                 request = ChatRequest(model=model, messages=[Message.user("hi")],
                                       max_tokens=64)
                 if stream:
@@ -212,14 +212,14 @@ def test_every_kind_of_token_has_its_price() -> None:
 
 
 def test_a_write_never_read_back_costs_more_than_no_cache() -> None:
-    price = catalog().model("claude-sonnet-4-5").price
+    price = catalog().model("claude-sonnet-4-6").price
     assert savings_usd(Usage(1000, 0, cache_write_tokens=1000), price) == \
         pytest.approx(-1000 * 0.75 / 1e6)
 
 
 def test_catalog_cache_prices_follow_the_providers_rules() -> None:
     cfg = catalog()
-    for name in ("claude-sonnet-4-5", "claude-opus-4-6"):
+    for name in ("claude-sonnet-4-6", "claude-opus-4-6"):
         p = cfg.model(name).price
         assert (p.cache_write, p.cache_write_1h, p.cached_input) == \
             pytest.approx((1.25 * p.input, 2 * p.input, 0.1 * p.input)), name
@@ -258,7 +258,7 @@ def test_usage_adds_every_kind() -> None:
 def test_journal_round_trips_1h_writes_and_reads_older_records() -> None:
     response = ChatResponse(text="ok", tool_calls=[], finish_reason="stop",
                             usage=Usage(12050, 400, 9000, 0, 3000, 1000),
-                            provider="anthropic", model="claude-sonnet-4-5")
+                            provider="anthropic", model="claude-sonnet-4-6")
     data = response_to_json(response)
     assert response_from_json(data).usage == response.usage
     old = json.loads(json.dumps(data))
@@ -270,7 +270,7 @@ def test_journal_round_trips_1h_writes_and_reads_older_records() -> None:
 
 
 def test_projection_is_prices_times_volume() -> None:
-    price = catalog().model("claude-sonnet-4-5").price
+    price = catalog().model("claude-sonnet-4-6").price
     one = (3000 * 3.0 + 800 * 15.0) / 1e6
     p = project(price, projected_usage(3000, 800), 10_000)
     assert (p.per_request, p.daily, p.monthly, p.yearly) == pytest.approx(

@@ -265,9 +265,15 @@ def test_anthropic_thinking_is_adaptive_where_the_model_takes_it() -> None:
     kept = an().payload(req(thinking=Thinking(budget_tokens=2000), max_tokens=3000),
                         "claude-sonnet-4-6", stream=False)
     assert kept["thinking"] == {"type": "enabled", "budget_tokens": 2000}
-    old = an().payload(req(thinking=Thinking(effort="low"), max_tokens=3000),
-                       "claude-sonnet-4-5", stream=False)
-    assert old["thinking"]["type"] == "enabled" and "output_config" not in old
+    for older in ("claude-haiku-4-5", "claude-sonnet-4-5-20250929",
+                  "claude-sonnet-4-20250514", "claude-opus-4-20250514",
+                  "claude-opus-4-1-20250805"):  # a date is not a minor version (4.20...)
+        old = an().payload(req(thinking=Thinking(effort="low"), max_tokens=3000), older,
+                           stream=False)
+        assert old["thinking"]["type"] == "enabled" and "output_config" not in old, older
+    for newer in ("claude-opus-4-6-20260205", "claude-sonnet-4-7", "claude-sonnet-5-5"):
+        assert an().payload(req(thinking=Thinking(), max_tokens=3000), newer,
+                            stream=False)["thinking"] == {"type": "adaptive"}, newer
     forced = an().payload(req(output_schema=SCHEMA, output_schema_name="F",
                               thinking=Thinking()), "claude-sonnet-4-6", stream=False)
     assert forced["tool_choice"] == {"type": "auto"}  # no forced tool while thinking

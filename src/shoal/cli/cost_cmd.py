@@ -259,7 +259,7 @@ def cost(
             raise ConfigError(f"give {', '.join(missing)} (the volume to price), or --run "
                               "RUN_ID to price a journaled run; e.g. shoal cost "
                               "--requests-per-day 10000 --input-tokens 3000 "
-                              "--output-tokens 800 --models gpt-4.1,claude-sonnet-4-5")
+                              "--output-tokens 800 --models gpt-4.1,claude-sonnet-4-6")
         rows = volume_rows(cfg, _models(cfg, models), requests_per_day=requests_per_day,
                            input_tokens=input_tokens, output_tokens=output_tokens,
                            cache_hit_rate=cache_hit_rate or 0.0,

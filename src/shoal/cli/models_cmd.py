@@ -1,7 +1,7 @@
 """``shoal models``: the model catalog (shipped + ``shoal.toml``) as a table: provider,
 context window, max output, prices per million tokens (input, output, cache read, 5-minute
 and 1-hour cache write), channels, and whether a key is set for at least one of them
-(never the key itself)."""
+(never the key itself); a model its provider retires says on which day."""
 
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ def model_rows(cfg: Config) -> list[dict[str, Any]]:
             "cache_write": price.cache_write,
             "cache_write_1h": price.cache_write_1h if ttl_1h else None,
             "channels": list(info.channels), "key": _key(cfg, info),
+            "retires": info.retires.isoformat() if info.retires else None,
+            "replaced_by": info.replaced_by,
         })
     return rows
 
@@ -95,7 +97,10 @@ def models(
     for col, justify in cols:
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in rows:
-        table.add_row(escape(r["model"]), escape(r["provider"]), _tokens(r["context_window"]),
+        name = escape(r["model"])
+        if r["retires"]:  # the provider retires it: say so where the name is read
+            name += f" [yellow](retires {r['retires']})[/]"
+        table.add_row(name, escape(r["provider"]), _tokens(r["context_window"]),
                       _tokens(r["max_output"]), _usd(r["input"]), _usd(r["output"]),
                       _usd(r["cache_read"]), _usd(r["cache_write"]), _usd(r["cache_write_1h"]),
                       escape(", ".join(r["channels"])), escape(r["key"]))

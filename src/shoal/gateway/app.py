@@ -31,6 +31,7 @@ from shoal.gateway.openai_api import OpenAIWire
 from shoal.gateway.streaming import stream_answer
 from shoal.gateway.translate_anthropic import parse_messages_body
 from shoal.tokens import estimate_prompt_tokens
+from shoal.traffic.retirement import day_of
 
 __all__ = ["GATEWAY_KEY", "build_app"]
 
@@ -183,9 +184,10 @@ async def models(request: web.Request) -> web.StreamResponse:
     except Exception as exc:
         return error_response(wire, failure_of(exc))
     config = gw.router.config
+    today, _ = day_of(gw.router.clock)
     names: list[tuple[str, str]] = []
     for info in sorted(config.models.values(), key=lambda m: m.name):
-        if not config.usable(info):
+        if not config.usable(info) or (info.retires is not None and info.retires <= today):
             continue
         try:
             gw.keys.check_model(key, info.name)

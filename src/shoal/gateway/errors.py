@@ -26,6 +26,7 @@ from shoal.errors import (
     ConfigError,
     ContextOverflow,
     DeadlineExceeded,
+    ModelRetired,
     Overloaded,
     ProviderError,
     ProviderTimeout,
@@ -145,6 +146,8 @@ def failure_of(exc: BaseException) -> Failure:
         return _key_failure(exc)
     if isinstance(exc, ProviderError):
         return _upstream_failure(exc)
+    if isinstance(exc, ModelRetired):  # what the provider itself answers for a retired model
+        return Failure(404, "not_found", str(exc), code="model_not_found", param="model")
     if isinstance(exc, ConfigError):
         # What reaches here is a request the config cannot serve (a model without a keyed
         # channel, ...): the caller's request names something the gateway cannot do.

@@ -14,9 +14,10 @@ __all__ = ["adaptive_claude", "check_claude_request"]
 
 # Claude models that think adaptively (platform.claude.com, "Adaptive thinking"): Opus and
 # Sonnet 4.6 on (where a manual budget is deprecated), every Claude 5. Older ones (Sonnet
-# and Opus 4.5, Haiku 4.5) take only a manual budget.
+# and Opus 4.5, Haiku 4.5) take only a manual budget. A minor version is one or two digits
+# and never runs into more (claude-sonnet-4-20250514 is Sonnet 4 of that date, not 4.20).
 _ADAPTIVE_CLAUDE = re.compile(
-    r"claude-(?:(?:opus|sonnet)-4-(?:[6-9]|\d\d)|mythos|[a-z]+-(?:[5-9]|\d\d)(?:$|[-.]))")
+    r"claude-(?:(?:opus|sonnet)-4-(?:[6-9]|\d\d)(?!\d)|mythos|[a-z]+-(?:[5-9]|\d\d)(?:$|[-.]))")
 
 
 def adaptive_claude(model: str) -> bool:

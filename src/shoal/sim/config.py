@@ -8,6 +8,7 @@ builds one from JSON/TOML data (the ``/_sim/config`` endpoint, ``--config``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import fnmatch
 import re
 import tomllib
@@ -219,6 +220,8 @@ class SimConfig:
     a URL prefix ``/style/<name>`` overrides it per request).
     ``api_keys``: when set, only these keys are accepted (others get 401).
     ``log_size``: how many per-request records the stats keep (oldest dropped first).
+    ``today``: the ISO date retirements are judged on (:mod:`shoal.sim.retired_models`);
+    None: the clock's UTC date.
     """
 
     seed: int = 0
@@ -233,6 +236,7 @@ class SimConfig:
     rate_window_s: float = 60.0
     api_keys: tuple[str, ...] | None = None
     log_size: int = 100_000
+    today: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_concurrency", "rpm", "tpm"):
@@ -248,6 +252,15 @@ class SimConfig:
         _positive("SimConfig", "rate_window_s", self.rate_window_s, allow_zero=False)
         if self.log_size < 0:
             raise ConfigError(f"SimConfig.log_size must be >= 0, got {self.log_size}")
+        day: object = self.today
+        if isinstance(day, datetime.date):  # a TOML date (today = 2026-12-01)
+            object.__setattr__(self, "today", day.isoformat())
+        if self.today is not None:
+            try:
+                datetime.date.fromisoformat(self.today)
+            except (TypeError, ValueError):
+                raise ConfigError(f"SimConfig.today must be an ISO date such as '2026-12-01', "
+                                  f"got {self.today!r}") from None
         for key, profile in self.models.items():
             if not isinstance(profile, ModelProfile):
                 raise ConfigError(f"SimConfig.models[{key!r}] must be a ModelProfile")

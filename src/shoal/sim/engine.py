@@ -15,6 +15,7 @@ One :class:`SimEngine` serves both protocols. Per request it
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import random
 from collections import deque
@@ -35,6 +36,7 @@ from shoal.sim.limits import (
     retry_headers,
     rfc3339,
 )
+from shoal.sim.retired_models import check_retired
 from shoal.sim.stats import StatsRecorder
 
 if TYPE_CHECKING:
@@ -156,12 +158,22 @@ class SimEngine:
             _raise("bad_request", 400, message="The request body is not valid JSON.")
         try:
             styles.check_route(call.request, call.protocol, self.config.style)
+            style = self._style(call)
             if call.protocol == "openai":
-                return openai_wire.parse(body, self._style(call))
-            return anthropic_wire.parse(body, self._style(call))
+                ask = openai_wire.parse(body, style)
+            else:
+                ask = anthropic_wire.parse(body, style)
+            check_retired(ask.model, style, self._today())
         except BadInput as exc:  # a provider style's refusal carries its status and code
             _raise("bad_request", exc.status, message=exc.message, param=exc.param,
                    code=exc.code, **exc.extra)  # fmt: skip
+        return ask
+
+    def _today(self) -> datetime.date:
+        """The day retirements are judged on: ``SimConfig.today``, else the clock's UTC date."""
+        if self.config.today is not None:
+            return datetime.date.fromisoformat(self.config.today)
+        return datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC).date()
 
     def _style(self, call: Call) -> str:
         """The provider style of *call*: its ``/style/<name>`` URL prefix, else the config's."""

@@ -54,6 +54,7 @@ from shoal.traffic.call_events import (
 from shoal.traffic.deadline import clock_timeout
 from shoal.traffic.lane import Lane, build_lane
 from shoal.traffic.outcome import attempt_abandoned, attempt_failed, attempt_succeeded
+from shoal.traffic.retirement import Warned, current_chain, day_of
 from shoal.traffic.retry import RetryBudget, RetryPolicy
 from shoal.types import (
     ChatRequest,
@@ -129,6 +130,10 @@ class Router:
         self._retry_budget_options = dict(retry_budget_options or {})
         self._lanes: dict[str, Lane] = {}
         self._chains: dict[str, list[tuple[ModelInfo, list[Lane]]]] = {}
+        # the clock's now() when the UTC day of a cached chain with a dated model ends
+        # (its retirement is decided again then: shoal.traffic.retirement)
+        self._day_ends: float | None = None
+        self._retire_warned: Warned = set()  # each retirement warning once per Router
 
     # -- lanes --------------------------------------------------------------------------
 
@@ -151,8 +156,23 @@ class Router:
 
     def _chain(self, model: str) -> list[tuple[ModelInfo, list[Lane]]]:
         chain = self._chains.get(model)
-        if chain is None:
-            chain = self._chains[model] = self._resolve_chain(model)
+        if chain is None or (self._day_ends is not None and self.clock.now() >= self._day_ends):
+            chain = self._dated_chain(model)
+        return chain
+
+    def _dated_chain(self, model: str) -> list[tuple[ModelInfo, list[Lane]]]:
+        """Resolve ``model``'s chain and cache it; one holding a model with a retirement
+        date is checked against today (shoal.traffic.retirement) and kept for the day."""
+        if self._day_ends is not None and self.clock.now() >= self._day_ends:
+            self._chains.clear()  # a new day: every dated chain is decided again
+            self._day_ends = None
+        chain = self._resolve_chain(model)
+        if any(info.retires is not None for info, _ in chain):
+            today, ends = day_of(self.clock)
+            # raises ModelRetired when nothing is left: nothing cached then
+            chain = current_chain(chain, today, self._retire_warned)
+            self._day_ends = ends if self._day_ends is None else min(self._day_ends, ends)
+        self._chains[model] = chain
         return chain
 
     def _resolve_chain(self, model: str) -> list[tuple[ModelInfo, list[Lane]]]:
