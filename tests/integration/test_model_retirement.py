@@ -19,6 +19,7 @@ import pytest
 from gateway_fixtures import gateway, openai_client, sim_config
 from sim_fixtures import anthropic_for, running
 
+from shoal.agents import Agent, Runner
 from shoal.clock import VirtualClock
 from shoal.config import Config
 from shoal.errors import BadRequest, ConfigError, ModelRetired
@@ -110,6 +111,23 @@ async def test_a_retired_model_with_a_fallback_moves_its_calls_there(
             chain = [info.name for info, _ in router._chain("claude-opus-4-6")]
             assert chain == ["claude-opus-4-6"]
             assert _warnings(caplog, "left out of the fallbacks of 'claude-opus-4-6'")
+        finally:
+            await router.aclose()
+
+
+async def test_an_agent_moves_to_its_own_fallback_model_on_the_day() -> None:
+    """An agent's fallbacks (not the catalog's) take over from a retired model too, and
+    the turn says which model answered."""
+    clock = VirtualClock(wall_start=EVE + 600)  # 2026-11-30 00:08 UTC
+    async with running(SimConfig(style="anthropic"), clock=clock) as sim:
+        router = Router(_config(sim), clock=clock)
+        try:
+            agent = Agent("writer", model="claude-sonnet-4-5", instructions="Answer briefly.",
+                          fallbacks=["claude-sonnet-4-6"])
+            result = await clock.run(Runner(router).run(agent, "Still there?"))
+            assert result.output
+            assert [t.model for t in result.turns] == ["claude-sonnet-4-6"]
+            assert sim.stats().total_requests == 1
         finally:
             await router.aclose()
 

@@ -43,8 +43,9 @@ class Agent(Generic[OutputT]):
         instructions: the system prompt, or a function of the :class:`RunContext`
             returning it (sync or async).
         model: catalog name or alias; ``None`` = the configuration's default model.
-        fallbacks: models to try, in order, when the model's every channel fails
-            (the router already fails over between channels of one model).
+        fallbacks: models to try, in order, when the model's every channel fails or
+            its provider has retired it (the router already fails over between
+            channels of one model).
         output_type: ``str`` (default) or a pydantic model / type for structured output,
             validated and re-asked up to ``output_retries`` times.
         tools: functions or :class:`Tool` objects the model may call.

@@ -33,6 +33,7 @@ from shoal.errors import (
     ContextOverflow,
     DeadlineExceeded,
     LoopDetected,
+    ModelRetired,
     OutputInvalid,
     ProviderError,
     RunError,
@@ -52,7 +53,8 @@ SUMMARIZE_INSTRUCTIONS = (
     "Summarise this conversation excerpt in a few sentences, keeping facts, decisions, "
     "tool results and open questions. Plain text only."
 )
-_FALLBACK_ON = (ProviderError, CircuitOpen, DeadlineExceeded)
+# A retired model (the provider answers 404 from its day) moves the agent on as well.
+_FALLBACK_ON = (ProviderError, CircuitOpen, DeadlineExceeded, ModelRetired)
 
 
 def new_run_id() -> str:
