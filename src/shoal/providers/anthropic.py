@@ -22,6 +22,7 @@ from shoal.providers.failures import (
     error_from_stream_payload,
     is_error_body,
 )
+from shoal.providers.foreign_turns import unsigned_tool_turn
 from shoal.providers.http import HttpProvider, answer_events
 from shoal.providers.profiles import ProviderProfile, profile_for, thinking_fields
 from shoal.providers.sse import JSON_BODY
@@ -174,6 +175,10 @@ class AnthropicProvider(HttpProvider):
             body["system"] = system
         thinking = thinking_fields(p, request, model) if request.thinking is not None else {}
         thinking_on = thinking.get("thinking", {}).get("type") in ("enabled", "adaptive")
+        if thinking_on and unsigned_tool_turn(messages):
+            # A tool loop begun without thinking (another provider's turn, or thinking
+            # off then): Anthropic refuses thinking here (providers/foreign_turns.py).
+            thinking, thinking_on = {}, False
         tools = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             | ({"cache_control": t.cache_control.wire()} if t.cache_control else {})

@@ -23,6 +23,11 @@ from shoal.providers.failures import (
     error_from_stream_payload,
     is_error_body,
 )
+from shoal.providers.foreign_turns import (
+    FOREIGN_REASONING,
+    GEMINI_SKIP_SIGNATURE,
+    demands_reasoning,
+)
 from shoal.providers.http import HttpProvider, answer_events
 from shoal.providers.profiles import (
     ProviderProfile,
@@ -116,22 +121,30 @@ class OpenAICompatProvider(HttpProvider):
 
     # -- request ------------------------------------------------------------------------
 
-    def _message(self, m: Message, p: ProviderProfile) -> dict[str, Any]:
+    def _message(self, m: Message, p: ProviderProfile, demanded: bool) -> dict[str, Any]:
+        """``demanded``: the request runs where tool turns must carry their reasoning or
+        signature (providers/foreign_turns.py fills in what another provider's lack)."""
         if m.role == "tool":
             return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
         out: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.role == "assistant":
             if m.tool_calls:
-                out["tool_calls"] = [_wire_call(c, p) for c in m.tool_calls]
+                calls = out["tool_calls"] = [_wire_call(c, p) for c in m.tool_calls]
                 if not m.content and p.tool_turn_content == "null":
                     out["content"] = None  # else "": see ProviderProfile.tool_turn_content
-            if m.reasoning and p.reasoning_return == "tool_turns" and m.tool_calls:
-                out[p.reasoning_field] = m.reasoning
+                if demanded and p.reasoning_return == "thought_signatures" and \
+                        "extra_content" not in calls[0]:
+                    calls[0]["extra_content"] = {
+                        "google": {"thought_signature": GEMINI_SKIP_SIGNATURE}}
+            if m.tool_calls and p.reasoning_return == "tool_turns" and (
+                    m.reasoning or demanded):
+                out[p.reasoning_field] = m.reasoning or FOREIGN_REASONING
         return out
 
     def payload(self, request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
         p = self.profile
-        messages = [self._message(m, p) for m in request.messages]
+        demanded = demands_reasoning(p, model, request)
+        messages = [self._message(m, p, demanded) for m in request.messages]
         schema = request.output_schema
         if schema is not None and p.output_mode in ("json_object", "prompt"):
             messages = _with_schema_prompt(messages, schema)
