@@ -744,3 +744,34 @@ def test_cli_style_flag_selects_the_provider() -> None:
     assert isinstance(info.value.body, list)
     assert 'Unknown name "user"' in info.value.body[0]["error"]["message"]
     assert ok.choices[0].message.content
+
+
+async def test_anthropic_refuses_tools_without_an_object_schema_and_bad_tool_choice() -> None:
+    """A custom tool's input_schema is required and an object; tool_choice is one of four
+    tags and ``none`` takes nothing else (PROVIDERS.md §2). Server tools have no schema."""
+    listed = {**ANT_TOOL, "input_schema": {"type": "array", "items": {"type": "string"}}}
+    bare = {k: v for k, v in ANT_TOOL.items() if k != "input_schema"}
+    search = {"type": "web_search_20250305", "name": "web_search"}
+
+    def ask(tools: list[Any], choice: Any = None) -> dict[str, Any]:
+        call: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 64,
+                                "messages": USER, "tools": tools}
+        return call if choice is None else {**call, "tool_choice": choice}
+
+    async with running(SimConfig(style="anthropic")) as sim, anthropic_for(sim) as client:
+        create = client.messages.create
+        with pytest.raises(anthropic.BadRequestError,
+                           match=r"tools\.0\.custom\.input_schema\.type: Input should be 'object'"):
+            await create(**ask([listed]))
+        with pytest.raises(anthropic.BadRequestError,
+                           match=r"tools\.1\.custom\.input_schema: Field required"):
+            await create(**ask([ANT_TOOL, bare]))
+        with pytest.raises(anthropic.BadRequestError, match="does not match any of the "
+                           "expected tags: 'auto', 'any', 'tool', 'none'"):
+            await create(**ask([ANT_TOOL], {"type": "bogus"}))
+        with pytest.raises(anthropic.BadRequestError, match=r"tool_choice\.none\."
+                           "disable_parallel_tool_use: Extra inputs are not permitted"):
+            await create(**ask([ANT_TOOL], {"type": "none", "disable_parallel_tool_use": True}))
+        fine = await create(**ask([ANT_TOOL, search],
+                                   {"type": "any", "disable_parallel_tool_use": True}))
+        assert fine.content

@@ -92,6 +92,17 @@ def test_retry_after_forms() -> None:
         (200, {"base_resp": {"status_code": 1002, "status_msg": "rate limit"}}, RateLimited),
         (200, {"base_resp": {"status_code": 1000, "status_msg": "unknown"}},
          ProviderUnavailable),
+        # MiniMax's own codes in a 200: the caller's mistakes are not retried
+        (200, {"base_resp": {"status_code": 2013, "status_msg": "invalid params, x"}},
+         BadRequest),
+        (200, {"base_resp": {"status_code": 1026, "status_msg": "input new_sensitive"}},
+         BadRequest),
+        (200, {"base_resp": {"status_code": 1027, "status_msg": "output new_sensitive"}},
+         BadRequest),
+        (200, {"base_resp": {"status_code": 1001, "status_msg": "request timeout"}},
+         ProviderTimeout),
+        (200, {"base_resp": {"status_code": 2049, "status_msg": "invalid api key"}},
+         AuthError),
         (200, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}},
          BadRequest),  # an error envelope in a 200 is what its type says
         (200, {"type": "error", "error": {"type": "overloaded_error", "message": "x"}},

@@ -122,6 +122,21 @@ def test_strict_schema_rules() -> None:
     assert strict_schema(with_default) is None
     open_extra = {**SCHEMA, "additionalProperties": True}
     assert strict_schema(open_extra) is None
+    # OpenAI's strict mode takes only an object at the root: others go non-strict
+    listed = {"type": "array", "items": {"type": "string"}}
+    assert strict_schema(listed) is None
+    body = oa("openai").payload(req(output_schema=listed, output_schema_name="L"), "gpt-4o",
+                                stream=False)["response_format"]["json_schema"]
+    assert "strict" not in body and body["schema"] == listed
+    # a nullable object is an object: it gets additionalProperties false like the others
+    nullable = {"type": "object", "properties": {"n": {
+        "type": ["object", "null"], "properties": {"x": {"type": "string"}}, "required": ["x"]}},
+        "required": ["n"]}
+    fixed = strict_schema(nullable)
+    assert fixed is not None and fixed["properties"]["n"]["additionalProperties"] is False
+    bare = {"type": "object", "properties": {"n": {"type": ["object", "null"]}}, "required": ["n"]}
+    assert strict_schema(bare) == {**bare, "additionalProperties": False, "properties": {
+        "n": {"type": ["object", "null"], "additionalProperties": False}}}
 
 
 def test_max_tokens_field_and_tool_choice_per_family() -> None:
@@ -392,3 +407,22 @@ def test_openai_reasoning_models_refuse_sampling_settings_before_any_request() -
     check_sampling(PROFILES["deepseek"], "o3-mini", hot)  # another family's rules
     check_sampling(openai, "o3-mini",
                    ChatRequest(model="m", messages=[Message.user("hi")], temperature=1))
+
+
+def test_anthropic_refuses_a_non_object_tool_schema_before_sending() -> None:
+    """Anthropic takes only object schemas as tool input (its 400 names
+    tools.N.custom.input_schema.type): shoal says so, and how to wrap, before sending."""
+    listed = {"type": "array", "items": {"type": "string"}}
+    with pytest.raises(ConfigError, match=r"output schema 'L'.*wrap it"):
+        an().payload(req(output_schema=listed, output_schema_name="L"), "claude-sonnet-4-6",
+                     stream=False)
+    with pytest.raises(ConfigError, match="tool 'tags': Anthropic takes only an object"):
+        an().payload(req(tools=[ToolSpec("tags", "", listed)]), "claude-sonnet-4-6",
+                     stream=False)
+    # Claude 5.5 answers in its JSON-schema format instead of an output tool: no tool then
+    native = an().payload(req(output_schema=SCHEMA, output_schema_name="F"),
+                          "claude-sonnet-5-5", stream=False)
+    assert "tools" not in native and native["output_config"]["format"]["schema"] == SCHEMA
+    # OpenAI takes the same list as a non-strict schema
+    assert oa("openai").payload(req(output_schema=listed, output_schema_name="L"),
+                                "gpt-4o", stream=False)["response_format"]["type"] == "json_schema"

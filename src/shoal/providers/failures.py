@@ -150,6 +150,7 @@ def _codes(body: Any) -> set[str]:
     base = body.get("base_resp")
     if isinstance(base, dict) and base.get("status_code") not in (None, 0):
         found.add(str(base["status_code"]))
+        found.add(f"minimax:{base['status_code']}")  # MiniMax's own meaning (_TYPE_STATUS)
     err = body.get("error", body)
     if isinstance(err, dict):
         for key in ("code", "type", "status"):
@@ -174,6 +175,12 @@ _TYPE_STATUS = {
     "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
     "rate_limit_error": 429, "api_error": 500, "server_error": 500,
     "overloaded_error": 529, "timeout_error": 504,
+    # MiniMax base_resp codes, which arrive inside an HTTP 200 (PROVIDERS.md §3): invalid
+    # params and sensitive input/output are the caller's to fix (never retried), a
+    # timeout and an unknown error are worth another attempt. Rate limit (1002), auth
+    # (1004, 2049) and balance (1008) are matched by code in _classify.
+    "minimax:2013": 400, "minimax:1026": 400, "minimax:1027": 400,
+    "minimax:1001": 408, "minimax:1000": 500,
 }
 
 

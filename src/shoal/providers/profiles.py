@@ -173,10 +173,13 @@ def schema_instructions(schema: dict[str, Any]) -> str:
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
     """``schema`` made fit for OpenAI's ``strict: true``, or None when it cannot be.
 
-    Strict mode wants every property required and ``additionalProperties: false`` on
-    every object. This adds the latter where it is missing; a schema with an optional
-    property, a default, or open additional properties is sent non-strict instead (the
-    answer is validated locally either way)."""
+    Strict mode wants an object at the root, every property required and
+    ``additionalProperties: false`` on every object (a ``type`` list holding "object"
+    included). This adds the latter where it is missing; a schema with another root, an
+    optional property, a default, or open additional properties is sent non-strict
+    instead (the answer is validated locally either way)."""
+    if schema.get("type") != "object":
+        return None  # OpenAI: "schema must be a JSON Schema of 'type: "object"'"
     ok = True
 
     def walk(node: Any) -> Any:
@@ -188,7 +191,9 @@ def strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
         out = {k: walk(v) for k, v in node.items()}
         if "default" in node:
             ok = False
-        if node.get("type") == "object" or "properties" in node:
+        kind = node.get("type")
+        if kind == "object" or (isinstance(kind, list) and "object" in kind) or \
+                "properties" in node:
             props = node.get("properties") or {}
             if set(node.get("required") or ()) != set(props):
                 ok = False

@@ -1,12 +1,14 @@
 """What Anthropic's Messages API refuses (PROVIDERS.md §2, §6 traps 9 and 10).
 
 :func:`anthropic_request` raises :class:`~shoal.sim.styles.Refusal` (400
-``invalid_request_error``) for: unknown top-level fields, empty text blocks and empty
-messages, a thinking budget out of bounds, a thinking form the model does not take
-(adaptive on 4.5 and older, a manual budget on Opus 4.7 and Claude 5), sampling on
-Claude 5 and forced tools on Claude 5.5, ``temperature`` or a forced tool with thinking
-on, unpaired ``tool_use``/``tool_result`` blocks, and a tool turn without its signed
-thinking block (signatures from :func:`sign_thinking` cover the thinking text).
+``invalid_request_error``) for: unknown top-level fields, a custom tool without an object
+``input_schema``, a ``tool_choice`` of another tag or with fields its tag does not take,
+empty text blocks and empty messages, a thinking budget out of bounds, a thinking form
+the model does not take (adaptive on 4.5 and older, a manual budget on Opus 4.7 and
+Claude 5), sampling on Claude 5 and forced tools on Claude 5.5, ``temperature`` or a
+forced tool with thinking on, unpaired ``tool_use``/``tool_result`` blocks, and a tool
+turn without its signed thinking block (signatures from :func:`sign_thinking` cover the
+thinking text).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def anthropic_request(body: dict[str, Any], style: str) -> None:
     for key in body:
         if key not in _FIELDS:
             raise Refusal(f"{key}: Extra inputs are not permitted")
+    _tools(body)
     _claude5(body)
     max_tokens = int(body["max_tokens"])
     thinking = body.get("thinking")
@@ -131,6 +134,36 @@ def anthropic_request(body: dict[str, Any], style: str) -> None:
         if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
             raise Refusal("Thinking may not be enabled when tool_choice forces tool use.")
     _anthropic_turns(body["messages"], enabled)
+
+
+_CHOICES = ("auto", "any", "tool", "none")
+
+
+def _tools(body: dict[str, Any]) -> None:
+    """A custom tool's ``input_schema`` is required and must be an object schema;
+    ``tool_choice`` is one of its four tags, and ``none`` takes no other field
+    (PROVIDERS.md §2). Server tools (a ``type`` such as ``web_search_20250305``) have
+    no input schema."""
+    tools = body.get("tools") or []
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if not isinstance(tool, dict) or tool.get("type", "custom") != "custom":
+            continue
+        schema = tool.get("input_schema")
+        if not isinstance(schema, dict):
+            raise Refusal(f"tools.{i}.custom.input_schema: Field required")
+        if schema.get("type") != "object":
+            raise Refusal(f"tools.{i}.custom.input_schema.type: Input should be 'object'")
+    choice = body.get("tool_choice")
+    if choice is None:
+        return
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind not in _CHOICES:
+        raise Refusal(f"tool_choice: Input tag '{kind}' found using 'type' does not match any "
+                      "of the expected tags: " + ", ".join(f"'{c}'" for c in _CHOICES))
+    for key in choice:
+        if key != "type" and not (key == "disable_parallel_tool_use" and kind != "none") and \
+                not (key == "name" and kind == "tool"):
+            raise Refusal(f"tool_choice.{kind}.{key}: Extra inputs are not permitted")
 
 
 def _blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
