@@ -239,3 +239,23 @@ def test_errors_pickle_with_their_fields() -> None:
     e = err(429, {"error": {"message": "slow"}}, {"retry-after": "3"})
     back = pickle.loads(pickle.dumps(e))
     assert type(back) is RateLimited and back.retry_after == 3.0 and back.status == 429
+
+
+def test_gemini_details_name_a_bad_key_and_the_wait() -> None:
+    """Google answers a bad key with 400 INVALID_ARGUMENT whose ErrorInfo reason is
+    API_KEY_INVALID (an AuthError, so the breaker opens and the hint names the key), and
+    puts a 429's wait in RetryInfo.retryDelay instead of a Retry-After header."""
+    bad_key = [{"error": {"code": 400, "message": "API key not valid. Please pass a valid "
+                          "API key.", "status": "INVALID_ARGUMENT", "details": [{
+                              "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                              "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}}]
+    assert type(err(400, bad_key)) is AuthError
+    limited = [{"error": {"code": 429, "message": "Resource has been exhausted",
+                          "status": "RESOURCE_EXHAUSTED", "details": [{
+                              "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                              "retryDelay": "17s"}]}}]
+    e = err(429, limited)
+    assert isinstance(e, RateLimited) and e.retry_after == 17.0
+    assert err(429, limited, {"retry-after": "3"}).retry_after == 3.0  # a header wins
+    other = [{"error": {"code": 400, "message": "bad field", "status": "INVALID_ARGUMENT"}}]
+    assert type(err(400, other)) is BadRequest

@@ -65,6 +65,8 @@ _CONTEXT_TEXT = re.compile(
     r"reduce the length|exceeds? the (?:model's )?(?:maximum|context)|input is too long",
     re.IGNORECASE,
 )
+_AUTH_CODES = frozenset({"authentication_error", "permission_error", "1004", "2049",
+                         "API_KEY_INVALID"})  # MiniMax 1004/2049, Gemini's ErrorInfo reason
 _OVERLOAD_TYPES = frozenset({"overloaded_error", "engine_overloaded_error", "1305", "1312"})
 _RATE_CODES = frozenset(
     {"rate_limit_exceeded", "rate_limit_error", "rate_limit_reached_error", "1302", "1303", "1002"}
@@ -160,6 +162,31 @@ def _codes(body: Any) -> set[str]:
     return found
 
 
+_GOOGLE_DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")
+
+
+def _google_details(body: Any) -> tuple[set[str], float | None]:
+    """Google's ``error.details``: the ErrorInfo reasons, and RetryInfo's ``retryDelay``
+    ("30s") in seconds (Gemini sends no Retry-After header)."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    err = body.get("error") if isinstance(body, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    reasons: set[str] = set()
+    delay: float | None = None
+    for item in details if isinstance(details, list) else ():
+        if not isinstance(item, dict):
+            continue
+        kind = str(item.get("@type", ""))
+        if kind.endswith("google.rpc.ErrorInfo") and isinstance(item.get("reason"), str):
+            reasons.add(item["reason"])
+        elif kind.endswith("google.rpc.RetryInfo"):
+            match = _GOOGLE_DELAY.match(str(item.get("retryDelay", "")))
+            if match:
+                delay = float(match.group(1))
+    return reasons, delay
+
+
 def _hint_status(codes: set[str], fallback: int) -> int:
     """The HTTP status an error type stands for (Anthropic's types, a numeric code)."""
     for code in codes:
@@ -196,7 +223,7 @@ def _classify(
             "the quota; shoal will not retry this channel",
             **fields,
         )
-    if status in (401, 403) or codes & {"authentication_error", "permission_error", "1004", "2049"}:
+    if status in (401, 403) or codes & _AUTH_CODES:
         hint = f" (the key comes from ${key_env})" if key_env else ""
         return AuthError(
             f"{provider} rejected the API key{hint}: {text}. Check the key and its permissions",
@@ -261,6 +288,10 @@ def error_from_response(
         "code": code,
     }
     codes = _codes(body)
+    reasons, delay = _google_details(body)
+    codes |= reasons  # Gemini: a bad key is 400 with reason API_KEY_INVALID (→ AuthError)
+    if fields["retry_after"] is None:
+        fields["retry_after"] = delay  # Gemini: the wait is in RetryInfo, not a header
     # An error envelope inside a 2xx (a JSON answer to a stream request, MiniMax base_resp)
     # is classified by the status its type stands for; the error keeps status 200.
     rule_status = _hint_status(codes, status) if 200 <= status < 300 else status
