@@ -227,6 +227,28 @@ async def test_streamed_tool_turns_round_trip_on_strict_styles(
     assert [r.status for r in sim.stats().requests] == [200, 200]
 
 
+@pytest.mark.parametrize(("style", "wire_model"), [("zhipu", "glm-4.6"),
+                                                   ("deepseek", "deepseek-chat")])
+async def test_thinking_switched_on_streams_reasoning_before_the_answer(
+    sim: SimServer, style: str, wire_model: str
+) -> None:
+    """Zhipu and DeepSeek answer thinking {"type": "enabled"} with reasoning_content
+    (PROVIDERS.md §3): it reaches the caller first, as ReasoningDelta, and is kept on the
+    answer; switched off, none comes."""
+    async with Router(styled(sim, style, wire_model)) as router:
+        kinds = [type(e).__name__ async for e in router.stream(ChatRequest(
+            "m", [Message.user("think first")], max_tokens=256, thinking=Thinking()))]
+        whole = await router.complete(ChatRequest("m", [Message.user("think first")],
+                                                  max_tokens=256, thinking=Thinking()))
+        plain = await router.complete(ChatRequest(
+            "m", [Message.user("think first")], max_tokens=256,
+            thinking=Thinking(enabled=False)))
+    assert "ReasoningDelta" in kinds and "TextDelta" in kinds
+    assert kinds.index("ReasoningDelta") < kinds.index("TextDelta")
+    assert whole.reasoning and whole.usage.reasoning_tokens > 0
+    assert plain.reasoning is None
+
+
 @pytest.mark.parametrize("tools", [[], [lookup]], ids=["alone", "with a tool"])
 async def test_claude_5_5_typed_output_without_forcing_a_tool(
     sim: SimServer, tools: list[object]

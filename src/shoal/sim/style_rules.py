@@ -371,3 +371,6 @@ def _zhipu(body: dict[str, Any], ask: Ask) -> None:
     # Zhipu caps output with max_tokens only; max_completion_tokens is ignored.
     limit = body.get("max_tokens")
     ask.max_tokens = limit if isinstance(limit, int) and limit > 0 else None
+    # reasoning_content comes with thinking {"type": "enabled"} (PROVIDERS.md §3)
+    thinking = body.get("thinking")
+    ask.reasoning = isinstance(thinking, dict) and thinking.get("type") == "enabled"
