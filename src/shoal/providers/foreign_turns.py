@@ -39,12 +39,13 @@ GEMINI_SKIP_SIGNATURE = "skip_thought_signature_validator"
 def demands_reasoning(profile: ProviderProfile, model: str, request: ChatRequest) -> bool:
     """Whether this request runs where a tool-call turn must carry its reasoning
     (``tool_turns`` providers) or its first call a thought signature (Gemini 3)."""
+    kind = profile.reasoning_return
+    if kind not in ("thought_signatures", "tool_turns"):
+        return False  # most calls: nothing to fill in, decided before any string work
     model = model.lower().removeprefix("models/")
     thinking = request.thinking
-    if profile.reasoning_return == "thought_signatures":
+    if kind == "thought_signatures":
         return model.startswith("gemini-3")  # signatures are checked at every level
-    if profile.reasoning_return != "tool_turns":
-        return False
     if thinking is not None:
         return thinking.enabled
     if profile.family == "deepseek":  # thinking mode by default on these models
