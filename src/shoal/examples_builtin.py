@@ -57,9 +57,11 @@ def content_pipeline(
 
         raise ConfigError(f"unknown pipeline steps {sorted(unknown)}; "
                           f"the steps are {', '.join(PIPELINE_STEPS)}")
+    # No temperature: each model keeps its own (OpenAI reasoning models and Claude 5
+    # refuse one); the offline model's default is 0.3 (shoal.providers.profiles).
     agents = {
         name: Agent(name, model=models.get(name), instructions=_INSTRUCTIONS[name],
-                    max_tokens=max_tokens, temperature=0.3, max_turns=2)
+                    max_tokens=max_tokens, max_turns=2)
         for name in PIPELINE_STEPS
     }
     flow = Flow("content-pipeline", budget_usd=budget_usd)

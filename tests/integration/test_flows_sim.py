@@ -153,6 +153,20 @@ async def test_a_failed_run_resumes_without_repeating_finished_steps() -> None:
     assert result.output
 
 
+async def test_the_demo_pipeline_runs_on_models_that_refuse_a_temperature() -> None:
+    """OpenAI's reasoning models refuse any temperature but 1 (shoal says so before
+    sending): the pipeline sets none, so any catalog model can take any step."""
+    from shoal.examples_builtin import run_content_pipeline
+    from shoal.sim import config_for_sim
+
+    async with SimServer(SimConfig()) as sim, Router(config_for_sim(sim.url)) as router:
+        result = await run_content_pipeline(
+            "tides", router=router,
+            models={"researcher": "o3-mini", "analyzer": "o3-mini", "writer": "o3-mini"})
+    assert result.status == "succeeded", result.table()
+    assert {step.model for step in result.steps.values()} == {"o3-mini"}
+
+
 async def test_the_demo_pipeline_runs_and_tolerates_a_failed_step() -> None:
     from shoal.examples_builtin import (
         PIPELINE_STEPS,

@@ -426,3 +426,13 @@ def test_anthropic_refuses_a_non_object_tool_schema_before_sending() -> None:
     # OpenAI takes the same list as a non-strict schema
     assert oa("openai").payload(req(output_schema=listed, output_schema_name="L"),
                                 "gpt-4o", stream=False)["response_format"]["type"] == "json_schema"
+
+
+def test_the_offline_model_gets_a_low_temperature_unless_the_caller_sets_one() -> None:
+    """llama.cpp's default (0.8) makes the 135M offline model ramble: shoal sends 0.3 when
+    the request sets none; a caller's own value wins; other providers keep their default."""
+    assert oa("offline").payload(req(), "smollm2", stream=False)["temperature"] == 0.3
+    assert oa("offline").payload(req(temperature=0.9), "smollm2",
+                                 stream=False)["temperature"] == 0.9
+    for family in ("openai", "deepseek", "llamacpp", "generic"):
+        assert "temperature" not in oa(family).payload(req(), "m", stream=False), family

@@ -174,6 +174,8 @@ class OpenAICompatProvider(HttpProvider):
         check_sampling(p, model, request)
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        elif p.default_temperature is not None:
+            body["temperature"] = p.default_temperature
         if request.top_p is not None:
             body["top_p"] = request.top_p
         if request.max_tokens is not None:

@@ -89,6 +89,10 @@ class ProviderProfile:
     # "Value is not a string: null") while "" is accepted by OpenAI and DeepSeek;
     # omitting the key is refused by vLLM/SGLang. Hence "" by default.
     tool_turn_content: Literal["empty", "null"] = "empty"
+    # The temperature sent when the request sets none (the offline model: llama.cpp's
+    # 0.8 makes a 135M model ramble; callers keep theirs, and every other provider its
+    # own default, which some models pin: OpenAI reasoning models, Claude 5).
+    default_temperature: float | None = None
 
 
 PROFILES: dict[str, ProviderProfile] = {
@@ -115,7 +119,8 @@ PROFILES: dict[str, ProviderProfile] = {
         ProviderProfile("vllm"),
         # llama.cpp's server (also the offline model): grammar-constrained JSON.
         ProviderProfile("llamacpp", output_mode="json_object_schema", tool_choice="never"),
-        ProviderProfile("offline", output_mode="json_object_schema", tool_choice="never"),
+        ProviderProfile("offline", output_mode="json_object_schema", tool_choice="never",
+                        default_temperature=0.3),
         ProviderProfile("generic"),
     )
 }
