@@ -33,6 +33,7 @@ TARGETS = [
     ("deepseek", "openai", "deepseek-reasoner", None),
     ("deepseek", "openai", "deepseek-chat", Thinking()),
     ("moonshot", "openai", "kimi-k2-thinking", None),
+    ("moonshot", "openai", "kimi-k2.5", None),
     ("anthropic", "anthropic", "claude-sonnet-4-6", Thinking()),
     ("anthropic", "anthropic", "claude-haiku-4-5", Thinking(budget_tokens=1024)),
     ("gemini", "openai", "gemini-3-pro-preview", None),

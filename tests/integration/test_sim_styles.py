@@ -775,3 +775,26 @@ async def test_anthropic_refuses_tools_without_an_object_schema_and_bad_tool_cho
         fine = await create(**ask([ANT_TOOL, search],
                                    {"type": "any", "disable_parallel_tool_use": True}))
         assert fine.content
+
+
+async def test_moonshot_pins_sampling_on_kimi_k2_5_and_streams_its_thinking() -> None:
+    """Moonshot's parameter reference, as the moonshot style enforces it: Kimi K2.5's
+    temperature (1.0 thinking, 0.6 not), top_p, n and penalties cannot be modified; it
+    thinks by default (reasoning_content), unless thinking is disabled."""
+    user: Any = USER
+    async with running(SimConfig(style="moonshot")) as sim, oai(sim) as client:
+        with pytest.raises(openai.BadRequestError,
+                           match="invalid temperature: only 1 is allowed for this model"):
+            await client.chat.completions.create(model="kimi-k2.5", messages=user,
+                                                 temperature=0.3)
+        with pytest.raises(openai.BadRequestError, match="invalid n: only 1 is allowed"):
+            await client.chat.completions.create(model="kimi-k2.5", messages=user, n=2)
+        thinking = await client.chat.completions.create(model="kimi-k2.5", messages=user)
+        assert getattr(thinking.choices[0].message, "reasoning_content", None)
+        plain = await client.chat.completions.create(
+            model="kimi-k2.5", messages=user, temperature=0.6,
+            extra_body={"thinking": {"type": "disabled"}})
+        assert not getattr(plain.choices[0].message, "reasoning_content", None)
+        older = await client.chat.completions.create(model="kimi-k2-0905-preview",
+                                                     messages=user, temperature=0.3)
+        assert older.choices[0].message.content

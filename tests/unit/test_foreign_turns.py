@@ -52,6 +52,11 @@ def test_deepseek_thinking_mode_gets_a_placeholder_only_where_reasoning_is_missi
                                               loop(foreign()))["messages"][1]
     kimi = oa_body("moonshot", "kimi-k2-thinking", loop(foreign()))["messages"][1]
     assert kimi["reasoning_content"] == FOREIGN_REASONING
+    k25 = oa_body("moonshot", "kimi-k2.5", loop(foreign()))["messages"][1]  # thinks by default
+    assert k25["reasoning_content"] == FOREIGN_REASONING
+    k25_off = oa_body("moonshot", "kimi-k2.5", loop(foreign()),
+                      thinking=Thinking(enabled=False))["messages"][1]
+    assert "reasoning_content" not in k25_off
     assert "reasoning_content" not in oa_body("openai", "gpt-4o", loop(foreign()))["messages"][1]
 
 

@@ -436,3 +436,24 @@ def test_the_offline_model_gets_a_low_temperature_unless_the_caller_sets_one() -
                                  stream=False)["temperature"] == 0.9
     for family in ("openai", "deepseek", "llamacpp", "generic"):
         assert "temperature" not in oa(family).payload(req(), "m", stream=False), family
+
+
+def test_kimi_k2_5_pins_its_sampling_and_switches_thinking() -> None:
+    """Moonshot's parameter reference: on Kimi K2.5 and later temperature (1.0 thinking,
+    0.6 not), top_p (0.95), n and the penalties cannot be modified (400 otherwise);
+    thinking is switched with thinking {"type"}. shoal refuses before sending."""
+    with pytest.raises(ConfigError, match=r"'kimi-k2.5' pins temperature to 1 .*leave"):
+        oa("moonshot").payload(req(temperature=0.3), "kimi-k2.5", stream=False)
+    with pytest.raises(ConfigError, match=r"pins temperature to 0\.6"):
+        oa("moonshot").payload(req(temperature=1.0, thinking=Thinking(enabled=False)),
+                               "kimi-k2.5", stream=False)
+    with pytest.raises(ConfigError, match=r"pins top_p to 0\.95"):
+        oa("moonshot").payload(req(top_p=0.5), "kimi-k2.6", stream=False)
+    same = oa("moonshot").payload(req(temperature=1.0, top_p=0.95), "kimi-k2.5", stream=False)
+    assert (same["temperature"], same["top_p"]) == (1.0, 0.95)  # the pinned values pass
+    off = oa("moonshot").payload(req(thinking=Thinking(enabled=False)), "kimi-k2.5",
+                                 stream=False)
+    assert off["thinking"] == {"type": "disabled"}
+    # older Kimi models take any temperature
+    assert oa("moonshot").payload(req(temperature=0.3), "kimi-k2-0905-preview",
+                                  stream=False)["temperature"] == 0.3

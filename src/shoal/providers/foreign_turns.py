@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from shoal.providers.profiles import KIMI_PINNED
+
 if TYPE_CHECKING:
     from shoal.providers.profiles import ProviderProfile
     from shoal.types import ChatRequest
@@ -50,7 +52,8 @@ def demands_reasoning(profile: ProviderProfile, model: str, request: ChatRequest
         return thinking.enabled
     if profile.family == "deepseek":  # thinking mode by default on these models
         return "reasoner" in model or model.startswith("deepseek-v4")
-    return "thinking" in model  # Kimi's thinking models
+    # Kimi: the thinking models, and K2.5 and later, which think unless switched off
+    return "thinking" in model or KIMI_PINNED.match(model) is not None
 
 
 def unsigned_tool_turn(messages: list[dict[str, Any]]) -> bool:

@@ -21,6 +21,7 @@ from shoal.providers.claude_models import adaptive_claude
 from shoal.types import ChatRequest, Thinking
 
 __all__ = [
+    "KIMI_PINNED",
     "PROFILES",
     "OutputMode",
     "ProviderProfile",
@@ -107,7 +108,7 @@ PROFILES: dict[str, ProviderProfile] = {
                         thinking="deepseek"),
         ProviderProfile("moonshot", output_mode="json_object",
                         max_tokens_field="max_completion_tokens",
-                        reasoning_return="tool_turns"),
+                        reasoning_return="tool_turns", thinking="zhipu"),
         ProviderProfile("zhipu", output_mode="json_object", tool_choice="auto_only",
                         thinking="zhipu"),
         ProviderProfile("minimax", output_mode="prompt", max_tokens_field="max_completion_tokens",
@@ -152,9 +153,27 @@ def profile_for(family: str, protocol: Literal["openai", "anthropic"] = "openai"
 _OPENAI_REASONING = re.compile(r"^(o\d|gpt-5(?!-chat))")
 
 
+# Kimi K2.5 and later pin their sampling (platform.kimi.ai, "Model Parameter Reference":
+# temperature, top_p, n and the penalties "cannot be modified"; another value is a 400
+# "invalid temperature: only 1 is allowed for this model"). Temperature is 1.0 while
+# thinking (the default), 0.6 with thinking disabled; top_p 0.95.
+KIMI_PINNED = re.compile(r"^kimi-k(?:2\.[5-9]|[3-9])")
+
+
 def check_sampling(profile: ProviderProfile, model: str, request: ChatRequest) -> None:
     """ConfigError, before any request, for sampling settings the model refuses."""
-    if profile.family != "openai" or not _OPENAI_REASONING.match(model):
+    family = profile.family
+    if family == "moonshot" and KIMI_PINNED.match(model.lower()):
+        off = request.thinking is not None and not request.thinking.enabled
+        pinned = {"temperature": 0.6 if off else 1.0, "top_p": 0.95}
+        for name, fixed in pinned.items():
+            value = getattr(request, name)
+            if value is not None and value != fixed:
+                raise ConfigError(
+                    f"{model!r} pins {name} to {fixed:g} (Moonshot answers 400 \"only "
+                    f"{fixed:g} is allowed for this model\"); leave {name} unset for it")
+        return
+    if family != "openai" or not _OPENAI_REASONING.match(model):
         return
     for name in ("temperature", "top_p"):
         value = getattr(request, name)
@@ -284,7 +303,7 @@ def thinking_fields(profile: ProviderProfile, request: ChatRequest,
         if thinking.enabled and effort is not None:
             fields["reasoning_effort"] = effort
         return fields
-    if style == "zhipu":
+    if style == "zhipu":  # Zhipu GLM and Kimi K2.5+: the switch alone, no effort
         return {"thinking": {"type": "enabled" if thinking.enabled else "disabled"}}
     if style == "qwen":
         fields = {"enable_thinking": thinking.enabled}

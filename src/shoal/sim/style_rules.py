@@ -57,6 +57,8 @@ def openai_request(body: dict[str, Any], style: str, ask: Ask) -> None:
         _deepseek(body, ask)
     elif style == "zhipu":
         _zhipu(body, ask)
+    elif style == "moonshot":
+        _moonshot(body, ask)
     elif style == "minimax":
         systems = sum(1 for m in body["messages"] if m.get("role") == "system")
         if systems > 1:
@@ -353,6 +355,32 @@ def _deepseek(body: dict[str, Any], ask: Ask) -> None:
                     code="invalid_request_error",
                 )  # fmt: skip
     _tool_turns(body["messages"], check_arguments=False)
+
+
+# -- Moonshot ----------------------------------------------------------------------------
+
+# Kimi K2.5 and later (platform.kimi.ai/docs/api/models-overview, "Parameter Comparison"):
+# temperature, top_p, n and both penalties "cannot be modified"; another value is a 400
+# ("invalid temperature: only 1 is allowed for this model"). Thinking is on by default
+# (temperature 1.0; 0.6 with thinking disabled). kimi-k2-thinking always thinks.
+_KIMI_PINNED = re.compile(r"^kimi-k(?:2\.[5-9]|[3-9])")
+
+
+def _moonshot(body: dict[str, Any], ask: Ask) -> None:
+    model = str(body["model"])
+    thinking = body.get("thinking")
+    off = isinstance(thinking, dict) and thinking.get("type") == "disabled"
+    pinned = _KIMI_PINNED.match(model) is not None
+    ask.reasoning = "thinking" in model or (pinned and not off)
+    if not pinned:
+        return
+    fixed = {"temperature": 0.6 if off else 1.0, "top_p": 0.95, "n": 1,
+             "presence_penalty": 0, "frequency_penalty": 0}
+    for name, value in fixed.items():
+        sent = body.get(name)
+        if sent is not None and sent != value:
+            raise Refusal(f"invalid {name}: only {value:g} is allowed for this model",
+                          name, code="invalid_request_error")
 
 
 # -- Zhipu -------------------------------------------------------------------------------
