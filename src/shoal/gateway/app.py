@@ -31,7 +31,7 @@ from shoal.gateway.openai_api import OpenAIWire
 from shoal.gateway.streaming import stream_answer
 from shoal.gateway.translate_anthropic import parse_messages_body
 from shoal.tokens import estimate_prompt_tokens
-from shoal.traffic.retirement import day_of
+from shoal.traffic.retirement import day_of, is_retired
 
 __all__ = ["GATEWAY_KEY", "build_app"]
 
@@ -187,7 +187,7 @@ async def models(request: web.Request) -> web.StreamResponse:
     today, _ = day_of(gw.router.clock)
     names: list[tuple[str, str]] = []
     for info in sorted(config.models.values(), key=lambda m: m.name):
-        if not config.usable(info) or (info.retires is not None and info.retires <= today):
+        if not config.usable(info) or is_retired(info, today):
             continue
         try:
             gw.keys.check_model(key, info.name)

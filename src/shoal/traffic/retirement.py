@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from shoal.clock import Clock
     from shoal.config import ModelInfo
 
-__all__ = ["WARN_DAYS", "Warned", "current_chain", "day_of", "retired_error"]
+__all__ = ["WARN_DAYS", "Warned", "current_chain", "day_of", "is_retired", "retired_error"]
 
 WARN_DAYS = 30
 _DAY_S = 86_400.0
@@ -47,6 +47,11 @@ def day_of(clock: Clock) -> tuple[datetime.date, float]:
     today = datetime.datetime.fromtimestamp(wall, datetime.UTC).date()
     midnight = datetime.datetime.combine(today, datetime.time(), datetime.UTC).timestamp()
     return today, clock.now() + (midnight + _DAY_S - wall)
+
+
+def is_retired(info: ModelInfo, today: datetime.date) -> bool:
+    """Whether ``info``'s provider has retired it by ``today`` (its day included)."""
+    return info.retires is not None and info.retires <= today
 
 
 def _successor(info: ModelInfo) -> str:
@@ -84,8 +89,7 @@ def current_chain(chain: Sequence[tuple[ModelInfo, T]], today: datetime.date,
     Warns about each one dropped and each retiring within :data:`WARN_DAYS` days, once
     per chain and model while ``warned`` (the Router's record) remembers it."""
     asked = chain[0][0]
-    kept = [(info, lanes) for info, lanes in chain
-            if info.retires is None or (info.retires - today).days > 0]
+    kept = [(info, lanes) for info, lanes in chain if not is_retired(info, today)]
     if not kept:
         raise retired_error(asked, today)
     for info, _ in chain:
