@@ -17,7 +17,11 @@ from typing import Any
 from shoal import fastjson
 from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
 from shoal.providers.caching import gate_turn, plan_anthropic
-from shoal.providers.claude_models import check_claude_request, check_tool_schemas
+from shoal.providers.claude_models import (
+    check_claude_request,
+    check_output_tool_schema,
+    check_tool_schemas,
+)
 from shoal.providers.failures import (
     error_from_stream_payload,
     is_error_body,
@@ -186,7 +190,7 @@ class AnthropicProvider(HttpProvider):
         ]
         choice = request.tool_choice
         forcing = check_claude_request(model, request)
-        check_tool_schemas(request, output_tool=False)
+        check_tool_schemas(request)
         if request.output_schema is not None and not forcing and (
                 not request.tools or choice == "none"):
             # Nothing else may be called and the model refuses a forced output tool: the
@@ -196,7 +200,7 @@ class AnthropicProvider(HttpProvider):
             if request.tools:
                 body["tool_choice"] = {"type": "none"}
         elif request.output_schema is not None:
-            check_tool_schemas(request, output_tool=True)
+            check_output_tool_schema(request)
             # The output tool is offered next to the caller's tools, so the model may call
             # those first. It is forced only when nothing else may be called (no tools, or
             # tool_choice "none": answer now), never while thinking (Anthropic refuses it).

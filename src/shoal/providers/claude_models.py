@@ -10,7 +10,8 @@ import re
 from shoal.errors import ConfigError
 from shoal.types import ChatRequest
 
-__all__ = ["adaptive_claude", "check_claude_request", "check_tool_schemas"]
+__all__ = ["adaptive_claude", "check_claude_request", "check_output_tool_schema",
+           "check_tool_schemas"]
 
 # Claude models that think adaptively (platform.claude.com, "Adaptive thinking"): Opus and
 # Sonnet 4.6 on (where a manual budget is deprecated), every Claude 5. Older ones (Sonnet
@@ -51,19 +52,25 @@ def check_claude_request(model: str, request: ChatRequest) -> bool:
     return forcing
 
 
-def check_tool_schemas(request: ChatRequest, *, output_tool: bool) -> None:
-    """Anthropic takes only an object schema as a tool's ``input_schema`` (PROVIDERS.md
-    §2; a 400 "tools.N.custom.input_schema.type: Input should be 'object'"): refuse
-    another before sending, for the caller's tools and for the output tool that carries
-    a typed answer (``output_tool``)."""
+# Anthropic takes only an object schema as a tool's ``input_schema`` (PROVIDERS.md §2; a
+# 400 "tools.N.custom.input_schema.type: Input should be 'object'"): the two checks below
+# refuse another before sending, for the caller's tools and for the output tool.
+
+
+def check_tool_schemas(request: ChatRequest) -> None:
+    """The caller's tools: each takes an object of arguments."""
     for tool in request.tools:
         if tool.parameters.get("type") != "object":
             raise ConfigError(
                 f"tool {tool.name!r}: Anthropic takes only an object schema as a tool's "
                 f"parameters (got type {tool.parameters.get('type')!r}); put the arguments "
                 "under properties of {\"type\": \"object\"}")
+
+
+def check_output_tool_schema(request: ChatRequest) -> None:
+    """The output schema, when a tool's input carries the typed answer."""
     schema = request.output_schema
-    if output_tool and schema is not None and schema.get("type") != "object":
+    if schema is not None and schema.get("type") != "object":
         raise ConfigError(
             f"output schema {request.output_schema_name!r}: Anthropic carries a typed answer "
             f"as a tool's input, which must be an object (got type {schema.get('type')!r}); "
