@@ -221,6 +221,13 @@ class _Loop(Generic[T]):
             ctx.turn = turn
             response = await self._turn(turn, "none" if answer_now else tool_choice)
             turn += 1
+            if response.tool_calls and response.finish_reason == "length":
+                names = ", ".join(repr(c.name) for c in response.tool_calls)
+                raise BudgetExceeded(
+                    f"agent {agent.name!r}: the model's answer was cut at max_tokens "
+                    f"({response.usage.output_tokens} output tokens) inside its call of "
+                    f"{names}, whose arguments are incomplete, so nothing was run; raise the "
+                    "agent's max_tokens")
             self.messages.append(response.message())
             if response.tool_calls:
                 if tool_choice == "none":

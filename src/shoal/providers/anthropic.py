@@ -286,10 +286,8 @@ class AnthropicProvider(HttpProvider):
                 elif kind == "redacted_thinking":
                     parts.append(ReasoningPart(redacted=str(block.get("data", ""))))
             stop = body.get("stop_reason")
-            finish: FinishReason = "tool_calls" if calls else (
-                "stop" if stop == "tool_use" else _STOP.get(stop or "end_turn", "other"))
             return ChatResponse(
-                text="".join(text), tool_calls=calls, finish_reason=finish,
+                text="".join(text), tool_calls=calls, finish_reason=_finish(stop, calls),
                 usage=_usage(body.get("usage")), provider=self.provider,
                 model=str(body.get("model", "")), latency_s=time.perf_counter() - started,
                 raw_finish_reason=stop, reasoning="".join(reasoning) or None,
@@ -361,10 +359,9 @@ class AnthropicProvider(HttpProvider):
             turn.end(ok=False)
         yield UsageEvent(st.usage)
         calls = [ToolCall(b[0], b[1], _same_as_whole(b[2:])) for b in st.tools.values()]
-        finish: FinishReason = "tool_calls" if calls else (
-            "stop" if st.stop == "tool_use" else _STOP.get(st.stop or "end_turn", "other"))
         yield StreamEnd(ChatResponse(
-            text=st.final_text(), tool_calls=calls, finish_reason=finish, usage=st.usage,
+            text=st.final_text(), tool_calls=calls, finish_reason=_finish(st.stop, calls),
+            usage=st.usage,
             provider=self.provider, model=st.model, latency_s=time.perf_counter() - started,
             raw_finish_reason=st.stop, reasoning="".join(st.reasoning) or None, id=st.id,
             channel=self.name, reasoning_parts=st.reasoning_parts(),
@@ -388,6 +385,18 @@ def _thinking_blocks(m: Message) -> list[dict[str, Any]]:
             blocks.append({"type": "thinking", "thinking": part.text,
                            "signature": part.signature})
     return blocks
+
+
+def _finish(stop: str | None, calls: list[ToolCall]) -> FinishReason:
+    """What ended the answer: a cut (max_tokens) says so even with tool calls, whose
+    arguments may then be incomplete; else the calls that arrived; else Anthropic's
+    label (the output tool's ``tool_use`` is a finished answer)."""
+    mapped = _STOP.get(stop or "end_turn", "other")
+    if mapped == "length":
+        return "length"
+    if calls:
+        return "tool_calls"
+    return "stop" if stop == "tool_use" else mapped
 
 
 def tool_arguments(value: Any) -> str:
@@ -453,6 +462,14 @@ class _StreamState:
                                           name=block.get("name"))]
         elif kind == "content_block_delta":
             return self._delta(int(obj.get("index", 0)), obj.get("delta") or {})
+        elif kind == "content_block_stop":
+            index = int(obj.get("index", 0))
+            pieces = self.tools.get(index)
+            if pieces is not None and not "".join(pieces[2:]).strip():
+                # A tool without arguments streams no input_json_delta: its deltas add up
+                # to "{}", as the whole answer's do (not "", which is no JSON).
+                pieces.append("{}")
+                return [ToolCallDelta(index=index, arguments="{}")]
         elif kind == "message_delta":
             delta = obj.get("delta") or {}
             self.stop = delta.get("stop_reason") or self.stop

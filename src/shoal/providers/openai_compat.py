@@ -67,12 +67,12 @@ _FINISH: dict[str, FinishReason] = {
 
 
 def finish_reason(raw: str | None, has_tool_calls: bool) -> FinishReason:
-    """Decide from what arrived: accumulated tool calls win over the provider's label."""
-    if has_tool_calls:
+    """Decide from what arrived: accumulated tool calls win over the provider's label,
+    except a cut ("length"): the calls' arguments may then be incomplete."""
+    mapped = "stop" if raw is None else _FINISH.get(raw, "other")
+    if has_tool_calls and mapped != "length":
         return "tool_calls"
-    if raw is None:
-        return "stop"
-    return _FINISH.get(raw, "other")
+    return mapped
 
 
 def _count(raw: Any) -> int:
