@@ -105,6 +105,19 @@ def test_wrong_types_are_a_400_naming_the_field(gw: Gateway, route: str,
     assert field in err["message"] or err.get("param") == field or field == "model", err
 
 
+@pytest.mark.parametrize("config", [
+    {"format": {"type": "xml"}},
+    {"format": {"type": "json_schema"}},
+    {"effort": "ludicrous"},
+    "fast",
+])
+def test_a_bad_anthropic_output_config_is_a_400_naming_it(gw: Gateway, config: Any) -> None:
+    route = "/v1/messages"
+    body = {**good_body(route), "output_config": config}
+    err = refused(gw, route, post(gw, route, body=body), (400,))
+    assert "output_config" in err["message"], err
+
+
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("top", [[], "text", 3, None])
 def test_a_body_that_is_not_an_object_is_a_400(gw: Gateway, route: str, top: Any) -> None:

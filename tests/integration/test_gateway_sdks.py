@@ -123,6 +123,22 @@ async def test_openai_sdk_json_output(server: tuple[SimServer, GatewayServer],
 
 
 @pytest.mark.parametrize("model", MODELS)
+async def test_anthropic_sdk_json_output(server: tuple[SimServer, GatewayServer],
+                                         model: str) -> None:
+    """The Anthropic SDK's structured output (``messages.parse(output_format=...)``
+    sends ``output_config.format``) to a model of either protocol, whole and streamed."""
+    _, gw = server
+    async with anthropic_client(gw) as client:
+        parsed = await client.messages.parse(model=model, max_tokens=300, messages=USER,
+                                             output_format=Answer)
+        async with client.messages.stream(model=model, max_tokens=300, messages=USER,
+                                          output_format=Answer) as stream:
+            streamed = await stream.get_final_message()
+    assert isinstance(parsed.parsed_output, Answer)
+    assert isinstance(streamed.parsed_output, Answer)
+
+
+@pytest.mark.parametrize("model", MODELS)
 async def test_anthropic_sdk_answer_and_stream(server: tuple[SimServer, GatewayServer],
                                                model: str) -> None:
     _, gw = server

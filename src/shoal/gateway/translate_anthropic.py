@@ -183,6 +183,38 @@ def _thinking(f: Fields) -> Thinking | None:
                    param="thinking.type")
 
 
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+
+
+def _output_config(f: Fields, thinking: Thinking | None
+                   ) -> tuple[dict[str, Any] | None, Thinking | None]:
+    """``output_config``: its ``format`` (structured output, what the SDK's
+    ``messages.parse`` sends) becomes the output schema; its ``effort`` tunes thinking
+    when thinking is on (xhigh and max as shoal's high), and is not forwarded otherwise."""
+    config = f.obj("output_config")
+    if config is None:
+        return None, thinking
+    schema = None
+    fmt = config.obj("format")
+    if fmt is not None:
+        kind = fmt.string("type", required=True)
+        if kind != "json_schema":
+            raise BadInput(f"output_config.format.type: expected json_schema, got {kind!r}",
+                           param="output_config.format.type")
+        schema = fmt.mapping("schema")
+        if schema is None:
+            raise BadInput("output_config.format.schema: required with type json_schema",
+                           param="output_config.format.schema")
+    effort = config.string("effort")
+    if effort is not None and effort not in _EFFORTS:
+        raise BadInput(f"output_config.effort: expected one of {', '.join(_EFFORTS)}, got "
+                       f"{effort!r}", param="output_config.effort")
+    if effort is not None and thinking is not None and thinking.enabled:
+        thinking = Thinking(budget_tokens=thinking.budget_tokens,
+                            effort=_EFFORTS[effort])  # type: ignore[arg-type]
+    return schema, thinking
+
+
 def parse_messages_body(body: Any, *, need_max_tokens: bool) -> tuple[Fields, ChatRequest]:
     """The neutral request of a Messages (or count_tokens) body."""
     f = Fields(body, "")
@@ -205,10 +237,11 @@ def parse_messages_body(body: Any, *, need_max_tokens: bool) -> tuple[Fields, Ch
                            param=m.where("role"))
     meta = f.obj("metadata")
     user_id = meta.string("user_id") if meta is not None else None
+    schema, thinking = _output_config(f, _thinking(f))
     request = ChatRequest(
         model=model, messages=messages, tools=_tools(f), tool_choice=_tool_choice(f),
         temperature=f.number("temperature"), top_p=f.number("top_p"), max_tokens=max_tokens,
-        stop=f.str_list("stop_sequences"), thinking=_thinking(f),
+        stop=f.str_list("stop_sequences"), thinking=thinking, output_schema=schema,
         metadata={"user_id": user_id} if user_id else {},
     )
     return f, request
