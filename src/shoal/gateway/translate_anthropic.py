@@ -62,7 +62,7 @@ def _tool_result_text(b: Fields) -> str:
         if kind != "text":
             raise _unsupported(inner, kind)
         parts.append(inner.string("text", required=True) or "")
-    return "".join(parts)
+    return "\n".join(parts)  # separate blocks stay apart (not "First.Second.")
 
 
 def _user(f: Fields, out: list[Message]) -> None:
@@ -70,7 +70,9 @@ def _user(f: Fields, out: list[Message]) -> None:
 
     def flush(cache: CacheControl | None = None) -> None:
         if text or cache is not None:
-            out.append(Message(role="user", content="".join(text), cache_control=cache))
+            # One message, the blocks a line apart: not run together ("First.Second."),
+            # and no run of user messages, which strict chat templates refuse.
+            out.append(Message(role="user", content="\n".join(text), cache_control=cache))
             text.clear()
 
     for b in _blocks(f.need("content"), f.where("content")):

@@ -42,7 +42,7 @@ def _text(value: Any, path: str, *, allow_null: bool = False) -> str:
             raise BadInput(f"{f.path}: content part type {kind!r} is not supported by the "
                            "gateway (shoal's messages carry text); send text parts",
                            param=f.path)
-    return "".join(out)
+    return "\n".join(out)  # separate parts stay apart (not "First.Second.")
 
 
 def _tool_calls(f: Fields) -> tuple[ToolCall, ...]:

@@ -1,0 +1,27 @@
+"""The gateway's request translation, on the bodies the official SDKs send."""
+
+from __future__ import annotations
+
+from shoal.gateway.translate_anthropic import parse_messages
+from shoal.gateway.translate_openai import parse_chat
+
+TWO_PARTS = [{"type": "text", "text": "First paragraph."},
+             {"type": "text", "text": "Second paragraph."}]
+
+
+def test_text_blocks_and_parts_are_never_run_together() -> None:
+    """Several text blocks (a Claude Code system reminder before the question) or
+    content parts become one message with the pieces a line apart: not run together,
+    and not a run of user messages, which strict chat templates refuse."""
+    anthropic = parse_messages({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": TWO_PARTS}]}).request
+    openai = parse_chat({"model": "m", "messages": [{"role": "user", "content": TWO_PARTS}]}
+                        ).request
+    for request in (anthropic, openai):
+        assert [m.content for m in request.messages] == ["First paragraph.\nSecond paragraph."]
+    result = parse_messages({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f",
+                                           "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                      "content": TWO_PARTS}]}]}).request
+    assert result.messages[-1].content == "First paragraph.\nSecond paragraph."
