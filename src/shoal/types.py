@@ -290,12 +290,14 @@ class TextDelta:
 @dataclass(frozen=True, slots=True)
 class ReasoningDelta:
     """A piece of reasoning. A ``signature`` (Anthropic's ``signature_delta``, with empty
-    ``text``) ends a signed thinking block: the gateway relays it to streaming clients,
-    which send it back with the block on the next turn."""
+    ``text``) ends a signed thinking block; ``redacted`` (empty ``text``) is a whole
+    ``redacted_thinking`` block's opaque data. The gateway relays both to streaming
+    clients, which send them back with the turn."""
 
     text: str
     type: Literal["reasoning"] = "reasoning"
     signature: str | None = None
+    redacted: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -243,6 +243,38 @@ async def test_thinking_round_trip(server: tuple[SimServer, GatewayServer]) -> N
     assert (reasoned.choices[0].message.model_extra or {}).get("reasoning_content")
 
 
+async def test_redacted_thinking_is_relayed_whole_and_streamed(
+        server: tuple[SimServer, GatewayServer]) -> None:
+    """Anthropic's documented test prompt makes the answer carry a redacted_thinking
+    block: it reaches the client in the stream as in the whole answer, before the
+    signed thinking block, and the turn sent back with it is accepted."""
+    from shoal.sim.anthropic_wire import REDACTED_TRIGGER
+
+    _, gw = server
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    ask: Any = [{"role": "user", "content": f"{REDACTED_TRIGGER} What is the weather?"}]
+    async with anthropic_client(gw) as client:
+        whole = await client.messages.create(model=ANTHROPIC_MODEL, max_tokens=2000,
+                                             thinking=thinking, messages=ask,
+                                             tools=WEATHER_ANTHROPIC)
+        async with client.messages.stream(model=ANTHROPIC_MODEL, max_tokens=2000,
+                                          thinking=thinking, messages=ask,
+                                          tools=WEATHER_ANTHROPIC) as stream:
+            streamed = await stream.get_final_message()
+        use = next(b for b in streamed.content if b.type == "tool_use")
+        follow = await client.messages.create(
+            model=ANTHROPIC_MODEL, max_tokens=2000, thinking=thinking, tools=WEATHER_ANTHROPIC,
+            messages=[*ask, {"role": "assistant", "content": streamed.content},
+                      {"role": "user", "content": [{"type": "tool_result",
+                                                    "tool_use_id": use.id,
+                                                    "content": "sunny"}]}])
+    for answer in (whole, streamed):
+        kinds = [b.type for b in answer.content]
+        assert kinds[:2] == ["redacted_thinking", "thinking"], kinds
+        assert answer.content[0].data.startswith("sim-redacted-")  # type: ignore[union-attr]
+    assert follow.stop_reason == "end_turn"
+
+
 @pytest.mark.parametrize("model", MODELS)
 async def test_parallel_tool_calls_streamed_both_ways(model: str) -> None:
     two = SimConfig(models={"*": ModelProfile(tool_calls=2)})

@@ -113,6 +113,9 @@ class AnthropicStream:
                 "text", {"type": "text", "text": ""})
             return head + self._delta(self._index, _TEXT_DELTA, event.text)
         if isinstance(event, ReasoningDelta):
+            if event.redacted is not None:  # a whole block of its own, sent back as is
+                return self._open("redacted_thinking", {"type": "redacted_thinking",
+                                                        "data": event.redacted})
             if event.signature is not None:  # ends the open thinking block
                 if self._kind != "thinking":
                     return b""

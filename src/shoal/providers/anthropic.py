@@ -452,7 +452,9 @@ class _StreamState:
                 self.thinking[index] = [str(block.get("thinking") or ""),
                                         block.get("signature") or None, None]
             elif block.get("type") == "redacted_thinking":
-                self.thinking[index] = ["", None, str(block.get("data", ""))]
+                data = str(block.get("data", ""))
+                self.thinking[index] = ["", None, data]
+                return [ReasoningDelta("", redacted=data)]  # whole at its start
             elif block.get("type") == "tool_use":
                 if block.get("name") == self.schema_tool:
                     self.schema_blocks.add(index)

@@ -93,6 +93,8 @@ def parse(body: Any, style: str = "anthropic") -> Ask:
         ask.schema = fmt.get("schema") or {"type": "object"}
     thinking = body.get("thinking")
     ask.reasoning = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    # Anthropic's documented test prompt makes the answer carry a redacted_thinking block
+    ask.redacted = ask.reasoning and REDACTED_TRIGGER in ask.last_text
     meta = body.get("metadata")
     if isinstance(meta, dict) and meta.get("user_id") is not None:
         ask.metadata = {"user_id": meta["user_id"]}
@@ -129,6 +131,16 @@ def _signature(rid: str, answer: Answer) -> str:
     return sign_thinking(rid, answer.reasoning_text)
 
 
+# platform.claude.com, extended thinking, "Thinking redaction": a prompt holding this
+# string is answered with a redacted_thinking block (opaque ``data``, to be sent back).
+REDACTED_TRIGGER = ("ANTHROPIC_MAGIC_STRING_TRIGGER_REDACTED_THINKING_"
+                    "46C9A13E193C177646C7398A98432ECCCE4C1253D5E2D82641AC0E52CC2876CB")
+
+
+def _redacted(rid: str) -> dict[str, str]:
+    return {"type": "redacted_thinking", "data": "sim-redacted-" + sign_thinking(rid, "")}
+
+
 def _tool_input(arguments: str) -> Any:
     try:
         value = json.loads(arguments)
@@ -140,6 +152,8 @@ def _tool_input(arguments: str) -> Any:
 def render(rid: str, ask: Ask, answer: Answer) -> bytes:
     """The non-streamed ``message`` body."""
     content: list[dict[str, Any]] = []
+    if ask.redacted:
+        content.append(_redacted(rid))
     if answer.reasoning:
         content.append(
             {"type": "thinking", "thinking": answer.reasoning_text,
@@ -210,6 +224,8 @@ def render_stream(rid: str, ask: Ask, answer: Answer) -> tuple[list[bytes], list
         )
         index += 1
 
+    if ask.redacted:  # whole at its start: no deltas
+        block(_DUMPS(_redacted(rid)), "", "", [])
     if answer.reasoning:
         opening = '{"type":"thinking","thinking":"","signature":""}'
         block(opening, "thinking_delta", "thinking", answer.reasoning)

@@ -64,6 +64,7 @@ class Ask:
     json_object: bool = False
     max_tokens: int | None = None
     reasoning: bool = False
+    redacted: bool = False  # Anthropic: answer with a redacted_thinking block too
     include_usage: bool = False
     metadata: dict[str, Any] | None = None
     cache: Any = None  # a shoal.sim.caching.CachePlan when the request can use the cache
