@@ -180,6 +180,9 @@ class ChatRequest:
     provider profile says (native ``json_schema``, ``json_object`` with the schema in the
     prompt, or an output tool: :mod:`shoal.providers.profiles`). ``thinking`` asks for
     reasoning; ``extra`` is merged last into the wire body, like the SDKs' ``extra_body``.
+    ``parallel_tool_calls=False`` asks for at most one tool call per answer (OpenAI
+    ``parallel_tool_calls``, Anthropic ``disable_parallel_tool_use``; sent only to the
+    providers that document it); None keeps the provider's default.
     """
 
     model: str
@@ -196,6 +199,7 @@ class ChatRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     thinking: Thinking | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(slots=True)

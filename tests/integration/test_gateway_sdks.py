@@ -292,3 +292,25 @@ async def test_parallel_tool_calls_streamed_both_ways(model: str) -> None:
     assert all(json.loads(c.function.arguments)["city"] for c in calls)
     uses = [b for b in message.content if b.type == "tool_use"]
     assert len(uses) == 2 and all(isinstance(u.input["city"], str) for u in uses)
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_one_tool_call_at_a_time_when_the_client_says_so(model: str) -> None:
+    """OpenAI's ``parallel_tool_calls=false`` and Anthropic's
+    ``disable_parallel_tool_use`` reach the upstream in its own protocol (the simulator,
+    like the providers, then makes at most one call), whichever protocol it speaks."""
+    two = SimConfig(models={"*": ModelProfile(tool_calls=2)})
+    async with SimServer(two) as sim, gateway(sim_config(sim)) as gw:
+        async with openai_client(gw) as oa:
+            single = await oa.chat.completions.create(
+                model=model, messages=USER, tools=WEATHER_OPENAI, tool_choice="required",
+                parallel_tool_calls=False)
+            several = await oa.chat.completions.create(
+                model=model, messages=USER, tools=WEATHER_OPENAI, tool_choice="required")
+        async with anthropic_client(gw) as an:
+            one = await an.messages.create(
+                model=model, max_tokens=300, messages=USER, tools=WEATHER_ANTHROPIC,
+                tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    assert len(single.choices[0].message.tool_calls or []) == 1
+    assert len(several.choices[0].message.tool_calls or []) == 2
+    assert len([b for b in one.content if b.type == "tool_use"]) == 1

@@ -457,3 +457,20 @@ def test_kimi_k2_5_pins_its_sampling_and_switches_thinking() -> None:
     # older Kimi models take any temperature
     assert oa("moonshot").payload(req(temperature=0.3), "kimi-k2-0905-preview",
                                   stream=False)["temperature"] == 0.3
+
+
+def test_one_tool_call_per_answer_where_the_provider_has_the_switch() -> None:
+    one = req(tools=[LOOKUP], parallel_tool_calls=False)
+    assert oa("openai").payload(one, "gpt-4o", stream=False)["parallel_tool_calls"] is False
+    assert "parallel_tool_calls" not in oa("deepseek").payload(one, "deepseek-chat",
+                                                               stream=False)
+    assert an().payload(one, "claude-sonnet-4-6", stream=False)["tool_choice"] == {
+        "type": "auto", "disable_parallel_tool_use": True}
+    forced = req(tools=[LOOKUP], tool_choice="lookup", parallel_tool_calls=False)
+    assert an().payload(forced, "claude-sonnet-4-6", stream=False)["tool_choice"] == {
+        "type": "tool", "name": "lookup", "disable_parallel_tool_use": True}
+    quiet = req(tools=[LOOKUP], tool_choice="none", parallel_tool_calls=False)
+    assert an().payload(quiet, "claude-sonnet-4-6", stream=False)["tool_choice"] == {
+        "type": "none"}  # Anthropic's none takes no other field
+    assert "tool_choice" not in an().payload(req(tools=[LOOKUP]), "claude-sonnet-4-6",
+                                             stream=False)

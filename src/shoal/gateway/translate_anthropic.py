@@ -240,11 +240,14 @@ def parse_messages_body(body: Any, *, need_max_tokens: bool) -> tuple[Fields, Ch
     meta = f.obj("metadata")
     user_id = meta.string("user_id") if meta is not None else None
     schema, thinking = _output_config(f, _thinking(f))
+    choice = f.obj("tool_choice")
+    one_call = choice.boolean("disable_parallel_tool_use") if choice is not None else None
     request = ChatRequest(
         model=model, messages=messages, tools=_tools(f), tool_choice=_tool_choice(f),
         temperature=f.number("temperature"), top_p=f.number("top_p"), max_tokens=max_tokens,
         stop=f.str_list("stop_sequences"), thinking=thinking, output_schema=schema,
         metadata={"user_id": user_id} if user_id else {},
+        parallel_tool_calls=False if one_call else None,
     )
     return f, request
 

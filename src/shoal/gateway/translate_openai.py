@@ -17,7 +17,7 @@ from shoal.types import ChatRequest, Message, Thinking, ToolCall, ToolSpec
 __all__ = ["parse_chat"]
 
 # Sent to the channel as they came when every channel speaks OpenAI (else dropped).
-PASSTHROUGH = ("presence_penalty", "frequency_penalty", "logit_bias", "parallel_tool_calls",
+PASSTHROUGH = ("presence_penalty", "frequency_penalty", "logit_bias",
                "user", "service_tier", "metadata", "store", "prompt_cache_key")
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 _EFFORT = {"low": "low", "minimal": "low", "medium": "medium", "high": "high"}
@@ -176,6 +176,7 @@ def parse_chat(body: Any) -> Parsed:
         output_schema_name=schema_name, temperature=f.number("temperature"),
         top_p=f.number("top_p"), max_tokens=max_tokens, stop=f.str_list("stop"),
         seed=f.integer("seed"), metadata=metadata, thinking=_thinking(f),
+        parallel_tool_calls=f.boolean("parallel_tool_calls"),
     )
     options = f.obj("stream_options")
     include_usage = bool(options.boolean("include_usage")) if options is not None else False

@@ -222,6 +222,10 @@ class AnthropicProvider(HttpProvider):
             body["tool_choice"] = _tool_choice(choice)
         if tools:
             body["tools"] = tools
+            if request.parallel_tool_calls is False:  # at most one call per answer
+                picked = body.setdefault("tool_choice", {"type": "auto"})
+                if picked["type"] != "none":  # none takes no other field
+                    body["tool_choice"] = {**picked, "disable_parallel_tool_use": True}
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.top_p is not None:

@@ -167,6 +167,8 @@ class OpenAICompatProvider(HttpProvider):
                     choice if choice in ("auto", "none", "required")
                     else {"type": "function", "function": {"name": choice}}
                 )
+            if request.parallel_tool_calls is not None and p.parallel_switch:
+                body["parallel_tool_calls"] = request.parallel_tool_calls
         if schema is not None:
             fmt = _response_format(p, request.output_schema_name, schema)
             if fmt is not None:

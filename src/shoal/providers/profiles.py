@@ -94,13 +94,16 @@ class ProviderProfile:
     # 0.8 makes a 135M model ramble; callers keep theirs, and every other provider its
     # own default, which some models pin: OpenAI reasoning models, Claude 5).
     default_temperature: float | None = None
+    # Takes parallel_tool_calls (OpenAI and the routers that document it); elsewhere
+    # ChatRequest.parallel_tool_calls is not sent (compatible servers may refuse it).
+    parallel_switch: bool = False
 
 
 PROFILES: dict[str, ProviderProfile] = {
     p.family: p
     for p in (
         ProviderProfile("openai", strict_schema=True, max_tokens_field="max_completion_tokens",
-                        thinking="effort"),
+                        thinking="effort", parallel_switch=True),
         ProviderProfile("anthropic", protocol="anthropic", output_mode="tool",
                         max_tokens_required=True, reasoning_return="signed_blocks",
                         thinking="anthropic", force_tool_with_thinking=False),
@@ -115,7 +118,7 @@ PROFILES: dict[str, ProviderProfile] = {
                         single_system=True, tool_choice="auto_only"),
         ProviderProfile("gemini", reasoning_return="thought_signatures", thinking="gemini"),
         ProviderProfile("qwen", output_mode="json_object", thinking="qwen"),
-        ProviderProfile("openrouter"),
+        ProviderProfile("openrouter", parallel_switch=True),
         ProviderProfile("ollama", tool_choice="never", reasoning_field="reasoning"),
         ProviderProfile("vllm"),
         # llama.cpp's server (also the offline model): grammar-constrained JSON.

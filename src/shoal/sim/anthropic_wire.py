@@ -87,6 +87,7 @@ def parse(body: Any, style: str = "anthropic") -> Ask:
             ask.tool_name = choice.get("name")
         elif kind == "none":
             ask.tool_mode = "none"
+        ask.one_call = isinstance(choice, dict) and choice.get("disable_parallel_tool_use") is True
     ask.prompt_chars = chars
     fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":

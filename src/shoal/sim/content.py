@@ -65,6 +65,7 @@ class Ask:
     max_tokens: int | None = None
     reasoning: bool = False
     redacted: bool = False  # Anthropic: answer with a redacted_thinking block too
+    one_call: bool = False  # parallel_tool_calls false / disable_parallel_tool_use
     include_usage: bool = False
     metadata: dict[str, Any] | None = None
     cache: Any = None  # a shoal.sim.caching.CachePlan when the request can use the cache
@@ -167,7 +168,7 @@ def plan(
     if tools:
         rng = random.Random(key)
         calls: list[ToolPlan] = []
-        for i in range(profile.tool_calls):
+        for i in range(1 if ask.one_call else profile.tool_calls):
             name, schema = tools[i % len(tools)]
             args_value = violation(schema, rng) if schema_invalid else instance(schema, rng)
             args = json.dumps(args_value, separators=(",", ":"))

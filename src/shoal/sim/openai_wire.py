@@ -82,6 +82,7 @@ def parse(body: Any, style: str) -> Ask:
             ask.tool_name = (choice.get("function") or {}).get("name")
         elif choice in ("none", "required", "auto"):
             ask.tool_mode = choice
+        ask.one_call = body.get("parallel_tool_calls") is False
     ask.prompt_chars = chars
     fmt = body.get("response_format")
     if isinstance(fmt, dict):
