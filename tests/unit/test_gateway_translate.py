@@ -25,3 +25,23 @@ def test_text_blocks_and_parts_are_never_run_together() -> None:
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
                                       "content": TWO_PARTS}]}]}).request
     assert result.messages[-1].content == "First paragraph.\nSecond paragraph."
+
+
+def test_every_reasoning_effort_the_sdk_sends_is_taken() -> None:
+    """The SDK's efforts on shoal's three: minimal as low, xhigh as high (was a 400)."""
+    for sent, taken in (("minimal", "low"), ("low", "low"), ("medium", "medium"),
+                        ("high", "high"), ("xhigh", "high")):
+        thinking = parse_chat({"model": "m", "reasoning_effort": sent, "messages": [
+            {"role": "user", "content": "hi"}]}).request.thinking
+        assert thinking is not None and thinking.effort == taken, sent
+    off = parse_chat({"model": "m", "reasoning_effort": "none",
+                      "messages": [{"role": "user", "content": "hi"}]}).request.thinking
+    assert off is not None and not off.enabled
+
+
+def test_openai_only_fields_go_through_to_openai_channels() -> None:
+    parsed = parse_chat({"model": "m", "verbosity": "low", "safety_identifier": "u-1",
+                         "prompt_cache_retention": "24h",
+                         "messages": [{"role": "user", "content": "hi"}]})
+    assert parsed.passthrough == {"verbosity": "low", "safety_identifier": "u-1",
+                                  "prompt_cache_retention": "24h"}

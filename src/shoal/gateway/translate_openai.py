@@ -17,10 +17,13 @@ from shoal.types import ChatRequest, Message, Thinking, ToolCall, ToolSpec
 __all__ = ["parse_chat"]
 
 # Sent to the channel as they came when every channel speaks OpenAI (else dropped).
-PASSTHROUGH = ("presence_penalty", "frequency_penalty", "logit_bias",
-               "user", "service_tier", "metadata", "store", "prompt_cache_key")
+PASSTHROUGH = ("presence_penalty", "frequency_penalty", "logit_bias", "user",
+               "service_tier", "metadata", "store", "prompt_cache_key", "verbosity",
+               "safety_identifier", "prompt_cache_retention")
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
-_EFFORT = {"low": "low", "minimal": "low", "medium": "medium", "high": "high"}
+# The SDK's reasoning_effort values on shoal's three (minimal as low, xhigh as high).
+_EFFORT = {"low": "low", "minimal": "low", "medium": "medium", "high": "high",
+           "xhigh": "high"}
 
 
 def _text(value: Any, path: str, *, allow_null: bool = False) -> str:
@@ -147,8 +150,8 @@ def _thinking(f: Fields) -> Thinking | None:
     if effort == "none":
         return Thinking(enabled=False)
     if effort not in _EFFORT:
-        raise BadInput(f"reasoning_effort: expected none, minimal, low, medium or high, got "
-                       f"{effort!r}", param="reasoning_effort")
+        raise BadInput("reasoning_effort: expected none, minimal, low, medium, high or xhigh, "
+                       f"got {effort!r}", param="reasoning_effort")
     return Thinking(effort=_EFFORT[effort])  # type: ignore[arg-type]
 
 
