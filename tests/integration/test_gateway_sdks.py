@@ -204,6 +204,18 @@ async def test_count_tokens(server: tuple[SimServer, GatewayServer]) -> None:
     assert 0 < short.input_tokens < longer.input_tokens
 
 
+async def _answer_tool(client: Any, ask: Any, content: Any) -> Any:
+    """Send ``content`` (an assistant turn that called the weather tool) back with the
+    tool's result, thinking on: what a client does next in a tool loop."""
+    use = next(b for b in content if b.type == "tool_use")
+    return await client.messages.create(
+        model=ANTHROPIC_MODEL, max_tokens=2000, tools=WEATHER_ANTHROPIC,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[*ask, {"role": "assistant", "content": content},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                                "content": "sunny"}]}])
+
+
 async def test_thinking_round_trip(server: tuple[SimServer, GatewayServer]) -> None:
     """Anthropic thinking through the gateway: signed thinking blocks come back and are
     accepted when sent back with a tool result; an OpenAI client gets the reasoning as
@@ -215,24 +227,12 @@ async def test_thinking_round_trip(server: tuple[SimServer, GatewayServer]) -> N
                                              thinking=thinking, messages=USER,
                                              tools=WEATHER_ANTHROPIC)
         think = first.content[0]
-        use = next(b for b in first.content if b.type == "tool_use")
-        follow = await client.messages.create(
-            model=ANTHROPIC_MODEL, max_tokens=2000, thinking=thinking, tools=WEATHER_ANTHROPIC,
-            messages=[*USER, {"role": "assistant", "content": first.content},
-                      {"role": "user", "content": [{"type": "tool_result",
-                                                    "tool_use_id": use.id,
-                                                    "content": "sunny"}]}])
+        follow = await _answer_tool(client, USER, first.content)
         async with client.messages.stream(model=ANTHROPIC_MODEL, max_tokens=2000,
                                           thinking=thinking, messages=USER,
                                           tools=WEATHER_ANTHROPIC) as stream:
             streamed = await stream.get_final_message()
-        streamed_use = next(b for b in streamed.content if b.type == "tool_use")
-        streamed_follow = await client.messages.create(
-            model=ANTHROPIC_MODEL, max_tokens=2000, thinking=thinking, tools=WEATHER_ANTHROPIC,
-            messages=[*USER, {"role": "assistant", "content": streamed.content},
-                      {"role": "user", "content": [{"type": "tool_result",
-                                                    "tool_use_id": streamed_use.id,
-                                                    "content": "sunny"}]}])
+        streamed_follow = await _answer_tool(client, USER, streamed.content)
         reasoned = await oa.chat.completions.create(model=ANTHROPIC_MODEL, messages=USER,
                                                     reasoning_effort="high", max_tokens=3000)
     assert think.type == "thinking" and think.signature and think.thinking
@@ -261,13 +261,7 @@ async def test_redacted_thinking_is_relayed_whole_and_streamed(
                                           thinking=thinking, messages=ask,
                                           tools=WEATHER_ANTHROPIC) as stream:
             streamed = await stream.get_final_message()
-        use = next(b for b in streamed.content if b.type == "tool_use")
-        follow = await client.messages.create(
-            model=ANTHROPIC_MODEL, max_tokens=2000, thinking=thinking, tools=WEATHER_ANTHROPIC,
-            messages=[*ask, {"role": "assistant", "content": streamed.content},
-                      {"role": "user", "content": [{"type": "tool_result",
-                                                    "tool_use_id": use.id,
-                                                    "content": "sunny"}]}])
+        follow = await _answer_tool(client, ask, streamed.content)
     for answer in (whole, streamed):
         kinds = [b.type for b in answer.content]
         assert kinds[:2] == ["redacted_thinking", "thinking"], kinds
