@@ -261,6 +261,8 @@ class ChatResponse:
     raw_finish_reason: str | None = None
     reasoning: str | None = None
     id: str = ""
+    # The stop sequence the answer ended at, where the provider says (Anthropic).
+    stop_sequence: str | None = None
     cost_usd: float = 0.0
     channel: str = ""
     # The model id the provider says it served (``gpt-4o-2024-08-06``); ``model`` holds

@@ -308,3 +308,28 @@ async def test_one_tool_call_at_a_time_when_the_client_says_so(model: str) -> No
     assert len(single.choices[0].message.tool_calls or []) == 1
     assert len(several.choices[0].message.tool_calls or []) == 2
     assert len([b for b in one.content if b.type == "tool_use"]) == 1
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_stop_sequences_cut_the_answer_and_anthropic_says_which(
+        server: tuple[SimServer, GatewayServer], model: str) -> None:
+    """The simulator stops at a stop sequence as providers do (the sequence is not
+    sent). Anthropic reports which one, whole and streamed; an OpenAI upstream does not
+    say, so its answers end plainly."""
+    _, gw = server
+    async with anthropic_client(gw) as client:
+        free = await client.messages.create(model=model, max_tokens=300, messages=USER)
+        words = free.content[0].text.split()  # type: ignore[union-attr]
+        stop = words[len(words) // 2]
+        cut = await client.messages.create(model=model, max_tokens=300, messages=USER,
+                                           stop_sequences=["NEVER-SAID", stop])
+        async with client.messages.stream(model=model, max_tokens=300, messages=USER,
+                                          stop_sequences=[stop]) as stream:
+            streamed = await stream.get_final_message()
+    for answer in (cut, streamed):
+        text = answer.content[0].text  # type: ignore[union-attr]
+        assert stop not in text and free.content[0].text.startswith(text)  # type: ignore[union-attr]
+        if model == ANTHROPIC_MODEL:
+            assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", stop)
+        else:
+            assert (answer.stop_reason, answer.stop_sequence) == ("end_turn", None)

@@ -141,7 +141,8 @@ class AnthropicStream:
     def end(self, response: ChatResponse) -> bytes:
         return (self._close() + _event(b"message_delta", dumps({
             "type": "message_delta",
-            "delta": {"stop_reason": stop_reason(response), "stop_sequence": None},
+            "delta": {"stop_reason": stop_reason(response),
+                      "stop_sequence": response.stop_sequence},
             "usage": usage_json(response.usage)}))
             + _event(b"message_stop", b'{"type":"message_stop"}'))
 
@@ -173,7 +174,7 @@ def render(response: ChatResponse, model: str) -> bytes:
     return dumps({
         "id": response.id if response.id.startswith("msg_") else "msg_" + os.urandom(12).hex(),
         "type": "message", "role": "assistant", "model": model, "content": content,
-        "stop_reason": stop_reason(response), "stop_sequence": None,
+        "stop_reason": stop_reason(response), "stop_sequence": response.stop_sequence,
         "usage": usage_json(response.usage),
     })
 

@@ -89,6 +89,8 @@ def parse(body: Any, style: str = "anthropic") -> Ask:
             ask.tool_mode = "none"
         ask.one_call = isinstance(choice, dict) and choice.get("disable_parallel_tool_use") is True
     ask.prompt_chars = chars
+    sequences = body.get("stop_sequences")
+    ask.stop = [str(x) for x in sequences if x] if isinstance(sequences, list) else []
     fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         ask.schema = fmt.get("schema") or {"type": "object"}
@@ -171,8 +173,8 @@ def render(rid: str, ask: Ask, answer: Answer) -> bytes:
         "role": "assistant",
         "model": ask.model,
         "content": content,
-        "stop_reason": _STOP[answer.finish],
-        "stop_sequence": None,
+        "stop_reason": "stop_sequence" if answer.stop_sequence else _STOP[answer.finish],
+        "stop_sequence": answer.stop_sequence,
         "usage": _usage(answer, answer.completion_tokens),
     }
     return _DUMPS(body).encode()
@@ -235,9 +237,10 @@ def render_stream(rid: str, ask: Ask, answer: Answer) -> tuple[list[bytes], list
     for tool in answer.tools:
         opening = _DUMPS({"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}})
         block(opening, "input_json_delta", "partial_json", tool.pieces)
+    stop_reason = "stop_sequence" if answer.stop_sequence else _STOP[answer.finish]
     add(
         'event: message_delta\ndata: {"type":"message_delta","delta":'
-        f'{{"stop_reason":"{_STOP[answer.finish]}","stop_sequence":null}},'
+        f'{{"stop_reason":"{stop_reason}","stop_sequence":{_DUMPS(answer.stop_sequence)}}},'
         f'"usage":{_usage_json(answer, answer.completion_tokens)}}}\n\n'
     )
     events.append(MESSAGE_STOP)

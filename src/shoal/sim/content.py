@@ -66,6 +66,7 @@ class Ask:
     reasoning: bool = False
     redacted: bool = False  # Anthropic: answer with a redacted_thinking block too
     one_call: bool = False  # parallel_tool_calls false / disable_parallel_tool_use
+    stop: list[str] = field(default_factory=list)  # stop / stop_sequences
     include_usage: bool = False
     metadata: dict[str, Any] | None = None
     cache: Any = None  # a shoal.sim.caching.CachePlan when the request can use the cache
@@ -93,6 +94,8 @@ class Answer:
     cache_read: int = 0
     cache_write_5m: int = 0
     cache_write_1h: int = 0
+    # The stop sequence the text was cut at (Anthropic reports it; OpenAI says "stop").
+    stop_sequence: str | None = None
 
     @property
     def text(self) -> str:
@@ -196,7 +199,32 @@ def plan(
     if len(pieces) > budget:
         pieces = pieces[: max(budget, 0)]
         finish = "length"
-    return Answer(pieces, reasoning, [], finish, ptok, len(pieces) + len(reasoning))
+    pieces, matched = _cut_at_stop(pieces, ask.stop)
+    if matched is not None:
+        finish = "stop"
+    answer = Answer(pieces, reasoning, [], finish, ptok, len(pieces) + len(reasoning))
+    answer.stop_sequence = matched
+    return answer
+
+
+def _cut_at_stop(pieces: list[str], stops: list[str]) -> tuple[list[str], str | None]:
+    """The pieces before the earliest stop sequence in their text (the sequence itself
+    is not sent, as providers do), and that sequence; unchanged when none occurs."""
+    text = "".join(pieces)
+    found = [(at, stop) for stop in stops if stop and (at := text.find(stop)) >= 0]
+    if not found:
+        return pieces, None
+    at, stop = min(found)
+    kept: list[str] = []
+    length = 0
+    for piece in pieces:
+        if length + len(piece) > at:
+            if at > length:
+                kept.append(piece[: at - length])
+            break
+        kept.append(piece)
+        length += len(piece)
+    return kept, stop
 
 
 def _tool_targets(ask: Ask) -> list[tuple[str, Any]]:

@@ -84,6 +84,9 @@ def parse(body: Any, style: str) -> Ask:
             ask.tool_mode = choice
         ask.one_call = body.get("parallel_tool_calls") is False
     ask.prompt_chars = chars
+    stop = body.get("stop")
+    listed = stop if isinstance(stop, list) else []
+    ask.stop = [stop] if isinstance(stop, str) else [str(x) for x in listed if x]
     fmt = body.get("response_format")
     if isinstance(fmt, dict):
         if fmt.get("type") == "json_schema":
