@@ -31,6 +31,7 @@ everything above the adapters (router, agents, flows) matches only these.
         ├── BudgetExceeded           turns, tokens or dollars
         ├── LoopDetected             the same tool call / state repeated k times
         ├── OutputInvalid            structured output still invalid after re-asks
+        ├── ModelRefused(refusal)    the model declined to answer (OpenAI's refusal)
         ├── GuardrailTripped(guardrail, stage, reason, agent)  a guardrail stopped a step
         ├── ToolFailed(tool)         a tool declared on_error="raise" failed after retries
         ├── StepFailed(step, result) a flow step under the "fail" policy stopped the run
@@ -69,6 +70,7 @@ __all__ = [
     "GuardrailTripped",
     "LoopDetected",
     "MalformedResponse",
+    "ModelRefused",
     "ModelRetired",
     "OutputInvalid",
     "Overloaded",
@@ -306,6 +308,15 @@ class LoopDetected(RunError):
 
 class OutputInvalid(RunError):
     """Structured output failed validation after all re-asks."""
+
+
+class ModelRefused(RunError):
+    """An agent's model declined to answer: OpenAI's ``message.refusal`` (its words are
+    in ``refusal``). Not retried by the agent: the same request would be refused again."""
+
+    def __init__(self, message: str, *, refusal: str) -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 class GuardrailTripped(RunError):

@@ -263,6 +263,10 @@ class ChatResponse:
     id: str = ""
     # The stop sequence the answer ended at, where the provider says (Anthropic).
     stop_sequence: str | None = None
+    # The model declined, in its own words (finish_reason ``content_filter``): OpenAI's
+    # ``message.refusal`` (``text`` is then empty), Anthropic's text of a stop_reason
+    # ``refusal`` answer (also in ``text``).
+    refusal: str | None = None
     cost_usd: float = 0.0
     channel: str = ""
     # The model id the provider says it served (``gpt-4o-2024-08-06``); ``model`` holds

@@ -33,6 +33,7 @@ from shoal.errors import (
     ContextOverflow,
     DeadlineExceeded,
     LoopDetected,
+    ModelRefused,
     ModelRetired,
     OutputInvalid,
     ProviderError,
@@ -152,8 +153,8 @@ class Runner:
         """Run ``agent`` on ``input`` until it produces its final output.
 
         Raises ``BudgetExceeded`` (turns, tokens, dollars), ``LoopDetected``,
-        ``OutputInvalid``, ``GuardrailTripped``, ``ContextOverflow`` or a provider error
-        once the router and every fallback model gave up.
+        ``OutputInvalid``, ``ModelRefused``, ``GuardrailTripped``, ``ContextOverflow`` or
+        a provider error once the router and every fallback model gave up.
         """
         model = self.model_for(agent)
         if agent.budget_usd is not None or agent.budget_tokens is not None:
@@ -228,6 +229,9 @@ class _Loop(Generic[T]):
                     f"({response.usage.output_tokens} output tokens) inside its call of "
                     f"{names}, whose arguments are incomplete, so nothing was run; raise the "
                     "agent's max_tokens")
+            if response.refusal and not response.tool_calls:
+                raise ModelRefused(f"agent {agent.name!r}: the model declined to answer: "
+                                   f"{response.refusal}", refusal=response.refusal)
             self.messages.append(response.message())
             if response.tool_calls:
                 if tool_choice == "none":

@@ -139,7 +139,10 @@ class AnthropicStream:
         return b""
 
     def end(self, response: ChatResponse) -> bytes:
-        return (self._close() + _event(b"message_delta", dumps({
+        head = b""
+        if response.refusal and not response.text:  # an OpenAI refusal: its words
+            head = self.feed(TextDelta(response.refusal))
+        return (head + self._close() + _event(b"message_delta", dumps({
             "type": "message_delta",
             "delta": {"stop_reason": stop_reason(response),
                       "stop_sequence": response.stop_sequence},
@@ -167,8 +170,8 @@ def render(response: ChatResponse, model: str) -> bytes:
                             "signature": part.signature or ""})
     if not response.reasoning_parts and response.reasoning:
         content.append({"type": "thinking", "thinking": response.reasoning, "signature": ""})
-    if response.text or not response.tool_calls:
-        content.append({"type": "text", "text": response.text})
+    if response.text or not response.tool_calls:  # an OpenAI refusal: its words
+        content.append({"type": "text", "text": response.text or response.refusal or ""})
     content.extend({"type": "tool_use", "id": c.id, "name": c.name,
                     "input": _tool_input(c.arguments)} for c in response.tool_calls)
     return dumps({

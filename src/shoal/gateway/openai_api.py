@@ -96,8 +96,11 @@ class OpenAIStream:
         return b""  # UsageEvent: the usage goes out with the end
 
     def end(self, response: ChatResponse) -> bytes:
-        finish = _FINISH.get(response.finish_reason, "stop")
-        out = self._pre + b'{},"finish_reason":"' + finish.encode() + b'"}]}\n\n'
+        out = b""
+        if response.refusal:  # the refusal arrives whole at the end (as one delta)
+            out = self._pre + dumps({"refusal": response.refusal}) + _OPEN
+        finish = _finish(response)
+        out += self._pre + b'{},"finish_reason":"' + finish.encode() + b'"}]}\n\n'
         if self._include_usage:
             out += (self._head + b',"choices":[],"usage":'
                     + dumps(usage_json(response.usage)) + b"}\n\n")
@@ -109,15 +112,26 @@ class OpenAIStream:
         return b"data: " + error_body(failure) + b"\n\n"
 
 
+def _finish(response: ChatResponse) -> str:
+    """OpenAI's finish reason; a refusal ends plainly ("stop"), as OpenAI's do."""
+    if response.refusal and not response.tool_calls:
+        return "stop"
+    return _FINISH.get(response.finish_reason, "stop")
+
+
 def error_body(failure: Failure) -> bytes:
     return dumps({"error": {"message": failure.message, "type": _TYPES[failure.kind],
                              "param": failure.param, "code": failure.code}})
 
 
 def render(response: ChatResponse, model: str) -> bytes:
+    refused = response.refusal is not None
     message: dict[str, Any] = {"role": "assistant",
-                               "content": response.text if response.text or not
-                               response.tool_calls else None}
+                               "content": None if refused or (response.tool_calls and not
+                                                              response.text)
+                               else response.text}
+    if response.refusal:  # the SDK's parse() reports it instead of failing on ""
+        message["refusal"] = response.refusal
     if response.tool_calls:
         message["tool_calls"] = [
             {"id": c.id, "type": "function",
@@ -129,7 +143,7 @@ def render(response: ChatResponse, model: str) -> bytes:
         "id": response.id if response.id.startswith("chatcmpl") else new_id(),
         "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": _FINISH.get(response.finish_reason, "stop")}],
+                     "finish_reason": _finish(response)}],
         "usage": usage_json(response.usage), "system_fingerprint": None,
     })
 

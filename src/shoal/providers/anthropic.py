@@ -251,6 +251,7 @@ class AnthropicProvider(HttpProvider):
                 raw_finish_reason=stop, reasoning="".join(reasoning) or None,
                 id=str(body.get("id", "")), channel=self.name, reasoning_parts=tuple(parts),
                 stop_sequence=text_or_none(body.get("stop_sequence")),
+                refusal=("".join(text) or "(refused)") if stop == "refusal" else None,
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             # The provider may still have billed it: keep a usage it reported.
@@ -324,6 +325,7 @@ class AnthropicProvider(HttpProvider):
             provider=self.provider, model=st.model, latency_s=time.perf_counter() - started,
             raw_finish_reason=st.stop, reasoning="".join(st.reasoning) or None, id=st.id,
             stop_sequence=st.stop_sequence,
+            refusal=(st.final_text() or "(refused)") if st.stop == "refusal" else None,
             channel=self.name, reasoning_parts=st.reasoning_parts(),
         ))
 

@@ -232,10 +232,13 @@ class OpenAICompatProvider(HttpProvider):
             raw_finish = choice.get("finish_reason")
             usage = _usage(body.get("usage")) or _usage(choice.get("usage")) or Usage()
             reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+            refusal = msg.get("refusal") if isinstance(msg.get("refusal"), str) else None
             return ChatResponse(
                 text=msg.get("content") or "",
                 tool_calls=calls,
-                finish_reason=finish_reason(raw_finish, bool(calls)),
+                finish_reason="content_filter" if refusal and not calls
+                else finish_reason(raw_finish, bool(calls)),
+                refusal=refusal or None,
                 usage=usage,
                 provider=self.provider,
                 model=str(body.get("model", "")),
@@ -374,12 +377,13 @@ def _arguments(raw: Any) -> str:
 class _Accumulator:
     """Builds the final answer from chunks, tolerating every known tool-call variant."""
 
-    __slots__ = ("calls", "finish", "id", "last_index", "model", "reasoning", "signatures",
-                 "text", "usage")
+    __slots__ = ("calls", "finish", "id", "last_index", "model", "reasoning", "refusal",
+                 "signatures", "text", "usage")
 
     def __init__(self) -> None:
         self.text: list[str] = []
         self.reasoning: list[str] = []
+        self.refusal: list[str] = []  # OpenAI's delta.refusal pieces
         self.calls: dict[int, list[str]] = {}  # index -> [id, name, args...]
         self.finish: str | None = None
         self.usage: Usage | None = None
@@ -405,6 +409,9 @@ class _Accumulator:
             if content and isinstance(content, str):
                 self.text.append(content)
                 out.append(TextDelta(content))
+            refusal = delta.get("refusal")
+            if refusal and isinstance(refusal, str):  # kept for the answer, not a delta
+                self.refusal.append(refusal)
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning and isinstance(reasoning, str):
                 self.reasoning.append(reasoning)
@@ -464,10 +471,13 @@ class _Accumulator:
                      signature=self.signatures.get(i))
             for i, slot in sorted(self.calls.items())
         ]
+        refusal = "".join(self.refusal) or None
         return ChatResponse(
             text="".join(self.text),
             tool_calls=calls,
-            finish_reason=finish_reason(self.finish, bool(calls)),
+            finish_reason="content_filter" if refusal and not calls
+            else finish_reason(self.finish, bool(calls)),
+            refusal=refusal,
             usage=self.usage or Usage(),
             provider=provider.provider,
             model=self.model,

@@ -163,7 +163,7 @@ def render(rid: str, ask: Ask, answer: Answer) -> bytes:
              "signature": _signature(rid, answer)}
         )
     if answer.pieces or not answer.tools:
-        content.append({"type": "text", "text": answer.text})
+        content.append({"type": "text", "text": answer.refusal or answer.text})
     for tool in answer.tools:
         block = {"type": "tool_use", "id": tool.id, "name": tool.name}
         content.append({**block, "input": _tool_input(tool.arguments)})
@@ -173,11 +173,17 @@ def render(rid: str, ask: Ask, answer: Answer) -> bytes:
         "role": "assistant",
         "model": ask.model,
         "content": content,
-        "stop_reason": "stop_sequence" if answer.stop_sequence else _STOP[answer.finish],
+        "stop_reason": _stop_reason(answer),
         "stop_sequence": answer.stop_sequence,
         "usage": _usage(answer, answer.completion_tokens),
     }
     return _DUMPS(body).encode()
+
+
+def _stop_reason(answer: Answer) -> str:
+    if answer.refusal:
+        return "refusal"
+    return "stop_sequence" if answer.stop_sequence else _STOP[answer.finish]
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -233,11 +239,12 @@ def render_stream(rid: str, ask: Ask, answer: Answer) -> tuple[list[bytes], list
         opening = '{"type":"thinking","thinking":"","signature":""}'
         block(opening, "thinking_delta", "thinking", answer.reasoning)
     if answer.pieces or not answer.tools:
-        block('{"type":"text","text":""}', "text_delta", "text", answer.pieces)
+        refusal = [answer.refusal] if answer.refusal else []
+        block('{"type":"text","text":""}', "text_delta", "text", answer.pieces or refusal)
     for tool in answer.tools:
         opening = _DUMPS({"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}})
         block(opening, "input_json_delta", "partial_json", tool.pieces)
-    stop_reason = "stop_sequence" if answer.stop_sequence else _STOP[answer.finish]
+    stop_reason = _stop_reason(answer)
     add(
         'event: message_delta\ndata: {"type":"message_delta","delta":'
         f'{{"stop_reason":"{stop_reason}","stop_sequence":{_DUMPS(answer.stop_sequence)}}},'

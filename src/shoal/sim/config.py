@@ -54,6 +54,7 @@ FAULT_NAMES: frozenset[str] = frozenset(
         "stream_error",
         "quota",
         "context_overflow",
+        "refusal",
     }
 )
 _DELAY = re.compile(r"^delay:(\d+(?:\.\d*)?|\.\d+)$")

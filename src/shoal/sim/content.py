@@ -96,6 +96,9 @@ class Answer:
     cache_write_1h: int = 0
     # The stop sequence the text was cut at (Anthropic reports it; OpenAI says "stop").
     stop_sequence: str | None = None
+    # The model declines (the "refusal" fault): OpenAI's message.refusal with no content,
+    # Anthropic's stop_reason "refusal" after this text.
+    refusal: str | None = None
 
     @property
     def text(self) -> str:
@@ -104,6 +107,17 @@ class Answer:
     @property
     def reasoning_text(self) -> str:
         return "".join(self.reasoning)
+
+
+REFUSAL_TEXT = "I'm sorry, but I can't help with that."
+
+
+def refused(answer: Answer) -> Answer:
+    """``answer`` turned into a refusal: no text, no tool calls, the refusal's words."""
+    answer.pieces, answer.tools, answer.finish = [], [], "stop"
+    answer.refusal = REFUSAL_TEXT
+    answer.completion_tokens = len(answer.reasoning) + len(REFUSAL_TEXT.split())
+    return answer
 
 
 def prompt_tokens(chars: int) -> int:

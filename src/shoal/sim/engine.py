@@ -27,7 +27,7 @@ from shoal.errors import ConfigError
 from shoal.sim import anthropic_wire, openai_wire, styles
 from shoal.sim.caching import PromptCache
 from shoal.sim.config import ModelProfile, SimConfig, check_fault
-from shoal.sim.content import Answer, Ask, BadInput, Wordbank, plan
+from shoal.sim.content import Answer, Ask, BadInput, Wordbank, plan, refused
 from shoal.sim.delivery import Call, send_stream, send_whole
 from shoal.sim.limits import (
     RateWindow,
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SimEngine"]
 
-_DELIVERY = frozenset({"hang", "cut", "truncated", "malformed", "stream_error", "schema_invalid"})
+_DELIVERY = frozenset({"hang", "cut", "truncated", "malformed", "stream_error", "schema_invalid",
+                       "refusal"})
 _BAD_GATEWAY_HTML = (
     b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 )
@@ -127,6 +128,8 @@ class SimEngine:
                 schema_invalid=call.fault == "schema_invalid",
                 id_prefix="call_" if call.protocol == "openai" else "toolu_",
             )  # fmt: skip
+            if call.fault == "refusal":
+                answer = call.answer = refused(answer)
             self._admit(call, answer)
             admitted = True
             self.admitted += 1

@@ -133,11 +133,12 @@ def _usage_json(answer: Answer, style: str) -> str:
 
 def render(rid: str, created: int, ask: Ask, answer: Answer, style: str) -> bytes:
     """The non-streamed ``chat.completion`` body."""
-    if answer.tools or answer.reasoning:
+    if answer.tools or answer.reasoning or answer.refusal:
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": answer.text if answer.pieces or not answer.tools else None,
-            "refusal": None,
+            "content": None if answer.refusal or (answer.tools and not answer.pieces)
+            else answer.text,
+            "refusal": answer.refusal,
             "annotations": [],
         }
         if answer.reasoning:
@@ -196,6 +197,11 @@ def render_stream(
         add("{" + role + '"content":null,"reasoning_content":' + _DUMPS(piece) + "}", True)
     for piece in answer.pieces:
         add("{" + role + '"content":' + _DUMPS(piece) + "}", True)
+    if answer.refusal:  # OpenAI streams a refusal in delta.refusal, content null
+        words = answer.refusal.split(" ")
+        for i, word in enumerate(words):
+            piece = word if i == len(words) - 1 else word + " "
+            add("{" + role + '"content":null,"refusal":' + _DUMPS(piece) + "}", True)
     whole = style in ("zhipu", "gemini")  # each call in one chunk (Gemini: without index)
     for index, tool in enumerate(answer.tools):
         call_start: dict[str, Any] = {} if style == "gemini" else {"index": index}
