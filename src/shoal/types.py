@@ -79,6 +79,10 @@ class ToolSpec:
     # A prompt-cache breakpoint after this tool (Anthropic ``cache_control``); adapters
     # of providers without explicit caching ignore it.
     cache_control: CacheControl | None = None
+    # Ask the provider to hold the call's arguments to ``parameters`` exactly (OpenAI's
+    # and Anthropic's tool ``strict``); sent where the provider documents it and, for
+    # OpenAI, only when the schema fits strict mode (else the tool goes non-strict).
+    strict: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -333,3 +333,21 @@ async def test_stop_sequences_cut_the_answer_and_anthropic_says_which(
             assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", stop)
         else:
             assert (answer.stop_reason, answer.stop_sequence) == ("end_turn", None)
+
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_strict_function_tools_stay_strict(server: tuple[SimServer, GatewayServer],
+                                                 model: str) -> None:
+    """A client's ``strict: true`` tool (the OpenAI Agents SDK sends it by default) goes
+    upstream strict, and the simulator checks the strict schema as OpenAI does."""
+    _, gw = server
+    tool: Any = [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city.", "strict": True,
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"], "additionalProperties": False}}}]
+    async with openai_client(gw) as client:
+        answer = await client.chat.completions.create(model=model, messages=USER, tools=tool,
+                                                      tool_choice="required")
+    call: Any = (answer.choices[0].message.tool_calls or [])[0]
+    assert isinstance(json.loads(call.function.arguments)["city"], str)

@@ -45,3 +45,19 @@ def test_openai_only_fields_go_through_to_openai_channels() -> None:
                          "messages": [{"role": "user", "content": "hi"}]})
     assert parsed.passthrough == {"verbosity": "low", "safety_identifier": "u-1",
                                   "prompt_cache_retention": "24h"}
+
+
+def test_a_tool_keeps_its_strict_flag_in_both_protocols() -> None:
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    openai = parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                         "tools": [{"type": "function", "function": {
+                             "name": "f", "parameters": schema, "strict": True}}]}).request
+    anthropic = parse_messages({"model": "m", "max_tokens": 5,
+                                "messages": [{"role": "user", "content": "hi"}],
+                                "tools": [{"name": "f", "input_schema": schema,
+                                           "strict": True}]}).request
+    plain = parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                        "tools": [{"type": "function", "function": {
+                            "name": "f", "parameters": schema}}]}).request
+    assert openai.tools[0].strict and anthropic.tools[0].strict
+    assert not plain.tools[0].strict

@@ -474,3 +474,19 @@ def test_one_tool_call_per_answer_where_the_provider_has_the_switch() -> None:
         "type": "none"}  # Anthropic's none takes no other field
     assert "tool_choice" not in an().payload(req(tools=[LOOKUP]), "claude-sonnet-4-6",
                                              stream=False)
+
+
+def test_a_strict_tool_is_strict_where_the_provider_takes_it_and_the_schema_fits() -> None:
+    fits = ToolSpec("lookup", "", {"type": "object", "properties": {"q": {"type": "string"}},
+                                   "required": ["q"]}, strict=True)
+    loose = ToolSpec("find", "", {"type": "object", "properties": {"q": {"type": "string"}}},
+                     strict=True)  # q optional: strict mode would refuse it
+    body = oa("openai").payload(req(tools=[fits, loose]), "gpt-4o", stream=False)
+    strict_fn, loose_fn = (t["function"] for t in body["tools"])
+    assert strict_fn["strict"] is True
+    assert strict_fn["parameters"]["additionalProperties"] is False
+    assert "strict" not in loose_fn and loose_fn["parameters"] == loose.parameters
+    assert "strict" not in oa("deepseek").payload(req(tools=[fits]), "deepseek-chat",
+                                                  stream=False)["tools"][0]["function"]
+    assert an().payload(req(tools=[fits]), "claude-sonnet-4-6",
+                        stream=False)["tools"][0]["strict"] is True

@@ -149,7 +149,7 @@ def _tools(f: Fields) -> list[ToolSpec]:
                               description=t.string("description") or "",
                               parameters=t.mapping("input_schema") or {"type": "object",
                                                                     "properties": {}},
-                              cache_control=_cache(t)))
+                              cache_control=_cache(t), strict=bool(t.boolean("strict"))))
     return tools
 
 

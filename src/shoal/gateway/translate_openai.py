@@ -108,7 +108,8 @@ def _tools(f: Fields) -> list[ToolSpec]:
         tools.append(ToolSpec(name=fn.string("name", required=True) or "",
                               description=fn.string("description") or "",
                               parameters=fn.mapping("parameters") or {"type": "object",
-                                                                    "properties": {}}))
+                                                                    "properties": {}},
+                              strict=bool(fn.boolean("strict"))))
     return tools
 
 

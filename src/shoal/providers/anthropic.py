@@ -139,6 +139,7 @@ class AnthropicProvider(HttpProvider):
             thinking, thinking_on = {}, False
         tools = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            | ({"strict": True} if t.strict else {})
             | ({"cache_control": t.cache_control.wire()} if t.cache_control else {})
             for t in request.tools
         ]

@@ -49,6 +49,7 @@ from shoal.types import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
+    ToolSpec,
     Usage,
     UsageEvent,
 )
@@ -155,11 +156,7 @@ class OpenAICompatProvider(HttpProvider):
                 messages = [{"role": "system", "content": "\n\n".join(systems)}, *rest]
         body: dict[str, Any] = {"model": model, "messages": messages}
         if request.tools:
-            body["tools"] = [
-                {"type": "function", "function": {
-                    "name": t.name, "description": t.description, "parameters": t.parameters}}
-                for t in request.tools
-            ]
+            body["tools"] = [_wire_tool(t, p) for t in request.tools]
             choice = request.tool_choice
             if choice and (p.tool_choice == "all"
                            or (p.tool_choice == "auto_only" and choice == "auto")):
@@ -319,6 +316,18 @@ class OpenAICompatProvider(HttpProvider):
         if acc.usage is not None:
             yield UsageEvent(acc.usage)
         yield StreamEnd(acc.response(self, time.perf_counter() - started))
+
+
+def _wire_tool(tool: ToolSpec, p: ProviderProfile) -> dict[str, Any]:
+    """A tool definition; ``strict`` where the profile takes it (OpenAI) and the schema
+    fits strict mode, with ``additionalProperties: false`` added where it is missing."""
+    fn: dict[str, Any] = {"name": tool.name, "description": tool.description,
+                          "parameters": tool.parameters}
+    if tool.strict and p.strict_schema:
+        fixed = strict_schema(tool.parameters)
+        if fixed is not None:
+            fn["parameters"], fn["strict"] = fixed, True
+    return {"type": "function", "function": fn}
 
 
 def _wire_call(call: ToolCall, p: ProviderProfile) -> dict[str, Any]:
