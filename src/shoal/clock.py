@@ -9,13 +9,14 @@ blocked on the clock (``run``).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import heapq
 import itertools
 import time
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
-__all__ = ["Clock", "RealClock", "VirtualClock"]
+__all__ = ["Clock", "RealClock", "VirtualClock", "utc_date"]
 
 T = TypeVar("T")
 
@@ -28,6 +29,11 @@ class Clock(Protocol):
     def wall(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+def utc_date(clock: Clock) -> datetime.date:
+    """The UTC calendar day of ``clock.wall()`` (a virtual clock's too)."""
+    return datetime.datetime.fromtimestamp(clock.wall(), datetime.UTC).date()
 
 
 class RealClock:

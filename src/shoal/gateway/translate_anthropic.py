@@ -153,17 +153,20 @@ def _tools(f: Fields) -> list[ToolSpec]:
     return tools
 
 
-def _tool_choice(f: Fields) -> str | None:
+def _tool_choice(f: Fields) -> tuple[str | None, bool | None]:
+    """``tool_choice`` as shoal's choice, and ``parallel_tool_calls`` (False when it
+    sets ``disable_parallel_tool_use``; None leaves the provider's default)."""
     choice = f.obj("tool_choice")
     if choice is None:
-        return None
+        return None, None
     kind = choice.string("type", required=True)
+    one_call = False if choice.boolean("disable_parallel_tool_use") else None
     if kind in ("auto", "none"):
-        return kind
+        return kind, one_call
     if kind == "any":
-        return "required"
+        return "required", one_call
     if kind == "tool":
-        return choice.string("name", required=True)
+        return choice.string("name", required=True), one_call
     raise BadInput(f"tool_choice.type: expected auto, any, tool or none, got {kind!r}",
                    param="tool_choice.type")
 
@@ -240,14 +243,13 @@ def parse_messages_body(body: Any, *, need_max_tokens: bool) -> tuple[Fields, Ch
     meta = f.obj("metadata")
     user_id = meta.string("user_id") if meta is not None else None
     schema, thinking = _output_config(f, _thinking(f))
-    choice = f.obj("tool_choice")
-    one_call = choice.boolean("disable_parallel_tool_use") if choice is not None else None
+    choice, parallel = _tool_choice(f)
     request = ChatRequest(
-        model=model, messages=messages, tools=_tools(f), tool_choice=_tool_choice(f),
+        model=model, messages=messages, tools=_tools(f), tool_choice=choice,
         temperature=f.number("temperature"), top_p=f.number("top_p"), max_tokens=max_tokens,
         stop=f.str_list("stop_sequences"), thinking=thinking, output_schema=schema,
         metadata={"user_id": user_id} if user_id else {},
-        parallel_tool_calls=False if one_call else None,
+        parallel_tool_calls=parallel,
     )
     return f, request
 

@@ -19,6 +19,7 @@ from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
 from shoal.providers.anthropic_answer import (
     StreamState,
     finish_of,
+    refusal_of,
     safe_usage,
     same_as_whole,
     text_or_none,
@@ -252,7 +253,7 @@ class AnthropicProvider(HttpProvider):
                 raw_finish_reason=stop, reasoning="".join(reasoning) or None,
                 id=str(body.get("id", "")), channel=self.name, reasoning_parts=tuple(parts),
                 stop_sequence=text_or_none(body.get("stop_sequence")),
-                refusal=("".join(text) or "(refused)") if stop == "refusal" else None,
+                refusal=refusal_of(stop, "".join(text)),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             # The provider may still have billed it: keep a usage it reported.
@@ -326,7 +327,7 @@ class AnthropicProvider(HttpProvider):
             provider=self.provider, model=st.model, latency_s=time.perf_counter() - started,
             raw_finish_reason=st.stop, reasoning="".join(st.reasoning) or None, id=st.id,
             stop_sequence=st.stop_sequence,
-            refusal=(st.final_text() or "(refused)") if st.stop == "refusal" else None,
+            refusal=refusal_of(st.stop, st.final_text()),
             channel=self.name, reasoning_parts=st.reasoning_parts(),
         ))
 

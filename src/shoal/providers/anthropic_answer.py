@@ -19,7 +19,7 @@ from shoal.types import (
     Usage,
 )
 
-__all__ = ["StreamState", "finish_of", "safe_usage", "same_as_whole", "text_or_none",
+__all__ = ["StreamState", "finish_of", "refusal_of", "safe_usage", "same_as_whole", "text_or_none",
            "tool_arguments", "usage_of"]
 
 _STOP: dict[str, FinishReason] = {
@@ -74,6 +74,11 @@ def safe_usage(raw: Any) -> Usage | None:
 
 def text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def refusal_of(stop: str | None, text: str) -> str | None:
+    """The model's words when it declined (stop_reason ``refusal``), else None."""
+    return (text or "(refused)") if stop == "refusal" else None
 
 
 def finish_of(stop: str | None, calls: list[ToolCall]) -> FinishReason:

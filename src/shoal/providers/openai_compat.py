@@ -67,9 +67,13 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 
-def finish_reason(raw: str | None, has_tool_calls: bool) -> FinishReason:
+def finish_reason(raw: str | None, has_tool_calls: bool,
+                  refused: bool = False) -> FinishReason:
     """Decide from what arrived: accumulated tool calls win over the provider's label,
-    except a cut ("length"): the calls' arguments may then be incomplete."""
+    except a cut ("length"): the calls' arguments may then be incomplete. A refusal
+    (``message.refusal``) without calls is ``content_filter``."""
+    if refused and not has_tool_calls:
+        return "content_filter"
     mapped = "stop" if raw is None else _FINISH.get(raw, "other")
     if has_tool_calls and mapped != "length":
         return "tool_calls"
@@ -233,8 +237,7 @@ class OpenAICompatProvider(HttpProvider):
             return ChatResponse(
                 text=msg.get("content") or "",
                 tool_calls=calls,
-                finish_reason="content_filter" if refusal and not calls
-                else finish_reason(raw_finish, bool(calls)),
+                finish_reason=finish_reason(raw_finish, bool(calls), bool(refusal)),
                 refusal=refusal or None,
                 usage=usage,
                 provider=self.provider,
@@ -484,8 +487,7 @@ class _Accumulator:
         return ChatResponse(
             text="".join(self.text),
             tool_calls=calls,
-            finish_reason="content_filter" if refusal and not calls
-            else finish_reason(self.finish, bool(calls)),
+            finish_reason=finish_reason(self.finish, bool(calls), refusal is not None),
             refusal=refusal,
             usage=self.usage or Usage(),
             provider=provider.provider,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
 
+from shoal.clock import utc_date
 from shoal.errors import ConfigError
 from shoal.sim import anthropic_wire, openai_wire, styles
 from shoal.sim.caching import PromptCache
@@ -176,7 +177,7 @@ class SimEngine:
         """The day retirements are judged on: ``SimConfig.today``, else the clock's UTC date."""
         if self.config.today is not None:
             return datetime.date.fromisoformat(self.config.today)
-        return datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC).date()
+        return utc_date(self.clock)
 
     def _style(self, call: Call) -> str:
         """The provider style of *call*: its ``/style/<name>`` URL prefix, else the config's."""

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
+from shoal.clock import utc_date
 from shoal.errors import ModelRetired
 
 if TYPE_CHECKING:
@@ -43,8 +44,7 @@ T = TypeVar("T")
 
 def day_of(clock: Clock) -> tuple[datetime.date, float]:
     """Today's UTC date by ``clock``, and the clock's ``now()`` when that day ends."""
-    wall = clock.wall()
-    today = datetime.datetime.fromtimestamp(wall, datetime.UTC).date()
+    wall, today = clock.wall(), utc_date(clock)
     midnight = datetime.datetime.combine(today, datetime.time(), datetime.UTC).timestamp()
     return today, clock.now() + (midnight + _DAY_S - wall)
 

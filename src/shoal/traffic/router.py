@@ -155,23 +155,22 @@ class Router:
         return self.config.model(name)
 
     def _chain(self, model: str) -> list[tuple[ModelInfo, list[Lane]]]:
+        if self._day_ends is not None and self.clock.now() >= self._day_ends:
+            self._chains.clear()  # a new day: every dated chain is decided again
+            self._day_ends = None
         chain = self._chains.get(model)
-        if chain is None or (self._day_ends is not None and self.clock.now() >= self._day_ends):
+        if chain is None:
             chain = self._dated_chain(model)
         return chain
 
     def _dated_chain(self, model: str) -> list[tuple[ModelInfo, list[Lane]]]:
         """Resolve ``model``'s chain and cache it; one holding a model with a retirement
         date is checked against today (shoal.traffic.retirement) and kept for the day."""
-        if self._day_ends is not None and self.clock.now() >= self._day_ends:
-            self._chains.clear()  # a new day: every dated chain is decided again
-            self._day_ends = None
         chain = self._resolve_chain(model)
         if any(info.retires is not None for info, _ in chain):
-            today, ends = day_of(self.clock)
+            today, self._day_ends = day_of(self.clock)
             # raises ModelRetired when nothing is left: nothing cached then
             chain = current_chain(chain, today, self._retire_warned)
-            self._day_ends = ends if self._day_ends is None else min(self._day_ends, ends)
         self._chains[model] = chain
         return chain
 
