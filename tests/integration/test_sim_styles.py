@@ -141,9 +141,11 @@ async def test_deepseek_refuses_json_schema_and_accepts_json_object() -> None:
     }
     async with running(SimConfig(style="deepseek")) as sim:
         refused = await post(chat(sim), body("deepseek-chat", response_format=schema))
-        accepted = await post(
-            chat(sim), body("deepseek-chat", response_format={"type": "json_object"})
-        )
+        # JSON mode wants the word "json" in the prompt (test_sim_deepseek_json.py)
+        accepted = await post(chat(sim), {
+            "model": "deepseek-chat", "response_format": {"type": "json_object"},
+            "messages": [{"role": "user", "content": QUESTION + " Answer in JSON."}],
+        })  # fmt: skip
         async with oai(sim) as client:
             with pytest.raises(openai.BadRequestError) as info:
                 await client.chat.completions.create(
@@ -171,7 +173,10 @@ async def test_json_mode_follows_the_schema_stated_in_the_prompt() -> None:
     async with running(SimConfig(style="deepseek")) as sim:
         shaped = await post(chat(sim), {"model": "deepseek-chat", "messages": stated,
                                         "response_format": fmt})  # fmt: skip
-        bare = await post(chat(sim), body("deepseek-chat", response_format=fmt))
+        bare = await post(chat(sim), {
+            "model": "deepseek-chat", "response_format": fmt,
+            "messages": [{"role": "user", "content": QUESTION + " Reply in json."}],
+        })  # fmt: skip
     value = json.loads(shaped.json["choices"][0]["message"]["content"])
     assert set(value) == {"city", "days"}
     assert isinstance(value["city"], str) and value["days"] >= 1

@@ -62,7 +62,8 @@ _QUOTA_TEXT = re.compile(
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "1261", "model_context_window_exceeded"})
 _CONTEXT_TEXT = re.compile(
     r"context length|context window|maximum context|prompt is too long|too many tokens|"
-    r"reduce the length|exceeds? the (?:model's )?(?:maximum|context)|input is too long",
+    r"reduce the length|exceeds? the (?:model's )?(?:maximum|context)|input is too long|"
+    r"exceeded model token limit",  # Moonshot: a 400 invalid_request_error with no code
     re.IGNORECASE,
 )
 _AUTH_CODES = frozenset({"authentication_error", "permission_error", "1004", "2049",

@@ -243,7 +243,10 @@ def render_stream(rid: str, ask: Ask, answer: Answer) -> tuple[list[bytes], list
         block('{"type":"text","text":""}', "text_delta", "text", answer.pieces or refusal)
     for tool in answer.tools:
         opening = _DUMPS({"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}})
-        block(opening, "input_json_delta", "partial_json", tool.pieces)
+        # An argument-less call comes with no input_json_delta at all (trap 3): its
+        # input is the {} of the block's start.
+        pieces = [] if tool.arguments == "{}" else tool.pieces
+        block(opening, "input_json_delta", "partial_json", pieces)
     stop_reason = _stop_reason(answer)
     add(
         'event: message_delta\ndata: {"type":"message_delta","delta":'
@@ -310,6 +313,7 @@ def error_body(kind: str, status: int, request_id: str, **ctx: Any) -> tuple[int
         message = {
             "overloaded_error": "Overloaded",
             "api_error": "Internal server error",
+            "request_too_large": "Request exceeds the maximum allowed number of bytes.",
         }.get(etype, f"The simulator was told to answer {status}.")
     body = {"type": "error", "error": {"type": etype, "message": message}, "request_id": request_id}
     return status, _DUMPS(body).encode()

@@ -66,6 +66,7 @@ class Ask:
     reasoning: bool = False
     redacted: bool = False  # Anthropic: answer with a redacted_thinking block too
     one_call: bool = False  # parallel_tool_calls false / disable_parallel_tool_use
+    tool_stream: bool = False  # Zhipu: stream tool arguments in pieces (tool_stream: true)
     stop: list[str] = field(default_factory=list)  # stop / stop_sequences
     include_usage: bool = False
     metadata: dict[str, Any] | None = None

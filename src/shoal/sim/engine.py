@@ -47,6 +47,7 @@ __all__ = ["SimEngine"]
 
 _DELIVERY = frozenset({"hang", "cut", "truncated", "malformed", "stream_error", "schema_invalid",
                        "refusal"})
+ANTHROPIC_MAX_BODY = 32 * 1024 * 1024  # bytes (docs.claude.com/en/api/errors)
 _BAD_GATEWAY_HTML = (
     b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 )
@@ -156,6 +157,9 @@ class SimEngine:
             stats.leave(call.record(start, self.clock.now()))
 
     def _parse(self, call: Call, raw: bytes) -> Ask:
+        if call.protocol == "anthropic" and len(raw) > ANTHROPIC_MAX_BODY and \
+                self._style(call) != "permissive":
+            _raise("too_large", 413)  # Anthropic: 413 request_too_large over 32 MB
         try:
             body = json.loads(raw)
         except ValueError:
@@ -233,6 +237,12 @@ class SimEngine:
             return
         now = self.clock.now()
         tokens = answer.prompt_tokens + answer.completion_tokens
+        ask = call.ask
+        if ask is not None and ask.max_tokens and call.protocol == "openai" and \
+                self._style(call) == "moonshot":
+            # Moonshot counts TPM on the prompt plus max_tokens, whatever is generated
+            # (platform.moonshot.cn/docs/intro, "Rate limits").
+            tokens = answer.prompt_tokens + ask.max_tokens
         for reason, window, amount in (("rpm", self.rpm, 1), ("tpm", self.tpm, tokens)):
             if window is not None:
                 wait = window.wait(now, amount)
@@ -283,6 +293,8 @@ class SimEngine:
             else:
                 prefix = f"anthropic-ratelimit-{unit}"
                 out[f"{prefix}-limit"] = str(limit)
+                if unit == "tokens":  # Anthropic rounds it to the nearest thousand
+                    remaining = (remaining + 500) // 1000 * 1000
                 out[f"{prefix}-remaining"] = str(remaining)
                 out[f"{prefix}-reset"] = rfc3339(self.clock.wall() + reset)
         return out

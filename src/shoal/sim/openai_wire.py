@@ -4,12 +4,14 @@
 in :mod:`shoal.sim.style_rules`, its error envelopes in :mod:`shoal.sim.styles`. Shapes:
   * ``openai`` / ``permissive``: the reference behaviour;
   * ``deepseek``: ``reasoning_content`` in thinking mode, cache hit/miss usage fields,
-    a ``: keep-alive`` comment opening each stream, 402 for an empty balance, no
-    ``x-ratelimit-*`` headers;
-  * ``moonshot``: errors as ``{"error":{"message","type"}}``, stream usage inside
-    ``choices[0].usage`` of the finishing chunk;
-  * ``zhipu``: errors as ``{"error":{"code":"1302","message"}}`` with business codes,
-    usage on the finishing chunk, tool calls streamed whole, no rate-limit or
+    a ``: keep-alive`` comment opening each stream and blank lines before a whole
+    answer's JSON, 402 for an empty balance, no ``x-ratelimit-*`` headers;
+  * ``moonshot``: errors as ``{"error":{"message","type"}}`` (overload as a 429
+    ``engine_overloaded_error``), stream usage inside ``choices[0].usage`` of the
+    finishing chunk, tool-call fragments with ``"index": null``;
+  * ``zhipu``: errors as ``{"error":{"code":"1302","message"}}`` with business codes
+    (overload as a 429 ``1305``), usage on the finishing chunk, tool calls streamed
+    whole (in pieces with ``tool_stream: true`` on GLM-4.6+), no rate-limit or
     Retry-After headers;
   * ``minimax``: ``"role":""`` in stream deltas; errors in MiniMax's envelope, an empty
     balance as ``base_resp`` inside an HTTP 200;
@@ -156,8 +158,11 @@ def render(rid: str, created: int, ask: Ask, answer: Answer, style: str) -> byte
             f'{{"role":"assistant","content":{_DUMPS(answer.text)},'
             '"refusal":null,"annotations":[]}'
         )
+    # DeepSeek keeps a waiting non-streamed request alive with blank lines before the
+    # JSON (api-docs.deepseek.com/quick_start/rate_limit; trap 11).
+    keep_alive = "\n\n" if style == "deepseek" else ""
     return (
-        f'{{"id":"{rid}","object":"chat.completion","created":{created},'
+        f'{keep_alive}{{"id":"{rid}","object":"chat.completion","created":{created},'
         f'"model":{_DUMPS(ask.model)},"choices":[{{"index":0,"message":{message_json},'
         f'"logprobs":null,"finish_reason":"{answer.finish}"}}],'
         f'"usage":{_usage_json(answer, style)},"service_tier":"default",'
@@ -202,9 +207,14 @@ def render_stream(
         for i, word in enumerate(words):
             piece = word if i == len(words) - 1 else word + " "
             add("{" + role + '"content":null,"refusal":' + _DUMPS(piece) + "}", True)
-    whole = style in ("zhipu", "gemini")  # each call in one chunk (Gemini: without index)
+    # Each call in one chunk: Gemini (without index), Zhipu unless asked for tool_stream.
+    whole = style == "gemini" or (style == "zhipu" and not ask.tool_stream)
     for index, tool in enumerate(answer.tools):
-        call_start: dict[str, Any] = {} if style == "gemini" else {"index": index}
+        # Moonshot sends a null index on every fragment (vercel/ai#19727): a new id
+        # opens the next call, fragments without one continue it.
+        wire_index = "null" if style == "moonshot" else str(index)
+        call_start: dict[str, Any] = {} if style == "gemini" else {
+            "index": None if style == "moonshot" else index}
         call_start.update(
             id=tool.id, type="function",
             function={"name": tool.name, "arguments": tool.arguments if whole else ""},
@@ -213,7 +223,7 @@ def render_stream(
         add('{"tool_calls":[' + _DUMPS(call_start) + "]}", whole)
         if not whole:
             for piece in tool.pieces:
-                frag = f'{{"index":{index},"function":{{"arguments":{_DUMPS(piece)}}}}}'
+                frag = f'{{"index":{wire_index},"function":{{"arguments":{_DUMPS(piece)}}}}}'
                 add('{"tool_calls":[' + frag + "]}", True)
     usage = _usage_json(answer, style)
     # Moonshot puts usage inside the finishing choice, Zhipu on the finishing chunk.
@@ -253,9 +263,12 @@ def error_body(style: str, kind: str, status: int, **ctx: Any) -> tuple[int, byt
         return styles.error_body(style, kind, status, message, ctx)
     if kind == "quota" and style == "deepseek":
         status = 402
+    if style in ("moonshot", "zhipu") and status in (503, 529):
+        status = 429  # their overload (engine_overloaded_error, 1305) comes as HTTP 429
     err: dict[str, Any]
     if style == "moonshot":
-        err = {"message": message, "type": _MOONSHOT_TYPES.get(kind, etype)}
+        mtype = _MOONSHOT_TYPES.get(kind) or _MOONSHOT_STATUS_TYPES.get(status, etype)
+        err = {"message": message, "type": mtype}
     elif style == "zhipu":
         err = {"code": zcode, "message": message}
     else:
@@ -263,6 +276,12 @@ def error_body(style: str, kind: str, status: int, **ctx: Any) -> tuple[int, byt
     return status, _DUMPS({"error": err}).encode()
 
 
+# Moonshot's error types by status for the scripted statuses (platform.moonshot.cn
+# api-reference, PROVIDERS.md §3).
+_MOONSHOT_STATUS_TYPES = {
+    401: "invalid_authentication_error", 403: "permission_denied_error",
+    404: "resource_not_found_error",
+}  # fmt: skip
 _MOONSHOT_TYPES = {
     "rate_limit": "rate_limit_reached_error",
     "quota": "exceeded_current_quota_error",
@@ -298,6 +317,12 @@ def _describe(style: str, kind: str, status: int, ctx: dict[str, Any]) -> tuple[
         return msg, "insufficient_quota", "insufficient_quota", "1113"
     if kind == "auth":
         return "Incorrect API key provided.", "invalid_request_error", "invalid_api_key", "1000"
+    if kind == "context_overflow" and style == "moonshot":  # MoonshotAI/kimi-cli#2011
+        msg = (
+            f"Invalid request: Your request exceeded model token limit: {ctx.get('window')} "
+            f"(requested: {ctx.get('prompt')})"
+        )
+        return msg, "invalid_request_error", None, "1261"
     if kind == "context_overflow":
         msg = (
             f"This model's maximum context length is {ctx.get('window')} tokens. However, your "

@@ -42,6 +42,8 @@ _GEMINI_FIELDS = frozenset({
     "reasoning_effort", "seed", "presence_penalty", "frequency_penalty", "extra_body",
     "modalities", "audio", "logprobs", "top_logprobs",
 })  # fmt: skip
+# messages[].role values (chat_completion_message_param.py; "function" is deprecated).
+_OPENAI_ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
 # o-series and gpt-5 reasoning models (not gpt-5-chat): max_tokens and temperature refused.
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!-chat))")
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -143,6 +145,12 @@ def _openai(body: dict[str, Any], ask: Ask) -> None:
             "stream_options", code="invalid_value",
         )  # fmt: skip
     for i, msg in enumerate(body["messages"]):
+        if msg.get("role") not in _OPENAI_ROLES:
+            raise Refusal(
+                f"Invalid value: '{msg.get('role')}'. Supported values are: 'system', "
+                "'assistant', 'user', 'function', 'tool', and 'developer'.",
+                f"messages[{i}].role", code="invalid_value",
+            )  # fmt: skip
         if msg.get("content") is None and not (
             msg.get("role") == "assistant" and (msg.get("tool_calls") or msg.get("function_call"))
         ):
@@ -171,6 +179,12 @@ def _openai(body: dict[str, Any], ask: Ask) -> None:
             "Invalid 'tools': empty array. Expected an array with minimum length 1, but got "
             "an empty array instead.", "tools", code="empty_array",
         )  # fmt: skip
+    choice = body.get("tool_choice")
+    if isinstance(choice, str) and choice not in ("none", "auto", "required"):
+        raise Refusal(
+            f"Invalid value: '{choice}'. Supported values are: 'none', 'auto', and "
+            "'required'.", "tool_choice", code="invalid_value",
+        )  # fmt: skip
     if "tool_choice" in body and not tools:
         raise Refusal(
             "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are "
@@ -193,13 +207,11 @@ def _response_format(body: dict[str, Any]) -> None:
     fmt = body.get("response_format")
     if not isinstance(fmt, dict):
         return
-    if fmt.get("type") == "json_object":
-        text = " ".join(str(m.get("content") or "") for m in body["messages"])
-        if "json" not in text.lower():
-            raise Refusal(
-                "'messages' must contain the word 'json' in some form, to use "
-                "'response_format' of type 'json_object'.", "messages",
-            )  # fmt: skip
+    if fmt.get("type") == "json_object" and not _mentions_json(body["messages"], None):
+        raise Refusal(
+            "'messages' must contain the word 'json' in some form, to use "
+            "'response_format' of type 'json_object'.", "messages",
+        )  # fmt: skip
     if fmt.get("type") != "json_schema":
         return
     spec = fmt.get("json_schema")
@@ -221,6 +233,21 @@ def _response_format(body: dict[str, Any]) -> None:
             raise Refusal(
                 f"Invalid schema for response_format '{name}': {problem}", "response_format"
             )
+
+
+def _mentions_json(messages: list[Any], roles: tuple[str, ...] | None) -> bool:
+    """Whether the word "json" (any case) is in the text of *messages* of *roles* (all
+    roles when None): what JSON mode asks of the prompt."""
+    for msg in messages:
+        if roles is not None and msg.get("role") not in roles:
+            continue
+        content = msg.get("content")
+        parts = content if isinstance(content, list) else [content]
+        for part in parts:
+            text = part.get("text") if isinstance(part, dict) else part
+            if isinstance(text, str) and "json" in text.lower():
+                return True
+    return False
 
 
 def strict_schema_problem(schema: Any) -> str | None:
@@ -336,12 +363,39 @@ def deepseek_thinking(body: dict[str, Any]) -> bool:
     return "reasoner" in model or model.startswith("deepseek-v4")
 
 
+# The roles DeepSeek's request parser knows; any other is a 400 from its deserializer
+# ("unknown variant `developer`, expected one of ...", decolua/9router#773; trap 10).
+_DEEPSEEK_ROLES = ("system", "user", "assistant", "tool", "latest_reminder")
+
+
 def _deepseek(body: dict[str, Any], ask: Ask) -> None:
+    for i, msg in enumerate(body["messages"]):
+        role = msg.get("role")
+        if role not in _DEEPSEEK_ROLES:
+            expected = ", ".join(f"`{r}`" for r in _DEEPSEEK_ROLES)
+            raise Refusal(
+                "Failed to deserialize the JSON body into the target type: "
+                f"messages[{i}].role: unknown variant `{role}`, expected one of {expected}",
+                code="invalid_request_error",
+            )  # fmt: skip
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") not in (None, "text", "json_object"):
         raise Refusal("This response_format type is unavailable now", code="invalid_request_error")
+    # JSON Output wants the word "json" in the system or user prompt, any case
+    # (api-docs.deepseek.com/guides/json_mode; the 400's wording: vercel/ai#7913).
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object" and not _mentions_json(
+            body["messages"], ("system", "user")):
+        raise Refusal(
+            "Prompt must contain the word 'json' in some form to use 'response_format' of "
+            "type 'json_object'.", code="invalid_request_error",
+        )  # fmt: skip
     thinking = deepseek_thinking(body)
     ask.reasoning = thinking
+    if thinking and (body.get("logprobs") or body.get("top_logprobs") is not None):
+        # "设置logprobs、top_logprobs会报错" (api-docs.deepseek.com/zh-cn/guides/reasoning_model);
+        # the status is documented, the wording is ours.
+        raise Refusal("logprobs and top_logprobs are not supported in thinking mode",
+                      code="invalid_request_error")
     if thinking:
         for i, msg in enumerate(body["messages"]):
             if (
@@ -386,6 +440,9 @@ def _moonshot(body: dict[str, Any], ask: Ask) -> None:
 # -- Zhipu -------------------------------------------------------------------------------
 
 
+_GLM_TOOL_STREAM = re.compile(r"^glm-(?:4\.(?:[6-9]|\d\d)|[5-9])")
+
+
 def _zhipu(body: dict[str, Any], ask: Ask) -> None:
     for i, msg in enumerate(body["messages"]):
         if msg.get("role") not in ("system", "user", "assistant", "tool"):
@@ -399,6 +456,10 @@ def _zhipu(body: dict[str, Any], ask: Ask) -> None:
     # Zhipu caps output with max_tokens only; max_completion_tokens is ignored.
     limit = body.get("max_tokens")
     ask.max_tokens = limit if isinstance(limit, int) and limit > 0 else None
+    # Tool arguments stream in pieces only with tool_stream: true, on GLM-4.6 and later
+    # (docs.bigmodel.cn/cn/guide/capabilities/stream-tool); otherwise each call whole.
+    ask.tool_stream = body.get("tool_stream") is True and _GLM_TOOL_STREAM.match(
+        str(body["model"]).lower()) is not None
     # reasoning_content comes with thinking {"type": "enabled"} (PROVIDERS.md §3)
     thinking = body.get("thinking")
     ask.reasoning = isinstance(thinking, dict) and thinking.get("type") == "enabled"
