@@ -25,6 +25,7 @@ __all__ = [
     "StreamEvent",
     "TextDelta",
     "Thinking",
+    "TokenLogprob",
     "ToolCall",
     "ToolCallDelta",
     "ToolSpec",
@@ -65,6 +66,18 @@ class CacheControl:
 
     def wire(self) -> dict[str, str]:
         return {"type": self.type} if self.ttl is None else {"type": self.type, "ttl": self.ttl}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One output token's log probability (OpenAI's ``logprobs.content[]`` entry):
+    ``bytes`` its UTF-8 bytes where the provider gives them, ``top`` the most likely
+    alternatives at that position (each with an empty ``top``)."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +200,18 @@ class ChatRequest:
     ``parallel_tool_calls=False`` asks for at most one tool call per answer (OpenAI
     ``parallel_tool_calls``, Anthropic ``disable_parallel_tool_use``; sent only to the
     providers that document it); None keeps the provider's default.
+
+    ``output_strict=False`` sends ``output_schema`` non-strict (OpenAI's json_schema
+    ``strict``); the default asks for strict mode where the provider takes it and the
+    schema fits. ``json_mode`` asks for any JSON object without a schema (OpenAI's
+    ``json_object``) when ``output_schema`` is None: sent as JSON mode where the provider
+    has one, as a loose object schema where it has none (Anthropic). ``logprobs`` asks
+    for each output token's log probability with that many alternatives (0-20; OpenAI's
+    ``logprobs``/``top_logprobs``), answered in ``ChatResponse.logprobs`` and on
+    ``TextDelta``; a provider without them refuses it with a ConfigError before any
+    request. ``cache_control`` is Anthropic's top-level automatic caching (one breakpoint
+    that moves forward with the conversation); providers that cache on their own
+    ignore it.
     """
 
     model: str
@@ -204,6 +229,10 @@ class ChatRequest:
     thinking: Thinking | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     parallel_tool_calls: bool | None = None
+    output_strict: bool = True
+    json_mode: bool = False
+    logprobs: int | None = None
+    cache_control: CacheControl | None = None
 
 
 @dataclass(slots=True)
@@ -282,6 +311,9 @@ class ChatResponse:
     wasted_cost_usd: float = 0.0
     # Signed reasoning blocks to send back on the next turn (Anthropic thinking).
     reasoning_parts: tuple[ReasoningPart, ...] = ()
+    # The output tokens' log probabilities, when the request asked for them and the
+    # provider returned them (else None).
+    logprobs: tuple[TokenLogprob, ...] | None = None
     # How the Router got this answer (for the run report's timeline): seconds queued in
     # channel limiters over all attempts, attempts made, and the whole call's span
     # (queue + failed attempts + backoff + ``latency_s``); 0 when no Router timed it.
@@ -297,8 +329,12 @@ class ChatResponse:
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
+    """A piece of the answer's text; ``logprobs`` are its tokens' log probabilities when
+    the request asked for them (``ChatRequest.logprobs``)."""
+
     text: str
     type: Literal["text"] = "text"
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,14 @@ def validate_request(
         )
     _check_range("temperature", request.temperature, *TEMPERATURE_RANGE)
     _check_range("top_p", request.top_p, 0.0, 1.0)
+    logprobs = request.logprobs
+    if logprobs is not None and (
+        isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= 20
+    ):
+        raise _bad(
+            f"logprobs must be an integer from 0 to 20 (the alternatives returned per token; "
+            f"0 for the chosen tokens only), got {logprobs!r}; or None not to ask for them"
+        )
     _check_tool_choice(request)
     _check_tool_results(request)
     if info is not None:

@@ -8,13 +8,16 @@ Anthropic-protocol one, so each SDK can call a model of the other protocol.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import aiohttp
 import anthropic
 import openai
+from aiohttp import web
 
 from shoal.config import Config
 from shoal.gateway.keys_api import (
@@ -39,7 +42,66 @@ FAST_RETRY = RetryPolicy(attempts=3, backoff=Backoff(base=0.01, cap=0.02),
                          max_retry_after_s=0.02, deadline_s=20)
 
 
-def sim_config(sim: SimServer, *, channel: dict[str, Any] | None = None,
+class Upstream(Protocol):
+    """Where channels point: the simulator, or a :class:`Recorder` in front of it."""
+
+    def base_url(self, style: str | None = None, *, protocol: str = "openai") -> str: ...
+
+
+@dataclass
+class Recorder:
+    """Real HTTP between the gateway and the simulator that keeps the JSON body of every
+    request passing through: what the gateway sent upstream. Answers are the
+    simulator's, relayed byte for byte (streams as they come)."""
+
+    sim: SimServer
+    url: str = ""
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    def base_url(self, style: str | None = None, *, protocol: str = "openai") -> str:
+        return self.url + self.sim.base_url(style, protocol=protocol)[len(self.sim.url):]
+
+
+_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                  "accept-encoding"})
+
+
+@asynccontextmanager
+async def recording(sim: SimServer) -> AsyncIterator[Recorder]:
+    """A :class:`Recorder` in front of ``sim`` on a free port."""
+    rec = Recorder(sim)
+    session = aiohttp.ClientSession()
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        rec.bodies.append(json.loads(raw))
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        async with session.post(sim.url + request.path_qs, data=raw, headers=headers) as up:
+            out = web.StreamResponse(status=up.status, headers={
+                k: v for k, v in up.headers.items()
+                if k.lower() not in _HOP and k.lower() != "content-encoding"})
+            await out.prepare(request)
+            async for chunk in up.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+            return out
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", relay)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    rec.url = f"http://127.0.0.1:{port}"
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()
+        await session.close()
+
+
+def sim_config(sim: Upstream, *, channel: dict[str, Any] | None = None,
                upstream_key: str = UPSTREAM_KEY) -> Config:
     extra = channel or {}
     return Config.from_dict({

@@ -86,10 +86,23 @@ ANTHROPIC_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
 MODELS = st.sampled_from(["gpt-test", "claude-test"])
 
 
+def _json_mode_says_json(body: dict[str, Any]) -> dict[str, Any]:
+    """JSON mode wants the word "json" in the prompt (OpenAI answers 400 without it,
+    and the gateway sends json_object upstream as it came): a valid body has it."""
+    if (body.get("response_format") or {}).get("type") != "json_object":
+        return body
+    body = json.loads(json.dumps(body))
+    last = body["messages"][-1]
+    content = last["content"]
+    last["content"] = (content + " Reply in JSON." if isinstance(content, str)
+                       else [*content, {"type": "text", "text": "Reply in JSON."}])
+    return body
+
+
 def valid(route: str) -> st.SearchStrategy[dict[str, Any]]:
     if route == OPENAI:
         return st.fixed_dictionaries({"model": MODELS, "messages": turns},
-                                     optional=OPENAI_OPTIONAL)
+                                     optional=OPENAI_OPTIONAL).map(_json_mode_says_json)
     return st.fixed_dictionaries({"model": MODELS, "messages": turns,
                                   "max_tokens": st.integers(1, 300)},
                                  optional=ANTHROPIC_OPTIONAL)

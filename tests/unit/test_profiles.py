@@ -14,7 +14,15 @@ from shoal.families import FAMILIES
 from shoal.providers.anthropic import AnthropicProvider
 from shoal.providers.openai_compat import OpenAICompatProvider
 from shoal.providers.profiles import PROFILES, profile_for, schema_instructions, strict_schema
-from shoal.types import ChatRequest, Message, ReasoningPart, Thinking, ToolCall, ToolSpec
+from shoal.types import (
+    CacheControl,
+    ChatRequest,
+    Message,
+    ReasoningPart,
+    Thinking,
+    ToolCall,
+    ToolSpec,
+)
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -490,3 +498,56 @@ def test_a_strict_tool_is_strict_where_the_provider_takes_it_and_the_schema_fits
                                                   stream=False)["tools"][0]["function"]
     assert an().payload(req(tools=[fits]), "claude-sonnet-4-6",
                         stream=False)["tools"][0]["strict"] is True
+
+
+def test_output_strict_false_sends_the_schema_as_it_is() -> None:
+    body = oa("openai").payload(req(output_schema=SCHEMA, output_strict=False), "m",
+                                stream=False)
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "output", "schema": SCHEMA}}
+
+
+@pytest.mark.parametrize(("family", "expected"), [
+    ("openai", {"type": "json_object"}),
+    ("deepseek", {"type": "json_object"}),
+    ("gemini", {"type": "json_object"}),
+    ("llamacpp", {"type": "json_object"}),
+    ("minimax", None),  # no JSON mode on its wire: the prompt asks
+])
+def test_json_mode_is_json_object_where_the_provider_has_it(
+        family: str, expected: dict[str, Any] | None) -> None:
+    messages = [Message.system("Be brief."), Message.user("Risks, in JSON.")]
+    body = oa(family).payload(req(messages=messages, json_mode=True), "m", stream=False)
+    assert body.get("response_format") == expected
+    if expected is not None:  # the prompt as the caller wrote it
+        assert [m["content"] for m in body["messages"]] == ["Be brief.", "Risks, in JSON."]
+    else:
+        assert "single JSON object" in body["messages"][0]["content"]
+
+
+def test_json_mode_on_anthropic_is_an_open_object_output_tool() -> None:
+    body = an().payload(req(json_mode=True), "claude-sonnet-4-6", stream=False)
+    assert body["tools"] == [{"name": "output", "description": body["tools"][0]["description"],
+                              "input_schema": {"type": "object",
+                                               "additionalProperties": True}}]
+    assert body["tool_choice"] == {"type": "tool", "name": "output"}
+
+
+def test_logprobs_where_the_provider_returns_them_and_a_config_error_elsewhere() -> None:
+    body = oa("openai").payload(req(logprobs=3), "gpt-4o", stream=False)
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 3)
+    body = oa("deepseek").payload(req(logprobs=0), "deepseek-chat", stream=False)
+    assert body["logprobs"] is True and "top_logprobs" not in body
+    for provider in (oa("zhipu"), an()):
+        with pytest.raises(ConfigError, match="log probabilities"):
+            provider.payload(req(logprobs=0), "m", stream=False)
+
+
+def test_top_level_cache_control_goes_to_anthropic_and_replaces_shoals_breakpoints() -> None:
+    long = Message.system("Cite every source. " * 2000)
+    request = req(messages=[long, Message.user("go")],
+                  cache_control=CacheControl(ttl="1h"))
+    body = an().payload(request, "claude-sonnet-4-6", stream=False)
+    assert body["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert "cache_control" not in json.dumps(body["system"])  # automatic mode only
+    assert "cache_control" not in oa("openai").payload(request, "gpt-4o", stream=False)

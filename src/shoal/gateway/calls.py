@@ -24,6 +24,7 @@ from shoal.errors import ConfigError, RunError
 from shoal.gateway.errors import BadInput, Failure
 from shoal.gateway.keys_api import KeyModelDenied
 from shoal.gateway.metrics import GatewayMetrics
+from shoal.providers.profiles import profile_for
 from shoal.secrets import redact
 from shoal.tokens import (
     count_text,
@@ -140,9 +141,12 @@ class _Plan:
     info: ModelInfo
     chain: tuple[ModelInfo, ...]
     protocols: frozenset[str]  # of every channel that may serve the chain
+    no_logprobs: tuple[str, ...]  # the chain's channels that return no log probabilities
 
 
 def _asks_1h_cache(request: ChatRequest) -> bool:
+    if request.cache_control is not None and request.cache_control.ttl == "1h":
+        return True
     for m in request.messages:
         if m.cache_control is not None and m.cache_control.ttl == "1h":
             return True
@@ -202,8 +206,11 @@ class Gateway:
                            "channels has an API key. GET /v1/models lists the models it "
                            "serves.", param="model", status=404, kind="not_found",
                            code="model_not_found")
-        protocols = frozenset(ch.protocol for m in chain for ch in config.channels_for(m))
-        plan = self._plans[info.name] = _Plan(info, chain, protocols)
+        channels = {ch.name: ch for m in chain for ch in config.channels_for(m)}.values()
+        protocols = frozenset(ch.protocol for ch in channels)
+        no_logprobs = tuple(f"{ch.name} ({ch.provider})" for ch in channels  # keyed: used
+                            if ch.has_key() and not profile_for(ch.provider, ch.protocol).logprobs)
+        plan = self._plans[info.name] = _Plan(info, chain, protocols, no_logprobs)
         return plan
 
     async def admit(self, parsed: Parsed, protocol: str, key: VirtualKey) -> Admitted:
@@ -212,6 +219,15 @@ class Gateway:
         self.allowed(key, info, request.model)
         plan = self._plan(info)
         chain = plan.chain
+        if request.logprobs is not None and plan.no_logprobs:
+            # Refused before any upstream request: answering without them would be a
+            # silent drop (any channel of the chain may be the one that serves the call).
+            raise BadInput(
+                f"logprobs: model {info.name!r} may be served by channels whose provider "
+                f"returns no log probabilities: {', '.join(plan.no_logprobs)}; leave "
+                "logprobs and top_logprobs unset for it, or ask a model served by "
+                "providers that return them (OpenAI, DeepSeek, Gemini, vLLM, llama.cpp)",
+                param="logprobs", code="unsupported_parameter")
         if parsed.passthrough and plan.protocols == {protocol}:  # else another would refuse
             request.extra.update(parsed.passthrough)
         counted: int | None = None

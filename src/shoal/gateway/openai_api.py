@@ -22,6 +22,7 @@ from shoal.types import (
     StreamEnd,
     StreamEvent,
     TextDelta,
+    TokenLogprob,
     ToolCallDelta,
     Usage,
 )
@@ -52,6 +53,19 @@ def usage_json(u: Usage) -> dict[str, Any]:
     }
 
 
+def _token_json(t: TokenLogprob) -> dict[str, Any]:
+    return {"token": t.token, "logprob": t.logprob,
+            "bytes": None if t.bytes is None else list(t.bytes)}
+
+
+def logprobs_json(tokens: tuple[TokenLogprob, ...] | None) -> dict[str, Any] | None:
+    """A choice's ``logprobs`` (None: not asked, or the upstream sent none)."""
+    if tokens is None:
+        return None
+    return {"content": [_token_json(t) | {"top_logprobs": [_token_json(a) for a in t.top]}
+                        for t in tokens], "refusal": None}
+
+
 def new_id() -> str:
     return "chatcmpl-" + os.urandom(12).hex()
 
@@ -76,6 +90,9 @@ class OpenAIStream:
 
     def feed(self, event: StreamEvent) -> bytes:
         if isinstance(event, TextDelta):  # the hot path: one join, one dumps
+            if event.logprobs:  # asked for: the chunk's choice carries its tokens'
+                return b"".join((self._text, dumps(event.text), b'},"logprobs":',
+                                 dumps(logprobs_json(event.logprobs)), _OPEN))
             return b"".join((self._text, dumps(event.text), _CLOSE))
         if isinstance(event, ReasoningDelta):
             if not event.text:  # a thinking block's signature: OpenAI has no place for it
@@ -142,7 +159,8 @@ def render(response: ChatResponse, model: str) -> bytes:
     return dumps({
         "id": response.id if response.id.startswith("chatcmpl") else new_id(),
         "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
+        "choices": [{"index": 0, "message": message,
+                     "logprobs": logprobs_json(response.logprobs),
                      "finish_reason": _finish(response)}],
         "usage": usage_json(response.usage), "system_fingerprint": None,
     })

@@ -4,7 +4,9 @@
 (and signed thinking blocks sent back) and ``cache_control`` map onto the neutral
 types. A block carrying ``cache_control`` ends its neutral message, so the breakpoint
 lands on the same block when the channel speaks Anthropic (the adapter merges
-consecutive same-role messages back into one); other protocols ignore it. Images and
+consecutive same-role messages back into one); the top-level ``cache_control``
+(automatic caching) becomes ``ChatRequest.cache_control``. Other protocols ignore both:
+OpenAI-style providers cache prefixes on their own. Images and
 documents are refused with a 400: shoal's neutral messages carry text.
 """
 
@@ -249,7 +251,7 @@ def parse_messages_body(body: Any, *, need_max_tokens: bool) -> tuple[Fields, Ch
         temperature=f.number("temperature"), top_p=f.number("top_p"), max_tokens=max_tokens,
         stop=f.str_list("stop_sequences"), thinking=thinking, output_schema=schema,
         metadata={"user_id": user_id} if user_id else {},
-        parallel_tool_calls=parallel,
+        parallel_tool_calls=parallel, cache_control=_cache(f),
     )
     return f, request
 

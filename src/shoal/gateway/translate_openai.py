@@ -1,8 +1,10 @@
 """An OpenAI Chat Completions request body → shoal's neutral :class:`ChatRequest`.
 
-``response_format`` becomes ``output_schema`` (``json_object``: any object), so every
-channel's provider gets it in the form its profile says (native schema, JSON mode, an
-output tool on Anthropic). Content parts other than text (images, audio, files) are
+``response_format`` becomes ``output_schema`` with the client's own ``strict`` (only
+``strict: true`` is sent strict), or ``json_mode`` for ``json_object`` (JSON mode, no
+schema), so every channel's provider gets it in the form its profile says (native
+schema, JSON mode, an output tool on Anthropic). ``logprobs``/``top_logprobs`` become
+``ChatRequest.logprobs``. Content parts other than text (images, audio, files) are
 refused with a 400: shoal's neutral messages carry text.
 """
 
@@ -125,21 +127,25 @@ def _tool_choice(f: Fields) -> str | None:
                    '{"type": "function", "function": {"name": ...}}', param="tool_choice")
 
 
-def _output(f: Fields) -> tuple[dict[str, Any] | None, str]:
+def _output(f: Fields) -> dict[str, Any]:
+    """``response_format`` as the ChatRequest's output fields."""
     fmt = f.obj("response_format")
     if fmt is None:
-        return None, "output"
+        return {}
     kind = fmt.string("type", required=True)
     if kind == "text":
-        return None, "output"
+        return {}
     if kind == "json_object":
-        return dict(ANY_OBJECT), "json_object"
+        return {"json_mode": True, "output_schema_name": "json_object"}
     if kind == "json_schema":
         spec = fmt.obj("json_schema")
         if spec is None:
             raise BadInput("response_format.json_schema is required with type json_schema",
                            param="response_format.json_schema")
-        return (spec.mapping("schema") or dict(ANY_OBJECT)), (spec.string("name") or "output")
+        return {"output_schema": spec.mapping("schema") or dict(ANY_OBJECT),
+                "output_schema_name": spec.string("name") or "output",
+                # OpenAI's default is non-strict: strict only when the client asked.
+                "output_strict": spec.boolean("strict") is True}
     raise BadInput(f"response_format.type: expected text, json_object or json_schema, got "
                    f"{kind!r}", param="response_format.type")
 
@@ -156,6 +162,22 @@ def _thinking(f: Fields) -> Thinking | None:
     return Thinking(effort=_EFFORT[effort])  # type: ignore[arg-type]
 
 
+def _logprobs(f: Fields) -> int | None:
+    """``logprobs`` and ``top_logprobs`` as ChatRequest.logprobs (the alternatives per
+    token; None: not asked). OpenAI refuses top_logprobs without logprobs, and so does
+    the gateway."""
+    top = f.integer("top_logprobs")
+    if top is not None and not 0 <= top <= 20:
+        raise BadInput(f"top_logprobs: expected an integer from 0 to 20, got {top}",
+                       param="top_logprobs")
+    if not f.boolean("logprobs"):
+        if top is not None:
+            raise BadInput("top_logprobs: set logprobs to true to use top_logprobs",
+                           param="top_logprobs")
+        return None
+    return top or 0
+
+
 def parse_chat(body: Any) -> Parsed:
     """Raises :class:`BadInput` naming the first field that is wrong."""
     f = Fields(body, "")
@@ -166,7 +188,6 @@ def parse_chat(body: Any) -> Parsed:
     n = f.integer("n")
     if n not in (None, 1):
         raise BadInput("n: the gateway returns one choice; leave n unset or 1", param="n")
-    schema, schema_name = _output(f)
     max_tokens = f.integer("max_completion_tokens")
     if max_tokens is None:
         max_tokens = f.integer("max_tokens")
@@ -176,11 +197,11 @@ def parse_chat(body: Any) -> Parsed:
     request = ChatRequest(
         model=model,
         messages=[_plain_message(m, i) for i, m in enumerate(raw_messages)],
-        tools=_tools(f), tool_choice=_tool_choice(f), output_schema=schema,
-        output_schema_name=schema_name, temperature=f.number("temperature"),
+        tools=_tools(f), tool_choice=_tool_choice(f), temperature=f.number("temperature"),
         top_p=f.number("top_p"), max_tokens=max_tokens, stop=f.str_list("stop"),
         seed=f.integer("seed"), metadata=metadata, thinking=_thinking(f),
-        parallel_tool_calls=f.boolean("parallel_tool_calls"),
+        parallel_tool_calls=f.boolean("parallel_tool_calls"), logprobs=_logprobs(f),
+        **_output(f),
     )
     options = f.obj("stream_options")
     include_usage = bool(options.boolean("include_usage")) if options is not None else False

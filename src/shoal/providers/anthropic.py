@@ -9,13 +9,14 @@ cache reads and writes into ``input_tokens`` (Anthropic counts them apart).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shoal import fastjson
-from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
+from shoal.errors import ConfigError, MalformedResponse, ProviderError, StreamInterrupted
 from shoal.providers.anthropic_answer import (
     StreamState,
     finish_of,
@@ -55,6 +56,18 @@ __all__ = ["AnthropicProvider"]
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
+# Anthropic has no JSON mode. What JSON mode promises is one JSON object of any shape,
+# and an open object schema through Anthropic's structured output (the output tool, or
+# output_config where forcing a tool is refused) promises exactly that, no more: the
+# faithful translation of a json_mode request (OpenAI's json_object).
+OPEN_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
+
+
+def _schema_for_json_mode(request: ChatRequest) -> ChatRequest:
+    if request.json_mode and request.output_schema is None:
+        return dataclasses.replace(request, output_schema=dict(OPEN_OBJECT))
+    return request
+
 
 class AnthropicProvider(HttpProvider):
     """Messages API over one pooled aiohttp session."""
@@ -123,6 +136,11 @@ class AnthropicProvider(HttpProvider):
 
     def payload(self, request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
         p = self.profile
+        if request.logprobs is not None:
+            raise ConfigError(
+                "Anthropic's Messages API returns no log probabilities; leave logprobs unset "
+                "for Claude models, or use a model served by a provider that returns them")
+        request = _schema_for_json_mode(request)
         system, messages = self._messages(request.messages, p)
         body: dict[str, Any] = {
             "model": model,
@@ -194,6 +212,8 @@ class AnthropicProvider(HttpProvider):
         body.update(thinking)
         if config is not None:
             body["output_config"] = {**body.get("output_config", {}), **config}
+        if request.cache_control is not None:  # automatic mode: shoal places none of its own
+            body["cache_control"] = request.cache_control.wire()
         if stream:
             body["stream"] = True
         if request.extra:
@@ -207,8 +227,9 @@ class AnthropicProvider(HttpProvider):
         return await self.complete_then(request, model=model, received=None)
 
     async def complete_then(self, request: ChatRequest, *, model: str,
-                            received: Callable[[], None] | None) -> ChatResponse:
+                            received: Callable[[], object] | None) -> ChatResponse:
         started = time.perf_counter()
+        request = _schema_for_json_mode(request)
         payload = self.payload(request, model, stream=False)
         turn = await gate_turn(self, self._clock, payload, request)  # one cache writer
         try:
@@ -271,6 +292,7 @@ class AnthropicProvider(HttpProvider):
         output began, a StreamInterrupted ``from`` it with the partial output. ``usage``
         on either is what message_start/message_delta reported before the failure."""
         started = time.perf_counter()
+        request = _schema_for_json_mode(request)
         schema_tool = request.output_schema_name if request.output_schema is not None else None
         st = StreamState(schema_tool)
         payload = self.payload(request, model, stream=True)

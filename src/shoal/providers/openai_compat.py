@@ -2,22 +2,22 @@
 Gemini's compat endpoint, vLLM, Ollama, llama.cpp).
 
 Sending is shaped by the channel's :mod:`shoal.providers.profiles` entry; parsing
-tolerates every variant listed in PROVIDERS.md: usage on a ``choices: []`` chunk,
-inside ``choices[0]`` or on the last content chunk; tool-call fragments with null or
-repeated indices; whole arguments in one chunk; ``reasoning_content``/``reasoning``; blank lines and
-``: keep-alive`` comments; an unterminated ``[DONE]``.
+(:mod:`shoal.providers.openai_answer`) tolerates every variant listed in PROVIDERS.md:
+usage on a ``choices: []`` chunk, inside ``choices[0]`` or on the last content chunk;
+tool-call fragments with null or repeated indices; whole arguments in one chunk;
+``reasoning_content``/``reasoning``; blank lines and ``: keep-alive`` comments; an
+unterminated ``[DONE]``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shoal import fastjson
-from shoal.errors import MalformedResponse, ProviderError, StreamInterrupted
+from shoal.errors import ConfigError, MalformedResponse, ProviderError, StreamInterrupted
 from shoal.providers.caching import gate_turn, plan_openai
 from shoal.providers.failures import (
     error_from_stream_payload,
@@ -29,6 +29,14 @@ from shoal.providers.foreign_turns import (
     demands_reasoning,
 )
 from shoal.providers.http import HttpProvider, answer_events
+from shoal.providers.openai_answer import (
+    StreamState,
+    finish_reason,
+    logprobs_of,
+    thought_signature,
+    tool_arguments,
+    usage_of,
+)
 from shoal.providers.profiles import (
     ProviderProfile,
     check_sampling,
@@ -41,14 +49,10 @@ from shoal.providers.sse import JSON_BODY
 from shoal.types import (
     ChatRequest,
     ChatResponse,
-    FinishReason,
     Message,
-    ReasoningDelta,
     StreamEnd,
     StreamEvent,
-    TextDelta,
     ToolCall,
-    ToolCallDelta,
     ToolSpec,
     Usage,
     UsageEvent,
@@ -56,57 +60,9 @@ from shoal.types import (
 
 __all__ = ["OpenAICompatProvider"]
 
-_FINISH: dict[str, FinishReason] = {
-    "stop": "stop",
-    "length": "length",
-    "tool_calls": "tool_calls",
-    "function_call": "tool_calls",
-    "content_filter": "content_filter",
-    "sensitive": "content_filter",
-    "end_turn": "stop",
-}
-
-
-def finish_reason(raw: str | None, has_tool_calls: bool,
-                  refused: bool = False) -> FinishReason:
-    """Decide from what arrived: accumulated tool calls win over the provider's label,
-    except a cut ("length"): the calls' arguments may then be incomplete. A refusal
-    (``message.refusal``) without calls is ``content_filter``."""
-    if refused and not has_tool_calls:
-        return "content_filter"
-    mapped = "stop" if raw is None else _FINISH.get(raw, "other")
-    if has_tool_calls and mapped != "length":
-        return "tool_calls"
-    return mapped
-
-
-def _count(raw: Any) -> int:
-    try:
-        return int(raw or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _usage(raw: Any) -> Usage | None:
-    """Chat Completions usage → shoal usage. Cache reads come as OpenAI's
-    ``prompt_tokens_details.cached_tokens`` (⊂ prompt), DeepSeek's
-    ``prompt_cache_hit_tokens`` (hit + miss = prompt) or Gemini's cached-content count."""
-    if not isinstance(raw, dict):
-        return None
-    prompt = _count(raw.get("prompt_tokens"))
-    completion = _count(raw.get("completion_tokens"))
-    details = raw.get("prompt_tokens_details") or {}
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    if not cached:
-        hit = _count(raw.get("prompt_cache_hit_tokens"))  # DeepSeek
-        cached = hit or _count(raw.get("cached_content_token_count")
-                               or raw.get("cachedContentTokenCount"))  # Gemini, native names
-        if not prompt and hit:
-            prompt = hit + _count(raw.get("prompt_cache_miss_tokens"))
-    cached = min(cached, prompt) if prompt else cached
-    cdetails = raw.get("completion_tokens_details") or {}
-    reasoning = _count(cdetails.get("reasoning_tokens")) if isinstance(cdetails, dict) else 0
-    return Usage(prompt, completion, cached, reasoning)
+# JSON mode without a schema where the provider has no JSON mode on the wire (MiniMax):
+# the prompt is all there is to carry it.
+JSON_NOTE = "Give your final answer as a single JSON object, with no other text."
 
 
 class OpenAICompatProvider(HttpProvider):
@@ -151,8 +107,11 @@ class OpenAICompatProvider(HttpProvider):
         demanded = demands_reasoning(p, model, request)
         messages = [self._message(m, p, demanded) for m in request.messages]
         schema = request.output_schema
+        json_mode = schema is None and request.json_mode
         if schema is not None and p.output_mode in ("json_object", "prompt"):
-            messages = _with_schema_prompt(messages, schema)
+            messages = _with_note(messages, schema_instructions(schema))
+        elif json_mode and p.output_mode == "prompt":
+            messages = _with_note(messages, JSON_NOTE)
         if p.single_system:
             systems = [m["content"] for m in messages if m["role"] == "system"]
             if len(systems) > 1:
@@ -171,10 +130,19 @@ class OpenAICompatProvider(HttpProvider):
             if request.parallel_tool_calls is not None and p.parallel_switch:
                 body["parallel_tool_calls"] = request.parallel_tool_calls
         if schema is not None:
-            fmt = _response_format(p, request.output_schema_name, schema)
+            fmt = _response_format(p, request.output_schema_name, schema,
+                                   strict=request.output_strict)
             if fmt is not None:
                 body["response_format"] = fmt
+        elif json_mode and p.output_mode != "prompt":
+            # JSON mode as asked, without a schema: every OpenAI-style JSON mode takes
+            # it (DeepSeek's is the only structured output it has; llama.cpp's grammar
+            # then allows any object). Like OpenAI, most want "json" in the prompt: the
+            # caller's to write, as it would be calling the provider directly.
+            body["response_format"] = {"type": "json_object"}
         check_sampling(p, model, request)
+        if request.logprobs is not None:
+            body.update(_logprobs(p, request.logprobs, thinking=demanded))
         if request.temperature is not None:
             body["temperature"] = request.temperature
         elif p.default_temperature is not None:
@@ -204,7 +172,7 @@ class OpenAICompatProvider(HttpProvider):
         return await self.complete_then(request, model=model, received=None)
 
     async def complete_then(self, request: ChatRequest, *, model: str,
-                            received: Callable[[], None] | None) -> ChatResponse:
+                            received: Callable[[], object] | None) -> ChatResponse:
         started = time.perf_counter()
         payload = self.payload(request, model, stream=False)
         turn = await gate_turn(self, self._clock, payload, request, "openai")  # one writer
@@ -225,13 +193,13 @@ class OpenAICompatProvider(HttpProvider):
                 ToolCall(
                     id=c.get("id") or f"call_{i}",
                     name=c["function"]["name"],
-                    arguments=_arguments(c["function"].get("arguments")),
-                    signature=_thought_signature(c),
+                    arguments=tool_arguments(c["function"].get("arguments")),
+                    signature=thought_signature(c),
                 )
                 for i, c in enumerate(msg.get("tool_calls") or [])
             ]
             raw_finish = choice.get("finish_reason")
-            usage = _usage(body.get("usage")) or _usage(choice.get("usage")) or Usage()
+            usage = usage_of(body.get("usage")) or usage_of(choice.get("usage")) or Usage()
             reasoning = msg.get("reasoning_content") or msg.get("reasoning")
             refusal = msg.get("refusal") if isinstance(msg.get("refusal"), str) else None
             return ChatResponse(
@@ -247,10 +215,11 @@ class OpenAICompatProvider(HttpProvider):
                 reasoning=reasoning or None,
                 id=str(body.get("id", "")),
                 channel=self.name,
+                logprobs=logprobs_of(choice.get("logprobs")),
             )
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             # The provider may still have billed it: keep a usage it reported.
-            billed = _usage(body.get("usage")) if isinstance(body, dict) else None
+            billed = usage_of(body.get("usage")) if isinstance(body, dict) else None
             raise MalformedResponse(
                 f"{self.name} returned JSON without the chat.completion shape ({exc!r})",
                 status=200, provider=self.name, body=raw.decode("utf-8", "replace"),
@@ -264,7 +233,7 @@ class OpenAICompatProvider(HttpProvider):
         error; after output began, a StreamInterrupted (``from`` that error) with the
         partial output; ``usage`` on either is what the provider reported before it."""
         started = time.perf_counter()
-        acc = _Accumulator()
+        acc = StreamState()
         done = False
         payload = self.payload(request, model, stream=True)
         turn = await gate_turn(self, self._clock, payload, request, "openai")  # one writer
@@ -318,7 +287,8 @@ class OpenAICompatProvider(HttpProvider):
             turn.end(ok=False)
         if acc.usage is not None:
             yield UsageEvent(acc.usage)
-        yield StreamEnd(acc.response(self, time.perf_counter() - started))
+        yield StreamEnd(acc.response(self.provider, self.name,
+                                     time.perf_counter() - started))
 
 
 def _wire_tool(tool: ToolSpec, p: ProviderProfile) -> dict[str, Any]:
@@ -341,13 +311,16 @@ def _wire_call(call: ToolCall, p: ProviderProfile) -> dict[str, Any]:
     return out
 
 
-def _response_format(p: ProviderProfile, name: str, schema: dict[str, Any]
-                     ) -> dict[str, Any] | None:
+def _response_format(p: ProviderProfile, name: str, schema: dict[str, Any], *,
+                     strict: bool) -> dict[str, Any] | None:
+    """``strict``: strict mode where the profile takes it and the schema fits (False:
+    the schema goes as it is, non-strict, as a caller that said ``strict: false``
+    asked)."""
     mode = p.output_mode
     if mode == "json_schema":
-        strict = strict_schema(schema) if p.strict_schema else None
-        spec: dict[str, Any] = {"name": name, "schema": schema if strict is None else strict}
-        if strict is not None:
+        fixed = strict_schema(schema) if strict and p.strict_schema else None
+        spec: dict[str, Any] = {"name": name, "schema": schema if fixed is None else fixed}
+        if fixed is not None:
             spec["strict"] = True
         return {"type": "json_schema", "json_schema": spec}
     if mode == "json_object_schema":
@@ -357,144 +330,30 @@ def _response_format(p: ProviderProfile, name: str, schema: dict[str, Any]
     return None  # "prompt": the schema is in the prompt only
 
 
-def _with_schema_prompt(messages: list[dict[str, Any]], schema: dict[str, Any]
-                        ) -> list[dict[str, Any]]:
-    """State the schema in the system prompt unless it is there already (agents put it
-    there): JSON mode needs the word "json" and the shape in the prompt (trap 12)."""
-    note = schema_instructions(schema)
+def _logprobs(p: ProviderProfile, top: int, *, thinking: bool) -> dict[str, Any]:
+    """``logprobs`` (and ``top_logprobs`` alternatives when ``top`` > 0), or a
+    ConfigError before any request where the provider returns none (``thinking``: the
+    request runs in the provider's thinking mode)."""
+    if thinking and p.family == "deepseek":  # its reasoning-model guide: "会报错" (a 400)
+        raise ConfigError(
+            "DeepSeek refuses logprobs and top_logprobs in thinking mode (the default on "
+            "deepseek-reasoner and deepseek-v4 models); switch thinking off with "
+            "thinking=Thinking(enabled=False), or leave logprobs unset")
+    if not p.logprobs:
+        raise ConfigError(
+            f"provider family {p.family!r} does not return log probabilities (logprobs); "
+            "leave logprobs unset for it, or use a model served by a provider that returns "
+            "them (OpenAI, DeepSeek, Gemini, OpenRouter, vLLM, llama.cpp)")
+    return {"logprobs": True, "top_logprobs": top} if top else {"logprobs": True}
+
+
+def _with_note(messages: list[dict[str, Any]], note: str) -> list[dict[str, Any]]:
+    """State ``note`` (the schema, or JSON mode) in the system prompt unless it is there
+    already (agents put it there): JSON mode needs the word "json" and the shape in the
+    prompt (trap 12)."""
     if any(m["role"] == "system" and note in (m["content"] or "") for m in messages):
         return messages
     if messages and messages[0]["role"] == "system":
         first = {**messages[0], "content": f"{messages[0]['content']}\n\n{note}"}
         return [first, *messages[1:]]
     return [{"role": "system", "content": note}, *messages]
-
-
-def _thought_signature(obj: Any) -> str | None:
-    """Gemini's ``extra_content.google.thought_signature`` on a tool call or delta."""
-    extra = obj.get("extra_content") if isinstance(obj, dict) else None
-    google = extra.get("google") if isinstance(extra, dict) else None
-    sig = google.get("thought_signature") if isinstance(google, dict) else None
-    return sig if isinstance(sig, str) and sig else None
-
-
-def _arguments(raw: Any) -> str:
-    if raw is None:
-        return "{}"
-    if isinstance(raw, str):
-        return raw or "{}"
-    return json.dumps(raw)  # some servers send an object instead of a JSON string
-
-
-class _Accumulator:
-    """Builds the final answer from chunks, tolerating every known tool-call variant."""
-
-    __slots__ = ("calls", "finish", "id", "last_index", "model", "reasoning", "refusal",
-                 "signatures", "text", "usage")
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
-        self.refusal: list[str] = []  # OpenAI's delta.refusal pieces
-        self.calls: dict[int, list[str]] = {}  # index -> [id, name, args...]
-        self.finish: str | None = None
-        self.usage: Usage | None = None
-        self.id = ""
-        self.model = ""
-        self.last_index = -1
-        self.signatures: dict[int, str] = {}  # index -> Gemini thought_signature
-
-    def feed(self, chunk: Any) -> list[StreamEvent]:
-        out: list[StreamEvent] = []
-        if not isinstance(chunk, dict):
-            return out
-        if not self.id:
-            self.id = str(chunk.get("id") or "")
-            self.model = str(chunk.get("model") or "")
-        usage = _usage(chunk.get("usage"))
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict):
-                continue
-            usage = usage or _usage(choice.get("usage"))  # Moonshot puts it in the choice
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
-            if content and isinstance(content, str):
-                self.text.append(content)
-                out.append(TextDelta(content))
-            refusal = delta.get("refusal")
-            if refusal and isinstance(refusal, str):  # kept for the answer, not a delta
-                self.refusal.append(refusal)
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if reasoning and isinstance(reasoning, str):
-                self.reasoning.append(reasoning)
-                out.append(ReasoningDelta(reasoning))
-            for frag in delta.get("tool_calls") or ():
-                out.append(self._tool_fragment(frag))
-            signature = _thought_signature(delta)  # Gemini sometimes puts it on the delta
-            if signature and self.last_index >= 0:
-                self.signatures.setdefault(self.last_index, signature)
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
-        if usage is not None:
-            self.usage = usage
-        return out
-
-    def began(self) -> bool:
-        """Whether any output (text, reasoning, a tool call) was yielded."""
-        return bool(self.text or self.reasoning or self.calls)
-
-    def partial(self) -> str:
-        """The output received so far: text, reasoning and tool-argument text."""
-        args = "".join("".join(slot[2:]) for slot in self.calls.values())
-        return "".join(self.text) + "".join(self.reasoning) + args
-
-    def _tool_fragment(self, frag: dict[str, Any]) -> ToolCallDelta:
-        fn = frag.get("function") or {}
-        call_id = frag.get("id")
-        index = frag.get("index")
-        if not isinstance(index, int) or isinstance(index, bool):
-            index = None  # only an integer index places a fragment
-        if index is None or (call_id and index in self.calls and self.calls[index][0]
-                             and self.calls[index][0] != call_id):
-            # Null index (Moonshot/Gemini) or index 0 reused for a new call: a new id opens
-            # a new slot; a fragment without id continues the last one.
-            index = (max(self.calls) + 1 if self.calls else 0) if call_id else self.last_index
-            index = max(index, 0)
-        slot = self.calls.setdefault(index, ["", ""])
-        if call_id and not slot[0]:
-            slot[0] = call_id
-        name = fn.get("name")
-        if name and not slot[1]:
-            slot[1] = name
-        raw_args = fn.get("arguments")
-        args = raw_args if isinstance(raw_args, str) else (
-            _arguments(raw_args) if raw_args is not None else "")
-        if args:
-            slot.append(args)
-        signature = _thought_signature(frag)
-        if signature:
-            self.signatures[index] = signature
-        self.last_index = index
-        return ToolCallDelta(index=index, id=call_id, name=name, arguments=args)
-
-    def response(self, provider: OpenAICompatProvider, latency: float) -> ChatResponse:
-        calls = [
-            ToolCall(id=slot[0] or f"call_{i}", name=slot[1], arguments="".join(slot[2:]) or "{}",
-                     signature=self.signatures.get(i))
-            for i, slot in sorted(self.calls.items())
-        ]
-        refusal = "".join(self.refusal) or None
-        return ChatResponse(
-            text="".join(self.text),
-            tool_calls=calls,
-            finish_reason=finish_reason(self.finish, bool(calls), refusal is not None),
-            refusal=refusal,
-            usage=self.usage or Usage(),
-            provider=provider.provider,
-            model=self.model,
-            latency_s=latency,
-            raw_finish_reason=self.finish,
-            reasoning="".join(self.reasoning) or None,
-            id=self.id,
-            channel=provider.name,
-        )

@@ -97,18 +97,22 @@ class ProviderProfile:
     # Takes parallel_tool_calls (OpenAI and the routers that document it); elsewhere
     # ChatRequest.parallel_tool_calls is not sent (compatible servers may refuse it).
     parallel_switch: bool = False
+    # Returns token log probabilities (logprobs/top_logprobs): OpenAI and the servers
+    # that document them. Elsewhere ChatRequest.logprobs is a ConfigError before any
+    # request: silently answering without them would look like a provider that has none.
+    logprobs: bool = False
 
 
 PROFILES: dict[str, ProviderProfile] = {
     p.family: p
     for p in (
         ProviderProfile("openai", strict_schema=True, max_tokens_field="max_completion_tokens",
-                        thinking="effort", parallel_switch=True),
+                        thinking="effort", parallel_switch=True, logprobs=True),
         ProviderProfile("anthropic", protocol="anthropic", output_mode="tool",
                         max_tokens_required=True, reasoning_return="signed_blocks",
                         thinking="anthropic", force_tool_with_thinking=False),
         ProviderProfile("deepseek", output_mode="json_object", reasoning_return="tool_turns",
-                        thinking="deepseek"),
+                        thinking="deepseek", logprobs=True),
         ProviderProfile("moonshot", output_mode="json_object",
                         max_tokens_field="max_completion_tokens",
                         reasoning_return="tool_turns", thinking="zhipu"),
@@ -116,16 +120,20 @@ PROFILES: dict[str, ProviderProfile] = {
                         thinking="zhipu"),
         ProviderProfile("minimax", output_mode="prompt", max_tokens_field="max_completion_tokens",
                         single_system=True, tool_choice="auto_only"),
-        ProviderProfile("gemini", reasoning_return="thought_signatures", thinking="gemini"),
+        ProviderProfile("gemini", reasoning_return="thought_signatures", thinking="gemini",
+                        logprobs=True),
         ProviderProfile("qwen", output_mode="json_object", thinking="qwen"),
-        ProviderProfile("openrouter", parallel_switch=True),
+        ProviderProfile("openrouter", parallel_switch=True, logprobs=True),
         ProviderProfile("ollama", tool_choice="never", reasoning_field="reasoning"),
-        ProviderProfile("vllm"),
+        ProviderProfile("vllm", logprobs=True),
         # llama.cpp's server (also the offline model): grammar-constrained JSON.
-        ProviderProfile("llamacpp", output_mode="json_object_schema", tool_choice="never"),
+        ProviderProfile("llamacpp", output_mode="json_object_schema", tool_choice="never",
+                        logprobs=True),
         ProviderProfile("offline", output_mode="json_object_schema", tool_choice="never",
                         default_temperature=0.3),
-        ProviderProfile("generic"),
+        # Any other compatible server: the caller's logprobs go through, and the server
+        # answers for itself (with them, without them, or with its own 400).
+        ProviderProfile("generic", logprobs=True),
     )
 }
 
