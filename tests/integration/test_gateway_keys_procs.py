@@ -56,6 +56,10 @@ async def main(store_url, redis_url, prefix, secret, tasks):
             await asyncio.sleep(rng.random() * 0.01)
             await r.decr(prefix + ":in_flight")
             await keys.settle(grant, usage=Usage(40, 10), cost_usd=rng.uniform(0.02, 0.04))
+            # A client's own time between calls: without it a caller whose call just
+            # ended takes the freed slot back at once, and a loaded machine could let one
+            # replica hold all 4 slots while the other's callers back off (seen once).
+            await asyncio.sleep(rng.random() * 0.005)
 
     await asyncio.gather(*(caller() for _ in range(tasks)))
     await keys.aclose()

@@ -10,7 +10,6 @@ close. No spend record is lost on the way.
 from __future__ import annotations
 
 import asyncio
-import gc
 import multiprocessing
 import os
 import signal
@@ -27,6 +26,7 @@ from shoal.gateway.calls import Gateway
 from shoal.gateway.keys_api import KeyService, OpenKeys
 from shoal.gateway.settings import GatewaySettings, is_loopback
 from shoal.gateway.worker_limits import keys_need_redis, split_channels, split_notice
+from shoal.gc_tune import GC_THRESHOLD, tune_gc
 
 if TYPE_CHECKING:
     from shoal.config import Config
@@ -34,13 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["GC_THRESHOLD", "GatewayServer", "open_keys", "run", "serve", "tune_gc"]
 
-# The collector's generation thresholds for a serving process (CPython's default: 700,
-# 10, 10). With 700, requests in flight keep the youngest generation full: at 64
-# connections a young collection ran every ~10 requests, an older one (~1 ms, the
-# requests in flight scanned again) every ~110, ~34 µs of CPU per request in all
-# (docs/DECISIONS.md, gateway server stack). 7,000 still collects the cycles that
-# accumulate (a few thousand objects at most), a few times a minute under load.
-GC_THRESHOLD = (7000, 10, 10)
 
 
 class GatewayServer:
@@ -100,16 +93,6 @@ class GatewayServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def tune_gc() -> None:
-    """Once the server is up: everything built so far (modules, the config, the Router,
-    the app) is moved out of the collector's reach (``gc.freeze``: a full collection
-    then scans what was made since, ~2 ms instead of ~27 ms), and the youngest
-    generation is collected less often (:data:`GC_THRESHOLD`)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
 
 
 def _mount_key_admin(app: web.Application, keys: KeyService) -> None:

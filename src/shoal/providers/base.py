@@ -28,7 +28,7 @@ class Provider(ABC):
     async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse: ...
 
     async def complete_then(self, request: ChatRequest, *, model: str,
-                            received: Callable[[], None] | None) -> ChatResponse:
+                            received: Callable[[], object] | None) -> ChatResponse:
         """``complete``, calling ``received()`` as soon as the provider is done with the
         call: its answer read, not yet parsed. The Router hands the concurrency slot to
         the next call there, so parsing this answer overlaps the next request instead of

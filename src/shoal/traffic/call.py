@@ -66,6 +66,15 @@ class Attempt:
         self.permit.release()
         self.lane.pending -= 1
 
+    def hand_off(self) -> bool:
+        """Give the concurrency slot back as the answer is read (the permit only: the
+        attempt is still pending); True when a queued call took it, so the reader can
+        let that call send before finishing its own bookkeeping."""
+        limiter = self.lane.limiter
+        queued = limiter.waiting
+        self.permit.release()
+        return queued > 0 and limiter.waiting < queued
+
 
 @dataclass(slots=True)
 class CallState:

@@ -154,6 +154,11 @@ class Limiter(ABC):
         return True
 
     @property
+    def waiting(self) -> int:
+        """Calls queued in :meth:`acquire` here (0 for a limiter that does not say)."""
+        return 0
+
+    @property
     def ceiling(self) -> int | None:
         """The learned ceiling written with the cap in force (shared limiters); None."""
         return None

@@ -362,7 +362,7 @@ class Router:
                         response = await provider.complete_then(
                             with_cache_settings(request, att.info, att.lane.channel),
                             model=att.lane.channel.wire_model(att.info),
-                            received=att.permit.release)
+                            received=att.hand_off)
                 finally:
                     if outside is not None:
                         leave(outside)
