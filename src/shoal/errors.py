@@ -23,6 +23,9 @@ everything above the adapters (router, agents, flows) matches only these.
         │   ├── BadRequest           400/404/422 — never retried
         │   │   └── ContextOverflow  prompt longer than the window — trim, never blind retry
         │   ├── MalformedResponse    a body that is not the protocol (bad JSON, wrong shape)
+        │   ├── RetryDeclined(original)  an error shoal would retry, answered with
+        │   │                        ``x-should-retry: false`` — never retried (``original``
+        │   │                        is the error it would have been)
         │   └── StreamInterrupted(partial_output)  a stream broken after output began:
         │                            cut, timed out, or an error event after content
         │                            (the provider's mapped error is ``__cause__``)
@@ -31,7 +34,8 @@ everything above the adapters (router, agents, flows) matches only these.
         ├── BudgetExceeded           turns, tokens or dollars
         ├── LoopDetected             the same tool call / state repeated k times
         ├── OutputInvalid            structured output still invalid after re-asks
-        ├── ModelRefused(refusal)    the model declined to answer (OpenAI's refusal)
+        ├── ModelRefused(refusal)    the model declined to answer (OpenAI's refusal), or
+        │                            the provider's content filter stopped its answer
         ├── GuardrailTripped(guardrail, stage, reason, agent)  a guardrail stopped a step
         ├── ToolFailed(tool)         a tool declared on_error="raise" failed after retries
         ├── StepFailed(step, result) a flow step under the "fail" policy stopped the run
@@ -79,6 +83,7 @@ __all__ = [
     "ProviderUnavailable",
     "QuotaExhausted",
     "RateLimited",
+    "RetryDeclined",
     "RunError",
     "RunExists",
     "RunNotFound",
@@ -250,6 +255,22 @@ class MalformedResponse(ProviderError):
     retryable = True
 
 
+class RetryDeclined(ProviderError):
+    """The provider answered an error shoal would retry (a 429, a 5xx, a timeout) and said
+    not to: ``x-should-retry: false``, the header both official SDKs obey before their own
+    rules (a proxy sends it once it has retried upstream itself). Never retried, like the
+    SDKs. ``original`` is the error it would have been (RateLimited, ProviderUnavailable,
+    …); ``status``, ``code`` and ``retry_after`` are that error's."""
+
+    def __init__(self, message: str, *, original: ProviderError | None = None,
+                 **fields: Any) -> None:
+        super().__init__(message, **fields)  # ProviderError's fields
+        self.original = original
+
+    def _fields(self) -> dict[str, Any]:
+        return {**super()._fields(), "original": self.original}
+
+
 class StreamInterrupted(ProviderError):
     """A stream broke after output began, or ended without its end marker.
 
@@ -311,8 +332,10 @@ class OutputInvalid(RunError):
 
 
 class ModelRefused(RunError):
-    """An agent's model declined to answer: OpenAI's ``message.refusal`` (its words are
-    in ``refusal``). Not retried by the agent: the same request would be refused again."""
+    """An agent's model declined to answer: OpenAI's ``message.refusal`` or Anthropic's
+    ``refusal`` stop (its words are in ``refusal``), or the provider's content filter
+    stopped the answer (finish ``content_filter``: ``refusal`` then says so). Not retried
+    by the agent: the same request would be refused again."""
 
     def __init__(self, message: str, *, refusal: str) -> None:
         super().__init__(message)

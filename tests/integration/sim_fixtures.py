@@ -11,7 +11,10 @@ import httpx
 import openai
 
 from shoal.clock import Clock
+from shoal.config import Config
 from shoal.sim import SimConfig, SimServer
+from shoal.traffic.retry import RetryPolicy
+from shoal.traffic.router import Router
 
 
 def _cut_errors() -> tuple[type[BaseException], ...]:
@@ -72,3 +75,14 @@ async def anthropic_for(
 def prompt_tokens_of(*texts: str) -> int:
     """The simulator's documented prompt estimate: ceil(characters / 4), at least 1."""
     return max(1, -(-sum(len(t) for t in texts) // 4))
+
+
+def style_router(sim: SimServer, style: str, retry: RetryPolicy) -> Router:
+    """A Router whose one channel ``ch`` speaks ``style`` of ``sim`` (the Anthropic
+    protocol for ``anthropic``, else OpenAI's), serving model ``m``."""
+    protocol = "anthropic" if style == "anthropic" else "openai"
+    return Router(Config.from_dict({
+        "channels": {"ch": {"protocol": protocol, "api_key": "sk-test", "provider": style,
+                            "base_url": sim.base_url(style, protocol=protocol)}},
+        "models": {"m": {"channels": ["ch"]}},
+    }), retry=retry)

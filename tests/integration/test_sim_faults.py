@@ -101,9 +101,9 @@ def test_script_rejects_unknown_faults() -> None:
     assert sim.scripted == []
 
 
-async def test_truncated_stream_lacks_done_marker() -> None:
+async def test_no_done_stream_lacks_only_the_done_marker() -> None:
     async with running() as sim, httpx.AsyncClient(base_url=sim.url) as http:
-        sim.script(["truncated", "ok"])
+        sim.script(["no_done", "ok"])
         cut = await http.post(CHAT, json={**BODY, "stream": True})
         whole = await http.post(CHAT, json={**BODY, "stream": True})
     assert cut.status_code == 200
@@ -113,6 +113,19 @@ async def test_truncated_stream_lacks_done_marker() -> None:
     unnamed = [[{k: v for k, v in c.items() if k != "id"} for c in sse_data(r.text)]
                for r in (cut, whole)]  # fmt: skip
     assert unnamed[0] == unnamed[1]
+    assert sim.stats().successes == 2  # a whole answer, as the SDKs read it
+
+
+async def test_truncated_stream_ends_cleanly_mid_answer() -> None:
+    async with running() as sim, httpx.AsyncClient(base_url=sim.url) as http:
+        sim.script(["truncated", "ok"])
+        cut = await http.post(CHAT, json={**BODY, "stream": True})
+        whole = await http.post(CHAT, json={**BODY, "stream": True})
+    assert cut.status_code == 200 and cut.text.endswith("}\n\n")
+    got, full = sse_data(cut.text), sse_data(whole.text)
+    assert 1 < len(got) < len(full) / 2 + 2
+    assert all(c["choices"][0]["finish_reason"] is None for c in got)
+    assert sim.stats().successes == 1
 
 
 async def test_non_streamed_faults() -> None:

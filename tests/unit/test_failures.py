@@ -17,10 +17,12 @@ from shoal.errors import (
     ProviderUnavailable,
     QuotaExhausted,
     RateLimited,
+    RetryDeclined,
     StreamInterrupted,
     redact,
 )
 from shoal.providers.failures import (
+    error_from_finish,
     error_from_response,
     error_from_stream_payload,
     error_from_transport,
@@ -122,6 +124,80 @@ def test_rate_limit_carries_retry_after_and_body() -> None:
     assert e.retry_after == 7.0
     assert "slow" in e.body
     assert e.code == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls"),
+    [
+        # MiniMax's /v1/chat/completions envelope: its code ends the message
+        (429, {"type": "error", "error": {"type": "rate_limit_error", "http_code": "429",
+                                          "message": "usage limit exceeded (2056)"}},
+         QuotaExhausted),
+        (429, {"type": "error", "error": {"type": "rate_limit_error", "http_code": "429",
+                                          "message": "rate limit exceeded (1002)"}},
+         RateLimited),
+        (200, {"base_resp": {"status_code": 1039, "status_msg": "token limit"}}, RateLimited),
+        (200, {"base_resp": {"status_code": 1013, "status_msg": "internal error"}},
+         ProviderUnavailable),
+        # Zhipu: the day's limit is quota; content safety and unknown model are final
+        (429, {"error": {"code": "1304", "message": "daily limit"}}, QuotaExhausted),
+        (400, {"error": {"code": "1301", "message": "unsafe content"}}, BadRequest),
+        (200, {"error": {"code": "1301", "message": "unsafe content"}}, BadRequest),
+        (200, {"error": {"code": "1211", "message": "Model does not exist"}}, BadRequest),
+        # OpenAI's slow_down, once sent as a 503
+        (503, {"error": {"message": "slow down", "code": "slow_down"}}, RateLimited),
+    ],
+)
+def test_provider_codes_map_to_the_tree(status: int, body: object, cls: type) -> None:
+    assert type(err(status, body)) is cls
+
+
+def test_a_zhipu_plan_cap_waits_for_its_reset_in_beijing_time() -> None:
+    body = {"error": {"code": "1308", "message": "Usage limit reached for 5 hour. Your limit "
+                                                 "will reset at 2023-11-15 07:13:20"}}
+    e = err(429, body)  # NOW is 2023-11-14 22:13:20 UTC = 2023-11-15 06:13:20 in Beijing
+    assert isinstance(e, QuotaExhausted) and e.retry_after == 3600.0
+    past = {"error": {"code": "1310", "message": "will reset at 2023-11-15 05:00:00"}}
+    assert err(429, past).retry_after == 0.0
+    odd = {"error": {"code": "1310", "message": "will reset at 2023-13-45 99:00:00"}}
+    assert err(429, odd).retry_after is None
+    assert err(429, body, {"retry-after": "5"}).retry_after == 5.0  # a header wins
+
+
+def test_x_should_retry_false_declines_a_retry_shoal_would_make() -> None:
+    no = {"x-should-retry": "false"}
+    for status, cls in ((503, ProviderUnavailable), (429, RateLimited), (529, Overloaded)):
+        e = err(status, {"error": {"message": "busy"}}, {**no, "retry-after": "2"})
+        assert type(e) is RetryDeclined and not e.retryable
+        assert type(e.original) is cls and e.__cause__ is e.original
+        assert (e.status, e.retry_after) == (status, 2.0)
+    assert type(err(400, {"error": {"message": "x"}}, no)) is BadRequest
+    assert type(err(429, {"error": {"type": "insufficient_quota"}}, no)) is QuotaExhausted
+    assert type(err(503, {"error": {"message": "x"}}, {"X-Should-Retry": "False"})) is \
+        RetryDeclined
+    # "true" changes nothing: what shoal retries it retries, a request error stays final
+    assert type(err(503, {"error": {"message": "x"}}, {"x-should-retry": "true"})) is \
+        ProviderUnavailable
+    assert type(err(400, {"error": {"message": "x"}}, {"x-should-retry": "true"})) is BadRequest
+
+
+def test_a_retry_declined_survives_pickling() -> None:
+    import pickle
+
+    e = err(503, {"error": {"message": "busy"}}, {"x-should-retry": "false"})
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is RetryDeclined and type(back.original) is ProviderUnavailable
+    assert back.status == 503
+
+
+def test_finish_reasons_that_end_no_answer() -> None:
+    usage = Usage(10, 4)
+    for raw in ("insufficient_system_resource", "network_error"):
+        e = error_from_finish(raw, provider="p", usage=usage)
+        assert type(e) is ProviderUnavailable and e.retryable
+        assert (e.code, e.status, e.usage) == (raw, 200, usage)
+    for label in (None, "stop", "length", "sensitive", "content_filter", "pause_turn"):
+        assert error_from_finish(label, provider="p", usage=usage) is None
 
 
 def test_never_retryable_classes() -> None:

@@ -43,3 +43,14 @@ def test_the_cli_loop_runs_its_coroutine_with_the_collector_tuned() -> None:
         "    return gc.get_freeze_count() > 10_000, gc.get_threshold()[0]\n"
         "print(*run(main()))\n")
     assert out == "True 7000"
+
+
+def test_a_server_freezes_what_it_built_after_the_loops_start_up_freeze() -> None:
+    out = run_python(
+        "import gc\n"
+        "from shoal.gc_tune import freeze_built, tune_gc\n"
+        "tune_gc(); before = gc.get_freeze_count()\n"
+        "built = [[i] for i in range(5000)]\n"
+        "freeze_built()\n"
+        "print(gc.get_freeze_count() >= before + 5000, gc.get_threshold()[0])\n")
+    assert out == "True 7000"

@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from shoal.agents.agent import Agent
 from shoal.agents.client import ModelClient, default_model_of
 from shoal.agents.context import trim_messages
+from shoal.agents.endings import unusable
 from shoal.agents.guards import Budget, LoopDetector, Reservation, estimate_cost
 from shoal.agents.output import OutputParseError
 from shoal.agents.recorder import NullRecorder, RunRecorder
@@ -33,7 +34,6 @@ from shoal.errors import (
     ContextOverflow,
     DeadlineExceeded,
     LoopDetected,
-    ModelRefused,
     ModelRetired,
     OutputInvalid,
     ProviderError,
@@ -222,16 +222,9 @@ class _Loop(Generic[T]):
             ctx.turn = turn
             response = await self._turn(turn, "none" if answer_now else tool_choice)
             turn += 1
-            if response.tool_calls and response.finish_reason == "length":
-                names = ", ".join(repr(c.name) for c in response.tool_calls)
-                raise BudgetExceeded(
-                    f"agent {agent.name!r}: the model's answer was cut at max_tokens "
-                    f"({response.usage.output_tokens} output tokens) inside its call of "
-                    f"{names}, whose arguments are incomplete, so nothing was run; raise the "
-                    "agent's max_tokens")
-            if response.refusal and not response.tool_calls:
-                raise ModelRefused(f"agent {agent.name!r}: the model declined to answer: "
-                                   f"{response.refusal}", refusal=response.refusal)
+            stop = unusable(agent.name, response)  # a cut call, a pause, a refusal
+            if stop is not None:
+                raise stop
             self.messages.append(response.message())
             if response.tool_calls:
                 if tool_choice == "none":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from shoal.errors import (
@@ -32,6 +32,7 @@ from shoal.errors import (
     ProviderTimeout,
     QuotaExhausted,
     RateLimited,
+    RetryDeclined,
     RunError,
     ShoalError,
     StoreError,
@@ -119,6 +120,12 @@ def _key_failure(exc: GatewayKeyError) -> Failure:
 def _upstream_failure(exc: ProviderError) -> Failure:
     """What the Router raised once it gave up on every channel and fallback."""
     message = str(exc)
+    if isinstance(exc, RetryDeclined):
+        # The upstream said x-should-retry: false: the caller's SDK is told the same,
+        # with the status the error would have had.
+        inner = (_upstream_failure(exc.original) if exc.original is not None
+                 else Failure(502, "api_error", message))
+        return replace(inner, message=message, headers={**inner.headers, **_NO_RETRY})
     if isinstance(exc, ContextOverflow):
         return Failure(400, "invalid_request", message, code="context_length_exceeded")
     if isinstance(exc, BadRequest):

@@ -26,13 +26,13 @@ from shoal.gateway.calls import Gateway
 from shoal.gateway.keys_api import KeyService, OpenKeys
 from shoal.gateway.settings import GatewaySettings, is_loopback
 from shoal.gateway.worker_limits import keys_need_redis, split_channels, split_notice
-from shoal.gc_tune import GC_THRESHOLD, tune_gc
+from shoal.gc_tune import freeze_built
 
 if TYPE_CHECKING:
     from shoal.config import Config
     from shoal.traffic.router import Router
 
-__all__ = ["GC_THRESHOLD", "GatewayServer", "open_keys", "run", "serve", "tune_gc"]
+__all__ = ["GatewayServer", "open_keys", "run", "serve"]
 
 
 
@@ -155,7 +155,7 @@ async def serve(config: Config, settings: GatewaySettings, *, store: str | None 
         await router.aclose()
         await keys.aclose()
         raise
-    tune_gc()
+    freeze_built()  # the server as built, over the loop's start-up freeze
     mode = "virtual keys" if keys.required else "no keys (loopback only)"
     print(f"shoal gateway listening on {server.url} (pid {os.getpid()}, {mode})", flush=True)
     await stop.wait()

@@ -328,10 +328,12 @@ class AnthropicProvider(HttpProvider):
                         yield out
                     if st.stopped:
                         break
-            if not st.stopped:
+            if not st.stopped and st.stop is None:
+                # Without message_stop a stream is whole once message_delta said why it
+                # ended (with the final usage); without either it was cut.
                 raise StreamInterrupted(
-                    f"stream from {self.name} ended without message_stop", status=200,
-                    provider=self.name,
+                    f"stream from {self.name} ended without a stop_reason or message_stop",
+                    status=200, provider=self.name,
                 )
         except ProviderError as exc:
             err = self._broken(exc, output_began=st.began(), partial_output=st.partial(),

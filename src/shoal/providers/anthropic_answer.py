@@ -29,6 +29,9 @@ _STOP: dict[str, FinishReason] = {
     "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
+    # Server tools (web search, code execution) paused a long turn: the caller is to send
+    # the content back to continue it. Not an answer's end: "other", raw label kept.
+    "pause_turn": "other",
 }
 
 

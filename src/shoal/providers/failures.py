@@ -12,9 +12,9 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import UTC
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import (
     AuthError,
@@ -27,10 +27,15 @@ from shoal.errors import (
     ProviderUnavailable,
     QuotaExhausted,
     RateLimited,
+    RetryDeclined,
     StreamInterrupted,
 )
 
+if TYPE_CHECKING:
+    from shoal.types import Usage
+
 __all__ = [
+    "error_from_finish",
     "error_from_response",
     "error_from_stream_payload",
     "error_from_transport",
@@ -49,9 +54,11 @@ _QUOTA_CODES = frozenset(
         "billing_error",
         "insufficient_balance",
         "1113",  # Zhipu: arrears / no balance
+        "1304",  # Zhipu: the day's call limit is reached (until tomorrow)
         "1308",  # Zhipu: usage cap reached until reset
         "1310",
         "1008",  # MiniMax: insufficient balance
+        "minimax:2056",  # MiniMax: the plan's usage limit exceeded
     }
 )
 _QUOTA_TEXT = re.compile(
@@ -70,7 +77,9 @@ _AUTH_CODES = frozenset({"authentication_error", "permission_error", "1004", "20
                          "API_KEY_INVALID"})  # MiniMax 1004/2049, Gemini's ErrorInfo reason
 _OVERLOAD_TYPES = frozenset({"overloaded_error", "engine_overloaded_error", "1305", "1312"})
 _RATE_CODES = frozenset(
-    {"rate_limit_exceeded", "rate_limit_error", "rate_limit_reached_error", "1302", "1303", "1002"}
+    {"rate_limit_exceeded", "rate_limit_error", "rate_limit_reached_error", "slow_down",
+     "1302", "1303", "1002",
+     "minimax:1039", "minimax:1041", "minimax:2045"}  # MiniMax: TPM, connections, growth
 )
 
 
@@ -160,7 +169,13 @@ def _codes(body: Any) -> set[str]:
             value = err.get(key)
             if value is not None:
                 found.add(str(value))
+        coded = _MINIMAX_IN_TEXT.search(str(err.get("message") or ""))
+        if "http_code" in err and coded:  # MiniMax's envelope: "… (2056)" ends the message
+            found.update((coded.group(1), f"minimax:{coded.group(1)}"))
     return found
+
+
+_MINIMAX_IN_TEXT = re.compile(r"\((\d{4,5})\)\s*$")
 
 
 _GOOGLE_DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")
@@ -205,10 +220,16 @@ _TYPE_STATUS = {
     "overloaded_error": 529, "timeout_error": 504,
     # MiniMax base_resp codes, which arrive inside an HTTP 200 (PROVIDERS.md §3): invalid
     # params and sensitive input/output are the caller's to fix (never retried), a
-    # timeout and an unknown error are worth another attempt. Rate limit (1002), auth
-    # (1004, 2049) and balance (1008) are matched by code in _classify.
+    # timeout, an unknown or internal error are worth another attempt. Rate limits (1002,
+    # 1039 TPM, 1041 connections, 2045 growth), auth (1004, 2049) and balance (1008,
+    # 2056 the plan's usage) are matched by code in _classify.
     "minimax:2013": 400, "minimax:1026": 400, "minimax:1027": 400,
-    "minimax:1001": 408, "minimax:1000": 500,
+    "minimax:1001": 408, "minimax:1000": 500, "minimax:1013": 500, "minimax:1024": 500,
+    "minimax:1033": 500,
+    # Zhipu business codes, for when one arrives inside a 200 (a stream's error chunk):
+    # content safety (1301), unknown model (1211) and invalid parameters (1214) are the
+    # caller's to fix (docs.z.ai/api-reference/api-code).
+    "1301": 400, "1211": 400, "1214": 400,
 }
 
 
@@ -296,7 +317,43 @@ def error_from_response(
     # An error envelope inside a 2xx (a JSON answer to a stream request, MiniMax base_resp)
     # is classified by the status its type stands for; the error keeps status 200.
     rule_status = _hint_status(codes, status) if 200 <= status < 300 else status
-    return _classify(rule_status, text, codes, fields, provider=provider, key_env=key_env)
+    if fields["retry_after"] is None and codes & {"1308", "1310"}:
+        fields["retry_after"] = _zhipu_reset(text, now_wall)  # Zhipu: in the message only
+    err = _classify(rule_status, text, codes, fields, provider=provider, key_env=key_env)
+    return _declined(err, headers)
+
+
+# Zhipu's plan caps (1308, 1310) say when they end in the message only: "… Your limit will
+# reset at 2026-10-13 01:47:29", Beijing time without an offset (as integrators observe).
+_ZHIPU_RESET = re.compile(r"reset at (\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2})")
+_BEIJING = timezone(timedelta(hours=8))
+
+
+def _zhipu_reset(text: str, now_wall: float) -> float | None:
+    """Seconds until the reset time a Zhipu plan-cap message names (0 when past)."""
+    match = _ZHIPU_RESET.search(text)
+    if match is None:
+        return None
+    try:
+        when = datetime.fromisoformat(f"{match[1]}T{match[2]}").replace(tzinfo=_BEIJING)
+    except ValueError:
+        return None
+    return max(0.0, when.timestamp() - now_wall)
+
+
+def _declined(err: ProviderError, headers: Mapping[str, str]) -> ProviderError:
+    """``err``, or a RetryDeclined from it when it is retryable and the answer said
+    ``x-should-retry: false``. ``true`` changes nothing: shoal already retries 408, 409,
+    429 and 5xx, and a request error, a key or a quota is not cured by retrying (the
+    SDKs, which would retry one, give up after two retries)."""
+    flag = (_header(headers, "x-should-retry") or "").strip().lower()
+    if flag != "false" or not err.retryable:
+        return err
+    declined = RetryDeclined(
+        f"{err.message} (the provider said x-should-retry: false, so shoal does not retry)",
+        **err._fields(), original=err)
+    declined.__cause__ = err
+    return declined
 
 
 def error_from_stream_payload(payload: Any, *, provider: str, raw: str,
@@ -311,6 +368,28 @@ def error_from_stream_payload(payload: Any, *, provider: str, raw: str,
     fields: dict[str, Any] = {"status": 200, "provider": provider, "body": raw, "code": code}
     return _classify(_hint_status(codes, 200), text, codes, fields, provider=provider,
                      key_env=key_env, where=" inside the stream")
+
+
+# Finish reasons that end no answer: the provider cut it for a failure of its own, so it
+# is incomplete and retried like a 5xx (PROVIDERS.md §3), never returned as a success.
+_FAILED_FINISH = {
+    "insufficient_system_resource": "DeepSeek ran out of inference capacity",
+    "network_error": "Zhipu's model inference failed",
+}
+
+
+def error_from_finish(raw: str | None, *, provider: str, usage: Usage | None,
+                      body: str = "") -> ProviderError | None:
+    """The error an answer's ``finish_reason`` stands for (DeepSeek's
+    ``insufficient_system_resource``, Zhipu's ``network_error``: a ProviderUnavailable
+    carrying the billed ``usage``), or None when the reason ends a real answer."""
+    what = _FAILED_FINISH.get(raw or "")
+    if what is None:
+        return None
+    return ProviderUnavailable(
+        f"{provider} cut the answer short (finish_reason {raw!r}: {what}); the partial "
+        "answer is not used, and the call is retried like a server error",
+        status=200, provider=provider, code=raw, usage=usage, body=body)
 
 
 def interrupted(cause: ProviderError, *, provider: str, partial_output: str) -> StreamInterrupted:

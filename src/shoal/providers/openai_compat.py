@@ -6,7 +6,9 @@ Sending is shaped by the channel's :mod:`shoal.providers.profiles` entry; parsin
 usage on a ``choices: []`` chunk, inside ``choices[0]`` or on the last content chunk;
 tool-call fragments with null or repeated indices; whole arguments in one chunk;
 ``reasoning_content``/``reasoning``; blank lines and ``: keep-alive`` comments; an
-unterminated ``[DONE]``.
+unterminated ``[DONE]``, or none after the finish_reason. Finish reasons that end no
+answer (DeepSeek's ``insufficient_system_resource``, Zhipu's ``network_error``) raise
+the error they stand for (:func:`shoal.providers.failures.error_from_finish`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from shoal import fastjson
 from shoal.errors import ConfigError, MalformedResponse, ProviderError, StreamInterrupted
 from shoal.providers.caching import gate_turn, plan_openai
 from shoal.providers.failures import (
+    error_from_finish,
     error_from_stream_payload,
     is_error_body,
 )
@@ -200,6 +203,10 @@ class OpenAICompatProvider(HttpProvider):
             ]
             raw_finish = choice.get("finish_reason")
             usage = usage_of(body.get("usage")) or usage_of(choice.get("usage")) or Usage()
+            failed = error_from_finish(raw_finish, provider=self.name, usage=usage,
+                                       body=raw.decode("utf-8", "replace"))
+            if failed is not None:
+                raise failed
             reasoning = msg.get("reasoning_content") or msg.get("reasoning")
             refusal = msg.get("refusal") if isinstance(msg.get("refusal"), str) else None
             return ChatResponse(
@@ -272,11 +279,16 @@ class OpenAICompatProvider(HttpProvider):
                         ) from None
                     for out in outs:
                         yield out
-            if not done:
+            if not done and acc.finish is None:
+                # Without [DONE] a stream is whole once a finish_reason came (the SDKs
+                # read to the end of the body, [DONE] or not); without either it was cut.
                 raise StreamInterrupted(
-                    f"stream from {self.name} ended without its end marker ([DONE])",
-                    status=200, provider=self.name,
+                    f"stream from {self.name} ended without a finish_reason or its end "
+                    "marker ([DONE])", status=200, provider=self.name,
                 )
+            failed = error_from_finish(acc.finish, provider=self.name, usage=acc.usage)
+            if failed is not None:
+                raise failed
         except ProviderError as exc:
             err = self._broken(exc, output_began=acc.began(), partial_output=acc.partial(),
                                usage=acc.usage)

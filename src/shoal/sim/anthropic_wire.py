@@ -3,6 +3,7 @@ body, the SSE event sequence and the error envelope (PROVIDERS.md §2)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -167,6 +168,8 @@ def render(rid: str, ask: Ask, answer: Answer) -> bytes:
     for tool in answer.tools:
         block = {"type": "tool_use", "id": tool.id, "name": tool.name}
         content.append({**block, "input": _tool_input(tool.arguments)})
+    if answer.provider_finish == "pause_turn":
+        content.extend(_server_search(rid, ask))
     body = {
         "id": rid,
         "type": "message",
@@ -180,7 +183,21 @@ def render(rid: str, ask: Ask, answer: Answer) -> bytes:
     return _DUMPS(body).encode()
 
 
+def _server_search(rid: str, ask: Ask) -> list[dict[str, Any]]:
+    """A ``web_search`` server tool's call and its result, as a turn that server tools
+    paused (``pause_turn``) carries them (platform.claude.com, "Server tools")."""
+    tool_id = "srvtoolu_" + hashlib.sha256(rid.encode()).hexdigest()[:24]
+    query = " ".join(ask.last_text.split()[:8]) or "shoal"
+    result = {"type": "web_search_result", "url": "https://example.com/shoal",
+              "title": "Shoal notes", "encrypted_content": "sim-" + tool_id, "page_age": None}
+    return [{"type": "server_tool_use", "id": tool_id, "name": "web_search",
+             "input": {"query": query}},
+            {"type": "web_search_tool_result", "tool_use_id": tool_id, "content": [result]}]
+
+
 def _stop_reason(answer: Answer) -> str:
+    if answer.provider_finish:
+        return answer.provider_finish
     if answer.refusal:
         return "refusal"
     return "stop_sequence" if answer.stop_sequence else _STOP[answer.finish]
@@ -247,6 +264,11 @@ def render_stream(rid: str, ask: Ask, answer: Answer) -> tuple[list[bytes], list
         # input is the {} of the block's start.
         pieces = [] if tool.arguments == "{}" else tool.pieces
         block(opening, "input_json_delta", "partial_json", pieces)
+    if answer.provider_finish == "pause_turn":
+        use, result = _server_search(rid, ask)
+        block(_DUMPS({**use, "input": {}}), "input_json_delta", "partial_json",
+              [_DUMPS(use["input"])])
+        block(_DUMPS(result), "", "", [])  # whole at its start: no deltas
     stop_reason = _stop_reason(answer)
     add(
         'event: message_delta\ndata: {"type":"message_delta","delta":'

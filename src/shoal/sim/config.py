@@ -55,9 +55,19 @@ FAULT_NAMES: frozenset[str] = frozenset(
         "quota",
         "context_overflow",
         "refusal",
+        "no_done",
+        "crlf",
+        "data_nospace",
+        "json_body",
     }
 )
 _DELAY = re.compile(r"^delay:(\d+(?:\.\d*)?|\.\d+)$")
+# "code:<code>" (a provider's business error code, e.g. "code:1301", "code:slow_down") and
+# "finish:<reason>" (an answer ended by that finish reason); which style has which is
+# checked per request (shoal.sim.provider_faults).
+_PROVIDER_FAULT = re.compile(r"^(?:code:[A-Za-z0-9_]{1,40}|finish:[a-z_]{1,40})$")
+# "<status>:no_retry": that error status with ``x-should-retry: false``.
+_NO_RETRY = re.compile(r"^[45]\d\d:no_retry$")
 # Forms of a 429's Retry-After (fault names "429:<form>"; see limits.retry_after_form_headers).
 RETRY_AFTER_FORMS: tuple[str, ...] = ("seconds", "float", "date", "ms", "none")
 
@@ -70,11 +80,14 @@ def check_fault(name: str) -> str:
         return name
     if name.isdigit() and 400 <= int(name) <= 599:
         return name
+    if _PROVIDER_FAULT.match(name) or _NO_RETRY.match(name):
+        return name
     known = ", ".join(sorted(FAULT_NAMES))
     raise ConfigError(
         f"unknown simulator fault {name!r}: use one of {known}, an HTTP error status "
         "such as '429' or '503', '429:<form>' (form: " + ", ".join(RETRY_AFTER_FORMS)
-        + "), or 'delay:<seconds>'"
+        + "), '<status>:no_retry' (that error with x-should-retry: false), "
+        "'code:<provider code>', 'finish:<reason>', or 'delay:<seconds>'"
     )
 
 

@@ -27,7 +27,8 @@ from typing import Any, Literal
 from shoal.sim.config import ModelProfile
 from shoal.sim.schema import instance, violation
 
-__all__ = ["Answer", "Ask", "BadInput", "ToolPlan", "Wordbank", "plan", "prompt_tokens"]
+__all__ = ["Answer", "Ask", "BadInput", "ToolPlan", "Wordbank", "plan", "prompt_tokens",
+           "truncate_calls"]
 
 ToolMode = Literal["auto", "none", "required", "named"]
 JSON_PIECE = 4
@@ -100,6 +101,9 @@ class Answer:
     # The model declines (the "refusal" fault): OpenAI's message.refusal with no content,
     # Anthropic's stop_reason "refusal" after this text.
     refusal: str | None = None
+    # The finish reason the wire says instead of ``finish``'s (a ``finish:<reason>``
+    # fault: DeepSeek's insufficient_system_resource, Anthropic's pause_turn, ...).
+    provider_finish: str | None = None
 
     @property
     def text(self) -> str:
@@ -195,7 +199,7 @@ def plan(
         finish: Literal["stop", "length", "tool_calls"] = "tool_calls"
         if used > budget:
             finish = "length"
-            calls = _truncate_calls(calls, max(budget, 0))
+            calls = truncate_calls(calls, max(budget, 0))
             used = sum(len(c.pieces) for c in calls)
         return Answer([], reasoning, calls, finish, ptok, used + len(reasoning))
 
@@ -253,7 +257,7 @@ def _tool_targets(ask: Ask) -> list[tuple[str, Any]]:
     return ask.tools
 
 
-def _truncate_calls(calls: list[ToolPlan], budget: int) -> list[ToolPlan]:
+def truncate_calls(calls: list[ToolPlan], budget: int) -> list[ToolPlan]:
     out: list[ToolPlan] = []
     for call in calls:
         if budget <= 0:

@@ -2,14 +2,20 @@
 
 * ``cut``: the connection is closed mid-body (the client sees an incomplete response;
   the official SDKs raise ``APIConnectionError``);
-* ``truncated``: the body ends cleanly but early: a stream without its end marker
-  (``data: [DONE]`` / ``message_stop``), a JSON body cut in half;
+* ``truncated``: the body ends cleanly but early: a stream after half its tokens (no
+  finish reason, no end marker), a JSON body cut in half;
 * ``malformed``: one stream event (or the JSON body) is broken JSON;
 * ``stream_error``: a 200 stream that carries an error event halfway.
+
+And the SSE dialects a tolerant reader must accept (PROVIDERS.md §0, trap 11), each a
+whole answer: ``no_done`` (the stream ends after its last event without ``data:
+[DONE]`` / ``message_stop``), ``crlf`` (every line ends in CRLF), ``data_nospace``
+(``data:{…}``, ``event:name``: no space after the colon).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +33,7 @@ __all__ = ["Call", "send_stream", "send_whole"]
 _BROKEN = frozenset({"cut", "truncated", "malformed", "stream_error"})
 
 _JSON = "application/json"
+_NOSPACE = re.compile(rb"(?m)^(data|event): ")  # a field name and its colon's space
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
@@ -75,7 +82,8 @@ class Call:
             tag=headers.get("x-shoal-tag"),
             retry_count=int(retry) if retry is not None and retry.isdigit() else None,
             key=headers.get("idempotency-key") or headers.get("x-shoal-tag"),
-            complete=self.delivered and self.fault not in _BROKEN,
+            complete=self.delivered and self.fault not in _BROKEN
+            and not (self.fault or "").startswith("finish:"),  # an answer ended short
         )
 
 
@@ -113,8 +121,14 @@ async def send_stream(
     fault = call.fault
     token_at = [i for i, is_token in enumerate(tokens) if is_token]
     mid = token_at[len(token_at) // 2] if token_at else min(1, len(events) - 1)
-    if fault == "truncated":
+    if fault == "no_done":
         events, tokens = events[:-1], tokens[:-1]
+    elif fault == "crlf":
+        events = [e.replace(b"\n", b"\r\n") for e in events]
+    elif fault == "data_nospace":
+        events = [_NOSPACE.sub(rb"\1:", e) for e in events]
+    elif fault == "truncated":
+        events, tokens = events[:mid], tokens[:mid]
     elif fault == "malformed":
         events = [*events[:mid], _break(events[mid]), *events[mid + 1 :]]
     elif fault in ("cut", "stream_error"):

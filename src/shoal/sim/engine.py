@@ -8,8 +8,10 @@ One :class:`SimEngine` serves both protocols. Per request it
 4. admits the request under ``max_concurrency``, ``rpm`` and ``tpm`` (else 429);
 5. rejects prompts over the model's context window (400);
 6. waits the model's latency and sends the answer, streamed or whole, with the
-   delivery faults (hang, cut, truncated, malformed, stream_error) applied
-   (see :mod:`shoal.sim.delivery`).
+   delivery faults (hang, cut, truncated, malformed, stream_error, the SSE dialects)
+   applied (see :mod:`shoal.sim.delivery`); a ``finish:<reason>`` fault ends it short
+   and a ``code:<code>`` answers the provider's error for that code
+   (:mod:`shoal.sim.provider_faults`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from aiohttp import web
 
 from shoal.clock import utc_date
 from shoal.errors import ConfigError
-from shoal.sim import anthropic_wire, openai_wire, styles
+from shoal.sim import anthropic_wire, openai_wire, provider_faults, styles
 from shoal.sim.caching import PromptCache
 from shoal.sim.config import ModelProfile, SimConfig, check_fault
 from shoal.sim.content import Answer, Ask, BadInput, Wordbank, plan, refused
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["SimEngine"]
 
 _DELIVERY = frozenset({"hang", "cut", "truncated", "malformed", "stream_error", "schema_invalid",
-                       "refusal"})
+                       "refusal", "no_done", "crlf", "data_nospace", "json_body"})
 ANTHROPIC_MAX_BODY = 32 * 1024 * 1024  # bytes (docs.claude.com/en/api/errors)
 _BAD_GATEWAY_HTML = (
     b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
@@ -119,6 +121,11 @@ class SimEngine:
         try:
             ask = call.ask = self._parse(call, await call.request.read())
             call.fault = self._pick_fault(call)
+            if call.fault is not None and call.fault.startswith(("code:", "finish:")):
+                try:  # does the route's provider have that code / finish reason?
+                    provider_faults.check(call.fault, self._style(call), call.protocol)
+                except BadInput as exc:
+                    _raise("bad_request", 400, message=exc.message)
             profile = self._profile(ask.model)
             if call.fault == "context_overflow":
                 overflow = profile.context_window + 1 + ask.prompt_chars // 4
@@ -132,6 +139,8 @@ class SimEngine:
             )  # fmt: skip
             if call.fault == "refusal":
                 answer = call.answer = refused(answer)
+            elif call.fault is not None and call.fault.startswith("finish:"):
+                answer = call.answer = provider_faults.cut_short(answer, call.fault[7:])
             self._admit(call, answer)
             admitted = True
             self.admitted += 1
@@ -302,8 +311,12 @@ class SimEngine:
     def _error(self, call: Call, reply: _Reply) -> web.Response:
         ctx = reply.ctx
         form = ctx.pop("form", None)
+        no_retry = ctx.pop("no_retry", False)
         style = self._style(call)
-        if call.protocol == "openai":
+        if reply.kind == "code":  # a business code: its provider's status and body
+            status, body = provider_faults.coded_error(style, ctx["code"],
+                                                       wall=self.clock.wall())
+        elif call.protocol == "openai":
             status, body = openai_wire.error_body(
                 style, reply.kind, reply.status, request_id=call.rid, **ctx
             )
@@ -312,11 +325,15 @@ class SimEngine:
         headers = call.base_headers()
         if status == 429:
             headers.update(self.limit_headers(call.protocol, ctx.get("retry_after"), style))
+            if call.protocol == "anthropic":  # what Anthropic's 429s carry (SDK issue #357)
+                headers["x-should-retry"] = "true"
             if form is not None:  # a "429:<form>" fault: that Retry-After form only
                 headers.pop("retry-after", None)
                 headers.pop("retry-after-ms", None)
                 wall = self.clock.wall()
                 headers.update(retry_after_form_headers(form, ctx["retry_after"], wall=wall))
+        if no_retry:  # a proxy that has retried already: the header the SDKs obey
+            headers["x-should-retry"] = "false"
         if status == 502 and call.protocol == "openai" and style in styles.OPENAI_SHAPED:
             # What a gateway in front of an API really sends: an HTML page, not JSON.
             return web.Response(
@@ -347,7 +364,7 @@ class SimEngine:
             resp_id = f"chatcmpl-sim{call.n:07d}"
         else:
             resp_id = f"msg_sim{call.n:07d}"
-        if not ask.stream:
+        if not ask.stream or fault == "json_body":  # json_body: stream: true ignored
             total = delay + step * answer.completion_tokens
             if total > 0:
                 await self.clock.sleep(total)
@@ -398,6 +415,14 @@ class SimEngine:
 def _raise_immediate(fault: str, retry_after: float) -> NoReturn:
     if fault == "quota":
         _raise("quota", 429)
+    if fault.startswith("code:"):
+        _raise("code", 0, code=fault[5:], retry_after=retry_after)
+    if fault.endswith(":no_retry"):
+        try:
+            _raise_immediate(fault.partition(":")[0], retry_after)
+        except _Reply as reply:
+            reply.ctx["no_retry"] = True
+            raise
     if fault.startswith("429:"):
         _raise("rate_limit", 429, reason="fault", retry_after=retry_after, form=fault[4:])
     status = int(fault)
@@ -411,7 +436,7 @@ def _raise_immediate(fault: str, retry_after: float) -> NoReturn:
 
 
 def _is_immediate(fault: str) -> bool:
-    return fault not in _DELIVERY and not fault.startswith("delay:")
+    return fault not in _DELIVERY and not fault.startswith(("delay:", "finish:"))
 
 
 def _none_if_ok(fault: str) -> str | None:

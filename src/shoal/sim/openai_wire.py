@@ -164,7 +164,7 @@ def render(rid: str, created: int, ask: Ask, answer: Answer, style: str) -> byte
     return (
         f'{keep_alive}{{"id":"{rid}","object":"chat.completion","created":{created},'
         f'"model":{_DUMPS(ask.model)},"choices":[{{"index":0,"message":{message_json},'
-        f'"logprobs":null,"finish_reason":"{answer.finish}"}}],'
+        f'"logprobs":null,"finish_reason":"{answer.provider_finish or answer.finish}"}}],'
         f'"usage":{_usage_json(answer, style)},"service_tier":"default",'
         '"system_fingerprint":"fp_shoal_sim"}'
     ).encode()
@@ -230,7 +230,8 @@ def render_stream(
     in_choice = f',"usage":{usage}' if style == "moonshot" else ""
     on_chunk = f',"usage":{usage}' if style == "zhipu" else ',"usage":null' if usage_null else ""
     # Gemini's streams end with "stop" even after tool calls (non-streamed: tool_calls).
-    finish = "stop" if style == "gemini" and answer.finish == "tool_calls" else answer.finish
+    finish: str = "stop" if style == "gemini" and answer.finish == "tool_calls" else answer.finish
+    finish = answer.provider_finish or finish  # a finish:<reason> fault
     final = (
         f'{head}{{}},"logprobs":null,"finish_reason":"{finish}"{in_choice}}}]'
         f"{on_chunk}}}\n\n"
