@@ -88,17 +88,24 @@ async def recording(sim: SimServer) -> AsyncIterator[Recorder]:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", relay)
+    try:
+        async with serving(app) as rec.url:
+            yield rec
+    finally:
+        await session.close()
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free port of 127.0.0.1: its ``http://127.0.0.1:PORT``."""
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
-    rec.url = f"http://127.0.0.1:{port}"
     try:
-        yield rec
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
-        await session.close()
 
 
 def sim_config(sim: Upstream, *, channel: dict[str, Any] | None = None,

@@ -15,6 +15,7 @@ from shoal.config import Config
 from shoal.sim import SimConfig, SimServer
 from shoal.traffic.retry import RetryPolicy
 from shoal.traffic.router import Router
+from shoal.types import ChatRequest, ChatResponse, StreamEnd, StreamEvent
 
 
 def _cut_errors() -> tuple[type[BaseException], ...]:
@@ -86,3 +87,19 @@ def style_router(sim: SimServer, style: str, retry: RetryPolicy) -> Router:
                             "base_url": sim.base_url(style, protocol=protocol)}},
         "models": {"m": {"channels": ["ch"]}},
     }), retry=retry)
+
+
+async def streamed_whole(router: Router, ask: ChatRequest
+                         ) -> tuple[list[StreamEvent], ChatResponse]:
+    """Every event of ``router.stream(ask)`` and the answer its ``StreamEnd`` carries."""
+    events = [e async for e in router.stream(ask)]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    return events, end.response
+
+
+async def drain_into(router: Router, ask: ChatRequest, seen: list[StreamEvent]) -> None:
+    """Stream ``ask``, keeping each event in ``seen`` as it arrives (a stream that
+    raises leaves what came before)."""
+    async for event in router.stream(ask):
+        seen.append(event)

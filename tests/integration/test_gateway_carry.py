@@ -28,6 +28,7 @@ from gateway_fixtures import (
     gateway,
     openai_client,
     recording,
+    serving,
     sim_config,
 )
 from pydantic import BaseModel
@@ -226,14 +227,8 @@ async def logprobs_upstream(ignores_stream: bool) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url + "/v1"
 
 
 @pytest.mark.parametrize("ignores_stream", [False, True])

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from sim_fixtures import style_router
+from sim_fixtures import drain_into, streamed_whole, style_router
 
 from shoal.agents import Agent, Runner, tool
 from shoal.errors import (
@@ -47,15 +47,11 @@ def router(sim: SimServer, style: str) -> Router:
 
 
 async def streamed(r: Router, ask: ChatRequest = ASK) -> tuple[list[StreamEvent], ChatResponse]:
-    events = [e async for e in r.stream(ask)]
-    end = events[-1]
-    assert isinstance(end, StreamEnd)
-    return events, end.response
+    return await streamed_whole(r, ask)
 
 
 async def drain(r: Router, seen: list[StreamEvent]) -> None:
-    async for event in r.stream(ASK):
-        seen.append(event)
+    await drain_into(r, ASK, seen)
 
 
 # -- Anthropic ---------------------------------------------------------------------------

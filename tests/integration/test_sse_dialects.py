@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from sim_fixtures import style_router
+from sim_fixtures import drain_into, streamed_whole, style_router
 
 from shoal.errors import StreamInterrupted
 from shoal.sim import ModelProfile, SimConfig, SimServer
 from shoal.traffic.retry import Backoff, RetryPolicy
 from shoal.traffic.router import Router
-from shoal.types import ChatRequest, ChatResponse, Message, StreamEnd, StreamEvent, TextDelta
+from shoal.types import ChatRequest, ChatResponse, Message, StreamEvent, TextDelta
 
 FAST = RetryPolicy(attempts=2, backoff=Backoff(base=0.01, cap=0.02), deadline_s=20)
 ASK = ChatRequest("m", [Message.user("what limits bind a shared provider?")])
@@ -35,15 +35,11 @@ def router(sim: SimServer, style: str) -> Router:
 
 
 async def streamed(r: Router) -> tuple[list[StreamEvent], ChatResponse]:
-    events = [e async for e in r.stream(ASK)]
-    end = events[-1]
-    assert isinstance(end, StreamEnd)
-    return events, end.response
+    return await streamed_whole(r, ASK)
 
 
 async def drain(r: Router, seen: list[StreamEvent]) -> None:
-    async for event in r.stream(ASK):
-        seen.append(event)
+    await drain_into(r, ASK, seen)
 
 
 @pytest.mark.parametrize("style", STYLES)
