@@ -24,8 +24,9 @@ everything above the adapters (router, agents, flows) matches only these.
         │   │   └── ContextOverflow  prompt longer than the window — trim, never blind retry
         │   ├── MalformedResponse    a body that is not the protocol (bad JSON, wrong shape)
         │   ├── RetryDeclined(original)  an error shoal would retry, answered with
-        │   │                        ``x-should-retry: false`` — never retried (``original``
-        │   │                        is the error it would have been)
+        │   │                        ``x-should-retry: false`` — not sent to that channel
+        │   │                        again; other channels may answer (``original`` is
+        │   │                        the error it would have been)
         │   └── StreamInterrupted(partial_output)  a stream broken after output began:
         │                            cut, timed out, or an error event after content
         │                            (the provider's mapped error is ``__cause__``)
@@ -258,9 +259,10 @@ class MalformedResponse(ProviderError):
 class RetryDeclined(ProviderError):
     """The provider answered an error shoal would retry (a 429, a 5xx, a timeout) and said
     not to: ``x-should-retry: false``, the header both official SDKs obey before their own
-    rules (a proxy sends it once it has retried upstream itself). Never retried, like the
-    SDKs. ``original`` is the error it would have been (RateLimited, ProviderUnavailable,
-    …); ``status``, ``code`` and ``retry_after`` are that error's."""
+    rules (a proxy sends it once it has retried upstream itself). Never sent to that
+    channel again, as the SDKs stop; the Router may still fail over to another channel
+    or fallback model. ``original`` is the error it would have been (RateLimited,
+    ProviderUnavailable, …); ``status``, ``code`` and ``retry_after`` are that error's."""
 
     def __init__(self, message: str, *, original: ProviderError | None = None,
                  **fields: Any) -> None:

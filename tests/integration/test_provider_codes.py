@@ -226,3 +226,19 @@ async def test_the_gateway_passes_no_retry_on_to_the_callers_sdk() -> None:
     assert caught.value.response.headers.get("x-should-retry") == "false"
     assert caught.value.status_code == 502
     assert upstream == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_x_should_retry_false_fails_over_to_another_channel(
+        sim: SimServer, stream: bool) -> None:
+    """Not sent again to the channel that declined, but the model's other channel may
+    answer: the declining lane is out for this call, as after an auth or quota error."""
+    sim.script(["503:no_retry", "ok"])
+    config = Config.from_dict({
+        "channels": {name: {"protocol": "openai", "api_key": "sk-test", "provider": "openai",
+                            "base_url": sim.base_url("openai")} for name in ("a", "b")},
+        "models": {"m": {"channels": ["a", "b"]}},
+    })
+    async with Router(config, retry=FAST) as r:
+        assert await outcome(r, stream=stream) == "ok"
+    assert [q.status for q in sim.stats().requests] == [503, 200]

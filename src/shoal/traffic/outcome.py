@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shoal.errors import Overloaded, ProviderError, RateLimited, StreamInterrupted
+from shoal.errors import (
+    Overloaded,
+    ProviderError,
+    RateLimited,
+    RetryDeclined,
+    StreamInterrupted,
+)
 from shoal.tokens import count_text, estimate_prompt_tokens
 
 if TYPE_CHECKING:
@@ -25,6 +31,8 @@ def attempt_failed(att: Attempt, err: ProviderError) -> bool:
     """Release the slot and teach the channel's policies; True when the error was our
     own overshoot (adaptive concurrency admitted the call above the cap it now holds)."""
     lane, permit = att.lane, att.permit
+    if isinstance(err, RetryDeclined) and err.original is not None:
+        err = err.original  # what the channel's policies learn from is the error itself
     if isinstance(err, StreamInterrupted) and isinstance(err.__cause__, Overloaded):
         err = err.__cause__  # overloaded mid-stream: the overload rule, not ill health
     if isinstance(err, Overloaded):

@@ -37,6 +37,7 @@ from shoal.errors import (
     DeadlineExceeded,
     ProviderError,
     QuotaExhausted,
+    RetryDeclined,
     ShoalError,
     StreamInterrupted,
 )
@@ -285,7 +286,10 @@ class Router:
         request, budget = call.request, call.budget
         if isinstance(err, BadRequest):
             raise err  # the request itself is wrong (incl. context overflow): never retried
-        if isinstance(err, AuthError | QuotaExhausted):
+        if isinstance(err, AuthError | QuotaExhausted | RetryDeclined):
+            # Out for this call: a key or account this channel cannot serve with, or a
+            # provider (or proxy) that said not to send this again (x-should-retry:
+            # false). Another channel or fallback model may still answer.
             call.excluded.add(lane.name)
             if not budget.record_attempt(err) or not usable(call):
                 raise err
