@@ -5,8 +5,8 @@ Anthropic's top-level ``cache_control``.
 
 The channels point at a :class:`~gateway_fixtures.Recorder` in front of the simulator:
 real HTTP both ways, and the bodies the gateway sent upstream kept for the asserts.
-The simulator answers ``logprobs: null``; the one test of log probabilities coming
-back uses a small upstream that sends the exact bytes OpenAI sends with them.
+The simulator answers log probabilities when asked (its own tokens and values); one test
+also checks them against a small upstream that sends the exact bytes OpenAI sends.
 """
 
 from __future__ import annotations
@@ -173,11 +173,23 @@ async def test_logprobs_go_upstream_to_an_openai_channel(
         if stream:
             chunks = await client.chat.completions.create(
                 model=OPENAI_MODEL, messages=USER, logprobs=True, top_logprobs=3, stream=True)
-            assert [c async for c in chunks]
+            pieces = [(choice.delta.content or "", choice.logprobs) async for c in chunks
+                      for choice in c.choices if choice.delta.content]
+            text = "".join(p for p, _ in pieces)
+            entries = [e for _, lp in pieces if lp is not None and lp.content
+                       for e in lp.content]
         else:
-            await client.chat.completions.create(model=OPENAI_MODEL, messages=USER,
-                                                 logprobs=True, top_logprobs=3)
+            whole = await client.chat.completions.create(model=OPENAI_MODEL, messages=USER,
+                                                         logprobs=True, top_logprobs=3)
+            choice = whole.choices[0]
+            text = choice.message.content or ""
+            assert choice.logprobs is not None and choice.logprobs.content is not None
+            entries = choice.logprobs.content
         await client.chat.completions.create(model=OPENAI_MODEL, messages=USER, logprobs=True)
+    # what the simulator's model said came back with its log probabilities, token by token
+    assert text and "".join(e.token for e in entries) == text
+    assert all(len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+               and e.logprob <= 0 for e in entries)
     asked, plain = rec.bodies[-2:]
     assert (asked["logprobs"], asked["top_logprobs"]) == (True, 3)
     assert plain["logprobs"] is True and "top_logprobs" not in plain

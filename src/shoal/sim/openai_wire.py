@@ -17,6 +17,10 @@ in :mod:`shoal.sim.style_rules`, its error envelopes in :mod:`shoal.sim.styles`.
     balance as ``base_resp`` inside an HTTP 200;
   * ``gemini``: errors as a JSON array; tool calls streamed whole without ``index``, and
     a stream's ``finish_reason`` is ``stop`` even after tool calls.
+
+``logprobs: true`` (with ``top_logprobs``) adds ``choices[0].logprobs`` to the answer and
+to each content chunk, for the styles whose providers return them
+(:mod:`shoal.sim.logprobs`); without it the bytes are the templates' as they were.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 from shoal.sim import styles
 from shoal.sim.caching import prefix_plan
 from shoal.sim.content import Answer, Ask, BadInput
+from shoal.sim.logprobs import LogprobAsk, chunk_json, refusal_words, requested, whole_json
 from shoal.sim.schema import schema_in_text
 from shoal.sim.style_rules import gemini_signed_call, openai_request
 
@@ -66,7 +71,12 @@ def parse(body: Any, style: str) -> Ask:
             chars += len(str(fn.get("name", ""))) + len(str(fn.get("arguments", "")))
         if msg["role"] == "user":
             last_text = text
-    ask = Ask(model=model, stream=bool(body.get("stream")), last_text=last_text)
+    top = requested(body, style)  # log probabilities: None when not asked (or not given)
+    if top is None:
+        ask = Ask(model=model, stream=bool(body.get("stream")), last_text=last_text)
+    else:
+        ask = LogprobAsk(model=model, stream=bool(body.get("stream")), last_text=last_text,
+                         top_logprobs=top)
     ask.after_tool_result = messages[-1].get("role") == "tool"
     tools = body.get("tools")
     if isinstance(tools, list) and tools:
@@ -158,13 +168,14 @@ def render(rid: str, created: int, ask: Ask, answer: Answer, style: str) -> byte
             f'{{"role":"assistant","content":{_DUMPS(answer.text)},'
             '"refusal":null,"annotations":[]}'
         )
+    logprobs = whole_json(answer, ask.top_logprobs) if isinstance(ask, LogprobAsk) else "null"
     # DeepSeek keeps a waiting non-streamed request alive with blank lines before the
     # JSON (api-docs.deepseek.com/quick_start/rate_limit; trap 11).
     keep_alive = "\n\n" if style == "deepseek" else ""
     return (
         f'{keep_alive}{{"id":"{rid}","object":"chat.completion","created":{created},'
         f'"model":{_DUMPS(ask.model)},"choices":[{{"index":0,"message":{message_json},'
-        f'"logprobs":null,"finish_reason":"{answer.provider_finish or answer.finish}"}}],'
+        f'"logprobs":{logprobs},"finish_reason":"{answer.provider_finish or answer.finish}"}}],'
         f'"usage":{_usage_json(answer, style)},"service_tier":"default",'
         '"system_fingerprint":"fp_shoal_sim"}'
     ).encode()
@@ -183,14 +194,19 @@ def render_stream(
     )
     head = opening + '"choices":[{"index":0,"delta":'
     usage_null = ask.include_usage and style not in ("moonshot", "zhipu")
-    tail = ',"logprobs":null,"finish_reason":null}]' + (',"usage":null' if usage_null else "")
-    tail += "}\n\n"
+    after = ',"finish_reason":null}]' + (',"usage":null' if usage_null else "") + "}\n\n"
+    tail = ',"logprobs":null' + after
     events: list[bytes] = []
     tokens: list[bool] = []
+    top = ask.top_logprobs if isinstance(ask, LogprobAsk) else None
 
     def add(delta: str, is_token: bool) -> None:
         events.append((head + delta + tail).encode())
         tokens.append(is_token)
+
+    def add_logprobs(delta: str, logprobs: str) -> None:  # a token with its logprobs
+        events.append((head + delta + ',"logprobs":' + logprobs + after).encode())
+        tokens.append(True)
 
     if style == "deepseek":
         events.append(b": keep-alive\n\n")
@@ -200,13 +216,19 @@ def render_stream(
     role = '"role":"",' if style == "minimax" else ""  # MiniMax sends an empty role
     for piece in answer.reasoning:
         add("{" + role + '"content":null,"reasoning_content":' + _DUMPS(piece) + "}", True)
-    for piece in answer.pieces:
-        add("{" + role + '"content":' + _DUMPS(piece) + "}", True)
+    if top is None:
+        for piece in answer.pieces:
+            add("{" + role + '"content":' + _DUMPS(piece) + "}", True)
+    else:
+        for i, piece in enumerate(answer.pieces):
+            add_logprobs("{" + role + '"content":' + _DUMPS(piece) + "}", chunk_json(piece, i, top))
     if answer.refusal:  # OpenAI streams a refusal in delta.refusal, content null
-        words = answer.refusal.split(" ")
-        for i, word in enumerate(words):
-            piece = word if i == len(words) - 1 else word + " "
-            add("{" + role + '"content":null,"refusal":' + _DUMPS(piece) + "}", True)
+        for i, piece in enumerate(refusal_words(answer.refusal)):
+            delta = "{" + role + '"content":null,"refusal":' + _DUMPS(piece) + "}"
+            if top is None:
+                add(delta, True)
+            else:
+                add_logprobs(delta, chunk_json(piece, i, top, refusal=True))
     # Each call in one chunk: Gemini (without index), Zhipu unless asked for tool_stream.
     whole = style == "gemini" or (style == "zhipu" and not ask.tool_stream)
     for index, tool in enumerate(answer.tools):
