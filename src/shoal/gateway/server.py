@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aiohttp import web
 
@@ -157,12 +157,20 @@ async def serve(config: Config, settings: GatewaySettings, *, store: str | None 
         raise
     freeze_built()  # the server as built, over the loop's start-up freeze
     mode = "virtual keys" if keys.required else "no keys (loopback only)"
-    print(f"shoal gateway listening on {server.url} (pid {os.getpid()}, {mode})", flush=True)
+    say(f"shoal gateway listening on {server.url} (pid {os.getpid()}, {mode})", sys.stdout)
     await stop.wait()
-    print(f"shoal gateway draining (up to {settings.drain_timeout_s:g}s)", file=sys.stderr,
-          flush=True)
+    say(f"shoal gateway draining (up to {settings.drain_timeout_s:g}s)", sys.stderr)
     await server.stop()
-    print("shoal gateway stopped", file=sys.stderr, flush=True)
+    say("shoal gateway stopped", sys.stderr)
+
+
+def say(line: str, stream: TextIO) -> None:
+    """Write ``line`` and its newline in one write, flushed. ``print`` writes the newline
+    separately, and with unbuffered output (``PYTHONUNBUFFERED=1``, common in containers)
+    the workers sharing one stdout interleaved their start-up lines: "A-lineB-line", then
+    an empty line."""
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def _worker(index: int, config_path: str | None, settings: dict[str, Any],
