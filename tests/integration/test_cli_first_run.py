@@ -116,7 +116,8 @@ def test_a_journaled_failed_run_says_how_to_resume_and_delete_removes_it(
     res = invoke("run", f"{tmp_path / 'pubflow.py'}:flow", "topic", "--sim", "--store", store,
                  "--run-id", "r1", "--no-progress")
     assert res.exit_code == 1
-    assert "shoal resume r1" in res.stdout
+    # the command as printed reaches the run's store (not the default one)
+    assert f"shoal resume r1 --store {store}" in " ".join(res.stdout.split())
 
     raw = sqlite3.connect(tmp_path / "runs.db")
     with raw:

@@ -189,15 +189,24 @@ def show(key: KeyArg, store: StoreOpt = None, *, json_out: JsonOpt = False) -> N
     status = "active" if record.active else f"[red]revoked {_when(record.revoked_at)}[/]"
     out.print(f"[b]{plain(record.name)}[/b] · {record.id} · {_prefix(record)} · {status}")
     out.print(f"models: {plain(', '.join(record.models) or 'all')}", highlight=False)
-    out.print(f"budget: {_money(record.budget_usd)} per {record.period} · rpm "
+    out.print(f"budget: {_budget(record)} · rpm "
               f"{record.rpm or '-'} · tpm {record.tpm or '-'} · concurrency "
               f"{record.max_concurrency or '-'}", highlight=False)
     out.print(f"created {_when(record.created_at)} · rotated {_when(record.rotated_at)}",
               highlight=False)
     for label, s in spend.items():
-        out.print(f"spent {label.replace('_', ' ')}: {_money(s.usd)} · {s.requests} requests · "
+        out.print(f"spent {label.replace('_', ' ')}: {_money(s.usd)} · "
+                  f"{s.requests} request{'' if s.requests == 1 else 's'} · "
                   f"{s.input_tokens} in ({s.cached_tokens} cached) / {s.output_tokens} out",
                   highlight=False)
+
+
+def _budget(record: KeyRecord) -> str:
+    """"$5 per month", "$5 total" (a budget that never resets), "-" without a budget."""
+    if record.budget_usd is None:
+        return _money(None)
+    period = "total" if record.period == "total" else f"per {record.period}"
+    return f"{_money(record.budget_usd)} {period}"
 
 
 def _limit(value: str | None, name: str, kind: type[int] | type[float]) -> object:
@@ -258,7 +267,7 @@ def update(
         typer.echo(json.dumps(_row(record)))
         return
     _console().print(f"updated {plain(record.name)} ({record.id}): budget "
-                     f"{_money(record.budget_usd)} per {record.period} · rpm "
+                     f"{_budget(record)} · rpm "
                      f"{record.rpm or '-'} · tpm {record.tpm or '-'} · concurrency "
                      f"{record.max_concurrency or '-'} · models "
                      f"{plain(', '.join(record.models) or 'all')}", highlight=False)

@@ -24,6 +24,7 @@ import typer
 from shoal.cli.common import EXIT_FAILED, check_model, check_models, fail, plain
 from shoal.cli.loop import run as run_loop
 from shoal.errors import ConfigError, ShoalError, StepFailed
+from shoal.stores import shown_url, store_option
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -218,8 +219,9 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
             if exc.result is not None:  # what was spent before it failed
                 console.print(exc.result.table())
                 if opts.store is not None:
-                    console.print(plain(f"journaled as run {exc.result.run_id} in "
-                                        f"{opts.store}: shoal resume {exc.result.run_id}"))
+                    run = exc.result.run_id
+                    console.print(plain(f"journaled as run {run} in {shown_url(opts.store)}: "
+                                        f"shoal resume {run}{store_option(opts.store)}"))
             raise
         return _flow_summary(console, res, opts)
     if len(items) == 1 and not opts.cluster:
@@ -275,7 +277,7 @@ def _flow_summary(console: Console, res: FlowResult, opts: RunOptions) -> dict[s
     console.print(res.table())
     print_cache_line(console, run_prices(opts.config, sim=opts.sim), spent_of(res))
     if opts.store is not None:
-        console.print(plain(f"journaled as run {res.run_id} in {opts.store}"))
+        console.print(plain(f"journaled as run {res.run_id} in {shown_url(opts.store)}"))
     return {"run_id": res.run_id, "status": res.status, "output": to_jsonable(res.output),
             "steps": res.rows(), "cost_usd": res.cost_usd, "usage": to_jsonable(res.usage)}
 

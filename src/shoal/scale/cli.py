@@ -44,6 +44,7 @@ async def run_batch_cli(target: Any, items: list[tuple[str, Any]], *, client: Mo
     from shoal.agents.runner import new_run_id
     from shoal.cli.common import plain
     from shoal.flows.batch import Batch
+    from shoal.stores import shown_url, store_option
 
     if cluster and sim:
         raise ConfigError("--sim serves the models from this process, which the cluster's "
@@ -55,22 +56,12 @@ async def run_batch_cli(target: Any, items: list[tuple[str, Any]], *, client: Mo
     batch = Batch(target, client=client, run_id=batch_id, budget_usd=budget_usd,
                   progress=progress, console=console)
     console.print(plain(f"batch {batch_id} ({len(items)} items) on "
-                        f"{cluster or 'this process'}, journaled in {_safe(store)}"))
+                        f"{cluster or 'this process'}, journaled in {shown_url(store)}"))
     result = await executor.run(batch, dict(items), meta=meta)
-    console.print(plain(f"shoal runs --batch {batch_id} lists its items; "
-                        f"shoal resume {batch_id} runs the unfinished ones again"))
+    flag = store_option(store)
+    console.print(plain(f"shoal runs --batch {batch_id}{flag} lists its items; "
+                        f"shoal resume {batch_id}{flag} runs the unfinished ones again"))
     return result
-
-
-def _safe(url: str) -> str:
-    """``url`` without its password (safe to print)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@",
-                                                                 ":***@")))
 
 
 def _status_cell(status: str) -> str:

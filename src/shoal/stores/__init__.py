@@ -49,9 +49,30 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "open_store",
+    "shown_url",
+    "store_option",
 ]
 
 DEFAULT_URL = "sqlite:///.shoal/runs.db"
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be printed: its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@",
+                                                                 ":***@")))
+
+
+def store_option(url: str | None) -> str:
+    """`` --store URL`` for a command line that must reach the store ``url`` again ("" for
+    the default store, which every command opens without the option); the password, if
+    any, shown as ``***`` for the reader to fill in."""
+    if url is None or url in (DEFAULT_URL, ".shoal/runs.db"):
+        return ""
+    shown = shown_url(url)
+    return f" --store '{shown}'" if any(c in shown for c in " &;?*$") else f" --store {shown}"
 
 
 def open_store(
