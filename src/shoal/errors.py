@@ -241,7 +241,15 @@ class AuthError(ProviderError):
 
 
 class BadRequest(ProviderError):
-    """400/404/422: the request itself is wrong. Never retried."""
+    """400/404/422: the request itself is wrong. Never retried. ``param``: the request
+    field at fault, when one is (``"temperature"``), as OpenAI's error envelope names it."""
+
+    def __init__(self, message: str, *, param: str | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)  # ProviderError's fields
+        self.param = param
+
+    def _fields(self) -> dict[str, Any]:
+        return {**super()._fields(), "param": self.param}
 
 
 class ContextOverflow(BadRequest):

@@ -65,9 +65,12 @@ _registry = _Registry()
 # (most messages hold none, so they cost a few substring tests), and the regex, whose
 # group 1, when present, is a label kept while the value is masked. Compiled on first
 # use: ``import shoal.errors`` stays light.
+# A gateway virtual key's display prefix ("sk-shoal-" and at most 6 characters, then
+# "…") names a key without being one: shown, as OpenAI shows "sk-…abcd".
+_SHOWN_KEY = r"(?!sk-shoal-[A-Za-z0-9_\-]{0,6}…)"
 _SHAPE_RULES = (
-    ("bearer", r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/\-]{8,}=*"),
-    ("sk-", r"\bsk-[A-Za-z0-9_\-]{6,}"),
+    ("bearer", r"(?i)(\bbearer\s+)" + _SHOWN_KEY + r"[A-Za-z0-9._~+/\-]{8,}=*"),
+    ("sk-", r"\b" + _SHOWN_KEY + r"sk-[A-Za-z0-9_\-]{6,}"),
     ("aiza", r"\bAIza[0-9A-Za-z_\-]{20,}"),
     ("api", r"(?i)((?:x-(?:goog-)?)?api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{8,}"),
     ("=", r"(?i)([?&](?:key|api[_-]?key|apikey|access[_-]?token|token|secret)=)[^&\s\"'#]{4,}"),

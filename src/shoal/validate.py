@@ -27,8 +27,8 @@ TEMPERATURE_RANGE = (0.0, 2.0)  # the widest any provider accepts (OpenAI-compat
 _NO_TOOL_NEEDED = frozenset({"auto", "none"})
 
 
-def _bad(message: str) -> BadRequest:
-    return BadRequest(message, code="invalid_request")
+def _bad(message: str, param: str) -> BadRequest:
+    return BadRequest(message, code="invalid_request", param=param)
 
 
 def validate_request(
@@ -42,7 +42,7 @@ def validate_request(
     if not request.messages:
         raise _bad(
             f"the request for {model!r} has no messages; add at least one "
-            "(Message.user(...))"
+            "(Message.user(...))", "messages"
         )
     max_tokens = request.max_tokens
     if max_tokens is not None and (
@@ -50,7 +50,8 @@ def validate_request(
     ):
         raise _bad(
             f"max_tokens must be a positive integer, got {max_tokens!r}; "
-            "set it to the most output tokens you want, or None for the model's default"
+            "set it to the most output tokens you want, or leave it unset (None) for the "
+            "model's default", "max_tokens"
         )
     _check_range("temperature", request.temperature, *TEMPERATURE_RANGE)
     _check_range("top_p", request.top_p, 0.0, 1.0)
@@ -60,7 +61,8 @@ def validate_request(
     ):
         raise _bad(
             f"logprobs must be an integer from 0 to 20 (the alternatives returned per token; "
-            f"0 for the chosen tokens only), got {logprobs!r}; or None not to ask for them"
+            f"0 for the chosen tokens only), got {logprobs!r}; or None not to ask for them",
+            "logprobs"
         )
     _check_tool_choice(request)
     _check_tool_results(request)
@@ -76,7 +78,7 @@ def _check_range(name: str, value: float | None, low: float, high: float) -> Non
     ):
         raise _bad(
             f"{name} must be a number from {low:g} to {high:g}, got {value!r}; "
-            f"pick one in range or leave it None for the provider's default"
+            "pick one in range, or leave it unset (None) for the provider's default", name
         )
 
 
@@ -89,14 +91,14 @@ def _check_tool_choice(request: ChatRequest) -> None:
         if not names:
             raise _bad(
                 'tool_choice="required" but the request has no tools; pass tools=[...] '
-                'or use tool_choice="auto"/None'
+                'or use tool_choice="auto"/None', "tool_choice"
             )
         return
     if choice not in names:
         offered = ", ".join(names) if names else "none"
         raise _bad(
             f"tool_choice names tool {choice!r}, which is not among the request's tools "
-            f"({offered}); add that tool to tools=[...] or name one of them"
+            f"({offered}); add that tool to tools=[...] or name one of them", "tool_choice"
         )
 
 
@@ -111,7 +113,7 @@ def _check_tool_results(request: ChatRequest) -> None:
                 f"messages[{index}] is a tool result for call id {message.tool_call_id!r}, "
                 "but no earlier assistant message made that call; a tool result must "
                 "follow the assistant message whose tool_calls contain its id "
-                "(Message.tool(call.id, ...))"
+                "(Message.tool(call.id, ...))", f"messages[{index}]"
             )
 
 

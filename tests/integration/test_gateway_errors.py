@@ -308,3 +308,20 @@ async def test_model_without_a_keyed_channel_is_not_served(sim: SimServer) -> No
     assert "none of its channels has an API key" in info.value.message
     assert "unkeyed" not in listed
     assert sim.stats().total_requests == 0
+
+
+async def test_a_field_out_of_range_is_named_in_the_envelope(sim: SimServer) -> None:
+    """What shoal checks before any upstream request says which field, in the protocol's
+    ``param`` (the SDK's ``err.param``), without internal ``| code=…`` suffixes."""
+    async with gateway(sim_config(sim)) as gw, openai_client(gw) as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(model=OPENAI_MODEL, messages=USER,
+                                                 temperature=7)
+        status, _, body = await post(gw, CHAT, {"model": OPENAI_MODEL, "messages": USER,
+                                                "top_p": 3})
+    err = caught.value
+    assert err.status_code == 400 and err.param == "temperature"
+    assert "temperature must be a number from 0 to 2" in err.message
+    assert "| code=" not in err.message
+    assert status == 400 and openai_error(body)["param"] == "top_p"
+    assert sim.stats().total_requests == 0

@@ -161,3 +161,16 @@ def test_key_rejected_hint_names_the_variable_not_the_key() -> None:
     hint = key_rejected_hint("deepseek-direct", "DEEPSEEK_API_KEY")
     assert "DEEPSEEK_API_KEY" in hint and "rejected" in hint and "deepseek-direct" in hint
     assert "api_key" in key_rejected_hint("c", None)
+
+
+def test_a_virtual_keys_display_prefix_stays_readable() -> None:
+    # "sk-shoal-" and 6 characters, then "…": the gateway names a key this way (its
+    # revoked-key 401, `shoal keys list`); it is not the key, and the key is still masked
+    shown = "the virtual key 'team-a' (sk-shoal-AKtwiT…) was revoked"
+    assert redact(shown) == shown
+    hint = "send it as Authorization: Bearer sk-shoal-… or as x-api-key"
+    assert redact(hint) == hint
+    key = "sk-shoal-AKtwiTq8Zr0bD5nYc3LwVx"
+    assert key not in redact(f"Authorization: Bearer {key}")
+    assert key not in redact(f"the key {key} was revoked")
+    assert "AKtwiTq" not in redact("sk-shoal-AKtwiTq…")  # longer than a display prefix

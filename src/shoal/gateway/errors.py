@@ -127,9 +127,10 @@ def _upstream_failure(exc: ProviderError) -> Failure:
                  else Failure(502, "api_error", message))
         return replace(inner, message=message, headers={**inner.headers, **_NO_RETRY})
     if isinstance(exc, ContextOverflow):
-        return Failure(400, "invalid_request", message, code="context_length_exceeded")
-    if isinstance(exc, BadRequest):
-        return Failure(400, "invalid_request", message, code=exc.code)
+        return Failure(400, "invalid_request", exc.message, code="context_length_exceeded",
+                       param=exc.param or "messages")
+    if isinstance(exc, BadRequest):  # the envelope has the code: the message needs no suffix
+        return Failure(400, "invalid_request", exc.message, code=exc.code, param=exc.param)
     if isinstance(exc, Overloaded):
         return Failure(529, "overloaded", message, retry_after_s=exc.retry_after)
     if isinstance(exc, RateLimited):
