@@ -16,8 +16,10 @@
   naming an undefined channel fails.
 - A block naming ``redis://127.0.0.1:6379`` or ``postgresql://postgres@127.0.0.1:5432``
   skips when that server is down, except under ``CI=true`` (as in tests/conftest.py).
-- ``bash``/``console``/``sql`` blocks and unlabelled fences are not run: they are shell
-  sessions, schemas and grammars, not programs.
+- ``bash``/``console``/``sql`` blocks and unlabelled fences are not run here: they are
+  shell sessions, schemas and grammars. tests/docs/test_docs_shell.py parses every
+  ``shoal`` command of the shell blocks against the command line, and runs the blocks
+  marked ``<!-- docs-test: run -->``.
 
 A block opts out only with an explicit marker on the line before its fence,
 ``<!-- docs-test: skip (reason) -->``; the reason is printed with the counts.
