@@ -96,8 +96,10 @@ async def _chat(gw: Gateway, wire: Wire, request: web.Request,
     rec.stream = parsed.stream
     key = await gw.authenticate(request)
     rec.key = key.id
+    # named before admission, so a refusal (the key's budget or limits, a 400) is counted
+    # under its model, not "unknown" (an unknown model raises here, as admit would)
+    rec.model = gw.model(parsed.request.model).name
     adm = await gw.admit(parsed, wire.name, key)
-    rec.model = adm.info.name
     spend = Spend()
     try:
         if parsed.stream:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from shoal import __version__, fastjson
 from shoal.clock import Clock, RealClock
-from shoal.errors import MalformedResponse, ProviderError
+from shoal.errors import MalformedResponse, ProviderError, ProviderUnavailable
 from shoal.providers.base import Provider
 from shoal.providers.failures import (
     error_from_response,
@@ -206,15 +206,24 @@ class HttpProvider(Provider):
         before this one decodes and books its answer. Only then: a yield per call costs
         a loop iteration, ~15 µs of CPU at 50 concurrent calls."""
         data = fastjson.dumps(payload)
+        status = 0
         try:
             async with self._pool.session().post(
                 self._url, data=data, headers=self._headers_for(request, stream=False)
             ) as resp:
+                status = resp.status
                 raw = await resp.read()
-                if resp.status != 200:
-                    raise self._fail(resp.status, raw.decode("utf-8", "replace"), resp.headers)
+                if status != 200:
+                    raise self._fail(status, raw.decode("utf-8", "replace"), resp.headers)
         except transport_errors() as exc:
-            raise error_from_transport(exc, provider=self.name, url=self._url) from exc
+            err = error_from_transport(exc, provider=self.name, url=self._url)
+            if status == 200 and isinstance(err, ProviderUnavailable):
+                # The answer itself, cut on its way: the provider made (and billed) it, so
+                # it is a broken answer (charged as waste, retried), not a server error.
+                raise MalformedResponse(
+                    f"{self.name} answered 200 and its body was cut before the end ({err})",
+                    status=200, provider=self.name) from exc
+            raise err from exc
         if received is not None and received():
             await asyncio.sleep(0)
         try:

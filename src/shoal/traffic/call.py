@@ -8,7 +8,7 @@ the call (auth, quota), and what the provider billed for answers it had to disca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from shoal.errors import (
@@ -39,17 +39,30 @@ def billed_usage(request: ChatRequest, info: ModelInfo, err: ProviderError) -> U
     after output began or a malformed 200 body, the prompt estimate plus the most output
     the call could have produced (``max_tokens``, else the model's default): the
     provider bills what it generated, which shoal did not see, so the budget is charged
-    the upper bound rather than run past its limit. Errors without an answer (5xx, 429,
-    timeouts) are not billed.
+    the upper bound rather than run past its limit. A cut stream's count that is smaller
+    than the text already received is a count from before the cut: its output is bounded
+    the same way. Errors without an answer (5xx, 429, timeouts) are not billed.
     """
-    if err.usage is not None and err.usage.total_tokens:
-        return err.usage
     partial = err.partial_output if isinstance(err, StreamInterrupted) else ""
+    usage = err.usage
+    if usage is not None and usage.total_tokens:
+        if not partial:
+            return usage
+        seen = count_text(partial, info.encoding)
+        if usage.output_tokens >= seen:
+            return usage
+        # A count from before the cut that the text already received exceeds (Anthropic's
+        # message_start says 1 output token): its prompt is right, its output is not.
+        return replace(usage, output_tokens=max(seen, _output_bound(request, info)))
     if partial or (isinstance(err, MalformedResponse) and err.status == 200):
-        bound = request.max_tokens or default_output_tokens(info)
+        bound = _output_bound(request, info)
         output = max(count_text(partial, info.encoding), bound) if partial else bound
         return Usage(estimate_prompt_tokens(request, info.encoding), output)
     return None
+
+
+def _output_bound(request: ChatRequest, info: ModelInfo) -> int:
+    return request.max_tokens or default_output_tokens(info)
 
 
 @dataclass(slots=True)
