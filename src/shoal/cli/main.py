@@ -9,6 +9,9 @@ app = typer.Typer(
     help="Run many LLM agents together: pipelines, simulator, runs.",
     no_args_is_help=True,
     add_completion=False,
+    # Markdown: a help text's lines wrap as one paragraph (with "rich" each source line
+    # break stayed, and the terminal's wrap cut across them); `code` shows as code.
+    rich_markup_mode="markdown",
 )
 
 
