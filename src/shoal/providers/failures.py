@@ -426,7 +426,9 @@ def error_from_transport(exc: BaseException, *, provider: str, url: str,
     ``ConnectionTimeoutError``                    ProviderTimeout ``connect_timeout``
     ``SocketTimeoutError``, ``TimeoutError``      ProviderTimeout ``read_timeout``
     ``ClientPayloadError``,                       StreamInterrupted in a stream, else
-    ``ServerDisconnectedError``, reset            ProviderUnavailable (body cut)
+    ``ServerDisconnectedError``, reset            ProviderUnavailable (body cut; the
+                                                  adapter makes a 200's cut body a
+                                                  MalformedResponse: a billed answer)
     ``HttpProcessingError`` (``LineTooLong``,     MalformedResponse (not valid HTTP)
     bad status line), ``ContentTypeError``,
     other ``ClientResponseError``
