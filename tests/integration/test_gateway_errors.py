@@ -244,8 +244,10 @@ async def test_stream_cut_after_first_byte_is_an_error_not_an_end(sim: SimServer
     assert len(keys.settled) == 3 and all(cost > 0 for _, _, cost in keys.settled)
 
 
-async def test_upstream_key_never_reaches_the_caller(sim: SimServer) -> None:
+async def test_upstream_key_never_reaches_the_caller(sim: SimServer,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
     sim.configure(api_keys=["sk-some-other-key"])  # upstream rejects the gateway's key
+    caplog.set_level("WARNING", logger="shoal.gateway")
     async with gateway(sim_config(sim)) as gw:
         bodies = [await post(gw, route, {"model": model, "max_tokens": 5, "messages": USER})
                   for route in (CHAT, MESSAGES) for model in (OPENAI_MODEL, ANTHROPIC_MODEL)]
@@ -258,7 +260,11 @@ async def test_upstream_key_never_reaches_the_caller(sim: SimServer) -> None:
         assert UPSTREAM_KEY[-8:] not in json.dumps(body)
     assert UPSTREAM_KEY not in metrics
     assert 'shoal_gateway_errors_total{key="anonymous",kind="api_error"' in metrics
-    assert "upstream refused the gateway's channel" in bodies[0][2]["error"]["message"]
+    said = bodies[0][2]["error"]["message"]
+    assert "upstream refused the gateway's channel (API key)" in said
+    assert "$" not in said and "API_KEY" not in said  # which variable: the operator's log
+    logged = [r.getMessage() for r in caplog.records if "upstream refused" in r.getMessage()]
+    assert logged and "rejected" in logged[0] and UPSTREAM_KEY not in " ".join(logged)
 
 
 async def test_request_timeout_is_the_routers_deadline() -> None:

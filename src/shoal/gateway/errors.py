@@ -138,8 +138,12 @@ def _upstream_failure(exc: ProviderError) -> Failure:
                        retry_after_s=exc.retry_after if exc.retry_after is not None else 1.0)
     if isinstance(exc, AuthError | QuotaExhausted):
         # The gateway's upstream credentials or account, not the caller's key: a 502,
-        # never a 401 (an SDK would blame the caller's key).
-        return Failure(502, "api_error", f"upstream refused the gateway's channel: {message}",
+        # never a 401 (an SDK would blame the caller's key). Which channel and which key
+        # variable is for the gateway's operator (its log), not for every caller.
+        what = "API key" if isinstance(exc, AuthError) else "account's quota"
+        log.warning("upstream refused the gateway's channel: %s", redact(message))
+        return Failure(502, "api_error", f"upstream refused the gateway's channel ({what}); "
+                       "the gateway's operator has the details in its log",
                        code="upstream_" + ("auth" if isinstance(exc, AuthError) else "quota"))
     if isinstance(exc, ProviderTimeout):
         return Failure(504, "timeout", message)
