@@ -258,3 +258,24 @@ async def test_a_killed_client_s_batch_resumes_with_only_its_unfinished_items(
     assert len(total) == 3 * n
     repeated = {t: c for t, c in total.items() if c > 1}
     assert len(repeated) <= CAP, repeated
+
+
+def test_an_unreachable_scheduler_fails_before_the_batch_is_recorded(
+    sim: SimProcess, config_path: str, store_url: str, drop_schema: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        nobody = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    out = invoke("batch", "scale_flows:three_steps", "doc0", "--store", store_url,
+                 "--config", config_path, "--cluster", nobody, "--run-id", "b-down",
+                 "--no-progress")
+    assert out.exit_code == 2, out.output
+    assert f"cannot reach the Dask scheduler at {nobody}" in out.output
+    assert "no batch was recorded" in out.output
+    listed = invoke("runs", "--batch", "b-down", "--store", store_url, "--json")
+    assert listed.exit_code == 2 and "b-down" in listed.output  # no such batch
+    assert sim.stats()["total_requests"] == 0

@@ -53,6 +53,8 @@ async def run_batch_cli(target: Any, items: list[tuple[str, Any]], *, client: Mo
     batch_id = run_id or new_run_id()
     executor = _executor(cluster, store, config=config, client=client,
                          concurrency=concurrency)
+    if cluster:  # before the batch's record exists: an unreachable cluster leaves none
+        await _scheduler_reachable(cluster)
     batch = Batch(target, client=client, run_id=batch_id, budget_usd=budget_usd,
                   progress=progress, console=console)
     console.print(plain(f"batch {batch_id} ({len(items)} items) on "
@@ -62,6 +64,27 @@ async def run_batch_cli(target: Any, items: list[tuple[str, Any]], *, client: Mo
     console.print(plain(f"shoal runs --batch {batch_id}{flag} lists its items; "
                         f"shoal resume {batch_id}{flag} runs the unfinished ones again"))
     return result
+
+
+async def _scheduler_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A TCP connection to the Dask scheduler at ``address`` (``tcp://host:port`` or
+    ``host:port``) opens, or a ``ConfigError`` saying how to fix it."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname or "127.0.0.1", parts.port or 8786
+    except ValueError:  # a port that is not a number
+        raise ConfigError(f"--cluster {address!r} is not tcp://host:port") from None
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {address} ({type(exc).__name__}: {exc}); "
+            "start one (`dask scheduler`, docs/scale.md) or check --cluster; no batch "
+            "was recorded") from None
+    writer.close()
 
 
 def _status_cell(status: str) -> str:
