@@ -202,6 +202,20 @@ def check_mid_stream_error(outcome: Outcome, exc: BaseException) -> None:
                                 f"{body!r:.300}")
 
 
+def refused(out: Outcome, exc: BaseException) -> Outcome:
+    """``out`` for a call its SDK raised for before any byte of an answer."""
+    out.error = type(exc).__name__
+    check_status_error(out, exc)
+    return out
+
+
+def broken(out: Outcome, exc: BaseException) -> None:
+    """``out`` for a stream its SDK raised for after its first byte."""
+    out.error = type(exc).__name__
+    out.after_first_byte = True
+    check_mid_stream_error(out, exc)
+
+
 def _user(i: int) -> str:
     return f"storm question {i}: what binds when agents share a provider?"
 
@@ -215,9 +229,7 @@ async def openai_call(client: openai.AsyncOpenAI, i: int, *, stream: bool, key: 
             answer = await client.chat.completions.create(
                 model=MODEL, messages=messages, max_tokens=MAX_TOKENS)
         except Exception as exc:
-            out.error = type(exc).__name__
-            check_status_error(out, exc)
-            return out
+            return refused(out, exc)
         out.status = 200
         _no_secret(out, answer.model_dump_json(), "an answer")
         if not answer.choices or answer.choices[0].finish_reason is None:
@@ -234,9 +246,7 @@ async def openai_call(client: openai.AsyncOpenAI, i: int, *, stream: bool, key: 
             model=MODEL, messages=messages, max_tokens=MAX_TOKENS, stream=True,
             stream_options={"include_usage": True})
     except Exception as exc:
-        out.error = type(exc).__name__
-        check_status_error(out, exc)
-        return out
+        return refused(out, exc)
     finish: str | None = None
     try:
         async for chunk in chunks:
@@ -247,9 +257,7 @@ async def openai_call(client: openai.AsyncOpenAI, i: int, *, stream: bool, key: 
                 out.input_tokens = chunk.usage.prompt_tokens
                 out.output_tokens = chunk.usage.completion_tokens
     except Exception as exc:
-        out.error = type(exc).__name__
-        out.after_first_byte = True
-        check_mid_stream_error(out, exc)
+        broken(out, exc)
         return out
     out.status = 200
     if finish is None:
@@ -269,9 +277,7 @@ async def anthropic_call(client: anthropic.AsyncAnthropic, i: int, *, stream: bo
             message = await client.messages.create(model=MODEL, max_tokens=MAX_TOKENS,
                                                    messages=messages)
         except Exception as exc:
-            out.error = type(exc).__name__
-            check_status_error(out, exc)
-            return out
+            return refused(out, exc)
         out.status = 200
         _no_secret(out, message.model_dump_json(), "an answer")
         if message.stop_reason is None:
@@ -284,9 +290,7 @@ async def anthropic_call(client: anthropic.AsyncAnthropic, i: int, *, stream: bo
         events = await client.messages.create(model=MODEL, max_tokens=MAX_TOKENS,
                                               messages=messages, stream=True)
     except Exception as exc:
-        out.error = type(exc).__name__
-        check_status_error(out, exc)
-        return out
+        return refused(out, exc)
     stop_reason: str | None = None
     stopped = False
     try:
@@ -302,9 +306,7 @@ async def anthropic_call(client: anthropic.AsyncAnthropic, i: int, *, stream: bo
             elif event.type == "message_stop":
                 stopped = True
     except Exception as exc:
-        out.error = type(exc).__name__
-        out.after_first_byte = True
-        check_mid_stream_error(out, exc)
+        broken(out, exc)
         return out
     out.status = 200
     if not stopped or stop_reason is None:
