@@ -213,9 +213,13 @@ class Gateway:
         plan = self._plans[info.name] = _Plan(info, chain, protocols, no_logprobs)
         return plan
 
-    async def admit(self, parsed: Parsed, protocol: str, key: VirtualKey) -> Admitted:
+    async def admit(self, parsed: Parsed, protocol: str, key: VirtualKey,
+                    info: ModelInfo | None = None) -> Admitted:
+        """Check ``parsed`` against the key and reserve its worst case; ``info``: its
+        model, when the caller looked it up already (:meth:`model`)."""
         request = parsed.request
-        info = self.model(request.model)
+        if info is None:
+            info = self.model(request.model)
         self.allowed(key, info, request.model)
         plan = self._plan(info)
         chain = plan.chain
