@@ -112,6 +112,20 @@ async def test_unknown_model_is_the_sdks_not_found(sim: SimServer) -> None:
     assert "GET /v1/models" in ainfo.value.message
 
 
+async def test_an_unknown_model_is_matched_only_against_models_served(sim: SimServer) -> None:
+    """The catalog's gpt-4o-mini has no keyed channel here: the gateway does not serve it,
+    so it is no suggestion for a typo of it."""
+    async with gateway(sim_config(sim)) as gw, openai_client(gw) as oa:
+        served = {m.id async for m in oa.models.list()}
+        with pytest.raises(openai.NotFoundError) as info:
+            await oa.chat.completions.create(model="gpt-4o-mni", messages=USER)
+    assert "gpt-4o-mini" not in served
+    said = info.value.message
+    suggested = said.split("Did you mean: ", 1)[1].split("?")[0].split(", ") \
+        if "Did you mean" in said else []
+    assert "gpt-4o-mini" not in said and set(suggested) <= served
+
+
 async def test_oversized_body_is_a_413(sim: SimServer) -> None:
     big = {"model": OPENAI_MODEL, "max_tokens": 5,
            "messages": [{"role": "user", "content": "x" * 5000}]}

@@ -177,11 +177,17 @@ class Gateway:
     def model(self, name: str) -> ModelInfo:
         try:
             return self.router.model_info(name)
-        except ConfigError as exc:
-            hint = str(exc).split(" Add it under", 1)[0]
-            raise BadInput(f"{hint} GET /v1/models lists the models this gateway serves.",
-                           param="model", status=404, kind="not_found",
-                           code="model_not_found") from None
+        except ConfigError:
+            import difflib
+
+            config = self.router.config  # suggest only what this gateway serves (keyed)
+            served = {m.name.lower(): m.name for m in config.models.values()
+                      if config.usable(m)}
+            close = difflib.get_close_matches(name.lower(), list(served), n=4, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(served[c] for c in close)}?" if close else ""
+            raise BadInput(f"unknown model {name!r}.{hint} GET /v1/models lists the models "
+                           "this gateway serves.", param="model", status=404,
+                           kind="not_found", code="model_not_found") from None
 
     def allowed(self, key: VirtualKey, info: ModelInfo, requested: str) -> None:
         """The key may use the model under its catalog name or the name it asked for."""
