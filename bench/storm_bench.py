@@ -108,9 +108,11 @@ def channels(seed: int, *, storm: bool = True) -> Iterator[list[SimProcess]]:
         yield started
 
 
-def router_config(sims: list[SimProcess], read_timeout_s: float) -> Config:
-    """Default settings except the channels' read timeout."""
-    base = {"api_key": "sk-storm", "read_timeout": read_timeout_s}
+def router_config(sims: list[SimProcess], read_timeout_s: float, *,
+                  api_key: str = "sk-storm") -> Config:
+    """Default settings except the channels' read timeout (``api_key``: the upstream key
+    every channel sends)."""
+    base = {"api_key": api_key, "read_timeout": read_timeout_s}
     chans = {
         "c0": {**base, "protocol": "openai", "provider": "openai", "base_url": sims[0].url + "/v1"},
         "c1": {**base, "protocol": "anthropic", "provider": "anthropic", "base_url": sims[1].url},

@@ -1,14 +1,15 @@
 """The harness of tests/chaos/test_gateway_storm.py: the gateway in front of the storm,
 called through the official SDKs, unmodified.
 
-Upstreams as bench/storm_bench.py has them (its channel specs, mirrored here so this
-module stands alone for mypy): three simulators in their own processes serve one model,
-``c0`` (OpenAI wire) and ``c1`` (Anthropic wire) in ``--scenario storm`` (20% 5xx, 10%
-429 in five Retry-After forms, 5% hangs, 2% cut streams, 2% malformed bodies), ``c2``
-(OpenAI wire) in quota. The gateway runs in this process as tests/integration's
-gateway fixtures run it (a real aiohttp server on a free port of 127.0.0.1, handler
-cancellation on) over a Router with default settings, only the channels' read timeout
-lowered. Virtual keys live in a SQLite store (:class:`shoal.gateway.keys.StoreKeys`).
+Upstreams as bench/storm_bench.py has them (its ``channels`` and ``router_config``,
+imported from bench/ as tests/chaos/test_storm.py does): three simulators in their own
+processes serve one model, ``c0`` (OpenAI wire) and ``c1`` (Anthropic wire) in
+``--scenario storm`` (20% 5xx, 10% 429 in five Retry-After forms, 5% hangs, 2% cut
+streams, 2% malformed bodies), ``c2`` (OpenAI wire) in quota. The gateway runs in this
+process as tests/integration's gateway fixtures run it (a real aiohttp server on a free
+port of 127.0.0.1, handler cancellation on) over a Router with default settings, only
+the channels' read timeout lowered. Virtual keys live in a SQLite store
+(:class:`shoal.gateway.keys.StoreKeys`).
 
 Each call is one :class:`Outcome`: what the SDK returned or raised, and every breach of
 the gateway's documented behaviour seen on the way (docs/gateway.md, "Errors").
@@ -21,10 +22,11 @@ import contextlib
 import functools
 import json
 import random
+import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -42,10 +44,12 @@ from shoal.gateway.settings import GatewaySettings
 from shoal.sim import SimProcess
 from shoal.traffic.router import Router
 
-MODEL = "m"
-PRICE_IN, PRICE_OUT = 3.0, 15.0  # $ per million tokens, as storm_bench prices its model
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import storm_bench
+
+MODEL, PRICE_IN, PRICE_OUT = storm_bench.MODEL, storm_bench.PRICE_IN, storm_bench.PRICE_OUT
+storm_channels = storm_bench.channels  # c0 OpenAI + c1 Anthropic in the storm, c2 in quota
 UPSTREAM_KEY = "sk-storm-upstream-9d41c7e05b2a8f36e1d4"
-PROFILE = ("--ttft", "0.05", "--tokens-per-s", "400", "--output-tokens", "16")
 MAX_TOKENS = 32
 OPENAI_ROUTE, ANTHROPIC_ROUTE = "/v1/chat/completions", "/v1/messages"
 # What docs/gateway.md ("Errors") gives a caller once the Router gave up on an upstream
@@ -61,44 +65,9 @@ def price(input_tokens: int, output_tokens: int) -> float:
 # -- upstreams, config, gateway -----------------------------------------------------------
 
 
-@contextlib.contextmanager
-def storm_channels(seed: int) -> Iterator[list[SimProcess]]:
-    """c0 OpenAI + c1 Anthropic in the storm, c2 OpenAI in quota; started side by side
-    (each is a process), stopped after."""
-    specs = [
-        ("--scenario", "storm", "--seed", str(seed), *PROFILE),
-        ("--scenario", "storm", "--seed", str(seed + 1), *PROFILE),
-        ("--scenario", "storm", "--seed", str(seed + 2), *PROFILE, "--quota"),
-    ]
-    started: list[SimProcess] = []
-    try:
-        with ThreadPoolExecutor(len(specs)) as pool:
-            futures = [pool.submit(SimProcess, *spec) for spec in specs]
-            for future in futures:
-                with contextlib.suppress(Exception):  # raised again by result() below
-                    started.append(future.result())
-            for future in futures:
-                future.result()
-        yield started
-    finally:
-        for sim in started:
-            sim.stop()
-
-
 def storm_config(sims: list[SimProcess], read_timeout_s: float) -> Config:
-    """The Router's defaults except the channels' read timeout (storm_bench's config)."""
-    base = {"api_key": UPSTREAM_KEY, "read_timeout": read_timeout_s}
-    channels = {
-        "c0": {**base, "protocol": "openai", "provider": "openai",
-               "base_url": sims[0].url + "/v1"},
-        "c1": {**base, "protocol": "anthropic", "provider": "anthropic", "base_url": sims[1].url},
-        "c2": {**base, "protocol": "openai", "provider": "openai",
-               "base_url": sims[2].url + "/v1"},
-    }
-    return Config.from_dict({
-        "channels": channels,
-        "models": {MODEL: {"channels": list(channels), "input": PRICE_IN, "output": PRICE_OUT}},
-    })
+    """storm_bench's Router config, with an upstream key long enough to be looked for."""
+    return storm_bench.router_config(sims, read_timeout_s, api_key=UPSTREAM_KEY)
 
 
 # -- one call through an SDK ------------------------------------------------------------
