@@ -54,22 +54,33 @@ async def drain(r: Router, seen: list[StreamEvent]) -> None:
     await drain_into(r, ASK, seen)
 
 
+async def ended_three_ways(sim: SimServer, style: str, finish: str, agent: Agent[str],
+                           task: str, error: type[Exception], match: str
+                           ) -> tuple[ChatResponse, ChatResponse, Exception]:
+    """Every answer ends with the provider's ``finish``: a whole answer, a streamed one,
+    and the error an agent on it raises (matching ``match``)."""
+    sim.script([f"finish:{finish}"] * 3)
+    async with router(sim, style) as r:
+        whole = await r.complete(ASK)
+        _, end = await streamed(r)
+        with pytest.raises(error, match=match) as caught:
+            await Runner(r).run(agent, task)
+    return whole, end, caught.value
+
+
 # -- Anthropic ---------------------------------------------------------------------------
 
 
 async def test_pause_turn_is_other_and_an_agent_does_not_take_it_as_output(
         sim: SimServer) -> None:
-    sim.script(["finish:pause_turn"] * 3)
-    async with router(sim, "anthropic") as r:
-        whole = await r.complete(ASK)
-        _, end = await streamed(r)
-        with pytest.raises(BudgetExceeded, match="pause_turn") as caught:
-            await Runner(r).run(Agent("searcher", model="m"), "find the latest figures")
+    whole, end, raised = await ended_three_ways(
+        sim, "anthropic", "pause_turn", Agent("searcher", model="m"),
+        "find the latest figures", BudgetExceeded, "pause_turn")
     for answer in (whole, end):
         assert (answer.finish_reason, answer.raw_finish_reason) == ("other", "pause_turn")
         assert len(answer.text.split()) == WORDS // 2  # the text before the paused search
         assert answer.tool_calls == []  # the server tool's call is not the caller's to run
-    assert "server tools" in str(caught.value)
+    assert "server tools" in str(raised)
     assert sim.stats().total_requests == 3  # none retried: the answer is the provider's
 
 
@@ -138,16 +149,13 @@ async def test_a_stream_cut_by_the_provider_after_tokens_is_interrupted(
 
 
 async def test_zhipu_sensitive_is_content_filter_and_an_agent_refuses(sim: SimServer) -> None:
-    sim.script(["finish:sensitive"] * 3)
-    async with router(sim, "zhipu") as r:
-        whole = await r.complete(ASK)
-        _, end = await streamed(r)
-        with pytest.raises(ModelRefused, match="content filter") as caught:
-            await Runner(r).run(Agent("writer", model="m"), "write it")
+    whole, end, raised = await ended_three_ways(
+        sim, "zhipu", "sensitive", Agent("writer", model="m"), "write it", ModelRefused,
+        "content filter")
     for answer in (whole, end):
         assert (answer.finish_reason, answer.raw_finish_reason) == ("content_filter",
                                                                     "sensitive")
-    assert "sensitive" in caught.value.refusal
+    assert isinstance(raised, ModelRefused) and "sensitive" in raised.refusal
 
 
 async def test_a_finish_reason_the_style_lacks_is_a_clear_400(sim: SimServer) -> None:
