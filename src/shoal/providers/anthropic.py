@@ -27,6 +27,7 @@ from shoal.providers.anthropic_answer import (
     tool_arguments,
     usage_of,
 )
+from shoal.providers.base import Prepared
 from shoal.providers.caching import gate_turn, plan_anthropic
 from shoal.providers.claude_models import (
     check_claude_request,
@@ -226,17 +227,16 @@ class AnthropicProvider(HttpProvider):
     async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse:
         return await self.complete_then(request, model=model, received=None)
 
-    async def complete_then(self, request: ChatRequest, *, model: str,
-                            received: Callable[[], object] | None) -> ChatResponse:
-        started = time.perf_counter()
+    def prepare(self, request: ChatRequest, *, model: str) -> Prepared:
         request = _schema_for_json_mode(request)
         payload = self.payload(request, model, stream=False)
-        turn = await gate_turn(self, self._clock, payload, request)  # one cache writer
-        try:
-            body, raw = await self._post_json(request, payload, received)
-            turn.began()
-        finally:
-            turn.end(ok=False)
+        return Prepared(request, model, payload, fastjson.dumps(payload))
+
+    async def send(self, prepared: Prepared, *,
+                   received: Callable[[], object] | None) -> ChatResponse:
+        started = time.perf_counter()
+        prepared, body, raw = await self._exchange(prepared, received)
+        request = prepared.request
         schema_tool = request.output_schema_name if request.output_schema is not None else None
         return self.parse(body, raw, started, schema_tool)
 

@@ -9,10 +9,25 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from shoal.types import ChatRequest, ChatResponse, StreamEvent
 
-__all__ = ["Provider"]
+__all__ = ["Prepared", "Provider"]
+
+
+@dataclass(slots=True, frozen=True)
+class Prepared:
+    """A request built for one adapter and wire model, ready to send: what
+    :meth:`Provider.prepare` makes and :meth:`Provider.send` sends. ``payload`` and
+    ``data`` (the body, as a dict and encoded) are the adapter's; one that builds
+    nothing ahead leaves them None."""
+
+    request: ChatRequest
+    model: str
+    payload: dict[str, Any] | None = None
+    data: bytes | None = None
 
 
 class Provider(ABC):
@@ -37,6 +52,19 @@ class Provider(ABC):
         if received is not None:
             received()
         return response
+
+    def prepare(self, request: ChatRequest, *, model: str) -> Prepared:
+        """``request`` built (and encoded) for the wire, without sending it. The Router
+        prepares a call that has to queue for a slot while it queues, so the slot's time
+        is the wire's, not the encoder's. Raises what building it raises (a local
+        refusal); the default builds nothing ahead."""
+        return Prepared(request, model)
+
+    async def send(self, prepared: Prepared, *,
+                   received: Callable[[], object] | None) -> ChatResponse:
+        """:meth:`complete_then` for a request :meth:`prepare` built."""
+        return await self.complete_then(prepared.request, model=prepared.model,
+                                        received=received)
 
     @abstractmethod
     def stream(self, request: ChatRequest, *, model: str) -> AsyncIterator[StreamEvent]:

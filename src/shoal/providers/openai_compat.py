@@ -20,6 +20,7 @@ from typing import Any
 
 from shoal import fastjson
 from shoal.errors import ConfigError, MalformedResponse, ProviderError, StreamInterrupted
+from shoal.providers.base import Prepared
 from shoal.providers.caching import gate_turn, plan_openai
 from shoal.providers.failures import (
     error_from_finish,
@@ -72,6 +73,7 @@ class OpenAICompatProvider(HttpProvider):
     """Chat Completions over one pooled aiohttp session."""
 
     default_provider = "openai"
+    cache_protocol = "openai"
 
     def _endpoint(self, base_url: str) -> str:
         return base_url + "/chat/completions"
@@ -174,16 +176,14 @@ class OpenAICompatProvider(HttpProvider):
     async def complete(self, request: ChatRequest, *, model: str) -> ChatResponse:
         return await self.complete_then(request, model=model, received=None)
 
-    async def complete_then(self, request: ChatRequest, *, model: str,
-                            received: Callable[[], object] | None) -> ChatResponse:
-        started = time.perf_counter()
+    def prepare(self, request: ChatRequest, *, model: str) -> Prepared:
         payload = self.payload(request, model, stream=False)
-        turn = await gate_turn(self, self._clock, payload, request, "openai")  # one writer
-        try:
-            body, raw = await self._post_json(request, payload, received)
-            turn.began()
-        finally:
-            turn.end(ok=False)
+        return Prepared(request, model, payload, fastjson.dumps(payload))
+
+    async def send(self, prepared: Prepared, *,
+                   received: Callable[[], object] | None) -> ChatResponse:
+        started = time.perf_counter()
+        _, body, raw = await self._exchange(prepared, received)
         return self.parse(body, raw, time.perf_counter() - started)
 
     def parse(self, body: Any, raw: bytes, latency: float) -> ChatResponse:

@@ -8,6 +8,7 @@ the call (auth, quota), and what the provider billed for answers it had to disca
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -20,12 +21,14 @@ from shoal.errors import (
     ShoalError,
     StreamInterrupted,
 )
+from shoal.providers.caching import with_cache_settings
 from shoal.tokens import count_text, default_output_tokens, estimate_prompt_tokens
 from shoal.traffic.lane import Lane
 from shoal.types import ChatRequest, Usage
 
 if TYPE_CHECKING:
     from shoal.config import ModelInfo
+    from shoal.providers.base import Prepared, Provider
     from shoal.traffic.limits import Permit
     from shoal.traffic.retry import RetryBudget
 
@@ -103,6 +106,8 @@ class CallState:
     wasted: Usage | None = None
     wasted_usd: float = 0.0
     queue_s: float = 0.0  # seconds spent waiting in lane limiters, all attempts
+    # The request as built for one (lane, model): made while queueing, reused on retries.
+    prepared: tuple[tuple[str, str], Prepared] | None = None
 
     def failed(self, att: Attempt, err: ProviderError) -> None:
         """Count a failed attempt on its lane and any billed, discarded answer."""
@@ -113,6 +118,29 @@ class CallState:
         if billed is not None:
             self.wasted = billed if self.wasted is None else self.wasted + billed
             self.wasted_usd += att.info.cost(billed)
+
+    def prepared_for(self, info: ModelInfo, lane: Lane, provider: Provider) -> Prepared:
+        """The request built for ``lane`` and ``info``'s wire model: once per lane and
+        model, kept here (a retry on the same lane sends the same body)."""
+        key = (lane.name, info.name)
+        kept = self.prepared
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        prepared = provider.prepare(with_cache_settings(self.request, info, lane.channel),
+                                    model=lane.channel.wire_model(info))
+        self.prepared = (key, prepared)
+        return prepared
+
+    def prepare_early(self, info: ModelInfo, lane: Lane) -> None:
+        """Build the request while the call queues for ``lane``, so that once a slot frees
+        only the wire is left: at a known cap, what runs between one answer and the next
+        request paces every round (building and encoding were ~25 of ~60 µs there:
+        docs/DECISIONS.md). A request that cannot be built is refused after admission,
+        where the attempt's errors are handled."""
+        provider = lane.ready_provider
+        if provider is not None:
+            with contextlib.suppress(ShoalError):
+                self.prepared_for(info, lane, provider)
 
     def charged(self, exc: BaseException) -> BaseException:
         """``exc`` carrying this call's waste, so budgets can charge what was billed."""

@@ -226,7 +226,9 @@ class Router:
 
     # -- one attempt's bookkeeping ------------------------------------------------------
 
-    async def _admit(self, call: CallState) -> Attempt:
+    async def _admit(self, call: CallState, *, prepare: bool = False) -> Attempt:
+        """The next attempt's lane, its slot taken. ``prepare``: a call that has to queue
+        builds its request for that lane while it waits (``CallState.prepare_early``)."""
         request, budget = call.request, call.budget
         while True:
             chosen = pick(call, self.clock.now())
@@ -246,6 +248,8 @@ class Router:
                 permit = lane.limiter.try_acquire(tokens)  # a free slot: no await
                 queued = permit is None
                 if permit is None:
+                    if prepare:
+                        call.prepare_early(info, lane)
                     permit = await lane.limiter.acquire(tokens, timeout=budget.remaining())
             except DeadlineExceeded as exc:
                 lane.pending -= 1
@@ -356,16 +360,15 @@ class Router:
                         ) -> ChatResponse:
         call = self._call(request, deadline_s)
         while True:
-            att = await self._admit(call)
+            att = await self._admit(call, prepare=True)
             try:
                 provider = att.lane.ready_provider or await att.lane.provider()
                 outside = provider_scope()  # the call's note out of the HTTP client's timers
                 try:
                     async with clock_timeout(self.clock, call.budget.remaining()):
                         # The slot goes to the next call once the answer is read, not parsed.
-                        response = await provider.complete_then(
-                            with_cache_settings(request, att.info, att.lane.channel),
-                            model=att.lane.channel.wire_model(att.info),
+                        response = await provider.send(
+                            call.prepared_for(att.info, att.lane, provider),
                             received=att.hand_off)
                 finally:
                     if outside is not None:
