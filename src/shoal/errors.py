@@ -389,12 +389,16 @@ class StepFailed(RunError):
     Attributes:
         step: the failed step's name.
         result: the partial :class:`~shoal.flows.flow.FlowResult` (finished steps kept).
+        summary: what failed and what finished, without the message's advice (which is
+            for a Python caller: a command line gives its own).
         The original error is ``__cause__``.
     """
 
-    def __init__(self, message: str, *, step: str, result: Any = None) -> None:
+    def __init__(self, message: str, *, step: str, result: Any = None,
+                 summary: str | None = None) -> None:
         self.step = step
         self.result = result
+        self.summary = summary or message
         super().__init__(message)
 
 

@@ -88,9 +88,11 @@ async def run_content_pipeline(
                                               recorder=recorder)
 
 
-def render_pipeline_result(result: FlowResult, console: Console | None = None) -> None:
+def render_pipeline_result(result: FlowResult, console: Console | None = None, *,
+                           journaled: bool = True) -> None:
     """Print the final text, then the table of steps (step, model, status, latency,
-    tokens in/out, cost)."""
+    tokens in/out, cost). ``journaled=False``: the run was kept nowhere, so the table
+    names no run id to look up (it says where runs are kept instead)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.panel import Panel
@@ -98,7 +100,12 @@ def render_pipeline_result(result: FlowResult, console: Console | None = None) -
     out = console or Console()
     text = result.output if isinstance(result.output, str) else str(result.output)
     out.print(Panel(escape(text.strip() or "(empty answer)"), title="report", expand=False))
-    out.print(result.table())
+    if journaled:
+        out.print(result.table())
+    else:
+        out.print(result.table(title=escape(
+            f"{result.flow} · {result.status} · not journaled (`shoal run` keeps a run "
+            "to show and resume)")))
 
 
 def __getattr__(name: str) -> Any:

@@ -106,6 +106,9 @@ def test_a_failed_run_exits_1_and_prints_what_it_spent(tmp_path: Path) -> None:
     assert "step 'publish' of flow 'pub' failed: RuntimeError: the publisher refused it." \
         in res.stderr
     assert no_double_stops(res.stderr)
+    # Advice for the command line, not for a Python caller (run_id=..., a journal).
+    err = " ".join(res.stderr.split())
+    assert "run_id=" not in err and "--store sqlite:///" in err and "shoal resume" in err
 
 
 def test_a_journaled_failed_run_says_how_to_resume_and_delete_removes_it(
@@ -118,6 +121,7 @@ def test_a_journaled_failed_run_says_how_to_resume_and_delete_removes_it(
     assert res.exit_code == 1
     # the command as printed reaches the run's store (not the default one)
     assert f"shoal resume r1 --store {store}" in " ".join(res.stdout.split())
+    assert "run_id=" not in res.stderr and "Run with --store" not in res.stderr
 
     raw = sqlite3.connect(tmp_path / "runs.db")
     with raw:
@@ -202,6 +206,9 @@ def test_demo_runs_on_the_simulator_without_keys() -> None:
         assert model in row and "succeeded" in row
         assert f"step {step}: succeeded" in out
     assert "is not set" not in out  # no key needed
+    # The demo journals nothing: it names no run id that `shoal show` could not find.
+    assert "not journaled" in " ".join(out.split())
+    assert not re.search(r"\brun [0-9a-f]{16}\b", out)
 
 
 def test_config_for_sim_has_a_public_home() -> None:

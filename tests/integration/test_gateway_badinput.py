@@ -220,3 +220,17 @@ def test_the_access_log_holds_no_secret(gw: Gateway) -> None:
     assert '"status":' in log or "status" in log
     for secret in gw.secrets():
         assert secret not in log
+
+
+def test_the_access_log_names_an_unknown_model_as_asked_and_never_a_secret(
+        gw: Gateway) -> None:
+    asked = "gpt-4x-turbo-typo"
+    assert post(gw, OPENAI, body={**good_body(OPENAI), "model": asked}).status_code == 404
+    secret = gw.secrets()[0]  # a caller who pastes a key where the model goes
+    assert post(gw, OPENAI, body={**good_body(OPENAI), "model": secret}).status_code == 404
+    lines = [json.loads(ln) for ln in Path(gw.log).read_text().splitlines()
+             if ln.startswith("{") and '"route"' in ln]
+    unknown = [ln for ln in lines if ln.get("status") == 404]
+    assert {"model": "", "asked_model": asked}.items() <= unknown[-2].items()
+    assert unknown[-1]["model"] == "" and secret not in unknown[-1]["asked_model"]
+    assert secret not in Path(gw.log).read_text(errors="replace")

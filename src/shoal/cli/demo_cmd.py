@@ -113,5 +113,5 @@ async def _run(topic: str, cfg: Config, models: dict[str, str], *, sim: bool,
             recorder = None if watch is None else watch.watch(NullRecorder())
             result = await run_content_pipeline(topic, router=router, models=models,
                                                 recorder=recorder)
-    render_pipeline_result(result, console)
+    render_pipeline_result(result, console, journaled=False)  # a NullRecorder: kept nowhere
     return result

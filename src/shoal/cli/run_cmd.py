@@ -222,7 +222,13 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
                     run = exc.result.run_id
                     console.print(plain(f"journaled as run {run} in {shown_url(opts.store)}: "
                                         f"shoal resume {run}{store_option(opts.store)}"))
-            raise
+            # The library's advice is for Python callers (run_id=, a journal): say it here
+            # as the command line does it.
+            hint = ("" if opts.store is not None else
+                    " Run with --store sqlite:///.shoal/runs.db to journal a run, so that "
+                    "`shoal resume` redoes only the steps that did not finish.")
+            raise StepFailed(exc.summary + hint, step=exc.step, result=exc.result,
+                             summary=exc.summary) from exc.__cause__
         return _flow_summary(console, res, opts)
     if len(items) == 1 and not opts.cluster:
         value = items[0][1]

@@ -477,7 +477,10 @@ async def _continue(flow: Flow, run_id: str, store: Any, client: ModelClient, *,
     except StepFailed as exc:
         if exc.result is not None:  # what this attempt spent before it failed
             console.print(exc.result.table())
-        raise
+        raise StepFailed(
+            f"{exc.summary} Fix the cause and run `shoal resume {run_id}` again, with the "
+            "same --store: the finished steps are not redone.",
+            step=exc.step, result=exc.result, summary=exc.summary) from exc.__cause__
     console.print(as_text(result.output), markup=False, highlight=False)
     console.print(result.table())
     prices = getattr(client, "config", None)  # the Router's: the prices it charged

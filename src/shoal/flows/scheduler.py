@@ -179,12 +179,12 @@ class FlowRun:
             if isinstance(failed.exception, StoreError):
                 raise failed.exception  # names the record; "resume" would not help
             done_steps = [n for n, r in self.results.items() if r.ok]
+            summary = (f"step {failed.name!r} of flow {self.flow.name!r} failed: "
+                       f"{_sentence(failed.error or 'unknown error')} Finished steps: "
+                       f"{', '.join(done_steps) or 'none'}.")
             raise StepFailed(
-                f"step {failed.name!r} of flow {self.flow.name!r} failed: "
-                f"{_sentence(failed.error or 'unknown error')} Finished steps: "
-                f"{', '.join(done_steps) or 'none'}. Run again with run_id={self.run_id!r} "
-                "and a journal to resume from here.",
-                step=failed.name, result=result,
+                f"{summary} Run again with run_id={self.run_id!r} and a journal to resume "
+                "from here.", step=failed.name, result=result, summary=summary,
             ) from failed.exception
         status: RunStatus = (
             "partial" if any(r.status in ("skipped", "failed") for r in self.results.values())

@@ -2,8 +2,9 @@
 
 Fields: ``ts``, ``method``, ``route``, ``status``, ``duration_ms``, ``model``, ``key``
 (the virtual key's id), ``stream``, ``input_tokens``, ``output_tokens``, ``cost_usd``,
-``error`` (the failure kind) and, on a broken stream, ``stream_error``. Never prompts,
-answers or any key's secret.
+``error`` (the failure kind), on a broken stream ``stream_error``, and for a model the
+gateway does not serve, ``asked_model`` (the name the caller sent, cut to 120
+characters; ``model`` is then empty). Never prompts, answers or any key's secret.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import time
 from dataclasses import dataclass
 
 from shoal.fastjson import dumps
+from shoal.secrets import redact
 
 __all__ = ["AccessRecord", "configure_access_log", "log"]
 
 log = logging.getLogger("shoal.gateway.access")
+
+_ASKED_MAX = 120
 
 
 @dataclass(slots=True)
@@ -29,6 +33,7 @@ class AccessRecord:
     started: float
     status: int = 0
     model: str = ""
+    asked: str = ""  # the model as the caller named it, logged when it is not one served
     key: str = ""
     stream: bool = False
     input_tokens: int = 0
@@ -45,6 +50,10 @@ class AccessRecord:
             "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
             "cost_usd": round(self.cost_usd, 8),
         }
+        if not self.model and self.asked:
+            # Caller-written: cut short, and never a secret shoal holds (metrics keep
+            # "unknown" for it: a label must not take any string a caller sends).
+            fields["asked_model"] = redact(self.asked[:_ASKED_MAX])
         if self.error is not None:
             fields["error"] = self.error
         if self.stream_error:

@@ -98,6 +98,7 @@ async def _chat(gw: Gateway, wire: Wire, request: web.Request,
     rec.key = key.id
     # named before admission, so a refusal (the key's budget or limits, a 400) is counted
     # under its model, not "unknown" (an unknown model raises here, as admit would)
+    rec.asked = parsed.request.model
     info = gw.model(parsed.request.model)
     rec.model = info.name
     adm = await gw.admit(parsed, wire.name, key, info)
