@@ -24,7 +24,7 @@ from shoal.errors import ConfigError
 from shoal.families import FAMILIES, close_families, infer_family
 from shoal.observe.alert_config import AlertsConfig
 from shoal.pricing import ModelPrice
-from shoal.secrets import register_secret
+from shoal.secrets import MASK, mask_url, register_secret, register_url_secrets
 from shoal.types import Usage
 
 __all__ = ["ChannelConfig", "Config", "ModelInfo"]
@@ -76,6 +76,12 @@ class ChannelConfig(BaseModel):
         return data
 
     def model_post_init(self, context: Any, /) -> None:
+        # Credentials in the URL or in extra headers (a proxy's token) are secrets shoal
+        # holds: masked by value from here on, in this check's message too.
+        register_url_secrets(self.base_url)
+        for header, value in self.headers.items():
+            if header.lower() not in _PLAIN_HEADERS:
+                register_secret(value)
         _check_base_url(self.name, self.base_url)
         if self.provider not in FAMILIES:
             close = close_families(self.provider)
@@ -88,6 +94,16 @@ class ChannelConfig(BaseModel):
             )
         if self.api_key is not None:
             register_secret(self.api_key.get_secret_value())
+
+    def __repr_args__(self) -> Any:  # never a credential: masked URL, header values
+        for name, value in super().__repr_args__():
+            if name == "base_url":
+                yield name, mask_url(value)
+            elif name == "headers":
+                yield name, {k: v if k.lower() in _PLAIN_HEADERS else MASK
+                             for k, v in value.items()}
+            else:
+                yield name, value
 
     def key(self) -> str | None:
         """The API key: given directly, or read from the named environment variable.
@@ -160,6 +176,12 @@ class ModelInfo(BaseModel):
         return self.price.cost(usage)
 
 
+# Extra headers that carry no credential (versions, feature flags, attribution): shown;
+# any other header's value is a secret (registered, masked in reprs).
+_PLAIN_HEADERS = frozenset({"anthropic-version", "anthropic-beta", "http-referer", "x-title",
+                            "user-agent", "accept", "content-type", "openai-beta"})
+
+
 def _check_base_url(channel: str, url: str) -> None:
     """ConfigError unless ``url`` is http(s)://host… or local://name."""
     try:
@@ -228,6 +250,7 @@ class Config:
         self.channels = channels
         self.models = models
         self.redis_url = redis_url
+        register_url_secrets(redis_url)
         self.gateway: dict[str, Any] = dict(gateway or {})  # [gateway]: shoal.gateway.settings
         self._aliases: dict[str, str] = {}
         for info in models.values():

@@ -25,10 +25,13 @@ __all__ = [
     "MIN_SECRET_CHARS",
     "forget_secret",
     "key_rejected_hint",
+    "mask_url",
     "redact",
     "redact_values",
     "register_secret",
+    "register_url_secrets",
     "registry_version",
+    "url_secrets",
 ]
 
 MASK = "***"
@@ -102,6 +105,63 @@ def register_secret(value: str | None) -> None:
         return
     with _registry.lock:
         _registry.rebuild(_registry.values | {value})
+
+
+# Query parameters that carry a credential in the URLs shoal holds (store, Redis, a
+# channel's base_url): libpq, asyncpg and redis-py all take ``password=``.
+_URL_SECRET_PARAMS = frozenset({"password", "pass", "pwd", "key", "api_key", "apikey",
+                                "access_token", "token", "secret", "sig", "signature"})
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials in ``url``, read from the raw text, not a URL parser: the
+    password of its user part (up to the last ``@``, so a password holding an unencoded
+    ``#``, ``/`` or ``?`` is found whole, where a parser would split it) and the values
+    of credential query parameters, each as written and percent-decoded."""
+    from urllib.parse import parse_qsl, unquote
+
+    found: list[str] = []
+    start = url.find("://")
+    at = url.rfind("@")
+    if start >= 0 and at > start:
+        user_part = url[start + 3:at]
+        if ":" in user_part:
+            password = user_part.split(":", 1)[1]
+            found.append(password)
+            # A parser meets an unencoded #, / or ? as the URL's next part and may quote
+            # what came before it in its error ("invalid port 'Tr0mbone'"): that too.
+            cut = re.split(r"[#/?]", password, maxsplit=1)[0]
+            if cut != password:
+                found.append(cut)
+    query = url.split("?", 1)[1] if "?" in url else ""
+    for name, value in parse_qsl(query.split("#", 1)[0], keep_blank_values=False):
+        if name.lower() in _URL_SECRET_PARAMS:
+            found.append(value)
+    return [form for value in found for form in dict.fromkeys((value, unquote(value)))
+            if form]
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the credentials :func:`url_secrets` finds replaced, in place, by
+    :data:`MASK` (for display: ``postgresql://u:***@host/db``)."""
+    start = url.find("://")
+    at = url.rfind("@")
+    if start >= 0 and at > start and ":" in url[start + 3:at]:
+        user = url[start + 3:at].split(":", 1)[0]
+        url = f"{url[:start + 3]}{user}:{MASK}{url[at:]}"
+    if "?" in url:
+        names = "|".join(sorted(_URL_SECRET_PARAMS))
+        url = re.sub(rf"(?i)([?&](?:{names})=)[^&#]*", rf"\g<1>{MASK}", url)
+    return url
+
+
+def register_url_secrets(url: str | None) -> None:
+    """:func:`register_secret` every credential in ``url`` (:func:`url_secrets`): from
+    then on it is masked by value wherever it appears, also in a parser's error that
+    quotes part of the URL."""
+    if url:
+        for value in url_secrets(url):
+            register_secret(value)
 
 
 def forget_secret(value: str) -> None:

@@ -2,8 +2,9 @@
 
 :func:`validate_request` is the Router's first step in ``complete()`` and ``stream()``:
 a request every provider would refuse (no messages, ``max_tokens <= 0``, a temperature
-out of range, ``tool_choice`` naming tools that are not there, a tool result answering
-no call, a prompt longer than the model's window) fails here with a
+out of range, a tool or output-schema name outside ``[A-Za-z0-9_-]{1,64}``,
+``tool_choice`` naming tools that are not there, a tool result answering no call, a
+prompt longer than the model's window) fails here with a
 :class:`~shoal.errors.BadRequest` that says what is wrong and how to fix it, instead
 of costing a round trip, a retry budget or a breaker trip.
 
@@ -13,6 +14,7 @@ of costing a round trip, a retry budget or a breaker trip.
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING
 
 from shoal.errors import BadRequest, ConfigError, ContextOverflow
@@ -25,6 +27,9 @@ __all__ = ["TEMPERATURE_RANGE", "check_timeout", "validate_request"]
 
 TEMPERATURE_RANGE = (0.0, 2.0)  # the widest any provider accepts (OpenAI-compatible)
 _NO_TOOL_NEEDED = frozenset({"auto", "none"})
+# Tool and output-schema names: OpenAI's pattern for both (Anthropic takes names up to
+# 128 characters of the same alphabet); the stricter one, so a call can fail over.
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _bad(message: str, param: str) -> BadRequest:
@@ -64,6 +69,12 @@ def validate_request(
             f"0 for the chosen tokens only), got {logprobs!r}; or None not to ask for them",
             "logprobs"
         )
+    if request.tools:
+        for i, tool in enumerate(request.tools):
+            _check_name(tool.name, f"tools[{i}].name", "a tool name")
+    if request.output_schema is not None:
+        _check_name(request.output_schema_name, "output_schema_name",
+                    "the output schema's name")
     _check_tool_choice(request)
     _check_tool_results(request)
     if info is not None:
@@ -80,6 +91,17 @@ def _check_range(name: str, value: float | None, low: float, high: float) -> Non
             f"{name} must be a number from {low:g} to {high:g}, got {value!r}; "
             "pick one in range, or leave it unset (None) for the provider's default", name
         )
+
+
+def _check_name(name: str, param: str, what: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise _bad(
+            f"{what} must be 1-64 letters, digits, '_' or '-' (what OpenAI and Anthropic "
+            f"accept), got {name!r}; rename it, e.g. {_suggest(name)!r}", param)
+
+
+def _suggest(name: str) -> str:
+    return (re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "answer")[:64]
 
 
 def _check_tool_choice(request: ChatRequest) -> None:

@@ -10,6 +10,7 @@ import io
 import re
 import sqlite3
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
+from conftest import drop_pg_schema
 from shoal.agents import Agent
 from shoal.agents.recorder import NullRecorder
 from shoal.agents.testing import ScriptedClient, reply
@@ -219,3 +221,15 @@ def test_config_for_sim_has_a_public_home() -> None:
     assert config.model("gpt-4o").channels == ["sim"]
     assert config.channels["sim"].base_url == "http://127.0.0.1:9/v1"
     assert shoal.examples_builtin.config_for_sim is shoal.sim.config_for_sim  # old name works
+
+
+def test_delete_of_a_missing_run_names_the_store_without_its_password(pg_dsn: str) -> None:
+    schema = "t_del_" + uuid.uuid4().hex[:8]
+    url = pg_dsn.replace("postgres@", "postgres:Bassoon-Ochre-6612@", 1) + f"?schema={schema}"
+    try:
+        res = invoke("delete", "nonexist", "--store", url)
+        assert res.exit_code == 2
+        assert "no run 'nonexist' in postgresql://postgres:***@" in res.stderr
+        assert "Bassoon" not in res.stderr + res.stdout
+    finally:
+        asyncio.run(drop_pg_schema(pg_dsn, schema))

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from aiohttp import web
@@ -300,3 +301,22 @@ async def test_top_level_cache_control_is_a_no_op_for_an_openai_upstream(
                                                cache_control={"type": "ephemeral"})
     assert message.stop_reason == "end_turn"
     assert "cache_control" not in rec.bodies[-1]
+
+
+# -- an upstream's 413 -----------------------------------------------------------------------
+
+
+async def test_an_upstream_413_reaches_the_caller_as_a_413_not_a_context_overflow(
+        upstream: tuple[Recorder, GatewayServer]) -> None:
+    """Anthropic's 413 request_too_large is about bytes: not a context overflow (which a
+    fallback with a larger window could serve), so it is not resent, and the caller's
+    SDK sees the same status."""
+    rec, gw = upstream
+    rec.sim.script(["413"])
+    async with anthropic_client(gw) as client:
+        with pytest.raises(anthropic.APIStatusError) as info:
+            await client.messages.create(model=ANTHROPIC_MODEL, max_tokens=32,
+                                         messages=USER)
+    assert info.value.status_code == 413
+    assert "too large" in str(info.value)
+    assert len(rec.bodies) == 1  # sent once, to one channel

@@ -7,6 +7,7 @@ real HTTP; nothing of shoal is faked."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from shoal.errors import ConfigError
 from shoal.providers.anthropic import AnthropicProvider
 from shoal.providers.base import Provider
 from shoal.providers.openai_compat import OpenAICompatProvider
@@ -202,14 +204,20 @@ async def test_openai_strict_json_schema_body(fake: FakeProvider) -> None:
 async def test_zhipu_tool_body(fake: FakeProvider) -> None:
     fake.answers.append(("json", completion({"role": "assistant", "content": "ok"}, "stop")))
     request = ChatRequest("glm-4.6", [Message.system("rules"), Message.user("go")],
-                          tools=[LOOKUP], tool_choice="required", max_tokens=32)
+                          tools=[LOOKUP], tool_choice="auto", max_tokens=32)
     await ask(openai_like(fake, "zhipu"), request, "glm-4.6")
     assert fake.bodies == [{
         "model": "glm-4.6",
         "messages": [{"role": "system", "content": "rules"}, {"role": "user", "content": "go"}],
         "tools": [LOOKUP_WIRE],
+        "tool_choice": "auto",
         "max_tokens": 32,
     }]
+    # Zhipu takes only "auto": a required tool is refused before any request.
+    with pytest.raises(ConfigError, match="takes only tool_choice='auto'"):
+        await ask(openai_like(fake, "zhipu"),
+                  dataclasses.replace(request, tool_choice="required"), "glm-4.6")
+    assert len(fake.bodies) == 1
 
 
 # -- Gemini: thought_signature round-trip (§4) -------------------------------------------------

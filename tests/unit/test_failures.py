@@ -335,3 +335,15 @@ def test_gemini_details_name_a_bad_key_and_the_wait() -> None:
     assert err(429, limited, {"retry-after": "3"}).retry_after == 3.0  # a header wins
     other = [{"error": {"code": 400, "message": "bad field", "status": "INVALID_ARGUMENT"}}]
     assert type(err(400, other)) is BadRequest
+
+
+def test_a_413_is_a_request_too_large_not_a_context_overflow() -> None:
+    """Anthropic's 413 ``request_too_large`` (PROVIDERS.md §2) says "exceeds the maximum
+    allowed number of bytes": about bytes, which a larger context window would not fix
+    (an agent falling back on ContextOverflow would resend the same body)."""
+    body = {"type": "error", "error": {"type": "request_too_large",
+                                       "message": "Request exceeds the maximum allowed "
+                                                  "number of bytes."}}
+    e = err(413, body)
+    assert type(e) is BadRequest and e.status == 413
+    assert "too large" in str(e) and not e.retryable

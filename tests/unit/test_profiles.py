@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shoal.errors import ConfigError
+from shoal.errors import BadRequest, ConfigError
 from shoal.families import FAMILIES
 from shoal.providers.anthropic import AnthropicProvider
 from shoal.providers.openai_compat import OpenAICompatProvider
@@ -152,12 +152,50 @@ def test_max_tokens_field_and_tool_choice_per_family() -> None:
     openai = oa("openai").payload(r, "m", stream=False)
     assert openai["max_completion_tokens"] == 100 and "max_tokens" not in openai
     assert openai["tool_choice"] == "required"
-    zhipu = oa("zhipu").payload(r, "m", stream=False)
+    plain = req(tools=[LOOKUP], max_tokens=100)
+    zhipu = oa("zhipu").payload(plain, "m", stream=False)
     assert zhipu["max_tokens"] == 100 and "max_completion_tokens" not in zhipu
-    assert "tool_choice" not in zhipu  # Zhipu takes only "auto"
+    assert "tool_choice" not in zhipu
     auto = oa("zhipu").payload(req(tools=[LOOKUP], tool_choice="auto"), "m", stream=False)
     assert auto["tool_choice"] == "auto"
-    assert "tool_choice" not in oa("ollama").payload(r, "m", stream=False)
+    assert "tool_choice" not in oa("ollama").payload(plain, "m", stream=False)
+
+
+@pytest.mark.parametrize("family", ["zhipu", "minimax", "ollama", "llamacpp", "offline"])
+def test_a_tool_choice_the_provider_cannot_honour_is_refused_or_kept_by_offering_none(
+        family: str) -> None:
+    """Zhipu and MiniMax take only "auto", Ollama and llama.cpp no tool_choice at all
+    (PROVIDERS.md §3): dropping the field made "none" mean "call one if you like" (the
+    simulator's Zhipu answered a tool call). "none" now offers no tools; a required or
+    named tool, which no field can ask for there, is a ConfigError before any request."""
+    none = oa(family).payload(req(tools=[LOOKUP], tool_choice="none"), "m", stream=False)
+    assert "tools" not in none and "tool_choice" not in none
+    for choice in ("required", "lookup"):
+        with pytest.raises(ConfigError, match=f"family {family!r} takes .*tool_choice="
+                                              f"'{choice}'.*leave tool_choice unset"):
+            oa(family).payload(req(tools=[LOOKUP], tool_choice=choice), "m", stream=False)
+
+
+@pytest.mark.parametrize(("family", "says"), [("openai", "the messages"),
+                                              ("deepseek", "a system or user message")])
+def test_json_mode_without_the_word_json_is_refused_before_sending(
+        family: str, says: str) -> None:
+    """OpenAI and DeepSeek answer 400 to json_object when the prompt never says "json"
+    (PROVIDERS.md trap 12): refused here, naming the fix."""
+    with pytest.raises(BadRequest, match=f'needs the word "json" in {says}') as info:
+        oa(family).payload(req(json_mode=True), "m", stream=False)
+    assert info.value.param == "messages"
+    ok = req(json_mode=True, messages=[Message.user("Reply in JSON: {\"n\": 1}")])
+    assert oa(family).payload(ok, "m", stream=False)["response_format"] == {
+        "type": "json_object"}
+    # DeepSeek reads only system and user messages for it; OpenAI any message.
+    said_by_assistant = req(json_mode=True, messages=[
+        Message.user("hi"), Message.assistant("I will answer in JSON."), Message.user("go")])
+    if family == "deepseek":
+        with pytest.raises(BadRequest):
+            oa(family).payload(said_by_assistant, "m", stream=False)
+    else:
+        oa(family).payload(said_by_assistant, "m", stream=False)
 
 
 def test_no_family_is_sent_the_developer_role() -> None:
@@ -551,3 +589,40 @@ def test_top_level_cache_control_goes_to_anthropic_and_replaces_shoals_breakpoin
     assert body["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
     assert "cache_control" not in json.dumps(body["system"])  # automatic mode only
     assert "cache_control" not in oa("openai").payload(request, "gpt-4o", stream=False)
+
+
+def test_anthropic_empty_content_is_left_out_or_refused_before_sending() -> None:
+    """Anthropic answers 400 to empty text content and to a request with only a system
+    prompt (PROVIDERS.md §2; the simulator's anthropic style refuses them too). An empty
+    assistant turn (a model that ended without text, replayed by an agent) is left out;
+    what only the caller can fix is a BadRequest naming the message."""
+    body = an().payload(req(messages=[Message.user("a"), Message.assistant(""),
+                                      Message.user("b")]), "claude-sonnet-4-6", stream=False)
+    assert body["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    cases: list[tuple[list[Message], str]] = [
+        ([Message.user("")], "messages[0]"),
+        ([Message.system("be brief"), Message.user("ok"), Message.user("")], "messages[2]"),
+        ([Message.system("only a system prompt")], "messages"),
+        ([Message("system", "", cache_control=CacheControl()), Message.user("hi")],
+         "messages[0]"),
+    ]
+    for messages, param in cases:
+        with pytest.raises(BadRequest) as info:
+            an().payload(req(messages=messages), "claude-sonnet-4-6", stream=False)
+        assert info.value.param == param, messages
+
+
+def test_anthropic_temperature_and_adaptive_only_thinking_are_checked_locally() -> None:
+    with pytest.raises(BadRequest, match="from 0 to 1 for Anthropic") as info:
+        an().payload(req(temperature=1.5), "claude-sonnet-4-6", stream=False)
+    assert info.value.param == "temperature"
+    assert an().payload(req(temperature=1.0), "claude-sonnet-4-6",
+                        stream=False)["temperature"] == 1.0
+    budget = Thinking(budget_tokens=2000)
+    for model in ("claude-opus-4-7", "claude-sonnet-5", "claude-mythos-1"):
+        with pytest.raises(ConfigError, match="thinks only adaptively"):
+            an().payload(req(thinking=budget, max_tokens=8000), model, stream=False)
+    for model in ("claude-opus-4-6", "claude-sonnet-4-5"):  # a budget is still taken
+        body = an().payload(req(thinking=budget, max_tokens=8000), model, stream=False)
+        assert body["thinking"] == {"type": "enabled", "budget_tokens": 2000}

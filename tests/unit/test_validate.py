@@ -30,6 +30,8 @@ def test_a_plain_request_passes() -> None:
     validate_request(req(tools=[LOOKUP], tool_choice="lookup"))
     validate_request(req(tool_choice="auto"))
     validate_request(req(tool_choice="none"))
+    validate_request(req(tools=[ToolSpec("get-weather_2", "")],
+                         output_schema={"type": "object"}, output_schema_name="Answer-1"))
 
 
 @pytest.mark.parametrize(
@@ -47,6 +49,12 @@ def test_a_plain_request_passes() -> None:
         ({"tool_choice": "required"}, 'tool_choice="required" but the request has no tools'),
         ({"tool_choice": "lookup"}, "tool_choice names tool 'lookup', which is not among"),
         ({"tool_choice": "search", "tools": [LOOKUP]}, "(lookup)"),
+        ({"tools": [ToolSpec("my tool", "")]},
+         "a tool name must be 1-64 letters, digits, '_' or '-' (what OpenAI and Anthropic "
+         "accept), got 'my tool'; rename it, e.g. 'my_tool'"),
+        ({"tools": [LOOKUP, ToolSpec("x" * 65, "")]}, "a tool name must be 1-64"),
+        ({"output_schema": {"type": "object"}, "output_schema_name": "My Answer"},
+         "the output schema's name must be 1-64 letters, digits, '_' or '-'"),
     ],
 )
 def test_bad_requests_are_refused_with_the_fix(request_kw: dict[str, Any], says: str) -> None:

@@ -43,10 +43,13 @@ def _limits(ch: ChannelConfig) -> str:
 
 
 def channel_rows(channels: list[ChannelConfig]) -> list[dict[str, Any]]:
-    """One plain row per channel, as ``shoal channels --json`` prints them."""
+    """One plain row per channel, as ``shoal channels --json`` prints them (a base_url's
+    credentials masked)."""
+    from shoal.secrets import mask_url
+
     return [
         {"channel": ch.name, "family": ch.provider, "protocol": ch.protocol,
-         "base_url": ch.base_url, "key": _key_state(ch), "limits": _limits(ch)}
+         "base_url": mask_url(ch.base_url), "key": _key_state(ch), "limits": _limits(ch)}
         for ch in channels
     ]
 

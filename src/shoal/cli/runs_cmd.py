@@ -301,6 +301,7 @@ def delete(
 
     Exit status 2 if one of them is not in the store."""
     from shoal.cli.loop import run as run_loop
+    from shoal.stores import shown_url
 
     try:
         missing = run_loop(_delete(store, run_ids))
@@ -314,7 +315,8 @@ def delete(
 
         Console(stderr=True).print(
             plain(f"error: no run {', '.join(repr(m) for m in missing)} in "
-                  f"{store or _default_url()}; `shoal runs` lists the runs there"),
+                  f"{shown_url(store or _default_url())}; `shoal runs` lists the runs "
+                  "there"),
             highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE)
 

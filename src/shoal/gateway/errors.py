@@ -130,6 +130,8 @@ def _upstream_failure(exc: ProviderError) -> Failure:
         return Failure(400, "invalid_request", exc.message, code="context_length_exceeded",
                        param=exc.param or "messages")
     if isinstance(exc, BadRequest):  # the envelope has the code: the message needs no suffix
+        if exc.status == 413:  # the upstream refused the request's size: the caller's too
+            return Failure(413, "too_large", exc.message, code="request_too_large")
         return Failure(400, "invalid_request", exc.message, code=exc.code, param=exc.param)
     if isinstance(exc, Overloaded):
         return Failure(529, "overloaded", message, retry_after_s=exc.retry_after)

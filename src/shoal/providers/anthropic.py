@@ -16,7 +16,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shoal import fastjson
-from shoal.errors import ConfigError, MalformedResponse, ProviderError, StreamInterrupted
+from shoal.errors import (
+    BadRequest,
+    ConfigError,
+    MalformedResponse,
+    ProviderError,
+    StreamInterrupted,
+)
 from shoal.providers.anthropic_answer import (
     StreamState,
     finish_of,
@@ -64,6 +70,11 @@ DEFAULT_MAX_TOKENS = 4096
 OPEN_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 
 
+def _empty(index: int, what: str) -> BadRequest:
+    return BadRequest(f"messages[{index}]: {what}", code="invalid_request",
+                      param=f"messages[{index}]")
+
+
 def _schema_for_json_mode(request: ChatRequest) -> ChatRequest:
     if request.json_mode and request.output_schema is None:
         return dataclasses.replace(request, output_schema=dict(OPEN_OBJECT))
@@ -95,8 +106,10 @@ class AnthropicProvider(HttpProvider):
                   ) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
         system: list[Message] = []
         out: list[dict[str, Any]] = []
-        for m in messages:
+        for i, m in enumerate(messages):
             if m.role == "system":
+                if m.cache_control is not None and not m.content:
+                    raise _empty(i, "an empty system message cannot carry cache_control")
                 system.append(m)
                 continue
             if m.role == "tool":
@@ -121,7 +134,15 @@ class AnthropicProvider(HttpProvider):
                         args = {"_raw": c.arguments}
                     blocks.append({"type": "tool_use", "id": c.id, "name": c.name,
                                    "input": args})
+                if not blocks:
+                    # An empty turn (a model that ended without text, replayed by an
+                    # agent): Anthropic refuses empty content, and leaving the turn out
+                    # says the same, the user turns around it merged.
+                    continue
             else:
+                if not m.content:
+                    raise _empty(i, "a user message needs text (Anthropic refuses empty "
+                                    "content); drop it or give it text")
                 role, blocks = "user", [{"type": "text", "text": m.content}]
             if m.cache_control is not None and blocks:  # the breakpoint ends the message
                 blocks[-1] = {**blocks[-1], "cache_control": m.cache_control.wire()}
@@ -129,6 +150,10 @@ class AnthropicProvider(HttpProvider):
                 out[-1]["content"].extend(blocks)  # the API wants alternating roles
             else:
                 out.append({"role": role, "content": blocks})
+        if not out:
+            raise BadRequest(
+                "Anthropic needs a user message besides the system prompt; add one "
+                "(Message.user(...))", code="invalid_request", param="messages")
         if any(m.cache_control is not None for m in system):  # blocks keep the breakpoints
             return [{"type": "text", "text": m.content}
                     | ({"cache_control": m.cache_control.wire()} if m.cache_control else {})

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import re
 
-from shoal.errors import ConfigError
+from shoal.errors import BadRequest, ConfigError
 from shoal.types import ChatRequest
 
-__all__ = ["adaptive_claude", "check_claude_request", "check_output_tool_schema",
-           "check_tool_schemas"]
+__all__ = ["adaptive_claude", "adaptive_only_claude", "check_claude_request",
+           "check_output_tool_schema", "check_tool_schemas"]
 
 # Claude models that think adaptively (platform.claude.com, "Adaptive thinking"): Opus and
 # Sonnet 4.6 on (where a manual budget is deprecated), every Claude 5. Older ones (Sonnet
@@ -24,6 +24,17 @@ _ADAPTIVE_CLAUDE = re.compile(
 def adaptive_claude(model: str) -> bool:
     """True for a Claude model id that takes ``thinking: {"type": "adaptive"}``."""
     return _ADAPTIVE_CLAUDE.match(model.lower()) is not None
+
+
+# Of those, the ones that take only the adaptive form (a manual budget is a 400 there):
+# Opus 4.7 on, Mythos, Fable, every Claude 5. Opus and Sonnet 4.6 take both.
+_ADAPTIVE_ONLY_CLAUDE = re.compile(
+    r"claude-(?:opus-4-(?:[7-9]|\d\d)(?!\d)|mythos|fable|[a-z]+-(?:[5-9]|\d\d)(?:$|[-.]))")
+
+
+def adaptive_only_claude(model: str) -> bool:
+    """True for a Claude model id that refuses ``thinking: {"type": "enabled"}``."""
+    return _ADAPTIVE_ONLY_CLAUDE.match(model.lower()) is not None
 
 
 # From Claude Sonnet 5 on, non-default temperature/top_p/top_k are a 400; from Sonnet 5.5
@@ -44,6 +55,12 @@ def check_claude_request(model: str, request: ChatRequest) -> bool:
         raise ConfigError(
             f"{model} refuses forced tool use (tool_choice={choice!r}): Anthropic returns an "
             "error from Claude 5.5 on; leave tool_choice unset (auto)")
+    temperature = request.temperature
+    if temperature is not None and not isinstance(temperature, bool) and temperature > 1:
+        raise BadRequest(
+            f"temperature must be a number from 0 to 1 for Anthropic's models, got "
+            f"{temperature!r} (OpenAI-style models take up to 2); lower it, or leave it "
+            "unset", code="invalid_request", param="temperature")
     if _CLAUDE_5.match(model_id) is not None and (
             request.temperature not in (None, 1, 1.0) or request.top_p not in (None, 1, 1.0)):
         raise ConfigError(

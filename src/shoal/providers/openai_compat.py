@@ -19,7 +19,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shoal import fastjson
-from shoal.errors import ConfigError, MalformedResponse, ProviderError, StreamInterrupted
+from shoal.errors import (
+    BadRequest,
+    ConfigError,
+    MalformedResponse,
+    ProviderError,
+    StreamInterrupted,
+)
 from shoal.providers.base import Prepared
 from shoal.providers.caching import gate_turn, plan_openai
 from shoal.providers.failures import (
@@ -123,7 +129,7 @@ class OpenAICompatProvider(HttpProvider):
                 rest = [m for m in messages if m["role"] != "system"]
                 messages = [{"role": "system", "content": "\n\n".join(systems)}, *rest]
         body: dict[str, Any] = {"model": model, "messages": messages}
-        if request.tools:
+        if request.tools and _offers_tools(p, request.tool_choice):
             body["tools"] = [_wire_tool(t, p) for t in request.tools]
             choice = request.tool_choice
             if choice and (p.tool_choice == "all"
@@ -143,7 +149,9 @@ class OpenAICompatProvider(HttpProvider):
             # JSON mode as asked, without a schema: every OpenAI-style JSON mode takes
             # it (DeepSeek's is the only structured output it has; llama.cpp's grammar
             # then allows any object). Like OpenAI, most want "json" in the prompt: the
-            # caller's to write, as it would be calling the provider directly.
+            # caller's to write, as it would be calling the provider directly; where the
+            # provider refuses it without, refused here first.
+            _check_json_word(p, messages)
             body["response_format"] = {"type": "json_object"}
         check_sampling(p, model, request)
         if request.logprobs is not None:
@@ -340,6 +348,44 @@ def _response_format(p: ProviderProfile, name: str, schema: dict[str, Any], *,
     if mode == "json_object":
         return {"type": "json_object"}
     return None  # "prompt": the schema is in the prompt only
+
+
+def _offers_tools(p: ProviderProfile, choice: str | None) -> bool:
+    """Whether the request's tools go out: not for tool_choice "none" where the provider
+    takes no tool_choice (offering them there lets the model call one anyway); a choice
+    such a provider cannot honour (a required or named tool) is a ConfigError first."""
+    if p.tool_choice == "all" or choice in (None, "auto"):
+        return True
+    if choice == "none":
+        return False
+    takes = "only tool_choice='auto'" if p.tool_choice == "auto_only" else "no tool_choice"
+    raise ConfigError(
+        f"provider family {p.family!r} takes {takes}, so it cannot be made to call "
+        f"{'a tool' if choice == 'required' else f'tool {choice!r}'} (tool_choice="
+        f"{choice!r}); leave tool_choice unset (or 'auto'), or use a model served by a "
+        "provider that can force a tool call (OpenAI, Anthropic, DeepSeek, Gemini)")
+
+
+def _check_json_word(p: ProviderProfile, messages: list[dict[str, Any]]) -> None:
+    """JSON mode where the provider wants the word "json" in the prompt: a BadRequest
+    here when it is missing, not the provider's 400 after a round trip."""
+    if not p.json_word:
+        return
+    roles = ("system", "user") if p.json_word == "prompt" else None
+    for m in messages:
+        if roles is not None and m.get("role") not in roles:
+            continue
+        content = m.get("content")
+        for part in content if isinstance(content, list) else [content]:
+            text = part.get("text") if isinstance(part, dict) else part
+            if isinstance(text, str) and "json" in text.lower():
+                return
+    where = "a system or user message" if roles else "the messages"
+    raise BadRequest(
+        f"JSON mode (json_mode=True) on {p.family} needs the word \"json\" in {where}; "
+        f"the provider refuses it otherwise. Say it in the prompt, e.g. \"Answer in JSON "
+        f"with the keys ...\", or pass an output schema", code="invalid_request",
+        param="messages")
 
 
 def _logprobs(p: ProviderProfile, top: int, *, thinking: bool) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shoal.errors import ConfigError
-from shoal.providers.claude_models import adaptive_claude
+from shoal.providers.claude_models import adaptive_claude, adaptive_only_claude
 from shoal.types import ChatRequest, Thinking
 
 __all__ = [
@@ -101,21 +101,29 @@ class ProviderProfile:
     # that document them. Elsewhere ChatRequest.logprobs is a ConfigError before any
     # request: silently answering without them would look like a provider that has none.
     logprobs: bool = False
+    # JSON mode (json_object) refused unless "json" is in the prompt: in any message
+    # (OpenAI), in a system or user message (DeepSeek); "" where nothing is asked.
+    json_word: Literal["", "any", "prompt"] = ""
+    # Its TPM limit counts prompt + max_tokens, not the tokens generated (Moonshot):
+    # a TPM reservation is settled no lower than that.
+    tpm_counts_max_tokens: bool = False
 
 
 PROFILES: dict[str, ProviderProfile] = {
     p.family: p
     for p in (
         ProviderProfile("openai", strict_schema=True, max_tokens_field="max_completion_tokens",
-                        thinking="effort", parallel_switch=True, logprobs=True),
+                        thinking="effort", parallel_switch=True, logprobs=True,
+                        json_word="any"),
         ProviderProfile("anthropic", protocol="anthropic", output_mode="tool",
                         max_tokens_required=True, reasoning_return="signed_blocks",
                         thinking="anthropic", force_tool_with_thinking=False),
         ProviderProfile("deepseek", output_mode="json_object", reasoning_return="tool_turns",
-                        thinking="deepseek", logprobs=True),
+                        thinking="deepseek", logprobs=True, json_word="prompt"),
         ProviderProfile("moonshot", output_mode="json_object",
                         max_tokens_field="max_completion_tokens",
-                        reasoning_return="tool_turns", thinking="zhipu"),
+                        reasoning_return="tool_turns", thinking="zhipu",
+                        tpm_counts_max_tokens=True),
         ProviderProfile("zhipu", output_mode="json_object", tool_choice="auto_only",
                         thinking="zhipu"),
         ProviderProfile("minimax", output_mode="prompt", max_tokens_field="max_completion_tokens",
@@ -300,6 +308,11 @@ def thinking_fields(profile: ProviderProfile, request: ChatRequest,
                 f"Anthropic refuses tool_choice={request.tool_choice!r} with thinking (only "
                 "auto or none); leave tool_choice unset"
             )
+        if thinking.budget_tokens is not None and adaptive_only_claude(model):
+            raise ConfigError(
+                f"{model} thinks only adaptively: Anthropic refuses a manual budget "
+                f"(budget_tokens={thinking.budget_tokens}) with a 400; leave budget_tokens "
+                "unset and tune it with effort (Thinking(effort='low'|'medium'|'high'))")
         if thinking.budget_tokens is None and adaptive_claude(model):
             # Claude decides how much to think; the coarse knob is output_config.effort.
             adaptive: dict[str, Any] = {"thinking": {"type": "adaptive"}}

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shoal.clock import Clock
 from shoal.errors import ConfigError
+from shoal.secrets import mask_url, register_url_secrets
 from shoal.stores.base import RetryPolicy, Store
 from shoal.stores.records import (
     FINISHED,
@@ -57,12 +58,9 @@ DEFAULT_URL = "sqlite:///.shoal/runs.db"
 
 
 def shown_url(url: str) -> str:
-    """``url`` as it may be printed: its password, if any, replaced by ``***``."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@",
-                                                                 ":***@")))
+    """``url`` as it may be printed: its credentials (the password, ``password=`` and
+    other credential parameters: :func:`~shoal.secrets.mask_url`), if any, as ``***``."""
+    return mask_url(url)
 
 
 def store_option(url: str | None) -> str:
@@ -85,6 +83,7 @@ def open_store(
     url = url or DEFAULT_URL
     if "://" not in url:
         url = "sqlite:///" + url
+    register_url_secrets(url)  # masked by value from here on, whatever quotes the URL
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     params = dict(parse_qsl(parts.query, keep_blank_values=True))

@@ -12,6 +12,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ConfigError
+from shoal.providers.profiles import profile_for
 from shoal.traffic.retry_budget import ChannelRetryBudget
 
 if TYPE_CHECKING:
@@ -75,6 +76,9 @@ class Lane:
         self.clock = clock
         self.events = events
         self.pending = 0  # calls assigned to this lane and not yet finished (queued + running)
+        # The provider's TPM counts prompt + max_tokens (Moonshot): settle no lower.
+        self.tpm_counts_max_tokens = profile_for(
+            channel.provider, channel.protocol).tpm_counts_max_tokens
         self._key_digest = ""
         self.keyed = self._read_key()  # read once: the environment is read at the edge
         self._provider = provider
