@@ -154,3 +154,73 @@ async def test_deepseek_style_cap_has_retry_after_only() -> None:
     refused = next(r for r in results if r.status_code == 429)
     assert refused.headers["retry-after"] == "1"
     assert not [h for h in refused.headers if h.startswith("x-ratelimit")]
+
+
+async def test_reset_that_rounds_to_a_minute_is_1m0s_over_http() -> None:
+    """59.9996 s left in the window: Go (and so OpenAI) prints ``1m0s``, never ``60s``."""
+    clock = VirtualClock()
+    async with (
+        running(SimConfig(rpm=5), clock=clock) as sim,
+        httpx.AsyncClient(base_url=sim.url) as http,
+    ):
+        await http.post(CHAT, json=BODY)
+        await clock.advance(0.0004)
+        second = await http.post(CHAT, json=BODY)
+    assert second.status_code == 200
+    assert second.headers["x-ratelimit-reset-requests"] == "1m0s"
+
+
+def _thousands(n: int) -> str:
+    """Anthropic's ``…tokens-remaining``: rounded to the nearest thousand."""
+    return str((n + 500) // 1000 * 1000)
+
+
+async def test_anthropic_sends_input_and_output_token_headers() -> None:
+    """PROVIDERS.md §2: ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-
+    {limit,remaining,reset}``; input and output are counted apart in the TPM window, and
+    every ``…tokens-remaining`` is rounded to the nearest thousand."""
+    clock = VirtualClock()
+    config = SimConfig(style="anthropic", rpm=10, tpm=12_000,
+                       models={"*": ModelProfile(output_tokens=2_600)})
+    long_prompt = [{"role": "user", "content": "word " * 6_000}]  # ~7,500 input tokens
+    body = {"model": "claude-haiku-4-5", "max_tokens": 4_000, "messages": long_prompt}
+    async with (
+        running(config, clock=clock) as sim,
+        httpx.AsyncClient(base_url=sim.url, headers={"x-api-key": "sk-test"}) as http,
+    ):
+        ok = await http.post("/v1/messages", json=body)
+        await clock.advance(20)
+        refused = await http.post("/v1/messages", json=body)
+    assert ok.status_code == 200
+    usage = ok.json()["usage"]
+    used_in, used_out = usage["input_tokens"], usage["output_tokens"]
+    assert used_out == 2_600 and 5_000 < used_in < 12_000 - used_out
+    h = ok.headers
+    # VirtualClock's wall clock starts at 2023-11-14T22:13:20Z; the window is 60 s.
+    for unit in ("requests", "tokens", "input-tokens", "output-tokens"):
+        assert h[f"anthropic-ratelimit-{unit}-reset"] == "2023-11-14T22:14:20Z", unit
+    assert h["anthropic-ratelimit-requests-limit"] == "10"
+    assert h["anthropic-ratelimit-requests-remaining"] == "9"
+    assert h["anthropic-ratelimit-tokens-limit"] == "12000"
+    assert h["anthropic-ratelimit-tokens-remaining"] == _thousands(12_000 - used_in - used_out)
+    assert h["anthropic-ratelimit-input-tokens-limit"] == "12000"
+    assert h["anthropic-ratelimit-input-tokens-remaining"] == _thousands(12_000 - used_in)
+    assert h["anthropic-ratelimit-output-tokens-limit"] == "12000"
+    assert h["anthropic-ratelimit-output-tokens-remaining"] == _thousands(12_000 - used_out)
+    # The second request does not fit the TPM window: the 429 carries all four units too,
+    # and counts nothing of the refused request.
+    assert refused.status_code == 429
+    r = refused.headers
+    assert r["anthropic-ratelimit-tokens-remaining"] == _thousands(12_000 - used_in - used_out)
+    assert r["anthropic-ratelimit-input-tokens-remaining"] == _thousands(12_000 - used_in)
+    assert r["anthropic-ratelimit-output-tokens-remaining"] == _thousands(12_000 - used_out)
+    assert r["anthropic-ratelimit-input-tokens-reset"] == "2023-11-14T22:14:20Z"
+    assert r["anthropic-ratelimit-output-tokens-reset"] == "2023-11-14T22:14:20Z"
+
+
+async def test_openai_style_has_no_input_or_output_token_headers() -> None:
+    async with running(SimConfig(tpm=10_000), clock=VirtualClock()) as sim, \
+            httpx.AsyncClient(base_url=sim.url) as http:
+        r = await http.post(CHAT, json=BODY)
+    assert r.headers["x-ratelimit-limit-tokens"] == "10000"
+    assert not [k for k in r.headers if "input-tokens" in k or "output-tokens" in k]

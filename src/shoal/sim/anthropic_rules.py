@@ -1,14 +1,14 @@
 """What Anthropic's Messages API refuses (PROVIDERS.md §2, §6 traps 9 and 10).
 
 :func:`anthropic_request` raises :class:`~shoal.sim.styles.Refusal` (400
-``invalid_request_error``) for: unknown top-level fields, a custom tool without an object
-``input_schema``, a ``tool_choice`` of another tag or with fields its tag does not take,
-empty text blocks and empty messages, a thinking budget out of bounds, a thinking form
-the model does not take (adaptive on 4.5 and older, a manual budget on Opus 4.7 and
-Claude 5), sampling on Claude 5 and forced tools on Claude 5.5, ``temperature`` or a
-forced tool with thinking on, unpaired ``tool_use``/``tool_result`` blocks, and a tool
-turn without its signed thinking block (signatures from :func:`sign_thinking` cover the
-thinking text).
+``invalid_request_error``) for: unknown top-level fields, a custom tool whose name is
+not ``[a-zA-Z0-9_-]{1,128}`` or without an object ``input_schema``, a ``tool_choice`` of
+another tag or with fields its tag does not take, empty text blocks and empty messages,
+a thinking budget out of bounds, a thinking form the model does not take (adaptive on
+4.5 and older, a manual budget on Opus 4.7 and Claude 5), sampling on Claude 5 and
+forced tools on Claude 5.5, ``temperature`` or a forced tool with thinking on, unpaired
+``tool_use``/``tool_result`` blocks, and a tool turn without its signed thinking block
+(signatures from :func:`sign_thinking` cover the thinking text).
 """
 
 from __future__ import annotations
@@ -137,10 +137,13 @@ def anthropic_request(body: dict[str, Any], style: str) -> None:
 
 
 _CHOICES = ("auto", "any", "tool", "none")
+# A custom tool's name, as the API's validation error quotes it.
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 
 
 def _tools(body: dict[str, Any]) -> None:
-    """A custom tool's ``input_schema`` is required and must be an object schema;
+    """A custom tool's name matches ``_TOOL_NAME``; its ``input_schema`` is required and
+    must be an object schema;
     ``tool_choice`` is one of its four tags, and ``none`` takes no other field
     (PROVIDERS.md §2). Server tools (a ``type`` such as ``web_search_20250305``) have
     no input schema."""
@@ -148,6 +151,14 @@ def _tools(body: dict[str, Any]) -> None:
     for i, tool in enumerate(tools if isinstance(tools, list) else []):
         if not isinstance(tool, dict) or tool.get("type", "custom") != "custom":
             continue
+        name = tool.get("name")
+        if name is None:
+            raise Refusal(f"tools.{i}.custom.name: Field required")
+        if not isinstance(name, str):
+            raise Refusal(f"tools.{i}.custom.name: Input should be a valid string")
+        if not _TOOL_NAME.fullmatch(name):
+            raise Refusal(f"tools.{i}.custom.name: String should match pattern "
+                          f"'{_TOOL_NAME.pattern}'")
         schema = tool.get("input_schema")
         if not isinstance(schema, dict):
             raise Refusal(f"tools.{i}.custom.input_schema: Field required")

@@ -99,6 +99,11 @@ class SimEngine:
             self.rpm = RateWindow(config.rpm, config.rate_window_s) if config.rpm else None
         if fresh or (config.tpm, config.rate_window_s) != (old.tpm, old.rate_window_s):
             self.tpm = RateWindow(config.tpm, config.rate_window_s) if config.tpm else None
+            # Input and output tokens counted apart in the same window, under the same
+            # limit (so never binding before the TPM): Anthropic's input-/output-tokens
+            # headers report them.
+            self.tpm_in = RateWindow(config.tpm, config.rate_window_s) if config.tpm else None
+            self.tpm_out = RateWindow(config.tpm, config.rate_window_s) if config.tpm else None
         if self.stats.log.maxlen != config.log_size:
             self.stats.log = deque(self.stats.log, maxlen=config.log_size)
 
@@ -262,6 +267,9 @@ class SimEngine:
             self.rpm.add(now, 1)
         if self.tpm is not None:
             self.tpm.add(now, tokens)
+        if self.tpm_in is not None and self.tpm_out is not None:
+            self.tpm_in.add(now, answer.prompt_tokens)
+            self.tpm_out.add(now, answer.completion_tokens)
 
     # -- responses --------------------------------------------------------------------------
 
@@ -271,7 +279,9 @@ class SimEngine:
         """Retry-After and rate-limit headers in the provider's dialect.
 
         OpenAI style: ``retry-after``, ``retry-after-ms``, ``x-ratelimit-*`` (resets as Go
-        durations). Anthropic: ``retry-after`` and ``anthropic-ratelimit-*`` (RFC 3339).
+        durations). Anthropic: ``retry-after`` and ``anthropic-ratelimit-{requests,tokens,
+        input-tokens,output-tokens}-*`` (resets RFC 3339, ``…tokens-remaining`` rounded to
+        the nearest thousand).
         DeepSeek/Moonshot/MiniMax styles: Retry-After only; Zhipu, Gemini (RetryInfo in
         the body instead): none at all.
         """
@@ -285,7 +295,10 @@ class SimEngine:
         if protocol == "openai" and style not in styles.OPENAI_SHAPED:
             return out
         now = self.clock.now()
-        for unit, window in (("requests", self.rpm), ("tokens", self.tpm)):
+        units = [("requests", self.rpm), ("tokens", self.tpm)]
+        if protocol == "anthropic":
+            units += [("input-tokens", self.tpm_in), ("output-tokens", self.tpm_out)]
+        for unit, window in units:
             if window is not None:
                 limit, remaining = window.limit, window.remaining_at(now)
                 reset = window.reset_in(now)
@@ -302,7 +315,7 @@ class SimEngine:
             else:
                 prefix = f"anthropic-ratelimit-{unit}"
                 out[f"{prefix}-limit"] = str(limit)
-                if unit == "tokens":  # Anthropic rounds it to the nearest thousand
+                if unit.endswith("tokens"):  # Anthropic rounds it to the nearest thousand
                     remaining = (remaining + 500) // 1000 * 1000
                 out[f"{prefix}-remaining"] = str(remaining)
                 out[f"{prefix}-reset"] = rfc3339(self.clock.wall() + reset)

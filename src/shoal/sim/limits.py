@@ -65,15 +65,19 @@ def go_duration(seconds: float) -> str:
     """Format like Go's ``time.Duration``, as OpenAI's reset headers do: 12ms, 1s, 6m0s."""
     if seconds <= 0:
         return "0s"
-    if seconds < 1:
-        return f"{max(round(seconds * 1000), 1)}ms"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    sec_text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
-    if hours >= 1:
-        return f"{int(hours)}h{int(minutes)}m{sec_text}"
-    if minutes >= 1:
-        return f"{int(minutes)}m{sec_text}"
+    # Round once, to whole milliseconds, before splitting: 59.9996 s is 60000 ms, which
+    # Go prints as 1m0s (not 60s), and 0.9996 s is 1s (not 1000ms).
+    ms = max(round(seconds * 1000), 1)
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole, frac = divmod(rest, 1000)
+    sec_text = (f"{whole}.{frac:03d}".rstrip("0") if frac else str(whole)) + "s"
+    if hours:
+        return f"{hours}h{minutes}m{sec_text}"
+    if minutes:
+        return f"{minutes}m{sec_text}"
     return sec_text
 
 

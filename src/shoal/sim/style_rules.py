@@ -192,6 +192,7 @@ def _openai(body: dict[str, Any], ask: Ask) -> None:
         )  # fmt: skip
     for i, tool in enumerate(tools or ()):
         fn = (tool.get("function") if isinstance(tool, dict) else None) or {}
+        _tool_name(str(fn.get("name", "")), f"tools[{i}].function.name")
         if fn.get("strict") is True:
             problem = strict_schema_problem(fn.get("parameters") or {})
             if problem:
@@ -201,6 +202,21 @@ def _openai(body: dict[str, Any], ask: Ask) -> None:
                 )  # fmt: skip
     _response_format(body)
     _tool_turns(body["messages"], check_arguments=True)
+
+
+def _tool_name(name: str, param: str) -> None:
+    """OpenAI's function names: ``^[a-zA-Z0-9_-]+$``, 1 to 64 characters."""
+    if len(name) > 64:
+        raise Refusal(
+            f"Invalid '{param}': string too long. Expected a string with maximum length 64, "
+            f"but got a string with length {len(name)} instead.",
+            param, code="string_above_max_length",
+        )  # fmt: skip
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise Refusal(
+            f"Invalid '{param}': string does not match pattern. Expected a string that "
+            "matches the pattern '^[a-zA-Z0-9_-]+$'.", param, code="invalid_value",
+        )  # fmt: skip
 
 
 def _response_format(body: dict[str, Any]) -> None:
@@ -221,7 +237,7 @@ def _response_format(body: dict[str, Any]) -> None:
             "response_format.json_schema.name", code="missing_required_parameter",
         )  # fmt: skip
     name = str(spec["name"])
-    if not _SCHEMA_NAME.match(name):
+    if not _SCHEMA_NAME.fullmatch(name):
         raise Refusal(
             f"Invalid 'response_format.json_schema.name': string does not match pattern. "
             f"Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$', got {name!r}.",
