@@ -93,11 +93,19 @@ def _check_range(name: str, value: float | None, low: float, high: float) -> Non
         )
 
 
+_NAMES_OK: set[str] = set()  # names seen valid: an agent sends its tools on every turn
+
+
 def _check_name(name: str, param: str, what: str) -> None:
-    if not _NAME.fullmatch(name):
-        raise _bad(
-            f"{what} must be 1-64 letters, digits, '_' or '-' (what OpenAI and Anthropic "
-            f"accept), got {name!r}; rename it, e.g. {_suggest(name)!r}", param)
+    if name in _NAMES_OK:
+        return
+    if _NAME.fullmatch(name):
+        if len(_NAMES_OK) < 4096:
+            _NAMES_OK.add(name)
+        return
+    raise _bad(
+        f"{what} must be 1-64 letters, digits, '_' or '-' (what OpenAI and Anthropic "
+        f"accept), got {name!r}; rename it, e.g. {_suggest(name)!r}", param)
 
 
 def _suggest(name: str) -> str:
