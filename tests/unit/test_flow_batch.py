@@ -55,6 +55,8 @@ async def test_flow_batch_and_one_budget() -> None:
     assert client.calls == 2
     assert result.cost_usd <= 0.005
     assert all("BudgetExceeded" in (i.error or "") for i in result.failed)
+    # What failed, not the single run's advice (a batch resumes by its own id).
+    assert all("run_id=" not in (i.error or "") for i in result.failed)
     assert result.items[2].detail.steps["a"].error_type == "BudgetExceeded"
     assert result.items[0].detail.steps["a"].status == "succeeded"
 

@@ -15,7 +15,7 @@ from shoal.agents.agent import Agent
 from shoal.agents.guards import Budget
 from shoal.agents.runner import Runner, new_run_id
 from shoal.clock import Clock, RealClock
-from shoal.errors import ConfigError
+from shoal.errors import ConfigError, StepFailed
 from shoal.flows.flow import Flow, FlowResult, as_text
 from shoal.observe.emit import bus_of, live
 from shoal.observe.emit_flow import observed_run
@@ -245,7 +245,10 @@ class Batch:
             raise
         except Exception as exc:
             item.status = "failed"
-            item.error = f"{type(exc).__name__}: {exc}"
+            # A failed flow's own advice (run again with its run_id) is not how a batch
+            # resumes (the batch does, by its id): the summary of what failed only.
+            said = exc.summary if isinstance(exc, StepFailed) else exc
+            item.error = f"{type(exc).__name__}: {said}"
             item.error_type = type(exc).__name__
             item.exception = exc
             partial = getattr(exc, "result", None)
