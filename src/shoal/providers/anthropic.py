@@ -255,12 +255,12 @@ class AnthropicProvider(HttpProvider):
     def prepare(self, request: ChatRequest, *, model: str) -> Prepared:
         request = _schema_for_json_mode(request)
         payload = self.payload(request, model, stream=False)
-        return Prepared(request, model, payload, fastjson.dumps(payload))
+        return self._prepared(request, model, payload)
 
     async def send(self, prepared: Prepared, *,
                    received: Callable[[], object] | None) -> ChatResponse:
         started = time.perf_counter()
-        prepared, body, raw = await self._exchange(prepared, received)
+        prepared, body, raw = await self._post_json(prepared, received)
         request = prepared.request
         schema_tool = request.output_schema_name if request.output_schema is not None else None
         return self.parse(body, raw, started, schema_tool)

@@ -10,9 +10,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.types import ChatRequest, ChatResponse, StreamEvent
+
+if TYPE_CHECKING:
+    from shoal.providers.caching import CacheTTL
 
 __all__ = ["Prepared", "Provider"]
 
@@ -20,14 +23,15 @@ __all__ = ["Prepared", "Provider"]
 @dataclass(slots=True, frozen=True)
 class Prepared:
     """A request built for one adapter and wire model, ready to send: what
-    :meth:`Provider.prepare` makes and :meth:`Provider.send` sends. ``payload`` and
-    ``data`` (the body, as a dict and encoded) are the adapter's; one that builds
+    :meth:`Provider.prepare` makes and :meth:`Provider.send` sends. ``payload``, ``data``
+    (the body, as a dict and encoded) and ``gate`` are the adapter's; one that builds
     nothing ahead leaves them None."""
 
     request: ChatRequest
     model: str
     payload: dict[str, Any] | None = None
     data: bytes | None = None
+    gate: tuple[str, CacheTTL] | None = None  # the prompt-cache warm gate to pass (caching)
 
 
 class Provider(ABC):

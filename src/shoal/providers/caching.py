@@ -44,12 +44,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_BREAKPOINTS",
+    "NO_TURN",
     "CacheMode",
     "CacheTTL",
     "Turn",
     "WarmGate",
     "anthropic_min_tokens",
+    "enter_gate",
     "estimate_tokens",
+    "gate_key",
     "gate_turn",
     "openai_prefix_key",
     "plan_anthropic",
@@ -355,8 +358,8 @@ class Turn:
 
 _GATES: weakref.WeakKeyDictionary[object, WarmGate] = weakref.WeakKeyDictionary()
 # The turn of a request with nothing to gate: already done, so began()/end() do nothing.
-_NO_TURN = Turn(None, None, "5m")
-_NO_TURN.done = True
+NO_TURN = Turn(None, None, "5m")  # the turn of a call with no gate to pass
+NO_TURN.done = True
 
 
 def openai_prefix_key(body: dict[str, Any]) -> str | None:
@@ -376,17 +379,32 @@ def openai_prefix_key(body: dict[str, Any]) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def gate_key(body: dict[str, Any], request: ChatRequest, protocol: str = "anthropic"
+             ) -> tuple[str, CacheTTL] | None:
+    """The warm gate a body with its cache fields placed must pass: (its shared prefix's
+    key, the cache ttl), or None (the common case: caching off, or no prefix to share).
+    Read from the body alone, so it is found when the request is built."""
+    mode, ttl = settings(request)
+    if mode != "auto":
+        return None
+    key = shared_prefix_key(body) if protocol == "anthropic" else openai_prefix_key(body)
+    return None if key is None else (key, ttl)
+
+
+async def enter_gate(owner: object, clock: Clock, gate: tuple[str, CacheTTL] | None
+                     ) -> Turn:
+    """``owner``'s (an adapter's) turn at ``gate`` (:func:`gate_key`): the first writer of
+    a prefix goes alone, the others wait for its answer; no gate, no wait."""
+    if gate is None:
+        return NO_TURN  # no per-call allocation
+    warm = _GATES.get(owner)
+    if warm is None:
+        warm = _GATES[owner] = WarmGate(clock)
+    return await warm.enter(*gate)
+
+
 async def gate_turn(owner: object, clock: Clock, body: dict[str, Any],
                     request: ChatRequest, protocol: str = "anthropic") -> Turn:
-    """``owner``'s (an adapter's) gate turn for a body with its cache fields placed:
-    keyed on the shared prefix (tools and system), none when caching is off."""
-    mode, ttl = settings(request)
-    key = None
-    if mode == "auto":
-        key = shared_prefix_key(body) if protocol == "anthropic" else openai_prefix_key(body)
-    if key is None:
-        return _NO_TURN  # the common case: nothing to gate, no per-call allocation
-    gate = _GATES.get(owner)
-    if gate is None:
-        gate = _GATES[owner] = WarmGate(clock)
-    return await gate.enter(key, ttl)
+    """``owner``'s gate turn for a body with its cache fields placed: keyed on the
+    shared prefix (tools and system), none when caching is off."""
+    return await enter_gate(owner, clock, gate_key(body, request, protocol))

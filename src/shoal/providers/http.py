@@ -20,7 +20,7 @@ from shoal import __version__, fastjson
 from shoal.clock import Clock, RealClock
 from shoal.errors import MalformedResponse, ProviderError, ProviderUnavailable
 from shoal.providers.base import Prepared, Provider
-from shoal.providers.caching import gate_turn
+from shoal.providers.caching import NO_TURN, enter_gate, gate_key
 from shoal.providers.failures import (
     error_from_response,
     error_from_transport,
@@ -113,7 +113,7 @@ class HttpProvider(Provider):
     their wire format: ``_endpoint``, ``_auth_headers``, ``payload`` and parsing."""
 
     default_provider = ""
-    cache_protocol = "anthropic"  # how gate_turn reads a body's shared prefix
+    cache_protocol = "anthropic"  # how gate_key reads a body's shared prefix
 
     def __init__(
         self,
@@ -211,39 +211,36 @@ class HttpProvider(Provider):
                             received: Callable[[], object] | None) -> ChatResponse:
         return await self.send(self.prepare(request, model=model), received=received)
 
-    async def _exchange(self, prepared: Prepared, received: Callable[[], object] | None
-                        ) -> tuple[Prepared, Any, bytes]:
-        """Send a prepared body through the adapter's cache gate (one writer per shared
-        prefix); the request as sent, and its decoded answer and raw bytes."""
+    def _prepared(self, request: ChatRequest, model: str, payload: dict[str, Any]
+                  ) -> Prepared:
+        """``payload`` as sent: encoded, with the cache gate it must pass."""
+        return Prepared(request, model, payload, fastjson.dumps(payload),
+                        gate_key(payload, request, self.cache_protocol))
+
+    async def _post_json(self, prepared: Prepared, received: Callable[[], object] | None
+                         ) -> tuple[Prepared, Any, bytes]:
+        """POST a prepared body through the adapter's cache gate (one writer per shared
+        prefix); the request as sent, and the decoded JSON answer and its raw bytes, or
+        a shoal error. ``received()`` runs once a 200 answer is read, before it is
+        decoded; when it says a queued call took the slot (true), this call yields
+        (:data:`HANDOFF_YIELDS`) so that call's request is on the wire before this one
+        decodes and books its answer. Only then: a yield costs a loop iteration, ~15 µs
+        of CPU at 50 concurrent calls."""
         if prepared.payload is None or prepared.data is None:  # not made by our prepare()
             prepared = self.prepare(prepared.request, model=prepared.model)
-        turn = await gate_turn(self, self._clock, prepared.payload or {}, prepared.request,
-                               self.cache_protocol)
-        try:
-            body, raw = await self._post_json(prepared, received)
-            turn.began()
-        finally:
-            turn.end(ok=False)
-        return prepared, body, raw
-
-    async def _post_json(self, prepared: Prepared,
-                         received: Callable[[], object] | None = None) -> tuple[Any, bytes]:
-        """POST the prepared body; the decoded JSON answer and its raw bytes, or a shoal
-        error. ``received()`` runs once a 200 answer is read, before it is decoded; when it
-        says a queued call took the slot (true), this call yields (:data:`HANDOFF_YIELDS`)
-        so that call's request is on the wire before this one decodes and books its
-        answer. Only then: a yield costs a loop iteration, ~15 µs of CPU at 50 concurrent
-        calls."""
+        gate = prepared.gate
+        turn = NO_TURN if gate is None else await enter_gate(self, self._clock, gate)
         status = 0
         try:
             async with self._pool.session().post(
-                self._url, data=prepared.data or fastjson.dumps(prepared.payload),
+                self._url, data=prepared.data,
                 headers=self._headers_for(prepared.request, stream=False)
             ) as resp:
                 status = resp.status
                 raw = await resp.read()
                 if status != 200:
                     raise self._fail(status, raw.decode("utf-8", "replace"), resp.headers)
+            turn.began()  # an answer: the prefix is cached, the gate's waiters may go
         except transport_errors() as exc:
             err = error_from_transport(exc, provider=self.name, url=self._url)
             if status == 200 and isinstance(err, ProviderUnavailable):
@@ -253,11 +250,13 @@ class HttpProvider(Provider):
                     f"{self.name} answered 200 and its body was cut before the end ({err})",
                     status=200, provider=self.name) from exc
             raise err from exc
+        finally:
+            turn.end(ok=False)
         if received is not None and received():
             for _ in range(HANDOFF_YIELDS):
                 await asyncio.sleep(0)
         try:
-            return fastjson.loads(raw), raw
+            return prepared, fastjson.loads(raw), raw
         except ValueError:
             raise MalformedResponse(
                 f"{self.name} returned a body that is not JSON", status=200,

@@ -186,12 +186,12 @@ class OpenAICompatProvider(HttpProvider):
 
     def prepare(self, request: ChatRequest, *, model: str) -> Prepared:
         payload = self.payload(request, model, stream=False)
-        return Prepared(request, model, payload, fastjson.dumps(payload))
+        return self._prepared(request, model, payload)
 
     async def send(self, prepared: Prepared, *,
                    received: Callable[[], object] | None) -> ChatResponse:
         started = time.perf_counter()
-        _, body, raw = await self._exchange(prepared, received)
+        _, body, raw = await self._post_json(prepared, received)
         return self.parse(body, raw, time.perf_counter() - started)
 
     def parse(self, body: Any, raw: bytes, latency: float) -> ChatResponse:
