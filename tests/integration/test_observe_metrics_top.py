@@ -4,7 +4,9 @@ served over HTTP, calls made against the simulator); the CLI with ``--once``."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -85,3 +87,26 @@ def test_shoal_top_once_prints_a_frame_and_explains_an_unreachable_endpoint(
     assert result.exit_code == 2
     assert "cannot reach http://127.0.0.1:9/metrics" in result.output
     assert "--metrics-port" in result.output
+
+
+async def test_shoal_top_into_a_pipe_prints_a_frame_per_scrape(
+        endpoint: tuple[str, Router]) -> None:
+    """Not a terminal (a pipe, a log file): each scrape is printed as it comes, where
+    rich's live view would show nothing until the command is stopped."""
+    url, _ = endpoint
+    shoal = Path(sys.executable).parent / "shoal"
+    proc = await asyncio.create_subprocess_exec(
+        str(shoal), "top", "--url", url, "--interval", "0.2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    seen = ""
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):  # bounded: two frames, or the test fails
+            while seen.count("channels") < 2:
+                line = await proc.stdout.readline()
+                assert line, f"shoal top ended early: {seen[-2000:]}"
+                seen += line.decode()
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert seen.count(url) >= 2 and "sim" in seen

@@ -18,7 +18,11 @@ import typer
 from shoal.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.console import RenderableType
+
+    from shoal.clock import RealClock
 
 __all__ = ["Snapshot", "parse", "register", "render", "scrape", "top"]
 
@@ -187,17 +191,31 @@ async def _watch(url: str, interval_s: float, once: bool) -> None:
     if once:
         console.print(render(await scrape(url, clock.now()), url=url))
         return
-    prev: Snapshot | None = None
+    if not console.is_terminal:
+        # A pipe or a log file: rich's Live would show only its last frame, on exit
+        # (nothing until Ctrl-C), so each scrape is printed as a frame of its own.
+        await _frames(url, interval_s, clock, console.print)
+        return
     with Live(Text(f"scraping {url} ..."), console=console, auto_refresh=False) as live:
-        while True:
-            try:
-                snap = await scrape(url, clock.now())
-            except ConfigError as exc:  # the process may come (back) later: keep trying
-                live.update(Text(f"shoal top: {exc}", style="yellow"), refresh=True)
-            else:
-                live.update(render(snap, prev, url=url), refresh=True)
-                prev = snap
-            await clock.sleep(interval_s)
+        await _frames(url, interval_s, clock, lambda frame: live.update(frame, refresh=True))
+
+
+async def _frames(url: str, interval_s: float, clock: RealClock,
+                  show: Callable[[RenderableType], object]) -> None:
+    """Scrape ``url`` every ``interval_s`` seconds and ``show`` each frame, until
+    cancelled; an endpoint that does not answer is shown as such, and tried again."""
+    from rich.text import Text
+
+    prev: Snapshot | None = None
+    while True:
+        try:
+            snap = await scrape(url, clock.now())
+        except ConfigError as exc:  # the process may come (back) later: keep trying
+            show(Text(f"shoal top: {exc}", style="yellow"))
+        else:
+            show(render(snap, prev, url=url))
+            prev = snap
+        await clock.sleep(interval_s)
 
 
 def top(
