@@ -113,6 +113,17 @@ _URL_SECRET_PARAMS = frozenset({"password", "pass", "pwd", "key", "api_key", "ap
                                 "access_token", "token", "secret", "sig", "signature"})
 
 
+def _userinfo(url: str) -> tuple[int, int] | None:
+    """Where ``user:password`` stands in ``url`` (after ``://``, up to the last ``@``, so
+    an unencoded ``#``, ``/`` or ``?`` in the password stays in it), or None without a
+    password."""
+    start = url.find("://")
+    at = url.rfind("@")
+    if start < 0 or at <= start or ":" not in url[start + 3:at]:
+        return None
+    return start + 3, at
+
+
 def url_secrets(url: str) -> list[str]:
     """The credentials in ``url``, read from the raw text, not a URL parser: the
     password of its user part (up to the last ``@``, so a password holding an unencoded
@@ -121,18 +132,16 @@ def url_secrets(url: str) -> list[str]:
     from urllib.parse import parse_qsl, unquote
 
     found: list[str] = []
-    start = url.find("://")
-    at = url.rfind("@")
-    if start >= 0 and at > start:
-        user_part = url[start + 3:at]
-        if ":" in user_part:
-            password = user_part.split(":", 1)[1]
+    userinfo = _userinfo(url)
+    if userinfo is not None:
+        password = url[userinfo[0]:userinfo[1]].split(":", 1)[1]
+        if password:
             found.append(password)
-            # A parser meets an unencoded #, / or ? as the URL's next part and may quote
-            # what came before it in its error ("invalid port 'Tr0mbone'"): that too.
-            cut = re.split(r"[#/?]", password, maxsplit=1)[0]
-            if cut != password:
-                found.append(cut)
+        # A parser meets an unencoded #, / or ? as the URL's next part and may quote
+        # what came before it in its error ("invalid port 'Tr0mbone'"): that too.
+        cut = re.split(r"[#/?]", password, maxsplit=1)[0]
+        if cut != password:
+            found.append(cut)
     query = url.split("?", 1)[1] if "?" in url else ""
     for name, value in parse_qsl(query.split("#", 1)[0], keep_blank_values=False):
         if name.lower() in _URL_SECRET_PARAMS:
@@ -144,11 +153,11 @@ def url_secrets(url: str) -> list[str]:
 def mask_url(url: str) -> str:
     """``url`` with the credentials :func:`url_secrets` finds replaced, in place, by
     :data:`MASK` (for display: ``postgresql://u:***@host/db``)."""
-    start = url.find("://")
-    at = url.rfind("@")
-    if start >= 0 and at > start and ":" in url[start + 3:at]:
-        user = url[start + 3:at].split(":", 1)[0]
-        url = f"{url[:start + 3]}{user}:{MASK}{url[at:]}"
+    userinfo = _userinfo(url)
+    if userinfo is not None:
+        begin, end = userinfo
+        user = url[begin:end].split(":", 1)[0]
+        url = f"{url[:begin]}{user}:{MASK}{url[end:]}"
     if "?" in url:
         names = "|".join(sorted(_URL_SECRET_PARAMS))
         url = re.sub(rf"(?i)([?&](?:{names})=)[^&#]*", rf"\g<1>{MASK}", url)

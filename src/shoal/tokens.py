@@ -49,6 +49,7 @@ __all__ = [
     "default_output_tokens",
     "estimate_call_tokens",
     "estimate_prompt_tokens",
+    "output_bound",
     "preload",
     "prompt_token_bound",
 ]
@@ -264,6 +265,11 @@ def default_output_tokens(model: ModelInfo) -> int:
     """Output tokens to reserve when a request sets no ``max_tokens``."""
     default = DEFAULT_REASONING_OUTPUT_TOKENS if model.reasoning else DEFAULT_OUTPUT_TOKENS
     return min(default, model.max_output)
+
+
+def output_bound(request: ChatRequest, model: ModelInfo) -> int:
+    """The most output a call may produce: its ``max_tokens``, else the model's default."""
+    return request.max_tokens or default_output_tokens(model)
 
 
 def estimate_call_tokens(request: ChatRequest, model: ModelInfo) -> int:

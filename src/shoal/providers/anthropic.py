@@ -34,7 +34,7 @@ from shoal.providers.anthropic_answer import (
     usage_of,
 )
 from shoal.providers.base import Prepared
-from shoal.providers.caching import gate_turn, plan_anthropic
+from shoal.providers.caching import enter_gate, gate_key, plan_anthropic
 from shoal.providers.claude_models import (
     check_claude_request,
     check_output_tool_schema,
@@ -321,7 +321,8 @@ class AnthropicProvider(HttpProvider):
         schema_tool = request.output_schema_name if request.output_schema is not None else None
         st = StreamState(schema_tool)
         payload = self.payload(request, model, stream=True)
-        turn = await gate_turn(self, self._clock, payload, request)  # one cache writer
+        turn = await enter_gate(self, self._clock,  # one cache writer per shared prefix
+                                gate_key(payload, request, self.cache_protocol))
         try:
             async with contextlib.aclosing(self._sse(request, payload)) as events:
                 async for event, data in events:

@@ -53,7 +53,6 @@ __all__ = [
     "enter_gate",
     "estimate_tokens",
     "gate_key",
-    "gate_turn",
     "openai_prefix_key",
     "plan_anthropic",
     "plan_openai",
@@ -402,9 +401,3 @@ async def enter_gate(owner: object, clock: Clock, gate: tuple[str, CacheTTL] | N
         warm = _GATES[owner] = WarmGate(clock)
     return await warm.enter(*gate)
 
-
-async def gate_turn(owner: object, clock: Clock, body: dict[str, Any],
-                    request: ChatRequest, protocol: str = "anthropic") -> Turn:
-    """``owner``'s gate turn for a body with its cache fields placed: keyed on the
-    shared prefix (tools and system), none when caching is off."""
-    return await enter_gate(owner, clock, gate_key(body, request, protocol))

@@ -27,7 +27,7 @@ from shoal.errors import (
     StreamInterrupted,
 )
 from shoal.providers.base import Prepared
-from shoal.providers.caching import gate_turn, plan_openai
+from shoal.providers.caching import enter_gate, gate_key, plan_openai
 from shoal.providers.failures import (
     error_from_finish,
     error_from_stream_payload,
@@ -251,7 +251,8 @@ class OpenAICompatProvider(HttpProvider):
         acc = StreamState()
         done = False
         payload = self.payload(request, model, stream=True)
-        turn = await gate_turn(self, self._clock, payload, request, "openai")  # one writer
+        turn = await enter_gate(self, self._clock,  # one cache writer per shared prefix
+                                gate_key(payload, request, self.cache_protocol))
         try:
             async with contextlib.aclosing(self._sse(request, payload)) as events:
                 async for event, data in events:

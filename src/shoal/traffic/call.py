@@ -22,7 +22,7 @@ from shoal.errors import (
     StreamInterrupted,
 )
 from shoal.providers.caching import with_cache_settings
-from shoal.tokens import count_text, default_output_tokens, estimate_prompt_tokens
+from shoal.tokens import count_text, estimate_prompt_tokens, output_bound
 from shoal.traffic.lane import Lane
 from shoal.types import ChatRequest, Usage
 
@@ -56,16 +56,12 @@ def billed_usage(request: ChatRequest, info: ModelInfo, err: ProviderError) -> U
             return usage
         # A count from before the cut that the text already received exceeds (Anthropic's
         # message_start says 1 output token): its prompt is right, its output is not.
-        return replace(usage, output_tokens=max(seen, _output_bound(request, info)))
+        return replace(usage, output_tokens=max(seen, output_bound(request, info)))
     if partial or (isinstance(err, MalformedResponse) and err.status == 200):
-        bound = _output_bound(request, info)
+        bound = output_bound(request, info)
         output = max(count_text(partial, info.encoding), bound) if partial else bound
         return Usage(estimate_prompt_tokens(request, info.encoding), output)
     return None
-
-
-def _output_bound(request: ChatRequest, info: ModelInfo) -> int:
-    return request.max_tokens or default_output_tokens(info)
 
 
 @dataclass(slots=True)

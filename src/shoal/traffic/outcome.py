@@ -17,7 +17,7 @@ from shoal.errors import (
     RetryDeclined,
     StreamInterrupted,
 )
-from shoal.tokens import count_text, default_output_tokens, estimate_prompt_tokens
+from shoal.tokens import count_text, estimate_prompt_tokens, output_bound
 
 if TYPE_CHECKING:
     from shoal.clock import Clock
@@ -82,8 +82,7 @@ def attempt_succeeded(clock: Clock, request: ChatRequest, att: Attempt, call: Ca
     if permit.tokens and lane.tpm_counts_max_tokens:
         # What the provider's own window counted (PROVIDERS.md, Moonshot): settling to
         # the tokens used would let the next calls in and draw its 429s.
-        counted = max(counted, usage.input_tokens
-                      + (request.max_tokens or default_output_tokens(info)))
+        counted = max(counted, usage.input_tokens + output_bound(request, info))
     permit.settle(counted)
     if lane.adaptive is not None:  # before the release: a raised cap admits at once
         lane.adaptive.on_success(response.latency_s, permit.in_flight)
