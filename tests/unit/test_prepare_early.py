@@ -167,3 +167,36 @@ async def test_an_adapter_that_builds_nothing_ahead_still_answers() -> None:
     async with router(clock, {"a": Plain()}) as r:
         answers = await clock.run(asyncio.gather(r.complete(ask("x")), r.complete(ask("y"))))
     assert [a.text for a in answers] == ["x", "y"]
+
+
+class Writing(Logged):
+    """Sends as aiohttp does on Python 3.11: the body goes out from a task that first
+    runs on the loop's next turn (logged as "write" when it does)."""
+
+    async def send(self, prepared: Prepared, *,
+                   received: Callable[[], object] | None) -> ChatResponse:
+        who = str(prepared.request.messages[0].content)
+        asyncio.get_running_loop().call_soon(
+            self.log.append, ("write", f"{self.name}:{who}", self.clock.now()))
+        return await super().send(prepared, received=received)
+
+
+async def test_in_a_burst_the_admitted_calls_are_on_the_wire_before_the_queue_is_built(
+) -> None:
+    """200 calls started at once: the ones that took a free slot must not wait for the
+    other calls' validation and building before their bodies go out."""
+    clock, log = VirtualClock(), Log()
+    provider = Writing(clock, "a", log)
+    async with router(clock, {"a": provider}, cap=2) as r:
+        await clock.run(r.complete(ask("warm")))  # the model's lanes are known
+        log.clear()
+        start = clock.now()
+        answers = await clock.run(asyncio.gather(*(r.complete(ask(f"c{i}"))
+                                                   for i in range(6))))
+    assert [a.text for a in answers] == [f"c{i}" for i in range(6)]
+    order = [(what, who) for what, who, _ in log]
+    first_queued_build = order.index(("prepare", "a:c2"))
+    assert order.index(("write", "a:c0")) < first_queued_build
+    assert order.index(("write", "a:c1")) < first_queued_build
+    # and the queued calls were still built while they waited, not after admission
+    assert ("prepare", "a:c5", start) in log

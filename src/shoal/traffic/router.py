@@ -24,6 +24,7 @@ reaches the caller; after that a cut stream raises ``StreamInterrupted``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -330,6 +331,14 @@ class Router:
         policy = self.retry if deadline_s is None else self.retry.replace(deadline_s=deadline_s)
         return policy.budget(self.clock)
 
+    async def _behind_burst(self, model: str) -> None:
+        """Yield once when a new call would queue anyway (every lane of its model at its
+        limit), so that in a burst the calls that took a free slot get their bodies on
+        the wire before 200 others validate and queue (docs/DECISIONS.md)."""
+        chain = self._chains.get(model)
+        if chain and all(lane.limiter.retry_in() != 0.0 for lane in chain[0][1]):
+            await asyncio.sleep(0)
+
     def _call(self, request: ChatRequest, deadline_s: float | None) -> CallState:
         validate_request(request)  # what no provider accepts fails here, before any request
         return CallState(request, self._chain(request.model), self._budget(deadline_s))
@@ -358,6 +367,7 @@ class Router:
 
     async def _complete(self, request: ChatRequest, deadline_s: float | None
                         ) -> ChatResponse:
+        await self._behind_burst(request.model)
         call = self._call(request, deadline_s)
         while True:
             att = await self._admit(call, prepare=True)
@@ -398,6 +408,7 @@ class Router:
 
     async def _stream(self, request: ChatRequest, deadline_s: float | None
                       ) -> AsyncIterator[StreamEvent]:
+        await self._behind_burst(request.model)
         call = self._call(request, deadline_s)
         while True:
             att = await self._admit(call)
