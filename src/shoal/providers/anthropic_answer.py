@@ -39,10 +39,11 @@ def usage_of(raw: Any, base: Usage | None = None) -> Usage:
     """Anthropic usage → shoal usage; values present in ``raw`` overwrite ``base``
     (message_delta usage is cumulative, not additive). Anthropic's ``input_tokens`` is
     the uncached part only: shoal's input is it + cache reads + cache writes, and
-    ``cache_creation.ephemeral_1h_input_tokens`` is the 1-hour part of the writes."""
+    ``cache_creation.ephemeral_1h_input_tokens`` is the 1-hour part of the writes;
+    ``output_tokens_details.thinking_tokens`` is the reasoning part of the output."""
     u = Usage() if base is None else Usage(
-        base.input_tokens, base.output_tokens, base.cached_input_tokens, 0,
-        base.cache_write_tokens, base.cache_write_1h_tokens,
+        base.input_tokens, base.output_tokens, base.cached_input_tokens,
+        base.reasoning_tokens, base.cache_write_tokens, base.cache_write_1h_tokens,
     )
     if not isinstance(raw, dict):
         return u
@@ -62,6 +63,12 @@ def usage_of(raw: Any, base: Usage | None = None) -> Usage:
     u.input_tokens = fresh + u.cached_input_tokens + u.cache_write_tokens
     if raw.get("output_tokens") is not None:
         u.output_tokens = int(raw["output_tokens"])
+    details = raw.get("output_tokens_details")
+    if isinstance(details, dict) and details.get("thinking_tokens") is not None:
+        # The reasoning part of output_tokens ("always <= output_tokens",
+        # types/output_tokens_details.py), cumulative like the rest of message_delta.
+        u.reasoning_tokens = int(details["thinking_tokens"])
+    u.reasoning_tokens = min(u.reasoning_tokens, u.output_tokens)
     return u
 
 

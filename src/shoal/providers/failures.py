@@ -235,10 +235,14 @@ _TYPE_STATUS = {
 
 def _classify(
     status: int, text: str, codes: set[str], fields: dict[str, Any], *, provider: str,
-    key_env: str | None, where: str = "",
+    key_env: str | None, where: str = "", text_quota: bool = True,
 ) -> ProviderError:
-    """One rule set for an error answer; ``status`` is the (hinted) HTTP status."""
-    quota_text = 400 <= status < 500 and _QUOTA_TEXT.search(text)  # e.g. Anthropic's 400
+    """One rule set for an error answer; ``status`` is the (hinted) HTTP status.
+    ``text_quota=False``: the provider said when to retry (Google's RetryInfo), so
+    quota wording in the message ("You exceeded your current quota") names a rate
+    window that reopens, not an exhausted balance; only a quota *code* says that."""
+    quota_text = (text_quota and 400 <= status < 500
+                  and _QUOTA_TEXT.search(text))  # e.g. Anthropic's 400
     if status == 402 or codes & _QUOTA_CODES or quota_text:
         return QuotaExhausted(
             f"quota or balance exhausted on {provider}{where}: {text}. Add credit or raise "
@@ -326,7 +330,10 @@ def error_from_response(
     rule_status = _hint_status(codes, status) if 200 <= status < 300 else status
     if fields["retry_after"] is None and codes & {"1308", "1310"}:
         fields["retry_after"] = _zhipu_reset(text, now_wall)  # Zhipu: in the message only
-    err = _classify(rule_status, text, codes, fields, provider=provider, key_env=key_env)
+    # Gemini's free-tier per-minute quota answers 429 RESOURCE_EXHAUSTED "You exceeded
+    # your current quota" *with* a RetryInfo delay: wait and retry (a rate limit).
+    err = _classify(rule_status, text, codes, fields, provider=provider, key_env=key_env,
+                    text_quota=delay is None)
     return _declined(err, headers)
 
 
