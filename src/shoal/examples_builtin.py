@@ -104,8 +104,7 @@ def render_pipeline_result(result: FlowResult, console: Console | None = None, *
         out.print(result.table())
     else:
         out.print(result.table(title=escape(
-            f"{result.flow} · {result.status} · not journaled (`shoal run` keeps a run "
-            "to show and resume)")))
+            f"{result.flow} · {result.status} · not journaled (`shoal run` keeps runs)")))
 
 
 def __getattr__(name: str) -> Any:
