@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
+from transcript_server import wire
 
 from shoal.errors import (
     BadRequest,
@@ -47,23 +47,6 @@ from shoal.types import (
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQ = ChatRequest(model="m", messages=[Message.user("hi")], max_tokens=64)
-
-
-@asynccontextmanager
-async def wire(handler: Handler) -> AsyncIterator[str]:
-    """An HTTP server answering both protocols' endpoints with ``handler``."""
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    app.router.add_post("/v1/messages", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)  # hung handlers are cancelled
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 def provider(protocol: str, url: str, *, read_timeout: float = 10.0) -> Provider:

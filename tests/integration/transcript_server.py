@@ -1,9 +1,9 @@
-"""Serve a documented transcript byte for byte to a shoal adapter (the pattern of
-test_adapters_wire.py: a tiny aiohttp server on both protocols' endpoints)."""
+"""Serve a documented transcript byte for byte to a shoal adapter: a tiny aiohttp
+server on both protocols' endpoints (:func:`wire`, shared with test_adapters_wire.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,10 +36,19 @@ async def serve(pieces: list[bytes] | bytes, *, status: int = 200,
         await resp.write_eof()
         return resp
 
+    async with wire(handler) as url:
+        yield url
+
+
+@asynccontextmanager
+async def wire(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+               ) -> AsyncIterator[str]:
+    """An HTTP server answering both protocols' endpoints with ``handler``; yields its
+    base URL (also what test_adapters_wire.py serves its wire bytes with)."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
     app.router.add_post("/v1/messages", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)  # hung handlers are cancelled
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
