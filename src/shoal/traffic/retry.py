@@ -200,12 +200,15 @@ class RetryBudget:
             self.last_error = error
         return not self.exhausted()
 
-    def next_delay(self, error: BaseException, *, failover: bool = False) -> float | None:
+    def next_delay(self, error: BaseException, *, failover: bool = False,
+                   elsewhere: bool = False) -> float | None:
         """Record a failed attempt; seconds to wait before the next, or ``None`` to stop.
 
         ``failover=True``: the next attempt goes to another channel, which need not
         wait for this channel's Retry-After or backoff, so the delay is 0.0 (the attempt
-        still counts).
+        still counts). ``elsewhere=True``: it goes to another channel after a backoff
+        (every channel failed the call as often): the backoff, not this channel's
+        Retry-After, which binds only the channel that sent it.
         """
         self.attempts += 1
         self.last_error = error
@@ -214,7 +217,8 @@ class RetryBudget:
         if failover:
             delay = 0.0
         else:
-            delay = self._delay_for(error)
+            delay = (self.policy.backoff.delay(self.retries, self.remaining()) if elsewhere
+                     else self._delay_for(error))
             self.retries += 1
         if self.deadline is not None and self._clock.now() + delay >= self.deadline:
             return None

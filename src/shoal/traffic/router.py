@@ -316,7 +316,9 @@ class Router:
         # between lanes that all failed it would be a retry storm without backoff.
         failover = alternative is not None and (
             call.failures.get(alternative[1].name, 0) < call.failures.get(lane.name, 0))
-        delay = budget.next_delay(err, failover=failover)
+        # A Retry-After binds the lane that sent it, not another one the call goes to next.
+        delay = budget.next_delay(err, failover=failover, elsewhere=alternative is not None
+                                  and alternative[1] is not lane)
         if delay is None:
             raise err
         if failover and alternative is not None:
