@@ -36,6 +36,7 @@ from shoal.errors import (
     RunError,
     ShoalError,
     StoreError,
+    StreamInterrupted,
 )
 from shoal.gateway.keys_api import (
     GatewayKeyError,
@@ -126,6 +127,11 @@ def _upstream_failure(exc: ProviderError) -> Failure:
         inner = (_upstream_failure(exc.original) if exc.original is not None
                  else Failure(502, "api_error", message))
         return replace(inner, message=message, headers={**inner.headers, **_NO_RETRY})
+    if isinstance(exc, StreamInterrupted) and isinstance(exc.__cause__, Overloaded | RateLimited):
+        # The upstream said why its stream broke (Anthropic's overloaded_error event,
+        # a 429 inside the stream): the caller's error says the same kind, with the
+        # whole story as its message, so a client that retries overloads knows it may.
+        return replace(_upstream_failure(exc.__cause__), message=message)
     if isinstance(exc, ContextOverflow):
         return Failure(400, "invalid_request", exc.message, code="context_length_exceeded",
                        param=exc.param or "messages")

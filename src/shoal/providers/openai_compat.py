@@ -72,6 +72,8 @@ __all__ = ["OpenAICompatProvider"]
 
 # JSON mode without a schema where the provider has no JSON mode on the wire (MiniMax):
 # the prompt is all there is to carry it.
+# OpenAI's API reference: "stop: up to 4 sequences"; a fifth is a 400 ("array too long").
+OPENAI_MAX_STOP = 4
 JSON_NOTE = "Give your final answer as a single JSON object, with no other text."
 
 
@@ -97,7 +99,12 @@ class OpenAICompatProvider(HttpProvider):
         """``demanded``: the request runs where tool turns must carry their reasoning or
         signature (providers/foreign_turns.py fills in what another provider's lack)."""
         if m.role == "tool":
-            return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+            content = m.content
+            if m.is_error and not content.lstrip().lower().startswith("error"):
+                # OpenAI has no is_error: the result says it failed (an Anthropic client's
+                # tool_result with is_error), so the model does not take it as data.
+                content = "Error: " + content
+            return {"role": "tool", "tool_call_id": m.tool_call_id, "content": content}
         out: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.role == "assistant":
             if m.tool_calls:
@@ -165,11 +172,17 @@ class OpenAICompatProvider(HttpProvider):
         if request.max_tokens is not None:
             body[p.max_tokens_field] = request.max_tokens
         if request.stop:
+            if p.family == "openai" and len(request.stop) > OPENAI_MAX_STOP:
+                raise BadRequest(
+                    f"OpenAI takes at most {OPENAI_MAX_STOP} stop sequences, got "
+                    f"{len(request.stop)} (stop, or stop_sequences from an Anthropic "
+                    f"client); send {OPENAI_MAX_STOP} or fewer", code="invalid_request",
+                    param="stop")
             body["stop"] = request.stop
         if request.seed is not None:
             body["seed"] = request.seed
         if request.thinking is not None:
-            body.update(thinking_fields(p, request))
+            body.update(thinking_fields(p, request, model))
         if stream:
             body["stream"] = True
             if p.stream_usage_option:

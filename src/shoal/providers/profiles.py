@@ -172,6 +172,11 @@ def profile_for(family: str, protocol: Literal["openai", "anthropic"] = "openai"
 _OPENAI_REASONING = re.compile(r"^(o\d|gpt-5(?!-chat))")
 
 
+# OpenAI's chat models that do not reason (gpt-3.5, gpt-4, gpt-4o, gpt-4.1, gpt-4.5): a
+# reasoning_effort is a 400 "Unsupported parameter" there.
+_OPENAI_NO_REASONING = re.compile(r"^(?:chatgpt-4o|gpt-3\.5|gpt-4(?:o|\.1|\.5|-|$))")
+
+
 # Kimi K2.5 and later pin their sampling (platform.kimi.ai, "Model Parameter Reference":
 # temperature, top_p, n and the penalties "cannot be modified"; another value is a 400
 # "invalid temperature: only 1 is allowed for this model"). Temperature is 1.0 while
@@ -344,6 +349,12 @@ def thinking_fields(profile: ProviderProfile, request: ChatRequest,
                 "thinking_budget": thinking.budget_tokens, "include_thoughts": True}}}}
         return {"reasoning_effort": effort} if effort is not None else {}
     if style == "effort":
+        if thinking.enabled and profile.family == "openai" and \
+                _OPENAI_NO_REASONING.match(model.lower()):
+            raise ConfigError(
+                f"OpenAI model {model!r} does not reason: OpenAI answers 400 for "
+                "reasoning_effort on it; leave thinking (reasoning_effort) unset for it, or "
+                "use a reasoning model (o-series, gpt-5)")
         # OpenAI reasoning models think by default and cannot be switched off everywhere.
         return {"reasoning_effort": effort} if thinking.enabled and effort is not None else {}
     if thinking.enabled:

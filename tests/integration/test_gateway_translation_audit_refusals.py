@@ -1,0 +1,145 @@
+"""What the target protocol cannot express: a clear 400 in the *caller's* envelope (the
+SDK's ``BadRequestError``), naming the field, before any upstream request (the
+simulator counts none); and what it can, with a sane default where the caller left a
+field out that the target requires (``max_tokens`` on Anthropic)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from gateway_fixtures import (
+    ANTHROPIC_MODEL,
+    OPENAI_MODEL,
+    Recorder,
+    anthropic_client,
+    gateway,
+    openai_client,
+    recording,
+    sim_config,
+)
+
+from shoal.gateway.server import GatewayServer
+from shoal.sim import SimConfig, SimServer
+
+ASK: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
+SCHEMA: dict[str, Any] = {"type": "object", "properties": {"city": {"type": "string"}},
+                          "required": ["city"]}
+TOOLS_OA: list[Any] = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city", "parameters": SCHEMA}}]
+TOOLS_AN: list[Any] = [{"name": "get_weather", "description": "Weather for a city",
+                        "input_schema": SCHEMA}]
+THINK: Any = {"type": "enabled", "budget_tokens": 1024}
+Stack = tuple[SimServer, Recorder, GatewayServer]
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Stack]:
+    async with SimServer(SimConfig()) as sim, recording(sim) as rec, \
+            gateway(sim_config(rec)) as gw:
+        yield sim, rec, gw
+
+
+# Each: (model, the request's fields, words the message must hold).
+OPENAI_REFUSED: list[tuple[str, str, dict[str, Any], str]] = [
+    ("n=2 to an OpenAI model", OPENAI_MODEL, {"n": 2}, "n"),
+    ("n=2 to an Anthropic model", ANTHROPIC_MODEL, {"n": 2}, "n"),
+    ("temperature 1.5 to Anthropic", ANTHROPIC_MODEL, {"temperature": 1.5}, "temperature"),
+    ("top_p 1.5", ANTHROPIC_MODEL, {"top_p": 1.5}, "top_p"),
+    ("logprobs to Anthropic", ANTHROPIC_MODEL, {"logprobs": True}, "logprobs"),
+    ("reasoning with a forced tool on Anthropic", ANTHROPIC_MODEL,
+     {"reasoning_effort": "high", "tools": TOOLS_OA, "tool_choice": "required"}, "tool_choice"),
+    ("reasoning with a temperature on Anthropic", ANTHROPIC_MODEL,
+     {"reasoning_effort": "low", "temperature": 0.2}, "temperature"),
+    ("reasoning in too few tokens on Anthropic", ANTHROPIC_MODEL,
+     {"reasoning_effort": "low", "max_tokens": 500}, "max_tokens"),
+    ("reasoning_effort to a model that does not reason", OPENAI_MODEL,
+     {"reasoning_effort": "high"}, "does not reason"),
+]
+
+
+@pytest.mark.parametrize(("case", "model", "fields", "says"), OPENAI_REFUSED,
+                         ids=[c[0] for c in OPENAI_REFUSED])
+async def test_openai_sdk_gets_a_400_before_any_upstream_request(
+        stack: Stack, case: str, model: str, fields: dict[str, Any], says: str) -> None:
+    sim, _, gw = stack
+    async with openai_client(gw) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model=model, messages=ASK, **fields)
+    assert info.value.status_code == 400
+    assert says in info.value.message
+    assert isinstance(info.value.body, dict) and info.value.body["type"] == \
+        "invalid_request_error"
+    assert sim.stats().total_requests == 0
+
+
+ANTHROPIC_REFUSED: list[tuple[str, str, dict[str, Any], str]] = [
+    # This SDK (2.x) has no sampling arguments: a caller sends them in extra_body.
+    ("temperature 1.5 to Anthropic", ANTHROPIC_MODEL,
+     {"extra_body": {"temperature": 1.5}}, "temperature"),
+    ("top_p 1.5 to OpenAI", OPENAI_MODEL, {"extra_body": {"top_p": 1.5}}, "top_p"),
+    ("thinking budget over max_tokens", ANTHROPIC_MODEL,
+     {"thinking": THINK, "max_tokens": 1024}, "max_tokens"),
+    ("thinking with a forced tool", ANTHROPIC_MODEL,
+     {"thinking": THINK, "tools": TOOLS_AN, "tool_choice": {"type": "any"}}, "tool_choice"),
+    ("thinking to a model that does not reason", OPENAI_MODEL, {"thinking": THINK},
+     "does not reason"),
+    ("five stop sequences to OpenAI (it takes 4)", OPENAI_MODEL,
+     {"stop_sequences": ["a1", "b2", "c3", "d4", "e5"]}, "stop"),
+    ("an image", OPENAI_MODEL, {"messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": "iVBORw0KGgo="}}]}]}, "image"),
+]
+
+
+@pytest.mark.parametrize(("case", "model", "fields", "says"), ANTHROPIC_REFUSED,
+                         ids=[c[0] for c in ANTHROPIC_REFUSED])
+async def test_anthropic_sdk_gets_a_400_before_any_upstream_request(
+        stack: Stack, case: str, model: str, fields: dict[str, Any], says: str) -> None:
+    sim, _, gw = stack
+    body: dict[str, Any] = {"messages": ASK, "max_tokens": 2000, **fields}
+    async with anthropic_client(gw) as client:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await client.messages.create(model=model, **body)
+    assert info.value.status_code == 400
+    assert says in info.value.message
+    assert isinstance(info.value.body, dict) and info.value.body["type"] == "error"
+    assert info.value.body["error"]["type"] == "invalid_request_error"
+    assert sim.stats().total_requests == 0
+
+
+async def test_what_the_target_takes_goes_through(stack: Stack) -> None:
+    """The other side of the line: a temperature of 1.5 is an OpenAI model's to take
+    from an Anthropic client, four stop sequences fit OpenAI, and the stop_sequences of
+    an Anthropic client reach it as ``stop``."""
+    _, rec, gw = stack
+    async with anthropic_client(gw) as client:
+        warm = await client.messages.create(model=OPENAI_MODEL, max_tokens=20, messages=ASK,
+                                            extra_body={"temperature": 1.5})
+        assert rec.bodies[-1]["temperature"] == 1.5
+        four = await client.messages.create(model=OPENAI_MODEL, max_tokens=20, messages=ASK,
+                                            stop_sequences=["a1", "b2", "c3", "d4"])
+        assert rec.bodies[-1]["stop"] == ["a1", "b2", "c3", "d4"]
+    assert warm.stop_reason == "end_turn" and four.stop_reason == "end_turn"
+
+
+async def test_an_openai_request_without_max_tokens_gets_a_default_on_anthropic(
+        stack: Stack) -> None:
+    """Anthropic requires ``max_tokens``; an OpenAI client need not send it: the upstream
+    gets a default, also with reasoning on (the thinking budget fits under it), never a
+    400 from upstream."""
+    _, rec, gw = stack
+    async with openai_client(gw) as client:
+        plain = await client.chat.completions.create(model=ANTHROPIC_MODEL, messages=ASK)
+        sent = rec.bodies[-1]
+        reasoned = await client.chat.completions.create(model=ANTHROPIC_MODEL, messages=ASK,
+                                                        reasoning_effort="high")
+        thinking = rec.bodies[-1]
+    assert plain.choices[0].finish_reason == "stop"
+    assert isinstance(sent["max_tokens"], int) and sent["max_tokens"] >= 1024
+    assert 1024 <= thinking["thinking"]["budget_tokens"] < thinking["max_tokens"]
+    assert reasoned.choices[0].message.content
+    assert (reasoned.choices[0].message.model_extra or {}).get("reasoning_content")
