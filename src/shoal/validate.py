@@ -133,18 +133,36 @@ def _check_tool_choice(request: ChatRequest) -> None:
 
 
 def _check_tool_results(request: ChatRequest) -> None:
+    """Tool results answer calls an earlier assistant message made, and every call is
+    answered before the next user or assistant message: OpenAI refuses the rest ("An
+    assistant message with 'tool_calls' must be followed by tool messages responding to
+    each 'tool_call_id'"), Anthropic too ("tool_use ids were found without tool_result
+    blocks immediately after"). A conversation that ends on the calls is left alone."""
     called: set[str] = set()
+    unanswered: dict[str, int] = {}  # call id → the assistant message that made it
     for index, message in enumerate(request.messages):
+        if message.role == "tool":
+            if message.tool_call_id not in called:
+                raise _bad(
+                    f"messages[{index}] is a tool result for call id "
+                    f"{message.tool_call_id!r}, but no earlier assistant message made that "
+                    "call; a tool result must follow the assistant message whose tool_calls "
+                    "contain its id (Message.tool(call.id, ...))", f"messages[{index}]"
+                )
+            unanswered.pop(message.tool_call_id, None)
+            continue
+        if unanswered:
+            at = min(unanswered.values())
+            raise _bad(
+                f"messages[{at}] makes tool call(s) {', '.join(map(repr, unanswered))} that "
+                f"no tool result answers before messages[{index}]; answer each call with "
+                "Message.tool(call.id, ...) right after the assistant message that made it "
+                "(a tool that failed answers too, with is_error=True)", f"messages[{at}]"
+            )
         if message.role == "assistant":
             for call in message.tool_calls:
                 called.add(call.id)
-        elif message.role == "tool" and message.tool_call_id not in called:
-            raise _bad(
-                f"messages[{index}] is a tool result for call id {message.tool_call_id!r}, "
-                "but no earlier assistant message made that call; a tool result must "
-                "follow the assistant message whose tool_calls contain its id "
-                "(Message.tool(call.id, ...))", f"messages[{index}]"
-            )
+                unanswered[call.id] = index
 
 
 def _check_window(request: ChatRequest, info: ModelInfo, prompt_tokens: int | None) -> None:

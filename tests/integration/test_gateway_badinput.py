@@ -105,6 +105,12 @@ def test_wrong_types_are_a_400_naming_the_field(gw: Gateway, route: str,
     assert field in err["message"] or err.get("param") == field or field == "model", err
 
 
+def test_stream_options_without_stream_is_a_400_as_openai_answers(gw: Gateway) -> None:
+    body = good_body(OPENAI, stream_options={"include_usage": True})
+    err = refused(gw, OPENAI, post(gw, OPENAI, body=body), 400, "only allowed when stream")
+    assert err.get("param") == "stream_options"
+
+
 @pytest.mark.parametrize("config", [
     {"format": {"type": "xml"}},
     {"format": {"type": "json_schema"}},

@@ -76,6 +76,25 @@ def test_a_tool_result_must_answer_an_earlier_call() -> None:
         validate_request(req(messages=early))
 
 
+def test_every_tool_call_is_answered_before_the_conversation_goes_on() -> None:
+    a, b = ToolCall("call_a", "lookup", "{}"), ToolCall("call_b", "lookup", "{}")
+    answered = [Message.user("q"), Message.assistant("", [a, b]), Message.tool("call_b", "2"),
+                Message.tool("call_a", "1"), Message.user("and?")]
+    validate_request(req(messages=answered, tools=[LOOKUP]))  # any order, all answered
+    half = [Message.user("q"), Message.assistant("", [a, b]), Message.tool("call_a", "1"),
+            Message.user("and?")]
+    with pytest.raises(BadRequest) as exc:
+        validate_request(req(messages=half, tools=[LOOKUP]))
+    assert "messages[1] makes tool call(s) 'call_b'" in str(exc.value)
+    assert "before messages[3]" in str(exc.value) and exc.value.param == "messages[1]"
+    skipped = [Message.user("q"), Message.assistant("", [a]), Message.assistant("well")]
+    with pytest.raises(BadRequest, match=r"'call_a' that no tool result answers"):
+        validate_request(req(messages=skipped, tools=[LOOKUP]))
+    # a conversation that ends on its calls (the results are still to come) is not refused
+    validate_request(req(messages=[Message.user("q"), Message.assistant("", [a])],
+                         tools=[LOOKUP]))
+
+
 def test_the_prompt_must_fit_the_context_window() -> None:
     info = ModelInfo(name="tiny", context_window=50, encoding="approx")
     long = req(messages=[Message.user("word " * 200)])

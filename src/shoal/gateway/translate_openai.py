@@ -203,8 +203,12 @@ def parse_chat(body: Any) -> Parsed:
         parallel_tool_calls=f.boolean("parallel_tool_calls"), logprobs=_logprobs(f),
         **_output(f),
     )
+    stream = bool(f.boolean("stream"))
     options = f.obj("stream_options")
+    if options is not None and not stream:  # OpenAI answers this 400 too
+        raise BadInput("stream_options: only allowed when stream is true; set stream: true "
+                       "or leave stream_options out", param="stream_options")
     include_usage = bool(options.boolean("include_usage")) if options is not None else False
     passthrough = {k: f.data[k] for k in PASSTHROUGH if f.data.get(k) is not None}
-    return Parsed(request, stream=bool(f.boolean("stream")), include_usage=include_usage,
+    return Parsed(request, stream=stream, include_usage=include_usage,
                   passthrough=passthrough)
