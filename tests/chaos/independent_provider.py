@@ -43,7 +43,6 @@ import json
 import logging
 import random
 import socket
-import sys
 import time
 import uuid
 from collections import Counter
@@ -118,7 +117,8 @@ class Provider:
             assert isinstance(body, dict) and isinstance(body.get("messages"), list)
         except (ValueError, AssertionError):
             return error_response(protocol, 400, "invalid_request_error", "bad JSON body")
-        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        given = body.get("metadata")
+        meta: dict[str, Any] = given if isinstance(given, dict) else {}
         tag = request.headers.get("x-shoal-tag") or meta.get("tag") or meta.get("user_id") or ""
         stream = bool(body.get("stream"))
         self.stats.total += 1
@@ -560,4 +560,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
