@@ -99,10 +99,19 @@ def _json_mode_says_json(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _stream_options_with_stream(body: dict[str, Any]) -> dict[str, Any]:
+    """stream_options only with stream: true (OpenAI answers 400 otherwise, as does the
+    gateway): a valid body that has them streams."""
+    if "stream_options" in body:
+        return {**body, "stream": True}
+    return body
+
+
 def valid(route: str) -> st.SearchStrategy[dict[str, Any]]:
     if route == OPENAI:
         return st.fixed_dictionaries({"model": MODELS, "messages": turns},
-                                     optional=OPENAI_OPTIONAL).map(_json_mode_says_json)
+                                     optional=OPENAI_OPTIONAL).map(
+            _json_mode_says_json).map(_stream_options_with_stream)
     return st.fixed_dictionaries({"model": MODELS, "messages": turns,
                                   "max_tokens": st.integers(1, 300)},
                                  optional=ANTHROPIC_OPTIONAL)
