@@ -206,7 +206,7 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
                     from shoal.flows.resume import run_durable
 
                     meta = journal_meta(opts.target_spec, model=opts.model, sim=opts.sim,
-                                        config=opts.config)
+                                        config=opts.config, budget_usd=budget_usd)
                     res = await run_durable(target, value, store=opts.store, run_id=run_id,
                                             client=client, meta=meta, budget=budget,
                                             progress=progress)
@@ -376,8 +376,9 @@ def run(
         help="Journal the run in this store (e.g. sqlite:///.shoal/runs.db); "
              "`shoal resume RUN_ID` continues it.")] = None,
     metrics_port: Annotated[int | None, typer.Option(
-        "--metrics-port", min=0, help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics "
-                                      "while it runs (0: any free port; see shoal top).")]
+        "--metrics-port", min=0, max=65535,
+        help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics "
+             "while it runs (0: any free port; see shoal top).")]
     = None,
     metrics_push: Annotated[str | None, typer.Option(
         "--metrics-push", help="Push the metrics to this Prometheus Pushgateway URL at "

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from shoal.agents.client import ModelClient
+    from shoal.agents.guards import Budget
     from shoal.flows.flow import Flow
     from shoal.flows.resume import RunPlan
 
@@ -51,10 +52,12 @@ def register(app: typer.Typer) -> None:
 
 
 def journal_meta(target: str, *, model: str | None = None, sim: bool = False,
-                 config: Path | str | None = None) -> dict[str, Any]:
-    """What ``shoal run`` stores with a journaled run so ``shoal resume`` can rebuild it."""
+                 config: Path | str | None = None, budget_usd: float | None = None
+                 ) -> dict[str, Any]:
+    """What ``shoal run`` stores with a journaled run so ``shoal resume`` can rebuild it
+    (and run it under the same ``--budget-usd``)."""
     return {"target": target, "model": model, "sim": sim,
-            "config": None if config is None else str(config)}
+            "config": None if config is None else str(config), "budget_usd": budget_usd}
 
 
 def parse_duration(text: str) -> float:
@@ -382,6 +385,9 @@ def resume(
     cluster: Annotated[str | None, typer.Option(
         "--cluster", help="A batch: resume it on this Dask scheduler (default: where it "
                           "ran; 'local': here).")] = None,
+    budget_usd: Annotated[float | None, typer.Option(
+        "--budget-usd", help="Dollar budget for the whole run, replayed steps included "
+                             "(default: the run's own --budget-usd).")] = None,
 ) -> None:
     """Continue a failed, cancelled or killed run: journaled steps and model turns replay
     with zero calls, the rest runs. A batch id runs its unfinished items again.
@@ -396,7 +402,8 @@ def resume(
     try:
         summary = run_loop(_resume(run_id, store, target=target, config=config, sim=sim,
                                    allow_changed=allow_changed, console=console,
-                                   progress=progress, cluster=cluster))
+                                   progress=progress, cluster=cluster,
+                                   budget_usd=budget_usd))
     except ShoalError as exc:
         raise _fail(exc) from None
     if json_out is not None:
@@ -406,7 +413,9 @@ def resume(
 
 async def _resume(run_id: str, url: str | None, *, target: str | None, config: Path | None,
                   sim: bool | None, allow_changed: bool, console: Console,
-                  progress: bool = True, cluster: str | None = None) -> dict[str, Any]:
+                  progress: bool = True, cluster: str | None = None,
+                  budget_usd: float | None = None) -> dict[str, Any]:
+    from shoal.agents.guards import Budget
     from shoal.cli.common import check_models
     from shoal.scale.batch_ids import is_batch
     from shoal.stores import open_store
@@ -429,6 +438,9 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
             config = Path(meta["config"])
         use_sim = bool(meta.get("sim")) if sim is None else sim
         model = meta.get("model") if isinstance(meta.get("model"), str) else None
+        if budget_usd is None and isinstance(meta.get("budget_usd"), int | float):
+            budget_usd = float(meta["budget_usd"])  # the run's own `shoal run --budget-usd`
+        budget = Budget(max_usd=budget_usd) if budget_usd else None
         flow = _rebuild(spec, model)
         if not use_sim:
             from shoal.config import Config
@@ -438,7 +450,7 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
             check_models(flow, cfg)
             async with Router(cfg) as router:
                 return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
-                                       console=console, progress=progress)
+                                       console=console, progress=progress, budget=budget)
         from shoal.sim import SimConfig, SimServer, config_for_sim
         from shoal.traffic.router import Router
 
@@ -446,7 +458,7 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
         async with SimServer(SimConfig()) as server, \
                 Router(config_for_sim(server.url)) as router:
             return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
-                                   console=console, progress=progress)
+                                   console=console, progress=progress, budget=budget)
 
 
 def _rebuild(spec: str, model: str | None) -> Flow:
@@ -464,8 +476,8 @@ def _rebuild(spec: str, model: str | None) -> Flow:
 
 
 async def _continue(flow: Flow, run_id: str, store: Any, client: ModelClient, *,
-                    allow_changed: bool, console: Console, progress: bool = True
-                    ) -> dict[str, Any]:
+                    allow_changed: bool, console: Console, progress: bool = True,
+                    budget: Budget | None = None) -> dict[str, Any]:
     from shoal.agents.recorder import to_jsonable
     from shoal.cli.live import live_progress, print_cache_line
     from shoal.errors import StepFailed
@@ -475,7 +487,8 @@ async def _continue(flow: Flow, run_id: str, store: Any, client: ModelClient, *,
     try:
         with live_progress(console, flow, enabled=progress) as watch:
             result = await resume_run(run_id, flow, store=store, client=client,
-                                      allow_changed=allow_changed, progress=watch)
+                                      allow_changed=allow_changed, budget=budget,
+                                      progress=watch)
     except StepFailed as exc:
         if exc.result is not None:  # what this attempt spent before it failed
             console.print(exc.result.table())
