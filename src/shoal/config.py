@@ -13,6 +13,7 @@ import difflib
 import functools
 import os
 import tomllib
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -215,11 +216,21 @@ def _catalog_data() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def _validation_message(where: str, exc: ValidationError) -> str:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-    )
-    return f"invalid {where}: {problems}"
+def _validation_message(where: str, exc: ValidationError,
+                        fields: Iterable[str] = ()) -> str:
+    """pydantic's errors as one line; an unknown field (a typo) names the close matches
+    among ``fields`` (the table's known fields)."""
+    known = [f for f in fields if f != "name"]
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1 and known:
+            close = difflib.get_close_matches(str(err["loc"][0]), known, n=3, cutoff=0.6)
+            msg = "unknown field" + (f"; did you mean: {', '.join(close)}?" if close else
+                                     f"; known fields: {', '.join(known)}")
+        problems.append(f"{loc}: {msg}")
+    return f"invalid {where}: {'; '.join(problems)}"
 
 
 def _alerts_section(raw: Any) -> AlertsConfig | None:
@@ -230,7 +241,7 @@ def _alerts_section(raw: Any) -> AlertsConfig | None:
     try:
         return AlertsConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_validation_message("[alerts]", exc)) from None
+        raise ConfigError(_validation_message("[alerts]", exc, AlertsConfig.model_fields)) from None
 
 
 class Config:
@@ -286,11 +297,14 @@ class Config:
         """The catalog with ``user`` (the parsed shape of a shoal.toml) laid over it."""
         user = dict(user or {})
         alerts = _alerts_section(user.pop("alerts", None))
-        unknown = set(user) - {"channels", "models", "redis_url", "gateway"}
+        top = ("channels", "models", "redis_url", "gateway", "alerts")
+        unknown = set(user) - set(top)
         if unknown:
+            close = {c for u in unknown for c in difflib.get_close_matches(u, top, n=1)}
+            hint = f" Did you mean: {', '.join(sorted(close))}?" if close else ""
             raise ConfigError(
-                f"unknown top-level config keys {sorted(unknown)}; "
-                "expected [channels.*], [models.*], [gateway] and redis_url"
+                f"unknown top-level config keys {sorted(unknown)}; expected [channels.*], "
+                f"[models.*], [gateway], [alerts] and redis_url.{hint}"
             )
         catalog = _catalog_data()
         channels: dict[str, ChannelConfig] = {}
@@ -308,7 +322,8 @@ class Config:
             try:
                 channels[name] = ChannelConfig(name=name, **merged)
             except ValidationError as exc:
-                raise ConfigError(_validation_message(f"[channels.{name}]", exc)) from None
+                raise ConfigError(_validation_message(
+                    f"[channels.{name}]", exc, ChannelConfig.model_fields)) from None
 
         models: dict[str, ModelInfo] = {}
         for name, raw in catalog.get("models", {}).items():
@@ -326,7 +341,8 @@ class Config:
             try:
                 models[name] = ModelInfo(name=name, **merged_m)
             except ValidationError as exc:
-                raise ConfigError(_validation_message(f"[models.{name!r}]", exc)) from None
+                raise ConfigError(_validation_message(
+                    f"[models.{name!r}]", exc, ModelInfo.model_fields)) from None
             if not models[name].channels:
                 raise ConfigError(
                     f"model {name!r} has no channels: set channels = [...] or provider = ..."
@@ -337,6 +353,16 @@ class Config:
         config = cls(channels, models, redis_url=user.get("redis_url"), gateway=gateway)
         config.alerts = alerts
         for info in models.values():
+            for fallback in info.fallbacks:  # a typo here would surface only in an outage
+                if fallback.lower() not in config._aliases:
+                    near = difflib.get_close_matches(fallback.lower(), list(config._aliases),
+                                                     n=3, cutoff=0.5)
+                    names = dict.fromkeys(config._aliases[c] for c in near)
+                    hint = f" Did you mean: {', '.join(names)}?" if near else ""
+                    raise ConfigError(
+                        f"[models.{info.name!r}] fallbacks names {fallback!r}, which is no "
+                        f"model of the catalog or shoal.toml.{hint} Name one `shoal models` "
+                        "lists, or add it under [models]")
             if info.replaced_by is not None and info.replaced_by.lower() not in config._aliases:
                 raise ConfigError(
                     f"[models.{info.name!r}] replaced_by = {info.replaced_by!r} names no "

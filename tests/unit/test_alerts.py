@@ -231,7 +231,8 @@ def test_alerts_section_of_shoal_toml() -> None:
     assert config.alerts.tokens_per_task == 50_000
     assert config.alerts.webhook[0].resolved_url() == "https://hooks.example/x"
     assert Config.from_dict({}).alerts is None
-    with pytest.raises(ConfigError, match=r"invalid \[alerts\]: burn_rat: Extra inputs"):
+    with pytest.raises(ConfigError, match=r"invalid \[alerts\]: burn_rat: unknown field; "
+                                          r"did you mean: burn_rate"):
         Config.from_dict({"alerts": {"burn_rat": 10}})
     with pytest.raises(ConfigError, match=r"invalid \[alerts\]: burn_rate: Input should be "
                                           "greater than 1"):

@@ -78,6 +78,32 @@ def check_models(target: Any, config: Config) -> None:
         for model in (agent.model, *agent.fallbacks):
             if model:
                 check_model(config, model, where)
+        named = [m for m in (agent.model, *agent.fallbacks) if m]
+        if named and not any(_reachable(config, m) for m in named):
+            # Else the run starts, is journaled, and fails at this step (exit 1, a
+            # "shoal resume" hint) for what is a configuration mistake.
+            envs = sorted({f"${ch.api_key_env}" for m in named for ch in _lanes(config, m)
+                           if ch.api_key_env})
+            raise ConfigError(
+                f"{where}: no API key for {named[0]!r}"
+                + (" or its fallbacks" if len(named) > 1 or config.model(named[0]).fallbacks
+                   else "")
+                + f": set {' or '.join(envs) or 'api_key in shoal.toml'}, or pick another "
+                "model (-m/--model); with no keys at all, 'smollm2-135m' runs offline")
+
+
+def _chain(config: Config, model: str) -> list[str]:
+    info = config.model(model)
+    return [info.name, *info.fallbacks]
+
+
+def _lanes(config: Config, model: str) -> list[Any]:
+    return [ch for m in _chain(config, model) for ch in config.channels_for(m)]
+
+
+def _reachable(config: Config, model: str) -> bool:
+    """Some channel of ``model`` or of its configured fallbacks has its key."""
+    return any(ch.has_key() for ch in _lanes(config, model))
 
 
 def check_model(config: Config, model: str, where: str) -> None:

@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
 def sim(
     *,
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 = all).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one (printed).")] = 8100,
+    port: Annotated[int, typer.Option(
+        min=0, max=65535, help="Port; 0 picks a free one (printed).")] = 8100,
     config: Annotated[
         Path | None, typer.Option("--config", help="Scenario TOML file; flags override it.")
     ] = None,

@@ -107,13 +107,16 @@ def _mount_key_admin(app: web.Application, keys: KeyService) -> None:
 
 
 async def open_keys(config: Config, store: str | None) -> KeyService:
-    """Virtual keys from the store when it holds any; else :class:`OpenKeys`."""
+    """Virtual keys from the store when it holds any; else no keys until the first one is
+    created (:class:`~shoal.gateway.keys_watch.WatchedKeys`: the gateway then asks every
+    caller for a key without a restart)."""
+    from shoal.gateway.keys_watch import WatchedKeys
     from shoal.stores import DEFAULT_URL
 
     url = store or DEFAULT_URL
     path = Path(url[len("sqlite:///"):])
     if url.startswith("sqlite:///") and not path.exists():  # noqa: ASYNC240 - once, at start
-        return OpenKeys()  # no store yet: no key was ever created here
+        return WatchedKeys(url, redis=config.redis_url)  # no store yet: no key created
     from shoal.gateway.keys import StoreKeys
 
     keys = StoreKeys(url, redis=config.redis_url)
@@ -125,7 +128,7 @@ async def open_keys(config: Config, store: str | None) -> KeyService:
     if active:
         return keys
     await keys.aclose()
-    return OpenKeys()
+    return WatchedKeys(url, redis=config.redis_url)
 
 
 async def _keyed(config: Config, store: str | None) -> int:
