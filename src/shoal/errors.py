@@ -136,10 +136,15 @@ class RunError(ShoalError):
 
     ``wasted_usage`` / ``wasted_cost_usd``: what the provider billed for answers of this
     call that were discarded (cut streams, malformed bodies), so budgets can charge it.
+    ``spent_usage`` / ``spent_cost_usd``: what the agent run that failed spent before it
+    did (its answered turns and the waste of failed ones), so a failed step still
+    reports what it cost; None outside an agent run.
     """
 
     wasted_usage: Usage | None = None
     wasted_cost_usd: float = 0.0
+    spent_usage: Usage | None = None
+    spent_cost_usd: float = 0.0
 
 
 class ProviderError(RunError):

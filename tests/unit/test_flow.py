@@ -417,3 +417,26 @@ def test_flow_from_spec() -> None:
         Flow.from_spec({"steps": {"a": {"after": "b"}, "b": {"after": "a"}}})
     with pytest.raises(ConfigError, match="colour"):
         Flow.from_spec({"steps": {"a": {"colour": "red"}}})
+
+
+async def test_a_failed_step_reports_what_its_agent_spent() -> None:
+    """An agent that spends its output re-asks and fails still cost those calls: the
+    step, the run's totals and the partial result say so (they said 0 tokens, $0)."""
+
+    class Facts(BaseModel):
+        points: list[str]
+
+    clock = VirtualClock()
+    client = vclient(clock, handler=lambda req: reply("not json"))
+    flow = Flow("f", client=client, clock=clock)
+    flow.add(agent("picky", output_type=Facts, output_retries=2))
+    with pytest.raises(StepFailed) as err:
+        await clock.run(flow.run("x", run_id="spent-1"))
+    partial = err.value.result
+    assert partial is not None
+    step = partial.steps["picky"]
+    assert step.status == "failed" and client.calls == 3  # the answer and 2 re-asks
+    billed = sum(r.usage.total_tokens for r in client.responses)
+    cost = sum(r.cost_usd for r in client.responses)
+    assert billed > 0 and step.usage.total_tokens == billed
+    assert step.cost_usd == pytest.approx(cost) and partial.cost_usd == pytest.approx(cost)

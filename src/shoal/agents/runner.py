@@ -169,11 +169,15 @@ class Runner:
             runner=self, deps=deps, budget=budget,
         )
         loop = _Loop(self, agent, ctx, model)
-        if emit.live(self.events):
-            assert self.events is not None
-            return await emit.observed_agent(self.events, self.clock, ctx, model,
-                                             loop.run(input), turns=loop.turns)
-        return await loop.run(input)
+        try:
+            if emit.live(self.events):
+                assert self.events is not None
+                return await emit.observed_agent(self.events, self.clock, ctx, model,
+                                                 loop.run(input), turns=loop.turns)
+            return await loop.run(input)
+        except RunError as exc:  # what this run spent, for the step that reports it
+            exc.spent_usage, exc.spent_cost_usd = ctx.usage, ctx.cost_usd
+            raise
 
 
 class _Loop(Generic[T]):

@@ -32,7 +32,7 @@ from shoal.agents.recorder import (
 )
 from shoal.agents.runner import Runner, new_run_id
 from shoal.clock import Clock, RealClock
-from shoal.errors import BudgetExceeded, ConfigError, DeadlineExceeded, StoreError
+from shoal.errors import BudgetExceeded, ConfigError, DeadlineExceeded, RunError, StoreError
 from shoal.flows.context import MessageBoard, SharedContext, StepContext
 from shoal.flows.flow import Flow, FlowResult, Step, StepResult, as_text, render_input
 from shoal.flows.slots import SlotPool, critical_path_priorities
@@ -393,10 +393,16 @@ class FlowRun:
                 agent_input = as_text(ctx.item)
             else:
                 agent_input = render_input(self.input, ctx.deps)
-            result = await self.runner.run(
-                target, agent_input, deps=ctx, budget=self.budget, run_id=self.run_id,
-                step_id=ctx.step,
-            )
+            try:
+                result = await self.runner.run(
+                    target, agent_input, deps=ctx, budget=self.budget, run_id=self.run_id,
+                    step_id=ctx.step,
+                )
+            except RunError as exc:  # a failed attempt still cost what it spent
+                if exc.spent_usage is not None:
+                    ctx.usage = ctx.usage + exc.spent_usage
+                    ctx.cost_usd += exc.spent_cost_usd
+                raise
             ctx.usage = ctx.usage + result.usage
             ctx.cost_usd += result.cost_usd
             ctx.models.append(result.model)
