@@ -32,15 +32,16 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from kill_child import TurnTagged  # tags each request <step>#<turn>
+
 from shoal.agents import Agent, tool
-from shoal.config import Config, ModelInfo
+from shoal.config import Config
 from shoal.flows.effects import effect_key, idempotent
 from shoal.flows.flow import Flow
 from shoal.flows.resume import resume, run_durable
 from shoal.stores import open_store
 from shoal.stores.records import EffectRecord, StepRecord
 from shoal.traffic.router import Router
-from shoal.types import ChatRequest, ChatResponse
 
 INPUT = "refund the customer, notify them, charge the fee, then report"
 EFFECTS = Path(os.environ.get("AUDIT_EFFECTS", "effects.log"))
@@ -103,26 +104,6 @@ def build_flow(variant: str = "base", budget: float | None = None) -> Flow:
     flow.add(Agent("writer", model="m", instructions="Write the report.", max_tokens=32),
              after=last)
     return flow
-
-
-class TurnTagged:
-    """A ModelClient around the Router that tags each request ``<step>#<turn>``."""
-
-    def __init__(self, inner: Router) -> None:
-        self.inner = inner
-
-    async def complete(self, request: ChatRequest, *, deadline_s: float | None = None
-                       ) -> ChatResponse:
-        turn = sum(1 for m in request.messages if m.role == "assistant")
-        tag = f"{request.metadata.get('tag')}#{turn}"
-        tagged = dataclasses.replace(request, metadata={**request.metadata, "tag": tag})
-        return await self.inner.complete(tagged, deadline_s=deadline_s)
-
-    def estimate_tokens(self, request: ChatRequest) -> int:
-        return self.inner.estimate_tokens(request)
-
-    def model_info(self, name: str) -> ModelInfo:
-        return self.inner.model_info(name)
 
 
 def config(sim_url: str) -> Config:
