@@ -100,3 +100,18 @@ def test_update_changes_limits_in_place(tmp_path: Path) -> None:
     assert code == 2 and "nothing to update" in err
     code, _, err = _keys("update", "team-a", "--tpm", "0", "--store", url)
     assert code == 2 and "tpm must be >= 1" in err
+
+
+def test_models_that_name_nothing_are_refused(tmp_path: Path) -> None:
+    """A key limited to a typo would get 403 on every call: refused when it is made."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, err = _keys("create", "--name", "t", "--models", "gpt-4o-mni", "--store", url)
+    assert code == 2 and not out.strip()  # no secret printed: no key made
+    assert "gpt-4o-mni" in err and "Did you mean" in err and "gpt-4o-mini" in err
+    code, _, err = _keys("create", "--name", "t", "--models", "gtp-*", "--store", url)
+    assert code == 2 and "matches no model" in err
+    code, _, err = _keys("create", "--name", "t", "--models", "gpt-4o-mini,claude-*",
+                         "--store", url)
+    assert code == 0, err
+    code, _, err = _keys("update", "t", "--models", "deepsek-chat", "--store", url)
+    assert code == 2 and "deepseek-chat" in err

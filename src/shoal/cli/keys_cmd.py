@@ -108,6 +108,36 @@ def _print_secret(record: KeyRecord, secret: str, verb: str, json_out: bool) -> 
     sys.stdout.write(secret + "\n")  # not through rich: no wrapping, no redaction
 
 
+def _allowed_models(models: str) -> list[str]:
+    """``--models`` as a list, each name a model of the catalog or shoal.toml and each glob
+    matching one: a key limited to a typo would get 403 on every call (exit 2 instead)."""
+    from fnmatch import fnmatchcase
+
+    from shoal.config import Config
+
+    allowed = [m.strip() for m in models.split(",") if m.strip()]
+    if not allowed:
+        return allowed
+    try:
+        config = Config.load()
+    except ConfigError as exc:
+        raise fail(ConfigError(f"--models is checked against the config, which does not "
+                               f"load: {exc}")) from None
+    names = {*config.models, *(a for m in config.models.values() for a in m.aliases)}
+    for pattern in allowed:
+        if any(c in pattern for c in "*?["):
+            if not any(fnmatchcase(n, pattern) for n in names):
+                raise fail(ConfigError(
+                    f"--models {pattern!r} matches no model of the catalog or shoal.toml; "
+                    "`shoal models` lists them"))
+            continue
+        try:
+            config.model(pattern)
+        except ConfigError as exc:
+            raise fail(ConfigError(f"--models: {exc}")) from None
+    return allowed
+
+
 @keys_app.command("create")
 def create(
     name: Annotated[str, typer.Option("--name", help="A unique name, e.g. team-a.")],
@@ -126,7 +156,7 @@ def create(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a virtual key and print its secret once."""
-    allowed = [m.strip() for m in models.split(",") if m.strip()]
+    allowed = _allowed_models(models)
     if period not in ("total", "day", "month"):
         raise fail(ConfigError(f"--period {period!r}: use total, day or month"))
 
@@ -249,7 +279,7 @@ def update(
     if period is not None:
         changes["period"] = period
     if models is not None:
-        changes["models"] = [m.strip() for m in models.split(",") if m.strip()]
+        changes["models"] = _allowed_models(models)
     if not changes:
         raise fail(ConfigError("nothing to update: give --budget-usd, --period, --rpm, --tpm, "
                                "--concurrency or --models"))
