@@ -163,3 +163,21 @@ def test_a_bad_duration_is_a_usage_error(cli: typer.Typer, tmp_path: Path) -> No
                  "--older-than", "a month")
     assert res.exit_code == 2
     assert "cannot read the duration 'a month'" in res.stderr
+
+
+def test_reading_commands_make_no_store_and_say_so(tmp_path: Path, cli: typer.Typer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`shoal runs`, `show`, `resume` and `delete` on a store that does not exist: no empty
+    file left behind, and a mistyped --store is not shown as an empty store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SHOAL_STORE", raising=False)
+    app = cli
+    res = invoke(app, "runs")
+    assert res.exit_code == 0 and "no runs yet" in res.stdout
+    typo = f"sqlite:///{tmp_path / 'typo.db'}"
+    for args in (["runs", "--store", typo], ["show", "r1", "--store", typo],
+                 ["resume", "r1", "--store", typo], ["delete", "r1", "--store", typo],
+                 ["show", "r1"]):
+        res = invoke(app, *args)
+        assert res.exit_code == 2 and "no store at" in res.stderr, (args, res.output)
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / ".shoal").exists()

@@ -75,6 +75,10 @@ def test_create_show_rotate_revoke(tmp_path: Path) -> None:
 def test_unknown_key_and_bad_period_exit_2(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     code, _, err = _keys("show", "nobody", "--store", url)
+    assert code == 2 and "no store at" in err  # a read makes no store (and says so)
+    assert not (tmp_path / "runs.db").exists()
+    assert _keys("create", "--name", "somebody", "--store", url)[0] == 0
+    code, _, err = _keys("show", "nobody", "--store", url)
     assert code == 2 and "no virtual key named" in err
     code, _, err = _keys("create", "--name", "x", "--period", "week", "--store", url)
     assert code == 2 and "total, day or month" in err

@@ -60,8 +60,16 @@ def _run(coro: Any) -> Any:
         raise fail(exc) from None
 
 
-async def _with_store(url: str | None, fn: Any) -> Any:
+async def _with_store(url: str | None, fn: Any, *, create: bool = False) -> Any:
+    """``fn(store)`` on the key store at ``url``; only ``create`` may make the store (a
+    read must not leave an empty file behind, nor a mistyped path look empty)."""
     from shoal.gateway.key_store import open_key_store
+    from shoal.stores import missing_sqlite_file
+
+    missing = None if create else missing_sqlite_file(url)
+    if missing is not None:
+        raise ConfigError(f"no virtual keys: no store at {missing} (`shoal keys create` "
+                          "makes the first key there; else check --store / $SHOAL_STORE)")
 
     async with open_key_store(url) as store:
         return await fn(store)
@@ -165,7 +173,7 @@ def create(
                               period=period,  # type: ignore[arg-type]  # checked above
                               rpm=rpm, tpm=tpm, max_concurrency=concurrency)
 
-    record, secret = _run(_with_store(store, op))
+    record, secret = _run(_with_store(store, op, create=True))
     _print_secret(record, secret, "created", json_out)
 
 
@@ -187,7 +195,10 @@ def list_keys(
         records = await s.list(include_revoked=all_keys)
         return [(r, (await s.spend(r.id, period_id(r.period, now))).usd) for r in records]
 
-    rows = _run(_with_store(store, op))
+    from shoal.stores import missing_sqlite_file
+
+    # no store yet where none was named: no keys yet (a named one that is missing: an error)
+    rows = [] if store is None and missing_sqlite_file(None) else _run(_with_store(store, op))
     if json_out:
         typer.echo(json.dumps([{**_row(r), "period_spend_usd": usd} for r, usd in rows]))
         return

@@ -127,6 +127,11 @@ def runs(
 
         print_batch(batch, store, status=status, limit=limit, json_out=json_out)
         return
+    if store is None and _no_store(None) is not None:
+        _console().print("no runs yet: nothing was journaled in the default store "
+                         "(.shoal/runs.db)")
+        return
+    _require_store(store)
     try:
         records = run_loop(_list(store, status, limit))
     except ShoalError as exc:
@@ -176,6 +181,7 @@ def show(
     from shoal.cli.loop import run as run_loop
     from shoal.flows.resume import plan
 
+    _require_store(store)
     if html_out is not None:
         _write_html(run_id, store, html_out)
         return
@@ -233,6 +239,25 @@ def _cache_footer(console: Console, url: str, run: Any) -> None:
     except ShoalError:  # the table is printed; a footer it cannot read is left out
         return
     print_cache_line(console, prices, spend.by_model.items())
+
+
+def _no_store(url: str | None) -> str | None:
+    """Why there is nothing to read at ``url`` (None: the default store), when it names a
+    SQLite file that does not exist; reading must not create it, and a mistyped
+    ``--store`` must not look like an empty store."""
+    from shoal.stores import missing_sqlite_file
+
+    missing = missing_sqlite_file(url)
+    if missing is None:
+        return None
+    where = "check --store / $SHOAL_STORE" if url else "`shoal run --store` makes it"
+    return f"no store at {missing}: nothing was journaled there ({where})"
+
+
+def _require_store(url: str | None) -> None:
+    why = _no_store(url)
+    if why is not None:
+        raise _fail(ConfigError(why))
 
 
 def _default_url() -> str:
@@ -306,6 +331,7 @@ def delete(
     from shoal.cli.loop import run as run_loop
     from shoal.stores import shown_url
 
+    _require_store(store)
     try:
         missing = run_loop(_delete(store, run_ids))
     except ShoalError as exc:
@@ -346,6 +372,7 @@ def prune(
 
     try:
         seconds = parse_duration(older_than)
+        _require_store(store)
         deleted = run_loop(_prune(store, seconds))
     except ShoalError as exc:
         raise _fail(exc) from None
@@ -399,6 +426,7 @@ def resume(
     from shoal.cli.loop import run as run_loop
 
     console = Console()
+    _require_store(store)
     try:
         summary = run_loop(_resume(run_id, store, target=target, config=config, sim=sim,
                                    allow_changed=allow_changed, console=console,

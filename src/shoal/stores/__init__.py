@@ -14,6 +14,7 @@ Every URL also takes ``retry_attempts=N`` (tries per operation before
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shoal.clock import Clock
@@ -49,6 +50,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "missing_sqlite_file",
     "open_store",
     "shown_url",
     "store_option",
@@ -71,6 +73,26 @@ def store_option(url: str | None) -> str:
         return ""
     shown = shown_url(url)
     return f" --store '{shown}'" if any(c in shown for c in " &;?*$") else f" --store {shown}"
+
+
+def missing_sqlite_file(url: str | None) -> Path | None:
+    """The SQLite file ``url`` (None: the default) names, when it does not exist yet, else
+    None (another store, or a file that exists). Commands that only read check it first:
+    opening the store would create an empty file, and a mistyped path would look like a
+    store with nothing in it."""
+    from shoal.stores.sqlite import DEFAULT_PATH
+
+    url = url or DEFAULT_URL
+    if "://" not in url:
+        url = "sqlite:///" + url
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        return None
+    path = parts.netloc + parts.path
+    if not parts.netloc and path.startswith("/"):
+        path = path[1:]
+    file = Path(path or DEFAULT_PATH)
+    return None if file.exists() else file
 
 
 def open_store(
