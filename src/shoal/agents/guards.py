@@ -1,7 +1,8 @@
 """Guards that stop runaway cost: token/dollar budgets and loop detection.
 
 **Budget.** Before every model call the runner *reserves* the call's pre-call
-estimate (prompt tokens + ``max_tokens``, priced from the catalog). If spent +
+estimate (prompt tokens + ``max_tokens``, priced from the catalog; the prompt at the
+dearest way it can be billed, a cache write on Claude). If spent +
 reserved + this call would pass a limit, the call is refused with
 ``BudgetExceeded`` and never sent. When the answer arrives the reservation is
 settled with the real usage and cost. Because parallel calls reserve before they
@@ -21,20 +22,54 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from shoal.config import ModelInfo
+from shoal.config import ChannelConfig, ModelInfo
 from shoal.errors import BudgetExceeded, ConfigError
-from shoal.types import ChatResponse
+from shoal.types import ChatRequest, ChatResponse, Usage
 
-__all__ = ["Budget", "LoopDetector", "LoopPolicy", "Reservation", "estimate_cost"]
+__all__ = ["Budget", "LoopDetector", "LoopPolicy", "Reservation", "estimate_cost",
+           "may_write_1h"]
 
 
-def estimate_cost(info: ModelInfo, estimated_tokens: int, max_tokens: int | None) -> float:
-    """Dollars a call may cost at most: the estimate split into prompt and ``max_tokens``."""
+def estimate_cost(info: ModelInfo, estimated_tokens: int, max_tokens: int | None, *,
+                  one_hour_cache: bool = False) -> float:
+    """Dollars a call may cost at most: the estimate split into prompt and ``max_tokens``,
+    the prompt at the dearest way the provider may bill it: fresh, or written to its cache
+    (Anthropic: 1.25× input, 2× for a 1-hour entry when ``one_hour_cache``; providers
+    without a write fee price writes at the input price, so nothing changes there)."""
     out = min(max_tokens or 0, estimated_tokens)
-    return info.cost(estimated_tokens - out, out)
+    prompt = estimated_tokens - out
+    fresh = info.cost(Usage(prompt, out))
+    written = info.cost(Usage(prompt, out, cache_write_tokens=prompt,
+                              cache_write_1h_tokens=prompt if one_hour_cache else 0))
+    return max(fresh, written)
+
+
+def may_write_1h(request: ChatRequest, info: ModelInfo,
+                 channels: Sequence[ChannelConfig] = ()) -> bool:
+    """Whether ``request`` may be billed 1-hour cache writes (2× input on Anthropic): a
+    1-hour ``cache_control`` placed by the caller, or a 1-hour ``cache_ttl`` that applies
+    to it (the request's metadata wins, then the model's, then any of its ``channels``')
+    with caching not turned off. Only Claude models have 1-hour entries."""
+    if not (info.provider == "anthropic" or
+            (info.wire_name or info.name).lower().startswith("claude")):
+        return False
+    marks = [request.cache_control, *(m.cache_control for m in request.messages),
+             *(t.cache_control for t in request.tools)]
+    if any(c is not None and c.ttl == "1h" for c in marks):
+        return True
+    meta = request.metadata
+    if meta.get("cache") == "off" or info.cache == "off" or \
+            (channels and all(ch.cache == "off" for ch in channels)):
+        return False
+    if "cache_ttl" in meta:
+        return meta.get("cache_ttl") == "1h"
+    if info.cache_ttl is not None:
+        return info.cache_ttl == "1h"
+    return any(ch.cache_ttl == "1h" for ch in channels)
 
 
 class Reservation:
@@ -56,6 +91,9 @@ class Reservation:
         for b in self._budgets:
             b.reserved_tokens -= self.tokens
             b.reserved_usd -= self.usd
+            b.in_flight -= 1
+            if b.in_flight == 0:  # nothing held: no float residue left behind
+                b.reserved_usd = 0.0
             b.spent_tokens += tokens
             b.spent_usd += usd
 
@@ -90,6 +128,7 @@ class Budget:
         self.spent_usd = 0.0
         self.reserved_tokens = 0
         self.reserved_usd = 0.0
+        self.in_flight = 0  # open reservations
         chain: list[Budget] = []
         node: Budget | None = self
         while node is not None:
@@ -142,6 +181,7 @@ class Budget:
         for b in self._chain:
             b.reserved_tokens += tokens
             b.reserved_usd += usd
+            b.in_flight += 1
         return Reservation(self._chain, tokens, usd)
 
     def charge(self, tokens: int, usd: float) -> None:

@@ -20,13 +20,19 @@ from shoal.agents.agent import Agent
 from shoal.agents.client import ModelClient, default_model_of
 from shoal.agents.context import trim_messages
 from shoal.agents.endings import unusable
-from shoal.agents.guards import Budget, LoopDetector, Reservation, estimate_cost
+from shoal.agents.guards import (
+    Budget,
+    LoopDetector,
+    Reservation,
+    estimate_cost,
+    may_write_1h,
+)
 from shoal.agents.output import OutputParseError
 from shoal.agents.recorder import NullRecorder, RunRecorder
 from shoal.agents.run_context import RunContext
 from shoal.agents.tools import ToolOutcome
 from shoal.clock import Clock, RealClock
-from shoal.config import ModelInfo
+from shoal.config import ChannelConfig, Config, ModelInfo
 from shoal.errors import (
     BadRequest,
     BudgetExceeded,
@@ -56,6 +62,15 @@ SUMMARIZE_INSTRUCTIONS = (
 )
 # A retired model (the provider answers 404 from its day) moves the agent on as well.
 _FALLBACK_ON = (ProviderError, CircuitOpen, DeadlineExceeded, ModelRetired)
+
+
+def _channels(client: ModelClient, info: ModelInfo) -> list[ChannelConfig]:
+    """The channels that may serve ``info`` when the client is a Router (their cache
+    settings decide whether a call may write 1-hour cache entries); none otherwise."""
+    config = getattr(client, "config", None)
+    if not isinstance(config, Config):
+        return []
+    return [config.channels[c] for c in info.channels if c in config.channels]
 
 
 def new_run_id() -> str:
@@ -417,7 +432,10 @@ class _Loop(Generic[T]):
             reservation = None
             if budget is not None:
                 estimate = client.estimate_tokens(request)
-                usd = estimate_cost(self.model_info(model), estimate, request.max_tokens)
+                info = self.model_info(model)
+                usd = estimate_cost(info, estimate, request.max_tokens,
+                                    one_hour_cache=may_write_1h(request, info,
+                                                                _channels(client, info)))
                 try:
                     reservation = budget.reserve(
                         estimate, usd, what=f"agent {agent.name!r} turn {turn} on {model}")

@@ -47,10 +47,16 @@ _SIGNATURE_DELTA = b'"delta":{"type":"signature_delta","signature":'
 
 
 def usage_json(u: Usage) -> dict[str, Any]:
+    """Anthropic's usage block: ``input_tokens`` without the cache reads and writes, and
+    the writes split by TTL (``cache_creation``), as Anthropic sends it: a 1-hour write
+    costs 2× input, a 5-minute one 1.25×, so a caller pricing the answer needs the split."""
     fresh = max(0, u.input_tokens - u.cached_input_tokens - u.cache_write_tokens)
+    one_hour = min(u.cache_write_1h_tokens, u.cache_write_tokens)
     return {"input_tokens": fresh, "output_tokens": u.output_tokens,
             "cache_read_input_tokens": u.cached_input_tokens,
-            "cache_creation_input_tokens": u.cache_write_tokens}
+            "cache_creation_input_tokens": u.cache_write_tokens,
+            "cache_creation": {"ephemeral_5m_input_tokens": u.cache_write_tokens - one_hour,
+                               "ephemeral_1h_input_tokens": one_hour}}
 
 
 def stop_reason(response: ChatResponse) -> str:

@@ -69,7 +69,7 @@ def usage_of(raw: Any) -> Usage | None:
         hit = _count(raw.get("prompt_cache_hit_tokens"))  # DeepSeek
         cached = hit or _count(raw.get("cached_content_token_count")
                                or raw.get("cachedContentTokenCount"))  # Gemini, native names
-        if not prompt and hit:
+        if not prompt:  # hit + miss = prompt (a miss-only prompt is billed too)
             prompt = hit + _count(raw.get("prompt_cache_miss_tokens"))
     cached = min(cached, prompt) if prompt else cached
     cdetails = raw.get("completion_tokens_details") or {}
