@@ -181,7 +181,7 @@ def show(
     from shoal.cli.loop import run as run_loop
     from shoal.flows.resume import plan
 
-    _require_store(store)
+    _require_store(store, run_id)
     if html_out is not None:
         _write_html(run_id, store, html_out)
         return
@@ -254,10 +254,11 @@ def _no_store(url: str | None) -> str | None:
     return f"no store at {missing}: nothing was journaled there ({where})"
 
 
-def _require_store(url: str | None) -> None:
+def _require_store(url: str | None, *run_ids: str) -> None:
     why = _no_store(url)
     if why is not None:
-        raise _fail(ConfigError(why))
+        asked = f"no run {', '.join(map(repr, run_ids))}: " if run_ids else ""
+        raise _fail(ConfigError(asked + why))
 
 
 def _default_url() -> str:
@@ -331,7 +332,7 @@ def delete(
     from shoal.cli.loop import run as run_loop
     from shoal.stores import shown_url
 
-    _require_store(store)
+    _require_store(store, *run_ids)
     try:
         missing = run_loop(_delete(store, run_ids))
     except ShoalError as exc:
@@ -426,7 +427,7 @@ def resume(
     from shoal.cli.loop import run as run_loop
 
     console = Console()
-    _require_store(store)
+    _require_store(store, run_id)
     try:
         summary = run_loop(_resume(run_id, store, target=target, config=config, sim=sim,
                                    allow_changed=allow_changed, console=console,
