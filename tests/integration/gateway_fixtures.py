@@ -30,7 +30,7 @@ from shoal.gateway.keys_api import (
 )
 from shoal.gateway.server import GatewayServer
 from shoal.gateway.settings import GatewaySettings
-from shoal.sim import SimServer
+from shoal.sim import SimConfig, SimServer
 from shoal.traffic.retry import Backoff, RetryPolicy
 from shoal.traffic.router import Router
 from shoal.types import Usage
@@ -93,6 +93,24 @@ async def recording(sim: SimServer) -> AsyncIterator[Recorder]:
             yield rec
     finally:
         await session.close()
+
+
+# A weather tool in both protocols' shapes (the translation audit's tests).
+WEATHER_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"city": {"type": "string"}},
+                                  "required": ["city"]}
+WEATHER_TOOLS_OA: list[Any] = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city", "parameters": WEATHER_SCHEMA}}]
+WEATHER_TOOLS_AN: list[Any] = [{"name": "get_weather", "description": "Weather for a city",
+                                "input_schema": WEATHER_SCHEMA}]
+
+
+@asynccontextmanager
+async def recorded_gateway(sim_cfg: SimConfig | None = None
+                           ) -> AsyncIterator[tuple[SimServer, Recorder, GatewayServer]]:
+    """A simulator, a :class:`Recorder` in front of it and the gateway over that."""
+    async with SimServer(sim_cfg or SimConfig()) as sim, recording(sim) as rec, \
+            gateway(sim_config(rec)) as gw:
+        yield sim, rec, gw
 
 
 @asynccontextmanager

@@ -18,12 +18,12 @@ import pytest
 from gateway_fixtures import (
     ANTHROPIC_MODEL,
     OPENAI_MODEL,
+    WEATHER_TOOLS_AN,
+    WEATHER_TOOLS_OA,
     Recorder,
     anthropic_client,
-    gateway,
     openai_client,
-    recording,
-    sim_config,
+    recorded_gateway,
 )
 from pydantic import BaseModel
 
@@ -31,28 +31,20 @@ from shoal.gateway.server import GatewayServer
 from shoal.sim import ModelProfile, SimConfig, SimServer
 
 ASK: list[Any] = [{"role": "user", "content": "What is the weather in Paris and in Rome?"}]
-SCHEMA: dict[str, Any] = {"type": "object", "properties": {"city": {"type": "string"}},
-                          "required": ["city"]}
-TOOLS_OA: list[Any] = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city", "parameters": SCHEMA}}]
-TOOLS_AN: list[Any] = [{"name": "get_weather", "description": "Weather for a city",
-                        "input_schema": SCHEMA}]
 Stack = tuple[SimServer, Recorder, GatewayServer]
 
 
 @pytest.fixture
 async def two_calls() -> AsyncIterator[Stack]:
     """Every tool-calling turn makes two parallel calls."""
-    async with SimServer(SimConfig(models={"*": ModelProfile(tool_calls=2)})) as sim, \
-            recording(sim) as rec, gateway(sim_config(rec)) as gw:
-        yield sim, rec, gw
+    async with recorded_gateway(SimConfig(models={"*": ModelProfile(tool_calls=2)})) as parts:
+        yield parts
 
 
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
-    async with SimServer(SimConfig()) as sim, recording(sim) as rec, \
-            gateway(sim_config(rec)) as gw:
-        yield sim, rec, gw
+    async with recorded_gateway() as parts:
+        yield parts
 
 
 # -- parallel tool calls, streamed event by event ------------------------------------------
@@ -62,11 +54,11 @@ async def test_anthropic_sdk_gets_two_parallel_calls_of_an_openai_model_block_by
     _, _, gw = two_calls
     async with anthropic_client(gw) as client:
         stream = await client.messages.create(model=OPENAI_MODEL, max_tokens=300,
-                                              messages=ASK, tools=TOOLS_AN,
+                                              messages=ASK, tools=WEATHER_TOOLS_AN,
                                               tool_choice={"type": "any"}, stream=True)
         events = [e async for e in stream]
         whole = await client.messages.create(model=OPENAI_MODEL, max_tokens=300, messages=ASK,
-                                             tools=TOOLS_AN, tool_choice={"type": "any"})
+                                             tools=WEATHER_TOOLS_AN, tool_choice={"type": "any"})
     kinds = [e.type for e in events]
     assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
     starts = [e for e in events if e.type == "content_block_start"]
@@ -92,11 +84,11 @@ async def test_openai_sdk_gets_two_parallel_calls_of_an_anthropic_model_chunk_by
     _, _, gw = two_calls
     async with openai_client(gw) as client:
         stream = await client.chat.completions.create(
-            model=ANTHROPIC_MODEL, messages=ASK, tools=TOOLS_OA, tool_choice="required",
+            model=ANTHROPIC_MODEL, messages=ASK, tools=WEATHER_TOOLS_OA, tool_choice="required",
             stream=True, stream_options={"include_usage": True})
         chunks = [c async for c in stream]
         whole = await client.chat.completions.create(model=ANTHROPIC_MODEL, messages=ASK,
-                                                     tools=TOOLS_OA, tool_choice="required")
+                                                     tools=WEATHER_TOOLS_OA, tool_choice="required")
     assert len({c.id for c in chunks}) == 1  # one id for the whole stream
     fragments = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
     assert [f.index for f in fragments if f.id] == [0, 1]  # each call opens once, in order
@@ -143,7 +135,7 @@ async def test_anthropic_tool_results_reach_an_openai_model_as_tool_messages(
             {"type": "text", "text": "Summarize."}]}]
     async with anthropic_client(gw) as client:
         answer = await client.messages.create(model=OPENAI_MODEL, max_tokens=100,
-                                              messages=turn, tools=TOOLS_AN)
+                                              messages=turn, tools=WEATHER_TOOLS_AN)
     assert answer.stop_reason in ("end_turn", "tool_use")
     sent = rec.bodies[-1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool", "user"]
@@ -174,7 +166,7 @@ async def test_openai_tool_messages_reach_an_anthropic_model_as_one_user_turn(
          "content": [{"type": "text", "text": "rain"}, {"type": "text", "text": "12 C"}]}]
     async with openai_client(gw) as client:
         answer = await client.chat.completions.create(model=ANTHROPIC_MODEL, messages=turn,
-                                                      tools=TOOLS_OA)
+                                                      tools=WEATHER_TOOLS_OA)
     assert answer.choices[0].finish_reason == "stop" and answer.choices[0].message.content
     sent = rec.bodies[-1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]  # alternating
@@ -273,7 +265,7 @@ async def test_anthropic_tool_choice_reaches_an_openai_model(
     _, rec, gw = stack
     async with anthropic_client(gw) as client:
         answer = await client.messages.create(model=OPENAI_MODEL, max_tokens=100, messages=ASK,
-                                              tools=TOOLS_AN, tool_choice=choice)
+                                              tools=WEATHER_TOOLS_AN, tool_choice=choice)
     assert rec.bodies[-1]["tool_choice"] == upstream
     called = any(b.type == "tool_use" for b in answer.content)
     assert called == (choice["type"] != "none")
@@ -287,7 +279,7 @@ async def test_openai_tool_choice_reaches_an_anthropic_model(
     _, rec, gw = stack
     async with openai_client(gw) as client:
         answer = await client.chat.completions.create(model=ANTHROPIC_MODEL, messages=ASK,
-                                                      tools=TOOLS_OA, tool_choice=choice)
+                                                      tools=WEATHER_TOOLS_OA, tool_choice=choice)
     assert rec.bodies[-1]["tool_choice"] == upstream
     called = bool(answer.choices[0].message.tool_calls)
     assert called == (choice != "none")

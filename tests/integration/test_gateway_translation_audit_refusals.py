@@ -14,33 +14,26 @@ import pytest
 from gateway_fixtures import (
     ANTHROPIC_MODEL,
     OPENAI_MODEL,
+    WEATHER_TOOLS_AN,
+    WEATHER_TOOLS_OA,
     Recorder,
     anthropic_client,
-    gateway,
     openai_client,
-    recording,
-    sim_config,
+    recorded_gateway,
 )
 
 from shoal.gateway.server import GatewayServer
-from shoal.sim import SimConfig, SimServer
+from shoal.sim import SimServer
 
 ASK: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
-SCHEMA: dict[str, Any] = {"type": "object", "properties": {"city": {"type": "string"}},
-                          "required": ["city"]}
-TOOLS_OA: list[Any] = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city", "parameters": SCHEMA}}]
-TOOLS_AN: list[Any] = [{"name": "get_weather", "description": "Weather for a city",
-                        "input_schema": SCHEMA}]
 THINK: Any = {"type": "enabled", "budget_tokens": 1024}
 Stack = tuple[SimServer, Recorder, GatewayServer]
 
 
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
-    async with SimServer(SimConfig()) as sim, recording(sim) as rec, \
-            gateway(sim_config(rec)) as gw:
-        yield sim, rec, gw
+    async with recorded_gateway() as parts:
+        yield parts
 
 
 # Each: (model, the request's fields, words the message must hold).
@@ -51,7 +44,8 @@ OPENAI_REFUSED: list[tuple[str, str, dict[str, Any], str]] = [
     ("top_p 1.5", ANTHROPIC_MODEL, {"top_p": 1.5}, "top_p"),
     ("logprobs to Anthropic", ANTHROPIC_MODEL, {"logprobs": True}, "logprobs"),
     ("reasoning with a forced tool on Anthropic", ANTHROPIC_MODEL,
-     {"reasoning_effort": "high", "tools": TOOLS_OA, "tool_choice": "required"}, "tool_choice"),
+     {"reasoning_effort": "high", "tools": WEATHER_TOOLS_OA, "tool_choice": "required"},
+     "tool_choice"),
     ("reasoning with a temperature on Anthropic", ANTHROPIC_MODEL,
      {"reasoning_effort": "low", "temperature": 0.2}, "temperature"),
     ("reasoning in too few tokens on Anthropic", ANTHROPIC_MODEL,
@@ -84,7 +78,8 @@ ANTHROPIC_REFUSED: list[tuple[str, str, dict[str, Any], str]] = [
     ("thinking budget over max_tokens", ANTHROPIC_MODEL,
      {"thinking": THINK, "max_tokens": 1024}, "max_tokens"),
     ("thinking with a forced tool", ANTHROPIC_MODEL,
-     {"thinking": THINK, "tools": TOOLS_AN, "tool_choice": {"type": "any"}}, "tool_choice"),
+     {"thinking": THINK, "tools": WEATHER_TOOLS_AN, "tool_choice": {"type": "any"}},
+     "tool_choice"),
     ("thinking to a model that does not reason", OPENAI_MODEL, {"thinking": THINK},
      "does not reason"),
     ("five stop sequences to OpenAI (it takes 4)", OPENAI_MODEL,
