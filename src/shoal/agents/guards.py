@@ -28,6 +28,7 @@ from typing import Literal
 
 from shoal.config import ChannelConfig, ModelInfo
 from shoal.errors import BudgetExceeded, ConfigError
+from shoal.providers.caching import asks_1h_cache
 from shoal.types import ChatRequest, ChatResponse, Usage
 
 __all__ = ["Budget", "LoopDetector", "LoopPolicy", "Reservation", "estimate_cost",
@@ -57,9 +58,7 @@ def may_write_1h(request: ChatRequest, info: ModelInfo,
     if not (info.provider == "anthropic" or
             (info.wire_name or info.name).lower().startswith("claude")):
         return False
-    marks = [request.cache_control, *(m.cache_control for m in request.messages),
-             *(t.cache_control for t in request.tools)]
-    if any(c is not None and c.ttl == "1h" for c in marks):
+    if asks_1h_cache(request):
         return True
     meta = request.metadata
     if meta.get("cache") == "off" or info.cache == "off" or \

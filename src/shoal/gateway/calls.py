@@ -24,6 +24,7 @@ from shoal.errors import ConfigError, RunError
 from shoal.gateway.errors import BadInput, Failure
 from shoal.gateway.keys_api import KeyModelDenied
 from shoal.gateway.metrics import GatewayMetrics
+from shoal.providers.caching import asks_1h_cache
 from shoal.providers.profiles import profile_for
 from shoal.secrets import redact
 from shoal.tokens import (
@@ -144,16 +145,6 @@ class _Plan:
     no_logprobs: tuple[str, ...]  # the chain's channels that return no log probabilities
 
 
-def _asks_1h_cache(request: ChatRequest) -> bool:
-    if request.cache_control is not None and request.cache_control.ttl == "1h":
-        return True
-    for m in request.messages:
-        if m.cache_control is not None and m.cache_control.ttl == "1h":
-            return True
-    return any(t.cache_control is not None and t.cache_control.ttl == "1h"
-               for t in request.tools)
-
-
 class Gateway:
     """The Router, the keys and the settings of one gateway process."""
 
@@ -249,7 +240,7 @@ class Gateway:
                 prompt = counted = await _count(request, info)
         validate_request(request, info, prompt_tokens=prompt)  # BadRequest: a 400
         worst_tokens, worst_usd = 0, 0.0
-        hour = _asks_1h_cache(request)
+        hour = asks_1h_cache(request)
         for m in chain:
             out = request.max_tokens or default_output_tokens(m)
             worst_tokens = max(worst_tokens, prompt + out)

@@ -50,6 +50,7 @@ __all__ = [
     "Turn",
     "WarmGate",
     "anthropic_min_tokens",
+    "asks_1h_cache",
     "enter_gate",
     "estimate_tokens",
     "gate_key",
@@ -65,6 +66,14 @@ CacheMode = Literal["auto", "off"]
 CacheTTL = Literal["5m", "1h"]
 MAX_BREAKPOINTS = 4
 _TTL_S = {"5m": 300.0, "1h": 3600.0}
+
+
+def asks_1h_cache(request: ChatRequest) -> bool:
+    """Whether the caller placed a 1-hour cache breakpoint (on the request, a message or
+    a tool): writes there are billed at the 1-hour price (Anthropic: 2× input)."""
+    marks = (request.cache_control, *(m.cache_control for m in request.messages),
+             *(t.cache_control for t in request.tools))
+    return any(c is not None and c.ttl == "1h" for c in marks)
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 # Minimum cacheable prefix per Claude family (Anthropic's prompt-caching docs, as
