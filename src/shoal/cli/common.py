@@ -22,7 +22,7 @@ from shoal.errors import ConfigError, RunNotFound, ShoalError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from shoal.config import Config
+    from shoal.config import ChannelConfig, Config
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "check_model", "check_models", "exit_code",
            "fail", "plain"]
@@ -97,13 +97,13 @@ def _chain(config: Config, model: str) -> list[str]:
     return [info.name, *info.fallbacks]
 
 
-def _lanes(config: Config, model: str) -> list[Any]:
+def _lanes(config: Config, model: str) -> list[ChannelConfig]:
     return [ch for m in _chain(config, model) for ch in config.channels_for(m)]
 
 
 def _reachable(config: Config, model: str) -> bool:
-    """Some channel of ``model`` or of its configured fallbacks has its key."""
-    return any(ch.has_key() for ch in _lanes(config, model))
+    """``model`` or one of its configured fallbacks has a channel with its key."""
+    return any(config.usable(m) for m in _chain(config, model))
 
 
 def check_model(config: Config, model: str, where: str) -> None:
