@@ -127,9 +127,13 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
 
 
 def sim_config(sim: Upstream, *, channel: dict[str, Any] | None = None,
-               upstream_key: str = UPSTREAM_KEY) -> Config:
+               upstream_key: str = UPSTREAM_KEY,
+               models: dict[str, dict[str, Any]] | None = None) -> Config:
+    """``channel``: settings added to both channels; ``models``: settings added to (or
+    replacing those of) each named model."""
     extra = channel or {}
-    return Config.from_dict({
+    more = models or {}
+    config: dict[str, Any] = {
         "channels": {
             "oa": {"protocol": "openai", "base_url": sim.base_url("openai"),
                    "api_key": upstream_key, "provider": "openai", **extra},
@@ -143,7 +147,10 @@ def sim_config(sim: Upstream, *, channel: dict[str, Any] | None = None,
             ANTHROPIC_MODEL: {"channels": ["an"], "wire_name": "claude-sonnet-4-20250514",
                               "input": 3.0, "output": 15.0, "fallbacks": []},
         },
-    })
+    }
+    for name, settings in more.items():
+        config["models"][name] = {**config["models"][name], **settings}
+    return Config.from_dict(config)
 
 
 @asynccontextmanager

@@ -101,3 +101,28 @@ async def test_admin_routes(keys: StoreKeys) -> None:
         assert resp.status == 404
     finally:
         await client.close()
+
+
+async def test_a_limit_past_64_bits_is_the_callers_400_not_a_store_outage(
+        keys: StoreKeys) -> None:
+    """An rpm, tpm or concurrency no BIGINT column holds is refused as bad input (400,
+    naming the field), on create and on update; it used to reach the store, whose
+    driver's OverflowError came back as a 503 'key store unavailable'."""
+    client = await _client(keys, {"SHOAL_ADMIN_KEY": ADMIN})
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        for field in ("rpm", "tpm", "concurrency"):
+            resp = await client.post("/admin/keys", headers=auth,
+                                     json={"name": f"big-{field}", field: 10**30})
+            body = await resp.json()
+            assert resp.status == 400, body
+            assert body["error"]["message"].startswith(f"{field} must be at most ")
+        resp = await client.post("/admin/keys", headers=auth, json={"name": "team-a"})
+        assert resp.status == 201
+        resp = await client.patch("/admin/keys/team-a", headers=auth, json={"rpm": 2**63})
+        assert resp.status == 400, await resp.text()
+        resp = await client.patch("/admin/keys/team-a", headers=auth, json={"rpm": 2**63 - 1})
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["rpm"] == 2**63 - 1
+    finally:
+        await client.close()

@@ -207,7 +207,9 @@ async def test_sigterm_drains_an_in_flight_stream(tmp_path: Path) -> None:
     assert spent.requests == 1 and spent.output_tokens == 30 and spent.usd > 0
 
 
-async def test_workers_share_the_port(tmp_path: Path) -> None:
+@pytest.mark.redis
+async def test_workers_share_the_port(tmp_path: Path, redis_url: str) -> None:
+    """Two workers (with the redis_url several workers need) on one port."""
     import socket
 
     with socket.socket() as s:
@@ -216,6 +218,7 @@ async def test_workers_share_the_port(tmp_path: Path) -> None:
     async with SimServer(SimConfig()) as sim:
         config = tmp_path / "shoal.toml"
         config.write_text(
+            f'redis_url = "{redis_url}"\n\n'
             f'[channels.oa]\nprotocol = "openai"\nbase_url = "{sim.base_url("openai")}"\n'
             f'api_key = "sk-sim"\nprovider = "openai"\n\n[models.gpt-test]\nchannels = ["oa"]\n'
             f'wire_name = "gpt-4o-mini"\n\n[gateway]\nworkers = 2\nport = {port}\n'

@@ -1,10 +1,12 @@
 """Failures as each official SDK sees them, across protocols: its own error class for
 every status (RateLimitError with retry-after, InternalServerError, Anthropic's
-OverloadedError for 529), and a stream broken after its first byte ending with the
-protocol's error event — carrying the upstream's error type — never a clean end."""
+OverloadedError for 529, OpenAI's 503 for the same overload), and a stream broken after
+its first byte ending with the protocol's error event — carrying the upstream's error
+type — never a clean end."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,8 +59,8 @@ async def test_rate_limits_are_each_sdks_rate_limit_error_with_retry_after(
 async def test_server_errors_and_overload_are_the_sdks_status_errors(
         stack: tuple[SimServer, GatewayServer], model: str, stream: bool) -> None:
     """An upstream 500 that outlasts the Router's retries is a 502 (the SDKs'
-    InternalServerError); 529 overloaded is Anthropic's OverloadedError, and a 5xx
-    status error to the OpenAI SDK — streamed requests too, failing before a byte."""
+    InternalServerError); 529 overloaded is Anthropic's OverloadedError, and OpenAI's
+    503 to the OpenAI SDK — streamed requests too, failing before a byte."""
     sim, gw = stack
     async with openai_client(gw) as oa, anthropic_client(gw) as an:
         sim.script(["500"] * 3)
@@ -73,7 +75,49 @@ async def test_server_errors_and_overload_are_the_sdks_status_errors(
     assert o500.value.status_code == 502
     assert a529.value.status_code == 529
     assert a529.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
-    assert o529.value.status_code >= 500
+    assert o529.value.status_code == 503
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_overload_is_openais_503_and_anthropics_529_with_retry_after(
+        stack: tuple[SimServer, GatewayServer], model: str, stream: bool) -> None:
+    """Providers said overloaded on every attempt the Router made: the OpenAI caller
+    gets what OpenAI answers for an overload (503, ``service_unavailable_error``, code
+    ``server_is_overloaded``; 529 is Anthropic's status alone), the Anthropic caller 529
+    ``overloaded_error``; both with retry-after, as the gateway's rate limits."""
+    sim, gw = stack
+    async with openai_client(gw) as oa, anthropic_client(gw) as an:
+        sim.script(["529"] * 3)
+        with pytest.raises(openai.InternalServerError) as oinfo:
+            await _openai_call(oa, model, stream)
+        sim.script(["529"] * 3)
+        with pytest.raises(anthropic.OverloadedError) as ainfo:
+            await _anthropic_call(an, model, stream)
+    assert oinfo.value.status_code == 503
+    assert oinfo.value.type == "service_unavailable_error"
+    assert oinfo.value.code == "server_is_overloaded" and oinfo.value.param is None
+    assert ainfo.value.status_code == 529
+    assert ainfo.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    for err in (oinfo.value, ainfo.value):
+        assert float(err.response.headers["retry-after"]) >= 1
+        assert float(err.response.headers["retry-after-ms"]) >= 1000
+
+
+async def test_the_openai_sdk_retries_an_overload_after_its_retry_after(
+        stack: tuple[SimServer, GatewayServer]) -> None:
+    """What the openai SDK does with the 503: retries it (as any status >= 500), after
+    the retry-after it names, and gets the answer."""
+    sim, gw = stack
+    sim.script(["529"] * 3)  # every attempt of the Router's three; the SDK's retry is ok
+    async with openai_client(gw) as oa:
+        started = time.monotonic()
+        raw = await oa.with_options(max_retries=1).chat.completions.with_raw_response.create(
+            model=OPENAI_MODEL, messages=ASK)
+        waited = time.monotonic() - started
+    assert raw.parse().choices[0].message.content
+    assert raw.retries_taken == 1
+    assert waited >= 0.9  # the gateway's retry-after: 1 s
 
 
 async def _openai_call(client: openai.AsyncOpenAI, model: str, stream: bool) -> None:

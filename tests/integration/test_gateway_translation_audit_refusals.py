@@ -67,6 +67,55 @@ async def test_openai_sdk_gets_a_400_before_any_upstream_request(
     assert says in info.value.message
     assert isinstance(info.value.body, dict) and info.value.body["type"] == \
         "invalid_request_error"
+    assert info.value.param  # the field at fault, as OpenAI names it
+    assert sim.stats().total_requests == 0
+
+
+LIST_SCHEMA: Any = {"type": "array", "items": {"type": "string"}}
+
+# Each: (model, the request's fields, the param OpenAI's envelope names).
+FIELD_REFUSED: list[tuple[str, str, dict[str, Any], str]] = [
+    ("a forced tool on Anthropic", ANTHROPIC_MODEL,
+     {"reasoning_effort": "high", "tools": WEATHER_TOOLS_OA, "tool_choice": "required"},
+     "tool_choice"),
+    ("a temperature on Anthropic", ANTHROPIC_MODEL,
+     {"reasoning_effort": "low", "temperature": 0.2}, "temperature"),
+    ("a temperature and a forced tool: the refusal's", ANTHROPIC_MODEL,
+     {"reasoning_effort": "low", "temperature": 0.2, "tools": WEATHER_TOOLS_OA,
+      "tool_choice": "required"}, "temperature"),
+    ("too few max_tokens on Anthropic", ANTHROPIC_MODEL,
+     {"reasoning_effort": "low", "max_tokens": 500}, "max_tokens"),
+    ("too few max_completion_tokens on Anthropic", ANTHROPIC_MODEL,
+     {"reasoning_effort": "low", "max_completion_tokens": 500}, "max_completion_tokens"),
+    ("a model that does not reason", OPENAI_MODEL, {"reasoning_effort": "high"},
+     "reasoning_effort"),
+    ("a tool whose parameters are not an object, to Anthropic", ANTHROPIC_MODEL,
+     {"tools": [*WEATHER_TOOLS_OA, {"type": "function", "function": {
+         "name": "tags", "parameters": LIST_SCHEMA}}]}, "tools[1].function.parameters"),
+    ("an output schema that is not an object, to Anthropic", ANTHROPIC_MODEL,
+     {"response_format": {"type": "json_schema", "json_schema": {
+         "name": "tags", "schema": LIST_SCHEMA}}}, "response_format.json_schema.schema"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(("case", "model", "fields", "param"), FIELD_REFUSED,
+                         ids=[c[0] for c in FIELD_REFUSED])
+async def test_a_refusal_names_the_field_at_fault(
+        stack: Stack, case: str, model: str, fields: dict[str, Any], param: str,
+        stream: bool) -> None:
+    """What the upstream would refuse — reasoning it cannot do, or a schema that is not
+    an object where Anthropic needs one — is a 400 before any upstream request, and its
+    ``param`` names the caller's field at fault (as OpenAI's own 400s do), not null:
+    the one to change, under the name the caller sent it."""
+    sim, _, gw = stack
+    async with openai_client(gw) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model=model, messages=ASK, stream=stream,
+                                                 **fields)
+    assert info.value.status_code == 400
+    assert info.value.param == param, info.value.message
+    assert info.value.type == "invalid_request_error"
     assert sim.stats().total_requests == 0
 
 

@@ -22,53 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from shoal.config import ChannelConfig, ModelInfo
 from shoal.errors import BudgetExceeded, ConfigError
-from shoal.providers.caching import asks_1h_cache
-from shoal.types import ChatRequest, ChatResponse, Usage
+from shoal.providers.caching import estimate_cost, may_write_1h
+from shoal.types import ChatResponse
 
 __all__ = ["Budget", "LoopDetector", "LoopPolicy", "Reservation", "estimate_cost",
            "may_write_1h"]
-
-
-def estimate_cost(info: ModelInfo, estimated_tokens: int, max_tokens: int | None, *,
-                  one_hour_cache: bool = False) -> float:
-    """Dollars a call may cost at most: the estimate split into prompt and ``max_tokens``,
-    the prompt at the dearest way the provider may bill it: fresh, or written to its cache
-    (Anthropic: 1.25× input, 2× for a 1-hour entry when ``one_hour_cache``; providers
-    without a write fee price writes at the input price, so nothing changes there)."""
-    out = min(max_tokens or 0, estimated_tokens)
-    prompt = estimated_tokens - out
-    fresh = info.cost(Usage(prompt, out))
-    written = info.cost(Usage(prompt, out, cache_write_tokens=prompt,
-                              cache_write_1h_tokens=prompt if one_hour_cache else 0))
-    return max(fresh, written)
-
-
-def may_write_1h(request: ChatRequest, info: ModelInfo,
-                 channels: Sequence[ChannelConfig] = ()) -> bool:
-    """Whether ``request`` may be billed 1-hour cache writes (2× input on Anthropic): a
-    1-hour ``cache_control`` placed by the caller, or a 1-hour ``cache_ttl`` that applies
-    to it (the request's metadata wins, then the model's, then any of its ``channels``')
-    with caching not turned off. Only Claude models have 1-hour entries."""
-    if not (info.provider == "anthropic" or
-            (info.wire_name or info.name).lower().startswith("claude")):
-        return False
-    if asks_1h_cache(request):
-        return True
-    meta = request.metadata
-    if meta.get("cache") == "off" or info.cache == "off" or \
-            (channels and all(ch.cache == "off" for ch in channels)):
-        return False
-    if "cache_ttl" in meta:
-        return meta.get("cache_ttl") == "1h"
-    if info.cache_ttl is not None:
-        return info.cache_ttl == "1h"
-    return any(ch.cache_ttl == "1h" for ch in channels)
 
 
 class Reservation:

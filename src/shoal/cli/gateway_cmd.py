@@ -27,7 +27,8 @@ def gateway(
     port: Annotated[int | None, typer.Option(
         help="Port (default 8080; 0 picks a free one, printed).")] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Processes sharing the port (SO_REUSEPORT), each with its own Router.")] = None,
+        help="Processes sharing the port (SO_REUSEPORT), each with its own Router; more "
+             "than 1 needs redis_url in shoal.toml (keys' limits shared).")] = None,
     store: Annotated[str | None, typer.Option(
         "--store", envvar="SHOAL_STORE",
         help="Where virtual keys live (as for `shoal keys`); none created: no keys, "

@@ -211,6 +211,10 @@ class AnthropicWire:
     def error_body(failure: Failure) -> bytes:
         return error_body(failure)
 
+    @staticmethod
+    def error_status(failure: Failure) -> int:
+        return failure.status  # 529 overloaded_error is Anthropic's own
+
 
 def models_body(names: list[tuple[str, str]]) -> bytes:
     """``GET /v1/models`` in Anthropic's shape (asked with an ``anthropic-version``)."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shoal.errors import ConfigError
 from shoal.fastjson import loads
 from shoal.gateway import anthropic_api, openai_api
 from shoal.gateway.access_log import AccessRecord
@@ -52,7 +53,7 @@ def _protocol_of(request: web.Request) -> Wire:
 
 
 def error_response(wire: Wire, failure: Failure) -> web.Response:
-    return web.Response(status=failure.status, body=wire.error_body(failure),
+    return web.Response(status=wire.error_status(failure), body=wire.error_body(failure),
                         content_type=_JSON, headers=failure.all_headers())
 
 
@@ -119,6 +120,11 @@ async def _chat(gw: Gateway, wire: Wire, request: web.Request,
         spend.answered(answer)
         return web.Response(body=wire.render(answer, parsed.request.model),
                             content_type=_JSON)
+    except ConfigError as exc:  # refused before any upstream request
+        bad = gw.refusal(exc, parsed, info)  # naming the field at fault
+        if bad is None:
+            raise
+        raise bad from exc
     finally:
         rec.input_tokens = spend.usage.input_tokens
         rec.output_tokens = spend.usage.output_tokens

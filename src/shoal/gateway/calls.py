@@ -24,7 +24,7 @@ from shoal.errors import ConfigError, RunError
 from shoal.gateway.errors import BadInput, Failure
 from shoal.gateway.keys_api import KeyModelDenied
 from shoal.gateway.metrics import GatewayMetrics
-from shoal.providers.caching import asks_1h_cache
+from shoal.providers.caching import estimate_cost, may_write_1h
 from shoal.providers.profiles import profile_for
 from shoal.secrets import redact
 from shoal.tokens import (
@@ -39,7 +39,7 @@ from shoal.validate import validate_request
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from shoal.config import ModelInfo
+    from shoal.config import ChannelConfig, ModelInfo
     from shoal.gateway.keys_api import KeyGrant, KeyService, VirtualKey
     from shoal.gateway.settings import GatewaySettings
     from shoal.gateway.translate_common import Parsed
@@ -71,6 +71,7 @@ class Wire(Protocol):
     def stream(self, model: str, prompt_tokens: Callable[[], int],
                include_usage: bool) -> Encoder: ...
     def error_body(self, failure: Failure) -> bytes: ...
+    def error_status(self, failure: Failure) -> int: ...
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -141,6 +142,7 @@ class Spend:
 class _Plan:
     info: ModelInfo
     chain: tuple[ModelInfo, ...]
+    channels: tuple[tuple[ChannelConfig, ...], ...]  # of each model of the chain
     protocols: frozenset[str]  # of every channel that may serve the chain
     no_logprobs: tuple[str, ...]  # the chain's channels that return no log probabilities
 
@@ -203,11 +205,12 @@ class Gateway:
                            "channels has an API key. GET /v1/models lists the models it "
                            "serves.", param="model", status=404, kind="not_found",
                            code="model_not_found")
-        channels = {ch.name: ch for m in chain for ch in config.channels_for(m)}.values()
+        per_model = tuple(tuple(config.channels_for(m)) for m in chain)
+        channels = {ch.name: ch for chs in per_model for ch in chs}.values()
         protocols = frozenset(ch.protocol for ch in channels)
         no_logprobs = tuple(f"{ch.name} ({ch.provider})" for ch in channels  # keyed: used
                             if ch.has_key() and not profile_for(ch.provider, ch.protocol).logprobs)
-        plan = self._plans[info.name] = _Plan(info, chain, protocols, no_logprobs)
+        plan = self._plans[info.name] = _Plan(info, chain, per_model, protocols, no_logprobs)
         return plan
 
     async def admit(self, parsed: Parsed, protocol: str, key: VirtualKey,
@@ -240,18 +243,30 @@ class Gateway:
                 prompt = counted = await _count(request, info)
         validate_request(request, info, prompt_tokens=prompt)  # BadRequest: a 400
         worst_tokens, worst_usd = 0, 0.0
-        hour = asks_1h_cache(request)
-        for m in chain:
+        for m, channels in zip(chain, plan.channels, strict=True):
             out = request.max_tokens or default_output_tokens(m)
             worst_tokens = max(worst_tokens, prompt + out)
             # The dearest way the prompt can be billed: fresh, or written to a cache
-            # (Anthropic writes cost 1.25× input, 2× for a 1-hour breakpoint).
-            worst_usd = max(worst_usd, m.cost(prompt, out), m.cost(Usage(
-                prompt, out, cache_write_tokens=prompt,
-                cache_write_1h_tokens=prompt if hour else 0)))
+            # (Anthropic writes cost 1.25× input, 2× for a 1-hour entry: asked for by a
+            # 1-hour cache_control, or by the model's or a channel's cache_ttl = "1h").
+            worst_usd = max(worst_usd, estimate_cost(
+                m, prompt + out, out, one_hour_cache=may_write_1h(request, m, channels)))
         grant = await self.keys.admit(key, model=info.name, tokens=worst_tokens,
                                       max_cost_usd=worst_usd)
         return Admitted(key, info, grant, request, counted)
+
+    def refusal(self, exc: ConfigError, parsed: Parsed, info: ModelInfo) -> BadInput | None:
+        """``exc``, raised before any upstream request, as the 400 naming the caller's
+        field at fault when it is a refusal of the request's thinking or of a schema
+        (:func:`~shoal.gateway.refusals.refused_field`); None when it is another."""
+        from shoal.gateway.refusals import refused_field
+
+        plan = self._plan(info)
+        channels = ((profile_for(ch.provider, ch.protocol), ch.wire_model(m))
+                    for m, chs in zip(plan.chain, plan.channels, strict=True) for ch in chs)
+        message = str(exc)
+        field = refused_field(message, parsed.request, channels)
+        return None if field is None else BadInput(message, param=parsed.param(field))
 
     # -- after the call -------------------------------------------------------------------
 

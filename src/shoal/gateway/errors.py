@@ -38,6 +38,7 @@ from shoal.errors import (
     StoreError,
     StreamInterrupted,
 )
+from shoal.gateway.key_limits import KeyRedisUnavailable
 from shoal.gateway.keys_api import (
     GatewayKeyError,
     KeyBudgetExceeded,
@@ -140,7 +141,12 @@ def _upstream_failure(exc: ProviderError) -> Failure:
             return Failure(413, "too_large", exc.message, code="request_too_large")
         return Failure(400, "invalid_request", exc.message, code=exc.code, param=exc.param)
     if isinstance(exc, Overloaded):
-        return Failure(529, "overloaded", message, retry_after_s=exc.retry_after)
+        # Anthropic's 529 overloaded_error; the OpenAI wire answers it as OpenAI does, a
+        # 503 with code server_is_overloaded (openai_api.error_status). Either way with
+        # retry-after, as a rate limit: the upstream's, else a second (the Router has
+        # already backed off and retried; the caller's SDK waits that long, not less).
+        return Failure(529, "overloaded", message, code="server_is_overloaded",
+                       retry_after_s=exc.retry_after if exc.retry_after is not None else 1.0)
     if isinstance(exc, RateLimited):
         return Failure(429, "rate_limit", message, code="rate_limit_exceeded",
                        retry_after_s=exc.retry_after if exc.retry_after is not None else 1.0)
@@ -177,7 +183,14 @@ def failure_of(exc: BaseException) -> Failure:
     if isinstance(exc, DeadlineExceeded):
         return Failure(504, "timeout", str(exc))
     if isinstance(exc, StoreError):  # the key store (or Redis) did not answer
-        return Failure(503, "unavailable", str(exc), retry_after_s=1.0)
+        # Its URL, host or driver's words are for the gateway's operator (its log), not
+        # for every caller (one without a valid key included).
+        log.error("virtual keys unavailable: %s", redact(str(exc)))
+        which = "Redis (the keys' shared limits)" if isinstance(exc, KeyRedisUnavailable) \
+            else "key store"
+        return Failure(503, "unavailable", f"the gateway's {which} did not answer; retry "
+                       "shortly (the gateway's operator has the details in its log)",
+                       retry_after_s=1.0)
     if isinstance(exc, ShoalError | RunError):
         return Failure(502, "api_error", str(exc))
     log.error("gateway bug: %s", redact("".join(traceback.format_exception(exc))))

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from shoal.errors import ConfigError
+from shoal.secrets import mask_url
 from shoal.stores.records import StoreError
 
 if TYPE_CHECKING:
@@ -147,10 +147,9 @@ class PostgresBackend(Backend):
             raise ConfigError(f"PostgreSQL schema name {schema!r} must be letters, digits and _")
         self._dsn, self.schema, self._max = dsn, schema, pool_max
         self.t = f'"{schema}".'
-        parts = urlsplit(dsn)
-        if parts.password:
-            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-        self.url = f"{urlunsplit(parts)} (schema {schema!r})"
+        # For display: every credential masked, the user part's password and a
+        # password=... parameter alike (mask_url).
+        self.url = f"{mask_url(dsn)} (schema {schema!r})"
         self._pool: asyncpg.Pool | None = None
         self._sql: dict[str, str] = {}
 

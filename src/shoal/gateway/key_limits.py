@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shoal.clock import Clock, RealClock
-from shoal.errors import ConfigError, RunError
+from shoal.errors import ConfigError, StoreUnavailable
 from shoal.gateway import key_scripts as lua
 from shoal.gateway.keys_api import KeyBudgetExceeded, KeyLimited, VirtualKey
 
@@ -37,9 +37,16 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["Ask", "KeyLimits", "LocalKeyLimits", "RedisKeyLimits", "refusal"]
+__all__ = ["Ask", "KeyLimits", "KeyRedisUnavailable", "LocalKeyLimits", "RedisKeyLimits",
+           "refusal"]
 
 _log = logging.getLogger("shoal.gateway.keys")
+
+
+class KeyRedisUnavailable(StoreUnavailable):
+    """Redis, which holds the keys' shared limits, did not answer: no call is admitted
+    (none goes upstream unaccounted); the gateway answers 503 with retry-after."""
+
 WINDOW_S = 60.0
 _EPS = 1e-9
 Seed = Callable[[], Awaitable[float]]
@@ -253,8 +260,9 @@ class RedisKeyLimits(KeyLimits):
         try:
             return await script(keys=keys, args=args)  # type: ignore[arg-type]
         except RedisError as exc:
-            raise RunError(f"virtual keys: Redis failed ({type(exc).__name__}: {exc}); check "
-                           "that the gateway's redis_url is reachable") from exc
+            raise KeyRedisUnavailable(
+                f"virtual keys: Redis failed ({type(exc).__name__}: {exc}); check that the "
+                "gateway's redis_url is reachable") from exc
 
     async def admit(self, key: VirtualKey, ask: Ask, seed: Seed) -> None:
         big = _too_big(key, ask)

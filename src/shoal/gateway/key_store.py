@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from shoal.errors import ConfigError, ShoalError, StoreError, StoreUnavailable
 from shoal.gateway.key_db import Backend, PostgresBackend, SQLiteBackend
 from shoal.gateway.keys_api import VirtualKey
+from shoal.secrets import register_url_secrets
 
 if TYPE_CHECKING:
     from shoal.types import Usage
@@ -175,6 +176,9 @@ class Spend:
                 "requests": self.requests}
 
 
+_MAX_LIMIT = 2**63 - 1
+
+
 def _check_limits(name: str, models: Sequence[str], budget_usd: float | None, period: str,
                   *, rpm: int | None, tpm: int | None, max_concurrency: int | None) -> None:
     if not _NAME.match(name):
@@ -187,6 +191,9 @@ def _check_limits(name: str, models: Sequence[str], budget_usd: float | None, pe
     for label, value in (("rpm", rpm), ("tpm", tpm), ("concurrency", max_concurrency)):
         if value is not None and value < 1:
             raise ConfigError(f"{label} must be >= 1 (or unset for no limit), got {value}")
+        if value is not None and value > _MAX_LIMIT:  # what a BIGINT column holds
+            raise ConfigError(f"{label} must be at most {_MAX_LIMIT} (or unset for no "
+                              f"limit), got {value}")
     for pattern in models:
         if not pattern or "," in pattern or pattern != pattern.strip():
             raise ConfigError(f"model pattern {pattern!r}: give comma-separated names or globs "
@@ -397,6 +404,7 @@ def open_key_store(url: str | None = None) -> KeyStore:
     url = url or DEFAULT_URL
     if "://" not in url:
         url = "sqlite:///" + url
+    register_url_secrets(url)  # masked by value from here on, whatever quotes the URL
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     params = dict(parse_qsl(parts.query, keep_blank_values=True))

@@ -34,7 +34,8 @@ _TYPES = {
     "invalid_request": "invalid_request_error", "authentication": "authentication_error",
     "permission": "permission_error", "not_found": "invalid_request_error",
     "too_large": "invalid_request_error", "rate_limit": "rate_limit_error",
-    "quota": "insufficient_quota", "api_error": "api_error", "overloaded": "api_error",
+    "quota": "insufficient_quota", "api_error": "api_error",
+    "overloaded": "service_unavailable_error",
     "timeout": "timeout", "unavailable": "api_error",
 }
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
@@ -141,6 +142,13 @@ def error_body(failure: Failure) -> bytes:
                              "param": failure.param, "code": failure.code}})
 
 
+def error_status(failure: Failure) -> int:
+    """The status OpenAI answers for ``failure``: an overload is its 503 (error-codes
+    guide: ``service_unavailable_error``, code ``server_is_overloaded``; the openai SDK
+    raises InternalServerError and retries it); 529 is Anthropic's status alone."""
+    return 503 if failure.status == 529 else failure.status
+
+
 def render(response: ChatResponse, model: str) -> bytes:
     refused = response.refusal is not None
     message: dict[str, Any] = {"role": "assistant",
@@ -188,6 +196,10 @@ class OpenAIWire:
     @staticmethod
     def error_body(failure: Failure) -> bytes:
         return error_body(failure)
+
+    @staticmethod
+    def error_status(failure: Failure) -> int:
+        return error_status(failure)
 
 
 def models_body(names: list[tuple[str, str]]) -> bytes:

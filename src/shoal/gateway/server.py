@@ -25,7 +25,7 @@ from shoal.gateway.app import build_app
 from shoal.gateway.calls import Gateway
 from shoal.gateway.keys_api import KeyService, OpenKeys
 from shoal.gateway.settings import GatewaySettings, is_loopback
-from shoal.gateway.worker_limits import keys_need_redis, split_channels, split_notice
+from shoal.gateway.worker_limits import split_channels, split_notice, workers_need_redis
 from shoal.gc_tune import freeze_built
 
 if TYPE_CHECKING:
@@ -131,15 +131,6 @@ async def open_keys(config: Config, store: str | None) -> KeyService:
     return WatchedKeys(url, redis=config.redis_url)
 
 
-async def _keyed(config: Config, store: str | None) -> int:
-    """1 when the gateway would serve virtual keys from ``store``, else 0."""
-    keys = await open_keys(config, store)
-    try:
-        return 1 if keys.required else 0
-    finally:
-        await keys.aclose()
-
-
 async def serve(config: Config, settings: GatewaySettings, *, store: str | None = None,
                 reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, print one ``listening on`` line first, then drain."""
@@ -203,8 +194,10 @@ def run(config: Config, settings: GatewaySettings, *, config_path: str | None = 
     if settings.workers == 1:
         run_loop(serve(config, settings, store=store))
         return
-    # Checked here, once, before any worker starts: limits that would multiply.
-    keys_need_redis(settings.workers, config.redis_url, run_loop(_keyed(config, store)))
+    # Checked here, once, before any worker starts: limits that would multiply. Per-key
+    # limits need Redis whether or not a key exists yet (keys created later are asked
+    # for without a restart); channel limits are split when not shared (split_notice).
+    workers_need_redis(settings.workers, config.redis_url)
     notice = split_notice(config, settings.workers)
     if notice is not None:
         print(notice, file=sys.stderr, flush=True)

@@ -8,7 +8,8 @@ lives in ``[channels.*]`` / ``[models.*]``; these are only the HTTP server's kno
     [gateway]
     host = "127.0.0.1"
     port = 8080
-    workers = 1                 # processes sharing the port (SO_REUSEPORT)
+    workers = 1                 # processes sharing the port (SO_REUSEPORT); more
+                                # than 1 needs the top-level redis_url
     max_body_bytes = 4194304    # larger request bodies get a 413
     drain_timeout_s = 30        # SIGTERM: finish in-flight calls and streams this long
     request_timeout_s = 600     # one call's deadline (the Router's deadline_s); unset:

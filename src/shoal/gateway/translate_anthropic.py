@@ -186,7 +186,7 @@ def _thinking(f: Fields) -> Thinking | None:
             raise BadInput("thinking.budget_tokens: must be a positive integer",
                            param="thinking.budget_tokens")
         return Thinking(budget_tokens=budget)
-    raise BadInput(f"thinking.type: expected enabled or disabled, got {kind!r}",
+    raise BadInput(f"thinking.type: expected enabled, adaptive or disabled, got {kind!r}",
                    param="thinking.type")
 
 
@@ -260,5 +260,12 @@ def parse_messages(body: Any) -> Parsed:
     """Raises :class:`BadInput` naming the first field that is wrong."""
     f, request = parse_messages_body(body, need_max_tokens=True)
     passthrough = {k: f.data[k] for k in PASSTHROUGH if f.data.get(k) is not None}
+    budget = request.thinking is not None and request.thinking.budget_tokens is not None
     return Parsed(request, stream=bool(f.boolean("stream")), include_usage=True,
-                  passthrough=passthrough)
+                  passthrough=passthrough, names=_NAMES_BUDGET if budget else _NAMES)
+
+
+# The fields of a Messages request that a refusal of a neutral field names (Parsed.names;
+# Anthropic's error envelope has no param, so they only keep the Failure exact).
+_NAMES = {"tools[]": "tools[{}].input_schema", "output_schema": "output_config.format.schema"}
+_NAMES_BUDGET = {**_NAMES, "thinking": "thinking.budget_tokens"}

@@ -18,13 +18,25 @@ class Parsed:
 
     ``passthrough`` holds protocol-only fields (``frequency_penalty``, ``top_k``, ...):
     sent as the request's ``extra`` only when every channel that may serve the model
-    speaks the caller's protocol (another protocol would refuse them).
+    speaks the caller's protocol (another protocol would refuse them). ``names``: the
+    caller's name of a neutral field where it differs (``thinking`` sent as
+    ``reasoning_effort``, ``max_tokens`` as ``max_completion_tokens``; ``tools[]``: the
+    path of a tool's schema, ``{}`` for its index), for the ``param`` of an error
+    about it.
     """
 
     request: ChatRequest
     stream: bool = False
     include_usage: bool = False
     passthrough: dict[str, Any] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def param(self, neutral: str) -> str:
+        """The caller's name of the neutral field ``neutral`` (``tools[2]``: that
+        tool's schema)."""
+        if neutral.startswith("tools[") and "tools[]" in self.names:
+            return self.names["tools[]"].format(neutral[6:-1])
+        return self.names.get(neutral, neutral)
 
 
 def type_name(value: Any) -> str:

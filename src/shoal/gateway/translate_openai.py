@@ -210,5 +210,12 @@ def parse_chat(body: Any) -> Parsed:
                        "or leave stream_options out", param="stream_options")
     include_usage = bool(options.boolean("include_usage")) if options is not None else False
     passthrough = {k: f.data[k] for k in PASSTHROUGH if f.data.get(k) is not None}
+    names = _NAMES if f.data.get("max_completion_tokens") is None else _NAMES_COMPLETION
     return Parsed(request, stream=stream, include_usage=include_usage,
-                  passthrough=passthrough)
+                  passthrough=passthrough, names=names)
+
+
+# The fields of an OpenAI request that a refusal of a neutral field names (Parsed.names).
+_NAMES = {"thinking": "reasoning_effort", "tools[]": "tools[{}].function.parameters",
+          "output_schema": "response_format.json_schema.schema"}
+_NAMES_COMPLETION = {**_NAMES, "max_tokens": "max_completion_tokens"}

@@ -13,9 +13,11 @@ connections, not calls, so one busy connection's worker may wait on its share wh
 another's sits idle. The gateway says so at start and names the fix.
 
 Per-key limits (rpm, tpm, concurrency, and budget reservations of calls in flight)
-live in the worker that admits the call unless Redis shares them; the gateway refuses
-to run several workers with virtual keys and no ``redis_url``
-(:func:`keys_need_redis`).
+live in the worker that admits the call unless Redis shares them, and they cannot be
+split like a channel's: a gateway started without keys turns them on when the first
+key is created (:class:`~shoal.gateway.keys_watch.WatchedKeys`), in each worker on its
+own. So several workers need ``redis_url`` whether or not keys exist at start
+(:func:`workers_need_redis`, checked before any worker starts).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from shoal.errors import ConfigError
 if TYPE_CHECKING:
     from shoal.config import ChannelConfig, Config
 
-__all__ = ["keys_need_redis", "share", "split_channels", "split_notice"]
+__all__ = ["share", "split_channels", "split_notice", "workers_need_redis"]
 
 _LIMITS = ("max_concurrency", "rpm", "tpm")
 
@@ -92,13 +94,17 @@ def split_notice(config: Config, workers: int) -> str | None:
             "workers, set redis_url and shared = true on these channels")
 
 
-def keys_need_redis(workers: int, redis_url: str | None, active_keys: int) -> None:
-    """Refuse several workers serving virtual keys without Redis: each worker would
-    enforce every key's rpm, tpm and concurrency on its own (N× the limit) and reserve
-    budget only for its own calls in flight."""
-    if workers > 1 and redis_url is None and active_keys:
+def workers_need_redis(workers: int, redis_url: str | None) -> None:
+    """Refuse several workers without Redis, keys or none: each worker would enforce
+    every virtual key's rpm, tpm and concurrency on its own (N× the limit) and reserve
+    budget only for its own calls in flight. Keys that exist at start are not the only
+    ones: a gateway started without any asks for one from the first ``shoal keys
+    create`` on, without a restart, and each worker would then count on its own."""
+    if workers > 1 and redis_url is None:
         raise ConfigError(
-            f"--workers {workers} with virtual keys needs redis_url in shoal.toml: without "
-            "it each worker enforces every key's rpm, tpm and concurrency on its own "
-            f"({workers}× the limit) and reserves budget only for its own calls. Set "
-            "redis_url (docs/gateway_keys.md), or run one worker")
+            f"--workers {workers} needs redis_url in shoal.toml: without Redis each of the "
+            f"{workers} worker processes enforces every virtual key's rpm, tpm and "
+            f"concurrency on its own ({workers}× the limit) and reserves budget only for its "
+            "own calls, also for keys created while the gateway runs. Set redis_url = "
+            '"redis://HOST:6379/0" at the top of shoal.toml (docs/gateway.md, Replicas), '
+            "or run --workers 1")

@@ -34,9 +34,10 @@ import dataclasses
 import hashlib
 import json
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from shoal.types import ChatRequest
+from shoal.types import ChatRequest, Usage
 
 if TYPE_CHECKING:
     from shoal.clock import Clock
@@ -52,8 +53,10 @@ __all__ = [
     "anthropic_min_tokens",
     "asks_1h_cache",
     "enter_gate",
+    "estimate_cost",
     "estimate_tokens",
     "gate_key",
+    "may_write_1h",
     "openai_prefix_key",
     "plan_anthropic",
     "plan_openai",
@@ -410,3 +413,41 @@ async def enter_gate(owner: object, clock: Clock, gate: tuple[str, CacheTTL] | N
         warm = _GATES[owner] = WarmGate(clock)
     return await warm.enter(*gate)
 
+
+# -- what a call may cost (budgets and key admission reserve this) ---------------------
+
+
+def estimate_cost(info: ModelInfo, estimated_tokens: int, max_tokens: int | None, *,
+                  one_hour_cache: bool = False) -> float:
+    """Dollars a call may cost at most: the estimate split into prompt and ``max_tokens``,
+    the prompt at the dearest way the provider may bill it: fresh, or written to its cache
+    (Anthropic: 1.25× input, 2× for a 1-hour entry when ``one_hour_cache``; providers
+    without a write fee price writes at the input price, so nothing changes there)."""
+    out = min(max_tokens or 0, estimated_tokens)
+    prompt = estimated_tokens - out
+    fresh = info.cost(Usage(prompt, out))
+    written = info.cost(Usage(prompt, out, cache_write_tokens=prompt,
+                              cache_write_1h_tokens=prompt if one_hour_cache else 0))
+    return max(fresh, written)
+
+
+def may_write_1h(request: ChatRequest, info: ModelInfo,
+                 channels: Sequence[ChannelConfig] = ()) -> bool:
+    """Whether ``request`` may be billed 1-hour cache writes (2× input on Anthropic): a
+    1-hour ``cache_control`` placed by the caller, or a 1-hour ``cache_ttl`` that applies
+    to it (the request's metadata wins, then the model's, then any of its ``channels``')
+    with caching not turned off. Only Claude models have 1-hour entries."""
+    if not (info.provider == "anthropic" or
+            (info.wire_name or info.name).lower().startswith("claude")):
+        return False
+    if asks_1h_cache(request):
+        return True
+    meta = request.metadata
+    if meta.get("cache") == "off" or info.cache == "off" or \
+            (channels and all(ch.cache == "off" for ch in channels)):
+        return False
+    if "cache_ttl" in meta:
+        return meta.get("cache_ttl") == "1h"
+    if info.cache_ttl is not None:
+        return info.cache_ttl == "1h"
+    return any(ch.cache_ttl == "1h" for ch in channels)
