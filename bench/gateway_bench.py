@@ -86,8 +86,12 @@ def start_shoal(ctx: Ctx, mock_port: int, *, keyed: bool = False) -> gl.Server:
             [os.path.join(BIN, "shoal"), "keys", "create", "--name", "bench", "--store", store],
             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
     cfg = os.path.join(ctx.tmp, f"shoal-{mock_port}.toml")
+    # Several workers share per-key limits through Redis (shoal gateway refuses them
+    # without it): SHOAL_BENCH_REDIS, else the local one.
+    redis = (f'redis_url = "{os.environ.get("SHOAL_BENCH_REDIS", "redis://127.0.0.1:6379/0")}"\n\n'
+             if ctx.args.workers > 1 else "")
     with open(cfg, "w") as f:
-        f.write(f'[channels.openai]\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n'
+        f.write(f'{redis}[channels.openai]\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n'
                 f'api_key = "{UPSTREAM_KEY}"\nmax_concurrency = 4096\npool_size = 1024\n'
                 '\n[gateway]\naccess_log = false\n')
     cmd = [os.path.join(BIN, "shoal"), "gateway", "--config", cfg, "--host", "127.0.0.1",

@@ -8,14 +8,12 @@ equals an uninterrupted run's."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from tcp_proxy import TcpProxy
 
 from conftest import drop_pg_schema
 from shoal.agents import Agent
@@ -30,61 +28,19 @@ from shoal.traffic.router import Router
 pytestmark = pytest.mark.timeout(60)
 
 
-class Proxy:
-    """A TCP proxy to ``target`` on a fixed free port: ``stop()`` closes the port and
-    cuts every connection (the store "goes away"); ``start()`` brings it back."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
-                                                 reuse_address=True)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        for w in list(self.writers):
-            w.transport.abort()
-        self.writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.writers |= {writer, up_w}
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            w.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
-
-
 @pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis),
                         pytest.param("postgres", marks=pytest.mark.postgres)])
-async def proxied(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Proxy]]:
+async def proxied(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, TcpProxy]]:
     """A store URL that reaches Redis or PostgreSQL through a proxy the test controls."""
     kind: str = request.param
     if kind == "redis":
         request.getfixturevalue("redis_url")
-        proxy = Proxy(("127.0.0.1", 6379))
+        proxy = TcpProxy("127.0.0.1", 6379)
         prefix = f"shoaltest:{uuid.uuid4().hex[:12]}"
         url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
     else:
         dsn: str = request.getfixturevalue("pg_dsn")
-        proxy = Proxy(("127.0.0.1", 5432))
+        proxy = TcpProxy("127.0.0.1", 5432)
         schema = f"audit_{uuid.uuid4().hex[:12]}"
         url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test?schema={schema}&pool_max=2"
     await proxy.start()
@@ -116,7 +72,7 @@ def tags(sim: SimServer) -> list[str | None]:
     return [r.tag for r in sim.stats().requests]
 
 
-def pipeline(cut: Proxy | None = None) -> Flow:
+def pipeline(cut: TcpProxy | None = None) -> Flow:
     """researcher -> cut (a function step; with a proxy, it cuts the store) -> writer."""
 
     async def cut_store(researcher: str) -> str:
@@ -132,7 +88,7 @@ def pipeline(cut: Proxy | None = None) -> Flow:
 
 
 async def test_a_store_that_goes_away_stops_the_run_loudly_and_loses_nothing(
-    proxied: tuple[str, Proxy],
+    proxied: tuple[str, TcpProxy],
 ) -> None:
     url, proxy = proxied
     async with SimServer(SimConfig()) as sim, Router(sim_config(sim)) as router:

@@ -1,7 +1,7 @@
 """Store outages are faults too: a failed write is retried a bounded number of times,
 then raises loudly; it never reports success for a step that was not saved.
 
-Redis and PostgreSQL are reached through a TCP proxy the test can cut; SQLite is
+Redis and PostgreSQL are reached through a TCP proxy the test can cut (tcp_proxy.py); SQLite is
 made unavailable by another connection holding its write lock. Backoff sleeps go
 through a VirtualClock, so the retries are counted, not timed.
 """
@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from tcp_proxy import TcpProxy
 
 from shoal.clock import VirtualClock
 from shoal.stores import (
@@ -44,62 +45,6 @@ class CountingClock(VirtualClock):
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         await super().sleep(seconds)
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target; ``down()`` cuts every link and refuses new ones."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.up = True
-        self.refused = 0
-        self._links: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def down(self) -> None:
-        self.up = False
-        self.cut()
-
-    def cut(self) -> None:
-        for writer in self._links:
-            writer.transport.abort()
-        self._links.clear()
-
-    async def close(self) -> None:
-        self.down()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            self.refused += 1
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._links |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except OSError:
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._links -= {writer, up_writer}
 
 
 @dataclass

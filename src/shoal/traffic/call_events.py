@@ -19,7 +19,7 @@ from shoal.observe.context import (
     CallNote,
     Scope,
     current,
-    enter,
+    enter_call,
     leave,
     new_call_id,
     set_scope,
@@ -31,7 +31,9 @@ from shoal.observe.events import (
     EventBus,
     clean_text,
     scope_fields,
+    scope_texts,
 )
+from shoal.secrets import MIN_SECRET_CHARS
 from shoal.types import ChatResponse, ReasoningDelta, StreamEnd, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
@@ -49,7 +51,15 @@ class _Note(CallNote):
 
     def __init__(self, call_id: str, request: ChatRequest, started: float,
                  stream: bool, outer: Scope) -> None:
-        super().__init__(call_id, request, started)
+        # CallNote's fields set here, not through super().__init__: one frame fewer on
+        # every observed call (CallNote.__init__ says what each one is)
+        self.call_id = call_id
+        self.request = request
+        self.response: ChatResponse | None = None
+        self.started = started
+        self.queue_s = 0.0
+        self.ttft_s: float | None = None
+        self.tags: tuple[object, dict[str, object]] | None = None
         self.attempts = 0
         self.stream = stream
         self.outer = outer  # the scope the call was made in (run, step, agent)
@@ -92,7 +102,9 @@ def provider_scope() -> Token[Scope] | None:
 def _start(bus: EventBus, clock: Clock, request: ChatRequest, stream: bool) -> _Note:
     where = current()
     note = _Note(new_call_id(), request, clock.now(), stream, where)
-    bus.publish_clean(CALL_START, {**scope_fields(where, note), "turn": where.turn,
+    run_id, step, agent = scope_texts(where)
+    bus.publish_clean(CALL_START, {"run_id": run_id, "step": step, "agent": agent,
+                                   "call_id": note.call_id, "turn": where.turn,
                                    "stream": stream}, model=request.model)
     return note
 
@@ -110,16 +122,22 @@ def _end(bus: EventBus, clock: Clock, note: _Note,
         channel, model = response.channel, response.model
     else:
         usage = _NO_USAGE
-        provider, served, status = getattr(error, "provider", "") or "", "", "error"
+        provider, served, status = str(getattr(error, "provider", "") or ""), "", "error"
         error_type, cost = type(error).__name__, 0.0
         wasted = error.wasted_cost_usd if isinstance(error, RunError) else 0.0
         channel, model = "", note.request.model
-    where = current()
+    # the call's run/step/agent are its outer scope's (enter_call copies them)
+    run_id, step, agent = scope_texts(note.outer)
     bus.publish_clean(CALL_END, {
-        "provider": clean_text(str(provider)), "served_model": clean_text(served),
-        "status": status, "error_type": clean_text(error_type), "cost_usd": cost,
-        "wasted_cost_usd": wasted, **scope_fields(where, note),
-        "turn": where.turn, "stream": note.stream, "request_model": note.request.model,
+        # texts shorter than any secret are kept as they are (clean_text's first test)
+        "provider": provider if len(provider) < MIN_SECRET_CHARS else clean_text(provider),
+        "served_model": served if len(served) < MIN_SECRET_CHARS else clean_text(served),
+        "status": status,
+        "error_type": (error_type if len(error_type) < MIN_SECRET_CHARS
+                       else clean_text(error_type)),
+        "cost_usd": cost, "wasted_cost_usd": wasted,
+        "run_id": run_id, "step": step, "agent": agent, "call_id": note.call_id,
+        "turn": current().turn, "stream": note.stream, "request_model": note.request.model,
         "attempts": note.attempts, "duration_s": clock.now() - note.started,
         "ttft_s": note.ttft_s, "queue_s": note.queue_s,
         "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
@@ -133,7 +151,7 @@ async def observed_complete(bus: EventBus, clock: Clock, request: ChatRequest,
                             call: Awaitable[ChatResponse]) -> ChatResponse:
     """Await the Router's ``call`` between ``call_start`` and ``call_end``."""
     note = _start(bus, clock, request, False)
-    token = enter(call=note)
+    token = enter_call(note, note.outer)
     try:
         try:
             response = await call
@@ -155,7 +173,7 @@ async def observed_stream(bus: EventBus, clock: Clock, request: ChatRequest,
     ended = False
     try:
         while True:
-            token = enter(call=note)
+            token = enter_call(note, current())
             try:
                 event = await anext(events)
             except StopAsyncIteration:

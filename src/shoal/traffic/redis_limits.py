@@ -50,7 +50,7 @@ from shoal.errors import ConfigError, DeadlineExceeded, RunError
 from shoal.observe.events import SETTLE, WAIT, EventBus
 from shoal.traffic import redis_scripts as lua
 from shoal.traffic.limiter import WINDOW_S, Permit, check_tokens
-from shoal.traffic.redis_link import RedisLink
+from shoal.traffic.redis_link import RedisAway, RedisLink
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -187,39 +187,47 @@ class RedisLimiter(RedisLink):
         return permit
 
     async def _attempt(
-        self, tokens: int, grant: asyncio.Future[Permit] | None = None
+        self, tokens: int, grant: asyncio.Future[Permit] | None = None,
+        until: float | None = None,
     ) -> Permit | None:
-        """Ask Redis for a slot; stop waiting for the answer early when ``grant``
-        (a local hand-over) comes first."""
+        """Ask Redis for a slot; stop waiting for the answer early when ``grant`` (a local
+        hand-over) comes first. Raises :class:`RedisAway` when Redis refused or cut the
+        ask, or did not answer by ``until`` (the call's deadline)."""
         if self._cap_pending is not None:
             n, only_if_absent, ceiling = self._cap_pending
             self._cap_pending = None
             self._write_cap(n, only_if_absent=only_if_absent, ceiling=ceiling)
-        if self._cap_write is not None and not self._cap_write.done():
-            await asyncio.wait((self._cap_write,))
+        if self._cap_write is not None and not self._cap_write.done() \
+                and not await self._wait((self._cap_write,), until):
+            raise RedisAway(f"shared limiter {self.key!r}: Redis did not answer in time")
         holder = self._holder()
         call = asyncio.ensure_future(
             self._run("acquire", lua.ACQUIRE, self._keys, self._args(holder, tokens))
         )
         try:
-            if grant is None:
-                result = await asyncio.shield(call)
-            else:
-                await self._wait((call, grant), None)
-                if not call.done():
-                    # The script may still grant the slot: give it back when it does.
-                    call.add_done_callback(lambda done: self._undo(done, holder))
-                    return None
-                result = call.result()
+            await self._wait((call,) if grant is None else (call, grant), until)
         except asyncio.CancelledError:
             call.add_done_callback(lambda done: self._undo(done, holder))
+            raise
+        if not call.done():
+            # The script may still grant the slot: give it back when it does.
+            call.add_done_callback(lambda done: self._undo(done, holder))
+            if grant is not None and grant.done():
+                return None
+            raise RedisAway(f"shared limiter {self.key!r}: Redis did not answer in time")
+        try:
+            result = call.result()
+        except RedisAway:
+            self._orphan(holder)  # the script may have run before the link broke
             raise
         return self._granted(result, holder, tokens)
 
     def _undo(self, call: asyncio.Future[Any], holder: str) -> None:
-        if call.cancelled() or call.exception() is not None:
+        if call.cancelled():
             return
-        if int(call.result()[0]):
+        if isinstance(call.exception(), RedisAway):
+            self._orphan(holder)
+        elif call.exception() is None and int(call.result()[0]):
             self._spawn(self._release_holder(holder))
 
     async def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:  # noqa: ASYNC109
@@ -265,13 +273,21 @@ class RedisLimiter(RedisLink):
                     raise self._deadline(budget_s)
                 continue
             change = self._change_future()
-            permit = await self._attempt(waiter.tokens, waiter.grant)
+            try:
+                permit = await self._attempt(waiter.tokens, waiter.grant, deadline)
+            except RedisAway as exc:
+                # Redis away: capacity unknown, so nothing is admitted; wait it out with a
+                # backoff up to the call's deadline (the shared cap is never guessed).
+                await self._away_wait(exc, (waiter.grant,), deadline)
+                if deadline is not None and self._clock.now() >= deadline:
+                    raise self._redis_deadline(budget_s, exc) from exc
+                continue
             if permit is not None:
                 return permit
             if not announced:
                 announced = True
                 self._emit_wait(waiter.tokens)
-            if self._listener is None:
+            if self._listener is None and self._clock.now() >= self._listen_retry_at:
                 await self._start_listener()
                 continue  # a release may have slipped in before we subscribed: ask again
             now = self._clock.now()
@@ -287,6 +303,12 @@ class RedisLimiter(RedisLink):
         if events is not None and events.active:
             events.emit(WAIT, channel=self.name, tokens=tokens, in_flight=len(self._held),
                         queued=len(self._queue))
+
+    def _redis_deadline(self, timeout: float | None, exc: RedisAway) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"waited {timeout:g}s for capacity on shared channel {self.name} while Redis did "
+            f"not answer ({exc}); nothing was sent. Check Redis, or make the channel's "
+            "limits local (shared = false)")
 
     def _deadline(self, timeout: float | None) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -330,7 +352,11 @@ class RedisLimiter(RedisLink):
         try:
             result = await self._run("transfer", lua.TRANSFER, self._keys, args)
         except RunError as exc:
-            _log.warning("%s (the slot frees when its lease expires)", exc)
+            if isinstance(exc, RedisAway):  # either may have happened: undo both later
+                self._orphan(old)
+                self._orphan(holder)
+            else:
+                _log.warning("%s (the slot frees when its lease expires)", exc)
             waiter.transferring = False
             self._notify()
             return

@@ -10,7 +10,12 @@
   waiters (``_notify``); Redis pub/sub is at-most-once, so waiters also poll;
 * this process's holder ids (renewed after a fork) and the heartbeat that renews the
   leases of the slots it holds every ``lease_s/3``; releasing and settling a slot;
-* the background tasks those spawn, awaited on close.
+* the background tasks those spawn, awaited on close;
+* bad weather at Redis: a command that Redis refused, cut or did not answer (within
+  ``socket_timeout``, 5 s unless the URL sets one) raises :class:`RedisAway`, which
+  waiters ride out with a backoff (:meth:`RedisLink._away_wait`) until their deadline;
+  a slot released (or granted to a call that is gone) while Redis was away is an
+  *orphan*, released again as soon as Redis answers rather than left to its lease.
 
 ``redis`` is imported only when this module is used.
 """
@@ -38,6 +43,17 @@ if TYPE_CHECKING:
 __all__ = ["RedisLink"]
 
 _log = logging.getLogger("shoal.traffic.redis")
+# A Redis that stops answering (not refusing: a black-holed route, a frozen node): its
+# command fails after this, not never. Calls are bounded by their own deadline sooner.
+SOCKET_TIMEOUT_S = 5.0
+# Backoff between asks while Redis is away: from the first, doubling, to the most.
+AWAY_FIRST_S = 0.05
+AWAY_MAX_S = 1.0
+
+
+class RedisAway(RunError):
+    """Redis refused, cut or did not answer a limiter's command: the shared state is out
+    of reach for now (a waiter waits it out until its deadline; see the module docstring)."""
 
 
 def _as_str(value: object) -> str:
@@ -81,6 +97,14 @@ class RedisLink(Limiter):
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        # Bad weather: since when Redis has not answered (None: it answers), the next
+        # backoff, slots to release again once it does (holder -> when its lease lapses
+        # anyway), the task that does that, and when subscribing may be tried again.
+        self._away_since: float | None = None
+        self._away_delay = AWAY_FIRST_S
+        self._orphans: dict[str, float] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._listen_retry_at = 0.0
 
     # -- connection and Lua calls ----------------------------------------------------
 
@@ -89,7 +113,9 @@ class RedisLink(Limiter):
             import redis.asyncio as aioredis
 
             assert self._url is not None
-            self._client = aioredis.from_url(self._url)
+            # Options in the URL (?socket_timeout=…) win over these defaults.
+            self._client = aioredis.from_url(self._url, socket_timeout=SOCKET_TIMEOUT_S,
+                                             socket_connect_timeout=SOCKET_TIMEOUT_S)
         return self._client
 
     async def connect(self) -> None:
@@ -119,12 +145,96 @@ class RedisLink(Limiter):
         return script
 
     async def _run(self, name: str, text: str, keys: list[str], args: list[object]) -> Any:
+        from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
 
         try:
-            return await self._script(name, text)(keys=keys, args=args)  # type: ignore[arg-type]
+            result = await self._script(name, text)(keys=keys, args=args)  # type: ignore[arg-type]
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise self._away(exc) from exc
         except RedisError as exc:
             raise self._failed(exc) from exc
+        if self._away_since is not None:
+            self._back()
+        return result
+
+    # -- bad weather: Redis away ------------------------------------------------------
+
+    def _away(self, exc: Exception) -> RedisAway:
+        if self._away_since is None:
+            self._away_since = self._clock.now()
+            _log.warning(
+                "shared limiter %s: Redis did not answer (%s: %s); calls wait for it up to "
+                "their deadline, and slots released meanwhile are handed back when it "
+                "answers", self.key, type(exc).__name__, exc)
+        return RedisAway(
+            f"shared limiter {self.key!r}: Redis did not answer ({type(exc).__name__}: {exc}); "
+            "check that Redis is reachable, or make the channel's limits local "
+            "(shared = false)")
+
+    def _back(self) -> None:
+        """Redis answered again: log how long it was away, flush the orphans."""
+        since, self._away_since = self._away_since, None
+        self._away_delay = AWAY_FIRST_S
+        if since is not None:
+            _log.warning("shared limiter %s: Redis answers again after %.1fs", self.key,
+                         self._clock.now() - since)
+        if self._orphans:
+            self._flush_soon()
+
+    async def _away_wait(self, exc: RedisAway, futs: tuple[asyncio.Future[Any], ...],
+                         deadline: float | None) -> None:
+        """Wait one backoff step while Redis is away (or until one of ``futs`` is done);
+        past ``deadline`` (without one: ``lease_s`` after Redis went away, as long as
+        slots held elsewhere last) raise instead: ``exc``, or with a deadline
+        :class:`DeadlineExceeded` naming Redis, raised by the caller."""
+        now = self._clock.now()
+        since = self._away_since if self._away_since is not None else now
+        limit = deadline if deadline is not None else since + self._lease_s
+        if now >= limit:
+            if deadline is None:
+                raise RedisAway(f"{exc} (for {now - since:.1f}s)") from exc
+            return
+        await self._wait(futs, min(now + self._away_delay, limit))
+        self._away_delay = min(self._away_delay * 2, AWAY_MAX_S)
+
+    def _orphan(self, holder: str) -> None:
+        """A slot Redis may still count (its release failed, or it was granted to a call
+        that is gone): release it again once Redis answers (releasing is idempotent),
+        unless its lease lapses first."""
+        self._orphans[holder] = self._clock.now() + self._lease_s
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Keep one task releasing the orphans, backing off while Redis is away (on close,
+        :meth:`_close_link` makes the last pass itself)."""
+        if not self._closed and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_orphans())
+
+    async def _flush_orphans(self) -> None:
+        delay = AWAY_FIRST_S
+        while self._orphans and not self._closed:
+            if await self._release_orphans():
+                return
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, AWAY_MAX_S)
+
+    async def _release_orphans(self) -> bool:
+        """One pass over the orphans; True when none is left to try."""
+        for holder, lapses in list(self._orphans.items()):
+            if self._clock.now() < lapses:
+                try:
+                    await self._run("release", lua.RELEASE,
+                                    [self._keys[0], self._keys[6], self._keys[7]],
+                                    [holder, self._notify_channel, "", lua.YIELD_MS])
+                except RedisAway:
+                    return False
+                except RunError as exc:
+                    _log.warning("%s (the slot frees when its lease expires)", exc)
+            self._orphans.pop(holder, None)
+        self._notify()
+        return True
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         try:
@@ -174,14 +284,16 @@ class RedisLink(Limiter):
             fut.set_result(None)
 
     async def _start_listener(self) -> None:
-        if self._listener is not None:
+        if self._listener is not None or self._clock.now() < self._listen_retry_at:
             return
         from redis.exceptions import RedisError
 
         pubsub = self._redis().pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self._notify_channel)
-        except RedisError as exc:
+        except (RedisError, OSError) as exc:
+            # Polled meanwhile; asked again no sooner than a poll later (not once a loop).
+            self._listen_retry_at = self._clock.now() + self._poll_s
             _log.warning("limiter %s: cannot subscribe (%s); polling instead", self.key, exc)
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
             return
@@ -239,6 +351,8 @@ class RedisLink(Limiter):
         args = [holder, self._notify_channel, self._token if yielding else "", lua.YIELD_MS]
         try:
             await self._run("release", lua.RELEASE, keys, args)
+        except RedisAway:
+            self._orphan(holder)  # handed back when Redis answers again
         except RunError as exc:
             _log.warning("%s (the slot frees when its lease expires)", exc)
         self._notify()
@@ -253,7 +367,7 @@ class RedisLink(Limiter):
     async def _close_link(self, *also: asyncio.Task[Any] | None) -> None:
         """Stop the heartbeat and the listener, release the slots still held, await the
         background tasks (and ``also``), then close the subscription and an owned client."""
-        for task in (self._heartbeat, self._listener):
+        for task in (self._heartbeat, self._listener, self._flusher):
             if task is not None:
                 task.cancel()
         for holder in list(self._held):
@@ -261,6 +375,8 @@ class RedisLink(Limiter):
             self._spawn(self._release_holder(holder))
         pending = [t for t in (*self._background, *also) if t is not None]
         await asyncio.gather(*pending, return_exceptions=True)
+        if self._orphans:  # one last try; what Redis does not take lapses with its lease
+            await self._release_orphans()
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
         if self._url is not None and self._client is not None:

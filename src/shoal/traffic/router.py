@@ -256,7 +256,7 @@ class Router:
                 lane.pending -= 1
                 raise call.charged(DeadlineExceeded(
                     f"deadline passed while waiting for capacity on {lane.name!r} "
-                    f"for {request.model!r}", last_error=call.last,
+                    f"for {request.model!r}: {exc}", last_error=call.last,
                 )) from exc
             except BaseException:
                 lane.pending -= 1
