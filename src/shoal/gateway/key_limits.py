@@ -242,8 +242,13 @@ class RedisKeyLimits(KeyLimits):
         if self._client is None:
             import redis.asyncio as aioredis
 
+            from shoal.traffic.redis_link import SOCKET_TIMEOUT_S
+
             assert self._url is not None
-            self._client = aioredis.from_url(self._url)
+            # A Redis that stops answering fails the admission (a 503 to the caller)
+            # after this, not never; options in the URL win.
+            self._client = aioredis.from_url(self._url, socket_timeout=SOCKET_TIMEOUT_S,
+                                             socket_connect_timeout=SOCKET_TIMEOUT_S)
         return self._client
 
     def _keys(self, key_id: str, period: str) -> list[str]:
