@@ -6,7 +6,6 @@ type — never a clean end."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -56,26 +55,21 @@ async def test_rate_limits_are_each_sdks_rate_limit_error_with_retry_after(
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("stream", [False, True])
-async def test_server_errors_and_overload_are_the_sdks_status_errors(
+async def test_server_errors_are_the_sdks_status_errors(
         stack: tuple[SimServer, GatewayServer], model: str, stream: bool) -> None:
     """An upstream 500 that outlasts the Router's retries is a 502 (the SDKs'
-    InternalServerError); 529 overloaded is Anthropic's OverloadedError, and OpenAI's
-    503 to the OpenAI SDK — streamed requests too, failing before a byte."""
+    InternalServerError) — streamed requests too, failing before a byte. Overload: the
+    next test."""
     sim, gw = stack
     async with openai_client(gw) as oa, anthropic_client(gw) as an:
         sim.script(["500"] * 3)
         with pytest.raises(openai.InternalServerError) as o500:
             await _openai_call(oa, model, stream)
-        sim.script(["529"] * 3)
-        with pytest.raises(anthropic.OverloadedError) as a529:
+        sim.script(["500"] * 3)
+        with pytest.raises(anthropic.InternalServerError) as a500:
             await _anthropic_call(an, model, stream)
-        sim.script(["529"] * 3)
-        with pytest.raises(openai.APIStatusError) as o529:
-            await _openai_call(oa, model, stream)
     assert o500.value.status_code == 502
-    assert a529.value.status_code == 529
-    assert a529.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
-    assert o529.value.status_code == 503
+    assert a500.value.status_code == 502
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -106,18 +100,15 @@ async def test_an_overload_is_openais_503_and_anthropics_529_with_retry_after(
 
 async def test_the_openai_sdk_retries_an_overload_after_its_retry_after(
         stack: tuple[SimServer, GatewayServer]) -> None:
-    """What the openai SDK does with the 503: retries it (as any status >= 500), after
-    the retry-after it names, and gets the answer."""
+    """What the openai SDK does with the 503: retries it (as any status >= 500; after
+    the retry-after the test above checks) and gets the answer."""
     sim, gw = stack
     sim.script(["529"] * 3)  # every attempt of the Router's three; the SDK's retry is ok
     async with openai_client(gw) as oa:
-        started = time.monotonic()
         raw = await oa.with_options(max_retries=1).chat.completions.with_raw_response.create(
             model=OPENAI_MODEL, messages=ASK)
-        waited = time.monotonic() - started
     assert raw.parse().choices[0].message.content
     assert raw.retries_taken == 1
-    assert waited >= 0.9  # the gateway's retry-after: 1 s
 
 
 async def _openai_call(client: openai.AsyncOpenAI, model: str, stream: bool) -> None:
