@@ -7,8 +7,10 @@ everything above the adapters (router, agents, flows) matches only these.
 
     ShoalError
     ├── ConfigError              bad config, unknown model, misuse — never retried
-    │   └── ModelRetired(model, retired_on, replaced_by)  the provider has retired the
-    │                            model (catalog ``retires``): refused before sending
+    │   ├── ModelRetired(model, retired_on, replaced_by)  the provider has retired the
+    │   │                        model (catalog ``retires``): refused before sending
+    │   └── RequestRefused(param)  what the provider would answer 400: refused
+    │                            before sending, naming the request field at fault
     └── RunError                 something went wrong while running
         ├── ProviderError(status, provider, retry_after, body, code, usage)
         │   ├── RateLimited          429 rate limit — retryable, may fail over
@@ -45,7 +47,11 @@ everything above the adapters (router, agents, flows) matches only these.
             │                        nothing was saved (retryable)
             ├── CorruptRecord(run_id, step_id, key)  a record failed its checksum
             ├── RunNotFound          no run with that id
-            └── RunExists            the id is held by a different run
+            ├── RunExists            the id is held by a different run
+            └── RunBusy(run_id, owner, expires_at)  another executor holds the run's
+                │                    lease: refused before any request (wait, or force)
+                └── LeaseLost        this executor's lease was taken over mid-run: it
+                                     stopped before starting another step or call
 
 ``retryable`` on each class says whether the router may try the call again
 (on the same or another channel). Messages say what is wrong and how to fix
@@ -73,6 +79,7 @@ __all__ = [
     "CorruptRecord",
     "DeadlineExceeded",
     "GuardrailTripped",
+    "LeaseLost",
     "LoopDetected",
     "MalformedResponse",
     "ModelRefused",
@@ -84,7 +91,9 @@ __all__ = [
     "ProviderUnavailable",
     "QuotaExhausted",
     "RateLimited",
+    "RequestRefused",
     "RetryDeclined",
+    "RunBusy",
     "RunError",
     "RunExists",
     "RunNotFound",
@@ -129,6 +138,19 @@ class ModelRetired(ConfigError):
         self.model = model
         self.retired_on = retired_on
         self.replaced_by = replaced_by
+
+
+class RequestRefused(ConfigError):
+    """A request shoal refuses before sending because the provider would answer it with a
+    400 (a temperature while thinking on Anthropic, a schema that is not an object, a
+    forced tool where only ``auto`` is taken, ...). ``param``: the field of
+    :class:`~shoal.types.ChatRequest` at fault (``temperature``, ``tool_choice``,
+    ``max_tokens``, ``thinking``, ``tools[2]``: that tool's schema, ``output_schema``,
+    ...), so a caller (the gateway) can name it in its own terms."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class RunError(ShoalError):
@@ -436,3 +458,42 @@ class RunNotFound(StoreError):
 
 class RunExists(StoreError):
     """``create_run`` with an id that a *different* run already holds."""
+
+
+class RunBusy(StoreError):
+    """Another executor (a process, a replica) holds the run's lease: it is executing the
+    run now, so this one was refused before sending any request. Wait for it to finish,
+    or, once it is gone, for its lease to expire; ``force=True`` (``shoal resume
+    --force``) takes the run over at once, at the price of paying twice for whatever the
+    holder still has in flight if it is alive.
+
+    Attributes:
+        run_id: the run.
+        owner: the holder's id, ``<nonce>@<host>:<pid>:<node>``.
+        expires_at: when the holder's lease lapses unless renewed (epoch seconds, by
+            the store's clock).
+    """
+
+    def __init__(self, message: str, *, run_id: str = "", owner: str = "",
+                 expires_at: float = 0.0) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.owner = owner
+        self.expires_at = expires_at
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep the fields when the error crosses a process boundary (a Dask worker).
+        return (_rebuild_busy, (type(self), self.args[0] if self.args else "", self.run_id,
+                                self.owner, self.expires_at))
+
+
+class LeaseLost(RunBusy):
+    """This executor's lease on the run was taken by another one while the run went on
+    (its lease lapsed — the process stalled or could not reach the store for longer than
+    the lease — or the other one forced it): the run stopped before starting another
+    step or model call, and its journal writes are refused. ``owner``: the new holder."""
+
+
+def _rebuild_busy(cls: type[RunBusy], message: str, run_id: str, owner: str,
+                  expires_at: float) -> RunBusy:
+    return cls(message, run_id=run_id, owner=owner, expires_at=expires_at)

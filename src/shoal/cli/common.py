@@ -7,29 +7,52 @@ Exit codes (the same for every command):
 1      the run failed: a step, a batch item or the resumed run failed
 2      usage or configuration error: a bad option, an unknown model, a
        missing file or run id (click's own usage errors exit 2 as well)
+3      busy: another process executes the run (it holds the run's lease:
+       ``RunBusy``), or took it over while this one ran (``LeaseLost``);
+       nothing was run after that. Wait, or ``shoal resume --force``
 =====  ==================================================================
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shoal.errors import ConfigError, RunNotFound, ShoalError
+from shoal.errors import ConfigError, RunBusy, RunNotFound, ShoalError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from shoal.config import ChannelConfig, Config
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "check_model", "check_models", "exit_code",
-           "fail", "plain"]
+__all__ = [
+    "EXIT_BUSY",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "LeaseOpt",
+    "StoreOpt",
+    "check_model",
+    "check_models",
+    "default_url",
+    "exit_code",
+    "fail",
+    "no_store",
+    "plain",
+    "require_store",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_BUSY = 3
+
+LeaseOpt = Annotated[float, typer.Option(
+    "--lease-s", envvar="SHOAL_LEASE_S", min=0.1,
+    help="Seconds the run's lease outlives this process if it is killed (renewed every "
+         "lease/3); another machine can take the run over after it. Default 30.")]
 
 _DOUBLE_STOP = re.compile(r"(?<![.])\.\.(?=\s|$)")
 
@@ -46,7 +69,10 @@ def plain(text: object) -> str:
 
 
 def exit_code(exc: BaseException) -> int:
-    """2 for what the user must fix before running (config, usage, unknown run), else 1."""
+    """2 for what the user must fix before running (config, usage, unknown run), 3 for a
+    run another process executes, else 1."""
+    if isinstance(exc, RunBusy):
+        return EXIT_BUSY
     return EXIT_USAGE if isinstance(exc, ConfigError | RunNotFound) else EXIT_FAILED
 
 
@@ -112,3 +138,37 @@ def check_model(config: Config, model: str, where: str) -> None:
         config.model(model)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+# -- the store a command reads ---------------------------------------------------------
+
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", envvar="SHOAL_STORE",
+    help="Store URL (sqlite:///path.db, redis://..., postgresql://...). "
+         "Default: $SHOAL_STORE or sqlite:///.shoal/runs.db.")]
+
+
+def no_store(url: str | None) -> str | None:
+    """Why there is nothing to read at ``url`` (None: the default store), when it names a
+    SQLite file that does not exist; reading must not create it, and a mistyped
+    ``--store`` must not look like an empty store."""
+    from shoal.stores import missing_sqlite_file
+
+    missing = missing_sqlite_file(url)
+    if missing is None:
+        return None
+    where = "check --store / $SHOAL_STORE" if url else "`shoal run --store` makes it"
+    return f"no store at {missing}: nothing was journaled there ({where})"
+
+
+def require_store(url: str | None, *run_ids: str) -> None:
+    why = no_store(url)
+    if why is not None:
+        asked = f"no run {', '.join(map(repr, run_ids))}: " if run_ids else ""
+        raise fail(ConfigError(asked + why))
+
+
+def default_url() -> str:
+    from shoal.stores import DEFAULT_URL
+
+    return DEFAULT_URL

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shoal.cli.common import EXIT_FAILED, check_model, check_models, fail, plain
+from shoal.cli.common import EXIT_FAILED, LeaseOpt, check_model, check_models, fail, plain
 from shoal.cli.loop import run as run_loop
 from shoal.errors import ConfigError, ShoalError, StepFailed
+from shoal.flows.lease import DEFAULT_LEASE_S
 from shoal.stores import shown_url, store_option
 
 if TYPE_CHECKING:
@@ -180,6 +181,7 @@ class RunOptions:
     metrics_port: int | None = None
     metrics_push: str | None = None
     cluster: str | None = None
+    lease_s: float = DEFAULT_LEASE_S
 
 
 async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelClient,
@@ -209,7 +211,7 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
                                         config=opts.config, budget_usd=budget_usd)
                     res = await run_durable(target, value, store=opts.store, run_id=run_id,
                                             client=client, meta=meta, budget=budget,
-                                            progress=progress)
+                                            progress=progress, lease_s=opts.lease_s)
                 else:
                     assert isinstance(target, Flow)
                     watched = None if progress is None else progress.watch(NullRecorder())
@@ -387,10 +389,12 @@ def run(
         "--cluster", envvar="SHOAL_CLUSTER",
         help="Run the batch on this Dask scheduler (tcp://host:8786); needs --store "
              "every worker reaches (postgresql://...). See docs/scale.md.")] = None,
+    lease_s: LeaseOpt = DEFAULT_LEASE_S,
 ) -> None:
     """Run an agent, a flow or a flow spec on one input or a batch of inputs.
 
-    Exit status: 0 done, 1 the run (or a batch item) failed, 2 a usage or config error."""
+    Exit status: 0 done, 1 the run (or a batch item) failed, 2 a usage or config error,
+    3 another process executes that --run-id (it holds the run's lease)."""
     from rich.console import Console
 
     console = Console(stderr=False)
@@ -404,7 +408,7 @@ def run(
         opts = RunOptions(target, config=config, model=model, sim=sim,
                           concurrency=concurrency, run_id=run_id, budget_usd=budget_usd,
                           progress=progress, store=store, metrics_port=metrics_port,
-                          metrics_push=metrics_push, cluster=cluster)
+                          metrics_push=metrics_push, cluster=cluster, lease_s=lease_s)
         summary = run_loop(_main(items, opts, console))
     except ShoalError as exc:
         raise fail(exc) from None

@@ -1,4 +1,5 @@
-"""``shoal runs``, ``shoal show RUN_ID``, ``shoal resume RUN_ID``, ``shoal delete RUN_ID``,
+"""``shoal runs``, ``shoal show RUN_ID``, ``shoal delete RUN_ID``, ``shoal resume RUN_ID``
+(its own module, :mod:`shoal.cli.resume_cmd`),
 ``shoal prune``: the journaled runs in a store (``--store URL``, ``$SHOAL_STORE``, default
 ``sqlite:///.shoal/runs.db``).
 
@@ -17,26 +18,29 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shoal.cli.common import EXIT_USAGE, fail, plain
+from shoal.cli.common import (
+    EXIT_USAGE,
+    StoreOpt,
+    default_url,
+    fail,
+    no_store,
+    plain,
+    require_store,
+)
+from shoal.cli.resume_cmd import resume
 from shoal.errors import ConfigError, ShoalError
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from shoal.agents.client import ModelClient
-    from shoal.agents.guards import Budget
-    from shoal.flows.flow import Flow
     from shoal.flows.resume import RunPlan
+    from shoal.stores.records import Lease
 
 __all__ = [
     "delete", "journal_meta", "parse_duration", "prune", "register", "resume", "runs", "show",
 ]
 
-StoreOpt = Annotated[str | None, typer.Option(
-    "--store", envvar="SHOAL_STORE",
-    help="Store URL (sqlite:///path.db, redis://..., postgresql://...). "
-         "Default: $SHOAL_STORE or sqlite:///.shoal/runs.db.")]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _STATUS_COLOURS = {"succeeded": "green", "running": "cyan", "failed": "red",
                    "cancelled": "magenta", "interrupted": "yellow", "skipped": "dim"}
@@ -127,11 +131,11 @@ def runs(
 
         print_batch(batch, store, status=status, limit=limit, json_out=json_out)
         return
-    if store is None and _no_store(None) is not None:
+    if store is None and no_store(None) is not None:
         _console().print("no runs yet: nothing was journaled in the default store "
                          "(.shoal/runs.db)")
         return
-    _require_store(store)
+    require_store(store)
     try:
         records = run_loop(_list(store, status, limit))
     except ShoalError as exc:
@@ -181,12 +185,12 @@ def show(
     from shoal.cli.loop import run as run_loop
     from shoal.flows.resume import plan
 
-    _require_store(store, run_id)
+    require_store(store, run_id)
     if html_out is not None:
         _write_html(run_id, store, html_out)
         return
     try:
-        p = run_loop(plan(store or _default_url(), run_id))
+        p = run_loop(plan(store or default_url(), run_id))
     except ShoalError as exc:
         raise _fail(exc) from None
     console = _console()
@@ -206,9 +210,22 @@ def show(
         console.print(f"target: {p.target}", markup=False, soft_wrap=True)
     if run.error:
         console.print(f"[red]error:[/] {plain(run.error)}", highlight=False, soft_wrap=True)
+    if p.lease is not None:
+        console.print(plain(_lease_line(p.lease, now)), highlight=False, soft_wrap=True)
     console.print(_steps_table(p))
-    _cache_footer(console, store or _default_url(), run)
+    _cache_footer(console, store or default_url(), run)
     console.print(plain(_resume_line(p)), soft_wrap=True)
+
+
+def _lease_line(lease: Lease, now: float) -> str:
+    from shoal.stores.leases import describe_owner
+
+    who = describe_owner(lease.owner)
+    if lease.live(now):
+        return (f"executing: {who}, its lease runs {_age(lease.expires_at - now)} more (a "
+                "resume is refused until the run ends or the lease lapses)")
+    return (f"last executor: {who}, its lease lapsed {_age(now - lease.expires_at)} ago (a "
+            "resume takes the run over)")
 
 
 def _write_html(run_id: str, store: str | None, path: Path) -> None:
@@ -216,7 +233,7 @@ def _write_html(run_id: str, store: str | None, path: Path) -> None:
     from shoal.observe.report import write_report
 
     try:
-        written = run_loop(write_report(store or _default_url(), run_id, path))
+        written = run_loop(write_report(store or default_url(), run_id, path))
     except ShoalError as exc:
         raise _fail(exc) from None
     except OSError as exc:
@@ -239,32 +256,6 @@ def _cache_footer(console: Console, url: str, run: Any) -> None:
     except ShoalError:  # the table is printed; a footer it cannot read is left out
         return
     print_cache_line(console, prices, spend.by_model.items())
-
-
-def _no_store(url: str | None) -> str | None:
-    """Why there is nothing to read at ``url`` (None: the default store), when it names a
-    SQLite file that does not exist; reading must not create it, and a mistyped
-    ``--store`` must not look like an empty store."""
-    from shoal.stores import missing_sqlite_file
-
-    missing = missing_sqlite_file(url)
-    if missing is None:
-        return None
-    where = "check --store / $SHOAL_STORE" if url else "`shoal run --store` makes it"
-    return f"no store at {missing}: nothing was journaled there ({where})"
-
-
-def _require_store(url: str | None, *run_ids: str) -> None:
-    why = _no_store(url)
-    if why is not None:
-        asked = f"no run {', '.join(map(repr, run_ids))}: " if run_ids else ""
-        raise _fail(ConfigError(asked + why))
-
-
-def _default_url() -> str:
-    from shoal.stores import DEFAULT_URL
-
-    return DEFAULT_URL
 
 
 def _preview(value: Any, limit: int = 100) -> str:
@@ -316,6 +307,8 @@ def _plan_json(p: RunPlan) -> dict[str, Any]:
                    "turns": v.turns, "error": v.error} for v in p.steps],
         "replay": p.replay, "redo": p.redo, "turns_to_replay": p.turns_to_replay,
         "stale_if_changed": p.stale_if_changed,
+        "lease": None if p.lease is None else {"owner": p.lease.owner,
+                                               "expires_at": p.lease.expires_at},
     }
 
 
@@ -332,7 +325,7 @@ def delete(
     from shoal.cli.loop import run as run_loop
     from shoal.stores import shown_url
 
-    _require_store(store, *run_ids)
+    require_store(store, *run_ids)
     try:
         missing = run_loop(_delete(store, run_ids))
     except ShoalError as exc:
@@ -345,7 +338,7 @@ def delete(
 
         Console(stderr=True).print(
             plain(f"error: no run {', '.join(repr(m) for m in missing)} in "
-                  f"{shown_url(store or _default_url())}; `shoal runs` lists the runs "
+                  f"{shown_url(store or default_url())}; `shoal runs` lists the runs "
                   "there"),
             highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE)
@@ -373,7 +366,7 @@ def prune(
 
     try:
         seconds = parse_duration(older_than)
-        _require_store(store)
+        require_store(store)
         deleted = run_loop(_prune(store, seconds))
     except ShoalError as exc:
         raise _fail(exc) from None
@@ -385,151 +378,3 @@ async def _prune(url: str | None, seconds: float) -> int:
 
     async with open_store(url) as store:
         return await store.prune(seconds)
-
-
-# -- shoal resume ----------------------------------------------------------------------
-
-
-def resume(
-    run_id: Annotated[str, typer.Argument(help="The run to continue.")],
-    store: StoreOpt = None,
-    *,
-    target: Annotated[str | None, typer.Option(
-        help="module:object (or file.py:object, or a flow spec) to rebuild the flow from; "
-             "default: what the run recorded.")] = None,
-    config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="shoal.toml (default: what the run recorded, else "
-                               "$SHOAL_CONFIG or ./shoal.toml).")] = None,
-    sim: Annotated[bool | None, typer.Option(
-        "--sim/--no-sim", help="Serve every model from an in-process simulator "
-                               "(default: as the run did).")] = None,
-    allow_changed: Annotated[bool, typer.Option(
-        "--allow-changed", help="Resume even if the flow's definition changed; journaled "
-                                "steps replay as recorded.")] = False,
-    json_out: Annotated[Path | None, typer.Option(
-        "--json", "-o", help="Write the result as JSON to this file.")] = None,
-    progress: Annotated[bool, typer.Option(
-        help="Live progress: each step's state, tokens and cost.")] = True,
-    cluster: Annotated[str | None, typer.Option(
-        "--cluster", help="A batch: resume it on this Dask scheduler (default: where it "
-                          "ran; 'local': here).")] = None,
-    budget_usd: Annotated[float | None, typer.Option(
-        "--budget-usd", help="Dollar budget for the whole run, replayed steps included "
-                             "(default: the run's own --budget-usd).")] = None,
-) -> None:
-    """Continue a failed, cancelled or killed run: journaled steps and model turns replay
-    with zero calls, the rest runs. A batch id runs its unfinished items again.
-
-    Exit status 1 if the run fails again, 2 for a usage or config error (an unknown run,
-    a changed flow, an unknown model)."""
-    from rich.console import Console
-
-    from shoal.cli.loop import run as run_loop
-
-    console = Console()
-    _require_store(store, run_id)
-    try:
-        summary = run_loop(_resume(run_id, store, target=target, config=config, sim=sim,
-                                   allow_changed=allow_changed, console=console,
-                                   progress=progress, cluster=cluster,
-                                   budget_usd=budget_usd))
-    except ShoalError as exc:
-        raise _fail(exc) from None
-    if json_out is not None:
-        json_out.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str),
-                            "utf-8")
-
-
-async def _resume(run_id: str, url: str | None, *, target: str | None, config: Path | None,
-                  sim: bool | None, allow_changed: bool, console: Console,
-                  progress: bool = True, cluster: str | None = None,
-                  budget_usd: float | None = None) -> dict[str, Any]:
-    from shoal.agents.guards import Budget
-    from shoal.cli.common import check_models
-    from shoal.scale.batch_ids import is_batch
-    from shoal.stores import open_store
-
-    async with open_store(url) as store:
-        run = await store.require_run(run_id)
-        if is_batch(run):  # its items: only the unfinished run again (shoal.scale)
-            from shoal.scale.cli import resume_batch_cli
-
-            return await resume_batch_cli(run, url or _default_url(), target=target,
-                                          config=config, sim=sim, cluster=cluster,
-                                          progress=progress, console=console)
-        meta = dict(run.meta)
-        spec = target or meta.get("target")
-        if not isinstance(spec, str):
-            raise ConfigError(
-                f"run {run_id!r} does not record how to rebuild its flow (it was not started "
-                "by `shoal run`); pass --target module:object naming the flow")
-        if config is None and isinstance(meta.get("config"), str):
-            config = Path(meta["config"])
-        use_sim = bool(meta.get("sim")) if sim is None else sim
-        model = meta.get("model") if isinstance(meta.get("model"), str) else None
-        if budget_usd is None and isinstance(meta.get("budget_usd"), int | float):
-            budget_usd = float(meta["budget_usd"])  # the run's own `shoal run --budget-usd`
-        budget = Budget(max_usd=budget_usd) if budget_usd else None
-        flow = _rebuild(spec, model)
-        if not use_sim:
-            from shoal.config import Config
-            from shoal.traffic.router import Router
-
-            cfg = Config.load(config)
-            check_models(flow, cfg)
-            async with Router(cfg) as router:
-                return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
-                                       console=console, progress=progress, budget=budget)
-        from shoal.sim import SimConfig, SimServer, config_for_sim
-        from shoal.traffic.router import Router
-
-        check_models(flow, config_for_sim("http://127.0.0.1:1"))
-        async with SimServer(SimConfig()) as server, \
-                Router(config_for_sim(server.url)) as router:
-            return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
-                                   console=console, progress=progress, budget=budget)
-
-
-def _rebuild(spec: str, model: str | None) -> Flow:
-    from shoal.agents.agent import Agent
-    from shoal.cli.run_cmd import load_target
-    from shoal.flows.resume import as_flow
-
-    flow = as_flow(load_target(spec))
-    if model:  # as `shoal run -m MODEL` ran it
-        for step in flow.steps.values():
-            if isinstance(step.target, Agent):
-                step.target = step.target.clone(model=model, fallbacks=())
-        flow.default_model = model
-    return flow
-
-
-async def _continue(flow: Flow, run_id: str, store: Any, client: ModelClient, *,
-                    allow_changed: bool, console: Console, progress: bool = True,
-                    budget: Budget | None = None) -> dict[str, Any]:
-    from shoal.agents.recorder import to_jsonable
-    from shoal.cli.live import live_progress, print_cache_line
-    from shoal.errors import StepFailed
-    from shoal.flows.flow import as_text
-    from shoal.flows.resume import resume as resume_run
-
-    try:
-        with live_progress(console, flow, enabled=progress) as watch:
-            result = await resume_run(run_id, flow, store=store, client=client,
-                                      allow_changed=allow_changed, budget=budget,
-                                      progress=watch)
-    except StepFailed as exc:
-        if exc.result is not None:  # what this attempt spent before it failed
-            console.print(exc.result.table())
-        raise StepFailed(
-            f"{exc.summary} Fix the cause and run `shoal resume {run_id}` again, with the "
-            "same --store: the finished steps are not redone.",
-            step=exc.step, result=exc.result, summary=exc.summary) from exc.__cause__
-    console.print(as_text(result.output), markup=False, highlight=False)
-    console.print(result.table())
-    prices = getattr(client, "config", None)  # the Router's: the prices it charged
-    if prices is not None:
-        print_cache_line(console, prices, [(s.model, s.usage) for s in result.steps.values()])
-    return {"run_id": result.run_id, "status": result.status,
-            "output": to_jsonable(result.output), "steps": result.rows(),
-            "cost_usd": result.cost_usd, "usage": to_jsonable(result.usage)}

@@ -15,7 +15,7 @@ from shoal.agents.agent import Agent
 from shoal.agents.guards import Budget
 from shoal.agents.runner import Runner, new_run_id
 from shoal.clock import Clock, RealClock
-from shoal.errors import ConfigError, StepFailed
+from shoal.errors import ConfigError, LeaseLost, RunBusy, StepFailed
 from shoal.flows.flow import Flow, FlowResult, as_text
 from shoal.observe.emit import bus_of, live
 from shoal.observe.emit_flow import observed_run
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "BatchItem", "BatchResult"]
 
 ItemStatus = Literal["succeeded", "failed", "cancelled"]
+_BUSY_POLL_S = 1.0  # an item another executor holds: how often to look whether it is free
 Target = Agent[Any] | Flow | Callable[[Any], Awaitable[Any]]
 
 
@@ -233,9 +234,7 @@ class Batch:
                     res.output, res.usage, res.cost_usd, res)
             elif isinstance(target, Flow):
                 assert client is not None
-                flow_res: FlowResult = await target.run(
-                    value, run_id=run_id, client=client, recorder=self.recorder, budget=budget,
-                    clock=self.clock)
+                flow_res = await self._run_flow(target, value, run_id, client, budget)
                 item.output, item.usage, item.cost_usd, item.detail = (
                     flow_res.output, flow_res.usage, flow_res.cost_usd, flow_res)
             else:
@@ -255,6 +254,23 @@ class Batch:
             if isinstance(partial, FlowResult):
                 item.usage, item.cost_usd, item.detail = partial.usage, partial.cost_usd, partial
         return item
+
+
+    async def _run_flow(self, flow: Flow, value: Any, run_id: str, client: ModelClient,
+                        budget: Budget | None) -> FlowResult:
+        """Run one item's flow. An item whose run another executor holds (a second run
+        of this batch, an item Dask sent again after a worker died) waits until that
+        one ends or its lease lapses, then runs, replaying what the other journaled:
+        never both at once, and the batch still finishes."""
+        while True:
+            try:
+                return await flow.run(value, run_id=run_id, client=client,
+                                      recorder=self.recorder, budget=budget, clock=self.clock)
+            except LeaseLost:
+                raise
+            except RunBusy as busy:
+                left = busy.expires_at - self.clock.wall()
+                await self.clock.sleep(min(max(left, 0.05), _BUSY_POLL_S))
 
 
 class _Progress:

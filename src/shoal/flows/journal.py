@@ -18,17 +18,22 @@ replays them with zero model calls and runs only the rest. What lands where:
 - an effect: the result of an :func:`~shoal.flows.effects.idempotent` tool under its key.
 
 A changed definition (graph, prompts, models, output types, function code) or input
-is refused with :class:`~shoal.errors.ConfigError` unless ``allow_changed=True``.
-Store failures are loud: a write that fails after the store's retries raises
-:class:`~shoal.errors.StoreUnavailable` out of the step.
+is refused with :class:`~shoal.errors.ConfigError` unless ``allow_changed=True``
+(the hash: :mod:`shoal.flows.definition`). Store failures are loud: a write that fails
+after the store's retries raises :class:`~shoal.errors.StoreUnavailable` out of the step.
+
+A run announced by ``run_started`` (every flow run) is executed under a lease
+(:mod:`shoal.flows.lease`): another executor of it is refused with
+:class:`~shoal.errors.RunBusy` before any request, and one whose lease was taken over
+stops with :class:`~shoal.errors.LeaseLost`; every write names this executor, so the
+store refuses the writes of one that was taken over.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import inspect
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -41,13 +46,23 @@ from shoal.agents.recorder import (
     to_jsonable,
 )
 from shoal.clock import Clock, RealClock
-from shoal.errors import ConfigError, CorruptRecord, StoreError, StoreUnavailable
+from shoal.errors import (
+    ConfigError,
+    CorruptRecord,
+    LeaseLost,
+    RunBusy,
+    RunExists,
+    StoreError,
+    StoreUnavailable,
+)
+from shoal.flows.definition import changes, flow_hash, step_hashes
+from shoal.flows.lease import DEFAULT_LEASE_S, RunLeases
+from shoal.stores.leases import writing_as
 from shoal.stores.records import EffectRecord, RunRecord, StepRecord
 from shoal.types import ChatResponse, Usage
 
 if TYPE_CHECKING:
-    from shoal.agents.agent import Agent
-    from shoal.flows.flow import Flow, FlowResult, Step
+    from shoal.flows.flow import Flow, FlowResult
     from shoal.stores.base import Store
 
 __all__ = [
@@ -57,91 +72,13 @@ __all__ = [
     "turn_id",
 ]
 
+_log = logging.getLogger("shoal.flows.journal")
 _CACHED_RUNS = 256  # journals kept in memory (a batch of agent runs never calls run_finished)
 
 
 def turn_id(step_id: str, turn: int) -> str:
     """The journal id of model turn ``turn`` of a step (step names never contain '/')."""
     return f"{step_id}/turn/{turn}"
-
-
-# -- the definition hash ----------------------------------------------------------------
-
-
-def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, ensure_ascii=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _code_id(fn: Any) -> str:
-    """What defines a function: its qualified name and a hash of its source (its bytecode
-    when there is none). Not its module: a flow run as ``python flow.py`` (``__main__``)
-    and resumed by ``shoal resume`` (imported as ``flow``) is the same definition."""
-    fn = inspect.unwrap(fn)
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    try:
-        body = inspect.getsource(fn)
-    except (OSError, TypeError):
-        code = getattr(fn, "__code__", None)
-        body = "" if code is None else code.co_code.hex() + repr(code.co_consts)
-    return f"{name}:{hashlib.sha256(body.encode()).hexdigest()[:16]}"
-
-
-def _agent_doc(agent: Agent[Any]) -> dict[str, Any]:
-    instructions = agent.instructions
-    return {
-        "agent": agent.name,
-        "instructions": instructions if isinstance(instructions, str) else _code_id(instructions),
-        "model": agent.model,
-        "output": agent.output.schema,
-        "tools": [[t.name, t.description, t.parameters] for t in agent.tools],
-        "settings": [agent.temperature, agent.top_p, agent.max_tokens, agent.seed, agent.stop,
-                     agent.tool_choice],
-        "guardrails": [[g.name for g in agent.input_guardrails],
-                       [g.name for g in agent.output_guardrails]],
-    }
-
-
-def _step_doc(step: Step) -> dict[str, Any]:
-    from shoal.agents.agent import Agent
-
-    target = step.target
-    default = step.default
-    return {
-        "target": _agent_doc(target) if isinstance(target, Agent) else _code_id(target),
-        "after": list(step.after),
-        "on_failure": step.on_failure,
-        "default": _code_id(default) if callable(default) else to_jsonable(default),
-        "input": None if step.input is None else _code_id(step.input),
-        "over": step.over if step.over is None or isinstance(step.over, str)
-        else _code_id(step.over),
-        "on_item_failure": step.on_item_failure,
-    }
-
-
-def step_hashes(flow: Flow) -> dict[str, str]:
-    """Each step's name -> a hash of what it computes, in the flow's order.
-
-    In the hash: the graph, each agent's instructions, model, output schema, tools and
-    sampling settings, each function's code, inputs and failure policies. Not in it:
-    limits you may change before resuming (budgets, concurrency, retries, timeouts,
-    ``max_turns``, fallback models).
-    """
-    return {name: _digest(_step_doc(step))[:16] for name, step in flow.steps.items()}
-
-
-def flow_hash(flow: Flow, hashes: Mapping[str, str] | None = None) -> str:
-    """The flow's definition hash (see :func:`step_hashes` for what it covers; pass
-    ``hashes`` when you have them)."""
-    return _digest({"flow": flow.name, "default_model": flow.default_model,
-                    "steps": dict(step_hashes(flow) if hashes is None else hashes)})
-
-
-def _changes(old: Mapping[str, Any], new: Mapping[str, str]) -> str:
-    parts = [f"step {n!r} changed" for n in new if n in old and old[n] != new[n]]
-    parts += [f"step {n!r} added" for n in new if n not in old]
-    parts += [f"step {n!r} removed" for n in old if n not in new]
-    return ", ".join(parts) or "the flow's settings changed"
 
 
 # -- the recorder ---------------------------------------------------------------------------
@@ -166,9 +103,15 @@ class StoreRecorder:
         allow_changed: resume even when the definition or input changed; journaled steps
             replay as recorded.
         meta: JSON data stored with a new run (e.g. ``{"target": "pkg.flows:report"}``).
-        clock: for step timestamps (epoch seconds through ``clock.wall()``).
+        clock: for step timestamps (epoch seconds through ``clock.wall()``) and the
+            lease's renewals.
+        lease_s: how long a run's lease lasts without renewal (renewed every
+            ``lease_s / 3``; a killed executor's run is free again on another machine
+            within it).
+        force: take each run's lease whoever holds it. A live holder stops at its next
+            renewal or journal write, but what it has in flight is paid twice.
 
-    One process should drive a run at a time. A run resumed by a second recorder
+    One executor drives a run at a time (the lease). A run resumed by a second recorder
     sees everything the first committed.
     """
 
@@ -180,12 +123,15 @@ class StoreRecorder:
         allow_changed: bool = False,
         meta: Mapping[str, Any] | None = None,
         clock: Clock | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        force: bool = False,
     ) -> None:
         self.store = store
         self.flow = flow
         self.allow_changed = allow_changed
         self.meta = dict(meta or {})
         self.clock: Clock = clock or RealClock()
+        self.leases = RunLeases(store, lease_s=lease_s, clock=self.clock, force=force)
         self._runs: OrderedDict[str, _RunJournal] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._interrupted: OrderedDict[str, dict[str, StepRecord]] = OrderedDict()
@@ -196,7 +142,9 @@ class StoreRecorder:
     # -- runs ------------------------------------------------------------------------------
 
     async def run_started(self, run_id: str, flow: str, input: Any) -> None:
-        """Create the run, or check that the existing one is this flow on this input."""
+        """Create the run, or check that the existing one is this flow on this input;
+        then take its lease (:class:`~shoal.errors.RunBusy` while another executor
+        holds it: nothing is run, nothing written)."""
         hashes = step_hashes(self.flow) if self.flow is not None else {}
         definition = flow_hash(self.flow, hashes) if self.flow is not None else ""
         existing = await self.store.get_run(run_id)
@@ -204,13 +152,25 @@ class StoreRecorder:
             meta = {**self.meta, "step_hashes": hashes}
             if self.flow is not None:  # the graph, for `shoal show` to tell what may re-run
                 meta["step_after"] = {n: list(s.after) for n, s in self.flow.steps.items()}
-            await self.store.create_run(RunRecord(run_id, flow=flow, flow_hash=definition,
-                                                  input=input, meta=meta))
-            self._cache(run_id, _RunJournal({}))
-            return
-        self._check(existing, flow, definition, hashes, input)
-        self._cache(run_id, _RunJournal(await self._load(run_id)))
-        await self.store.update_run(run_id, status="running")
+            try:
+                await self.store.create_run(RunRecord(run_id, flow=flow, flow_hash=definition,
+                                                      input=input, meta=meta))
+            except RunExists:  # another executor created it a moment ago
+                existing = await self.store.require_run(run_id)
+        if existing is not None:
+            self._check(existing, flow, definition, hashes, input)
+        await self.leases.take(run_id)
+        try:
+            if existing is None:
+                self._cache(run_id, _RunJournal({}))
+                return
+            self._cache(run_id, _RunJournal(await self._load(run_id)))
+            with writing_as(self.leases.owner):
+                await self.store.update_run(run_id, status="running")
+        except BaseException:
+            self._runs.pop(run_id, None)
+            await self.leases.release(run_id)
+            raise
 
     def _check(self, run: RunRecord, flow: str, definition: str, hashes: dict[str, str],
                input: Any) -> None:
@@ -223,7 +183,7 @@ class StoreRecorder:
             return
         if definition and run.flow_hash and definition != run.flow_hash:
             old = run.meta.get("step_hashes")
-            what = _changes(old if isinstance(old, Mapping) else {}, hashes)
+            what = changes(old if isinstance(old, Mapping) else {}, hashes)
             raise ConfigError(
                 f"flow {flow!r} changed since run {run.run_id!r} started ({what}): its "
                 "journaled results may not fit the new definition. Resume with the original "
@@ -275,6 +235,8 @@ class StoreRecorder:
             return self._cache(run_id, _RunJournal(await self._load(run_id)))
 
     async def run_finished(self, run_id: str, status: RunStatus, error: str | None) -> None:
+        """Record the run's end and release its lease (unless it was taken over: then
+        the run is the new holder's, and nothing more is written)."""
         journal = self._runs.pop(run_id, None)
         self._locks.pop(run_id, None)
         if journal is not None and status in ("failed", "cancelled", "partial"):
@@ -286,12 +248,18 @@ class StoreRecorder:
         if status == "partial":
             error = error or "partial: some steps failed or were skipped under their policy"
         try:
-            await self.store.update_run(run_id, status=final, error=error)
+            if self.leases.lost(run_id) is None:
+                with writing_as(self.leases.owner):
+                    await self.store.update_run(run_id, status=final, error=error)
+        except LeaseLost as exc:  # taken over since the last step: the new holder's run
+            _log.warning("%s", exc)
         except StoreError:
             if journal is None or journal.broken is None:
                 raise
             # The write that broke the journal is already on its way out of the run: a
             # second failure here would only hide it.
+        finally:
+            await self.leases.release(run_id)
 
     async def record_outcome(self, result: FlowResult) -> None:
         """Write why the steps of a failed or partial run did not finish (for ``shoal show``).
@@ -309,13 +277,16 @@ class StoreRecorder:
             if status is None:
                 continue
             prev = started.get(step.name)
-            await self.store.put_step(result.run_id, StepRecord(
+            record = StepRecord(
                 step.name, status,  # type: ignore[arg-type]
                 attempt=prev.attempt if prev else 1,
                 started_at=prev.started_at if prev else None,
                 finished_at=now if prev else None, error=step.error,
                 meta={"kind": "step", "attempts": step.attempts},
-            ))
+            )
+            # Fenced: once another executor took the run over, its records are its own.
+            with writing_as(self.leases.owner):
+                await self.store.put_step(result.run_id, record)
 
     # -- steps and turns ---------------------------------------------------------------
 
@@ -335,17 +306,17 @@ class StoreRecorder:
             return RecordedStep(output=raw["output"], usage=Usage(**raw["usage"]),
                                 cost_usd=raw["cost_usd"], model=raw["model"],
                                 inputs=_inputs_of(rec))
-        self._usable(journal, run_id)
+        await self._ready(journal, run_id)
         running = StepRecord(step_id, "running", attempt=rec.attempt + 1 if rec else 1,
                              started_at=self.clock.wall(),
                              meta={"kind": "step", "inputs": inputs})
-        await self._write(journal, self.store.put_step(run_id, running))
+        await self._write(journal, run_id, self.store.put_step(run_id, running))
         journal.records[step_id] = running
         return None
 
     async def step_done(self, run_id: str, step_id: str, step: RecordedStep) -> None:
         journal = await self._journal(run_id)
-        self._usable(journal, run_id)
+        await self._ready(journal, run_id)
         prev = journal.records.get(step_id)
         done = StepRecord(
             step_id, "succeeded",
@@ -355,7 +326,7 @@ class StoreRecorder:
             started_at=prev.started_at if prev else None,
             meta={"kind": "step", "inputs": step.inputs or journal.inputs.get(step_id)},
         )
-        journal.records[step_id] = await self._write(journal,
+        journal.records[step_id] = await self._write(journal, run_id,
                                                      self.store.complete_step(run_id, done))
 
     async def replay_turn(self, run_id: str, step_id: str, turn: int) -> ChatResponse | None:
@@ -363,7 +334,7 @@ class StoreRecorder:
         rec = journal.records.get(turn_id(step_id, turn))
         if rec is None or rec.status != "succeeded" \
                 or not _same(rec, journal.inputs.get(step_id)):
-            self._usable(journal, run_id)  # never pay for a call that cannot be journaled
+            await self._ready(journal, run_id)  # never pay for a call that cannot be journaled
             return None
         try:
             return response_from_json(rec.result)
@@ -374,7 +345,7 @@ class StoreRecorder:
         self, run_id: str, step_id: str, turn: int, response: ChatResponse
     ) -> None:
         journal = await self._journal(run_id)
-        self._usable(journal, run_id)
+        await self._ready(journal, run_id)
         now = self.clock.wall()
         rec = StepRecord(
             turn_id(step_id, turn), "succeeded", result=response_to_json(response),
@@ -383,7 +354,7 @@ class StoreRecorder:
             meta={"kind": "turn", "step": step_id, "turn": turn,
                   "inputs": journal.inputs.get(step_id)},
         )
-        journal.records[rec.step_id] = await self._write(journal,
+        journal.records[rec.step_id] = await self._write(journal, run_id,
                                                          self.store.complete_step(run_id, rec))
 
     # -- effects ---------------------------------------------------------------------------
@@ -393,7 +364,7 @@ class StoreRecorder:
     ) -> Any:
         """The recorded result under ``key``, or ``run()``'s, recorded first (as JSON)."""
         journal = await self._journal(run_id)
-        self._usable(journal, run_id)
+        await self._ready(journal, run_id)
         found = await self.store.get_effect(key)
         if found is not None:
             return found.result
@@ -410,15 +381,30 @@ class StoreRecorder:
             ) from exc
         return won.result
 
-    async def _write(self, journal: _RunJournal, write: Awaitable[StepRecord]) -> StepRecord:
-        """A journal write; one that fails leaves the run unable to journal more (loudly)."""
+    async def _write(self, journal: _RunJournal, run_id: str,
+                     write: Awaitable[StepRecord]) -> StepRecord:
+        """A journal write, fenced by this executor's lease; one that fails leaves the run
+        unable to journal more (loudly)."""
         try:
-            return await write
+            with writing_as(self.leases.owner):
+                return await write
         except StoreError as exc:
             journal.broken = exc
+            if isinstance(exc, LeaseLost):  # fenced: another executor holds the run
+                self.leases.lose(run_id, exc)
             raise
 
+    async def _ready(self, journal: _RunJournal, run_id: str) -> None:
+        """Before a step, a model call, a side effect or a write: the journal can take
+        it, and this executor still holds the run."""
+        self._usable(journal, run_id)
+        await self.leases.check(run_id)
+
     def _usable(self, journal: _RunJournal, run_id: str) -> None:
+        if isinstance(journal.broken, RunBusy):
+            lost = journal.broken
+            raise LeaseLost(str(lost), run_id=lost.run_id, owner=lost.owner,
+                            expires_at=lost.expires_at) from lost
         if journal.broken is not None:
             raise StoreUnavailable(
                 f"run {run_id!r} cannot journal more: an earlier write failed "

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ConfigError, StepFailed, StoreError
 from shoal.flows.journal import StoreRecorder
+from shoal.flows.lease import DEFAULT_LEASE_S
 
 if TYPE_CHECKING:
     from shoal.agents.agent import Agent
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from shoal.flows.flow import Flow, FlowResult
     from shoal.flows.progress import RunProgress
     from shoal.stores.base import Store
-    from shoal.stores.records import RunRecord, StepRecord
+    from shoal.stores.records import Lease, RunRecord, StepRecord
 
 __all__ = ["RunPlan", "StepView", "as_flow", "plan", "resume", "run_durable"]
 
@@ -72,6 +73,8 @@ async def run_durable(
     shared: Mapping[str, Any] | None = None,
     clock: Clock | None = None,
     progress: RunProgress | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
+    force: bool = False,
 ) -> FlowResult:
     """Run ``flow`` (or an agent, as a one-step flow) with every step and turn journaled
     in ``store`` (an open Store or a URL).
@@ -81,6 +84,12 @@ async def run_durable(
     flow. ``progress`` (a :class:`~shoal.flows.progress.RunProgress`) follows the steps
     live. Raises what ``flow.run`` raises; failed and cancelled steps are written to the
     journal with their error first.
+
+    The run is executed under a lease (:mod:`shoal.flows.lease`): ``RunBusy`` before any
+    request while another executor holds it; ``LeaseLost`` if another one takes it over
+    meanwhile. ``lease_s``: how long the lease outlives this process if it is killed
+    (renewed every ``lease_s / 3``). ``force``: take the run over whoever holds it (a
+    live holder's calls in flight are paid twice).
     """
     from shoal.agents.runner import new_run_id
 
@@ -88,7 +97,7 @@ async def run_durable(
     flow = as_flow(flow)
     async with _opened(store) as opened:
         recorder = StoreRecorder(opened, flow=flow, allow_changed=allow_changed, meta=meta,
-                                 clock=clock)
+                                 clock=clock, lease_s=lease_s, force=force)
         watched = recorder if progress is None else progress.watch(recorder)
         try:
             result = await flow.run(input, run_id=run_id, client=client, recorder=watched,
@@ -120,19 +129,24 @@ async def resume(
     shared: Mapping[str, Any] | None = None,
     clock: Clock | None = None,
     progress: RunProgress | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
+    force: bool = False,
 ) -> FlowResult:
     """Continue a failed, cancelled or killed run of ``flow`` from its journal.
 
     Finished steps and turns replay with zero model calls; the rest runs. The input is
     the run's own (read from the journal). Raises ``RunNotFound`` for an unknown run,
     ``ConfigError`` when the flow's definition changed (unless ``allow_changed``),
-    ``CorruptRecord`` naming the run and step when the journal fails verification.
+    ``CorruptRecord`` naming the run and step when the journal fails verification,
+    ``RunBusy`` (before any request) while another executor holds the run's lease —
+    ``force=True`` takes it over anyway (see :func:`run_durable`).
     """
     async with _opened(store) as opened:
         run = await opened.require_run(run_id)
         return await run_durable(flow, run.input, store=opened, run_id=run_id, client=client,
                                  allow_changed=allow_changed, budget=budget, shared=shared,
-                                 clock=clock, progress=progress)
+                                 clock=clock, progress=progress, lease_s=lease_s,
+                                 force=force)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +182,8 @@ class RunPlan:
     turns_to_replay: int = 0
     # replayed steps below a redone one: they run again if their inputs come out different
     stale_if_changed: list[str] = field(default_factory=list)
+    # who executes the run, or last did (a lease past its expiry binds no one): None: free
+    lease: Lease | None = None
 
     @property
     def target(self) -> str | None:
@@ -182,12 +198,13 @@ async def plan(store: Store | str, run_id: str) -> RunPlan:
     run's ``step_hashes``; map items count under their step) runs again, and the model
     turns journaled inside it replay. A replayed step below one that runs again
     (``stale_if_changed``) runs again too if its inputs come out different. Raises
-    ``RunNotFound`` or ``CorruptRecord``.
+    ``RunNotFound`` or ``CorruptRecord``. ``lease``: the executor holding the run, if any.
     """
     async with _opened(store) as opened:
         run = await opened.require_run(run_id)
         records = await opened.get_steps(run_id)
-    return _plan(run, records)
+        lease = await opened.get_lease(run_id)
+    return replace(_plan(run, records), lease=lease)
 
 
 def _plan(run: RunRecord, records: list[StepRecord]) -> RunPlan:

@@ -461,6 +461,8 @@ class FlowRun:
             first = group.exceptions[0]
             assert isinstance(first, _ItemFailed)
             raise (first.result.exception or RuntimeError(first.result.error)) from None
+        except* StoreError as group:  # the journal refused an item (a store down, a lease
+            raise group.exceptions[0] from None  # taken over): the run stops, named so
         done = [r for r in results if r is not None]
         ctx.usage = sum((r.usage for r in done), Usage())
         ctx.cost_usd = sum(r.cost_usd for r in done)

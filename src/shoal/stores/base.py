@@ -7,6 +7,9 @@ the call returns, so a resumed run can trust every step it reads. *Effects*
 record the result of a side-effecting tool under an idempotency key, so a
 resumed run does not repeat the side effect.
 
+A run being executed carries a *lease* (:mod:`shoal.stores.leases`), taken, renewed and
+released atomically; writes naming another executor than its holder are refused.
+
 Every record is stored as JSON beside its sha256; a record whose bytes no longer
 match raises :class:`CorruptRecord` naming its run and step and is never used.
 A write that fails is retried (bounded, through the injected clock) and then
@@ -30,12 +33,15 @@ from shoal.clock import Clock, RealClock
 from shoal.errors import ConfigError, ShoalError
 from shoal.stores import codec
 from shoal.stores.codec import EffectRow, RunRow, StepRow
+from shoal.stores.leases import WRITER, LeaseMode, check_lease_s, lost_message
 from shoal.stores.records import (
     FINISHED,
     RUN_STATUSES,
     STEP_STATUSES,
     CorruptRecord,
     EffectRecord,
+    Lease,
+    LeaseLost,
     RunExists,
     RunNotFound,
     RunRecord,
@@ -50,6 +56,7 @@ __all__ = [
     "FINISHED",
     "CorruptRecord",
     "EffectRecord",
+    "Lease",
     "RetryPolicy",
     "RunExists",
     "RunNotFound",
@@ -176,19 +183,24 @@ class Store(ABC):
         return run
 
     async def update_run(
-        self, run_id: str, *, status: RunStatus, error: str | None = None
+        self, run_id: str, *, status: RunStatus, error: str | None = None,
+        owner: str | None = None,
     ) -> None:
-        """Set a run's status (and error text). Raises :class:`RunNotFound`."""
+        """Set a run's status (and error text). Raises :class:`RunNotFound`, and
+        :class:`LeaseLost` when fenced (``owner``: as for :meth:`put_step`)."""
         self._check_open()
         if status not in RUN_STATUSES:
             raise ConfigError(f"unknown run status {status!r}; use one of {RUN_STATUSES}")
+        owner = owner or WRITER.get()
         now = self._clock.wall()
         state, state_sum = codec.encode_state(run_id, status, error, now)
         found = await self._retrying(
             f"update run {run_id!r}",
-            lambda: self._raw_set_state(run_id, status, state, state_sum, now),
+            lambda: self._raw_set_state(run_id, status, state, state_sum, now, owner=owner),
             run_id=run_id,
         )
+        if found is None:
+            raise await self._lost(run_id)
         if not found:
             raise self._not_found(run_id)
 
@@ -221,27 +233,35 @@ class Store(ABC):
 
     # -- steps ------------------------------------------------------------------
 
-    async def put_step(self, run_id: str, step: StepRecord) -> StepRecord:
+    async def put_step(self, run_id: str, step: StepRecord, *,
+                       owner: str | None = None) -> StepRecord:
         """Write a step in any status (atomically with the run's totals); return it as stored.
 
         Last write wins. Raises :class:`RunNotFound` when the run does not exist and
-        :class:`StoreUnavailable` when the write could not be confirmed.
+        :class:`StoreUnavailable` when the write could not be confirmed. With an
+        ``owner`` (the writer's lease id; default: :data:`~shoal.stores.leases.WRITER`)
+        the write is *fenced*: refused with :class:`LeaseLost`, and nothing written, when
+        another executor holds the run.
         """
         self._check_open()
         if step.status not in STEP_STATUSES:
             raise ConfigError(f"unknown step status {step.status!r}; use one of {STEP_STATUSES}")
         row = codec.encode_step(run_id, step)
+        owner = owner or WRITER.get()
         now = self._clock.wall()
         found = await self._retrying(
             f"save step {step.step_id!r} of run {run_id!r}",
-            lambda: self._raw_put_step(run_id, row, now),
+            lambda: self._raw_put_step(run_id, row, now, owner),
             run_id=run_id, step_id=step.step_id, write=True,
         )
+        if found is None:
+            raise await self._lost(run_id)
         if not found:
             raise self._not_found(run_id)
         return step
 
-    async def complete_step(self, run_id: str, step: StepRecord) -> StepRecord:
+    async def complete_step(self, run_id: str, step: StepRecord, *,
+                            owner: str | None = None) -> StepRecord:
         """Commit a succeeded step: its result, status and usage land together, or not at all.
 
         When this returns the step is durable; ``finished_at`` is stamped if unset.
@@ -253,7 +273,7 @@ class Store(ABC):
             )
         if step.finished_at is None:
             step = replace(step, finished_at=self._clock.wall())
-        return await self.put_step(run_id, step)
+        return await self.put_step(run_id, step, owner=owner)
 
     async def get_step(self, run_id: str, step_id: str) -> StepRecord | None:
         self._check_open()
@@ -271,6 +291,65 @@ class Store(ABC):
             run_id=run_id,
         )
         return [self._decode_step(run_id, r) for r in rows]
+
+    # -- leases -----------------------------------------------------------------
+
+    async def take_lease(
+        self, run_id: str, owner: str, lease_s: float, *, force: bool = False,
+        replacing: str | None = None,
+    ) -> Lease:
+        """Take the run's lease for ``owner`` until now + ``lease_s``, in one atomic step,
+        when it is free, expired, ``owner``'s already, held by ``replacing`` (a holder
+        the caller knows is dead) or ``force``. Returns the lease as it stands after:
+        ``owner``'s when taken, else the live holder's. Raises :class:`RunNotFound`."""
+        mode: LeaseMode = "force" if force else "take"
+        lease = await self._lease(run_id, mode, owner, check_lease_s(lease_s), replacing)
+        assert lease is not None  # a take leaves a holder
+        return lease
+
+    async def renew_lease(self, run_id: str, owner: str, lease_s: float) -> Lease | None:
+        """Extend ``owner``'s lease to now + ``lease_s`` if ``owner`` still holds it (even
+        expired: nobody took it). Returns the lease as it stands after (another holder's,
+        or None when free: ``owner`` lost it either way). Raises :class:`RunNotFound`."""
+        return await self._lease(run_id, "renew", owner, check_lease_s(lease_s), None)
+
+    async def release_lease(self, run_id: str, owner: str) -> bool:
+        """Free the run's lease if ``owner`` holds it. True when the run is free of any
+        lease afterwards; False when another executor holds it (or the run is gone)."""
+        try:
+            return await self._lease(run_id, "release", owner, 0.0, None) is None
+        except RunNotFound:
+            return False
+
+    async def get_lease(self, run_id: str) -> Lease | None:
+        """The run's lease as stored (maybe expired: see :meth:`Lease.live`), None when
+        free. Raises :class:`RunNotFound`."""
+        return await self._lease(run_id, "read", "", 0.0, None)
+
+    async def _lease(self, run_id: str, mode: LeaseMode, owner: str, lease_s: float,
+                     replacing: str | None) -> Lease | None:
+        self._check_open()
+        now = self._clock.wall()
+        holder = await self._retrying(
+            f"{mode} the lease of run {run_id!r}",
+            lambda: self._raw_lease(run_id, mode, owner, until=now + lease_s, now=now,
+                                    replacing=replacing),
+            run_id=run_id, write=mode != "read",
+        )
+        if holder is None:
+            raise self._not_found(run_id)
+        who, until = holder
+        return None if who is None else Lease(run_id, who, until or 0.0)
+
+    async def _lost(self, run_id: str) -> LeaseLost:
+        """The error for a fenced write: who holds the run now."""
+        try:
+            holder = await self.get_lease(run_id)
+        except StoreError:
+            holder = None
+        return LeaseLost(lost_message(run_id, holder, self._clock.wall(), self.url),
+                         run_id=run_id, owner=holder.owner if holder else "",
+                         expires_at=holder.expires_at if holder else 0.0)
 
     # -- effects ----------------------------------------------------------------
 
@@ -320,9 +399,11 @@ class Store(ABC):
 
     @abstractmethod
     async def _raw_set_state(
-        self, run_id: str, status: str, state: str, state_sum: str, now: float
-    ) -> bool:
-        """Replace the run's state record and status; False when the run is missing."""
+        self, run_id: str, status: str, state: str, state_sum: str, now: float, *,
+        owner: str | None,
+    ) -> bool | None:
+        """Replace the run's state record and status; False when the run is missing,
+        None (and no write) when ``owner`` is given and another owner holds the lease."""
 
     @abstractmethod
     async def _raw_list_runs(self, limit: int, status: str | None) -> list[RunRow]: ...
@@ -334,9 +415,20 @@ class Store(ABC):
     async def _raw_prune(self, cutoff: float) -> int: ...
 
     @abstractmethod
-    async def _raw_put_step(self, run_id: str, row: StepRow, now: float) -> bool:
+    async def _raw_put_step(self, run_id: str, row: StepRow, now: float,
+                            owner: str | None) -> bool | None:
         """Atomically upsert the step, move the run's totals by the step's delta and
-        set the run's ``updated_at``; False (and no write) when the run is missing."""
+        set the run's ``updated_at``; False (and no write) when the run is missing, None
+        (and no write) when ``owner`` is given and another owner holds the lease."""
+
+    @abstractmethod
+    async def _raw_lease(
+        self, run_id: str, mode: LeaseMode, owner: str, *, until: float, now: float,
+        replacing: str | None,
+    ) -> tuple[str | None, float | None] | None:
+        """Apply ``mode`` to the run's lease atomically (the rule:
+        :func:`shoal.stores.leases.allows`); return ``(holder, until)`` as it stands after
+        (``(None, None)`` when free), or None when the run is missing."""
 
     @abstractmethod
     async def _raw_get_step(self, run_id: str, step_id: str) -> StepRow | None: ...

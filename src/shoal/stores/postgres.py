@@ -25,6 +25,7 @@ from shoal.clock import Clock
 from shoal.errors import ConfigError
 from shoal.stores.base import RetryPolicy, Store
 from shoal.stores.codec import EffectRow, RunRow, StepRow
+from shoal.stores.leases import LeaseMode
 from shoal.stores.records import StoreError
 
 if TYPE_CHECKING:
@@ -105,6 +106,59 @@ def migrations(s: str) -> tuple[tuple[str, ...], ...]:
 
 
 SCHEMA_VERSION = len(migrations('"x"'))
+
+
+def lease_ddl(s: str) -> tuple[str, ...]:
+    """The run lease (shoal.stores.leases) for schema ``s``: two nullable columns and the
+    fenced step write, added on open to a schema of any version when missing. Not a
+    numbered migration: a shoal that predates leases keeps opening the schema (it names
+    its columns and calls ``put_step``, both unchanged) instead of refusing it as newer."""
+    return (
+        f"""ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS lease_owner text,
+            ADD COLUMN IF NOT EXISTS lease_until double precision""",
+        f"""CREATE OR REPLACE FUNCTION {s}.put_step_leased(
+            p_run text, p_step text, p_status text, p_tokens bigint,
+            p_cost double precision, p_payload text, p_checksum text,
+            p_now double precision, p_owner text) RETURNS integer LANGUAGE plpgsql AS $$
+        DECLARE
+            holder text;
+            old_tokens bigint;
+            old_cost double precision;
+        BEGIN
+            SELECT lease_owner INTO holder FROM {s}.runs WHERE run_id = p_run FOR UPDATE;
+            IF NOT FOUND THEN RETURN 0; END IF;
+            IF p_owner IS NOT NULL AND holder IS NOT NULL AND holder <> p_owner THEN
+                RETURN -1;
+            END IF;
+            SELECT tokens, cost_usd INTO old_tokens, old_cost FROM {s}.steps
+                WHERE run_id = p_run AND step_id = p_step;
+            INSERT INTO {s}.steps AS st
+                (run_id, step_id, status, tokens, cost_usd, payload, checksum)
+                VALUES (p_run, p_step, p_status, p_tokens, p_cost, p_payload, p_checksum)
+                ON CONFLICT (run_id, step_id) DO UPDATE SET status = EXCLUDED.status,
+                    tokens = EXCLUDED.tokens, cost_usd = EXCLUDED.cost_usd,
+                    payload = EXCLUDED.payload, checksum = EXCLUDED.checksum;
+            UPDATE {s}.runs SET tokens = tokens + p_tokens - coalesce(old_tokens, 0),
+                cost_usd = cost_usd + p_cost - coalesce(old_cost, 0), updated_at = p_now
+                WHERE run_id = p_run;
+            RETURN 1;
+        END $$""",
+    )
+
+
+# How each lease mode sets the lease ($1 run, $2 owner, $3 until, $4 now, $5 replacing)
+# and how many of those parameters it takes. One UPDATE computes the new values from
+# the row it has locked (re-read if a concurrent writer changed it): a compare-and-set.
+_TAKE = ("(lease_owner IS NULL OR lease_owner = $2 OR lease_until IS NULL "
+         "OR lease_until <= $4 OR lease_owner = $5)")
+_LEASE_SET: dict[str, tuple[str, int]] = {
+    "take": (f"lease_owner = CASE WHEN {_TAKE} THEN $2 ELSE lease_owner END, "
+             f"lease_until = CASE WHEN {_TAKE} THEN $3 ELSE lease_until END", 5),
+    "force": ("lease_owner = $2, lease_until = $3", 3),
+    "renew": ("lease_until = CASE WHEN lease_owner = $2 THEN $3 ELSE lease_until END", 3),
+    "release": ("lease_until = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_until END, "
+                "lease_owner = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_owner END", 2),
+}
 
 
 class PostgresStore(Store):
@@ -195,6 +249,12 @@ class PostgresStore(Store):
                 )
             elif self._target > current:
                 await conn.execute(f"UPDATE {s}.schema_version SET version = $1", self._target)
+            # Checked first: ALTER TABLE would lock the runs table on every open.
+            if await conn.fetchval("SELECT to_regprocedure($1) IS NULL",
+                                   f"{s}.put_step_leased(text, text, text, bigint, double "
+                                   "precision, text, text, double precision, text)"):
+                for statement in lease_ddl(s):
+                    await conn.execute(statement)
 
     async def _raw_close(self) -> None:
         pool, self._pool = self._pool, None
@@ -220,14 +280,20 @@ class PostgresStore(Store):
         return None if r is None else RunRow(*r)
 
     async def _raw_set_state(
-        self, run_id: str, status: str, state: str, state_sum: str, now: float
-    ) -> bool:
+        self, run_id: str, status: str, state: str, state_sum: str, now: float, *,
+        owner: str | None,
+    ) -> bool | None:
         found = await self._p.fetchval(
             f"UPDATE {self._s}.runs SET status = $2, state = $3, state_sum = $4, "
-            "updated_at = $5 WHERE run_id = $1 RETURNING true",
-            run_id, status, state, state_sum, now,
+            "updated_at = $5 WHERE run_id = $1 AND ($6::text IS NULL OR lease_owner IS NULL "
+            "OR lease_owner = $6) RETURNING true",
+            run_id, status, state, state_sum, now, owner,
         )
-        return bool(found)
+        if found:
+            return True
+        exists = await self._p.fetchval(
+            f"SELECT true FROM {self._s}.runs WHERE run_id = $1", run_id)
+        return None if exists else False
 
     async def _raw_list_runs(self, limit: int, status: str | None) -> list[RunRow]:
         where = "" if status is None else "WHERE status = $2 "
@@ -258,13 +324,14 @@ class PostgresStore(Store):
 
     # -- steps ------------------------------------------------------------------
 
-    async def _raw_put_step(self, run_id: str, row: StepRow, now: float) -> bool:
+    async def _raw_put_step(self, run_id: str, row: StepRow, now: float,
+                            owner: str | None) -> bool | None:
         found = await self._p.fetchval(
-            f"SELECT {self._s}.put_step($1, $2, $3, $4, $5, $6, $7, $8)",
+            f"SELECT {self._s}.put_step_leased($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             run_id, row.step_id, row.status, row.tokens, row.cost_usd, row.payload,
-            row.checksum, now,
+            row.checksum, now, owner,
         )
-        return bool(found)
+        return None if found == -1 else found == 1
 
     async def _raw_get_step(self, run_id: str, step_id: str) -> StepRow | None:
         r = await self._p.fetchrow(
@@ -279,6 +346,24 @@ class PostgresStore(Store):
             "AND starts_with(step_id, $2) ORDER BY seq", run_id, prefix,
         )
         return [StepRow(*r) for r in rows]
+
+    # -- leases -----------------------------------------------------------------
+
+    async def _raw_lease(
+        self, run_id: str, mode: LeaseMode, owner: str, *, until: float, now: float,
+        replacing: str | None,
+    ) -> tuple[str | None, float | None] | None:
+        if mode == "read":
+            r = await self._p.fetchrow(
+                f"SELECT lease_owner, lease_until FROM {self._s}.runs WHERE run_id = $1",
+                run_id)
+            return None if r is None else (r[0], r[1])
+        assignments, count = _LEASE_SET[mode]
+        args = (run_id, owner, until, now, replacing)[:count]
+        r = await self._p.fetchrow(
+            f"UPDATE {self._s}.runs SET {assignments} WHERE run_id = $1 "
+            "RETURNING lease_owner, lease_until", *args)
+        return None if r is None else (r[0], r[1])
 
     # -- effects ----------------------------------------------------------------
 

@@ -7,7 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from shoal.errors import CorruptRecord, RunExists, RunNotFound, StoreError, StoreUnavailable
+from shoal.errors import (
+    CorruptRecord,
+    LeaseLost,
+    RunBusy,
+    RunExists,
+    RunNotFound,
+    StoreError,
+    StoreUnavailable,
+)
 
 __all__ = [
     "FINISHED",
@@ -15,6 +23,9 @@ __all__ = [
     "STEP_STATUSES",
     "CorruptRecord",
     "EffectRecord",
+    "Lease",
+    "LeaseLost",
+    "RunBusy",
     "RunExists",
     "RunNotFound",
     "RunRecord",
@@ -87,3 +98,16 @@ class EffectRecord:
     created_at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who executes a run, until when: ``owner`` (``<nonce>@<host>:<pid>:<node>``, see
+    :mod:`shoal.stores.leases`) holds the run until ``expires_at`` (epoch seconds, by the
+    clock of the store that stamped it) unless it renews the lease first."""
+
+    run_id: str
+    owner: str
+    expires_at: float
+
+    def live(self, now: float) -> bool:
+        """Whether the lease still binds at ``now`` (epoch seconds)."""
+        return now < self.expires_at

@@ -4,7 +4,8 @@ Layout under a key prefix ``P`` (default ``shoal``)::
 
     P:schema                 schema version
     P:run:<run_id>           HASH  head, head_sum, state, state_sum, status, flow,
-                                   created_at, updated_at, tokens, cost_usd, nseq
+                                   created_at, updated_at, tokens, cost_usd, nseq,
+                                   lease_owner, lease_until (the run lease, when held)
     P:steps:<run_id>         HASH  step_id -> "seq\\ntokens\\ncost\\nstatus\\nsha256\\njson"
     P:effect:<key>           HASH  run_id, created_at, payload, checksum
     P:effects:<run_id>       SET   effect keys of the run
@@ -12,6 +13,8 @@ Layout under a key prefix ``P`` (default ``shoal``)::
     P:runs:s:<status>        ZSET  run ids of one status by created_at
     P:runs:u                 ZSET  run ids by updated_at (prune; schema v2)
 
+The run lease lives in the run's hash: fields appear when a lease is first taken, so a
+store of any version needs no migration and a shoal that predates leases ignores them.
 Every write that spans keys is one Lua script, so it is atomic: a step, the
 run's totals and its prune index move together. Scripts touch keys derived
 inside them, so this needs a single Redis (not Cluster). Durability is the
@@ -28,6 +31,7 @@ from shoal.clock import Clock
 from shoal.errors import ConfigError
 from shoal.stores.base import RetryPolicy, Store
 from shoal.stores.codec import EffectRow, RunRow, StepRow
+from shoal.stores.leases import LeaseMode
 from shoal.stores.records import FINISHED, RUN_STATUSES, StoreError
 
 if TYPE_CHECKING:
@@ -60,10 +64,18 @@ return false
 """
 
 # KEYS: run, steps, effects-of-run, updated index, then one index per status in
-# RUN_STATUSES order. ARGV: run_id, status, state, state_sum, now, ttl_ms, effect prefix.
+# RUN_STATUSES order. ARGV: run_id, status, state, state_sum, now, ttl_ms, effect prefix,
+# writer ('' or a lease owner: refused with -1 while another owner holds the run).
+_FENCE = """
+if ARGV[{n}] ~= '' then
+  local holder = redis.call('HGET', KEYS[1], 'lease_owner')
+  if holder and holder ~= ARGV[{n}] then return -1 end
+end
+"""
 _SET_STATE = """
 local old = redis.call('HGET', KEYS[1], 'status')
 if not old then return 0 end
+""" + _FENCE.format(n=8) + """
 local slot = {running = 5, succeeded = 6, failed = 7, cancelled = 8}
 local created = redis.call('HGET', KEYS[1], 'created_at')
 if slot[old] then redis.call('ZREM', KEYS[slot[old]], ARGV[1]) end
@@ -80,9 +92,10 @@ end
 return 1
 """
 
-# KEYS: run, steps, updated index. ARGV: run_id, step_id, body, tokens, cost, now.
+# KEYS: run, steps, updated index. ARGV: run_id, step_id, body, tokens, cost, now, writer.
 _PUT_STEP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+""" + _FENCE.format(n=7) + """
 local old = redis.call('HGET', KEYS[2], ARGV[2])
 local seq, ot, oc = nil, 0, 0
 if old then
@@ -126,6 +139,30 @@ for _, k in ipairs(redis.call('SMEMBERS', KEYS[3])) do redis.call('DEL', ARGV[2]
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return existed
+"""
+
+# KEYS: run. ARGV: mode, owner, until, now, replacing ('' for none). The rule of
+# shoal.stores.leases.allows; returns {holder, until} after ('' when free), or false
+# when the run is missing.
+_LEASE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local cur = redis.call('HMGET', KEYS[1], 'lease_owner', 'lease_until')
+local holder, untils = cur[1], cur[2]
+local mode, owner = ARGV[1], ARGV[2]
+local ok = false
+if mode == 'force' then ok = true
+elseif mode == 'renew' or mode == 'release' then ok = (holder == owner)
+elseif mode == 'take' then
+  ok = (not holder) or holder == owner or (not untils)
+       or tonumber(untils) <= tonumber(ARGV[4]) or (ARGV[5] ~= '' and holder == ARGV[5])
+end
+if not ok then return {holder or '', untils or ''} end
+if mode == 'release' then
+  redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
+  return {'', ''}
+end
+redis.call('HSET', KEYS[1], 'lease_owner', owner, 'lease_until', ARGV[3])
+return {owner, ARGV[3]}
 """
 
 _SET_VERSION = """
@@ -215,6 +252,7 @@ class RedisStore(Store):
                 ("create_run", _CREATE_RUN), ("set_state", _SET_STATE),
                 ("put_step", _PUT_STEP), ("put_effect", _PUT_EFFECT),
                 ("delete_run", _DELETE_RUN), ("set_version", _SET_VERSION),
+                ("lease", _LEASE),
             ):
                 self._scripts[name] = self._client.register_script(body)
         await self._migrate()
@@ -276,16 +314,17 @@ class RedisStore(Store):
         return _run_row(run_id, values) if values[0] is not None else None
 
     async def _raw_set_state(
-        self, run_id: str, status: str, state: str, state_sum: str, now: float
-    ) -> bool:
+        self, run_id: str, status: str, state: str, state_sum: str, now: float, *,
+        owner: str | None,
+    ) -> bool | None:
         found = await self._script(
             "set_state",
             [self._k("run", run_id), self._k("steps", run_id), self._k("effects", run_id),
              self._k("runs", "u"), *self._status_keys()],
             [run_id, status, state, state_sum, repr(now), self._ttl_ms(status),
-             self._k("effect", "")],
+             self._k("effect", ""), owner or ""],
         )
-        return bool(found)
+        return None if found == -1 else bool(found)
 
     async def _raw_list_runs(self, limit: int, status: str | None) -> list[RunRow]:
         index = self._k("runs") if status is None else self._k("runs", "s", status)
@@ -332,16 +371,18 @@ class RedisStore(Store):
 
     # -- steps ------------------------------------------------------------------
 
-    async def _raw_put_step(self, run_id: str, row: StepRow, now: float) -> bool:
+    async def _raw_put_step(self, run_id: str, row: StepRow, now: float,
+                            owner: str | None) -> bool | None:
         body = "\n".join(
             (str(row.tokens), repr(row.cost_usd), row.status, row.checksum, row.payload)
         )
         found = await self._script(
             "put_step",
             [self._k("run", run_id), self._k("steps", run_id), self._k("runs", "u")],
-            [run_id, row.step_id, body, row.tokens, repr(row.cost_usd), repr(now)],
+            [run_id, row.step_id, body, row.tokens, repr(row.cost_usd), repr(now),
+             owner or ""],
         )
-        return bool(found)
+        return None if found == -1 else bool(found)
 
     async def _raw_get_step(self, run_id: str, step_id: str) -> StepRow | None:
         value = await self._c.hget(self._k("steps", run_id), step_id)
@@ -352,6 +393,26 @@ class RedisStore(Store):
         rows = [_step_row(k, v) for k, v in values.items() if k.startswith(prefix)]
         rows.sort(key=lambda pair: pair[0])
         return [row for _, row in rows]
+
+    # -- leases -----------------------------------------------------------------
+
+    async def _raw_lease(
+        self, run_id: str, mode: LeaseMode, owner: str, *, until: float, now: float,
+        replacing: str | None,
+    ) -> tuple[str | None, float | None] | None:
+        if mode == "read":
+            values = await self._c.hmget(self._k("run", run_id),
+                                         ["flow", "lease_owner", "lease_until"])
+            if values[0] is None:
+                return None
+            holder: list[Any] | None = [values[1] or "", values[2] or ""]
+        else:
+            holder = await self._script("lease", [self._k("run", run_id)],
+                                        [mode, owner, repr(until), repr(now), replacing or ""])
+        if holder is None:
+            return None
+        who, at = holder
+        return (str(who), float(at)) if who else (None, None)
 
     # -- effects ----------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from shoal.clock import Clock
 from shoal.errors import ConfigError
 from shoal.stores.base import RetryPolicy, Store
 from shoal.stores.codec import EffectRow, RunRow, StepRow
+from shoal.stores.leases import LeaseMode, allows
 from shoal.stores.records import StoreError
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -60,6 +61,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# The run lease (shoal.stores.leases): two nullable columns, added on open to a store of
+# any version. Not a numbered migration: a shoal that predates leases keeps opening the
+# store (it reads and writes runs by explicit columns) instead of refusing a newer schema.
+LEASE_COLUMNS = ("ALTER TABLE runs ADD COLUMN lease_owner TEXT",
+                 "ALTER TABLE runs ADD COLUMN lease_until REAL")
+# A write naming its executor (?1) lands only if no other executor holds the run.
+_FENCE = "(?1 IS NULL OR lease_owner IS NULL OR lease_owner = ?1)"
 
 _RUN_COLS = (
     "run_id, flow, status, created_at, updated_at, tokens, cost_usd, head, head_sum, state, "
@@ -165,6 +173,10 @@ class SQLiteStore(Store):
                 conn.execute("INSERT INTO schema_version VALUES (?)", (max(current, self._target),))
             elif self._target > current:
                 conn.execute("UPDATE schema_version SET version = ?", (self._target,))
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+            if "lease_owner" not in columns:
+                for statement in LEASE_COLUMNS:
+                    conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -205,14 +217,15 @@ class SQLiteStore(Store):
         return await self._run(lambda conn: _get_run(conn, run_id))
 
     async def _raw_set_state(
-        self, run_id: str, status: str, state: str, state_sum: str, now: float
-    ) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
+        self, run_id: str, status: str, state: str, state_sum: str, now: float, *,
+        owner: str | None,
+    ) -> bool | None:
+        def op(conn: sqlite3.Connection) -> bool | None:
             cur = conn.execute(
-                "UPDATE runs SET status = ?, state = ?, state_sum = ?, updated_at = ? "
-                "WHERE run_id = ?", (status, state, state_sum, now, run_id),
+                "UPDATE runs SET status = ?2, state = ?3, state_sum = ?4, updated_at = ?5 "
+                f"WHERE run_id = ?6 AND {_FENCE}", (owner, status, state, state_sum, now, run_id),
             )
-            return cur.rowcount == 1
+            return True if cur.rowcount == 1 else _fenced_or_missing(conn, run_id)
 
         return await self._write(op)
 
@@ -254,20 +267,21 @@ class SQLiteStore(Store):
 
     # -- steps ------------------------------------------------------------------
 
-    async def _raw_put_step(self, run_id: str, row: StepRow, now: float) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
+    async def _raw_put_step(self, run_id: str, row: StepRow, now: float,
+                            owner: str | None) -> bool | None:
+        def op(conn: sqlite3.Connection) -> bool | None:
             old = conn.execute(
                 "SELECT tokens, cost_usd FROM steps WHERE run_id = ? AND step_id = ?",
                 (run_id, row.step_id),
             ).fetchone()
             old_tokens, old_cost = old if old is not None else (0, 0.0)
             cur = conn.execute(
-                "UPDATE runs SET tokens = tokens + ?, cost_usd = cost_usd + ?, updated_at = ? "
-                "WHERE run_id = ?",
-                (row.tokens - old_tokens, row.cost_usd - old_cost, now, run_id),
+                "UPDATE runs SET tokens = tokens + ?2, cost_usd = cost_usd + ?3, "
+                f"updated_at = ?4 WHERE run_id = ?5 AND {_FENCE}",
+                (owner, row.tokens - old_tokens, row.cost_usd - old_cost, now, run_id),
             )
             if cur.rowcount != 1:
-                return False
+                return _fenced_or_missing(conn, run_id)
             conn.execute(
                 f"INSERT INTO steps (run_id, {_STEP_COLS}) VALUES (?,?,?,?,?,?,?) "
                 "ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, "
@@ -301,6 +315,27 @@ class SQLiteStore(Store):
 
         return await self._run(op)
 
+    # -- leases -----------------------------------------------------------------
+
+    async def _raw_lease(
+        self, run_id: str, mode: LeaseMode, owner: str, *, until: float, now: float,
+        replacing: str | None,
+    ) -> tuple[str | None, float | None] | None:
+        def op(conn: sqlite3.Connection) -> tuple[str | None, float | None] | None:
+            row = conn.execute("SELECT lease_owner, lease_until FROM runs WHERE run_id = ?",
+                               (run_id,)).fetchone()
+            if row is None:
+                return None
+            if not allows(mode, row[0], row[1], owner=owner, now=now, replacing=replacing):
+                return row[0], row[1]
+            new = (None, None) if mode == "release" else (owner, until)
+            conn.execute("UPDATE runs SET lease_owner = ?, lease_until = ? WHERE run_id = ?",
+                         (*new, run_id))
+            return new
+
+        # Inside BEGIN IMMEDIATE: the read and the write are one compare-and-set.
+        return await (self._run(op) if mode == "read" else self._write(op))
+
     # -- effects ----------------------------------------------------------------
 
     async def _raw_get_effect(self, key: str) -> EffectRow | None:
@@ -327,6 +362,13 @@ class SQLiteStore(Store):
 def _get_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
     r = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     return None if r is None else RunRow(*r)
+
+
+def _fenced_or_missing(conn: sqlite3.Connection, run_id: str) -> bool | None:
+    """After a fenced UPDATE changed no row: None if the run exists (another executor
+    holds its lease), False if it does not."""
+    found = conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return None if found is not None else False
 
 
 def _get_effect(conn: sqlite3.Connection, key: str) -> EffectRow | None:
