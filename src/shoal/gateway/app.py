@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shoal.errors import ConfigError
+from shoal.errors import RequestRefused
 from shoal.fastjson import loads
 from shoal.gateway import anthropic_api, openai_api
 from shoal.gateway.access_log import AccessRecord
@@ -120,11 +120,10 @@ async def _chat(gw: Gateway, wire: Wire, request: web.Request,
         spend.answered(answer)
         return web.Response(body=wire.render(answer, parsed.request.model),
                             content_type=_JSON)
-    except ConfigError as exc:  # refused before any upstream request
-        bad = gw.refusal(exc, parsed, info)  # naming the field at fault
-        if bad is None:
-            raise
-        raise bad from exc
+    except RequestRefused as exc:  # an adapter refused it before any upstream request
+        # The adapter names the neutral field at fault; the caller reads its own name.
+        field = None if exc.param is None else parsed.param(exc.param)
+        raise BadInput(str(exc), param=field) from exc
     finally:
         rec.input_tokens = spend.usage.input_tokens
         rec.output_tokens = spend.usage.output_tokens

@@ -255,19 +255,6 @@ class Gateway:
                                       max_cost_usd=worst_usd)
         return Admitted(key, info, grant, request, counted)
 
-    def refusal(self, exc: ConfigError, parsed: Parsed, info: ModelInfo) -> BadInput | None:
-        """``exc``, raised before any upstream request, as the 400 naming the caller's
-        field at fault when it is a refusal of the request's thinking or of a schema
-        (:func:`~shoal.gateway.refusals.refused_field`); None when it is another."""
-        from shoal.gateway.refusals import refused_field
-
-        plan = self._plan(info)
-        channels = ((profile_for(ch.provider, ch.protocol), ch.wire_model(m))
-                    for m, chs in zip(plan.chain, plan.channels, strict=True) for ch in chs)
-        message = str(exc)
-        field = refused_field(message, parsed.request, channels)
-        return None if field is None else BadInput(message, param=parsed.param(field))
-
     # -- after the call -------------------------------------------------------------------
 
     def settle(self, grant: KeyGrant, spend: Spend) -> None:

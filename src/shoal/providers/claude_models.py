@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from shoal.errors import BadRequest, ConfigError
+from shoal.errors import BadRequest, RequestRefused
 from shoal.types import ChatRequest
 
 __all__ = ["adaptive_claude", "adaptive_only_claude", "check_claude_request",
@@ -43,6 +43,13 @@ def adaptive_only_claude(model: str) -> bool:
 # not accept a request only because the adapter agrees with it.
 _CLAUDE_5 = re.compile(r"claude-[a-z]+-(?:[5-9]|\d\d)(?:$|[-.])")
 _CLAUDE_5_5 = re.compile(r"claude-[a-z]+-(?:5-[5-9]|[6-9]|\d\d)(?:$|[-.])")
+# From Opus 4.1 and the 4.5 models on, temperature and top_p together are a 400
+# ("`temperature` and `top_p` cannot both be specified for this model. Please use only
+# one.": integrators' reports with request ids, langfuse/langfuse#9882,
+# SalesforceAIResearch/MCP-Universe#49, open-webui/pipelines#546); Sonnet and Opus 4 take
+# both. (Claude 5 refuses either one, below.)
+_ONE_SAMPLER = re.compile(
+    r"claude-(?:opus-4-(?:[1-9]|\d\d)(?!\d)|(?:sonnet|haiku)-4-(?:[5-9]|\d\d)(?!\d))")
 
 
 def check_claude_request(model: str, request: ChatRequest) -> bool:
@@ -52,20 +59,27 @@ def check_claude_request(model: str, request: ChatRequest) -> bool:
     forcing = _CLAUDE_5_5.match(model_id) is None
     choice = request.tool_choice
     if not forcing and request.tools and choice not in (None, "auto", "none"):
-        raise ConfigError(
+        raise RequestRefused(
             f"{model} refuses forced tool use (tool_choice={choice!r}): Anthropic returns an "
-            "error from Claude 5.5 on; leave tool_choice unset (auto)")
+            "error from Claude 5.5 on; leave tool_choice unset (auto)", param="tool_choice")
     temperature = request.temperature
     if temperature is not None and not isinstance(temperature, bool) and temperature > 1:
         raise BadRequest(
             f"temperature must be a number from 0 to 1 for Anthropic's models, got "
             f"{temperature!r} (OpenAI-style models take up to 2); lower it, or leave it "
             "unset", code="invalid_request", param="temperature")
+    if _ONE_SAMPLER.match(model_id) is not None and temperature is not None and \
+            request.top_p is not None:
+        raise RequestRefused(
+            f"{model} takes temperature or top_p, not both (Anthropic answers 400 "
+            "\"`temperature` and `top_p` cannot both be specified for this model\"); leave "
+            "one of them unset", param="top_p")
     if _CLAUDE_5.match(model_id) is not None and (
             request.temperature not in (None, 1, 1.0) or request.top_p not in (None, 1, 1.0)):
-        raise ConfigError(
+        raise RequestRefused(
             f"{model} refuses temperature and top_p (Anthropic returns 400 for them from "
-            "Claude 5 on); leave them unset")
+            "Claude 5 on); leave them unset",
+            param="temperature" if request.temperature not in (None, 1, 1.0) else "top_p")
     return forcing
 
 
@@ -76,20 +90,21 @@ def check_claude_request(model: str, request: ChatRequest) -> bool:
 
 def check_tool_schemas(request: ChatRequest) -> None:
     """The caller's tools: each takes an object of arguments."""
-    for tool in request.tools:
+    for i, tool in enumerate(request.tools):
         if tool.parameters.get("type") != "object":
-            raise ConfigError(
+            raise RequestRefused(
                 f"tool {tool.name!r}: Anthropic takes only an object schema as a tool's "
                 f"parameters (got type {tool.parameters.get('type')!r}); put the arguments "
-                "under properties of {\"type\": \"object\"}")
+                "under properties of {\"type\": \"object\"}", param=f"tools[{i}]")
 
 
 def check_output_tool_schema(request: ChatRequest) -> None:
     """The output schema, when a tool's input carries the typed answer."""
     schema = request.output_schema
     if schema is not None and schema.get("type") != "object":
-        raise ConfigError(
+        raise RequestRefused(
             f"output schema {request.output_schema_name!r}: Anthropic carries a typed answer "
             f"as a tool's input, which must be an object (got type {schema.get('type')!r}); "
             "wrap it: {\"type\": \"object\", \"properties\": {\"items\": <your schema>}, "
-            "\"required\": [\"items\"]} (an Agent's output_type does this for you)")
+            "\"required\": [\"items\"]} (an Agent's output_type does this for you)",
+            param="output_schema")

@@ -21,9 +21,9 @@ from typing import Any
 from shoal import fastjson
 from shoal.errors import (
     BadRequest,
-    ConfigError,
     MalformedResponse,
     ProviderError,
+    RequestRefused,
     StreamInterrupted,
 )
 from shoal.providers.base import Prepared
@@ -367,17 +367,18 @@ def _response_format(p: ProviderProfile, name: str, schema: dict[str, Any], *,
 def _offers_tools(p: ProviderProfile, choice: str | None) -> bool:
     """Whether the request's tools go out: not for tool_choice "none" where the provider
     takes no tool_choice (offering them there lets the model call one anyway); a choice
-    such a provider cannot honour (a required or named tool) is a ConfigError first."""
+    such a provider cannot honour (a required or named tool) is a RequestRefused first."""
     if p.tool_choice == "all" or choice in (None, "auto"):
         return True
     if choice == "none":
         return False
     takes = "only tool_choice='auto'" if p.tool_choice == "auto_only" else "no tool_choice"
-    raise ConfigError(
+    raise RequestRefused(
         f"provider family {p.family!r} takes {takes}, so it cannot be made to call "
         f"{'a tool' if choice == 'required' else f'tool {choice!r}'} (tool_choice="
         f"{choice!r}); leave tool_choice unset (or 'auto'), or use a model served by a "
-        "provider that can force a tool call (OpenAI, Anthropic, DeepSeek, Gemini)")
+        "provider that can force a tool call (OpenAI, Anthropic, DeepSeek, Gemini)",
+        param="tool_choice")
 
 
 def _check_json_word(p: ProviderProfile, messages: list[dict[str, Any]]) -> None:
@@ -404,18 +405,18 @@ def _check_json_word(p: ProviderProfile, messages: list[dict[str, Any]]) -> None
 
 def _logprobs(p: ProviderProfile, top: int, *, thinking: bool) -> dict[str, Any]:
     """``logprobs`` (and ``top_logprobs`` alternatives when ``top`` > 0), or a
-    ConfigError before any request where the provider returns none (``thinking``: the
+    RequestRefused before any request where the provider returns none (``thinking``: the
     request runs in the provider's thinking mode)."""
     if thinking and p.family == "deepseek":  # its reasoning-model guide: "会报错" (a 400)
-        raise ConfigError(
+        raise RequestRefused(
             "DeepSeek refuses logprobs and top_logprobs in thinking mode (the default on "
             "deepseek-reasoner and deepseek-v4 models); switch thinking off with "
-            "thinking=Thinking(enabled=False), or leave logprobs unset")
+            "thinking=Thinking(enabled=False), or leave logprobs unset", param="logprobs")
     if not p.logprobs:
-        raise ConfigError(
+        raise RequestRefused(
             f"provider family {p.family!r} does not return log probabilities (logprobs); "
             "leave logprobs unset for it, or use a model served by a provider that returns "
-            "them (OpenAI, DeepSeek, Gemini, OpenRouter, vLLM, llama.cpp)")
+            "them (OpenAI, DeepSeek, Gemini, OpenRouter, vLLM, llama.cpp)", param="logprobs")
     return {"logprobs": True, "top_logprobs": top} if top else {"logprobs": True}
 
 

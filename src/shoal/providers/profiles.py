@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shoal.errors import ConfigError
+from shoal.errors import RequestRefused
 from shoal.providers.claude_models import adaptive_claude, adaptive_only_claude
 from shoal.types import ChatRequest, Thinking
 
@@ -98,7 +98,7 @@ class ProviderProfile:
     # ChatRequest.parallel_tool_calls is not sent (compatible servers may refuse it).
     parallel_switch: bool = False
     # Returns token log probabilities (logprobs/top_logprobs): OpenAI and the servers
-    # that document them. Elsewhere ChatRequest.logprobs is a ConfigError before any
+    # that document them. Elsewhere ChatRequest.logprobs is a RequestRefused before any
     # request: silently answering without them would look like a provider that has none.
     logprobs: bool = False
     # JSON mode (json_object) refused unless "json" is in the prompt: in any message
@@ -185,7 +185,7 @@ KIMI_PINNED = re.compile(r"^kimi-k(?:2\.[5-9]|[3-9])")
 
 
 def check_sampling(profile: ProviderProfile, model: str, request: ChatRequest) -> None:
-    """ConfigError, before any request, for sampling settings the model refuses."""
+    """RequestRefused, before any request, for sampling settings the model refuses."""
     family = profile.family
     if family == "moonshot" and KIMI_PINNED.match(model.lower()):
         off = request.thinking is not None and not request.thinking.enabled
@@ -193,19 +193,20 @@ def check_sampling(profile: ProviderProfile, model: str, request: ChatRequest) -
         for name, fixed in pinned.items():
             value = getattr(request, name)
             if value is not None and value != fixed:
-                raise ConfigError(
+                raise RequestRefused(
                     f"{model!r} pins {name} to {fixed:g} (Moonshot answers 400 \"only "
-                    f"{fixed:g} is allowed for this model\"); leave {name} unset for it")
+                    f"{fixed:g} is allowed for this model\"); leave {name} unset for it",
+                    param=name)
         return
     if family != "openai" or not _OPENAI_REASONING.match(model):
         return
     for name in ("temperature", "top_p"):
         value = getattr(request, name)
         if value is not None and value != 1:
-            raise ConfigError(
+            raise RequestRefused(
                 f"OpenAI reasoning model {model!r} refuses {name}={value} (only the default "
-                f"1); leave {name} unset for it, or use a non-reasoning model such as gpt-4o"
-            )
+                f"1); leave {name} unset for it, or use a non-reasoning model such as gpt-4o",
+                param=name)
 
 
 def schema_instructions(schema: dict[str, Any]) -> str:
@@ -268,23 +269,23 @@ def _effort(thinking: Thinking) -> str | None:
 
 
 def anthropic_budget(thinking: Thinking, max_tokens: int) -> int:
-    """The ``budget_tokens`` to send; a clear ConfigError when Anthropic would refuse it."""
+    """The ``budget_tokens`` to send; a clear RequestRefused when Anthropic would refuse
+    it (``param``: the budget itself when it is under the minimum, else max_tokens)."""
     budget = thinking.budget_tokens
     if budget is not None:
         if budget < ANTHROPIC_MIN_BUDGET or budget >= max_tokens:
-            raise ConfigError(
+            raise RequestRefused(
                 f"Thinking(budget_tokens={budget}) with max_tokens={max_tokens}: Anthropic "
                 f"needs {ANTHROPIC_MIN_BUDGET} <= budget_tokens < max_tokens; raise max_tokens "
-                "or lower the budget"
-            )
+                "or lower the budget",
+                param="thinking" if budget < ANTHROPIC_MIN_BUDGET else "max_tokens")
         return budget
     budget = min(_EFFORT_BUDGET[thinking.effort or "medium"], max_tokens - 1)
     if budget < ANTHROPIC_MIN_BUDGET:
-        raise ConfigError(
+        raise RequestRefused(
             f"thinking on Anthropic needs max_tokens above {ANTHROPIC_MIN_BUDGET} "
             f"(budget_tokens must be at least {ANTHROPIC_MIN_BUDGET} and below max_tokens); "
-            f"max_tokens is {max_tokens}"
-        )
+            f"max_tokens is {max_tokens}", param="max_tokens")
     return budget
 
 
@@ -293,8 +294,9 @@ def thinking_fields(profile: ProviderProfile, request: ChatRequest,
     """The request fields that switch reasoning on or off for this provider (``model``:
     the wire id, which decides Anthropic's adaptive or budgeted form).
 
-    Raises ConfigError when the request cannot be expressed (Anthropic's budget rules;
-    forced tool use or a temperature while thinking; a provider with no known switch)."""
+    Raises RequestRefused, naming the field at fault, when the request cannot be
+    expressed (Anthropic's budget rules; forced tool use or a temperature while thinking;
+    a provider with no known switch)."""
     thinking = request.thinking
     if thinking is None:
         return {}
@@ -304,20 +306,19 @@ def thinking_fields(profile: ProviderProfile, request: ChatRequest,
         if not thinking.enabled:
             return {"thinking": {"type": "disabled"}}
         if request.temperature not in (None, 1, 1.0):
-            raise ConfigError(
+            raise RequestRefused(
                 f"Anthropic refuses temperature={request.temperature} with thinking; "
-                "leave temperature unset"
-            )
+                "leave temperature unset", param="temperature")
         if request.tool_choice not in (None, "auto", "none"):
-            raise ConfigError(
+            raise RequestRefused(
                 f"Anthropic refuses tool_choice={request.tool_choice!r} with thinking (only "
-                "auto or none); leave tool_choice unset"
-            )
+                "auto or none); leave tool_choice unset", param="tool_choice")
         if thinking.budget_tokens is not None and adaptive_only_claude(model):
-            raise ConfigError(
+            raise RequestRefused(
                 f"{model} thinks only adaptively: Anthropic refuses a manual budget "
                 f"(budget_tokens={thinking.budget_tokens}) with a 400; leave budget_tokens "
-                "unset and tune it with effort (Thinking(effort='low'|'medium'|'high'))")
+                "unset and tune it with effort (Thinking(effort='low'|'medium'|'high'))",
+                param="thinking")
         if thinking.budget_tokens is None and adaptive_claude(model):
             # Claude decides how much to think; the coarse knob is output_config.effort.
             adaptive: dict[str, Any] = {"thinking": {"type": "adaptive"}}
@@ -351,16 +352,15 @@ def thinking_fields(profile: ProviderProfile, request: ChatRequest,
     if style == "effort":
         if thinking.enabled and profile.family == "openai" and \
                 _OPENAI_NO_REASONING.match(model.lower()):
-            raise ConfigError(
+            raise RequestRefused(
                 f"OpenAI model {model!r} does not reason: OpenAI answers 400 for "
                 "reasoning_effort on it; leave thinking (reasoning_effort) unset for it, or "
-                "use a reasoning model (o-series, gpt-5)")
+                "use a reasoning model (o-series, gpt-5)", param="thinking")
         # OpenAI reasoning models think by default and cannot be switched off everywhere.
         return {"reasoning_effort": effort} if thinking.enabled and effort is not None else {}
     if thinking.enabled:
-        raise ConfigError(
+        raise RequestRefused(
             f"shoal does not know how to ask provider family {profile.family!r} for thinking; "
             "use a model that reasons by default, or pass the provider's own field in "
-            "ChatRequest.extra"
-        )
+            "ChatRequest.extra", param="thinking")
     return {}

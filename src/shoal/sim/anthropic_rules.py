@@ -6,7 +6,8 @@ not ``[a-zA-Z0-9_-]{1,128}`` or without an object ``input_schema``, a ``tool_cho
 another tag or with fields its tag does not take, empty text blocks and empty messages,
 a thinking budget out of bounds, a thinking form the model does not take (adaptive on
 4.5 and older, a manual budget on Opus 4.7 and Claude 5), sampling on Claude 5 and
-forced tools on Claude 5.5, ``temperature`` or a forced tool with thinking on, unpaired
+forced tools on Claude 5.5, ``temperature`` and ``top_p`` together from Opus 4.1 and the
+4.5 models on, either outside 0-1, ``temperature`` or a forced tool with thinking on, unpaired
 ``tool_use``/``tool_result`` blocks, and a tool turn without its signed thinking block
 (signatures from :func:`sign_thinking` cover the thinking text).
 """
@@ -56,10 +57,29 @@ _EFFORTS = ("low", "medium", "high", "xhigh", "max")
 # overview pages on platform.claude.com).
 _NO_SAMPLING = re.compile(r"claude-[a-z]+-[5-9](?:$|-)")
 _NO_FORCING = re.compile(r"claude-[a-z]+-(?:5-[5-9]|[6-9])(?:$|-)")
+# From Opus 4.1 and the 4.5 models on, temperature and top_p together are a 400 (integrators'
+# reports with request ids: langfuse/langfuse#9882, SalesforceAIResearch/MCP-Universe#49,
+# open-webui/pipelines#546); Sonnet and Opus 4 still take both.
+_ONE_SAMPLER = re.compile(
+    r"claude-(?:opus-4-(?:[1-9]|\d\d)(?!\d)|(?:sonnet|haiku)-4-(?:[5-9]|\d\d)(?!\d))")
+
+
+def _sampling(body: dict[str, Any]) -> None:
+    """``temperature`` and ``top_p`` from 0 to 1 (Anthropic's range, not OpenAI's 0-2)."""
+    for key in ("temperature", "top_p"):
+        value = body.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 1:
+            raise Refusal(f"{key}: Input should be less than or equal to 1")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise Refusal(f"{key}: Input should be greater than or equal to 0")
 
 
 def _claude5(body: dict[str, Any]) -> None:
     model = str(body.get("model", "")).lower()
+    if _ONE_SAMPLER.match(model) and body.get("temperature") is not None and \
+            body.get("top_p") is not None:
+        raise Refusal("`temperature` and `top_p` cannot both be specified for this model. "
+                      "Please use only one.")
     if _NO_SAMPLING.match(model):
         for key, default in (("temperature", 1), ("top_p", 1), ("top_k", None)):
             if key in body and body[key] != default:
@@ -95,6 +115,7 @@ def anthropic_request(body: dict[str, Any], style: str) -> None:
         if key not in _FIELDS:
             raise Refusal(f"{key}: Extra inputs are not permitted")
     _tools(body)
+    _sampling(body)
     _claude5(body)
     max_tokens = int(body["max_tokens"])
     thinking = body.get("thinking")

@@ -44,8 +44,13 @@ _GEMINI_FIELDS = frozenset({
 })  # fmt: skip
 # messages[].role values (chat_completion_message_param.py; "function" is deprecated).
 _OPENAI_ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
-# o-series and gpt-5 reasoning models (not gpt-5-chat): max_tokens and temperature refused.
+# o-series and gpt-5 reasoning models (not gpt-5-chat): max_tokens, and temperature or
+# top_p other than the default, refused.
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!-chat))")
+# Chat models that do not reason (gpt-3.5, gpt-4, gpt-4o, gpt-4.1, gpt-4.5): a
+# reasoning_effort is an "Unsupported parameter" there.
+_NO_REASONING_MODEL = re.compile(r"^(?:chatgpt-4o|gpt-3\.5|gpt-4(?:o|\.1|\.5|-|$))")
+_MAX_STOP = 4  # "stop: Up to 4 sequences" (the API reference); a fifth is a 400
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -132,13 +137,19 @@ def _openai(body: dict[str, Any], ask: Ask) -> None:
                 "Use 'max_completion_tokens' instead.",
                 "max_tokens", code="unsupported_parameter",
             )  # fmt: skip
-        temperature = body.get("temperature")
-        if temperature is not None and temperature != 1:
-            raise Refusal(
-                f"Unsupported value: 'temperature' does not support {temperature} with this "
-                "model. Only the default (1) value is supported.",
-                "temperature", code="unsupported_value",
-            )  # fmt: skip
+        for name in ("temperature", "top_p"):
+            value = body.get(name)
+            if value is not None and value != 1:
+                raise Refusal(
+                    f"Unsupported value: '{name}' does not support {value} with this "
+                    "model. Only the default (1) value is supported.",
+                    name, code="unsupported_value",
+                )  # fmt: skip
+    elif _NO_REASONING_MODEL.match(model.lower()) and "reasoning_effort" in body:
+        raise Refusal(
+            "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+            "reasoning_effort", code="unsupported_parameter",
+        )  # fmt: skip
     if "stream_options" in body and not body.get("stream"):
         raise Refusal(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
@@ -158,16 +169,24 @@ def _openai(body: dict[str, Any], ask: Ask) -> None:
                 "Invalid value for 'content': expected a string, got null.",
                 f"messages.[{i}].content", code="invalid_value",
             )  # fmt: skip
-    temperature = body.get("temperature")
-    if isinstance(temperature, int | float) and not 0 <= temperature <= 2:
-        above = temperature > 2
+    for name, top in (("temperature", 2), ("top_p", 1)):
+        value = body.get(name)
+        if isinstance(value, int | float) and not 0 <= value <= top:
+            above = value > top
+            raise Refusal(
+                f"Invalid '{name}': decimal {'above maximum' if above else 'below minimum'} "
+                f"value. Expected a value {f'<= {top}' if above else '>= 0'}, but got {value} "
+                "instead.",
+                name,
+                code="decimal_above_max_value" if above else "decimal_below_min_value",
+            )
+    stop = body.get("stop")
+    if isinstance(stop, list) and len(stop) > _MAX_STOP:
         raise Refusal(
-            f"Invalid 'temperature': decimal {'above maximum' if above else 'below minimum'} "
-            f"value. Expected a value {'<= 2' if above else '>= 0'}, but got {temperature} "
-            "instead.",
-            "temperature",
-            code="decimal_above_max_value" if above else "decimal_below_min_value",
-        )
+            f"Invalid 'stop': array too long. Expected an array with maximum length "
+            f"{_MAX_STOP}, but got an array with length {len(stop)} instead.",
+            "stop", code="array_above_max_length",
+        )  # fmt: skip
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise Refusal(
