@@ -8,19 +8,20 @@ cache reads and writes into ``input_tokens`` (Anthropic counts them apart).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, cast
 
 from shoal import fastjson
 from shoal.errors import (
     BadRequest,
-    ConfigError,
     MalformedResponse,
     ProviderError,
+    RequestRefused,
     StreamInterrupted,
 )
 from shoal.providers.anthropic_answer import (
@@ -28,11 +29,11 @@ from shoal.providers.anthropic_answer import (
     finish_of,
     refusal_of,
     safe_usage,
-    same_as_whole,
     text_or_none,
     tool_arguments,
     usage_of,
 )
+from shoal.providers.anthropic_long import cut_error, fold_events, streams_whole
 from shoal.providers.base import Prepared
 from shoal.providers.caching import enter_gate, gate_key, plan_anthropic
 from shoal.providers.claude_models import (
@@ -42,12 +43,14 @@ from shoal.providers.claude_models import (
 )
 from shoal.providers.failures import (
     error_from_stream_payload,
+    error_from_transport,
     is_error_body,
+    transport_errors,
 )
 from shoal.providers.foreign_turns import unsigned_tool_turn
-from shoal.providers.http import HttpProvider, answer_events
+from shoal.providers.http import HANDOFF_YIELDS, HttpProvider, answer_events
 from shoal.providers.profiles import ProviderProfile, profile_for, thinking_fields
-from shoal.providers.sse import JSON_BODY
+from shoal.providers.sse import JSON_BODY, iter_sse
 from shoal.types import (
     ChatRequest,
     ChatResponse,
@@ -163,9 +166,10 @@ class AnthropicProvider(HttpProvider):
     def payload(self, request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
         p = self.profile
         if request.logprobs is not None:
-            raise ConfigError(
+            raise RequestRefused(
                 "Anthropic's Messages API returns no log probabilities; leave logprobs unset "
-                "for Claude models, or use a model served by a provider that returns them")
+                "for Claude models, or use a model served by a provider that returns them",
+                param="logprobs")
         request = _schema_for_json_mode(request)
         system, messages = self._messages(request.messages, p)
         body: dict[str, Any] = {
@@ -255,15 +259,71 @@ class AnthropicProvider(HttpProvider):
     def prepare(self, request: ChatRequest, *, model: str) -> Prepared:
         request = _schema_for_json_mode(request)
         payload = self.payload(request, model, stream=False)
+        if streams_whole(model, payload.get("max_tokens")):
+            payload["stream"] = True  # too long to wait for whole (providers/anthropic_long.py)
         return self._prepared(request, model, payload)
 
     async def send(self, prepared: Prepared, *,
                    received: Callable[[], object] | None) -> ChatResponse:
         started = time.perf_counter()
-        prepared, body, raw = await self._post_json(prepared, received)
+        if prepared.payload is None or prepared.data is None:  # not made by our prepare()
+            prepared = self.prepare(prepared.request, model=prepared.model)
         request = prepared.request
         schema_tool = request.output_schema_name if request.output_schema is not None else None
+        if prepared.payload is not None and prepared.payload.get("stream") is True:
+            return await self._send_streamed(prepared, received, started, schema_tool)
+        prepared, body, raw = await self._post_json(prepared, received)
         return self.parse(body, raw, started, schema_tool)
+
+    async def _send_streamed(self, prepared: Prepared, received: Callable[[], object] | None,
+                             started: float, schema_tool: str | None) -> ChatResponse:
+        """``send`` of a long answer asked for whole (:mod:`.anthropic_long`): POSTed with
+        ``stream: true``, its events read to the end, then ``received()`` (the answer is
+        read), then folded into the answer the whole body would have given. Errors are the
+        non-stream path's: an error status is the same error; after the 200, a cut body is
+        a ``MalformedResponse`` and an ``error`` event the error it names, each carrying
+        what was billed."""
+        sent = (prepared.payload or {}).get("max_tokens")
+        max_tokens = sent if isinstance(sent, int) else DEFAULT_MAX_TOKENS
+        events: list[tuple[str, str]] = []
+        turn = await enter_gate(self, self._clock, prepared.gate)
+        status = 0
+        try:
+            async with self._pool.session().post(
+                self._url, data=prepared.data,
+                headers=self._headers_for(prepared.request, stream=True)
+            ) as resp:
+                status = resp.status
+                if status != 200:
+                    text = (await resp.read()).decode("utf-8", "replace")
+                    raise self._fail(status, text, resp.headers)
+                whole_json = "json" in resp.headers.get("Content-Type", "")
+                sse_events = cast(AsyncGenerator[tuple[str, str], None],  # it is one
+                                  iter_sse(resp.content.iter_any(), whole_json=whole_json))
+                async with contextlib.aclosing(sse_events) as sse:
+                    async for event, data in sse:
+                        turn.began()  # an answer: the prefix is cached, waiters may go
+                        events.append((event, data))
+                        if event in ("message_stop", "error"):
+                            break
+        except transport_errors() as exc:
+            err = error_from_transport(exc, provider=self.name, url=self._url)
+            if status != 200:
+                raise err from exc
+            raise cut_error(err, events, provider=self.name, schema_tool=schema_tool,
+                            max_tokens=max_tokens) from exc
+        finally:
+            turn.end(ok=False)
+        if received is not None and received():
+            for _ in range(HANDOFF_YIELDS):  # as _post_json: the next call's request first
+                await asyncio.sleep(0)
+        if events and events[0][0] == JSON_BODY:  # a whole answer (a proxy ignored stream)
+            data = events[0][1]
+            return self.parse(self._whole_body(data), data.encode(), started, schema_tool)
+        st = fold_events(events, schema_tool=schema_tool, provider=self.name,
+                         max_tokens=max_tokens)
+        return st.response(provider=self.provider, channel=self.name,
+                           latency_s=time.perf_counter() - started)
 
     def parse(self, body: Any, raw: bytes, started: float,
               schema_tool: str | None) -> ChatResponse:
@@ -370,16 +430,8 @@ class AnthropicProvider(HttpProvider):
         finally:
             turn.end(ok=False)
         yield UsageEvent(st.usage)
-        calls = [ToolCall(b[0], b[1], same_as_whole(b[2:])) for b in st.tools.values()]
-        yield StreamEnd(ChatResponse(
-            text=st.final_text(), tool_calls=calls, finish_reason=finish_of(st.stop, calls),
-            usage=st.usage,
-            provider=self.provider, model=st.model, latency_s=time.perf_counter() - started,
-            raw_finish_reason=st.stop, reasoning="".join(st.reasoning) or None, id=st.id,
-            stop_sequence=st.stop_sequence,
-            refusal=refusal_of(st.stop, st.final_text()),
-            channel=self.name, reasoning_parts=st.reasoning_parts(),
-        ))
+        yield StreamEnd(st.response(provider=self.provider, channel=self.name,
+                                    latency_s=time.perf_counter() - started))
 
 
 def _tool_choice(choice: str) -> dict[str, Any]:

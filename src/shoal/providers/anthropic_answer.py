@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from shoal.types import (
+    ChatResponse,
     FinishReason,
     ReasoningDelta,
     ReasoningPart,
@@ -227,6 +228,20 @@ class StreamState:
         return tuple(ReasoningPart(text or "", signature, redacted)
                      for text, signature, redacted in
                      (self.thinking[i] for i in sorted(self.thinking)))
+
+    def response(self, *, provider: str, channel: str, latency_s: float) -> ChatResponse:
+        """The whole answer the events made: what the non-stream path parses from the
+        same answer's body (text, tool calls, reasoning with its signatures, stop reason,
+        usage, model, id)."""
+        calls = [ToolCall(b[0], b[1], same_as_whole(b[2:])) for b in self.tools.values()]
+        text = self.final_text()
+        return ChatResponse(
+            text=text, tool_calls=calls, finish_reason=finish_of(self.stop, calls),
+            usage=self.usage, provider=provider, model=self.model, latency_s=latency_s,
+            raw_finish_reason=self.stop, reasoning="".join(self.reasoning) or None,
+            id=self.id, stop_sequence=self.stop_sequence, refusal=refusal_of(self.stop, text),
+            channel=channel, reasoning_parts=self.reasoning_parts(),
+        )
 
     def final_text(self) -> str:
         """The answer's text, an output-tool answer written as the non-stream path would."""
