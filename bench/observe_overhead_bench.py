@@ -44,7 +44,7 @@ from http_clients import _drive
 from overhead_bench import request
 from shoal.config import Config
 from shoal.observe.context import enter, leave
-from shoal.observe.events import Event, EventBus
+from shoal.observe.events import Event, EventBus, Routes
 from shoal.observe.prometheus import PrometheusExporter
 from shoal.traffic.router import Router
 
@@ -61,7 +61,8 @@ class _Off(EventBus):
     def active(self) -> bool:
         return False
 
-    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Event], None] | None = None, *,
+                  kinds: Routes | None = None) -> Callable[[], None]:
         raise RuntimeError("the 'all off' bus takes no subscribers")
 
 

@@ -19,7 +19,7 @@ content is never put in event data, which other exporters serialize.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, NamedTuple
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from shoal.types import ChatRequest, ChatResponse
 
-__all__ = ["CallNote", "Scope", "current", "enter", "leave", "new_call_id", "scope",
-           "set_scope"]
+__all__ = ["CallNote", "Scope", "current", "enter", "enter_call", "leave", "new_call_id",
+           "scope", "set_scope"]
 
 
 class CallNote:
@@ -62,13 +62,16 @@ class Scope(NamedTuple):
 
 
 EMPTY = Scope()
+# the named tuple's Python-level ``__new__`` skipped on the hot path (same value)
+_new_scope: Callable[[type[Scope], tuple[str, str, str, int | None, str, CallNote | None]],
+                     Scope] = tuple.__new__
 _scope: ContextVar[Scope] = ContextVar("shoal_observe_scope", default=EMPTY)
 _ids = itertools.count(1)
 
 
-def current() -> Scope:
-    """The scope of the running code (:data:`EMPTY` outside any run)."""
-    return _scope.get()
+# The scope of the running code (:data:`EMPTY` outside any run): the ContextVar's own
+# ``get``, called straight (no Python frame: it runs several times per model call).
+current: Callable[[], Scope] = _scope.get
 
 
 def enter(
@@ -97,15 +100,19 @@ def enter(
     return _scope.set(new)
 
 
-def set_scope(scope: Scope) -> Token[Scope]:
-    """Make ``scope`` (one :func:`current` returned earlier) current as it is; pass the
-    token to :func:`leave` when done."""
-    return _scope.set(scope)
+def enter_call(call: CallNote, outer: Scope) -> Token[Scope]:
+    """``enter(call=call)`` where ``outer`` is the current scope (the Router's observed
+    call, the hot path: one tuple and one ContextVar set)."""
+    return _scope.set(_new_scope(Scope, (outer.run_id, outer.step, outer.agent, outer.turn,
+                                         call.call_id, call)))
 
 
-def leave(token: Token[Scope]) -> None:
-    """Restore the scope :func:`enter` replaced."""
-    _scope.reset(token)
+# ``set_scope(scope)``: make ``scope`` (one :func:`current` returned earlier) current
+# as it is; pass the token to :func:`leave` when done. ``leave(token)``: restore the
+# scope :func:`enter` (or ``set_scope``) replaced. The ContextVar's own ``set`` and
+# ``reset``, called straight (the Router's observed calls use both on every call).
+set_scope: Callable[[Scope], Token[Scope]] = _scope.set
+leave: Callable[[Token[Scope]], None] = _scope.reset
 
 
 @contextmanager

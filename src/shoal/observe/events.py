@@ -70,9 +70,11 @@ is the emitting clock's monotonic time.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from types import MappingProxyType
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 from weakref import WeakSet
 
 from shoal.clock import Clock, RealClock
@@ -103,9 +105,11 @@ __all__ = [
     "WAIT",
     "Event",
     "EventBus",
+    "Routes",
     "Subscriber",
     "clean_text",
     "scope_fields",
+    "scope_texts",
     "subscribe_all",
 ]
 
@@ -153,6 +157,12 @@ class Event(NamedTuple):
     channel: str = ""
     model: str = ""
     data: Mapping[str, object] = _EMPTY
+
+
+# ``Event(...)`` is a Python-level ``__new__`` (namedtuple's); the tuple's own ``__new__``
+# makes the same value without that frame (two events per model call).
+_event: Callable[[type[Event], tuple[str, float, str, str, Mapping[str, object]]], Event] = (
+    tuple.__new__)
 
 
 class _Texts:
@@ -203,65 +213,130 @@ def scope_fields(where: Scope, note: CallNote | None = None) -> dict[str, object
     return fields
 
 
+def scope_texts(where: Scope) -> tuple[str, str, str]:
+    """``where``'s run_id, step and agent as events carry them (:func:`clean_text`),
+    remembered for the last scope asked about: the concurrent model calls of a step (or
+    of a program outside any run) share one scope, and each asks at its start and end.
+    A scope holding a model call is not remembered (it would keep the call alive)."""
+    last = _LastScope.entry  # one tuple, swapped whole: safe from any thread
+    version = registry_version()
+    if last[0] is where and last[1] is version:
+        return last[2]
+    texts = (clean_text(where.run_id), clean_text(where.step), clean_text(where.agent))
+    if where.call is None:
+        _LastScope.entry = (where, version, texts)
+    return texts
+
+
+class _LastScope:
+    entry: ClassVar[tuple[Scope | None, object, tuple[str, str, str]]] = (
+        None, None, ("", "", ""))
+
+
 def clean_text(text: str) -> str:
     """``text`` as events carry it: :func:`shoal.secrets.redact` applied (remembered for
     repeated texts). A text shorter than the shortest secret is returned as is."""
     if len(text) < MIN_SECRET_CHARS:
         return text
-    cache = _texts()
+    cache = _Texts.cache  # _texts(), inlined: this runs for most call_end events
+    if _Texts.version is not registry_version() or len(cache) > _Texts.MAX:
+        cache = _texts()
     return cache.get(text) or _redact_new(cache, text)
 
 
 Subscriber = Callable[[Event], None]
+# Per kind, the subscriber's own handler for it (None: that kind is not delivered to it).
+Routes = Mapping[str, "Subscriber | None"]
+
+
+class _Sub(NamedTuple):
+    """One subscription: ``callback`` gets every event, except those of a kind in
+    ``kinds``, which go to ``kinds[kind]`` (or nowhere when that is None)."""
+
+    callback: Subscriber | None
+    kinds: Routes | None
+
+    def handler(self, kind: str) -> Subscriber | None:
+        return self.callback if self.kinds is None else self.kinds.get(kind, self.callback)
 
 
 class EventBus:
     """Synchronous fan-out of :class:`Event` values to subscribers.
 
     A subscriber that raises is logged and skipped: observing a call never breaks it.
+    Each event goes to its subscribers in the order they subscribed; the handlers an
+    event kind reaches are worked out once per kind (and again after a subscription
+    changes), so a subscriber that names its handler per kind (``kinds=``) costs no
+    dispatch of its own, and none at all for the kinds it ignores.
     """
 
-    __slots__ = ("__weakref__", "_clock", "_now", "_subscribers")
+    __slots__ = ("__weakref__", "_active", "_clock", "_now", "_routes", "_subscribers")
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock: Clock = clock if clock is not None else RealClock()
-        self._now = self._clock.now
-        self._subscribers: tuple[Subscriber, ...] = _Everywhere.subscribers
+        # the real clock's time read straight (its now() is time.monotonic(): one frame
+        # fewer per event)
+        self._now: Callable[[], float] = (
+            time.monotonic if type(self._clock) is RealClock else self._clock.now)
+        self._subscribers: tuple[_Sub, ...] = _Everywhere.subscribers
+        self._active = bool(self._subscribers)
+        self._routes: dict[str, tuple[Subscriber, ...]] = {}
         _Everywhere.buses.add(self)
 
-    @property
-    def active(self) -> bool:
-        """True when at least one subscriber listens."""
-        return bool(self._subscribers)
+    if TYPE_CHECKING:
+        @property
+        def active(self) -> bool:
+            """True when at least one subscriber listens."""
+    else:  # read by the Router on every call: a getter with no Python frame
+        active = property(attrgetter("_active"),
+                          doc="True when at least one subscriber listens.")
 
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call ``callback(event)`` for every event from now on; returns an unsubscribe."""
-        self._subscribers = (*self._subscribers, callback)
+    def subscribe(self, callback: Subscriber | None = None, *,
+                  kinds: Routes | None = None) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event from now on; returns an unsubscribe.
+
+        ``kinds``: a handler per event kind instead (None: not delivered); ``callback``
+        then gets the kinds not named (none when it is None)."""
+        if callback is None and kinds is None:
+            raise TypeError("subscribe() needs a callback or kinds")
+        sub = _Sub(callback, None if kinds is None else dict(kinds))
+        self._add(sub)
 
         def unsubscribe() -> None:
-            subs = list(self._subscribers)
-            if callback in subs:
-                subs.remove(callback)
-                self._subscribers = tuple(subs)
+            self._drop(sub)
 
         return unsubscribe
 
+    def _add(self, sub: _Sub) -> None:
+        self._subscribers = (*self._subscribers, sub)
+        self._routes = {}
+        self._active = True
+
+    def _drop(self, sub: _Sub) -> None:
+        subs = tuple(s for s in self._subscribers if s is not sub)
+        if len(subs) != len(self._subscribers):
+            self._subscribers, self._routes = subs, {}
+            self._active = bool(subs)
+
+    def _route(self, kind: str) -> tuple[Subscriber, ...]:
+        """The handlers an event of ``kind`` goes to, in subscription order (cached)."""
+        route = tuple(h for h in (s.handler(kind) for s in self._subscribers) if h is not None)
+        self._routes[kind] = route
+        return route
+
     def emit(self, kind: str, *, channel: str = "", model: str = "", **data: object) -> None:
         """Build an :class:`Event` and deliver it; does nothing when nobody subscribed."""
-        subscribers = self._subscribers
-        if subscribers:  # ``data`` is this call's own dict: cleaned in place
-            self._send(subscribers, kind, data, channel, model)
+        if self._subscribers:  # ``data`` is this call's own dict: cleaned in place
+            self._send(kind, data, channel, model)
 
     def publish(
         self, kind: str, data: Mapping[str, object], *, channel: str = "", model: str = ""
     ) -> None:
         """Like :meth:`emit`, with ``data`` as a mapping (for keys such as ``from``)."""
-        subscribers = self._subscribers
-        if subscribers:
-            self._send(subscribers, kind, dict(data), channel, model)
+        if self._subscribers:
+            self._send(kind, dict(data), channel, model)
 
-    def _send(self, subscribers: tuple[Subscriber, ...], kind: str, data: dict[str, object],
-              channel: str, model: str) -> None:
+    def _send(self, kind: str, data: dict[str, object], channel: str, model: str) -> None:
         # No string in an event carries a key (subscribers export them). A text shorter
         # than the shortest secret (ids, statuses, model names) cannot hold one.
         cache = _texts()
@@ -273,16 +348,26 @@ class EventBus:
             for k, v in scope_fields(where).items():
                 if k not in data:
                     data[k] = v
-        _deliver(subscribers, Event(kind, self._now(), channel, model, data))
+        route = self._routes.get(kind)
+        _deliver(self._route(kind) if route is None else route,
+                 _event(Event, (kind, self._now(), channel, model, data)))
 
     def publish_clean(self, kind: str, data: dict[str, object], *, channel: str = "",
                       model: str = "") -> None:
         """Deliver ``data`` as it is (not copied), without the scope's fields: for shoal's
         own emitters that build the whole record and pass each of its strings through
-        :func:`clean_text` themselves (``call_start``/``call_end``)."""
-        subscribers = self._subscribers
-        if subscribers:
-            _deliver(subscribers, Event(kind, self._now(), channel, model, data))
+        :func:`clean_text` themselves (``call_start``/``call_end``, twice per model call:
+        the delivery loop is inlined)."""
+        if self._subscribers:
+            route = self._routes.get(kind)
+            if route is None:
+                route = self._route(kind)
+            event = _event(Event, (kind, self._now(), channel, model, data))
+            for callback in route:
+                try:
+                    callback(event)
+                except Exception:
+                    _log.exception("event subscriber %r failed on %s", callback, kind)
 
 
 def _deliver(subscribers: tuple[Subscriber, ...], event: Event) -> None:
@@ -295,23 +380,28 @@ def _deliver(subscribers: tuple[Subscriber, ...], event: Event) -> None:
 
 
 class _Everywhere:
-    """The subscribers every bus starts with, and every bus alive (weakly)."""
+    """The subscriptions every bus starts with, and every bus alive (weakly)."""
 
-    subscribers: ClassVar[tuple[Subscriber, ...]] = ()
+    subscribers: ClassVar[tuple[_Sub, ...]] = ()
     buses: ClassVar[WeakSet[EventBus]] = WeakSet()
 
 
-def subscribe_all(callback: Subscriber) -> Callable[[], None]:
-    """Subscribe ``callback`` to every :class:`EventBus` of the process, those that exist
-    and those made later; returns an unsubscribe that detaches it from all of them."""
-    _Everywhere.subscribers = (*_Everywhere.subscribers, callback)
+def subscribe_all(callback: Subscriber | None = None, *,
+                  kinds: Routes | None = None) -> Callable[[], None]:
+    """Subscribe ``callback`` (and ``kinds``, as :meth:`EventBus.subscribe` takes them) to
+    every :class:`EventBus` of the process, those that exist and those made later;
+    returns an unsubscribe that detaches it from all of them."""
+    if callback is None and kinds is None:
+        raise TypeError("subscribe_all() needs a callback or kinds")
+    sub = _Sub(callback, None if kinds is None else dict(kinds))
+    _Everywhere.subscribers = (*_Everywhere.subscribers, sub)
     for bus in list(_Everywhere.buses):
-        bus.subscribe(callback)
+        bus._add(sub)
 
     def unsubscribe() -> None:
         _Everywhere.subscribers = tuple(
-            c for c in _Everywhere.subscribers if c is not callback)
+            s for s in _Everywhere.subscribers if s is not sub)
         for bus in list(_Everywhere.buses):
-            bus._subscribers = tuple(c for c in bus._subscribers if c is not callback)
+            bus._drop(sub)
 
     return unsubscribe

@@ -16,13 +16,18 @@ path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from random import getrandbits
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 __all__ = ["LeafWriter"]
+
+_TRACE_ID_MAX = 2**128 - 1
+_SPAN_ID_MAX = 2**64 - 1
+_new_context: Callable[..., Any] = tuple.__new__
 
 _DEFAULT_SAMPLER = (
     "ParentBased{root:AlwaysOnSampler,remoteParentSampled:AlwaysOnSampler,"
@@ -34,21 +39,35 @@ _DEFAULT_SAMPLER = (
 class LeafWriter:
     """Writes finished leaf spans for one SDK tracer (see the module's docstring)."""
 
-    __slots__ = ("_error", "_event", "_flags_root", "_ids", "_limits", "_ok", "_readable",
-                 "_resource", "_scope", "_span_context", "_tracer", "on_end")
+    __slots__ = ("_emit", "_error", "_event", "_flags_root", "_ids", "_kind", "_limits",
+                 "_ok", "_processor", "_processors", "_random", "_readable", "_resource",
+                 "_scope", "_span_context", "_state", "_tracer", "on_end")
 
     def __init__(self, tracer: Any) -> None:
         from opentelemetry.sdk.trace import Event, ReadableSpan
-        from opentelemetry.trace import SpanContext, TraceFlags
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+        from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+        from opentelemetry.trace.span import DEFAULT_TRACE_STATE
         from opentelemetry.trace.status import Status, StatusCode
 
         self._tracer = tracer
         self._ids = tracer.id_generator
+        # the SDK's default generator draws from the random module: drawn here directly
+        self._random = type(self._ids) is RandomIdGenerator
         self._resource = tracer.resource
         self._scope = tracer._instrumentation_scope
-        self.on_end = tracer.span_processor.on_end
+        self._processor = tracer.span_processor
+        self.on_end = self._processor.on_end
+        # The provider's processors when the writer was made and, when that is the one
+        # batch processor tracing() made, its queue's emit: the spans go straight there
+        # while the processors stay the same (their on_end only checks the span is
+        # sampled, which every span this writer hands over is).
+        self._processors = getattr(self._processor, "_span_processors", None)
+        self._emit = _batch_emit(self._processors)
         self._readable = ReadableSpan
         self._span_context = SpanContext
+        self._kind = SpanKind.INTERNAL
+        self._state = DEFAULT_TRACE_STATE  # what SpanContext puts for a state of None
         self._event = Event
         self._ok = Status(StatusCode.UNSET)
         self._error = (Status, StatusCode.ERROR)
@@ -97,17 +116,41 @@ class LeafWriter:
             trace_id, flags, state = up.trace_id, up.trace_flags, up.trace_state
         else:
             up = None
-            trace_id, flags, state = self._ids.generate_trace_id(), self._flags_root, None
-        context = self._span_context(trace_id, self._ids.generate_span_id(), False,
-                                     flags, state)
+            trace_id = (getrandbits(128) if self._random else 0) or self._ids.generate_trace_id()
+            flags, state = self._flags_root, self._state
+        span_id = (getrandbits(64) if self._random else 0) or self._ids.generate_span_id()
+        # SpanContext(trace_id, span_id, False, flags, state) without its Python __new__;
+        # ids the random module drew (never 0, never over their width), in a sampled
+        # trace of shoal's, are valid (the last item)
+        context = _new_context(self._span_context, (
+            trace_id, span_id, False, flags, state,
+            self._random or (0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX)))
         if error:
             status_type, code = self._error
             status = status_type(code, error)
         else:
             status = self._ok
-        self.on_end(self._readable(
+        span = self._readable(  # ReadableSpan's arguments, all by position
             name, context, up, self._resource, attributes,
-            tuple(self._event(n, a, t) for n, a, t in events) if events else (),
-            (), start_time=start_ns, end_time=end_ns, status=status,
-            instrumentation_scope=self._scope))
+            tuple([self._event(n, a, t) for n, a, t in events]) if events else (),
+            (), self._kind, None, status, start_ns, end_ns, self._scope)
+        emit = self._emit
+        if emit is not None and self._processor._span_processors is self._processors:
+            emit(span)  # what the one batch processor's on_end does with a sampled span
+        else:
+            self.on_end(span)
         return True
+
+
+def _batch_emit(processors: object) -> Callable[[Any], None] | None:
+    """The queue's ``emit`` of the SDK's ``BatchSpanProcessor`` when ``processors`` is
+    that one processor alone, else None (spans then go through the processors' on_end)."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if not isinstance(processors, tuple) or len(processors) != 1:
+        return None
+    (processor,) = processors
+    if type(processor) is not BatchSpanProcessor:
+        return None
+    emit = getattr(getattr(processor, "_batch_processor", None), "emit", None)
+    return emit if callable(emit) else None

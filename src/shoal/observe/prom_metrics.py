@@ -13,6 +13,7 @@ series per event on the hot path, the Prometheus families built only when scrape
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -38,6 +39,10 @@ TOKEN_TYPES = {"input_tokens": "input", "output_tokens": "output",
                "cached_input_tokens": "cached_input", "cache_write_tokens": "cache_write",
                "reasoning_tokens": "reasoning"}
 _TOKEN_KEYS = tuple(TOKEN_TYPES.items())
+# the histograms' bounds as floats (what Histogram keeps), for call_end's own bisects
+DURATION_BOUNDS = tuple(float(b) for b in DURATION_BUCKETS)
+WAIT_BOUNDS = tuple(float(b) for b in WAIT_BUCKETS)
+TOKEN_BOUNDS = tuple(float(b) for b in TOKEN_BUCKETS)
 
 _CALL = ("call",)
 BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
@@ -53,22 +58,35 @@ def _str(data: Mapping[str, object], key: str) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
 
 
-class _CallKeys:
-    """Every label tuple one kind of call_end updates (cached per label combination)."""
+class _CallKind:
+    """What one kind of call_end (one label combination) updates: the series' running
+    totals and histogram counts themselves, taken once (no label tuple hashed per call).
+    Series that a call updates only when a value is not zero (token types, waste, time
+    to first token) are taken at their first update, so they appear as they did."""
 
-    __slots__ = ("calls", "channel", "genai_duration", "genai_in", "genai_out", "ma",
-                 "request", "tokens")
+    __slots__ = ("attempts", "calls", "cost", "genai_duration", "genai_tokens", "latency",
+                 "ma", "queue_wait", "request", "tokens", "ttft", "wasted")
 
-    def __init__(self, labels: tuple[str, str, str, str, str, str, str]) -> None:
+    def __init__(self, m: Metrics, labels: tuple[str, str, str, str, str, str, str]) -> None:
         channel, model, agent, status, provider, served, error = labels
-        self.ma = (model, agent)
-        self.channel = (channel,)
-        self.calls = (model, agent, status)
-        self.request = (channel, "ok") if channel and not error else None
-        self.tokens = tuple((key, (model, agent, kind)) for key, kind in _TOKEN_KEYS)
-        self.genai_in = ("chat", provider, model, served, "input")
-        self.genai_out = ("chat", provider, model, served, "output")
-        self.genai_duration = ("chat", provider, model, served, error)
+        self.ma = ma = (model, agent)
+        self.queue_wait = m.queue_wait.counts((channel,)) if channel else None
+        self.request = (m.requests.cell((channel, "ok")) if channel and not error
+                        else None)
+        self.calls = m.calls.cell((model, agent, status))
+        self.attempts = m.attempts.cell(ma)
+        # per token type (TOKEN_TYPES' order), its cell once made
+        self.tokens: list[list[float] | None] = [None] * len(_TOKEN_KEYS)
+        self.cost = m.cost.cell(ma)
+        self.wasted: list[float] | None = None
+        self.latency = m.latency.counts(ma)
+        self.ttft: list[float] | None = None
+        # gen_ai_client_token_usage's input and output counts (calls without an error)
+        self.genai_tokens = None if error else (
+            m.genai_tokens.counts(("chat", provider, model, served, "input")),
+            m.genai_tokens.counts(("chat", provider, model, served, "output")))
+        self.genai_duration = m.genai_duration.counts(("chat", provider, model, served,
+                                                       error))
 
 
 class Metrics(Collector):
@@ -159,7 +177,8 @@ class Metrics(Collector):
         self._run_counts: dict[str, dict[str, int]] = {}
         self._finished_runs: deque[str] = deque()
         self._active_steps: set[tuple[str, str]] = set()
-        self._call_keys: dict[tuple[str, str, str, str, str, str, str], _CallKeys] = {}
+        self._call_kinds: dict[tuple[str, str, str, str, str, str, str], _CallKind] = {}
+        self._calls_running: list[float] | None = None
         # event-derived channel state (the collector prefers a Router's live stats)
         self.breaker_state: dict[str, str] = {}
         self.limits: dict[str, float] = {}
@@ -172,6 +191,12 @@ class Metrics(Collector):
         handler = self._handlers.get(event.kind)
         if handler is not None:
             handler(event)
+
+    def routes(self) -> dict[str, Callable[[Event], None]]:
+        """The handler of each kind the metrics follow, for
+        ``bus.subscribe(kinds=metrics.routes())``: what :meth:`handle` would call, called
+        by the bus itself (other kinds are not delivered)."""
+        return dict(self._handlers)
 
     def collect(self) -> Iterator[Metric]:
         for s in self.series:
@@ -217,8 +242,14 @@ class Metrics(Collector):
 
     # -- calls (the hot path: one call_start and one call_end per model call) -----------
 
+    def _running_calls(self) -> list[float]:
+        cell = self._calls_running
+        if cell is None:  # made at the first call event: the series appears then
+            cell = self._calls_running = self.running.cell(_CALL)
+        return cell
+
     def on_call_start(self, e: Event) -> None:
-        self.running.add(_CALL, 1.0)
+        (self._calls_running or self._running_calls())[0] += 1.0
 
     def on_call_end(self, e: Event) -> None:
         d: Mapping[str, Any] = e.data  # numbers where the vocabulary says so
@@ -226,36 +257,74 @@ class Metrics(Collector):
         model, error = e.model, get("error_type") or ""
         labels = (e.channel, model, get("agent") or "", get("status") or "",
                   get("provider") or "", get("served_model") or model, error)
-        k = self._call_keys.get(labels)
-        if k is None:  # the label tuples of this kind of call, built once
-            k = self._call_keys[labels] = _CallKeys(labels)
-        self.running.add(_CALL, -1.0)
-        if e.channel:
-            self.queue_wait.observe(k.channel, get("queue_s") or 0.0)
+        k = self._call_kinds.get(labels)
+        if k is None:  # the series of this kind of call, taken once
+            k = self._call_kinds[labels] = _CallKind(self, labels)
+        (self._calls_running or self._running_calls())[0] -= 1.0
+        counts = k.queue_wait
+        if counts is not None:
+            value = get("queue_s") or 0.0
+            if value:
+                counts[bisect_left(WAIT_BOUNDS, value)] += 1
+                counts[-1] += value
+            else:  # no wait (most calls): the first bucket, the sum unchanged
+                counts[0] += 1
         if k.request is not None:  # the last attempt's outcome (earlier: retry/failover)
-            self.requests.inc(k.request)
+            k.request[0] += 1.0
         elif error and e.channel:
             self._attempt_failed(e.channel, error)
-        self.calls.inc(k.calls)
-        self.attempts.inc(k.ma, get("attempts") or 0)
-        tokens = self.tokens.values
-        for key, tk in k.tokens:
-            n = get(key)
-            if n:
-                tokens[tk] = tokens.get(tk, 0.0) + n
-        self.cost.inc(k.ma, get("cost_usd") or 0.0)
+        k.calls[0] += 1.0
+        k.attempts[0] += get("attempts") or 0
+        n = get("input_tokens")
+        if n:
+            (k.tokens[0] or self._tokens(k, 0))[0] += n
+        n = get("output_tokens")
+        if n:
+            (k.tokens[1] or self._tokens(k, 1))[0] += n
+        if get("cached_input_tokens") or get("cache_write_tokens") or get("reasoning_tokens"):
+            for i, key in enumerate(_TOKEN_KEYS[2:], 2):
+                n = get(key[0])
+                if n:
+                    (k.tokens[i] or self._tokens(k, i))[0] += n
+        k.cost[0] += get("cost_usd") or 0.0
         wasted = get("wasted_cost_usd")
         if wasted:
-            self.wasted.inc(k.ma, wasted)
+            (k.wasted or self._wasted(k))[0] += wasted
         duration = get("duration_s") or 0.0
-        self.latency.observe(k.ma, duration)
+        at = bisect_left(DURATION_BOUNDS, duration)
+        counts = k.latency
+        counts[at] += 1
+        counts[-1] += duration
+        counts = k.genai_duration
+        counts[at] += 1
+        counts[-1] += duration
         ttft = get("ttft_s")
         if ttft:
-            self.ttft.observe(k.ma, ttft)
-        if not error:
-            self.genai_tokens.observe(k.genai_in, get("input_tokens") or 0)
-            self.genai_tokens.observe(k.genai_out, get("output_tokens") or 0)
-        self.genai_duration.observe(k.genai_duration, duration)
+            counts = k.ttft or self._ttft(k)
+            counts[bisect_left(DURATION_BOUNDS, ttft)] += 1
+            counts[-1] += ttft
+        genai = k.genai_tokens
+        if genai is not None:
+            counts, out = genai
+            value = get("input_tokens") or 0
+            counts[bisect_left(TOKEN_BOUNDS, value)] += 1
+            counts[-1] += value
+            value = get("output_tokens") or 0
+            out[bisect_left(TOKEN_BOUNDS, value)] += 1
+            out[-1] += value
+
+    def _tokens(self, k: _CallKind, i: int) -> list[float]:
+        kind = _TOKEN_KEYS[i][1]
+        cell = k.tokens[i] = self.tokens.cell((k.ma[0], k.ma[1], kind))
+        return cell
+
+    def _wasted(self, k: _CallKind) -> list[float]:
+        k.wasted = self.wasted.cell(k.ma)
+        return k.wasted
+
+    def _ttft(self, k: _CallKind) -> list[float]:
+        k.ttft = self.ttft.counts(k.ma)
+        return k.ttft
 
     # -- agents, tools, guards ----------------------------------------------------------
 

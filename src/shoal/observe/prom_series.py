@@ -2,7 +2,8 @@
 
 The event handlers run on the hot path, once per event: a ``prometheus_client`` metric
 costs a lock per update and a validation per ``labels()`` call, about as much as the
-model call's own bookkeeping. These series are a dict of floats per label tuple,
+model call's own bookkeeping. These series are a dict of floats per label tuple (and
+running totals that a handler keeps and adds to in place, :meth:`Series.cell`),
 updated without a lock on the event loop's thread; a scrape (any thread) copies each
 dict in one step and builds the families from the copy. The copy is ``d.copy()``, a C
 loop that allocates no tracked object per entry: ``list(d.items())`` builds a tuple per
@@ -28,16 +29,44 @@ Key = tuple[str, ...]
 
 
 class Series:
-    """A named metric with labels; :meth:`family` is its scrape-time view."""
+    """A named metric with labels; :meth:`family` is its scrape-time view.
 
-    __slots__ = ("doc", "labels", "name", "values")
+    ``values`` holds a float per label tuple; ``cells`` running totals that a hot
+    handler keeps and adds to in place (:meth:`cell`: no label tuple hashed per update).
+    The scrape adds a key's cell to its value."""
+
+    __slots__ = ("cells", "doc", "labels", "name", "values")
 
     def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
         self.name, self.doc, self.labels = name, doc, list(labels)
         self.values: dict[Key, float] = {}
+        self.cells: dict[Key, list[float]] = {}
+
+    def cell(self, key: Key) -> list[float]:
+        """``key``'s running total, a one-item list to add to (``cell[0] += n``); made
+        (at 0) on first ask, so the series has ``key`` from then on. For counters and
+        gauges only ever added to: :meth:`remove` and ``Gauge.set`` drop it."""
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = [0.0]
+            # ``values`` keeps every key in the order it first appeared (the scrape's
+            # order): the cell's value is added to this 0 there
+            self.values.setdefault(key, 0.0)
+        return cell
 
     def remove(self, key: Key) -> None:
         self.values.pop(key, None)
+        self.cells.pop(key, None)
+
+    def snapshot(self) -> dict[Key, float]:
+        """Every key's value, cells added: a copy (safe from the scrape's thread)."""
+        out = self.values.copy()
+        if self.cells:
+            for key, cell in self.cells.copy().items():
+                # a key's cell is made before its place in ``values``: a scrape between
+                # the two puts it last, once
+                out[key] = out.get(key, 0.0) + cell[0]
+        return out
 
     def family(self) -> Metric:
         raise NotImplementedError
@@ -54,7 +83,7 @@ class Counter(Series):
 
     def family(self) -> Metric:
         out = CounterMetricFamily(self.name, self.doc, labels=self.labels)
-        for key, value in self.values.copy().items():
+        for key, value in self.snapshot().items():
             out.add_metric(key, value)
         return out
 
@@ -67,11 +96,12 @@ class Gauge(Series):
         values[key] = values.get(key, 0.0) + amount
 
     def set(self, key: Key, value: float) -> None:
+        self.cells.pop(key, None)
         self.values[key] = value
 
     def family(self) -> Metric:
         out = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
-        for key, value in self.values.copy().items():
+        for key, value in self.snapshot().items():
             out.add_metric(key, value)
         return out
 
@@ -95,6 +125,15 @@ class Histogram:
             counts = self.values[key] = [0.0] * (len(self.bounds) + 2)
         counts[bisect_left(self.bounds, value)] += 1
         counts[-1] += value
+
+    def counts(self, key: Key) -> list[float]:
+        """``key``'s live counts (made on first ask, so the series has ``key`` from then
+        on), for a hot handler to count into as :meth:`observe` does: the count at
+        ``bisect_left(bounds, value)`` plus one, the sum (last item) plus ``value``."""
+        counts = self.values.get(key)
+        if counts is None:
+            counts = self.values[key] = [0.0] * (len(self.bounds) + 2)
+        return counts
 
     def family(self) -> Metric:
         out = HistogramMetricFamily(self.name, self.doc, labels=self.labels)

@@ -117,7 +117,7 @@ class PrometheusExporter:
     def subscribe(self) -> Callable[[], None]:
         """Start counting the bus's events (idempotent); returns the unsubscribe."""
         if self._unsubscribe is None:
-            self._unsubscribe = self.bus.subscribe(self.metrics.handle)
+            self._unsubscribe = self.bus.subscribe(kinds=self.metrics.routes())
         return self.unsubscribe
 
     def unsubscribe(self) -> None:

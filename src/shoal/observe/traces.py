@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from shoal.errors import ConfigError
 from shoal.observe import tracing_attrs as A
 from shoal.observe.context import current
-from shoal.observe.events import Event, EventBus, subscribe_all
+from shoal.observe.events import KINDS, Event, EventBus, Routes, subscribe_all
 from shoal.observe.leaf_spans import LeafWriter
 
 if TYPE_CHECKING:
@@ -46,9 +46,7 @@ _SPAN_EVENTS = frozenset({"retry", "failover", "breaker", "wait", "limit_change"
 _Key = tuple[str, ...]
 _QUEUED_S = 0.001  # an admission after a wait this long is a "limiter_wait" span event
 _BATCH = 64  # spans per export when shoal makes the processor (see tracing())
-_CHAT_END = tuple(A.CHAT_END.items())
-_TOKENS = tuple(A.TOKENS_GEN_AI.items())
-_ALWAYS_TOKENS = frozenset({"input_tokens", "output_tokens"})  # the rest only when not 0
+_MAX_KINDS = 4096  # kinds of chat span remembered (then each new one is made per call)
 
 
 def _attr(value: object) -> Any:
@@ -92,7 +90,8 @@ class SpanBuilder:
         self._agents: dict[_Key, Span] = {}  # by (run_id, step, agent)
         self._agent_of_step: dict[_Key, Span] = {}  # by (run_id, step): the latest
         self._calls: dict[str, _Leaf] = {}
-        self._chat_names: dict[str, str] = {}  # model → "chat {model}"
+        # per kind of call_end: the chat span's name, shared attributes, error
+        self._chats: dict[tuple[Any, ...], tuple[str, dict[str, Any], str]] = {}
         self._tools: dict[_Key, _Leaf] = {}
         from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
@@ -105,6 +104,17 @@ class SpanBuilder:
             "call_end": self._call_end,  # a chat span is whole at its end
             "tool_start": self._tool_start, "tool_end": self._tool_end,
         }
+
+    def routes(self) -> Routes:
+        """Per event kind, the handler :meth:`__call__` would pick, for
+        ``bus.subscribe(builder, kinds=builder.routes())``: the bus calls it directly
+        (``call_start`` and the kinds that make no span are not delivered at all;
+        ``admit``, which is a span event or nothing, still goes through the builder)."""
+        routes: dict[str, Callable[[Event], None] | None] = dict.fromkeys(KINDS)
+        routes.update(self._handlers)
+        routes.update(dict.fromkeys(_SPAN_EVENTS, self._span_event))
+        routes.pop("admit", None)
+        return routes
 
     def __call__(self, event: Event) -> None:
         handler = self._handlers.get(event.kind)
@@ -231,62 +241,87 @@ class SpanBuilder:
                      {A.OPERATION: "chat", "shoal.call_id": _str(d, "call_id")})
 
     def _call_end(self, e: Event) -> None:
-        """The chat span, whole: its attributes written once into the leaf's own dict
-        (the hot path of tracing: one model call, one span)."""
+        """The chat span, whole (the hot path of tracing: one model call, one span). What
+        every call of one kind shares (name, model, provider, channel, ...) is a template
+        made once; most calls had no span event, so no :class:`_Leaf` was made for them."""
         d = e.data
         get = d.get
-        end_ns = self._ns(e)
-        start_ns = end_ns - int(_num(d, "duration_s") * 1e9)
-        leaf = self._calls.pop(_str(d, "call_id"), None)
-        if leaf is None:  # no span event during the call: its span starts here
-            leaf = self._call_leaf(e, start_ns)
-        else:
-            leaf.start_ns = start_ns
-        attrs = leaf.attributes
-        model = _str(d, "request_model") or e.model  # what was asked (fallbacks: not served)
-        name = self._chat_names.get(model)
-        if name is None:
-            name = self._chat_names[model] = f"chat {model}"
-        leaf.name = name
-        attrs[A.REQUEST_MODEL] = model
-        if get("stream"):
-            attrs["shoal.stream"] = True
+        offset = self._offset_ns
+        at_ns = int(e.at * 1e9)
+        if offset is None:
+            offset = self._offset_ns = time.time_ns() - at_ns
+        end_ns = offset + at_ns
+        duration = get("duration_s")
+        start_ns = end_ns - int((duration if isinstance(duration, int | float) else 0.0) * 1e9)
+        key = (get("request_model"), e.model, get("stream"), get("provider"),
+               get("served_model"), e.channel, get("error_type"))
+        chat = self._chats.get(key)
+        if chat is None:
+            chat = A.chat_kind(key)
+            if len(self._chats) < _MAX_KINDS:
+                self._chats[key] = chat
+        name, template, error = chat
+        attrs = template.copy()
+        call_id = get("call_id")
+        if not isinstance(call_id, str):
+            call_id = ""
+        attrs["shoal.call_id"] = call_id
         turn = get("turn")
         if isinstance(turn, int):
             attrs["shoal.turn"] = turn
-        for key, attr in _CHAT_END:
-            value = get(key)
-            if value is not None:
-                attrs[attr] = value
-        if not get("provider"):
-            attrs.pop(A.PROVIDER, None)
-        if not get("served_model"):
-            attrs.pop(A.RESPONSE_MODEL, None)
-        if not get("wasted_cost_usd"):
-            attrs.pop("shoal.wasted_cost_usd", None)
-        for key, attr in _TOKENS:
-            value = get(key)
-            if isinstance(value, int) and (value or key in _ALWAYS_TOKENS):
-                attrs[attr] = value
-        if e.channel:
-            attrs["shoal.channel"] = e.channel
+        # A.CHAT_END's numbers (written when not None; waste only when not 0) and the
+        # token counts of A.TOKENS_GEN_AI (cache and reasoning only when not 0), unrolled:
+        # tests/unit/test_observe_traces_attrs.py holds them to those tables
+        value = get("attempts")
+        if value is not None:
+            attrs["shoal.attempts"] = value
+        value = get("queue_s")
+        if value is not None:
+            attrs["shoal.queue_s"] = value
+        value = get("ttft_s")
+        if value is not None:
+            attrs["shoal.ttft_s"] = value
+        value = get("cost_usd")
+        if value is not None:
+            attrs["shoal.cost_usd"] = value
+        value = get("wasted_cost_usd")
+        if value:
+            attrs["shoal.wasted_cost_usd"] = value
+        value = get("input_tokens")
+        if isinstance(value, int):
+            attrs["gen_ai.usage.input_tokens"] = value
+        value = get("output_tokens")
+        if isinstance(value, int):
+            attrs["gen_ai.usage.output_tokens"] = value
+        value = get("cached_input_tokens")
+        if value and isinstance(value, int):
+            attrs["gen_ai.usage.cache_read.input_tokens"] = value
+        value = get("cache_write_tokens")
+        if value and isinstance(value, int):
+            attrs["gen_ai.usage.cache_creation.input_tokens"] = value
+        value = get("reasoning_tokens")
+        if value and isinstance(value, int):
+            attrs["gen_ai.usage.reasoning.output_tokens"] = value
         if self.capture_content:
             note = current().call  # the call's scope is current while call_end is emitted
-            if note is not None and note.call_id == d.get("call_id"):
+            if note is not None and note.call_id == call_id:
                 attrs[A.CONTENT_INPUT] = A.input_messages(note.request)
                 if note.response is not None:
                     attrs[A.CONTENT_OUTPUT] = A.output_messages(note.response)
-        error = _str(d, "error_type")
-        if error:
-            attrs[A.ERROR_TYPE] = error
+        leaf = self._calls.pop(call_id, None) if self._calls else None
+        if leaf is not None:  # span events were recorded on it during the call
+            parent, events = leaf.parent, leaf.events
+        else:
+            parent = (self._parent(_str(d, "run_id"), _str(d, "step"), _str(d, "agent"))
+                      if self._runs or self._steps or self._agents else None)
+            events = []
         writer = self._writer
-        if writer is not None and writer.write(leaf.name, leaf.parent, leaf.start_ns, end_ns,
-                                               attributes=attrs, events=leaf.events,
-                                               error=error):
+        if writer is not None and writer.write(name, parent, start_ns, end_ns,
+                                               attributes=attrs, events=events, error=error):
             return
-        span = self._start(leaf.name, e, leaf.parent, attrs, start_ns=leaf.start_ns)
-        for name, event_attrs, at in leaf.events:
-            span.add_event(name, attributes=event_attrs, timestamp=at)
+        span = self._start(name, e, parent, attrs, start_ns=start_ns)
+        for event_name, event_attrs, at in events:
+            span.add_event(event_name, attributes=event_attrs, timestamp=at)
         if error:
             status, code = self._error
             span.set_status(status(code, error))
@@ -434,11 +469,11 @@ def tracing(exporter: SpanExporter | None = None, *,
     builder = SpanBuilder(provider.get_tracer("shoal", shoal_version),
                           capture_content=capture_content, own_provider=own)
     if bus is None:
-        unsubscribe = subscribe_all(builder)
+        unsubscribe = subscribe_all(builder, kinds=builder.routes())
     else:
         target = bus if isinstance(bus, EventBus) else getattr(bus, "events", None)
         if not isinstance(target, EventBus):
             raise ConfigError(f"tracing(bus=...) takes an EventBus or an object with .events "
                               f"(a Router), not {type(bus).__name__}")
-        unsubscribe = target.subscribe(builder)
+        unsubscribe = target.subscribe(builder, kinds=builder.routes())
     return Tracing(builder, provider, unsubscribe, own)

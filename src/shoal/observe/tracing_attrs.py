@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.secrets import redact
 
@@ -25,6 +25,7 @@ __all__ = [
     "OPERATION",
     "TOKENS_GEN_AI",
     "TOKENS_SHOAL",
+    "chat_kind",
     "input_messages",
     "output_messages",
     "token_attrs",
@@ -74,6 +75,29 @@ def token_attrs(data: Mapping[str, object], names: Mapping[str, str]) -> dict[st
         if isinstance(value, int) and (value or key in ("input_tokens", "output_tokens")):
             out[attr] = value
     return out
+
+
+def chat_kind(key: tuple[Any, ...]) -> tuple[str, dict[str, Any], str]:
+    """What a chat span takes from the call_end fields every call of one kind shares,
+    ``key`` = (request_model, the event's model, stream, provider, served_model, channel,
+    error_type): its name, those attributes, and the error its status says ("" if none)."""
+    asked, model, stream, provider, served, channel, error = key
+    if asked and isinstance(asked, str):
+        model = asked  # what was asked (a fallback's answer: not what served it)
+    attrs: dict[str, Any] = {OPERATION: "chat", REQUEST_MODEL: model}
+    if stream:
+        attrs["shoal.stream"] = True
+    if provider:
+        attrs[PROVIDER] = provider
+    if served:
+        attrs[RESPONSE_MODEL] = served
+    if channel:
+        attrs["shoal.channel"] = channel
+    if not isinstance(error, str):
+        error = ""
+    if error:
+        attrs[ERROR_TYPE] = error
+    return f"chat {model}", attrs, error
 
 
 def _message(m: Message) -> dict[str, object]:

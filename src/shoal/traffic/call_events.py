@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from contextvars import Token
+from time import monotonic
 from typing import TYPE_CHECKING
 
+from shoal.clock import RealClock
 from shoal.errors import RunError
 from shoal.observe.context import (
     CallNote,
@@ -34,7 +36,7 @@ from shoal.observe.events import (
     scope_texts,
 )
 from shoal.secrets import MIN_SECRET_CHARS
-from shoal.types import ChatResponse, ReasoningDelta, StreamEnd, StreamEvent, TextDelta, Usage
+from shoal.types import ChatResponse, ReasoningDelta, StreamEnd, StreamEvent, TextDelta
 
 if TYPE_CHECKING:
     from shoal.clock import Clock
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["admitted", "observed_complete", "observed_stream", "provider_scope"]
 
 _FIRST = (TextDelta, ReasoningDelta)
-_NO_USAGE = Usage()
 
 
 class _Note(CallNote):
@@ -101,7 +102,8 @@ def provider_scope() -> Token[Scope] | None:
 
 def _start(bus: EventBus, clock: Clock, request: ChatRequest, stream: bool) -> _Note:
     where = current()
-    note = _Note(new_call_id(), request, clock.now(), stream, where)
+    note = _Note(new_call_id(), request,
+                 monotonic() if type(clock) is RealClock else clock.now(), stream, where)
     run_id, step, agent = scope_texts(where)
     bus.publish_clean(CALL_START, {"run_id": run_id, "step": step, "agent": agent,
                                    "call_id": note.call_id, "turn": where.turn,
@@ -112,39 +114,40 @@ def _start(bus: EventBus, clock: Clock, request: ChatRequest, stream: bool) -> _
 def _end(bus: EventBus, clock: Clock, note: _Note,
          response: ChatResponse | None, error: BaseException | None) -> None:
     """Emit ``call_end`` (while the call's scope is still current)."""
-    if response is not None:
-        note.response = response
-        usage = response.usage
-        note.attempts, note.queue_s = response.attempts, response.queue_s
-        provider, served, status, error_type = (
-            response.provider, response.served_model, "ok", "")
-        cost, wasted = response.cost_usd, response.wasted_cost_usd
-        channel, model = response.channel, response.model
-    else:
-        usage = _NO_USAGE
-        provider, served, status = str(getattr(error, "provider", "") or ""), "", "error"
-        error_type, cost = type(error).__name__, 0.0
-        wasted = error.wasted_cost_usd if isinstance(error, RunError) else 0.0
-        channel, model = "", note.request.model
     # the call's run/step/agent are its outer scope's (enter_call copies them)
     run_id, step, agent = scope_texts(note.outer)
+    duration = (monotonic() if type(clock) is RealClock else clock.now()) - note.started
+    if response is not None:  # texts shorter than any secret are kept as they are
+        note.response = response
+        note.attempts = attempts = response.attempts
+        note.queue_s = queue_s = response.queue_s
+        provider, served, usage = response.provider, response.served_model, response.usage
+        bus.publish_clean(CALL_END, {
+            "provider": provider if len(provider) < MIN_SECRET_CHARS else clean_text(provider),
+            "served_model": served if len(served) < MIN_SECRET_CHARS else clean_text(served),
+            "status": "ok", "error_type": "",
+            "cost_usd": response.cost_usd, "wasted_cost_usd": response.wasted_cost_usd,
+            "run_id": run_id, "step": step, "agent": agent, "call_id": note.call_id,
+            "turn": current().turn, "stream": note.stream,
+            "request_model": note.request.model, "attempts": attempts,
+            "duration_s": duration, "ttft_s": note.ttft_s, "queue_s": queue_s,
+            "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "cached_input_tokens": usage.cached_input_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+        }, channel=response.channel, model=response.model)
+        return
+    wasted = error.wasted_cost_usd if isinstance(error, RunError) else 0.0
     bus.publish_clean(CALL_END, {
-        # texts shorter than any secret are kept as they are (clean_text's first test)
-        "provider": provider if len(provider) < MIN_SECRET_CHARS else clean_text(provider),
-        "served_model": served if len(served) < MIN_SECRET_CHARS else clean_text(served),
-        "status": status,
-        "error_type": (error_type if len(error_type) < MIN_SECRET_CHARS
-                       else clean_text(error_type)),
-        "cost_usd": cost, "wasted_cost_usd": wasted,
+        "provider": clean_text(str(getattr(error, "provider", "") or "")),
+        "served_model": "", "status": "error", "error_type": clean_text(type(error).__name__),
+        "cost_usd": 0.0, "wasted_cost_usd": wasted,
         "run_id": run_id, "step": step, "agent": agent, "call_id": note.call_id,
         "turn": current().turn, "stream": note.stream, "request_model": note.request.model,
-        "attempts": note.attempts, "duration_s": clock.now() - note.started,
-        "ttft_s": note.ttft_s, "queue_s": note.queue_s,
-        "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-        "cached_input_tokens": usage.cached_input_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-    }, channel=channel, model=model)
+        "attempts": note.attempts, "duration_s": duration, "ttft_s": note.ttft_s,
+        "queue_s": note.queue_s, "input_tokens": 0, "output_tokens": 0,
+        "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
+    }, channel="", model=note.request.model)
 
 
 async def observed_complete(bus: EventBus, clock: Clock, request: ChatRequest,
