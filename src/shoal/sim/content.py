@@ -152,7 +152,10 @@ class Wordbank:
         self.pool = [" " + rng.choice(self._VOCAB) for _ in range(self.SIZE)]
 
     def key(self, *parts: str) -> int:
-        return zlib.crc32("\x00".join((str(self.seed), *parts)).encode())
+        # surrogatepass: a prompt may hold a lone surrogate (valid JSON, "\ud800"), which
+        # servers accept (decoders replace it); the simulator answers it, not a 500
+        text = "\x00".join((str(self.seed), *parts))
+        return zlib.crc32(text.encode("utf-8", "surrogatepass"))
 
     def words(self, key: int, n: int) -> list[str]:
         n = max(0, n)
