@@ -8,7 +8,6 @@ cache reads and writes into ``input_tokens`` (Anthropic counts them apart).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -48,7 +47,7 @@ from shoal.providers.failures import (
     transport_errors,
 )
 from shoal.providers.foreign_turns import unsigned_tool_turn
-from shoal.providers.http import HANDOFF_YIELDS, HttpProvider, answer_events
+from shoal.providers.http import HttpProvider, answer_events, hand_off
 from shoal.providers.profiles import ProviderProfile, profile_for, thinking_fields
 from shoal.providers.sse import JSON_BODY, iter_sse
 from shoal.types import (
@@ -314,9 +313,7 @@ class AnthropicProvider(HttpProvider):
                             max_tokens=max_tokens) from exc
         finally:
             turn.end(ok=False)
-        if received is not None and received():
-            for _ in range(HANDOFF_YIELDS):  # as _post_json: the next call's request first
-                await asyncio.sleep(0)
+        await hand_off(received)  # as _post_json: the next call's request first
         if events and events[0][0] == JSON_BODY:  # a whole answer (a proxy ignored stream)
             data = events[0][1]
             return self.parse(self._whole_body(data), data.encode(), started, schema_tool)

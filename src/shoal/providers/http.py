@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from shoal.config import ChannelConfig
 
-__all__ = ["USER_AGENT", "HttpPool", "HttpProvider", "answer_events"]
+__all__ = ["USER_AGENT", "HttpPool", "HttpProvider", "answer_events", "hand_off"]
 
 USER_AGENT = f"shoal/{__version__}"
 
@@ -54,6 +54,15 @@ USER_AGENT = f"shoal/{__version__}"
 # With one, every round at a known cap waited for a decode and booking before the next
 # body went out (measured, docs/DECISIONS.md: makespan ÷ bound +0.003 against 2's).
 HANDOFF_YIELDS = 2
+
+
+async def hand_off(received: Callable[[], object] | None) -> None:
+    """The answer is read: call ``received()``; when it says a queued call took the slot,
+    yield :data:`HANDOFF_YIELDS` times so that call's request is on the wire before this
+    one decodes and books its answer (``_post_json``, and Anthropic's long answers)."""
+    if received is not None and received():
+        for _ in range(HANDOFF_YIELDS):
+            await asyncio.sleep(0)
 
 
 class HttpPool:
@@ -252,9 +261,7 @@ class HttpProvider(Provider):
             raise err from exc
         finally:
             turn.end(ok=False)
-        if received is not None and received():
-            for _ in range(HANDOFF_YIELDS):
-                await asyncio.sleep(0)
+        await hand_off(received)
         try:
             return prepared, fastjson.loads(raw), raw
         except ValueError:
