@@ -38,7 +38,9 @@ from shoal.providers.caching import enter_gate, gate_key, plan_anthropic
 from shoal.providers.claude_models import (
     check_claude_request,
     check_output_tool_schema,
+    check_thinking_body,
     check_tool_schemas,
+    thinking_on,
 )
 from shoal.providers.failures import (
     error_from_stream_payload,
@@ -180,11 +182,12 @@ class AnthropicProvider(HttpProvider):
         if system:
             body["system"] = system
         thinking = thinking_fields(p, request, model) if request.thinking is not None else {}
-        thinking_on = thinking.get("thinking", {}).get("type") in ("enabled", "adaptive")
-        if thinking_on and unsigned_tool_turn(messages):
+        # Thinking asked for in extra (merged last) is as on as Thinking's own.
+        thinks = thinking_on(thinking) or thinking_on(request.extra)
+        if thinks and unsigned_tool_turn(messages):
             # A tool loop begun without thinking (another provider's turn, or thinking
             # off then): Anthropic refuses thinking here (providers/foreign_turns.py).
-            thinking, thinking_on = {}, False
+            thinking, thinks = {}, False
         tools = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             | ({"strict": True} if t.strict else {})
@@ -215,7 +218,7 @@ class AnthropicProvider(HttpProvider):
                 "input_schema": request.output_schema,
             })
             if (not request.tools or choice == "none") and (
-                    p.force_tool_with_thinking or not thinking_on):
+                    p.force_tool_with_thinking or not thinks):
                 body["tool_choice"] = {"type": "tool", "name": name}
             else:
                 # With thinking on, "answer now" is tool_choice none: a JSON text answer,
@@ -247,6 +250,7 @@ class AnthropicProvider(HttpProvider):
             body["stream"] = True
         if request.extra:
             body.update(request.extra)  # last, like the SDKs' extra_body
+        check_thinking_body(model, body)  # however thinking was asked for
         plan_anthropic(body, model, request)  # cache breakpoints (providers/caching.py)
         return body
 

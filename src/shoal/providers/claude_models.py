@@ -6,12 +6,14 @@ sampling parameters and forced tool use, decided by the wire model id.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from shoal.errors import BadRequest, RequestRefused
 from shoal.types import ChatRequest
 
 __all__ = ["adaptive_claude", "adaptive_only_claude", "check_claude_request",
-           "check_output_tool_schema", "check_tool_schemas"]
+           "check_output_tool_schema", "check_thinking_body", "check_tool_schemas",
+           "thinking_on"]
 
 # Claude models that think adaptively (platform.claude.com, "Adaptive thinking"): Opus and
 # Sonnet 4.6 on (where a manual budget is deprecated), every Claude 5. Older ones (Sonnet
@@ -108,3 +110,70 @@ def check_output_tool_schema(request: ChatRequest) -> None:
             "wrap it: {\"type\": \"object\", \"properties\": {\"items\": <your schema>}, "
             "\"required\": [\"items\"]} (an Agent's output_type does this for you)",
             param="output_schema")
+
+
+# What thinking rules out ("Feature compatibility" of
+# https://platform.claude.com/docs/en/build-with-claude/extended-thinking): a temperature
+# or top_k, a top_p outside 0.95-1, forced tool use, a pre-filled answer; and the budget
+# bounds (1024 <= budget_tokens < max_tokens). Checked on the body as it will be sent, so
+# thinking asked for through ChatRequest.extra (or a top_k the gateway passed through)
+# is held to them too; the simulator keeps its own copy (sim/anthropic_rules.py).
+TOP_P_WITH_THINKING = 0.95
+MIN_THINKING_BUDGET = 1024
+
+
+def thinking_on(body: dict[str, Any]) -> bool:
+    """Whether a Messages body asks for thinking (``enabled`` or ``adaptive``)."""
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def check_thinking_body(model: str, body: dict[str, Any]) -> None:
+    """RequestRefused, before sending, for what Anthropic refuses with thinking on;
+    ``param`` names the ChatRequest field to change (``top_k`` comes only from
+    ``extra``)."""
+    if not thinking_on(body):
+        return
+    why = f"{model} with thinking on: Anthropic answers 400"
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise RequestRefused(
+            f"{why} for temperature={temperature!r} (only 1); leave temperature unset, or "
+            "switch thinking off", param="temperature")
+    if body.get("top_k") is not None:
+        raise RequestRefused(
+            f"{why} for top_k ({body['top_k']!r}): top_k must be unset with thinking; drop "
+            "it from extra, or switch thinking off", param="top_k")
+    top_p = body.get("top_p")
+    if isinstance(top_p, int | float) and not TOP_P_WITH_THINKING <= top_p <= 1:
+        raise RequestRefused(
+            f"{why} for top_p={top_p!r} (with thinking it takes {TOP_P_WITH_THINKING:g} to 1); "
+            f"raise it to at least {TOP_P_WITH_THINKING:g}, leave it unset, or switch thinking "
+            "off", param="top_p")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        raise RequestRefused(
+            f"{why} for forced tool use (tool_choice {choice['type']!r}; only auto or none); "
+            "leave tool_choice unset, or switch thinking off", param="tool_choice")
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict) and \
+            messages[-1].get("role") == "assistant":
+        raise RequestRefused(
+            f"{why} for a pre-filled answer (the conversation ends with an assistant "
+            "message); end it with a user message, or switch thinking off",
+            param="messages")
+    thinking = body["thinking"]
+    budget = thinking.get("budget_tokens")
+    if thinking.get("type") == "enabled" and not isinstance(budget, int):
+        raise RequestRefused(
+            "thinking {\"type\": \"enabled\"} needs an integer budget_tokens (Anthropic "
+            "answers 400 \"Field required\"); give one, or use Thinking(...)",
+            param="thinking")
+    if thinking.get("type") == "enabled" and isinstance(budget, int):
+        max_tokens = body.get("max_tokens")
+        if budget < MIN_THINKING_BUDGET or (isinstance(max_tokens, int) and budget >= max_tokens):
+            raise RequestRefused(
+                f"thinking.budget_tokens={budget} with max_tokens={max_tokens}: Anthropic "
+                f"needs {MIN_THINKING_BUDGET} <= budget_tokens < max_tokens; raise max_tokens "
+                "or lower the budget",
+                param="thinking" if budget < MIN_THINKING_BUDGET else "max_tokens")

@@ -49,6 +49,7 @@ from shoal.providers.openai_answer import (
 )
 from shoal.providers.profiles import (
     ProviderProfile,
+    check_gemini_thinking,
     check_sampling,
     profile_for,
     schema_instructions,
@@ -189,6 +190,7 @@ class OpenAICompatProvider(HttpProvider):
                 body["stream_options"] = {"include_usage": True}
         if request.extra:
             body.update(request.extra)  # last, like the SDKs' extra_body
+        check_gemini_thinking(p, body, request)  # however thinking was asked for
         plan_openai(body, request, self.provider)  # prompt_cache_key (providers/caching.py)
         return body
 

@@ -25,6 +25,7 @@ __all__ = [
     "PROFILES",
     "OutputMode",
     "ProviderProfile",
+    "check_gemini_thinking",
     "check_sampling",
     "profile_for",
     "schema_instructions",
@@ -207,6 +208,34 @@ def check_sampling(profile: ProviderProfile, model: str, request: ChatRequest) -
                 f"OpenAI reasoning model {model!r} refuses {name}={value} (only the default "
                 f"1); leave {name} unset for it, or use a non-reasoning model such as gpt-4o",
                 param=name)
+
+
+# Gemini's compat endpoint: "reasoning_effort and thinking_level/thinking_budget overlap
+# functionality, so they can't be used at the same time" (ai.google.dev/gemini-api/docs/
+# openai); include_thoughts goes with either.
+_GEMINI_OVERLAPPING = ("thinking_budget", "thinking_level")
+
+
+def check_gemini_thinking(profile: ProviderProfile, body: dict[str, Any],
+                          request: ChatRequest) -> None:
+    """RequestRefused, before sending, for a Gemini body (as it will be sent, extra
+    merged) asking for thinking twice: ``reasoning_effort`` and a budget or level in
+    ``extra_body.google.thinking_config``. ``param`` is ``thinking`` when Thinking made
+    one of them, else ``extra``."""
+    if profile.family != "gemini" or body.get("reasoning_effort") is None:
+        return
+    extra = body.get("extra_body")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    config = google.get("thinking_config") if isinstance(google, dict) else None
+    both = [k for k in _GEMINI_OVERLAPPING
+            if isinstance(config, dict) and config.get(k) is not None]
+    if both:
+        raise RequestRefused(
+            f"Gemini refuses reasoning_effort ({body['reasoning_effort']!r}) together with "
+            f"extra_body.google.thinking_config.{both[0]}: they overlap, and Google answers "
+            "400 when both are set; ask once, with Thinking(effort=...) or "
+            "Thinking(budget_tokens=...), and drop the other from ChatRequest.extra",
+            param="thinking" if request.thinking is not None else "extra")
 
 
 def schema_instructions(schema: dict[str, Any]) -> str:

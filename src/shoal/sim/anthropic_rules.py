@@ -7,9 +7,10 @@ another tag or with fields its tag does not take, empty text blocks and empty me
 a thinking budget out of bounds, a thinking form the model does not take (adaptive on
 4.5 and older, a manual budget on Opus 4.7 and Claude 5), sampling on Claude 5 and
 forced tools on Claude 5.5, ``temperature`` and ``top_p`` together from Opus 4.1 and the
-4.5 models on, either outside 0-1, ``temperature`` or a forced tool with thinking on, unpaired
-``tool_use``/``tool_result`` blocks, and a tool turn without its signed thinking block
-(signatures from :func:`sign_thinking` cover the thinking text).
+4.5 models on, either outside 0-1; with thinking on, a ``temperature`` other than 1, any
+``top_k``, a ``top_p`` under 0.95, a forced tool, or a pre-filled answer (a final assistant
+message); unpaired ``tool_use``/``tool_result`` blocks, and a tool turn without its signed
+thinking block (signatures from :func:`sign_thinking` cover the thinking text).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from shoal.sim.styles import Refusal
 __all__ = ["anthropic_request", "sign_thinking"]
 
 _THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+_CONSIDERATIONS = "#important-considerations-when-using-extended-thinking"
+_MIN_TOP_P = 0.95  # with thinking on, top_p takes 0.95-1 (above 1 is refused anyway)
 # Top-level fields of a Messages request (anthropic-sdk-python MessageCreateParams, the
 # sampling fields and the beta output_format); the API refuses any other name.
 _FIELDS = frozenset({
@@ -145,16 +148,37 @@ def anthropic_request(body: dict[str, Any], style: str) -> None:
                     "#max-tokens-and-context-window-size"
                 )
     if enabled:
-        temperature = body.get("temperature")
-        if temperature is not None and temperature != 1:
-            raise Refusal(
-                "`temperature` may only be set to 1 when thinking is enabled. Please "
-                f"consult our documentation at {_THINKING_DOCS}#feature-compatibility"
-            )
-        choice = body.get("tool_choice")
-        if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
-            raise Refusal("Thinking may not be enabled when tool_choice forces tool use.")
+        _with_thinking(body)
     _anthropic_turns(body["messages"], enabled)
+
+
+def _with_thinking(body: dict[str, Any]) -> None:
+    """What thinking rules out ("Feature compatibility" in the extended-thinking guide):
+    a temperature other than 1, any top_k, a top_p under 0.95, forced tool use. The
+    wordings are the API's (integrators' reports: the top_k one quarkiverse/
+    quarkus-langchain4j#1812, the top_p one QuantumNous/new-api#3124). A pre-filled
+    answer is refused in :func:`_anthropic_turns`."""
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise Refusal(
+            "`temperature` may only be set to 1 when thinking is enabled. Please "
+            f"consult our documentation at {_THINKING_DOCS}#feature-compatibility"
+        )
+    if body.get("top_k") is not None:
+        raise Refusal(
+            "`top_k` must be unset when thinking is enabled. Please consult our "
+            f"documentation at {_THINKING_DOCS}{_CONSIDERATIONS}"
+        )
+    top_p = body.get("top_p")
+    if isinstance(top_p, int | float) and not isinstance(top_p, bool) and top_p < _MIN_TOP_P:
+        raise Refusal(
+            f"`top_p` must be greater than or equal to {_MIN_TOP_P} or unset when thinking "
+            f"is enabled. Please consult our documentation at {_THINKING_DOCS}"
+            f"{_CONSIDERATIONS}"
+        )
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        raise Refusal("Thinking may not be enabled when tool_choice forces tool use.")
 
 
 _CHOICES = ("auto", "any", "tool", "none")
@@ -255,9 +279,13 @@ def _anthropic_turns(messages: list[Any], thinking: bool) -> None:
                         "block must have a corresponding `tool_use` block in the previous "
                         "message."
                     )
+    prefill = bool(messages) and messages[-1].get("role") == "assistant"
     if thinking and last_assistant >= 0:
         blocks = _blocks(messages[last_assistant])
-        if any(b.get("type") == "tool_use" for b in blocks):
+        # A pre-filled answer (a final assistant message) is refused with thinking on
+        # ("You can't pre-fill responses when thinking is enabled"); one that does not
+        # start with thinking gets the API's words for it (n8n-io/n8n#22550).
+        if any(b.get("type") == "tool_use" for b in blocks) or prefill:
             first = blocks[0].get("type") if blocks else "text"
             if first not in ("thinking", "redacted_thinking"):
                 raise Refusal(
@@ -269,3 +297,9 @@ def _anthropic_turns(messages: list[Any], thinking: bool) -> None:
                     f"requirement, disable `thinking`. Please consult our documentation at "
                     f"{_THINKING_DOCS}"
                 )
+    if thinking and prefill:  # the simulator's words: the API's for this case are unknown
+        raise Refusal(
+            f"messages.{len(messages) - 1}: pre-filling the assistant response is not "
+            "supported when thinking is enabled; end the conversation with a user message. "
+            f"Please consult our documentation at {_THINKING_DOCS}#feature-compatibility"
+        )

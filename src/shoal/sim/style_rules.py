@@ -4,16 +4,17 @@
 :class:`~shoal.sim.styles.Refusal` with the provider's status, code and wording (the
 ``permissive`` style skips it all). It also sets the parts of the
 :class:`~shoal.sim.content.Ask` a style decides (DeepSeek thinking mode, Zhipu ignoring
-``max_completion_tokens``). Anthropic's rules are in :mod:`shoal.sim.anthropic_rules`.
+``max_completion_tokens``). Anthropic's rules are in :mod:`shoal.sim.anthropic_rules`,
+Gemini's in :mod:`shoal.sim.gemini_rules`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
 from shoal.sim.content import Ask
+from shoal.sim.gemini_rules import gemini_request, gemini_signed_call
 from shoal.sim.styles import Refusal
 
 __all__ = [
@@ -33,14 +34,6 @@ _OPENAI_FIELDS = frozenset({
     "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
     "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user",
     "verbosity", "web_search_options",
-})  # fmt: skip
-# What Gemini's OpenAI-compatible endpoint documents (ai.google.dev/gemini-api/docs/openai);
-# Google's proto parser rejects any other name ("Unknown name ...: Cannot find field").
-_GEMINI_FIELDS = frozenset({
-    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-    "temperature", "top_p", "n", "stop", "tools", "tool_choice", "response_format",
-    "reasoning_effort", "seed", "presence_penalty", "frequency_penalty", "extra_body",
-    "modalities", "audio", "logprobs", "top_logprobs",
 })  # fmt: skip
 # messages[].role values (chat_completion_message_param.py; "function" is deprecated).
 _OPENAI_ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
@@ -71,55 +64,7 @@ def openai_request(body: dict[str, Any], style: str, ask: Ask) -> None:
         if systems > 1:
             raise Refusal("invalid params, invalid chat setting (2013)", "messages")
     elif style == "gemini":
-        _gemini_signatures(body)
-        unknown = [k for k in body if k not in _GEMINI_FIELDS]
-        if unknown:
-            violations = [f'Invalid JSON payload received. Unknown name "{k}": Cannot find field.'
-                          for k in unknown]  # fmt: skip
-            exc = Refusal("\n".join(violations))
-            exc.extra["violations"] = violations
-            raise exc
-
-
-# -- Gemini ------------------------------------------------------------------------------
-
-
-def _gemini_thinks(model: str) -> bool:
-    return model.removeprefix("models/").startswith("gemini-3")
-
-
-def gemini_signed_call(style: str, model: str, index: int, call: dict[str, Any]) -> dict[str, Any]:
-    """Add Gemini 3's ``extra_content.google.thought_signature`` to the first tool call
-    of an answer (Gemini signs the first call of each step); returns *call*."""
-    if style == "gemini" and index == 0 and _gemini_thinks(model):
-        digest = hashlib.sha256(str(call.get("id")).encode()).hexdigest()[:24]
-        call["extra_content"] = {"google": {"thought_signature": f"sim-thought-{digest}"}}
-    return call
-
-
-def _gemini_signatures(body: dict[str, Any]) -> None:
-    """Gemini 3 refuses a current-turn tool-call step whose first call lost its
-    thought signature (ai.google.dev/gemini-api/docs/thought-signatures)."""
-    if not _gemini_thinks(str(body["model"])):
-        return
-    messages = body["messages"]
-    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
-    for i in range(users[-1] + 1 if users else 0, len(messages)):
-        calls = messages[i].get("tool_calls") if messages[i].get("role") == "assistant" else None
-        if not calls or not isinstance(calls[0], dict):
-            continue
-        extra = calls[0].get("extra_content")
-        google = extra.get("google") if isinstance(extra, dict) else None
-        signature = google.get("thought_signature") if isinstance(google, dict) else None
-        if not isinstance(signature, str) or not signature:
-            name = (calls[0].get("function") or {}).get("name")
-            raise Refusal(
-                "Function call is missing a thought_signature in functionCall parts. This is "
-                "required for tools to work correctly, and missing thought_signature may lead "
-                f"to degraded model performance. Additional data, function call "
-                f"`default_api:{name}` , position {i + 1}. Please refer to "
-                "https://ai.google.dev/gemini-api/docs/thought-signatures for more details."
-            )
+        gemini_request(body)
 
 
 # -- OpenAI ------------------------------------------------------------------------------
