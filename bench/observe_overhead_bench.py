@@ -24,13 +24,20 @@ calls/s ratios to ``all off``: best round to best round, median to median, and
 (the peers of a round run back to back, so load that drifts between rounds cancels).
 Targets (issue 11, on the paired ratio): nothing subscribed >= 0.98, everything on >= 0.90.
 
-    python bench/observe_overhead_bench.py [--calls 1000] [--rounds 15]
+The process's garbage collector is set up as every ``shoal`` command and the gateway set
+theirs (``shoal.gc_tune.tune_gc``: what start-up built frozen, the young generation
+collected every 7,000 allocations instead of 700); ``--gc default`` keeps CPython's
+defaults, where observing pays a second time in young collections that re-scan the 50
+calls in flight (docs/DECISIONS.md, "Observing a call: counted in batches").
+
+    python bench/observe_overhead_bench.py [--calls 1000] [--rounds 15] [--gc tuned|default]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import subprocess
 import sys
@@ -43,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_clients import _drive
 from overhead_bench import request
 from shoal.config import Config
+from shoal.gc_tune import tune_gc
 from shoal.observe.context import enter, leave
 from shoal.observe.events import Event, EventBus, Routes
 from shoal.observe.prometheus import PrometheusExporter
@@ -138,7 +146,11 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--gc", choices=("tuned", "default"), default="tuned",
+                   help="the collector as shoal's commands set it (tuned) or CPython's own")
     args = p.parse_args()
+    if args.gc == "tuned":
+        tune_gc()
     server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "http_clients.py"),
                                "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
@@ -153,7 +165,8 @@ def main() -> None:
     cps = {name: [r["calls"] / r["wall_s"] for r in rs] for name, rs in results.items()}
     cpu = {name: [1e6 * r["cpu_s"] / r["calls"] for r in rs] for name, rs in results.items()}
     print(f"{args.calls} calls x {args.rounds} alternating rounds, {args.concurrency} "
-          f"concurrent, zero-latency server in its own process; {traces}")
+          f"concurrent, zero-latency server in its own process; {traces}; "
+          f"garbage collector: {args.gc} {gc.get_threshold()}")
     print(f"{'peer':24} {'best c/s':>9} {'median':>9} {'CPU/call':>9} {'+CPU':>7} "
           f"{'best':>6} {'median':>7} {'paired':>7} {'target':>7}")
     base_best, base_med = max(cps["all off"]), statistics.median(cps["all off"])

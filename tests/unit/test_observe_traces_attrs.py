@@ -27,14 +27,15 @@ EMPTY: dict[str, Any] = {
 
 
 def _chat_span(fields: dict[str, Any], *, error: str = "", stream: bool = False,
-               turn: int | None = None, channel: str = "ch") -> dict[str, Any]:
+               turn: int | None = None, channel: str = "ch",
+               duration: float = 1.5) -> dict[str, Any]:
     exporter = InMemorySpanExporter()
     bus = EventBus(VirtualClock())
     with shoal.observe.tracing(exporter, bus=bus):
         bus.publish_clean("call_end", {
             **fields, "status": "error" if error else "ok", "error_type": error,
             "run_id": "", "step": "", "agent": "", "call_id": "c9", "turn": turn,
-            "stream": stream, "request_model": "asked", "duration_s": 1.5},
+            "stream": stream, "request_model": "asked", "duration_s": duration},
             channel=channel, model="served-by")
     (span,) = exporter.get_finished_spans()
     assert span.name == "chat asked"
@@ -56,6 +57,16 @@ def test_fields_without_a_value_are_left_out() -> None:
     assert got == {A.OPERATION: "chat", A.REQUEST_MODEL: "asked", "shoal.call_id": "c9",
                    "shoal.attempts": 1, "shoal.queue_s": 0.0, "shoal.cost_usd": 0.0,
                    "gen_ai.usage.input_tokens": 0, "gen_ai.usage.output_tokens": 0}
+
+
+def test_any_call_end_gives_the_attributes_shoals_own_gives() -> None:
+    """A call_end whose fields are not all of shoal's own types (here an int duration)
+    is read field by field (traces.py, _any_call_end), not a tuple at a time: the same
+    attributes either way."""
+    for fields in (FULL, EMPTY):
+        assert _chat_span(fields, duration=2) == _chat_span(fields)
+        assert _chat_span(fields, error="ProviderTimeout", stream=True, turn=2, duration=2) \
+            == _chat_span(fields, error="ProviderTimeout", stream=True, turn=2)
 
 
 def test_a_processor_added_after_tracing_began_gets_the_chat_spans_too() -> None:
@@ -97,3 +108,4 @@ def test_a_leaf_spans_context_is_the_one_the_sdk_would_build() -> None:
         assert tuple(built) == tuple(ctx)
         ids.add(ctx.span_id)
     assert len(ids) == 3
+

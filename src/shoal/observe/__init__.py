@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from shoal.observe.traces import Tracing
+    from shoal.observe.tracing_setup import Tracing
 
 __all__ = ["tracing"]
 
@@ -21,8 +21,8 @@ def tracing(exporter: SpanExporter | None = None, *,
             tracer_provider: TracerProvider | None = None, capture_content: bool = False,
             bus: Any = None) -> Tracing:
     """OpenTelemetry traces of every run, step, agent, model call and tool call: see
-    :func:`shoal.observe.traces.tracing`."""
-    from shoal.observe.traces import tracing as start
+    :func:`shoal.observe.tracing_setup.tracing`."""
+    from shoal.observe.tracing_setup import tracing as start
 
     return start(exporter, tracer_provider=tracer_provider, capture_content=capture_content,
                  bus=bus)

@@ -1,48 +1,44 @@
 """The Prometheus metrics shoal exports, and how each event kind updates them.
 
 :class:`Metrics` owns the metric families (registered on one ``CollectorRegistry``) and
-one ``on_<kind>`` handler per event kind; :class:`shoal.observe.prometheus.PrometheusExporter`
+one ``on_<kind>`` handler per event kind (``call_end``, one per model call, is counted in
+batches: :mod:`shoal.observe.prom_calls`); :class:`shoal.observe.prometheus.PrometheusExporter`
 subscribes it to an :class:`~shoal.observe.events.EventBus`. The list of series, with
 their labels, is in docs/observe.md.
 
 Label values are names shoal's user chose (channel, model, agent, tool, flow, step
 status) or error class names; never an error message, a prompt, an output or a key.
-The series are plain numbers (:mod:`shoal.observe.prom_series`): one dict update per
-series per event on the hot path, the Prometheus families built only when scraped.
+The series are plain numbers (:mod:`shoal.observe.prom_series`), the Prometheus families
+built only when scraped (after counting the call_end events still waiting).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from shoal.observe.events import Event
+from shoal.observe.prom_calls import (
+    BATCH,
+    DURATION_BUCKETS,
+    TOKEN_BUCKETS,
+    TOKEN_KEYS,
+    WAIT_BUCKETS,
+    CallKind,
+    Labels,
+    count_batch,
+)
 from shoal.observe.prom_series import Counter, Gauge, Histogram, Series
 
 __all__ = ["DURATION_BUCKETS", "TOKEN_BUCKETS", "TOKEN_TYPES", "Metrics"]
 
-# The OpenTelemetry GenAI semantic conventions' advised bucket boundaries.
-TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
-                 16777216, 67108864)
-DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
-                    20.48, 40.96, 81.92)
-WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TURN_BUCKETS = (1, 2, 3, 5, 8, 13, 20, 30, 50, 100)
-
 # event data key → the ``type`` label of shoal_tokens_total
-TOKEN_TYPES = {"input_tokens": "input", "output_tokens": "output",
-               "cached_input_tokens": "cached_input", "cache_write_tokens": "cache_write",
-               "reasoning_tokens": "reasoning"}
-_TOKEN_KEYS = tuple(TOKEN_TYPES.items())
-# the histograms' bounds as floats (what Histogram keeps), for call_end's own bisects
-DURATION_BOUNDS = tuple(float(b) for b in DURATION_BUCKETS)
-WAIT_BOUNDS = tuple(float(b) for b in WAIT_BUCKETS)
-TOKEN_BOUNDS = tuple(float(b) for b in TOKEN_BUCKETS)
+TOKEN_TYPES = dict(TOKEN_KEYS)
 
 _CALL = ("call",)
 BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
@@ -56,37 +52,6 @@ def _num(data: Mapping[str, object], key: str) -> float:
 def _str(data: Mapping[str, object], key: str) -> str:
     value = data.get(key)
     return value if isinstance(value, str) else "" if value is None else str(value)
-
-
-class _CallKind:
-    """What one kind of call_end (one label combination) updates: the series' running
-    totals and histogram counts themselves, taken once (no label tuple hashed per call).
-    Series that a call updates only when a value is not zero (token types, waste, time
-    to first token) are taken at their first update, so they appear as they did."""
-
-    __slots__ = ("attempts", "calls", "cost", "genai_duration", "genai_tokens", "latency",
-                 "ma", "queue_wait", "request", "tokens", "ttft", "wasted")
-
-    def __init__(self, m: Metrics, labels: tuple[str, str, str, str, str, str, str]) -> None:
-        channel, model, agent, status, provider, served, error = labels
-        self.ma = ma = (model, agent)
-        self.queue_wait = m.queue_wait.counts((channel,)) if channel else None
-        self.request = (m.requests.cell((channel, "ok")) if channel and not error
-                        else None)
-        self.calls = m.calls.cell((model, agent, status))
-        self.attempts = m.attempts.cell(ma)
-        # per token type (TOKEN_TYPES' order), its cell once made
-        self.tokens: list[list[float] | None] = [None] * len(_TOKEN_KEYS)
-        self.cost = m.cost.cell(ma)
-        self.wasted: list[float] | None = None
-        self.latency = m.latency.counts(ma)
-        self.ttft: list[float] | None = None
-        # gen_ai_client_token_usage's input and output counts (calls without an error)
-        self.genai_tokens = None if error else (
-            m.genai_tokens.counts(("chat", provider, model, served, "input")),
-            m.genai_tokens.counts(("chat", provider, model, served, "output")))
-        self.genai_duration = m.genai_duration.counts(("chat", provider, model, served,
-                                                       error))
 
 
 class Metrics(Collector):
@@ -177,14 +142,20 @@ class Metrics(Collector):
         self._run_counts: dict[str, dict[str, int]] = {}
         self._finished_runs: deque[str] = deque()
         self._active_steps: set[tuple[str, str]] = set()
-        self._call_kinds: dict[tuple[str, str, str, str, str, str, str], _CallKind] = {}
+        self.call_kinds: dict[Labels, CallKind] = {}
         self._calls_running: list[float] | None = None
+        # call_end events not counted yet (prom_calls.py): appended by the bus itself,
+        # counted BATCH at a time and before every scrape, under the lock (scrapes come
+        # from other threads)
+        self._ends: list[Event] = []
+        self._counting = threading.Lock()
         # event-derived channel state (the collector prefers a Router's live stats)
         self.breaker_state: dict[str, str] = {}
         self.limits: dict[str, float] = {}
         self.queued: dict[str, float] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")}
+        self._handlers["call_end"] = self._ends.append
 
     def handle(self, event: Event) -> None:
         """Update the metrics for one event (unknown kinds are ignored)."""
@@ -198,7 +169,21 @@ class Metrics(Collector):
         by the bus itself (other kinds are not delivered)."""
         return dict(self._handlers)
 
+    def flush(self) -> None:
+        """Count the call_end events waiting (any thread; a scrape does it first)."""
+        ends = self._ends
+        if not ends:
+            return
+        with self._counting:
+            n = len(ends)
+            if not n:
+                return
+            batch = ends[:n]
+            del ends[:n]  # events appended meanwhile stay, after these
+            count_batch(self, batch)
+
     def collect(self) -> Iterator[Metric]:
+        self.flush()
         for s in self.series:
             yield s.family()
 
@@ -213,24 +198,25 @@ class Metrics(Collector):
         if e.channel and "queued" in e.data:
             self.queued[e.channel] = _num(e.data, "queued")
 
-    def _attempt_failed(self, channel: str, error: str) -> None:
+    def attempt_failed(self, channel: str, error: str, n: float = 1.0) -> None:
+        """``n`` provider attempts on ``channel`` ended with ``error`` (a class name)."""
         if not channel:  # an agent falling back to its next model: no channel attempt
             return
-        self.requests.inc((channel, error or "error"))
+        self.requests.inc((channel, error or "error"), n)
         if error == "RateLimited":
-            self.rate_limited.inc((channel,))
+            self.rate_limited.inc((channel,), n)
         elif error == "QuotaExhausted":
-            self.quota.inc((channel,))
+            self.quota.inc((channel,), n)
 
     def on_retry(self, e: Event) -> None:
         error = _str(e.data, "error")
         self.retries.inc((e.channel, error))
-        self._attempt_failed(e.channel, error)
+        self.attempt_failed(e.channel, error)
 
     def on_failover(self, e: Event) -> None:
         error = _str(e.data, "error")
         self.failovers.inc((e.channel, error))
-        self._attempt_failed(e.channel, error)
+        self.attempt_failed(e.channel, error)
 
     def on_breaker(self, e: Event) -> None:
         to = _str(e.data, "to")
@@ -242,89 +228,18 @@ class Metrics(Collector):
 
     # -- calls (the hot path: one call_start and one call_end per model call) -----------
 
-    def _running_calls(self) -> list[float]:
+    def running_calls(self) -> list[float]:
+        """The running total of model calls in progress (made at the first call event:
+        the series appears then)."""
         cell = self._calls_running
-        if cell is None:  # made at the first call event: the series appears then
+        if cell is None:
             cell = self._calls_running = self.running.cell(_CALL)
         return cell
 
     def on_call_start(self, e: Event) -> None:
-        (self._calls_running or self._running_calls())[0] += 1.0
-
-    def on_call_end(self, e: Event) -> None:
-        d: Mapping[str, Any] = e.data  # numbers where the vocabulary says so
-        get = d.get
-        model, error = e.model, get("error_type") or ""
-        labels = (e.channel, model, get("agent") or "", get("status") or "",
-                  get("provider") or "", get("served_model") or model, error)
-        k = self._call_kinds.get(labels)
-        if k is None:  # the series of this kind of call, taken once
-            k = self._call_kinds[labels] = _CallKind(self, labels)
-        (self._calls_running or self._running_calls())[0] -= 1.0
-        counts = k.queue_wait
-        if counts is not None:
-            value = get("queue_s") or 0.0
-            if value:
-                counts[bisect_left(WAIT_BOUNDS, value)] += 1
-                counts[-1] += value
-            else:  # no wait (most calls): the first bucket, the sum unchanged
-                counts[0] += 1
-        if k.request is not None:  # the last attempt's outcome (earlier: retry/failover)
-            k.request[0] += 1.0
-        elif error and e.channel:
-            self._attempt_failed(e.channel, error)
-        k.calls[0] += 1.0
-        k.attempts[0] += get("attempts") or 0
-        n = get("input_tokens")
-        if n:
-            (k.tokens[0] or self._tokens(k, 0))[0] += n
-        n = get("output_tokens")
-        if n:
-            (k.tokens[1] or self._tokens(k, 1))[0] += n
-        if get("cached_input_tokens") or get("cache_write_tokens") or get("reasoning_tokens"):
-            for i, key in enumerate(_TOKEN_KEYS[2:], 2):
-                n = get(key[0])
-                if n:
-                    (k.tokens[i] or self._tokens(k, i))[0] += n
-        k.cost[0] += get("cost_usd") or 0.0
-        wasted = get("wasted_cost_usd")
-        if wasted:
-            (k.wasted or self._wasted(k))[0] += wasted
-        duration = get("duration_s") or 0.0
-        at = bisect_left(DURATION_BOUNDS, duration)
-        counts = k.latency
-        counts[at] += 1
-        counts[-1] += duration
-        counts = k.genai_duration
-        counts[at] += 1
-        counts[-1] += duration
-        ttft = get("ttft_s")
-        if ttft:
-            counts = k.ttft or self._ttft(k)
-            counts[bisect_left(DURATION_BOUNDS, ttft)] += 1
-            counts[-1] += ttft
-        genai = k.genai_tokens
-        if genai is not None:
-            counts, out = genai
-            value = get("input_tokens") or 0
-            counts[bisect_left(TOKEN_BOUNDS, value)] += 1
-            counts[-1] += value
-            value = get("output_tokens") or 0
-            out[bisect_left(TOKEN_BOUNDS, value)] += 1
-            out[-1] += value
-
-    def _tokens(self, k: _CallKind, i: int) -> list[float]:
-        kind = _TOKEN_KEYS[i][1]
-        cell = k.tokens[i] = self.tokens.cell((k.ma[0], k.ma[1], kind))
-        return cell
-
-    def _wasted(self, k: _CallKind) -> list[float]:
-        k.wasted = self.wasted.cell(k.ma)
-        return k.wasted
-
-    def _ttft(self, k: _CallKind) -> list[float]:
-        k.ttft = self.ttft.counts(k.ma)
-        return k.ttft
+        (self._calls_running or self.running_calls())[0] += 1.0
+        if len(self._ends) >= BATCH:  # the calls that ended meanwhile, counted together
+            self.flush()
 
     # -- agents, tools, guards ----------------------------------------------------------
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from shoal.observe.alert_config import AlertsConfig
     from shoal.observe.alerts import AlertEngine
     from shoal.observe.prometheus import PrometheusExporter
-    from shoal.observe.traces import Tracing
+    from shoal.observe.tracing_setup import Tracing
     from shoal.traffic.router import Router
 
 __all__ = ["Observing", "observing"]
@@ -68,7 +68,7 @@ async def observing(router: Router, *, metrics_port: int | None = None,
                     announce(f"metrics on http://127.0.0.1:{state.port}/metrics "
                              f"(shoal top --url http://127.0.0.1:{state.port}/metrics)")
         if _otel_asked():  # traces as the standard OTEL_* variables say
-            from shoal.observe.traces import tracing
+            from shoal.observe.tracing_setup import tracing
 
             state.tracing = tracing(bus=router)
         if alerts is not None:

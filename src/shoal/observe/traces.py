@@ -23,30 +23,34 @@ moved onto the wall clock by one offset taken at the first event.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from shoal.errors import ConfigError
 from shoal.observe import tracing_attrs as A
 from shoal.observe.context import current
-from shoal.observe.events import KINDS, Event, EventBus, Routes, subscribe_all
+from shoal.observe.events import KINDS, Event, Routes
 from shoal.observe.leaf_spans import LeafWriter
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
 
-__all__ = ["SpanBuilder", "Tracing", "tracing"]
+__all__ = ["SpanBuilder"]
 
 # Traffic events recorded as span events (with their data as attributes).
 _SPAN_EVENTS = frozenset({"retry", "failover", "breaker", "wait", "limit_change"})
 _Key = tuple[str, ...]
 _QUEUED_S = 0.001  # an admission after a wait this long is a "limiter_wait" span event
-_BATCH = 64  # spans per export when shoal makes the processor (see tracing())
 _MAX_KINDS = 4096  # kinds of chat span remembered (then each new one is made per call)
+# call_end's fields as tuples (tests/unit/test_observe_traces_attrs.py holds the
+# attribute names to A.CHAT_END and A.TOKENS_GEN_AI): the kind of call; what every chat
+# span carries; what some carry
+_CHAT_KIND = itemgetter("request_model", "stream", "provider", "served_model", "error_type")
+_CHAT_COMMON = itemgetter("call_id", "attempts", "queue_s", "cost_usd", "input_tokens",
+                          "output_tokens", "duration_s")
+_CHAT_OPTIONAL = itemgetter("turn", "ttft_s", "wasted_cost_usd", "cached_input_tokens",
+                            "cache_write_tokens", "reasoning_tokens")
 
 
 def _attr(value: object) -> Any:
@@ -243,7 +247,63 @@ class SpanBuilder:
     def _call_end(self, e: Event) -> None:
         """The chat span, whole (the hot path of tracing: one model call, one span). What
         every call of one kind shares (name, model, provider, channel, ...) is a template
-        made once; most calls had no span event, so no :class:`_Leaf` was made for them."""
+        made once; most calls had no span event, so no :class:`_Leaf` was made for them.
+        A call_end of shoal's own (every field there, of its type) is read a tuple at a
+        time; any other takes :meth:`_any_call_end`."""
+        d = e.data
+        try:
+            kind = _CHAT_KIND(d)
+            call_id, attempts, queue_s, cost, tokens_in, tokens_out, duration = _CHAT_COMMON(d)
+        except KeyError:
+            self._any_call_end(e)
+            return
+        if (type(call_id) is not str or type(tokens_in) is not int
+                or type(tokens_out) is not int or type(duration) is not float
+                or attempts is None or queue_s is None or cost is None):
+            self._any_call_end(e)
+            return
+        offset = self._offset_ns
+        at_ns = int(e.at * 1e9)
+        if offset is None:
+            offset = self._offset_ns = time.time_ns() - at_ns
+        end_ns = offset + at_ns
+        key = (kind[0], e.model, kind[1], kind[2], kind[3], e.channel, kind[4])
+        chat = self._chats.get(key)
+        if chat is None:
+            chat = self._chat_kind(key)
+        attrs = chat[1].copy()
+        attrs["shoal.call_id"] = call_id
+        attrs["shoal.attempts"] = attempts
+        attrs["shoal.queue_s"] = queue_s
+        attrs["shoal.cost_usd"] = cost
+        attrs["gen_ai.usage.input_tokens"] = tokens_in
+        attrs["gen_ai.usage.output_tokens"] = tokens_out
+        # the rest of A.CHAT_END and A.TOKENS_GEN_AI: written when there (waste, cache
+        # and reasoning tokens only when not 0); tests/unit/test_observe_traces_attrs.py
+        turn, ttft, wasted, cached, written, reasoning = _CHAT_OPTIONAL(d)
+        if isinstance(turn, int):
+            attrs["shoal.turn"] = turn
+        if ttft is not None:
+            attrs["shoal.ttft_s"] = ttft
+        if wasted:
+            attrs["shoal.wasted_cost_usd"] = wasted
+        if cached and isinstance(cached, int):
+            attrs["gen_ai.usage.cache_read.input_tokens"] = cached
+        if written and isinstance(written, int):
+            attrs["gen_ai.usage.cache_creation.input_tokens"] = written
+        if reasoning and isinstance(reasoning, int):
+            attrs["gen_ai.usage.reasoning.output_tokens"] = reasoning
+        self._chat_span(e, chat, attrs, end_ns - int(duration * 1e9), end_ns, call_id=call_id)
+
+    def _chat_kind(self, key: tuple[Any, ...]) -> tuple[str, dict[str, Any], str]:
+        chat = A.chat_kind(key)
+        if len(self._chats) < _MAX_KINDS:
+            self._chats[key] = chat
+        return chat
+
+    def _any_call_end(self, e: Event) -> None:
+        """The chat span of any call_end event, each field read and checked by itself
+        (what :meth:`_call_end` does for shoal's own)."""
         d = e.data
         get = d.get
         offset = self._offset_ns
@@ -257,11 +317,8 @@ class SpanBuilder:
                get("served_model"), e.channel, get("error_type"))
         chat = self._chats.get(key)
         if chat is None:
-            chat = A.chat_kind(key)
-            if len(self._chats) < _MAX_KINDS:
-                self._chats[key] = chat
-        name, template, error = chat
-        attrs = template.copy()
+            chat = self._chat_kind(key)
+        attrs = chat[1].copy()
         call_id = get("call_id")
         if not isinstance(call_id, str):
             call_id = ""
@@ -269,39 +326,19 @@ class SpanBuilder:
         turn = get("turn")
         if isinstance(turn, int):
             attrs["shoal.turn"] = turn
-        # A.CHAT_END's numbers (written when not None; waste only when not 0) and the
-        # token counts of A.TOKENS_GEN_AI (cache and reasoning only when not 0), unrolled:
-        # tests/unit/test_observe_traces_attrs.py holds them to those tables
-        value = get("attempts")
-        if value is not None:
-            attrs["shoal.attempts"] = value
-        value = get("queue_s")
-        if value is not None:
-            attrs["shoal.queue_s"] = value
-        value = get("ttft_s")
-        if value is not None:
-            attrs["shoal.ttft_s"] = value
-        value = get("cost_usd")
-        if value is not None:
-            attrs["shoal.cost_usd"] = value
-        value = get("wasted_cost_usd")
-        if value:
-            attrs["shoal.wasted_cost_usd"] = value
-        value = get("input_tokens")
-        if isinstance(value, int):
-            attrs["gen_ai.usage.input_tokens"] = value
-        value = get("output_tokens")
-        if isinstance(value, int):
-            attrs["gen_ai.usage.output_tokens"] = value
-        value = get("cached_input_tokens")
-        if value and isinstance(value, int):
-            attrs["gen_ai.usage.cache_read.input_tokens"] = value
-        value = get("cache_write_tokens")
-        if value and isinstance(value, int):
-            attrs["gen_ai.usage.cache_creation.input_tokens"] = value
-        value = get("reasoning_tokens")
-        if value and isinstance(value, int):
-            attrs["gen_ai.usage.reasoning.output_tokens"] = value
+        for key_, attr in A.CHAT_END.items():
+            if key_ in ("provider", "served_model"):
+                continue  # the template's
+            value = get(key_)
+            if value is not None and (value or key_ != "wasted_cost_usd"):
+                attrs[attr] = value
+        attrs.update(A.token_attrs(d, A.TOKENS_GEN_AI))
+        self._chat_span(e, chat, attrs, start_ns, end_ns, call_id=call_id)
+
+    def _chat_span(self, e: Event, chat: tuple[str, dict[str, Any], str],
+                   attrs: dict[str, Any], start_ns: int, end_ns: int, *, call_id: str) -> None:
+        name, _, error = chat
+        d = e.data
         if self.capture_content:
             note = current().call  # the call's scope is current while call_end is emitted
             if note is not None and note.call_id == call_id:
@@ -369,111 +406,3 @@ def _str(data: Mapping[str, object], key: str) -> str:
 def _num(data: Mapping[str, object], key: str) -> float:
     value = data.get(key)
     return float(value) if isinstance(value, int | float) else 0.0
-
-
-class Tracing:
-    """Tracing switched on: :meth:`close` (or leaving ``with``) stops it, flushing and
-    shutting down the provider if :func:`tracing` made it."""
-
-    def __init__(self, builder: SpanBuilder, provider: TracerProvider | None,
-                 unsubscribe: Callable[[], None], own: bool) -> None:
-        self.builder = builder
-        self.provider = provider
-        self._unsubscribe = unsubscribe
-        self._own = own
-
-    def force_flush(self) -> None:
-        """Export the spans ended so far (the batch processor otherwise waits)."""
-        if self.provider is not None:
-            self.provider.force_flush()
-
-    def close(self) -> None:
-        self._unsubscribe()
-        if self.provider is not None:
-            self.provider.force_flush()
-            if self._own:
-                self.provider.shutdown()
-
-    def __enter__(self) -> Tracing:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _env_exporter() -> SpanExporter | None:
-    """The exporter ``OTEL_TRACES_EXPORTER`` names (default otlp; none disables)."""
-    choice = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")[0].strip().lower()
-    if choice == "none":
-        return None
-    if choice == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    if choice != "otlp":
-        raise ConfigError(f"OTEL_TRACES_EXPORTER={choice!r} is not supported by "
-                          "shoal.observe.tracing(); use otlp, console or none, or pass "
-                          "exporter=... yourself")
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                              os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"))
-    if protocol != "http/protobuf":
-        raise ConfigError(f"OTLP protocol {protocol!r}: shoal's otel extra exports over "
-                          "http/protobuf; set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf or "
-                          "pass exporter=... (e.g. a grpc OTLPSpanExporter)")
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError as exc:
-        raise ConfigError("OTLP export needs opentelemetry-exporter-otlp-proto-http: "
-                          "pip install 'shoal[otel]'") from exc
-    return OTLPSpanExporter()  # endpoint, headers, timeout: OTEL_EXPORTER_OTLP_* variables
-
-
-def tracing(exporter: SpanExporter | None = None, *,
-            tracer_provider: TracerProvider | None = None, capture_content: bool = False,
-            bus: EventBus | Any = None) -> Tracing:
-    """Turn shoal's events into OpenTelemetry spans; returns a :class:`Tracing` to close.
-
-    ``exporter``: where spans go (batched); None: what the standard ``OTEL_*``
-    variables say (OTLP over HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT`` by default;
-    ``OTEL_TRACES_EXPORTER=console|none``; ``OTEL_SERVICE_NAME`` names the service).
-    ``tracer_provider``: use yours instead (its processors decide the export).
-    ``capture_content``: record prompts and answers (``gen_ai.input.messages`` /
-    ``gen_ai.output.messages``, secrets redacted); off by default.
-    ``bus``: an :class:`EventBus` or anything with ``.events`` (a Router); default:
-    every bus of the process, present and future.
-    """
-    try:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError as exc:
-        raise ConfigError("tracing needs the OpenTelemetry SDK: pip install 'shoal[otel]'"
-                          ) from exc
-    own = tracer_provider is None
-    provider = tracer_provider
-    if provider is None:
-        provider = TracerProvider(resource=Resource.create(
-            {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "shoal"}))
-        chosen = exporter if exporter is not None else _env_exporter()
-        if chosen is not None:
-            # Batches of 64, not the SDK's 512, unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE says:
-            # docs/DECISIONS.md, "Metrics and alerts" (Python's GC and bulk frees).
-            batch = None if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else _BATCH
-            provider.add_span_processor(BatchSpanProcessor(chosen, max_export_batch_size=batch))
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        shoal_version = version("shoal")
-    except PackageNotFoundError:
-        shoal_version = "0"
-    builder = SpanBuilder(provider.get_tracer("shoal", shoal_version),
-                          capture_content=capture_content, own_provider=own)
-    if bus is None:
-        unsubscribe = subscribe_all(builder, kinds=builder.routes())
-    else:
-        target = bus if isinstance(bus, EventBus) else getattr(bus, "events", None)
-        if not isinstance(target, EventBus):
-            raise ConfigError(f"tracing(bus=...) takes an EventBus or an object with .events "
-                              f"(a Router), not {type(bus).__name__}")
-        unsubscribe = target.subscribe(builder, kinds=builder.routes())
-    return Tracing(builder, provider, unsubscribe, own)
