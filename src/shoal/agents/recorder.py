@@ -6,6 +6,10 @@ nothing (:class:`NullRecorder`); the durable journal (``shoal.flows.journal``)
 implements the same protocol over a :class:`~shoal.stores` backend, so a resumed
 run replays finished steps and turns instead of calling models again.
 
+A recorder may also have ``agent_run(run_id)``, an async context manager the runner
+enters around an agent run (:func:`agent_scope`): the durable journal executes an agent
+run journaled without a flow under the run's lease there.
+
 Step ids are strings: ``"analyzer"``, ``"topics/3"`` (item 3 of a map). Turns are
 numbered from 0 within a step. Results cross this seam as JSON-compatible data
 (:func:`to_jsonable`), so any store can hold them.
@@ -13,6 +17,7 @@ numbered from 0 within a step. Results cross this seam as JSON-compatible data
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -28,6 +33,7 @@ __all__ = [
     "RecordedStep",
     "RunRecorder",
     "RunStatus",
+    "agent_scope",
     "from_jsonable",
     "response_from_json",
     "response_to_json",
@@ -75,6 +81,13 @@ class RunRecorder(Protocol):
     ) -> None: ...
 
     async def run_finished(self, run_id: str, status: RunStatus, error: str | None) -> None: ...
+
+
+def agent_scope(recorder: RunRecorder, run_id: str) -> contextlib.AbstractAsyncContextManager[Any]:
+    """What ``recorder`` does around an agent run of ``run_id``: its ``agent_run``, if it
+    has one (:class:`~shoal.flows.journal.StoreRecorder`: the run's lease), else nothing."""
+    scope = getattr(recorder, "agent_run", None)
+    return contextlib.nullcontext() if scope is None else scope(run_id)
 
 
 class NullRecorder:

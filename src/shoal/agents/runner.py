@@ -28,7 +28,7 @@ from shoal.agents.guards import (
     may_write_1h,
 )
 from shoal.agents.output import OutputParseError
-from shoal.agents.recorder import NullRecorder, RunRecorder
+from shoal.agents.recorder import NullRecorder, RunRecorder, agent_scope
 from shoal.agents.run_context import RunContext
 from shoal.agents.tools import ToolOutcome
 from shoal.clock import Clock, RealClock
@@ -184,12 +184,13 @@ class Runner:
             runner=self, deps=deps, budget=budget,
         )
         loop = _Loop(self, agent, ctx, model)
-        try:
-            if emit.live(self.events):
-                assert self.events is not None
-                return await emit.observed_agent(self.events, self.clock, ctx, model,
-                                                 loop.run(input), turns=loop.turns)
-            return await loop.run(input)
+        try:  # a journal executes an agent run without a flow under its lease
+            async with agent_scope(self.recorder, ctx.run_id):
+                if emit.live(self.events):
+                    assert self.events is not None
+                    return await emit.observed_agent(self.events, self.clock, ctx, model,
+                                                     loop.run(input), turns=loop.turns)
+                return await loop.run(input)
         except RunError as exc:  # what this run spent, for the step that reports it
             exc.spent_usage, exc.spent_cost_usd = ctx.usage, ctx.cost_usd
             raise

@@ -1,7 +1,9 @@
 """``shoal resume RUN_ID``: continue a failed, cancelled or killed run from its journal
 (a batch id: its unfinished items). The run's ``meta`` (:func:`shoal.cli.runs_cmd.journal_meta`)
 says how to rebuild its flow; the run lease (:mod:`shoal.flows.lease`) keeps a second
-executor out (exit 3) unless ``--force``.
+executor out (exit 3) unless ``--force``. A batch's items take their leases with
+``--force`` and ``--lease-s`` too (:func:`~shoal.flows.lease.lease_options`), when they
+run in this process.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import typer
 
 from shoal.cli.common import LeaseOpt, StoreOpt, default_url, fail, require_store
 from shoal.errors import ConfigError, ShoalError
-from shoal.flows.lease import DEFAULT_LEASE_S
+from shoal.flows.lease import DEFAULT_LEASE_S, lease_options
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -52,8 +54,9 @@ def resume(
         "--budget-usd", help="Dollar budget for the whole run, replayed steps included "
                              "(default: the run's own --budget-usd).")] = None,
     force: Annotated[bool, typer.Option(
-        "--force", help="Take the run over even while another process holds its lease. "
-                        "If that one is alive, what it has in flight is paid twice.")]
+        "--force", help="Take the run over (a batch: each unfinished item) even while "
+                        "another process holds its lease. If that one is alive, what it "
+                        "has in flight is paid twice.")]
     = False,
     lease_s: LeaseOpt = DEFAULT_LEASE_S,
 ) -> None:
@@ -62,7 +65,8 @@ def resume(
 
     Exit status 1 if the run fails again, 2 for a usage or config error (an unknown run,
     a changed flow, an unknown model), 3 while another process executes the run (it
-    holds the run's lease; --force takes it over)."""
+    holds the run's lease; --force takes it over). A batch waits for an item another
+    process executes; --force takes every item over (items run here: --cluster local)."""
     from rich.console import Console
 
     from shoal.cli.loop import run as run_loop
@@ -96,9 +100,12 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
         if is_batch(run):  # its items: only the unfinished run again (shoal.scale)
             from shoal.scale.cli import resume_batch_cli
 
-            return await resume_batch_cli(run, url or default_url(), target=target,
-                                          config=config, sim=sim, cluster=cluster,
-                                          progress=progress, console=console)
+            where = cluster if cluster is not None else run.meta.get("cluster")
+            _lease_reaches_items(run.run_id, where, force=force, lease_s=lease_s)
+            with lease_options(force=force, lease_s=lease_s):  # each item's journal's
+                return await resume_batch_cli(run, url or default_url(), target=target,
+                                              config=config, sim=sim, cluster=cluster,
+                                              progress=progress, console=console)
         meta = dict(run.meta)
         spec = target or meta.get("target")
         if not isinstance(spec, str):
@@ -132,6 +139,22 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
             return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
                                    console=console, progress=progress, budget=budget,
                                    force=force, lease_s=lease_s)
+
+
+def _lease_reaches_items(batch_id: str, where: object, *, force: bool,
+                         lease_s: float) -> None:
+    """``--force`` and ``--lease-s`` reach the items of a batch that run in this process;
+    a cluster's workers open their items' journals with their own defaults, so asking
+    for them there is refused rather than ignored."""
+    if where in (None, "", "local") or (not force and lease_s == DEFAULT_LEASE_S):
+        return
+    asked = " and ".join(o for o, on in (("--force", force),
+                                         ("--lease-s/$SHOAL_LEASE_S", lease_s != DEFAULT_LEASE_S))
+                         if on)
+    raise ConfigError(
+        f"batch {batch_id!r} resumes on the cluster {where}, whose workers take their "
+        f"items' leases with their own defaults: {asked} would not reach them. Resume it "
+        f"here (shoal resume {batch_id} --cluster local ...), or without {asked}")
 
 
 def _rebuild(spec: str, model: str | None) -> Flow:

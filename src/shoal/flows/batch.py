@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from shoal.agents.agent import Agent
 from shoal.agents.guards import Budget
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "BatchItem", "BatchResult"]
 
 ItemStatus = Literal["succeeded", "failed", "cancelled"]
+R = TypeVar("R")
+_log = logging.getLogger("shoal.flows.batch")
 _BUSY_POLL_S = 1.0  # an item another executor holds: how often to look whether it is free
 Target = Agent[Any] | Flow | Callable[[Any], Awaitable[Any]]
 
@@ -228,8 +231,9 @@ class Batch:
             if isinstance(target, Agent):
                 assert client is not None
                 runner = Runner(client, clock=self.clock, recorder=self.recorder)
-                res = await runner.run(target, value if isinstance(value, str) else as_text(value),
-                                       budget=budget, run_id=run_id)
+                text = value if isinstance(value, str) else as_text(value)
+                res = await self._unbusy(
+                    lambda: runner.run(target, text, budget=budget, run_id=run_id))
                 item.output, item.usage, item.cost_usd, item.detail = (
                     res.output, res.usage, res.cost_usd, res)
             elif isinstance(target, Flow):
@@ -258,17 +262,27 @@ class Batch:
 
     async def _run_flow(self, flow: Flow, value: Any, run_id: str, client: ModelClient,
                         budget: Budget | None) -> FlowResult:
-        """Run one item's flow. An item whose run another executor holds (a second run
-        of this batch, an item Dask sent again after a worker died) waits until that
-        one ends or its lease lapses, then runs, replaying what the other journaled:
-        never both at once, and the batch still finishes."""
+        """Run one item's flow (see :meth:`_unbusy`)."""
+        return await self._unbusy(lambda: flow.run(
+            value, run_id=run_id, client=client, recorder=self.recorder, budget=budget,
+            clock=self.clock))
+
+    async def _unbusy(self, start: Callable[[], Awaitable[R]]) -> R:
+        """Run one item (its flow, or its agent). An item whose run another executor
+        holds (a second run of this batch, an item Dask sent again after a worker died)
+        waits until that one ends or its lease lapses, then runs, replaying what the
+        other journaled: never both at once, and the batch still finishes. Why it
+        waits, and how to take it over now, is logged once."""
+        told = False
         while True:
             try:
-                return await flow.run(value, run_id=run_id, client=client,
-                                      recorder=self.recorder, budget=budget, clock=self.clock)
+                return await start()
             except LeaseLost:
                 raise
             except RunBusy as busy:
+                if not told:
+                    _log.warning("%s Waiting for it.", busy)
+                    told = True
                 left = busy.expires_at - self.clock.wall()
                 await self.clock.sleep(min(max(left, 0.05), _BUSY_POLL_S))
 

@@ -22,8 +22,9 @@ is refused with :class:`~shoal.errors.ConfigError` unless ``allow_changed=True``
 (the hash: :mod:`shoal.flows.definition`). Store failures are loud: a write that fails
 after the store's retries raises :class:`~shoal.errors.StoreUnavailable` out of the step.
 
-A run announced by ``run_started`` (every flow run) is executed under a lease
-(:mod:`shoal.flows.lease`): another executor of it is refused with
+A run announced by ``run_started`` (every flow run), and an agent run journaled without
+a flow (the Runner enters :meth:`StoreRecorder.agent_run` around it), is executed under a
+lease (:mod:`shoal.flows.lease`): another executor of it is refused with
 :class:`~shoal.errors.RunBusy` before any request, and one whose lease was taken over
 stops with :class:`~shoal.errors.LeaseLost`; every write names this executor, so the
 store refuses the writes of one that was taken over.
@@ -32,10 +33,12 @@ store refuses the writes of one that was taken over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from shoal.agents.recorder import (
@@ -73,7 +76,10 @@ __all__ = [
 ]
 
 _log = logging.getLogger("shoal.flows.journal")
-_CACHED_RUNS = 256  # journals kept in memory (a batch of agent runs never calls run_finished)
+_CACHED_RUNS = 256  # journals kept in memory (of runs driven without run_started/agent_run)
+# (journal, run_id) of the agent runs this task is inside (an agent run inside one: nested)
+_AGENT_RUNS: ContextVar[frozenset[tuple[object, str]]] = ContextVar(
+    "shoal_agent_runs", default=frozenset())
 
 
 def turn_id(step_id: str, turn: int) -> str:
@@ -133,6 +139,7 @@ class StoreRecorder:
         self.clock: Clock = clock or RealClock()
         self.leases = RunLeases(store, lease_s=lease_s, clock=self.clock, force=force)
         self._runs: OrderedDict[str, _RunJournal] = OrderedDict()
+        self._flows: set[str] = set()  # runs announced by run_started, not finished yet
         self._locks: dict[str, asyncio.Lock] = {}
         self._interrupted: OrderedDict[str, dict[str, StepRecord]] = OrderedDict()
 
@@ -152,21 +159,65 @@ class StoreRecorder:
             meta = {**self.meta, "step_hashes": hashes}
             if self.flow is not None:  # the graph, for `shoal show` to tell what may re-run
                 meta["step_after"] = {n: list(s.after) for n, s in self.flow.steps.items()}
-            try:
-                await self.store.create_run(RunRecord(run_id, flow=flow, flow_hash=definition,
-                                                      input=input, meta=meta))
-            except RunExists:  # another executor created it a moment ago
-                existing = await self.store.require_run(run_id)
+            existing = await self._create(RunRecord(run_id, flow=flow, flow_hash=definition,
+                                                    input=input, meta=meta))
         if existing is not None:
             self._check(existing, flow, definition, hashes, input)
-        await self.leases.take(run_id)
+        await self._execute(run_id, existing, agent=False)
+        self._flows.add(run_id)
+
+    @contextlib.asynccontextmanager
+    async def agent_run(self, run_id: str) -> AsyncIterator[None]:
+        """The Runner enters this around an agent run: one journaled without a flow
+        (``flow="agent"``: ``Runner(client, recorder=StoreRecorder(...))``, a batch of
+        agents) is created or loaded and executed under its lease as a flow run is, and
+        its end recorded. Inside a flow run of this journal, or an agent run of the same
+        id (a summary of its context, an agent a tool runs), it does nothing."""
+        inside = _AGENT_RUNS.get()
+        if run_id in self._flows or (self, run_id) in inside:
+            yield
+            return
+        existing = await self.store.get_run(run_id)
+        if existing is None:
+            existing = await self._create(RunRecord(run_id, flow="agent", meta=self.meta))
+        await self._execute(run_id, existing, agent=True)
+        token = _AGENT_RUNS.set(inside | {(self, run_id)})
+        status: RunStatus = "failed"
+        error: str | None = None
         try:
-            if existing is None:
-                self._cache(run_id, _RunJournal({}))
-                return
+            yield
+            status = "succeeded"
+        except asyncio.CancelledError:
+            status, error = "cancelled", "cancelled"
+            raise
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            _AGENT_RUNS.reset(token)
+            await self.run_finished(run_id, status, error)
+
+    async def _create(self, record: RunRecord) -> RunRecord | None:
+        """Create the run: None, or the run another executor created a moment ago."""
+        try:
+            await self.store.create_run(record)
+        except RunExists:
+            return await self.store.require_run(record.run_id)
+        return None
+
+    async def _execute(self, run_id: str, existing: RunRecord | None, *, agent: bool) -> None:
+        """Take the run's lease (``RunBusy``, saying how to take it over, while another
+        executor holds it: nothing is run or written), then read its journal as it is now
+        (another executor may have written it until a moment ago, even a run this one
+        just created) and mark an existing run running."""
+        batch = (self.meta if existing is None else existing.meta).get("batch")
+        await self.leases.take(run_id, batch=batch if isinstance(batch, str) else None,
+                               agent=agent)
+        try:
             self._cache(run_id, _RunJournal(await self._load(run_id)))
-            with writing_as(self.leases.owner):
-                await self.store.update_run(run_id, status="running")
+            if existing is not None:
+                with writing_as(self.leases.owner):
+                    await self.store.update_run(run_id, status="running")
         except BaseException:
             self._runs.pop(run_id, None)
             await self.leases.release(run_id)
@@ -218,8 +269,8 @@ class StoreRecorder:
         return journal
 
     async def _journal(self, run_id: str) -> _RunJournal:
-        """The run's journal; a run never announced (an agent run without a flow) is
-        created, or loaded when it exists."""
+        """The run's journal; a run neither announced nor entered (a journal driven
+        without ``run_started`` or ``agent_run``: no lease) is created, or loaded."""
         journal = self._runs.get(run_id)
         if journal is not None:
             self._runs.move_to_end(run_id)
@@ -229,8 +280,8 @@ class StoreRecorder:
             journal = self._runs.get(run_id)
             if journal is not None:
                 return journal
-            if await self.store.get_run(run_id) is None:
-                await self.store.create_run(RunRecord(run_id, flow="agent", meta=self.meta))
+            if await self.store.get_run(run_id) is None \
+                    and await self._create(RunRecord(run_id, flow="agent", meta=self.meta)) is None:
                 return self._cache(run_id, _RunJournal({}))
             return self._cache(run_id, _RunJournal(await self._load(run_id)))
 
@@ -239,6 +290,7 @@ class StoreRecorder:
         the run is the new holder's, and nothing more is written)."""
         journal = self._runs.pop(run_id, None)
         self._locks.pop(run_id, None)
+        self._flows.discard(run_id)
         if journal is not None and status in ("failed", "cancelled", "partial"):
             self._interrupted[run_id] = {
                 k: r for k, r in journal.records.items() if r.status == "running"}

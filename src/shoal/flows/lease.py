@@ -21,6 +21,10 @@ journal (:class:`~shoal.flows.journal.StoreRecorder`) keeps one :class:`RunLease
 The store also *fences* journal writes by the owner's id: once another executor holds
 the run, a write of this one is refused (``LeaseLost``), whatever this one believes.
 
+:func:`lease_options` sets ``force`` and ``lease_s`` for every run executed in a block,
+whoever opens its journal: how a batch's items are resumed with ``shoal resume BATCH
+--force`` (``shoal.scale.resume_batch`` opens each item's journal itself).
+
 Timing (``lease_s`` = 30 s by default): a killed executor's run can be taken over at
 once on the same machine, and from another machine when its lease lapses, at most
 ``lease_s`` after its last renewal (plus the clock difference between the hosts: the
@@ -38,6 +42,8 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,7 +62,7 @@ if TYPE_CHECKING:
     from shoal.clock import Clock
     from shoal.stores.base import Store
 
-__all__ = ["DEFAULT_LEASE_S", "RunLeases", "holder_gone", "new_owner"]
+__all__ = ["DEFAULT_LEASE_S", "RunLeases", "holder_gone", "lease_options", "new_owner"]
 
 DEFAULT_LEASE_S = 30.0
 
@@ -64,6 +70,38 @@ _log = logging.getLogger("shoal.flows.lease")
 # (run_id, owner) of the leases executors of this process hold now: a holder in this
 # process whose run is not here has ended (its release may have failed).
 _LIVE: set[tuple[str, str]] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    force: bool = False
+    lease_s: float | None = None
+
+
+_DEFAULTS = _Options()
+_OPTIONS: ContextVar[_Options] = ContextVar("shoal_lease_options", default=_DEFAULTS)
+
+
+@contextlib.contextmanager
+def lease_options(*, force: bool = False, lease_s: float | None = None) -> Iterator[None]:
+    """Every run executed in this block — in this task and the tasks it starts, in this
+    process — takes its lease with these settings, whatever its journal was given:
+    ``force`` takes each lease whoever holds it, ``lease_s`` (None: the journal's) sets
+    how long each lasts. What ``shoal resume BATCH --force --lease-s S`` wraps a batch's
+    resume in, as its items' journals are opened by the executor::
+
+        with lease_options(force=True):
+            await LocalExecutor(store=url).resume("B", flow)
+
+    The workers of a ``DaskExecutor`` run elsewhere and use their own defaults. Blocks
+    nest: an inner one adds ``force`` and may set ``lease_s`` again."""
+    outer = _OPTIONS.get()
+    token = _OPTIONS.set(_Options(
+        force or outer.force, outer.lease_s if lease_s is None else check_lease_s(lease_s)))
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
 
 
 @functools.cache
@@ -127,14 +165,17 @@ class RunLeases:
         lease_s: how long a lease lasts without renewal (renewed every ``lease_s / 3``).
         clock: sleeps between renewals, and the age of the last confirmation.
         force: take every lease whoever holds it (``shoal resume --force``).
+
+    Inside a :func:`lease_options` block, its ``force`` and ``lease_s`` win.
     """
 
     def __init__(self, store: Store, *, lease_s: float = DEFAULT_LEASE_S,
                  clock: Clock, force: bool = False) -> None:
+        options = _OPTIONS.get()
         self.store = store
-        self.lease_s = check_lease_s(lease_s)
+        self.lease_s = check_lease_s(lease_s if options.lease_s is None else options.lease_s)
         self.clock = clock
-        self.force = force
+        self.force = force or options.force
         self.owner = new_owner()
         self._held: dict[str, _Held] = {}
         self._renewer: asyncio.Task[None] | None = None
@@ -147,11 +188,15 @@ class RunLeases:
         """The runs whose lease this executor holds now."""
         return list(self._held)
 
-    async def take(self, run_id: str) -> None:
-        """Take the run's lease, or raise :class:`RunBusy` naming its live holder."""
+    async def take(self, run_id: str, *, batch: str | None = None,
+                   agent: bool = False) -> None:
+        """Take the run's lease, or raise :class:`RunBusy` naming its live holder and
+        how to take the run over: for an item of batch ``batch``, by resuming the batch;
+        for an ``agent`` run journaled without a flow, by running the agent again."""
         if run_id in self._held:  # this very executor runs it already (flow.run twice)
             mine = Lease(run_id, self.owner, self.clock.wall() + self.lease_s)
-            raise RunBusy(busy_message(run_id, mine, self.clock.wall(), self.store.url),
+            raise RunBusy(busy_message(run_id, mine, self.clock.wall(), self.store.url,
+                                       batch=batch, agent=agent),
                           run_id=run_id, owner=self.owner, expires_at=mine.expires_at)
         sent = self.clock.now()
         _LIVE.add((run_id, self.owner))  # before the store says so: never "gone" to a peer
@@ -170,7 +215,8 @@ class RunLeases:
             raise
         if lease.owner != self.owner:
             _LIVE.discard((run_id, self.owner))
-            raise RunBusy(busy_message(run_id, lease, self.clock.wall(), self.store.url),
+            raise RunBusy(busy_message(run_id, lease, self.clock.wall(), self.store.url,
+                                       batch=batch, agent=agent),
                           run_id=run_id, owner=lease.owner, expires_at=lease.expires_at)
         self._held[run_id] = _Held(sent + self.lease_s)
         if self._renewer is None or self._renewer.done():
@@ -183,7 +229,7 @@ class RunLeases:
         have fallen behind (a store that cannot be reached then raises its error)."""
         held = self._held.get(run_id)
         if held is None:
-            return  # not a leased run (an agent run journaled without a flow)
+            return  # not a leased run (a journal used without run_started/agent_run)
         if held.lost is None and self.clock.now() >= held.confirmed_until - self.lease_s / 3:
             await self._renew(run_id, held)
         if held.lost is not None:

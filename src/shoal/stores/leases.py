@@ -102,17 +102,31 @@ def _when(at: float, now: float) -> str:
     return f"{stamp} ({left:.0f}s from now)" if left >= 0 else f"{stamp} ({-left:.0f}s ago)"
 
 
-def busy_message(run_id: str, holder: Lease, now: float, where: str) -> str:
-    """Why a run cannot be executed here: who holds it, until when, and what to do."""
+def busy_message(run_id: str, holder: Lease, now: float, where: str, *,
+                 batch: str | None = None, agent: bool = False) -> str:
+    """Why a run cannot be executed here: who holds it, until when, and what to do. An
+    item of batch ``batch`` is taken over by resuming the batch (which records the
+    item's outcome); an ``agent`` run journaled without a flow by running the agent again
+    (``shoal resume`` rebuilds flows)."""
+    if batch is not None:
+        what = f"run {run_id!r} (an item of batch {batch!r})"
+        takeover = (f"resume its batch with --force (`shoal resume {batch} --force`; add "
+                    "`--cluster local` if the batch ran on a cluster: its items then run here)")
+    elif agent:
+        what = f"agent run {run_id!r}"
+        takeover = ("run the agent on it again with a journal that forces the lease "
+                    "(`Runner(client, recorder=StoreRecorder(store, force=True))`)")
+    else:
+        what = f"run {run_id!r}"
+        takeover = f"resume with force=True (`shoal resume {run_id} --force`)"
     return (
-        f"run {run_id!r} in {where} is being executed by another process: "
+        f"{what} in {where} is being executed by another process: "
         f"{describe_owner(holder.owner)} holds its lease until {_when(holder.expires_at, now)}"
         " and renews it while it runs. Nothing was run here and no model was called. Wait "
         f"for it to finish (`shoal show {run_id}` shows its progress); if that process is "
         "gone, its lease lapses by then and a resume takes the run over (at once on the "
-        "same machine). To take the run over now, resume with force=True (`shoal resume "
-        f"{run_id} --force`): if the holder is still alive, the calls it has in flight are "
-        "paid twice."
+        f"same machine). To take the run over now, {takeover}: if the holder is still "
+        "alive, the calls it has in flight are paid twice."
     )
 
 
