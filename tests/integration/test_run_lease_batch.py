@@ -184,9 +184,27 @@ def test_force_or_lease_s_for_a_batch_on_a_cluster_is_refused_not_ignored(
                      "tcp://127.0.0.1:9", *options)
         assert out.exit_code == EXIT_USAGE, out.stdout
         err = " ".join(out.stderr.split())
-        assert "resumes on the cluster tcp://127.0.0.1:9" in err
+        assert "runs its items on the cluster tcp://127.0.0.1:9" in err
         assert f"{options[0]}" in err and "would not reach them" in err
         assert "shoal resume B --cluster local" in err
+    assert sim.tags() == []
+
+
+def test_lease_s_for_a_new_batch_on_a_cluster_is_refused_not_ignored(
+    sim: Sim, tmp_path: Path
+) -> None:
+    """`shoal run` of a batch passes --lease-s to its items as resume does (items run
+    here); asked for on a cluster, whose workers cannot see it, it is refused first."""
+    failed_batch(sim, tmp_path, holder=None)  # writes the flow module and shoal.toml
+    out = subprocess.run(
+        [SHOAL, "run", f"{tmp_path / 'flowmod.py'}:flow", "one", "two", "-c",
+         str(tmp_path / "shoal.toml"), "--store", f"sqlite:///{tmp_path / 'new.db'}",
+         "--cluster", "tcp://127.0.0.1:9", "--lease-s", "12", "--no-progress"],
+        check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == EXIT_USAGE, out.stderr[-3000:]
+    err = " ".join(out.stderr.split())
+    assert "--lease-s/$SHOAL_LEASE_S would not reach them" in err
+    assert "shoal run ... without --cluster" in err
     assert sim.tags() == []
 
 

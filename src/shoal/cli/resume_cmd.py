@@ -101,7 +101,7 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
             from shoal.scale.cli import resume_batch_cli
 
             where = cluster if cluster is not None else run.meta.get("cluster")
-            _lease_reaches_items(run.run_id, where, force=force, lease_s=lease_s)
+            lease_reaches_items(run.run_id, where, force=force, lease_s=lease_s)
             with lease_options(force=force, lease_s=lease_s):  # each item's journal's
                 return await resume_batch_cli(run, url or default_url(), target=target,
                                               config=config, sim=sim, cluster=cluster,
@@ -141,20 +141,22 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
                                    force=force, lease_s=lease_s)
 
 
-def _lease_reaches_items(batch_id: str, where: object, *, force: bool,
-                         lease_s: float) -> None:
+def lease_reaches_items(batch_id: str, where: object, *, force: bool, lease_s: float,
+                        here: str | None = None) -> None:
     """``--force`` and ``--lease-s`` reach the items of a batch that run in this process;
     a cluster's workers open their items' journals with their own defaults, so asking
-    for them there is refused rather than ignored."""
+    for them there is refused rather than ignored. ``here``: how to run it here instead
+    (default: ``shoal resume BATCH --cluster local``)."""
     if where in (None, "", "local") or (not force and lease_s == DEFAULT_LEASE_S):
         return
     asked = " and ".join(o for o, on in (("--force", force),
                                          ("--lease-s/$SHOAL_LEASE_S", lease_s != DEFAULT_LEASE_S))
                          if on)
+    here = here or f"shoal resume {batch_id} --cluster local ..."
     raise ConfigError(
-        f"batch {batch_id!r} resumes on the cluster {where}, whose workers take their "
-        f"items' leases with their own defaults: {asked} would not reach them. Resume it "
-        f"here (shoal resume {batch_id} --cluster local ...), or without {asked}")
+        f"batch {batch_id!r} runs its items on the cluster {where}, whose workers take "
+        f"their leases with their own defaults: {asked} would not reach them. Run it here "
+        f"({here}), or without {asked}")
 
 
 def _rebuild(spec: str, model: str | None) -> Flow:

@@ -250,15 +250,20 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
     if opts.store is not None:
         # A batch with an identity (shoal runs --batch, shoal resume BATCH_ID), here or
         # on a Dask cluster (--cluster).
+        from shoal.cli.resume_cmd import lease_reaches_items
         from shoal.cli.runs_cmd import journal_meta
+        from shoal.flows.lease import lease_options
         from shoal.scale.cli import run_batch_cli
 
-        result = await run_batch_cli(
-            target, items, client=client, store=opts.store, cluster=opts.cluster,
-            sim=opts.sim, config=opts.config, run_id=run_id, concurrency=opts.concurrency,
-            budget_usd=budget_usd, progress=opts.progress, console=console,
-            meta=journal_meta(opts.target_spec, model=opts.model, sim=opts.sim,
-                              config=opts.config))
+        lease_reaches_items(run_id or "new", opts.cluster, force=False, lease_s=opts.lease_s,
+                            here="shoal run ... without --cluster")
+        with lease_options(lease_s=opts.lease_s):  # each item's journal's (run here)
+            result = await run_batch_cli(
+                target, items, client=client, store=opts.store, cluster=opts.cluster,
+                sim=opts.sim, config=opts.config, run_id=run_id,
+                concurrency=opts.concurrency, budget_usd=budget_usd, progress=opts.progress,
+                console=console, meta=journal_meta(opts.target_spec, model=opts.model,
+                                                   sim=opts.sim, config=opts.config))
     else:
         batch = Batch(target, concurrency=opts.concurrency, client=client, run_id=run_id,
                       budget_usd=budget_usd, progress=opts.progress, console=console)

@@ -20,7 +20,6 @@ holds every step and turn) and runs only the rest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import pickle
 import sys
@@ -179,9 +178,7 @@ async def run_chunk(job: ChunkJob, client: ModelClient | None = None,
             # Batch._one: the same item semantics (journal, events, errors) as a local batch.
             item = await batch._one(index, value, item_run_id(job.batch_id, index),
                                     model_client, budget)
-        item.name = name
-        if isinstance(job.target, Agent) and item.run_id:
-            await _settle_agent_run(store, item)
+        item.name = name  # an agent item's run recorded its own end, under its lease
         await mark_item(store, job.batch_id, item)
         if on_item is not None:
             on_item(item)
@@ -190,16 +187,6 @@ async def run_chunk(job: ChunkJob, client: ModelClient | None = None,
         return portable(item)
 
     return list(await asyncio.gather(*(one(i, n, v) for i, n, v in job.items)))
-
-
-async def _settle_agent_run(store: Store, item: BatchItem) -> None:
-    """An agent's run has no end of its own in the journal (a flow's does): give it the
-    item's status, so ``shoal runs`` does not list it as running forever."""
-    from shoal.errors import StoreError
-
-    with contextlib.suppress(StoreError):  # its outcome is in the batch record anyway
-        await store.update_run(item.run_id, status="succeeded" if item.status == "succeeded"
-                               else "failed", error=item.error)
 
 
 def progress_topic(batch_id: str) -> str:
