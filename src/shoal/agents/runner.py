@@ -13,7 +13,6 @@ import asyncio
 import inspect
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from shoal.agents.agent import Agent
@@ -29,6 +28,7 @@ from shoal.agents.guards import (
 )
 from shoal.agents.output import OutputParseError
 from shoal.agents.recorder import NullRecorder, RunRecorder, agent_scope
+from shoal.agents.result import RunResult, TurnTrace
 from shoal.agents.run_context import RunContext
 from shoal.agents.tools import ToolOutcome
 from shoal.clock import Clock, RealClock
@@ -48,7 +48,7 @@ from shoal.errors import (
 from shoal.observe import emit
 from shoal.observe.context import enter, leave
 from shoal.observe.events import JOURNAL, EventBus
-from shoal.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
+from shoal.types import ChatRequest, ChatResponse, Message, ToolCall
 
 __all__ = ["RunResult", "Runner", "TurnTrace", "new_run_id"]
 
@@ -75,42 +75,6 @@ def _channels(client: ModelClient, info: ModelInfo) -> list[ChannelConfig]:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
-
-
-@dataclass(slots=True)
-class TurnTrace:
-    """One model call of a run: who answered, how long it took, what it cost, what it did."""
-
-    turn: int
-    model: str
-    provider: str
-    channel: str
-    started_at: float
-    latency_s: float
-    usage: Usage
-    cost_usd: float
-    finish_reason: str
-    tool_calls: list[str] = field(default_factory=list)
-    tool_errors: list[str] = field(default_factory=list)
-    replayed: bool = False
-    note: str = ""
-
-
-@dataclass(slots=True)
-class RunResult(Generic[T]):
-    """What an agent run produced: the typed output and everything that led to it."""
-
-    agent: str
-    output: T
-    text: str
-    messages: list[Message]
-    usage: Usage
-    cost_usd: float
-    turns: list[TurnTrace]
-    model: str
-    run_id: str
-    step_id: str
-    latency_s: float
 
 
 class Runner:
