@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Tools for the gateway benches only (bench/gateway_bench.py, bench/gateway_stack_bench.py):
-# the load generator wrk from Debian, and the Python peers and stack candidates. CI and the
-# tests never need any of this.
+# Tools for the benches only: the load generator wrk from Debian and the Python peers and
+# stack candidates (bench/gateway_bench.py, bench/gateway_stack_bench.py), and valgrind
+# (bench/observe_instructions.py). CI and the tests never need any of this.
 #
 #     bash scripts/bench_tools.sh
 set -euo pipefail
@@ -16,6 +16,13 @@ if ! command -v wrk >/dev/null 2>&1; then
     else
         echo "no apt-get: install wrk yourself, or the benches use their Python load generator" >&2
     fi
+fi
+
+if ! command -v valgrind >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get install -y valgrind || { $SUDO apt-get update && $SUDO apt-get install -y valgrind; } \
+        || echo "no valgrind: bench/observe_instructions.py will not run" >&2
 fi
 
 PIP=".venv/bin/pip"
