@@ -293,6 +293,12 @@ class SpanBuilder:
             attrs["gen_ai.usage.cache_creation.input_tokens"] = written
         if reasoning and isinstance(reasoning, int):
             attrs["gen_ai.usage.reasoning.output_tokens"] = reasoning
+        writer = self._writer
+        if (writer is not None and not self.capture_content and not self._calls
+                and not (self._runs or self._steps or self._agents)
+                and writer.write_root(chat[0], end_ns - int(duration * 1e9), end_ns, attrs,
+                                      chat[2])):
+            return  # no parent, no span event: the one-call span, straight to the queue
         self._chat_span(e, chat, attrs, end_ns - int(duration * 1e9), end_ns, call_id=call_id)
 
     def _chat_kind(self, key: tuple[Any, ...]) -> tuple[str, dict[str, Any], str]:
