@@ -120,8 +120,6 @@ async def test_the_allowed_neighbour_is_answered(
      "to 0.95"),
     ("claude-haiku-4-5", ENABLED, {"messages": PREFILL}, "messages.1.content.0.type: Expected "
      "`thinking` or `redacted_thinking`, but found `text`. When `thinking` is enabled"),
-    ("claude-sonnet-4-6", ADAPTIVE, {"messages": PREFILL}, "Expected `thinking` or "
-     "`redacted_thinking`, but found `text`"),
 ])
 async def test_the_simulator_refuses_a_raw_anthropic_request(
         model: str, thinking: Any, fields: dict[str, Any], words: str) -> None:

@@ -66,8 +66,6 @@ REFUSED: list[tuple[str, AnthropicProvider | OpenAICompatProvider, str, ChatRequ
      req(tools=[LOOKUP], tool_choice="lookup", extra=ADAPTIVE), "tool_choice"),
     ("a pre-filled answer with Thinking", an(), HAIKU,
      req(thinking=BUDGET, messages=PREFILLED), "messages"),
-    ("a pre-filled answer with adaptive thinking", an(), SONNET,
-     req(thinking=Thinking(effort="low"), messages=PREFILLED), "messages"),
     ("a pre-filled answer with thinking from extra", an(), HAIKU,
      req(messages=PREFILLED, extra=ENABLED), "messages"),
     ("a budget under 1024 from extra", an(), HAIKU,

@@ -45,6 +45,12 @@ def adaptive_only_claude(model: str) -> bool:
 # not accept a request only because the adapter agrees with it.
 _CLAUDE_5 = re.compile(r"claude-[a-z]+-(?:[5-9]|\d\d)(?:$|[-.])")
 _CLAUDE_5_5 = re.compile(r"claude-[a-z]+-(?:5-[5-9]|[6-9]|\d\d)(?:$|[-.])")
+# From the 4.6 models on (and every Claude 5), a pre-filled answer (the conversation ending
+# with an assistant message) is a 400, thinking or not: "Prefilling assistant messages
+# returns a 400 error on Claude 4.6 models" (platform.claude.com/docs/en/about-claude/
+# models/migration-guide).
+_NO_PREFILL = re.compile(
+    r"claude-(?:(?:opus|sonnet|haiku)-4-(?:[6-9]|\d\d)(?!\d)|[a-z]+-(?:[5-9]|\d\d)(?:$|[-.]))")
 # From Opus 4.1 and the 4.5 models on, temperature and top_p together are a 400
 # ("`temperature` and `top_p` cannot both be specified for this model. Please use only
 # one.": integrators' reports with request ids, langfuse/langfuse#9882,
@@ -64,6 +70,13 @@ def check_claude_request(model: str, request: ChatRequest) -> bool:
         raise RequestRefused(
             f"{model} refuses forced tool use (tool_choice={choice!r}): Anthropic returns an "
             "error from Claude 5.5 on; leave tool_choice unset (auto)", param="tool_choice")
+    messages = request.messages
+    if messages and messages[-1].role == "assistant" and _NO_PREFILL.match(model_id):
+        raise RequestRefused(
+            f"{model} refuses a pre-filled answer (Anthropic answers 400 \"This model does "
+            "not support assistant message prefill\" from the 4.6 models on): end the "
+            "conversation with a user message, or ask for the answer's start in it",
+            param="messages")
     temperature = request.temperature
     if temperature is not None and not isinstance(temperature, bool) and temperature > 1:
         raise BadRequest(

@@ -65,6 +65,10 @@ _NO_FORCING = re.compile(r"claude-[a-z]+-(?:5-[5-9]|[6-9])(?:$|-)")
 # open-webui/pipelines#546); Sonnet and Opus 4 still take both.
 _ONE_SAMPLER = re.compile(
     r"claude-(?:opus-4-(?:[1-9]|\d\d)(?!\d)|(?:sonnet|haiku)-4-(?:[5-9]|\d\d)(?!\d))")
+# The 4.6 models and every Claude 5 refuse a pre-filled answer, thinking or not (the 4.6
+# migration guide, platform.claude.com/docs/en/about-claude/models/migration-guide).
+_NO_PREFILL = re.compile(
+    r"claude-(?:(?:opus|sonnet|haiku)-4-(?:[6-9]|\d\d)(?!\d)|[a-z]+-(?:[5-9]|\d\d)(?:$|[-.]))")
 
 
 def _sampling(body: dict[str, Any]) -> None:
@@ -79,6 +83,13 @@ def _sampling(body: dict[str, Any]) -> None:
 
 def _claude5(body: dict[str, Any]) -> None:
     model = str(body.get("model", "")).lower()
+    messages = body.get("messages")
+    if _NO_PREFILL.match(model) and isinstance(messages, list) and messages and \
+            isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        # the 4.6 migration guide; the wording integrators quote (strands-agents/
+        # sdk-python#1694, livekit/agents#4907)
+        raise Refusal("This model does not support assistant message prefill. The "
+                      "conversation must end with a user message.")
     if _ONE_SAMPLER.match(model) and body.get("temperature") is not None and \
             body.get("top_p") is not None:
         raise Refusal("`temperature` and `top_p` cannot both be specified for this model. "
