@@ -13,13 +13,15 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from typing import TextIO
 
 from shoal.fastjson import dumps
 from shoal.secrets import redact
 
-__all__ = ["AccessRecord", "configure_access_log", "log"]
+__all__ = ["AccessRecord", "configure_access_log", "emit", "log"]
 
 log = logging.getLogger("shoal.gateway.access")
+_INFO = logging.INFO
 
 _ASKED_MAX = 120
 
@@ -61,14 +63,46 @@ class AccessRecord:
         return dumps(fields).decode()
 
 
+class _Bare(logging.StreamHandler[TextIO]):
+    """The handler :func:`configure_access_log` sets: each line bare, on stderr."""
+
+
+_BARE = logging.Formatter("%(message)s")
+
+
 def configure_access_log(enabled: bool) -> None:
     """Send access lines, bare, to stderr (``shoal gateway``); off: drop them."""
     log.propagate = False
     log.handlers.clear()
     if enabled:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler = _Bare(sys.stderr)
+        handler.setFormatter(_BARE)
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     else:
         log.setLevel(logging.CRITICAL + 1)
+
+
+def emit(line: str) -> None:
+    """Log one access line (the caller checked ``log.isEnabledFor(INFO)``). While the
+    logger is as :func:`configure_access_log` left it (its one bare handler, nothing
+    else attached, no filter), the line goes straight to that handler's stream: the same
+    bytes, flushed, under the handler's lock, without a ``LogRecord`` and the caller's
+    stack walk (~6 µs a line); otherwise, or if the write fails, through ``logging``."""
+    handlers = log.handlers
+    if (len(handlers) == 1 and type(handler := handlers[0]) is _Bare
+            and not log.filters and not log.disabled and not log.propagate
+            and not handler.filters and handler.level <= _INFO
+            and handler.formatter is _BARE):
+        handler.acquire()
+        try:
+            stream = handler.stream
+            stream.write(line + handler.terminator)
+            stream.flush()
+        except Exception:  # noqa: S110 - logging then says what failed, as it would have
+            pass
+        else:
+            return
+        finally:
+            handler.release()
+    log.info(line)

@@ -23,7 +23,7 @@ from aiohttp import web
 from shoal.errors import RequestRefused
 from shoal.fastjson import loads
 from shoal.gateway import anthropic_api, openai_api
-from shoal.gateway.access_log import AccessRecord
+from shoal.gateway.access_log import AccessRecord, emit
 from shoal.gateway.access_log import log as access_log
 from shoal.gateway.anthropic_api import AnthropicWire
 from shoal.gateway.calls import Gateway, Spend, Wire
@@ -138,7 +138,7 @@ def _finish(gw: Gateway, rec: AccessRecord) -> None:
                        input_tokens=rec.input_tokens, output_tokens=rec.output_tokens,
                        cost_usd=rec.cost_usd)
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info(rec.line(duration))
+        emit(rec.line(duration))
 
 
 def chat_handler(gw: Gateway, wire: Wire) -> Handler:

@@ -215,8 +215,9 @@ class Gateway:
 
     async def admit(self, parsed: Parsed, protocol: str, key: VirtualKey,
                     info: ModelInfo | None = None) -> Admitted:
-        """Check ``parsed`` against the key and reserve its worst case; ``info``: its
-        model, when the caller looked it up already (:meth:`model`)."""
+        """Check ``parsed`` against the key and reserve its worst case (nothing to
+        reserve without keys: the grant asks for 0); ``info``: its model, when the caller
+        looked it up already (:meth:`model`)."""
         request = parsed.request
         if info is None:
             info = self.model(request.model)
@@ -242,6 +243,9 @@ class Gateway:
             if prompt + (request.max_tokens or 0) > info.context_window:
                 prompt = counted = await _count(request, info)
         validate_request(request, info, prompt_tokens=prompt)  # BadRequest: a 400
+        if not self.keys.required:  # nothing reserves it: an anonymous grant is only marked
+            return Admitted(key, info, await self.keys.admit(
+                key, model=info.name, tokens=0, max_cost_usd=0.0), request, counted)
         worst_tokens, worst_usd = 0, 0.0
         for m, channels in zip(chain, plan.channels, strict=True):
             out = request.max_tokens or default_output_tokens(m)

@@ -22,6 +22,7 @@ __all__ = ["parse_chat"]
 PASSTHROUGH = ("presence_penalty", "frequency_penalty", "logit_bias", "user",
                "service_tier", "metadata", "store", "prompt_cache_key", "verbosity",
                "safety_identifier", "prompt_cache_retention")
+_PASSTHROUGH = frozenset(PASSTHROUGH)
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 # The SDK's reasoning_effort values on shoal's three (minimal as low, xhigh as high).
 _EFFORT = {"low": "low", "minimal": "low", "medium": "medium", "high": "high",
@@ -72,7 +73,9 @@ def _plain_message(raw: Any, i: int) -> Message:
         if type(content) is str:
             if role == "user":
                 name = raw.get("name")
-                if name is None or type(name) is str:
+                if name is None:  # positional only: a keyword costs a frozen __init__ more
+                    return Message("user", content)
+                if type(name) is str:
                     return Message("user", content, name=name)
             elif role in ("system", "developer"):
                 return Message("system", content)
@@ -181,38 +184,51 @@ def _logprobs(f: Fields) -> int | None:
 def parse_chat(body: Any) -> Parsed:
     """Raises :class:`BadInput` naming the first field that is wrong."""
     f = Fields(body, "")
+    # Each reader below is called only for a field that is there and not null: every one
+    # reads such a field as None, so skipping it changes nothing but the calls (a plain
+    # request holds three or four of the ~20 fields read here).
+    get = f.data.get
     model = f.string("model", required=True) or ""
     raw_messages = f.array("messages", required=True) or []
     if not raw_messages:
         raise BadInput("messages: must hold at least one message", param="messages")
-    n = f.integer("n")
-    if n not in (None, 1):
+    if get("n") is not None and f.integer("n") != 1:
         raise BadInput("n: the gateway returns one choice; leave n unset or 1", param="n")
-    max_tokens = f.integer("max_completion_tokens")
-    if max_tokens is None:
+    completion = get("max_completion_tokens") is not None
+    max_tokens = f.integer("max_completion_tokens") if completion else None
+    if max_tokens is None and get("max_tokens") is not None:
         max_tokens = f.integer("max_tokens")
-    f.metadata("metadata")  # checked; it travels as a pass-through field, not as shoal's
-    user = f.string("user")  # request metadata (whose keys steer shoal's caching)
-    metadata = {"user_id": user} if user else {}
+    if get("metadata") is not None:
+        f.metadata("metadata")  # checked; it travels as a pass-through field, not as shoal's
+    user = f.string("user") if get("user") is not None else None  # request metadata
+    metadata = {"user_id": user} if user else {}  # (whose keys steer shoal's caching)
     request = ChatRequest(
         model=model,
         messages=[_plain_message(m, i) for i, m in enumerate(raw_messages)],
-        tools=_tools(f), tool_choice=_tool_choice(f), temperature=f.number("temperature"),
-        top_p=f.number("top_p"), max_tokens=max_tokens, stop=f.str_list("stop"),
-        seed=f.integer("seed"), metadata=metadata, thinking=_thinking(f),
-        parallel_tool_calls=f.boolean("parallel_tool_calls"), logprobs=_logprobs(f),
-        **_output(f),
+        tools=_tools(f) if get("tools") is not None else [],
+        tool_choice=_tool_choice(f) if get("tool_choice") is not None else None,
+        temperature=f.number("temperature") if get("temperature") is not None else None,
+        top_p=f.number("top_p") if get("top_p") is not None else None,
+        max_tokens=max_tokens,
+        stop=f.str_list("stop") if get("stop") is not None else None,
+        seed=f.integer("seed") if get("seed") is not None else None, metadata=metadata,
+        thinking=_thinking(f) if get("reasoning_effort") is not None else None,
+        parallel_tool_calls=(f.boolean("parallel_tool_calls")
+                             if get("parallel_tool_calls") is not None else None),
+        logprobs=(_logprobs(f) if get("logprobs") is not None or
+                  get("top_logprobs") is not None else None),
+        **(_output(f) if get("response_format") is not None else {}),
     )
-    stream = bool(f.boolean("stream"))
-    options = f.obj("stream_options")
+    stream = get("stream") is not None and bool(f.boolean("stream"))
+    options = f.obj("stream_options") if get("stream_options") is not None else None
     if options is not None and not stream:  # OpenAI answers this 400 too
         raise BadInput("stream_options: only allowed when stream is true; set stream: true "
                        "or leave stream_options out", param="stream_options")
     include_usage = bool(options.boolean("include_usage")) if options is not None else False
-    passthrough = {k: f.data[k] for k in PASSTHROUGH if f.data.get(k) is not None}
-    names = _NAMES if f.data.get("max_completion_tokens") is None else _NAMES_COMPLETION
+    passthrough = ({k: f.data[k] for k in PASSTHROUGH if get(k) is not None}
+                   if not _PASSTHROUGH.isdisjoint(f.data) else {})
     return Parsed(request, stream=stream, include_usage=include_usage,
-                  passthrough=passthrough, names=names)
+                  passthrough=passthrough, names=_NAMES_COMPLETION if completion else _NAMES)
 
 
 # The fields of an OpenAI request that a refusal of a neutral field names (Parsed.names).

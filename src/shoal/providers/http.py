@@ -59,7 +59,8 @@ HANDOFF_YIELDS = 2
 async def hand_off(received: Callable[[], object] | None) -> None:
     """The answer is read: call ``received()``; when it says a queued call took the slot,
     yield :data:`HANDOFF_YIELDS` times so that call's request is on the wire before this
-    one decodes and books its answer (``_post_json``, and Anthropic's long answers)."""
+    one decodes and books its answer (Anthropic's long answers; ``_post_json`` has it
+    inline)."""
     if received is not None and received():
         for _ in range(HANDOFF_YIELDS):
             await asyncio.sleep(0)
@@ -147,6 +148,7 @@ class HttpProvider(Provider):
             **(headers or {}),
         }
         self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
+        self._post_headers: Mapping[str, str] | None = None  # _headers as aiohttp keeps them
         self._key_env = key_env
         self._pool = pool or HttpPool()
         self._clock: Clock = clock or RealClock()
@@ -240,15 +242,25 @@ class HttpProvider(Provider):
         gate = prepared.gate
         turn = NO_TURN if gate is None else await enter_gate(self, self._clock, gate)
         status = 0
+        headers = self._post_headers
+        if headers is None:
+            headers = self._post_headers = _multidict(self._headers)
+        if prepared.request.metadata.get("tag") is not None:
+            headers = self._headers_for(prepared.request, stream=False)
         try:
-            async with self._pool.session().post(
-                self._url, data=prepared.data,
-                headers=self._headers_for(prepared.request, stream=False)
-            ) as resp:
+            # Awaited and released here rather than ``async with``: the same release,
+            # without the context managers' coroutines per call; and the headers as the
+            # multidict aiohttp copies them into, not a dict converted per call (both
+            # together: 12,600 fewer instructions per POST, of ~357,000, by callgrind).
+            resp = await self._pool.session().post(self._url, data=prepared.data,
+                                                   headers=headers)
+            try:
                 status = resp.status
                 raw = await resp.read()
                 if status != 200:
                     raise self._fail(status, raw.decode("utf-8", "replace"), resp.headers)
+            finally:
+                resp.release()
             turn.began()  # an answer: the prefix is cached, the gate's waiters may go
         except transport_errors() as exc:
             err = error_from_transport(exc, provider=self.name, url=self._url)
@@ -261,7 +273,9 @@ class HttpProvider(Provider):
             raise err from exc
         finally:
             turn.end(ok=False)
-        await hand_off(received)
+        if received is not None and received():  # hand_off, without a coroutine per call
+            for _ in range(HANDOFF_YIELDS):
+                await asyncio.sleep(0)
         try:
             return prepared, fastjson.loads(raw), raw
         except ValueError:
@@ -295,6 +309,14 @@ class HttpProvider(Provider):
         except transport_errors() as exc:
             raise error_from_transport(exc, provider=self.name, url=self._url,
                                        in_stream=True) from exc
+
+
+def _multidict(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` as a read-only ``CIMultiDictProxy``: what aiohttp's session turns a
+    request's headers into, so passed as one it skips that conversion."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    return CIMultiDictProxy(CIMultiDict(headers))
 
 
 def answer_events(response: ChatResponse) -> list[StreamEvent]:
