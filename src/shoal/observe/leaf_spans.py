@@ -100,32 +100,6 @@ class LeafWriter:
         except (AttributeError, TypeError):  # an SDK whose internals moved: the slow path
             return None
 
-    def write_root(self, name: str, start_ns: int, end_ns: int, attributes: dict[str, Any],
-                   error: str) -> bool:
-        """:meth:`write` for a span with no parent and no span events (a model call made
-        outside any traced run: the hot path of tracing a Router alone)."""
-        if len(attributes) > self._limits[0]:
-            return False
-        random = self._random
-        trace_id = (getrandbits(128) if random else 0) or self._ids.generate_trace_id()
-        span_id = (getrandbits(64) if random else 0) or self._ids.generate_span_id()
-        context = _new_context(self._span_context, (
-            trace_id, span_id, False, self._flags_root, self._state,
-            random or (0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX)))
-        if error:
-            status_type, code = self._error
-            status = status_type(code, error)
-        else:
-            status = self._ok
-        span = self._readable(name, context, None, self._resource, attributes, (), (),
-                              self._kind, None, status, start_ns, end_ns, self._scope)
-        emit = self._emit
-        if emit is not None and self._processor._span_processors is self._processors:
-            emit(span)
-        else:
-            self.on_end(span)
-        return True
-
     def write(self, name: str, parent: Span | None, start_ns: int, end_ns: int, *,
               attributes: dict[str, Any],
               events: Sequence[tuple[str, Mapping[str, Any], int]] = (),

@@ -296,8 +296,8 @@ class SpanBuilder:
         writer = self._writer
         if (writer is not None and not self.capture_content and not self._calls
                 and not (self._runs or self._steps or self._agents)
-                and writer.write_root(chat[0], end_ns - int(duration * 1e9), end_ns, attrs,
-                                      chat[2])):
+                and writer.write(chat[0], None, end_ns - int(duration * 1e9), end_ns,
+                                 attributes=attrs, error=chat[2])):
             return  # no parent, no span event: the one-call span, straight to the queue
         self._chat_span(e, chat, attrs, end_ns - int(duration * 1e9), end_ns, call_id=call_id)
 
