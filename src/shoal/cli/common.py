@@ -39,6 +39,7 @@ __all__ = [
     "default_url",
     "exit_code",
     "fail",
+    "lease_reaches_items",
     "no_store",
     "plain",
     "require_store",
@@ -172,3 +173,23 @@ def default_url() -> str:
     from shoal.stores import DEFAULT_URL
 
     return DEFAULT_URL
+
+
+def lease_reaches_items(batch_id: str, where: object, *, force: bool, lease_s: float,
+                        here: str | None = None) -> None:
+    """``--force`` and ``--lease-s`` reach the items of a batch that run in this process;
+    a cluster's workers open their items' journals with their own defaults, so asking
+    for them there is refused rather than ignored. ``here``: how to run it here instead
+    (default: ``shoal resume BATCH --cluster local``)."""
+    from shoal.flows.lease import DEFAULT_LEASE_S
+
+    if where in (None, "", "local") or (not force and lease_s == DEFAULT_LEASE_S):
+        return
+    asked = " and ".join(o for o, on in (("--force", force),
+                                         ("--lease-s/$SHOAL_LEASE_S", lease_s != DEFAULT_LEASE_S))
+                         if on)
+    here = here or f"shoal resume {batch_id} --cluster local ..."
+    raise ConfigError(
+        f"batch {batch_id!r} runs its items on the cluster {where}, whose workers take "
+        f"their leases with their own defaults: {asked} would not reach them. Run it here "
+        f"({here}), or without {asked}")

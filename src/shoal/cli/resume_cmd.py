@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shoal.cli.common import LeaseOpt, StoreOpt, default_url, fail, require_store
+from shoal.cli.common import (
+    LeaseOpt,
+    StoreOpt,
+    default_url,
+    fail,
+    lease_reaches_items,
+    require_store,
+)
 from shoal.errors import ConfigError, ShoalError
 from shoal.flows.lease import DEFAULT_LEASE_S, lease_options
 
@@ -139,24 +146,6 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
             return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
                                    console=console, progress=progress, budget=budget,
                                    force=force, lease_s=lease_s)
-
-
-def lease_reaches_items(batch_id: str, where: object, *, force: bool, lease_s: float,
-                        here: str | None = None) -> None:
-    """``--force`` and ``--lease-s`` reach the items of a batch that run in this process;
-    a cluster's workers open their items' journals with their own defaults, so asking
-    for them there is refused rather than ignored. ``here``: how to run it here instead
-    (default: ``shoal resume BATCH --cluster local``)."""
-    if where in (None, "", "local") or (not force and lease_s == DEFAULT_LEASE_S):
-        return
-    asked = " and ".join(o for o, on in (("--force", force),
-                                         ("--lease-s/$SHOAL_LEASE_S", lease_s != DEFAULT_LEASE_S))
-                         if on)
-    here = here or f"shoal resume {batch_id} --cluster local ..."
-    raise ConfigError(
-        f"batch {batch_id!r} runs its items on the cluster {where}, whose workers take "
-        f"their leases with their own defaults: {asked} would not reach them. Run it here "
-        f"({here}), or without {asked}")
 
 
 def _rebuild(spec: str, model: str | None) -> Flow:

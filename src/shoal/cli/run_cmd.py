@@ -250,7 +250,7 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
     if opts.store is not None:
         # A batch with an identity (shoal runs --batch, shoal resume BATCH_ID), here or
         # on a Dask cluster (--cluster).
-        from shoal.cli.resume_cmd import lease_reaches_items
+        from shoal.cli.common import lease_reaches_items
         from shoal.cli.runs_cmd import journal_meta
         from shoal.flows.lease import lease_options
         from shoal.scale.cli import run_batch_cli
