@@ -10,10 +10,16 @@ and both as a ratio to raw aiohttp.
     python bench/http_clients.py                 # 3,000 calls per client, 50 workers
     python bench/http_clients.py --calls 1000 --clients aiohttp,httpx
 
-Clients: raw aiohttp (one ClientSession, TCPConnector(limit=100)); httpx 0.28
-AsyncClient; httpx2 AsyncClient (the transport of the official openai SDK since
-v3); the official openai SDK itself (AsyncOpenAI, max_retries=0). A client whose
-package is missing is reported as skipped.
+    python bench/http_clients.py --loop uvloop   # the loop shoal's commands run
+
+Clients: raw aiohttp (one ClientSession, TCPConnector(limit=100)); aiosonic (pure
+Python, pool of 100); pyreqwest (Rust's reqwest/hyper on its own tokio runtime: its
+threads' CPU counts, ``process_time`` covers every thread); curl_cffi (libcurl's multi
+interface); httpx 0.28 AsyncClient; httpx2 AsyncClient (the transport of the official
+openai SDK since v3); the official openai SDK itself (AsyncOpenAI, max_retries=0). A
+client whose package is missing is reported as skipped (``bash scripts/bench_tools.sh``
+installs the candidates). Speed is half of the choice: bench/http_client_semantics.py
+checks what the hot path also needs (abort on cancel, which timeout, cut bodies).
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ RESPONSE_BODY: dict[str, Any] = {
     },
     "system_fingerprint": "fp_bench",
 }
-CLIENTS = ("aiohttp", "httpx", "httpx2", "openai")
+CLIENTS = ("aiohttp", "aiosonic", "pyreqwest", "curl_cffi", "httpx", "httpx2", "openai")
 Poster = Callable[[], Awaitable[None]]
 
 
@@ -141,6 +147,47 @@ async def run_client(name: str, url: str, calls: int, concurrency: int, warmup: 
 
             return await _drive(post_aiohttp, calls, concurrency, warmup)
 
+    if name == "aiosonic":
+        import aiosonic
+        from aiosonic.pools import PoolConfig
+
+        sonic = aiosonic.HTTPClient(connector=aiosonic.TCPConnector(
+            pool_configs={":default": PoolConfig(size=100)}))
+
+        async def post_aiosonic() -> None:
+            resp = await sonic.post(url, data=body, headers=headers)
+            if resp.status_code != 200:
+                raise RuntimeError(f"status {resp.status_code}")
+            json.loads(await resp.content())
+
+        try:
+            return await _drive(post_aiosonic, calls, concurrency, warmup)
+        finally:
+            await sonic.connector.cleanup()
+
+    if name == "pyreqwest":
+        from pyreqwest.client import ClientBuilder
+
+        async with ClientBuilder().max_connections(100).error_for_status(True).build() as rq:
+
+            async def post_pyreqwest() -> None:
+                resp = await rq.post(url).body_bytes(body).headers(headers).build().send()
+                json.loads(bytes(await resp.bytes()))
+
+            return await _drive(post_pyreqwest, calls, concurrency, warmup)
+
+    if name == "curl_cffi":
+        from curl_cffi.requests import AsyncSession
+
+        async with AsyncSession(max_clients=100) as curl:
+
+            async def post_curl() -> None:
+                resp = await curl.post(url, data=body, headers=headers)
+                resp.raise_for_status()
+                json.loads(resp.content)
+
+            return await _drive(post_curl, calls, concurrency, warmup)
+
     if name in ("httpx", "httpx2"):
         module: Any = __import__(name)
         limits = module.Limits(max_connections=100, max_keepalive_connections=100)
@@ -174,7 +221,7 @@ def _measure(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
         sys.executable, __file__, "--client", name, "--url", url,
         "--calls", str(args.calls), "--concurrency", str(args.concurrency),
-        "--warmup", str(args.warmup),
+        "--warmup", str(args.warmup), "--loop", args.loop,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
@@ -192,6 +239,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=1, help="runs per client; best kept")
     parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the clients' event loop (shoal's own commands run uvloop)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -201,6 +250,10 @@ def main() -> None:
         serve()
         return
     if args.client:
+        if args.loop == "uvloop":
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         result = asyncio.run(
             run_client(args.client, args.url, args.calls, args.concurrency, args.warmup)
         )

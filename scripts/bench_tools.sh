@@ -27,7 +27,8 @@ fi
 
 PIP=".venv/bin/pip"
 [ -x "$PIP" ] || PIP="python -m pip"
-# LiteLLM's proxy (the peer), the stack candidates, fast JSON codecs, psutil for RSS/CPU.
+# LiteLLM's proxy (the peer), the stack candidates, fast JSON codecs, psutil for RSS/CPU,
+# the HTTP client candidates (bench/http_clients.py, bench/http_client_semantics.py).
 $PIP install -q 'litellm[proxy]>=1.50' granian blacksheep 'uvicorn[standard]' httptools \
-    orjson msgspec psutil
+    orjson msgspec psutil aiosonic pyreqwest curl-cffi
 command -v wrk >/dev/null 2>&1 && wrk --version 2>&1 | head -1 || true
