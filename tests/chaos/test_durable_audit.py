@@ -37,7 +37,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class Sim(SimProcess):
-    def tags(self) -> Counter[str]:
+    def tag_counts(self) -> Counter[str]:
         return Counter(str(r["tag"]) for r in self.request_log())
 
     def total(self) -> int:
@@ -110,7 +110,7 @@ def reference(sim: Sim, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     sim.reset()
     run = Run(sim, f"sqlite:///{tmp / 'ref.db'}", tmp, "ref")
     doc = run.finish(resume=False)
-    doc["tags"] = sim.tags()
+    doc["tags"] = sim.tag_counts()
     doc["effects"] = run.effect_lines()
     assert doc["status"] == "succeeded"
     assert sum(doc["tags"].values()) == REQUESTS, doc["tags"]
@@ -152,11 +152,11 @@ def test_kill_after_a_journal_write_then_resume_asks_nothing_twice(
     run = Run(sim, f"sqlite:///{tmp_path / 'runs.db'}", tmp_path)
     started = time.monotonic()
     run.killed("--kill-after-record", point)
-    first, journaled = sim.tags(), run.journaled()
+    first, journaled = sim.tag_counts(), run.journaled()
     assert first[before] == 1 and before in journaled
     sim.reset()
     final = run.finish()
-    second = sim.tags()
+    second = sim.tag_counts()
     took = time.monotonic() - started
     same_result(final, reference)
     asked_once(first, journaled, second, reference)
@@ -177,11 +177,11 @@ def test_kill_between_an_effect_and_its_record_repeats_it_with_the_same_key(
     sim.reset()
     run = Run(sim, f"sqlite:///{tmp_path / 'runs.db'}", tmp_path)
     run.killed(kill_in_tool=tool)
-    first, journaled = sim.tags(), run.journaled()
+    first, journaled = sim.tag_counts(), run.journaled()
     sim.reset()
     final = run.finish()
     same_result(final, reference)
-    asked_once(first, journaled, sim.tags(), reference)
+    asked_once(first, journaled, sim.tag_counts(), reference)
     effects = [line for line in run.effect_lines() if line.startswith(tool)]
     assert len(effects) == 2 and effects[0] == effects[1], effects
     assert effects[0].split()[1] != "None"
@@ -194,11 +194,11 @@ def test_kill_after_an_effect_record_never_repeats_it(
     run = Run(sim, f"sqlite:///{tmp_path / 'runs.db'}", tmp_path)
     run.killed("--kill-after-effect")  # the first effect: payer's refund
     assert run.effect_lines() == [e for e in reference["effects"] if e.startswith("refund")]
-    first, journaled = sim.tags(), run.journaled()
+    first, journaled = sim.tag_counts(), run.journaled()
     sim.reset()
     final = run.finish()
     same_result(final, reference)
-    asked_once(first, journaled, sim.tags(), reference)
+    asked_once(first, journaled, sim.tag_counts(), reference)
     assert kinds(run.effect_lines()) == kinds(reference["effects"])
 
 
@@ -212,11 +212,11 @@ def test_a_plain_tool_of_a_replayed_turn_runs_again_as_documented(
     sim.reset()
     run = Run(sim, f"sqlite:///{tmp_path / 'runs.db'}", tmp_path)
     run.killed("--kill-after-record", "notifier/turn/1")
-    first = sim.tags()
+    first = sim.tag_counts()
     sim.reset()
     final = run.finish()
     same_result(final, reference)
-    assert first["notifier#1"] == 1 and not set(first) & set(sim.tags())
+    assert first["notifier#1"] == 1 and not set(first) & set(sim.tag_counts())
     effects = kinds(run.effect_lines())
     assert effects["notify"] == 2 and effects["refund"] == 1 and effects["charge"] == 1
 
@@ -242,19 +242,19 @@ def test_each_store_resumes_a_killed_run_asking_nothing_twice(
     sim.reset()
     run = Run(sim, journal_url, tmp_path)
     run.killed("--kill-after-record", "charger/turn/0")
-    first, journaled = sim.tags(), run.journaled()
+    first, journaled = sim.tag_counts(), run.journaled()
     assert "charger#0" in journaled
     sim.reset()
     started = time.monotonic()
     final = run.finish()
     took = time.monotonic() - started
     same_result(final, reference)
-    asked_once(first, journaled, sim.tags(), reference)
+    asked_once(first, journaled, sim.tag_counts(), reference)
     assert final["run_tokens"] == reference["run_tokens"]
     assert kinds(run.effect_lines()) == kinds(reference["effects"])
     kind = journal_url.split(":", maxsplit=1)[0]
     print(f"{kind}: {sum(first.values())} requests before the kill, "
-          f"{sum(sim.tags().values())} after; resume {took:.2f}s")
+          f"{sum(sim.tag_counts().values())} after; resume {took:.2f}s")
 
 
 def test_kill_while_a_request_is_in_flight_repeats_only_that_request(
@@ -275,11 +275,11 @@ def test_kill_while_a_request_is_in_flight_repeats_only_that_request(
         finally:
             if proc.poll() is None:
                 proc.kill()
-        first, journaled = slow.tags(), run.journaled()
+        first, journaled = slow.tag_counts(), run.journaled()
         assert len(journaled) == 4
         slow.reset()
         final = run.finish()
-        second = slow.tags()
+        second = slow.tag_counts()
     finally:
         slow.stop()
     same_result(final, reference)
@@ -293,16 +293,16 @@ def test_a_changed_flow_is_refused_before_any_call_then_allowed_on_request(
     sim.reset()
     run = Run(sim, f"sqlite:///{tmp_path / 'runs.db'}", tmp_path)
     run.killed("--kill-after-record", "charger")
-    first = sim.tags()
+    first = sim.tag_counts()
     sim.reset()
     proc = run.start("--variant", "extra-step", resume=True)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "ConfigError: flow 'audit' changed since run 'audit-1' started" in err
     assert "step 'writer' changed, step 'reviewer' added" in err
-    assert sum(sim.tags().values()) == 0  # refused before anything ran
+    assert sum(sim.tag_counts().values()) == 0  # refused before anything ran
     final = run.finish("--variant", "extra-step", "--allow-changed")
-    second = sim.tags()
+    second = sim.tag_counts()
     assert final["status"] == "succeeded"
     assert not set(first) & set(second)  # journaled steps replayed as recorded
     assert set(second) == set(reference["tags"]) - set(first) | {"reviewer#0"}
@@ -334,10 +334,10 @@ def test_two_processes_resuming_one_run_at_once_end_consistent(
     codes = sorted(proc.returncode for proc in procs)
     assert codes == [0, 1], errs
     assert "RunBusy" in errs[[proc.returncode for proc in procs].index(1)]
-    both = sim.tags()
+    both = sim.tag_counts()
     assert max(both.values()) == 1  # each unfinished turn asked once, by one process
     sim.reset()
     final = run.finish()
     same_result(final, reference)
-    assert sum(sim.tags().values()) == 0
+    assert sum(sim.tag_counts().values()) == 0
     print(f"two resumes at once: {sum(both.values())} requests, one process refused")

@@ -34,7 +34,7 @@ FLOW = textwrap.dedent("""
 
 
 class Sim(SimProcess):
-    def tags(self) -> Counter[str]:
+    def tag_counts(self) -> Counter[str]:
         return Counter(str(r["tag"]) for r in self.request_log())
 
 
@@ -101,13 +101,13 @@ def test_shoal_run_killed_mid_request_resumes_with_its_output(
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     killed_in_flight(sim, ["run", target, "tidal power", "-c", str(toml), "--store", store,
                            "--run-id", "cli-1"], after=3, cwd=tmp_path)
-    first = sim.tags()
+    first = sim.tag_counts()
     assert first == Counter({"a": 1, "b": 1, "c": 1})  # c was in flight
     sim.reset()
     out = tmp_path / "out.json"
     resumed = shoal("resume", "cli-1", "--store", store, "-o", str(out), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert sim.tags() == Counter({"c": 1, "d": 1})  # a, b replayed; c was lost in flight
+    assert sim.tag_counts() == Counter({"c": 1, "d": 1})  # a, b replayed; c was lost in flight
     summary = json.loads(out.read_text())
     assert summary["output"] == reference["output"]
     assert summary["cost_usd"] == pytest.approx(reference["cost_usd"])
@@ -135,8 +135,8 @@ def test_shoal_resume_keeps_the_budget_the_run_was_started_with(
     resumed = shoal("resume", "cli-2", "--store", store, cwd=tmp_path)
     assert resumed.returncode == 1, resumed.stdout  # the budget still binds
     assert "BudgetExceeded" in resumed.stderr + resumed.stdout
-    assert sim.tags()["d"] == 0
+    assert sim.tag_counts()["d"] == 0
     raised = shoal("resume", "cli-2", "--store", store, "--budget-usd", f"{total * 2:.8f}",
                    cwd=tmp_path)
     assert raised.returncode == 0, raised.stderr
-    assert sim.tags()["d"] == 1
+    assert sim.tag_counts()["d"] == 1

@@ -68,10 +68,6 @@ def sim_config(sim: SimServer) -> Config:
     })
 
 
-def tags(sim: SimServer) -> list[str | None]:
-    return [r.tag for r in sim.stats().requests]
-
-
 def pipeline(cut: TcpProxy | None = None) -> Flow:
     """researcher -> cut (a function step; with a proxy, it cuts the store) -> writer."""
 
@@ -101,7 +97,7 @@ async def test_a_store_that_goes_away_stops_the_run_loudly_and_loses_nothing(
                                   client=router)
             took = time.monotonic() - started
             assert took < 15, took  # bounded by the store's retries, not a hang
-            assert tags(sim) == ["researcher"]
+            assert sim.tags() == ["researcher"]
             assert url.split(":")[0] in str(down.value) or "unavailable" in str(
                 down.value).lower(), str(down.value)
 
@@ -111,7 +107,7 @@ async def test_a_store_that_goes_away_stops_the_run_loudly_and_loses_nothing(
             assert journal.redo == ["cut", "writer"]
             sim.reset_stats()
             result = await resume("r1", pipeline(), store=store, client=router)
-        assert tags(sim) == ["writer"]  # the researcher replayed with zero calls
+        assert sim.tags() == ["writer"]  # the researcher replayed with zero calls
         assert result.outputs == reference.outputs
         assert result.usage == reference.usage
         print(f"{url.split(':')[0]}: StoreUnavailable after {took:.2f}s: {down.value}")

@@ -8,15 +8,14 @@ import json
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import typer
-from typer.testing import CliRunner
+from sim_cli_kit import invoke, runs_cli
 
 from shoal.agents import StepFailed
 from shoal.cli.run_cmd import load_target
-from shoal.cli.runs_cmd import journal_meta, parse_duration, register
+from shoal.cli.runs_cmd import journal_meta, parse_duration
 from shoal.config import Config
 from shoal.errors import ConfigError
 from shoal.flows.resume import as_flow, run_durable
@@ -34,14 +33,9 @@ FLOW_MODULE = textwrap.dedent("""
 """)
 
 
-class Sim(SimProcess):
-    def tags(self) -> list[str]:
-        return [r["tag"] for r in self.stats(log=True)["requests"]]
-
-
 @pytest.fixture
-def sim() -> Iterator[Sim]:
-    s = Sim()
+def sim() -> Iterator[SimProcess]:
+    s = SimProcess()
     try:
         yield s
     finally:
@@ -50,16 +44,10 @@ def sim() -> Iterator[Sim]:
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-    return app
+    return runs_cli()
 
 
-def invoke(app: typer.Typer, *args: str) -> Any:
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
-def test_runs_show_resume_prune(sim: Sim, cli: typer.Typer, tmp_path: Path) -> None:
+def test_runs_show_resume_prune(sim: SimProcess, cli: typer.Typer, tmp_path: Path) -> None:
     (tmp_path / "flowmod.py").write_text(FLOW_MODULE)
     toml = tmp_path / "shoal.toml"
     toml.write_text(textwrap.dedent(f"""

@@ -37,10 +37,6 @@ def pipeline() -> Flow:
     return flow
 
 
-def tags(sim: SimServer) -> list[str | None]:
-    return [r.tag for r in sim.stats().requests]
-
-
 async def test_step_2_fails_past_its_retries_and_resume_calls_only_steps_2_and_3(
     journal_url: str,
 ) -> None:
@@ -55,7 +51,7 @@ async def test_step_2_fails_past_its_retries_and_resume_calls_only_steps_2_and_3
             with pytest.raises(StepFailed) as failed:
                 await run_durable(flow, "open-weight LLM economics", store=journal_url,
                                   run_id="rep-001", client=router)
-        assert tags(sim) == ["researcher", "analyzer", "analyzer"]
+        assert sim.tags() == ["researcher", "analyzer", "analyzer"]
         message = str(failed.value)
         assert failed.value.step == "analyzer"
         assert "step 'analyzer' of flow 'report' failed: ProviderUnavailable" in message
@@ -70,7 +66,7 @@ async def test_step_2_fails_past_its_retries_and_resume_calls_only_steps_2_and_3
         sim.reset_stats()  # the fault has cleared; a new process resumes
         async with Router(sim_config(sim), retry=QUICK_RETRY) as router:
             result = await resume("rep-001", flow, store=journal_url, client=router)
-        assert tags(sim) == ["analyzer", "writer"]
+        assert sim.tags() == ["analyzer", "writer"]
     assert [result.steps[n].status for n in ("researcher", "analyzer", "writer")] == [
         "replayed", "succeeded", "succeeded"]
     assert result.output == reference.output

@@ -46,10 +46,6 @@ def sim_config(sim: SimServer) -> Config:
     })
 
 
-def tags(sim: SimServer) -> list[str | None]:
-    return [r.tag for r in sim.stats().requests]
-
-
 WRITER = Agent("writer", model="m", instructions="Write one line about the topic.")
 
 
@@ -66,7 +62,7 @@ async def failed_agent_run(sim: SimServer, store: Store, run_id: str = "a1") -> 
         with pytest.raises(ProviderUnavailable):
             await Runner(router, recorder=StoreRecorder(store)).run(WRITER, "tidal power",
                                                                    run_id=run_id)
-    assert tags(sim) == ["writer", "writer"]
+    assert sim.tags() == ["writer", "writer"]
     run = await store.require_run(run_id)
     assert (run.flow, run.status) == ("agent", "failed")  # its end is recorded now
     assert await store.get_lease(run_id) is None
@@ -93,7 +89,7 @@ async def test_a_second_executor_of_an_agent_run_is_refused_before_any_request(
             await again()
         assert sim.stats().total_requests == 1  # the first one's call; none of the second
         await first
-        assert tags(sim) == ["writer"]  # the unfinished turn, once
+        assert sim.tags() == ["writer"]  # the unfinished turn, once
         assert busy.value.owner == lease.owner and busy.value.run_id == "a1"
         message = " ".join(str(busy.value).split())
         assert "agent run 'a1'" in message and "is being executed by another process" in message
@@ -117,7 +113,7 @@ async def test_racing_executors_of_an_agent_run_one_runs_the_others_are_refused(
         busy = [o for o in outcomes if isinstance(o, RunBusy)]
         done = [o for o in outcomes if not isinstance(o, BaseException)]
         assert (len(done), len(busy)) == (1, 2), outcomes
-        assert tags(sim) == ["writer"]
+        assert sim.tags() == ["writer"]
         assert await store.get_lease("a1") is None
 
 
@@ -145,7 +141,7 @@ async def test_a_killed_executors_lease_on_an_agent_run_is_taken_over_at_its_exp
         assert sim.stats().total_requests == 0
         await clock.advance(0.001)  # its lease has lapsed
         await run()
-        assert tags(sim) == ["writer"]
+        assert sim.tags() == ["writer"]
         assert await store.get_lease("a1") is None
 
 
@@ -189,7 +185,7 @@ async def test_renewal_finding_a_takeover_stops_an_agent_before_its_next_model_c
         with pytest.raises(LeaseLost) as lost:
             await run
         assert lost.value.owner == FOREIGN
-        assert tags(sim) == ["researcher"]  # turn 0 only: turn 1 was never asked
+        assert sim.tags() == ["researcher"]  # turn 0 only: turn 1 was never asked
         assert await store.get_step("g1", "researcher/turn/0") is not None
         assert await store.get_step("g1", "researcher/turn/1") is None
         assert (await store.require_run("g1")).status == "running"  # FOREIGN's run now
@@ -220,7 +216,7 @@ async def test_an_agent_executor_stalled_past_its_lease_cannot_write_once_taken_
         with pytest.raises(LeaseLost) as lost:
             await run
         assert lost.value.owner == FOREIGN
-        assert tags(sim) == ["writer"]  # the call in flight when it stalled; no other
+        assert sim.tags() == ["writer"]  # the call in flight when it stalled; no other
         assert await store.get_step("s1", "writer/turn/0") is None  # its write refused
         assert (await store.require_run("s1")).status == "running"
         assert (await store.get_lease("s1")).owner == FOREIGN  # type: ignore[union-attr]
@@ -242,4 +238,4 @@ async def test_a_batch_of_agents_run_twice_at_once_executes_each_item_once(
         for i in range(3):
             assert await store.get_lease(f"docs-{i}") is None
             assert (await store.require_run(f"docs-{i}")).status == "succeeded"
-    assert Counter(tags(sim)) == {"writer": 3}  # every item paid once, nothing twice
+    assert Counter(sim.tags()) == {"writer": 3}  # every item paid once, nothing twice

@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 import typer
-from typer.testing import CliRunner
+from sim_cli_kit import invoke, runs_cli, write_sim_toml
 
 from shoal.agents import Agent
 from shoal.cli.common import EXIT_BUSY, EXIT_USAGE
 from shoal.cli.run_cmd import load_target
-from shoal.cli.runs_cmd import journal_meta, register
+from shoal.cli.runs_cmd import journal_meta
 from shoal.clock import VirtualClock
 from shoal.config import Config
 from shoal.errors import ConfigError
@@ -55,14 +55,9 @@ FOREIGN = "deadbeef@elsewhere:4242:cafef00d"  # an executor on another machine
 SHOAL = str(Path(sys.executable).parent / "shoal")
 
 
-class Sim(SimProcess):
-    def tags(self) -> list[str]:
-        return [r["tag"] for r in self.stats(log=True)["requests"]]
-
-
 @pytest.fixture
-def sim() -> Iterator[Sim]:
-    s = Sim("--latency", "0.3")
+def sim() -> Iterator[SimProcess]:
+    s = SimProcess("--latency", "0.3")
     try:
         yield s
     finally:
@@ -71,32 +66,14 @@ def sim() -> Iterator[Sim]:
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-    return app
+    return runs_cli()
 
 
-def invoke(app: typer.Typer, *args: str) -> Any:
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
-def failed_batch(sim: Sim, tmp_path: Path, *, holder: str | None = FOREIGN) -> str:
+def failed_batch(sim: SimProcess, tmp_path: Path, *, holder: str | None = FOREIGN) -> str:
     """Batch ``B`` of one item whose writer's key was refused: researcher journaled in
     ``B-0``, the writer to redo; then ``holder`` (on another machine) holds ``B-0``."""
     (tmp_path / "flowmod.py").write_text(FLOW_MODULE)
-    toml = tmp_path / "shoal.toml"
-    toml.write_text(textwrap.dedent(f"""
-        [channels.sim]
-        protocol = "openai"
-        base_url = "{sim.url}/v1"
-        api_key = "sk-test"
-        provider = "openai"
-
-        [models.m]
-        channels = ["sim"]
-        input = 1.0
-        output = 2.0
-    """))
+    toml = write_sim_toml(sim.url, tmp_path / "shoal.toml")
     target = f"{tmp_path / 'flowmod.py'}:flow"
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     sim.script(["ok", "401"])
@@ -125,7 +102,7 @@ async def _item_states(store: str) -> tuple[list[str], Any, str]:
 
 
 def test_an_item_another_machine_holds_is_taken_over_by_resume_batch_force(
-    sim: Sim, cli: typer.Typer, tmp_path: Path
+    sim: SimProcess, cli: typer.Typer, tmp_path: Path
 ) -> None:
     store = failed_batch(sim, tmp_path)
     # The item on its own: refused, naming the command that takes an item over.
@@ -148,7 +125,7 @@ def test_an_item_another_machine_holds_is_taken_over_by_resume_batch_force(
 
 
 def test_resume_batch_lease_s_is_the_length_of_its_items_leases(
-    sim: Sim, tmp_path: Path
+    sim: SimProcess, tmp_path: Path
 ) -> None:
     store = failed_batch(sim, tmp_path, holder=None)
     proc = subprocess.Popen([SHOAL, "resume", "B", "--store", store, "--lease-s", "12",
@@ -176,7 +153,7 @@ def test_resume_batch_lease_s_is_the_length_of_its_items_leases(
 
 
 def test_force_or_lease_s_for_a_batch_on_a_cluster_is_refused_not_ignored(
-    sim: Sim, cli: typer.Typer, tmp_path: Path
+    sim: SimProcess, cli: typer.Typer, tmp_path: Path
 ) -> None:
     store = failed_batch(sim, tmp_path)
     for options in (["--force"], ["--lease-s", "12"]):
@@ -191,7 +168,7 @@ def test_force_or_lease_s_for_a_batch_on_a_cluster_is_refused_not_ignored(
 
 
 def test_lease_s_for_a_new_batch_on_a_cluster_is_refused_not_ignored(
-    sim: Sim, tmp_path: Path
+    sim: SimProcess, tmp_path: Path
 ) -> None:
     """`shoal run` of a batch passes --lease-s to its items as resume does (items run
     here); asked for on a cluster, whose workers cannot see it, it is refused first."""

@@ -12,16 +12,15 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import typer
-from typer.testing import CliRunner
+from sim_cli_kit import invoke, runs_cli, write_sim_toml
 
 from shoal.agents import StepFailed
 from shoal.cli.common import EXIT_BUSY
 from shoal.cli.run_cmd import load_target
-from shoal.cli.runs_cmd import journal_meta, register
+from shoal.cli.runs_cmd import journal_meta
 from shoal.config import Config
 from shoal.flows.resume import as_flow, run_durable
 from shoal.sim import SimProcess
@@ -40,14 +39,9 @@ FLOW_MODULE = textwrap.dedent("""
 FOREIGN = "deadbeef@elsewhere:4242:cafef00d"
 
 
-class Sim(SimProcess):
-    def tags(self) -> list[str]:
-        return [r["tag"] for r in self.stats(log=True)["requests"]]
-
-
 @pytest.fixture
-def sim() -> Iterator[Sim]:
-    s = Sim("--latency", "0.3")
+def sim() -> Iterator[SimProcess]:
+    s = SimProcess("--latency", "0.3")
     try:
         yield s
     finally:
@@ -56,31 +50,13 @@ def sim() -> Iterator[Sim]:
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-    return app
+    return runs_cli()
 
 
-def invoke(app: typer.Typer, *args: str) -> Any:
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
-def failed_run(sim: Sim, tmp_path: Path, run_id: str) -> str:
+def failed_run(sim: SimProcess, tmp_path: Path, run_id: str) -> str:
     """A run whose analyzer's key was refused: researcher journaled, 2 steps to redo."""
     (tmp_path / "flowmod.py").write_text(FLOW_MODULE)
-    toml = tmp_path / "shoal.toml"
-    toml.write_text(textwrap.dedent(f"""
-        [channels.sim]
-        protocol = "openai"
-        base_url = "{sim.url}/v1"
-        api_key = "sk-test"
-        provider = "openai"
-
-        [models.m]
-        channels = ["sim"]
-        input = 1.0
-        output = 2.0
-    """))
+    toml = write_sim_toml(sim.url, tmp_path / "shoal.toml")
     target = f"{tmp_path / 'flowmod.py'}:flow"
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     sim.script(["ok", "401"])
@@ -99,7 +75,7 @@ def failed_run(sim: Sim, tmp_path: Path, run_id: str) -> str:
 
 
 def test_a_run_another_process_holds_is_refused_with_exit_3_until_forced(
-    sim: Sim, cli: typer.Typer, tmp_path: Path
+    sim: SimProcess, cli: typer.Typer, tmp_path: Path
 ) -> None:
     store = failed_run(sim, tmp_path, "cli-1")
 
@@ -128,7 +104,7 @@ def test_a_run_another_process_holds_is_refused_with_exit_3_until_forced(
 
 
 def test_two_resume_processes_at_once_pay_for_each_step_once(
-    sim: Sim, cli: typer.Typer, tmp_path: Path
+    sim: SimProcess, cli: typer.Typer, tmp_path: Path
 ) -> None:
     store = failed_run(sim, tmp_path, "cli-2")
     shoal = str(Path(sys.executable).parent / "shoal")

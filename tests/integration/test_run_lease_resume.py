@@ -56,10 +56,6 @@ def pipeline() -> Flow:
     return flow
 
 
-def tags(sim: SimServer) -> list[str | None]:
-    return [r.tag for r in sim.stats().requests]
-
-
 @pytest.fixture
 async def sim() -> AsyncIterator[SimServer]:
     async with SimServer(SimConfig(models={"*": ModelProfile(latency_s=0.2)})) as server:
@@ -73,7 +69,7 @@ async def failed_run(sim: SimServer, store: Store | str, run_id: str = "rep-001"
         with pytest.raises(StepFailed):
             await run_durable(pipeline(), "open-weight LLM economics", store=store,
                               run_id=run_id, client=router)
-    assert tags(sim) == ["researcher", "analyzer", "analyzer"]
+    assert sim.tags() == ["researcher", "analyzer", "analyzer"]
     sim.reset_stats()
 
 
@@ -91,7 +87,7 @@ async def test_a_second_resumer_is_refused_before_any_request(
             await resume("rep-001", pipeline(), store=journal_url, client=router)
         assert sim.stats().total_requests == 1  # the first one's call; none of the second
         result = await first
-    assert tags(sim) == ["analyzer", "writer"]  # the unfinished steps, once each
+    assert sim.tags() == ["analyzer", "writer"]  # the unfinished steps, once each
     assert result.status == "succeeded"
     message = str(busy.value)
     assert "run 'rep-001'" in message and "is being executed by another process" in message
@@ -116,7 +112,7 @@ async def test_racing_resumers_one_runs_the_other_is_refused(
     done = [o for o in outcomes if not isinstance(o, BaseException)]
     assert (len(done), len(busy)) == (1, 2), outcomes
     assert done[0].status == "succeeded"
-    assert tags(sim) == ["analyzer", "writer"]
+    assert sim.tags() == ["analyzer", "writer"]
 
 
 async def test_a_killed_executors_lease_is_taken_over_at_its_expiry_and_not_before(
@@ -140,7 +136,7 @@ async def test_a_killed_executors_lease_is_taken_over_at_its_expiry_and_not_befo
             await clock.advance(0.001)  # its lease has lapsed
             result = await resume("rep-001", pipeline(), store=store, client=router)
         assert result.status == "succeeded"
-        assert tags(sim) == ["analyzer", "writer"]
+        assert sim.tags() == ["analyzer", "writer"]
         assert await store.get_lease("rep-001") is None
 
 
@@ -257,4 +253,4 @@ async def test_a_batch_run_twice_at_once_executes_each_item_once(
         for i in range(3):
             assert await store.get_lease(f"docs-{i}") is None
     # every (item, step) paid once: 3 items x 3 steps, nothing twice
-    assert Counter(tags(sim)) == {"researcher": 3, "analyzer": 3, "writer": 3}
+    assert Counter(sim.tags()) == {"researcher": 3, "analyzer": 3, "writer": 3}

@@ -73,6 +73,11 @@ class SimProcess:
             time.sleep(0.02)
         return list(self.stats(log=True)["requests"])
 
+    def tags(self) -> list[str | None]:
+        """The ``tag`` of each logged request, in arrival order (as received so far: use
+        :meth:`request_log` to wait for requests in flight)."""
+        return [r.get("tag") for r in self.stats(log=True)["requests"]]
+
     def reset(self) -> None:
         self.control("/_sim/reset", {})
 

@@ -141,6 +141,11 @@ class SimServer:
         """A snapshot of the counters (and, unless ``log=False``, the per-request log)."""
         return self._engine.stats.snapshot(log=log)
 
+    def tags(self) -> list[str | None]:
+        """The ``tag`` of each logged request, in arrival order: the step or agent shoal
+        named in the request's metadata (None where it named none)."""
+        return [r.tag for r in self.stats().requests]
+
     def reset_stats(self) -> None:
         """Zero the counters and the log (requests in flight stay counted as in flight)."""
         self._engine.stats.reset(self._engine.config.log_size)
