@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sim_cli_kit import write_sim_toml
 
 from shoal.sim import SimProcess
 
@@ -50,19 +51,7 @@ def sim() -> Iterator[Sim]:
 @pytest.fixture
 def files(sim: Sim, tmp_path: Path) -> tuple[str, Path]:
     (tmp_path / "chain4.py").write_text(FLOW)
-    toml = tmp_path / "shoal.toml"
-    toml.write_text(textwrap.dedent(f"""
-        [channels.sim]
-        protocol = "openai"
-        base_url = "{sim.url}/v1"
-        api_key = "sk-test"
-        provider = "openai"
-
-        [models.m]
-        channels = ["sim"]
-        input = 1.0
-        output = 2.0
-    """))
+    toml = write_sim_toml(sim.url, tmp_path / "shoal.toml")
     return f"{tmp_path / 'chain4.py'}:flow", toml
 
 
