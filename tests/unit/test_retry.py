@@ -208,18 +208,48 @@ def test_default_attempts_reach_three_nines_at_39_percent_failures() -> None:
     assert 0.39 ** 4 > 0.02  # the old default of 4 could not get there
 
 
-async def test_jitter_draws_under_the_time_left() -> None:
-    """Full jitter is capped by the time left, so a long backoff step near the deadline
-    still retries (earlier), instead of giving up on an unlucky draw."""
+async def test_jitter_draws_under_half_the_time_left_once() -> None:
+    """A backoff step longer than half the time left still retries once, under half the
+    time left (so that attempt has the other half to finish), instead of giving up on
+    an unlucky draw; the next such step gives up."""
     clock = VirtualClock()
     policy = RetryPolicy(attempts=10, deadline_s=10.0,
                          backoff=Backoff(base=8.0, cap=30.0, rand=lambda: 0.99))
     budget = policy.budget(clock)
     await clock.advance(7.0)  # 3 s left; the backoff ceiling is 8 s
     delay = budget.next_delay(ProviderUnavailable("503"))
-    assert delay == pytest.approx(0.99 * 3.0)
+    assert delay == pytest.approx(0.99 * 1.5)
+    assert budget.squeezed
+    assert budget.next_delay(ProviderUnavailable("503")) is None  # no second squeeze
     assert Backoff(base=8.0, rand=lambda: 0.5).delay(0, limit=2.0) == 1.0
     assert Backoff(base=8.0, rand=lambda: 0.5).delay(0, limit=-1.0) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_retries_do_not_bunch_up_before_the_deadline(seed: int) -> None:
+    """A channel that answers 429 to every attempt, the default policy, a 10 s
+    deadline, each attempt taking 20 ms: drawn under the time left, the waits used to
+    halve with every retry, sending up to half the attempts in the last second, ms
+    apart (an independent provider's finding). Now at most two attempts start in the
+    last second and every attempt but the first starts with at least half the time
+    that was left when the one before failed."""
+    clock = VirtualClock()
+    rng = random.Random(seed)
+    policy = RetryPolicy(deadline_s=10.0, backoff=Backoff(rand=rng.random))
+    budget = policy.budget(clock)
+    starts = [0.0]
+    while True:
+        await clock.advance(0.02)  # the attempt's round trip
+        left = budget.remaining()
+        assert left is not None
+        delay = budget.next_delay(RateLimited("429"))
+        if delay is None:
+            break
+        assert delay <= left / 2 + 1e-9
+        await clock.advance(delay)
+        starts.append(clock.now())
+    assert sum(1 for t in starts if t > 9.0) <= 2, starts
+    assert len(starts) <= policy.attempts
 
 
 async def test_a_deterministic_step_past_the_deadline_gives_up() -> None:

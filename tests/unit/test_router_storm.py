@@ -124,6 +124,31 @@ async def test_deadline_cancels_a_hung_request() -> None:
         assert router.lane("a").limiter.in_flight == 0  # the slot came back
 
 
+async def test_a_deadline_after_failures_names_them_not_max_tokens() -> None:
+    """Overloaded twice, then hung until the deadline: the DeadlineExceeded says how
+    many attempts failed and with what (an independent provider's finding: after eight
+    529s it said only "raise deadline_s or lower max_tokens", which cannot help)."""
+    clock = VirtualClock()
+    busy = Scripted(clock, lambda k: Overloaded("overloaded_error", status=529) if k < 2
+                    else 1000.0)
+    breaker = {"failure_threshold": 10_000, "failure_rate": 1.0}
+    async with make_router(clock, {"a": busy}, breaker_options=breaker) as router:
+        with pytest.raises(DeadlineExceeded) as caught:
+            await clock.run(router.complete(ask(), deadline_s=5))
+    said = str(caught.value)
+    assert "after 2 failed attempts" in said
+    assert "Overloaded" in said and "overloaded_error" in said
+    assert "max_tokens" not in said
+    assert isinstance(caught.value.last_error, Overloaded)
+
+
+async def test_a_deadline_with_nothing_failed_says_raise_it() -> None:
+    clock = VirtualClock()
+    async with make_router(clock, {"a": Scripted(clock, lambda k: 1000.0)}) as router:
+        with pytest.raises(DeadlineExceeded, match="raise deadline_s or lower max_tokens"):
+            await clock.run(router.complete(ask(), deadline_s=2))
+
+
 async def test_deadline_bounds_a_hung_stream() -> None:
     clock = VirtualClock()
     hung = Scripted(clock, lambda k: 0.0, events=[(0.5, ReasoningDelta("thinking")),

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 from shoal.errors import (
     CircuitOpen,
     ConfigError,
+    DeadlineExceeded,
     MalformedResponse,
     ProviderError,
+    ProviderTimeout,
     RunError,
     ShoalError,
     StreamInterrupted,
@@ -203,3 +205,24 @@ def no_lane_error(call: CallState, now: float) -> ShoalError:
     exc.__cause__ = last
     return exc
 
+
+
+def deadline_error(call: CallState, lane: str | None, where: str) -> DeadlineExceeded:
+    """The call's deadline passed ``where`` (on ``lane``). When earlier attempts failed
+    (429s, 529s, 5xx…), the message says how many and with what: the request in flight
+    at the deadline is rarely the story then, and "lower max_tokens" would not help."""
+    budget, last = call.budget, call.last
+    on = f" on {lane!r}" if lane is not None else ""
+    head = (f"the call's deadline ({budget.policy.deadline_s:g}s) passed {where}{on} "
+            f"for {call.request.model!r}")
+    if last is None or isinstance(last, ProviderTimeout):
+        return DeadlineExceeded(f"{head}; raise deadline_s or lower max_tokens",
+                                last_error=last)
+    said = str(last)
+    said = said if len(said) <= 200 else said[:197] + "..."
+    failed = budget.attempts
+    return DeadlineExceeded(
+        f"{head}, after {failed} failed attempt{'' if failed == 1 else 's'}, the last "
+        f"{type(last).__name__}: {said}; the provider kept failing: retry later, give "
+        "the model another channel to fail over to, or raise deadline_s",
+        last_error=last)

@@ -46,7 +46,7 @@ from shoal.observe.context import leave
 from shoal.observe.events import WAIT, EventBus
 from shoal.providers.caching import with_cache_settings
 from shoal.tokens import call_token_bound, estimate_call_tokens
-from shoal.traffic.call import Attempt, CallState, no_lane_error, pick, usable
+from shoal.traffic.call import Attempt, CallState, deadline_error, no_lane_error, pick, usable
 from shoal.traffic.call_events import (
     admitted,
     observed_complete,
@@ -346,12 +346,7 @@ class Router:
         return CallState(request, self._chain(request.model), self._budget(deadline_s))
 
     def _deadline(self, call: CallState, att: Attempt | None, where: str) -> DeadlineExceeded:
-        budget = call.budget
-        span = budget.policy.deadline_s
-        on = f" on {att.lane.name!r}" if att is not None else ""
-        return DeadlineExceeded(
-            f"the call's deadline ({span:g}s) passed {where}{on} for {call.request.model!r}; "
-            "raise deadline_s or lower max_tokens", last_error=call.last)
+        return deadline_error(call, None if att is None else att.lane.name, where)
 
     # -- public calls -------------------------------------------------------------------
 
