@@ -294,7 +294,8 @@ class AnthropicProvider(HttpProvider):
         try:
             async with self._pool.session().post(
                 self._url, data=prepared.data,
-                headers=self._headers_for(prepared.request, stream=True)
+                headers=self._headers_for(prepared.request, stream=True),
+                allow_redirects=False,
             ) as resp:
                 status = resp.status
                 if status != 200:
@@ -302,7 +303,8 @@ class AnthropicProvider(HttpProvider):
                     raise self._fail(status, text, resp.headers)
                 whole_json = "json" in resp.headers.get("Content-Type", "")
                 sse_events = cast(AsyncGenerator[tuple[str, str], None],  # it is one
-                                  iter_sse(resp.content.iter_any(), whole_json=whole_json))
+                                  iter_sse(resp.content.iter_any(), whole_json=whole_json,
+                                           provider=self.name))
                 async with contextlib.aclosing(sse_events) as sse:
                     async for event, data in sse:
                         turn.began()  # an answer: the prefix is cached, waiters may go

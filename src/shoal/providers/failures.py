@@ -279,8 +279,10 @@ def _classify(
     if 200 <= status < 300:
         return ProviderUnavailable(f"{provider} returned an error{where or ' in a 200 response'}"
                                    f": {text}", **fields)
-    return BadRequest(f"{provider} rejected the request (HTTP {status}){where}: {text}",
-                      **fields)
+    wire = fields["status"]  # ``status`` is the one an error inside a 2xx stands for
+    how = (f" (HTTP {wire}){where}" if not 200 <= wire < 300
+           else where or f" in an HTTP {wire} answer")
+    return BadRequest(f"{provider} rejected the request{how}: {text}", **fields)
 
 
 def is_error_body(body: Any) -> bool:
@@ -320,6 +322,14 @@ def error_from_response(
         "body": body_text,
         "code": code,
     }
+    if 300 <= status < 400:
+        # Not followed: aiohttp re-sends every header but Authorization to a new origin
+        # (x-api-key, a channel's credential headers). An LLM API never redirects a POST.
+        where_to = headers.get("Location") or headers.get("location") or "nowhere"
+        return BadRequest(
+            f"{provider} answered HTTP {status}, a redirect to {where_to!r}: shoal does not "
+            "follow redirects (the API key would go along to another address); set the "
+            "channel's base_url to the address it should be", **fields)
     codes = _codes(body)
     reasons, delay = _google_details(body)
     codes |= reasons  # Gemini: a bad key is 400 with reason API_KEY_INVALID (→ AuthError)

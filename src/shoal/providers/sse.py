@@ -33,6 +33,9 @@ def _too_large(what: str, limit: int) -> MalformedResponse:
 JSON_BODY = "\x00json"
 
 _BLANK = b" \t\r\n"
+_BOM = b"\xef\xbb\xbf"  # one leading byte order mark is ignored (the SSE spec's parsing rules)
+_OTHER_FIELDS = frozenset({"id", "retry"})
+_PREVIEW = 500  # bytes of a body that is not an event stream kept in its error
 
 
 class LineSplitter:
@@ -87,11 +90,12 @@ class LineSplitter:
 class _Events:
     """SSE lines folded into ``(event, data)`` pairs."""
 
-    __slots__ = ("data", "event")
+    __slots__ = ("data", "event", "fields")
 
     def __init__(self) -> None:
         self.event = ""
         self.data: list[str] = []
+        self.fields = 0  # lines that were SSE: comments and known fields
 
     def feed(self, lines: list[bytes]) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -104,6 +108,7 @@ class _Events:
                 continue
             line = raw.decode("utf-8", "replace")
             if line[0] == ":":
+                self.fields += 1
                 continue
             field, sep, value = line.partition(":")
             if not sep:
@@ -118,23 +123,30 @@ class _Events:
                 # Old llama.cpp sent errors under a non-standard field: surface them as data.
                 self.event = "error"
                 self.data.append(value)
+            elif field not in _OTHER_FIELDS:
+                continue
+            self.fields += 1
         return out
 
 
 async def iter_sse(chunks: AsyncIterable[bytes], *, whole_json: bool = False,
-                   limit: int = MAX_EVENT_BYTES) -> AsyncIterator[tuple[str, str]]:
+                   limit: int = MAX_EVENT_BYTES, provider: str = "",
+                   ) -> AsyncIterator[tuple[str, str]]:
     """Yield ``(event_name, data)`` pairs; ``event_name`` is "" when the event had none.
 
     ``whole_json`` (the response said ``Content-Type: …json``) or a body that starts with
     ``{``/``[`` yields one ``(JSON_BODY, text)`` instead. A line or JSON body over
-    ``limit`` bytes raises ``MalformedResponse``.
+    ``limit`` bytes raises ``MalformedResponse``; so does a body with content and not one
+    SSE line in it (a proxy's text or HTML error page answered with 200), its first
+    500 bytes kept as the error's ``body``. One leading byte order mark is ignored.
     """
     it = aiter(chunks)
     head: list[bytes] = []
     first = b""
     async for chunk in it:  # sniff: find the first byte that is not blank
-        head.append(chunk)
-        stripped = chunk.lstrip(_BLANK)
+        piece = chunk[len(_BOM):] if not head and chunk.startswith(_BOM) else chunk
+        head.append(piece)
+        stripped = piece.lstrip(_BLANK)
         if stripped:
             first = stripped[:1]
             break
@@ -149,11 +161,20 @@ async def iter_sse(chunks: AsyncIterable[bytes], *, whole_json: bool = False,
         return
     lines = LineSplitter(limit)
     events = _Events()
+    preview = b"".join(head)[:_PREVIEW]
     for chunk in head:
         for item in events.feed(lines.feed(chunk)):
             yield item
     async for chunk in it:
+        if not events.fields and len(preview) < _PREVIEW:
+            preview = (preview + chunk)[:_PREVIEW]
         for item in events.feed(lines.feed(chunk)):
             yield item
     for item in events.feed([*lines.close(), b""]):  # an unterminated last event counts
         yield item
+    if not events.fields and first:
+        text = preview.decode("utf-8", "replace").strip()
+        raise MalformedResponse(
+            f"{provider or 'the provider'} answered a stream request with a body that is "
+            f"not an event stream (a proxy's error page?): {text[:200]!r}",
+            status=200, provider=provider, body=text)
