@@ -324,8 +324,8 @@ class CircuitBreaker:
                    else "fix the API key")
             message = (
                 f"channel {self.name!r} is disabled: the provider rejected its API key "
-                f"({last}); {key} for channel {self.name!r}, then re-enable it with its "
-                f"breaker's reset() (or restart){wait}"
+                f"({last}); {key} for channel {self.name!r}, then re-enable it with "
+                f"router.reset_channel({self.name!r}) (or restart){wait}"
             )
         elif isinstance(last, QuotaExhausted):
             message = (
