@@ -542,7 +542,7 @@ async def test_auth_message_names_the_key_and_reset_re_enables() -> None:
     message = str(b.error())
     assert "rejected its API key" in message
     assert "set a valid $DEEPSEEK_API_KEY for channel 'deepseek'" in message
-    assert "reset()" in message
+    assert "router.reset_channel('deepseek')" in message
     assert b.next_allowed_at() == 3600.0
     await clock.advance(5.0)
     b.reset()  # the key was fixed
