@@ -347,3 +347,18 @@ def test_a_413_is_a_request_too_large_not_a_context_overflow() -> None:
     e = err(413, body)
     assert type(e) is BadRequest and e.status == 413
     assert "too large" in str(e) and not e.retryable
+
+
+def test_an_html_error_page_reads_as_its_title_or_its_text() -> None:
+    """A proxy's 503 page (nginx, a WAF) used to fill the message with markup and line
+    breaks; now it is the page's title, or its text without tags, on one line."""
+    nginx = ("<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n"
+             "<body>\r\n<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n"
+             "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+    err = error_from_response(503, nginx, {}, provider="p", now_wall=0.0)
+    assert isinstance(err, ProviderUnavailable)
+    assert err.message == "p unavailable: 503 Service Temporarily Unavailable"
+    assert err.body.startswith("<html>")  # the page itself stays on the error
+    untitled = "<html><body>\n  <h1>Bad   gateway</h1>\n<p>upstream died</p></body></html>"
+    said = error_from_response(502, untitled, {}, provider="p", now_wall=0.0).message
+    assert said == "p unavailable: Bad gateway upstream died"

@@ -1,19 +1,18 @@
 """Map every provider failure, once, into :mod:`shoal.errors`.
 
 One function for HTTP error responses (every envelope shape of PROVIDERS.md §6.7),
-one for error payloads inside a 200 stream, one for transport exceptions, and
-the Retry-After parser (``retry-after-ms``, seconds, HTTP-date).
+one for error payloads inside a 200 stream, one for transport exceptions; the
+Retry-After parser (``retry-after-ms``, seconds, HTTP-date) is re-exported from
+:mod:`shoal.providers.retry_after`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta, timezone
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from shoal.errors import (
@@ -30,6 +29,8 @@ from shoal.errors import (
     RetryDeclined,
     StreamInterrupted,
 )
+from shoal.providers.retry_after import header as _header
+from shoal.providers.retry_after import parse_retry_after
 
 if TYPE_CHECKING:
     from shoal.types import Usage
@@ -81,51 +82,6 @@ _RATE_CODES = frozenset(
      "1302", "1303", "1002",
      "minimax:1039", "minimax:1041", "minimax:2045"}  # MiniMax: TPM, connections, growth
 )
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    for key, val in headers.items():
-        if key.lower() == name:
-            return val
-    return None
-
-
-def parse_retry_after(headers: Mapping[str, str], now_wall: float) -> float | None:
-    """Seconds to wait as the server asked, or ``None`` when it did not say (validly).
-
-    Order, as the official OpenAI and Anthropic SDKs read them: ``retry-after-ms``
-    (float milliseconds), then ``retry-after`` as float seconds, then as an HTTP-date
-    (relative to ``now_wall``, epoch seconds; a date in the past means 0). Header
-    names are matched case-insensitively.
-    """
-    ms = _header(headers, "retry-after-ms")
-    if ms is not None:
-        try:
-            value = float(ms.strip())
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value / 1000.0
-    raw = _header(headers, "retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" parses naive; an HTTP-date is always GMT anyway
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now_wall)
 
 
 def _envelope(body: Any) -> tuple[str, str | None]:
@@ -285,6 +241,21 @@ def _classify(
     return BadRequest(f"{provider} rejected the request{how}: {text}", **fields)
 
 
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _readable(body_text: str) -> str:
+    """What a person would read first of an error body that is no envelope, in 200
+    characters: an HTML page's title (else its text without tags), whitespace folded
+    (a proxy's 503 page otherwise filled the message with markup and line breaks)."""
+    text = body_text.strip()
+    if text[:1] == "<":
+        title = _TITLE.search(text)
+        text = title[1] if title and title[1].strip() else _TAG.sub(" ", text)
+    return " ".join(text.split())[:200]
+
+
 def is_error_body(body: Any) -> bool:
     """True when a decoded JSON body is an error envelope (PROVIDERS.md §6.7), not an
     answer: ``{error: …}`` (truthy), ``{type: "error"}``, a Gemini array of those, or
@@ -314,7 +285,7 @@ def error_from_response(
     except ValueError:
         body = None
     message, code = _envelope(body)
-    text = message or body_text.strip()[:200] or f"HTTP {status}"
+    text = message or _readable(body_text) or f"HTTP {status}"
     fields: dict[str, Any] = {
         "status": status,
         "provider": provider,
