@@ -362,3 +362,11 @@ def test_an_html_error_page_reads_as_its_title_or_its_text() -> None:
     untitled = "<html><body>\n  <h1>Bad   gateway</h1>\n<p>upstream died</p></body></html>"
     said = error_from_response(502, untitled, {}, provider="p", now_wall=0.0).message
     assert said == "p unavailable: Bad gateway upstream died"
+
+
+def test_advice_after_a_sentence_has_one_full_stop() -> None:
+    body = json.dumps({"error": {"message": "This model's maximum context length is 8192 "
+                                            "tokens. Please reduce the length of the messages.",
+                                 "code": "context_length_exceeded"}})
+    said = error_from_response(400, body, {}, provider="p", now_wall=0.0).message
+    assert "messages. Trim the conversation" in said and ".." not in said

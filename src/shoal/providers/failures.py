@@ -219,16 +219,17 @@ def _classify(
         return ProviderTimeout(f"{provider} timed out the request{where}: {text}", **fields)
     if status >= 500 or status == 409:
         return ProviderUnavailable(f"{provider} unavailable{where}: {text}", **fields)
+    said = text.rstrip(".")  # the advice below starts a sentence of its own
     if status == 413 or "request_too_large" in codes:
         # The request's bytes (Anthropic: over 32 MB, refused before the model sees it),
         # not its tokens: a model with a larger context window would refuse it too.
         return BadRequest(
-            f"{provider} refused the request as too large (HTTP 413){where}: {text}. Send "
+            f"{provider} refused the request as too large (HTTP 413){where}: {said}. Send "
             "less: fewer or smaller images and documents, or a shorter conversation",
             **fields)
     if codes & _CONTEXT_CODES or _CONTEXT_TEXT.search(text):
         return ContextOverflow(
-            f"prompt too long for the model on {provider}: {text}. Trim the conversation or "
+            f"prompt too long for the model on {provider}: {said}. Trim the conversation or "
             "pick a model with a larger context window",
             **fields,
         )
