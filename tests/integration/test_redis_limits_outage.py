@@ -174,3 +174,19 @@ async def test_without_a_deadline_an_outage_still_ends_the_wait(
         with pytest.raises(RedisAway, match="Redis did not answer"):
             await asyncio.wait_for(limiter.acquire(), SAFETY_S)
         await proxy.start()
+
+
+async def test_redis_away_from_the_start_ends_the_call_and_closes_cleanly(
+        redis_url: str, proxy: TcpProxy) -> None:
+    """Redis down before the Router starts: the call ends with the deadline naming
+    Redis, and closing the Router raises nothing. The shared breaker's follower used to
+    die on its first subscribe, and Router.aclose() re-raised its ConnectionError over
+    the run's own error (a newcomer's finding: a 670-line traceback that hid it)."""
+    async with SimServer(SimConfig()) as sim:
+        await proxy.stop()
+        router, _ = _router(sim, proxy, redis_url, deadline_s=1.0)
+        async with router:
+            with pytest.raises(DeadlineExceeded, match="Redis did not answer"):
+                await asyncio.wait_for(_ask(router), SAFETY_S)
+        # leaving the block closed the Router (its shared breaker's follower with it)
+        assert sim.stats().total_requests == 0  # nothing was sent without the shared cap

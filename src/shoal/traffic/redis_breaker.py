@@ -156,18 +156,28 @@ class SharedBreaker:
         from redis.exceptions import RedisError
 
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        subscribed, away = False, False
         try:
-            await pubsub.subscribe(self.key)
             while not self._closed:
                 try:
+                    if not subscribed:  # inside the loop: Redis may be away at start too
+                        await pubsub.subscribe(self.key)
+                        subscribed = True
                     message = await pubsub.get_message(timeout=self._poll_s)
                     if message is not None:
                         self.apply(message.get("data"))
                     elif self.breaker._state is BreakerState.CLOSED:
                         # pub/sub is at-most-once: a trip we missed is still in the key
                         self.apply(await self._redis.get(self.key))
+                    if away:
+                        away = False
+                        _log.warning("breaker %s: shared state is back", self.key)
                 except RedisError as exc:
-                    _log.warning("breaker %s: shared state unavailable (%s)", self.key, exc)
+                    if not away:  # once per outage, not every poll
+                        away = True
+                        _log.warning("breaker %s: shared state unavailable (%s); this "
+                                     "process's own breaker goes on alone until Redis "
+                                     "answers", self.key, exc)
                     await asyncio.sleep(self._poll_s)
         finally:
             with contextlib.suppress(Exception):
@@ -182,5 +192,9 @@ class SharedBreaker:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # never raised over what the caller is closing after
+                _log.exception("breaker %s: its follower failed", self.key)
