@@ -192,3 +192,29 @@ async def test_a_store_from_before_leases_keeps_its_runs_and_gains_leases(
     async with open_store(journal_url, clock=clock) as again:  # opening twice is a no-op
         assert (await again.get_lease("old")).owner == A  # type: ignore[union-attr]
         assert [s.step_id for s in await again.get_steps("old")] == ["a", "b"]
+
+
+async def test_prune_and_delete_keep_a_run_being_executed(
+    store: Store, clock: VirtualClock
+) -> None:
+    """A run whose executor holds a live lease is running now: prune keeps it and delete
+    refuses it (RunBusy) unless forced. Deleting it under its executor lost the run's
+    result, and the executor died with "no run …; create it first" (a newcomer's
+    finding: `shoal prune --older-than 0s` beside a running `shoal run`)."""
+    for run_id in ("live", "done", "lapsed"):
+        await store.create_run(RunRecord(run_id, "flow"))
+    await store.take_lease("live", A, LEASE_S)
+    await store.take_lease("lapsed", B, 1.0)
+    await clock.advance(2.0)  # "lapsed": its holder stopped renewing; "live" still runs
+    assert await store.prune(0.0) == 2
+    assert await store.get_run("live") is not None
+    assert await store.get_run("done") is None and await store.get_run("lapsed") is None
+
+    with pytest.raises(RunBusy) as busy:
+        await store.delete_run("live")
+    assert busy.value.owner == A and "shoal delete live --force" in str(busy.value)
+    assert await store.get_run("live") is not None
+    assert await store.delete_run("live", force=True) is True
+    assert await store.delete_run("live") is False  # gone: nothing to refuse
+    await clock.advance(LEASE_S)
+    assert await store.prune(0.0) == 0

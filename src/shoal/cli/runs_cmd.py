@@ -59,9 +59,21 @@ def journal_meta(target: str, *, model: str | None = None, sim: bool = False,
                  config: Path | str | None = None, budget_usd: float | None = None
                  ) -> dict[str, Any]:
     """What ``shoal run`` stores with a journaled run so ``shoal resume`` can rebuild it
-    (and run it under the same ``--budget-usd``)."""
-    return {"target": target, "model": model, "sim": sim,
-            "config": None if config is None else str(config), "budget_usd": budget_usd}
+    (and run it under the same ``--budget-usd``). Paths to files that exist are stored
+    absolute, so a resume from another directory finds them."""
+    return {"target": _absolute(target), "model": model, "sim": sim,
+            "config": None if config is None else _absolute(str(config)),
+            "budget_usd": budget_usd}
+
+
+def _absolute(target: str) -> str:
+    """``target`` (``file.py:object``, ``flow.toml``, ``package.module:object``) with its
+    file made absolute when it names one that exists; a module path is left as it is."""
+    file, sep, obj = target.partition(":")
+    path = Path(file)
+    if not path.is_file():
+        return target
+    return str(path.resolve()) + sep + obj
 
 
 def parse_duration(text: str) -> float:
@@ -218,9 +230,13 @@ def show(
 
 
 def _lease_line(lease: Lease, now: float) -> str:
+    from shoal.flows.lease import holder_gone
     from shoal.stores.leases import describe_owner
 
     who = describe_owner(lease.owner)
+    if lease.live(now) and holder_gone(lease.run_id, lease.owner):
+        return (f"last executor: {who} is gone (its process ended on this machine); a "
+                "resume takes the run over now")
     if lease.live(now):
         return (f"executing: {who}, its lease runs {_age(lease.expires_at - now)} more (a "
                 "resume is refused until the run ends or the lease lapses)")
@@ -318,16 +334,20 @@ def _plan_json(p: RunPlan) -> dict[str, Any]:
 def delete(
     run_ids: Annotated[list[str], typer.Argument(help="The run(s) to delete.")],
     store: StoreOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Delete a run even while an executor holds its lease (runs it).")
+    ] = False,
 ) -> None:
     """Delete runs by id, with their steps and effects (a corrupt run, a test run).
 
-    Exit status 2 if one of them is not in the store."""
+    A run being executed (an executor holds its lease) is refused, exit status 3,
+    unless --force. Exit status 2 if one of them is not in the store."""
     from shoal.cli.loop import run as run_loop
     from shoal.stores import shown_url
 
     require_store(store, *run_ids)
     try:
-        missing = run_loop(_delete(store, run_ids))
+        missing = run_loop(_delete(store, run_ids, force=force))
     except ShoalError as exc:
         raise _fail(exc) from None
     for run_id in run_ids:
@@ -344,11 +364,11 @@ def delete(
         raise typer.Exit(EXIT_USAGE)
 
 
-async def _delete(url: str | None, run_ids: list[str]) -> list[str]:
+async def _delete(url: str | None, run_ids: list[str], *, force: bool) -> list[str]:
     from shoal.stores import open_store
 
     async with open_store(url) as store:
-        return [r for r in run_ids if not await store.delete_run(r)]
+        return [r for r in run_ids if not await store.delete_run(r, force=force)]
 
 
 # -- shoal prune -----------------------------------------------------------------------
@@ -361,7 +381,7 @@ def prune(
         "--older-than", help="Delete runs not written for this long: 30d, 12h, 90m, 2w.")],
 ) -> None:
     """Delete runs (any status) whose last write is older than --older-than, with their
-    steps and effects."""
+    steps and effects. Runs being executed (an executor holds their lease) are kept."""
     from shoal.cli.loop import run as run_loop
 
     try:
@@ -370,7 +390,8 @@ def prune(
         deleted = run_loop(_prune(store, seconds))
     except ShoalError as exc:
         raise _fail(exc) from None
-    typer.echo(f"deleted {deleted} run(s) not written for {older_than}")
+    typer.echo(f"deleted {deleted} run(s) not written for {older_than} (runs being "
+               "executed are kept)")
 
 
 async def _prune(url: str | None, seconds: float) -> int:

@@ -22,10 +22,9 @@ backend implements only the ``_raw_*`` primitives over encoded rows.
 
 from __future__ import annotations
 
-import random
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -33,7 +32,13 @@ from shoal.clock import Clock, RealClock
 from shoal.errors import ConfigError, ShoalError
 from shoal.stores import codec
 from shoal.stores.codec import EffectRow, RunRow, StepRow
-from shoal.stores.leases import WRITER, LeaseMode, check_lease_s, lost_message
+from shoal.stores.leases import (
+    WRITER,
+    LeaseMode,
+    check_lease_s,
+    executing_message,
+    lost_message,
+)
 from shoal.stores.records import (
     FINISHED,
     RUN_STATUSES,
@@ -42,6 +47,7 @@ from shoal.stores.records import (
     EffectRecord,
     Lease,
     LeaseLost,
+    RunBusy,
     RunExists,
     RunNotFound,
     RunRecord,
@@ -51,6 +57,7 @@ from shoal.stores.records import (
     StoreError,
     StoreUnavailable,
 )
+from shoal.stores.store_retry import RetryPolicy
 
 __all__ = [
     "FINISHED",
@@ -70,31 +77,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How a store retries an operation that failed for a transient reason.
-
-    ``attempts`` counts every try (4 = one try and three retries); delays grow
-    exponentially from ``base_delay_s`` to ``max_delay_s``; each wait is drawn from
-    [cap/2, cap] so many writers recovering together do not retry in step.
-    """
-
-    attempts: int = 4
-    base_delay_s: float = 0.05
-    max_delay_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ConfigError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
-        if self.base_delay_s < 0 or self.max_delay_s < 0:
-            raise ConfigError("RetryPolicy delays must be >= 0")
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failure."""
-        cap = min(self.max_delay_s, self.base_delay_s * (2 ** (failures - 1)))
-        return random.uniform(cap / 2, cap)
 
 
 class Store(ABC):
@@ -216,20 +198,33 @@ class Store(ABC):
         rows = await self._retrying("list runs", lambda: self._raw_list_runs(limit, status))
         return [self._decode_run(r) for r in rows]
 
-    async def delete_run(self, run_id: str) -> bool:
-        """Delete a run with its steps and effects; False when it did not exist."""
+    async def delete_run(self, run_id: str, *, force: bool = False) -> bool:
+        """Delete a run with its steps and effects; False when it did not exist. A run
+        an executor holds a live lease on (being executed now) raises :class:`RunBusy`
+        unless ``force``: deleting it would lose what that executor is doing."""
         self._check_open()
+        if not force:
+            try:
+                lease = await self.get_lease(run_id)
+            except RunNotFound:
+                return False
+            now = self._clock.wall()
+            if lease is not None and lease.live(now):
+                raise RunBusy(executing_message(run_id, lease, now, self.url),
+                              run_id=run_id, owner=lease.owner, expires_at=lease.expires_at)
         return await self._retrying(
             f"delete run {run_id!r}", lambda: self._raw_delete_run(run_id), run_id=run_id
         )
 
     async def prune(self, older_than_s: float) -> int:
-        """Delete runs (any status) not updated for ``older_than_s`` seconds; return how many."""
+        """Delete runs (any status) not updated for ``older_than_s`` seconds, except those
+        an executor holds a live lease on (being executed now); return how many."""
         self._check_open()
         if older_than_s < 0:
             raise ConfigError(f"prune: older_than_s must be >= 0, got {older_than_s}")
-        cutoff = self._clock.wall() - older_than_s
-        return await self._retrying("prune runs", lambda: self._raw_prune(cutoff))
+        now = self._clock.wall()
+        return await self._retrying("prune runs",
+                                    lambda: self._raw_prune(now - older_than_s, now))
 
     # -- steps ------------------------------------------------------------------
 
@@ -412,7 +407,7 @@ class Store(ABC):
     async def _raw_delete_run(self, run_id: str) -> bool: ...
 
     @abstractmethod
-    async def _raw_prune(self, cutoff: float) -> int: ...
+    async def _raw_prune(self, cutoff: float, now: float) -> int: ...
 
     @abstractmethod
     async def _raw_put_step(self, run_id: str, row: StepRow, now: float,

@@ -130,6 +130,16 @@ def busy_message(run_id: str, holder: Lease, now: float, where: str, *,
     )
 
 
+def executing_message(run_id: str, holder: Lease, now: float, where: str) -> str:
+    """Why a run is not deleted: an executor holds its lease, so it is running now."""
+    return (
+        f"run {run_id!r} in {where} is being executed: {describe_owner(holder.owner)} "
+        f"holds its lease until {_when(holder.expires_at, now)}, and deleting it now "
+        "would lose what that run is doing. Wait for it to end (`shoal show "
+        f"{run_id}`), or delete it anyway with force (`shoal delete {run_id} --force`)"
+    )
+
+
 def lost_message(run_id: str, holder: Lease | None, now: float, where: str) -> str:
     """Why an executor stopped: another one took its run over."""
     who = (f"{describe_owner(holder.owner)}, whose lease runs until "

@@ -310,12 +310,13 @@ class PostgresStore(Store):
         )
         return bool(done)
 
-    async def _raw_prune(self, cutoff: float) -> int:
+    async def _raw_prune(self, cutoff: float, now: float) -> int:
         deleted = 0
         while True:  # in batches, so no transaction holds the table for long
             status = await self._p.execute(
                 f"DELETE FROM {self._s}.runs WHERE run_id IN (SELECT run_id FROM "
-                f"{self._s}.runs WHERE updated_at < $1 LIMIT {_PRUNE_BATCH})", cutoff,
+                f"{self._s}.runs WHERE updated_at < $1 AND (lease_until IS NULL OR "
+                f"lease_until <= $2) LIMIT {_PRUNE_BATCH})", cutoff, now,
             )
             count = int(status.split()[-1])
             deleted += count

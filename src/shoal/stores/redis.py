@@ -358,16 +358,20 @@ class RedisStore(Store):
         )
         return bool(existed)
 
-    async def _raw_prune(self, cutoff: float) -> int:
-        deleted = 0
-        while True:
+    async def _raw_prune(self, cutoff: float, now: float) -> int:
+        deleted = kept = 0
+        while True:  # deleted runs leave the index; the kept ones are stepped over
             ids = cast(list[str], await self._c.zrangebyscore(
-                self._k("runs", "u"), "-inf", f"({cutoff!r}", start=0, num=_BATCH
+                self._k("runs", "u"), "-inf", f"({cutoff!r}", start=kept, num=_BATCH
             ))
             if not ids:
                 return deleted
             for run_id in ids:
-                deleted += await self._raw_delete_run(run_id)
+                until = await self._c.hget(self._k("run", run_id), "lease_until")
+                if until and float(cast(str, until)) > now:  # being executed: kept
+                    kept += 1
+                else:
+                    deleted += await self._raw_delete_run(run_id)
 
     # -- steps ------------------------------------------------------------------
 

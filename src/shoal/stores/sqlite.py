@@ -251,11 +251,12 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
-    async def _raw_prune(self, cutoff: float) -> int:
+    async def _raw_prune(self, cutoff: float, now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs "
-                f"WHERE updated_at < ? LIMIT {_PRUNE_BATCH})", (cutoff,),
+                "WHERE updated_at < ? AND (lease_until IS NULL OR lease_until <= ?) "
+                f"LIMIT {_PRUNE_BATCH})", (cutoff, now),
             ).rowcount
 
         deleted = 0
