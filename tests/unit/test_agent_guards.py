@@ -44,6 +44,16 @@ def test_reservation_arithmetic_and_nesting() -> None:
         Budget(max_usd=0)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, 0.0])
+def test_a_budget_that_could_never_stop_a_run_is_refused(bad: float) -> None:
+    """NaN compares false with everything, so "max_usd <= 0" let it through, and a NaN
+    budget never stopped a run (a newcomer's finding); infinity is no budget either."""
+    with pytest.raises(ConfigError, match="finite number > 0"):
+        Budget(max_usd=bad)
+    with pytest.raises(ConfigError, match="finite number > 0"):
+        Budget(max_tokens=bad)  # type: ignore[arg-type]
+
+
 def test_estimate_cost_splits_prompt_and_output() -> None:
     # 1,000 estimated tokens, 400 of them the max_tokens: 600 in at $10/M + 400 out at $30/M
     assert estimate_cost(PRICED, 1000, 400) == pytest.approx((600 * 10 + 400 * 30) / 1e6)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
@@ -77,10 +78,13 @@ class Budget:
         name: str = "run",
         parent: Budget | None = None,
     ) -> None:
-        if max_tokens is not None and max_tokens <= 0:
-            raise ConfigError(f"budget max_tokens must be > 0, got {max_tokens}")
-        if max_usd is not None and max_usd <= 0:
-            raise ConfigError(f"budget max_usd must be > 0, got {max_usd}")
+        # "not > 0" rather than "<= 0": NaN compares false both ways, and a NaN budget
+        # was accepted and never stopped a run
+        if max_tokens is not None and not (math.isfinite(max_tokens) and max_tokens > 0):
+            raise ConfigError(f"budget max_tokens must be a finite number > 0, got "
+                              f"{max_tokens!r}")
+        if max_usd is not None and not (math.isfinite(max_usd) and max_usd > 0):
+            raise ConfigError(f"budget max_usd must be a finite number > 0, got {max_usd!r}")
         self.max_tokens = max_tokens
         self.max_usd = max_usd
         self.name = name
