@@ -142,6 +142,22 @@ async def test_a_deadline_after_failures_names_them_not_max_tokens() -> None:
     assert isinstance(caught.value.last_error, Overloaded)
 
 
+async def test_no_channel_before_the_deadline_says_what_failed_once() -> None:
+    """A channel answering 503 to everything opens its breaker for longer than the call
+    has left: the CircuitOpen says how many attempts failed, names the provider's error
+    once (it used to repeat it as "last error") and no "next probe in 0.0s"."""
+    clock = VirtualClock()
+    down = Scripted(clock, lambda k: ProviderUnavailable("engine overloaded", status=503))
+    breaker = {"failure_threshold": 3, "cooldown_s": 60.0}
+    async with make_router(clock, {"a": down}, breaker_options=breaker) as router:
+        with pytest.raises(CircuitOpen) as caught:
+            await clock.run(router.complete(ask(), deadline_s=10))
+    said = str(caught.value)
+    assert f"after {down.calls} failed attempts" in said
+    assert said.count("engine overloaded") == 1
+    assert "next probe in 0.0s" not in said
+
+
 async def test_a_deadline_with_nothing_failed_says_raise_it() -> None:
     clock = VirtualClock()
     async with make_router(clock, {"a": Scripted(clock, lambda k: 1000.0)}) as router:

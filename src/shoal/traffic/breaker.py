@@ -316,9 +316,8 @@ class CircuitBreaker:
     def error(self) -> CircuitOpen:
         """A ``CircuitOpen`` saying why this channel is refused and what to do."""
         last = self.last_error
-        wait = "" if self.retry_at is None else (
-            f"; next probe in {max(0.0, self.retry_at - self._clock.now()):.1f}s"
-        )
+        left = None if self.retry_at is None else self.retry_at - self._clock.now()
+        wait = "" if left is None or left < 0.05 else f"; next probe in {left:.1f}s"
         if isinstance(last, AuthError):
             key = (f"set a valid ${self.key_hint.lstrip('$')}" if self.key_hint
                    else "fix the API key")
@@ -333,7 +332,10 @@ class CircuitBreaker:
                 f"({last}); add credit or route to another channel{wait}"
             )
         else:
-            message = f"channel {self.name!r} circuit is {self.state} after failures: {last}{wait}"
+            state = ("half open: one probe call at a time tests it"
+                     if self.state is BreakerState.HALF_OPEN
+                     else self.state)
+            message = f"channel {self.name!r} circuit is {state} after failures: {last}{wait}"
         return CircuitOpen(message, retry_at=self.retry_at)
 
     # -- state decided elsewhere (another process sharing the channel) -----------------

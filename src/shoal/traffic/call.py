@@ -196,10 +196,14 @@ def no_lane_error(call: CallState, now: float) -> ShoalError:
     reopen = [lane.breaker.next_allowed_at(now) for lane in lanes_all]
     reasons = "; ".join(str(lane.breaker.error()) for lane in lanes_all
                         if lane.keyed and not lane.breaker.available(now))
+    failed = call.budget.attempts
+    after = f" after {failed} failed attempt{'' if failed == 1 else 's'}" if failed else ""
     exc = CircuitOpen(
-        f"no channel for {call.request.model!r} can take a call before its deadline: "
-        f"{reasons or 'all channels are refused'}"
-        + (f" (last error: {last})" if last is not None else ""),
+        f"no channel for {call.request.model!r} can take the call before its deadline"
+        f"{after}: {reasons or 'all channels are refused'}"
+        # the last error, unless a breaker's reason above already says it
+        + (f" (last error: {last})" if last is not None and str(last) not in reasons
+           else ""),
         retry_at=min(reopen, default=None),
     )
     exc.__cause__ = last
