@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from transcript_server import wire
 
-from shoal.errors import BadRequest, MalformedResponse
+from shoal.errors import BadRequest, MalformedResponse, ProviderUnavailable
 from shoal.providers.anthropic import AnthropicProvider
 from shoal.providers.base import Provider
 from shoal.providers.http import HttpPool
@@ -169,3 +169,30 @@ async def test_a_request_error_inside_a_200_does_not_claim_http_400() -> None:
     said = str(caught.value)
     assert caught.value.status == 200
     assert "HTTP 400" not in said and "in an HTTP 200 answer" in said
+
+
+# -- a base_url with a query string --------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+async def test_a_base_url_query_follows_the_endpoint_path(protocol: str) -> None:
+    """Azure OpenAI's ``?api-version=`` (and a gateway's ``?key=``) ride on base_url: the
+    endpoint's path went after the query (``/v1?api-version=…/chat/completions``, a
+    404 from every server), as a newcomer found."""
+    asked: list[str] = []
+
+    async def record(request: web.Request) -> web.StreamResponse:
+        asked.append(request.path_qs)
+        return web.json_response({"error": {"message": "recorded", "type": "server_error"}},
+                                 status=500)
+
+    async with wire(record) as url:
+        p = (OpenAICompatProvider(base_url=url + "/v1?api-version=2024-10-21", api_key=KEY,
+                                  name="w", provider="openai")
+             if protocol == "openai" else
+             AnthropicProvider(base_url=url + "?api-version=2024-10-21", api_key=KEY, name="w"))
+        async with p:
+            with pytest.raises(ProviderUnavailable):
+                await p.complete(REQ, model="m")
+    path = "/v1/chat/completions" if protocol == "openai" else "/v1/messages"
+    assert asked == [f"{path}?api-version=2024-10-21"]

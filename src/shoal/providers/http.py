@@ -139,7 +139,9 @@ class HttpProvider(Provider):
     ) -> None:
         self.provider = provider or self.default_provider
         self.name = name or self.provider
-        self._url = self._endpoint(base_url.rstrip("/"))
+        # A query (Azure's ?api-version=) follows the endpoint's path, not the base's.
+        base, sep, query = base_url.partition("?")
+        self._url = self._endpoint(base.rstrip("/")) + sep + query
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
