@@ -27,6 +27,7 @@ from shoal.stores import (
     StepRecord,
     Store,
     StoreUnavailable,
+    open_store,
 )
 from shoal.stores.postgres import PostgresStore
 from shoal.stores.redis import RedisStore
@@ -262,3 +263,25 @@ async def test_sqlite_write_waits_out_a_short_lock(
     stored = await task
     assert await store.get_step("r1", "a") == stored
     assert (await store.require_run("r1")).tokens == 3
+
+
+async def test_asyncpg_pool_warnings_are_one_line(pg_url: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """While PostgreSQL is down, asyncpg's pool warns with a whole traceback each time it
+    fails to restore its floor connection; with no logging configured Python printed
+    them over shoal's own message (a newcomer's finding). An opened store keeps each one
+    line, the exception named. The warning is emitted as asyncpg's pool emits it."""
+    import logging
+
+    async with open_store(pg_url):
+        pass
+    try:
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 15432)")
+    except ConnectionRefusedError:
+        logging.getLogger("asyncpg.pool").warning(
+            "Failed to restore the pool connection floor; retrying", exc_info=True)
+    record = caplog.records[-1]
+    assert record.exc_info is None
+    assert record.getMessage() == (
+        "Failed to restore the pool connection floor; retrying (ConnectionRefusedError: "
+        "[Errno 111] Connect call failed ('127.0.0.1', 15432))")

@@ -17,12 +17,14 @@ would renormalise numbers and reject ``\\u0000``). Query them as JSON through th
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from shoal.clock import Clock
 from shoal.errors import ConfigError
+from shoal.secrets import redact
 from shoal.stores.base import RetryPolicy, Store
 from shoal.stores.codec import EffectRow, RunRow, StepRow
 from shoal.stores.leases import LeaseMode
@@ -218,6 +220,7 @@ class PostgresStore(Store):
         if self._pool is None:
             import asyncpg
 
+            _one_line_pool_warnings()
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=self.pool_max, timeout=5, command_timeout=30,
             )
@@ -390,3 +393,25 @@ class PostgresStore(Store):
         existing = await self._raw_get_effect(row.key)
         # Deleted between the two statements (its run was pruned): report the run gone.
         return False if existing is None else existing
+
+
+class _OneLine(logging.Filter):
+    """asyncpg's pool warns with a whole traceback each time it fails to reconnect its
+    floor connection while the database is down ("Failed to restore the pool connection
+    floor; retrying"): with no logging configured, Python's last-resort handler printed
+    them over shoal's own message. Kept as one line, the exception named, redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {redact(str(exc))})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _one_line_pool_warnings() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _OneLine) for f in pool_log.filters):
+        pool_log.addFilter(_OneLine())
