@@ -4,7 +4,8 @@ file's error collected, a live progress bar (done, failed, running, tokens, doll
     python examples/batch_folder.py examples/docs --sim
     python examples/batch_folder.py examples/docs --json summaries.json    # offline or keys
 
-The same with the CLI:  shoal run examples/batch_folder.py:summarizer -d examples/docs
+The same with the CLI:  shoal run examples/batch_folder.py:summarizer -d examples/docs --sim
+(``--sim``: against the simulator; drop it once a provider's key is set)
 """
 
 from __future__ import annotations

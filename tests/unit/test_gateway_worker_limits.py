@@ -50,7 +50,8 @@ def test_the_notice_names_each_split() -> None:
     notice = split_notice(_config(max_concurrency=5, rpm=60), 2)
     assert notice is not None
     assert "a (max_concurrency 5 → 3+2, rpm 60 → 30+30)" in notice
-    assert "redis_url and shared = true" in notice
+    # redis_url is set: only shared = true is missing (it used to say set redis_url too)
+    assert notice.endswith("set shared = true on these channels (redis_url is set)")
 
 
 def test_a_limit_below_the_worker_count_is_refused() -> None:

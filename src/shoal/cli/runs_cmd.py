@@ -126,7 +126,7 @@ def runs(
     *,
     status: Annotated[str | None, typer.Option(
         help="Only runs in this status: running, succeeded, failed, cancelled.")] = None,
-    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first.", min=1)] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
     batch: Annotated[str | None, typer.Option(
         "--batch", help="The items of this batch by status, with its counts, tokens, cost "

@@ -89,9 +89,11 @@ def split_notice(config: Config, workers: int) -> str | None:
             parts.append(f"{name} ({limits})")
     if not parts:
         return None
+    fix = ("set shared = true on these channels (redis_url is set)" if config.redis_url
+           else "set redis_url and shared = true on these channels")
     return (f"shoal gateway: {workers} workers, no shared limiter: channel limits split "
             f"per worker so their sum holds: {'; '.join(parts)}. For one pool across "
-            "workers, set redis_url and shared = true on these channels")
+            f"workers, {fix}")
 
 
 def workers_need_redis(workers: int, redis_url: str | None) -> None:
