@@ -184,7 +184,8 @@ _PLAIN_HEADERS = frozenset({"anthropic-version", "anthropic-beta", "http-referer
 
 
 def _check_base_url(channel: str, url: str) -> None:
-    """ConfigError unless ``url`` is http(s)://host… or local://name."""
+    """ConfigError unless ``url`` is http(s)://host… or local://name, with no
+    ``user:password@`` in it (the message masks the password)."""
     try:
         parts = urlsplit(url)
         ok = (parts.scheme in ("http", "https") and bool(parts.hostname)
@@ -197,6 +198,15 @@ def _check_base_url(channel: str, url: str) -> None:
             "http(s)://host[:port]/path (e.g. \"https://api.deepseek.com/v1\"), or "
             "\"local://llama-cpp\" for the offline model"
         )
+    if "@" in parts.netloc:
+        # user:password@ would be sent as basic auth in place of the API key (and every
+        # call refused before sending): a credential goes where shoal sends credentials.
+        raise ConfigError(
+            f"[channels.{channel}] base_url {mask_url(url)} carries credentials "
+            "(user:password@): credentials don't belong in base_url. Give the API key as "
+            "api_key (or api_key_env, the variable holding it), and any other credential "
+            "(a proxy's token) as a header under headers; then write base_url without them"
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -205,6 +215,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory: give the shoal.toml file "
+                          "itself (--config/-c or $SHOAL_CONFIG)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}): a shoal.toml is TOML, saved as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
 

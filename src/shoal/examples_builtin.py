@@ -4,7 +4,8 @@ Plain-text outputs throughout, so it runs on any model — including the weak of
 model (``smollm2-135m``), whose answers are short and often off the point: the demo
 shows the machinery (steps, limits, tokens, cost), not the prose. A step that fails
 does not sink the run: the researcher and analyzer continue without output, and the
-writer falls back to a note saying what went wrong.
+writer falls back to a note saying what went wrong (the run then counts as failed: it
+made no report).
 
 ``examples/content_pipeline.py`` reuses this definition.
 """
@@ -83,9 +84,15 @@ async def run_content_pipeline(
 ) -> FlowResult:
     """Run the pipeline on ``topic`` through ``router``; the result's ``output`` is the
     writer's text and ``table()`` the per-step summary. ``recorder``: a journal, or a
-    :meth:`RunProgress.watch <shoal.flows.progress.RunProgress.watch>` to follow it live."""
-    return await content_pipeline(models).run(topic, client=router, run_id=run_id,
-                                              recorder=recorder)
+    :meth:`RunProgress.watch <shoal.flows.progress.RunProgress.watch>` to follow it live.
+
+    The report is the job: when the writer failed (its output is then the note saying
+    why), the result's ``status`` is ``"failed"``, whatever the steps before it did."""
+    result = await content_pipeline(models).run(topic, client=router, run_id=run_id,
+                                                recorder=recorder)
+    if result.steps["writer"].status not in ("succeeded", "replayed"):
+        result.status = "failed"  # no report: `shoal demo` exits 1
+    return result
 
 
 def render_pipeline_result(result: FlowResult, console: Console | None = None, *,

@@ -41,9 +41,10 @@ def test_opening_a_store_registers_its_password_by_value() -> None:
 
 
 def test_a_channels_header_values_and_url_credentials_are_secrets() -> None:
+    # a base_url's user:password@ is refused at load (config.py); its ?key= is a secret
     cfg = Config.from_dict({
         "channels": {"proxy": {"protocol": "openai", "api_key": "sk-test-000000000",
-                               "base_url": "http://user:heron-Granite-3318@127.0.0.1:9/v1",
+                               "base_url": "http://127.0.0.1:9/v1?key=heron-Granite-3318",
                                "headers": {"X-Proxy-Auth": "granite-heron-3318-vapor",
                                            "anthropic-version": "2023-06-01"}}},
         "models": {"m": {"channels": ["proxy"]}},

@@ -55,7 +55,8 @@ def channel_rows(channels: list[ChannelConfig]) -> list[dict[str, Any]]:
 
 
 def channels(
-    config: Annotated[Path | None, typer.Option(help="shoal.toml to use.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="shoal.toml (default: $SHOAL_CONFIG, else ./shoal.toml).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
 ) -> None:
     """List the channels: provider family, protocol, base URL, API key variable (set or

@@ -230,7 +230,8 @@ def cost(
         "--store", envvar="SHOAL_STORE",
         help="With --run: the store URL (default $SHOAL_STORE or sqlite:///.shoal/runs.db).")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="shoal.toml to use.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="shoal.toml (default: $SHOAL_CONFIG, else ./shoal.toml).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
 ) -> None:
     """Project daily, monthly (30 days) and yearly cost per model, side by side, from a

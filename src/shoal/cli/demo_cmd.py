@@ -30,12 +30,14 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    topic: Annotated[str, typer.Argument(help="What the pipeline researches and writes about.")],
+    topic: Annotated[str, typer.Argument(
+        metavar="TOPIC", help="What the pipeline researches and writes about.")],
     *,
     researcher: Annotated[str | None, typer.Option(help="Model for the researcher.")] = None,
     analyzer: Annotated[str | None, typer.Option(help="Model for the analyzer.")] = None,
     writer: Annotated[str | None, typer.Option(help="Model for the writer.")] = None,
-    config: Annotated[Path | None, typer.Option(help="shoal.toml to use.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="shoal.toml (default: $SHOAL_CONFIG, else ./shoal.toml).")] = None,
     sim: Annotated[bool, typer.Option(
         "--sim", help="Serve every model from an in-process simulator: no keys, no "
                       "downloads, about a second; the preferred model per role, at catalog "
@@ -66,20 +68,24 @@ def demo(
         else:
             cfg = Config.load(config)
         models: dict[str, str] = {}
+        notes: list[str] = []
         fallback = cfg.default_model()
         for role, preferred in PREFERRED.items():
             explicit = chosen[role]
             if explicit is not None:
-                cfg.model(explicit)  # unknown model: a clear error before anything runs
+                # An unknown model, or one with no key: refused before any step runs
+                # (the steps before it would be paid for, then the run would fail).
+                _check_chosen(cfg, role, explicit, fallback)
                 models[role] = explicit
             elif sim or cfg.usable(preferred):
                 models[role] = preferred
             else:
                 env = cfg.channels_for(preferred)[0].api_key_env
-                console.print(plain(f"{role}: ${env} is not set, so it runs on {fallback}"
-                                    f"{' (offline)' if fallback == 'smollm2-135m' else ''}"),
-                              style="dim")
+                notes.append(f"{role}: ${env} is not set, so it runs on {fallback}"
+                             f"{' (offline)' if fallback == 'smollm2-135m' else ''}")
                 models[role] = fallback
+        for note in notes:  # once every role's model is known to be usable
+            console.print(plain(note), style="dim")
         result = run(_run(topic, cfg, models, sim=sim, console=console, progress=progress))
         if json_out is not None:
             doc = {"run_id": result.run_id, "status": result.status, "output": result.output,
@@ -89,6 +95,27 @@ def demo(
         raise fail(exc) from None
     if result.status == "failed":
         raise typer.Exit(1)
+
+
+def _check_chosen(cfg: Config, role: str, model: str, instead: str) -> None:
+    """``--ROLE MODEL`` must name a model of the configuration that can be reached: it
+    or one of its fallbacks has a channel with its API key. A ``ConfigError`` naming the
+    option otherwise, before anything runs."""
+    from shoal.cli.common import check_model
+    from shoal.errors import ConfigError
+
+    check_model(cfg, model, f"--{role}")
+    info = cfg.model(model)
+    chain = [info.name, *info.fallbacks]
+    if any(cfg.usable(m) for m in chain):
+        return
+    envs = sorted({f"${ch.api_key_env}" for m in chain for ch in cfg.channels_for(m)
+                   if ch.api_key_env})
+    raise ConfigError(
+        f"--{role} {model}: no API key for {info.name!r}"
+        + (" or its fallbacks" if info.fallbacks else "")
+        + f": set {' or '.join(envs) or 'api_key in shoal.toml'}, pick another model for "
+        f"--{role}, or leave --{role} out (it then runs on {instead}). Nothing was run")
 
 
 async def _run(topic: str, cfg: Config, models: dict[str, str], *, sim: bool,

@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
 def gateway(
     *,
     config: Annotated[Path | None, typer.Option(
-        "--config", help="shoal.toml (default: $SHOAL_CONFIG, else ./shoal.toml).")] = None,
+        "--config", "-c", help="shoal.toml (default: $SHOAL_CONFIG, else ./shoal.toml).")]
+    = None,
     host: Annotated[str | None, typer.Option(
         help="Interface to bind (default 127.0.0.1, or the gateway table's host).")] = None,
     port: Annotated[int | None, typer.Option(

@@ -63,7 +63,8 @@ def _usd(x: float | None) -> str:
 
 
 def models(
-    config: Annotated[Path | None, typer.Option(help="shoal.toml to use.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="shoal.toml (default: $SHOAL_CONFIG, else ./shoal.toml).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
 ) -> None:
     """List the models: provider, context window, max output, prices in USD per million

@@ -8,16 +8,19 @@ run in this process.
 
 from __future__ import annotations
 
-import json
+import asyncio
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from shoal.cli.common import (
+    EXIT_FAILED,
     LeaseOpt,
     StoreOpt,
     default_url,
+    exit_code,
     fail,
     lease_reaches_items,
     require_store,
@@ -34,8 +37,16 @@ if TYPE_CHECKING:
 
 __all__ = ["resume"]
 
+
+def _budget_usd_option(value: float | None) -> float | None:
+    """``--budget-usd``: positive and finite, or not given (the run's own budget)."""
+    from shoal.cli.run_cmd import positive_budget
+
+    return positive_budget(value, unset="to keep the run's own budget")
+
+
 def resume(
-    run_id: Annotated[str, typer.Argument(help="The run to continue.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to continue.")],
     store: StoreOpt = None,
     *,
     target: Annotated[str | None, typer.Option(
@@ -58,8 +69,9 @@ def resume(
         "--cluster", help="A batch: resume it on this Dask scheduler (default: where it "
                           "ran; 'local': here).")] = None,
     budget_usd: Annotated[float | None, typer.Option(
-        "--budget-usd", help="Dollar budget for the whole run, replayed steps included "
-                             "(default: the run's own --budget-usd).")] = None,
+        "--budget-usd", callback=_budget_usd_option,
+        help="Dollar budget for the whole run, replayed steps included: a positive number "
+             "(default: the run's own --budget-usd).")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Take the run over (a batch: each unfinished item) even while "
                         "another process holds its lease. If that one is alive, what it "
@@ -72,11 +84,13 @@ def resume(
 
     Exit status 1 if the run fails again, 2 for a usage or config error (an unknown run,
     a changed flow, an unknown model), 3 while another process executes the run (it
-    holds the run's lease; --force takes it over). A batch waits for an item another
+    holds the run's lease; --force takes it over), 130 interrupted (Ctrl-C: the steps
+    so far and the command to continue are printed). A batch waits for an item another
     process executes; --force takes every item over (items run here: --cluster local)."""
     from rich.console import Console
 
     from shoal.cli.loop import run as run_loop
+    from shoal.cli.run_cmd import EXIT_INTERRUPTED, failure_summary, write_json
 
     console = Console()
     require_store(store, run_id)
@@ -86,10 +100,13 @@ def resume(
                                    progress=progress, cluster=cluster,
                                    budget_usd=budget_usd, force=force, lease_s=lease_s))
     except ShoalError as exc:
+        if json_out is not None and exit_code(exc) == EXIT_FAILED:  # the run failed again
+            write_json(json_out, failure_summary(exc), console)
         raise fail(exc) from None
+    except KeyboardInterrupt:  # the steps and the command to continue are printed
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out is not None:
-        json_out.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str),
-                            "utf-8")
+        write_json(json_out, summary, console)
 
 
 async def _resume(run_id: str, url: str | None, *, target: str | None, config: Path | None,
@@ -123,9 +140,12 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
             config = Path(meta["config"])
         use_sim = bool(meta.get("sim")) if sim is None else sim
         model = meta.get("model") if isinstance(meta.get("model"), str) else None
-        if budget_usd is None and isinstance(meta.get("budget_usd"), int | float):
-            budget_usd = float(meta["budget_usd"])  # the run's own `shoal run --budget-usd`
-        budget = Budget(max_usd=budget_usd) if budget_usd else None
+        recorded = meta.get("budget_usd")
+        if budget_usd is None and isinstance(recorded, int | float) and not \
+                isinstance(recorded, bool) and math.isfinite(recorded) and recorded > 0:
+            # The run's own `shoal run --budget-usd` (0 once meant none: still none).
+            budget_usd = float(recorded)
+        budget = Budget(max_usd=budget_usd) if budget_usd is not None else None
         flow = _rebuild(spec, model)
         if not use_sim:
             from shoal.config import Config
@@ -136,7 +156,7 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
             async with Router(cfg) as router:
                 return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
                                        console=console, progress=progress, budget=budget,
-                                       force=force, lease_s=lease_s)
+                                       force=force, lease_s=lease_s, url=url)
         from shoal.sim import SimConfig, SimServer, config_for_sim
         from shoal.traffic.router import Router
 
@@ -145,7 +165,7 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
                 Router(config_for_sim(server.url)) as router:
             return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
                                    console=console, progress=progress, budget=budget,
-                                   force=force, lease_s=lease_s)
+                                   force=force, lease_s=lease_s, url=url)
 
 
 def _rebuild(spec: str, model: str | None) -> Flow:
@@ -165,18 +185,28 @@ def _rebuild(spec: str, model: str | None) -> Flow:
 async def _continue(flow: Flow, run_id: str, store: Any, client: ModelClient, *,
                     allow_changed: bool, console: Console, progress: bool = True,
                     budget: Budget | None = None, force: bool = False,
-                    lease_s: float = DEFAULT_LEASE_S) -> dict[str, Any]:
+                    lease_s: float = DEFAULT_LEASE_S, url: str | None = None
+                    ) -> dict[str, Any]:
     from shoal.agents.recorder import to_jsonable
     from shoal.cli.live import live_progress, print_cache_line
+    from shoal.cli.run_cmd import print_interrupted
     from shoal.errors import StepFailed
     from shoal.flows.flow import as_text
+    from shoal.flows.progress import RunProgress
     from shoal.flows.resume import resume as resume_run
 
+    watch = RunProgress(flow)  # followed with --no-progress too: a Ctrl-C prints it
     try:
-        with live_progress(console, flow, enabled=progress) as watch:
+        with live_progress(console, flow, enabled=progress) as shown:
+            if shown is not None:  # drawn as it goes
+                watch = shown
             result = await resume_run(run_id, flow, store=store, client=client,
                                       allow_changed=allow_changed, budget=budget,
                                       progress=watch, force=force, lease_s=lease_s)
+    except asyncio.CancelledError:  # Ctrl-C: where it stood, and how to go on
+        print_interrupted(console, watch, flow=flow.name, run_id=run_id,
+                          store=url or default_url())
+        raise
     except StepFailed as exc:
         if exc.result is not None:  # what this attempt spent before it failed
             console.print(exc.result.table())

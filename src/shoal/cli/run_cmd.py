@@ -9,20 +9,26 @@ table of steps; several run as a batch with a live progress bar.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
+import asyncio
 import json
-import sys
-import tomllib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shoal.cli.common import EXIT_FAILED, LeaseOpt, check_model, check_models, fail, plain
+from shoal.cli.common import (
+    EXIT_FAILED,
+    LeaseOpt,
+    check_model,
+    check_models,
+    exit_code,
+    fail,
+    plain,
+)
 from shoal.cli.loop import run as run_loop
+from shoal.cli.targets import load_inputs, load_target
 from shoal.errors import ConfigError, ShoalError, StepFailed
 from shoal.flows.lease import DEFAULT_LEASE_S
 from shoal.stores import shown_url, store_option
@@ -34,10 +40,23 @@ if TYPE_CHECKING:
 
     from shoal.agents.client import ModelClient
     from shoal.flows.flow import FlowResult
+    from shoal.flows.progress import RunProgress
     from shoal.observe.alert_config import AlertsConfig
     from shoal.traffic.router import Router
 
-__all__ = ["load_inputs", "load_target", "register", "run"]
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "failure_summary",
+    "load_inputs",
+    "load_target",
+    "positive_budget",
+    "print_interrupted",
+    "register",
+    "run",
+    "write_json",
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -47,108 +66,19 @@ def register(app: typer.Typer) -> None:
                 "the batch is journaled, with --cluster it runs on a Dask cluster).")(run)
 
 
-def _import_object(spec: str) -> Any:
-    module_name, _, attr = spec.rpartition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"target {spec!r} must be 'module:object', 'file.py:object' or a "
-                          ".toml/.yaml flow spec")
-    if module_name.endswith(".py") or "/" in module_name:
-        path = Path(module_name)
-        if not path.is_file():
-            raise ConfigError(f"no such file {path}")
-        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        if mod_spec is None or mod_spec.loader is None:
-            raise ConfigError(f"cannot import {path}")
-        module = importlib.util.module_from_spec(mod_spec)
-        folder = str(path.resolve().parent)
-        if folder not in sys.path:  # its sibling modules import, as when run as a script
-            sys.path.insert(0, folder)
-        sys.modules[path.stem] = module
-        mod_spec.loader.exec_module(module)
-    else:
-        if "" not in sys.path:
-            sys.path.insert(0, "")  # the current directory, like `python -m`
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"module {module_name!r} has no {attr!r}") from None
+def positive_budget(value: float | None, *, unset: str = "for no budget") -> float | None:
+    """``--budget-usd``: a positive, finite number of dollars, or not given (``unset``
+    says what that means). 0, a negative number, nan or inf is a usage error (exit 2),
+    never "no budget"."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(
+            f"{value:g} is not a budget: give a positive number of dollars (e.g. 0.5), or "
+            f"leave --budget-usd out {unset}")
+    return value
 
 
-def _read_spec(path: Path) -> dict[str, Any]:
-    text = path.read_text("utf-8")
-    if path.suffix == ".toml":
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    try:
-        yaml: Any = importlib.import_module("yaml")  # optional: PyYAML
-    except ImportError:
-        raise ConfigError(
-            f"{path} is YAML, which needs PyYAML: pip install pyyaml (or write the spec as TOML)"
-        ) from None
-    data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping with [flow] and [steps.NAME]")
-    return data
-
-
-def load_target(target: str) -> Any:
-    """The Agent, Flow or async function TARGET names (factories are called)."""
-    from shoal.agents.agent import Agent
-    from shoal.flows.flow import Flow
-
-    path = Path(target)
-    if path.suffix in (".toml", ".yaml", ".yml") and ":" not in target:
-        if not path.is_file():
-            raise ConfigError(f"no such flow spec {path}")
-        return Flow.from_spec(_read_spec(path), name=None)
-    obj = _import_object(target)
-    if isinstance(obj, Agent | Flow):
-        return obj
-    if callable(obj):
-        params = [p for p in inspect.signature(obj).parameters.values()
-                  if p.default is inspect.Parameter.empty]
-        if not params:  # a factory
-            made = obj()
-            if inspect.isawaitable(made):
-                raise ConfigError(f"{target} is an async function of no input; "
-                                  "give it one parameter (the input)")
-            if isinstance(made, Agent | Flow):
-                return made
-            raise ConfigError(f"{target}() returned {type(made).__name__}, not an Agent or Flow")
-        return obj
-    raise ConfigError(f"{target} is a {type(obj).__name__}, not an Agent, Flow or function")
-
-
-def load_inputs(
-    inputs: list[str], input_file: Path | None, input_dir: Path | None, pattern: str
-) -> list[tuple[str, Any]]:
-    """(label, input) pairs: arguments, then a file (``.jsonl``: one JSON input per line),
-    then every file of a folder matching ``pattern`` (sorted)."""
-    out: list[tuple[str, Any]] = [(f"arg{i}", text) for i, text in enumerate(inputs)]
-    if input_file is not None:
-        if not input_file.is_file():
-            raise ConfigError(f"no such input file {input_file}")
-        if input_file.suffix == ".jsonl":
-            for n, line in enumerate(input_file.read_text("utf-8").splitlines()):
-                if line.strip():
-                    out.append((f"{input_file.name}:{n + 1}", json.loads(line)))
-        else:
-            out.append((str(input_file), input_file.read_text("utf-8")))
-    if input_dir is not None:
-        if not input_dir.is_dir():
-            raise ConfigError(f"no such input folder {input_dir}")
-        files = sorted(p for p in input_dir.glob(pattern) if p.is_file())
-        if not files:
-            raise ConfigError(f"no files match {pattern!r} in {input_dir}")
-        out += [(str(p.relative_to(input_dir)), p.read_text("utf-8", errors="replace"))
-                for p in files]
-    return out
+def _budget_usd_option(value: float | None) -> float | None:
+    return positive_budget(value)  # a typer callback: its one parameter is the value
 
 
 def _override_model(target: Any, model: str) -> Any:
@@ -196,12 +126,22 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
     from shoal.flows.resume import as_flow
 
     run_id, budget_usd = opts.run_id, opts.budget_usd
-    budget = Budget(max_usd=budget_usd) if budget_usd else None
+    budget = Budget(max_usd=budget_usd) if budget_usd is not None else None
     if len(items) == 1 and isinstance(target, Flow | Agent) and not opts.cluster and (
             opts.store is not None or isinstance(target, Flow)):
+        from shoal.agents.runner import new_run_id
+        from shoal.flows.progress import RunProgress
+
         value = items[0][1]
+        flow = as_flow(target)
+        if opts.store is not None:
+            run_id = run_id or new_run_id()  # known here: a Ctrl-C names it to resume
+        # Followed with --no-progress too (not drawn): an interrupt prints the steps.
+        progress = RunProgress(flow)
         try:
-            with live_progress(console, as_flow(target), enabled=opts.progress) as progress:
+            with live_progress(console, flow, enabled=opts.progress) as shown:
+                if shown is not None:  # drawn as it goes
+                    progress = shown
                 if opts.store is not None:
                     # Journaled: `shoal resume RUN_ID` continues it after a failure or a kill.
                     from shoal.cli.runs_cmd import journal_meta
@@ -214,9 +154,15 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
                                             progress=progress, lease_s=opts.lease_s)
                 else:
                     assert isinstance(target, Flow)
-                    watched = None if progress is None else progress.watch(NullRecorder())
-                    res = await target.run(value, run_id=run_id, client=client, budget=budget,
-                                           recorder=watched)
+                    # Not drawn, a flow's own recorder keeps the run (as it always did).
+                    own = shown is None and target.recorder is not None
+                    res = await target.run(
+                        value, run_id=run_id, client=client, budget=budget,
+                        recorder=None if own else progress.watch(NullRecorder()))
+        except asyncio.CancelledError:  # Ctrl-C (or SIGTERM's cancel): say where it stood
+            print_interrupted(console, progress, flow=flow.name, run_id=run_id,
+                              store=opts.store)
+            raise
         except StepFailed as exc:
             if exc.result is not None:  # what was spent before it failed
                 console.print(exc.result.table())
@@ -236,8 +182,8 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
         value = items[0][1]
         if isinstance(target, Agent):
             text = value if isinstance(value, str) else json.dumps(value)
-            with live_progress(console, enabled=opts.progress) as progress:
-                recorder = None if progress is None else progress.watch(NullRecorder())
+            with live_progress(console, enabled=opts.progress) as turns:
+                recorder = None if turns is None else turns.watch(NullRecorder())
                 agent_res = await Runner(client, recorder=recorder).run(
                     target, text, budget=budget, run_id=run_id)
             _print_output(console, agent_res.output)
@@ -282,6 +228,28 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
     }
 
 
+def print_interrupted(console: Console, progress: RunProgress, *, flow: str,
+                      run_id: str | None, store: str | None) -> None:
+    """After Ctrl-C: the steps as they stood (a running step shows ``interrupted``) and,
+    for a run journaled in ``store`` (a URL), the ``shoal resume`` command continuing it,
+    as a failed run prints them."""
+    from rich.markup import escape
+
+    for step in progress.steps.values():
+        if step.status == "running":
+            step.status = "interrupted"
+    title = " · ".join([flow, *([f"run {run_id}"] if run_id else []), "interrupted"])
+    console.print(progress.table(escape(title)))
+    if store is not None and run_id is not None:
+        console.print(plain(f"interrupted: journaled as run {run_id} in {shown_url(store)}; "
+                            f"continue with: shoal resume {run_id}{store_option(store)}"),
+                      soft_wrap=True)  # one line: the command copies whole
+    else:
+        console.print(plain("interrupted; the run was not journaled: with --store "
+                            "sqlite:///.shoal/runs.db, `shoal resume` continues a run"),
+                      soft_wrap=True)
+
+
 def _flow_summary(console: Console, res: FlowResult, opts: RunOptions) -> dict[str, Any]:
     from shoal.agents.recorder import to_jsonable
     from shoal.cli.live import print_cache_line, run_prices, spent_of
@@ -293,6 +261,32 @@ def _flow_summary(console: Console, res: FlowResult, opts: RunOptions) -> dict[s
         console.print(plain(f"journaled as run {res.run_id} in {shown_url(opts.store)}"))
     return {"run_id": res.run_id, "status": res.status, "output": to_jsonable(res.output),
             "steps": res.rows(), "cost_usd": res.cost_usd, "usage": to_jsonable(res.usage)}
+
+
+def failure_summary(exc: ShoalError) -> dict[str, Any]:
+    """What ``--json`` holds for a run that failed: ``status`` "failed", the ``error``
+    and, when the run got that far, its ``run_id``, ``steps``, cost and usage so far."""
+    from shoal.agents.recorder import to_jsonable
+
+    doc: dict[str, Any] = {"status": "failed", "error": str(exc),
+                           "error_type": type(exc).__name__}
+    if isinstance(exc, StepFailed) and exc.result is not None:
+        res = exc.result
+        doc = {"run_id": res.run_id, **doc, "step": exc.step, "output": None,
+               "steps": res.rows(), "cost_usd": res.cost_usd, "usage": to_jsonable(res.usage)}
+    return doc
+
+
+def write_json(path: Path, doc: dict[str, Any], console: Console) -> None:
+    """``--json``: ``doc`` written to ``path`` (a path that cannot be written: a warning,
+    the run's own outcome stands)."""
+    try:
+        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str), "utf-8")
+    except OSError as exc:
+        console.print(plain(f"warning: could not write {path}: {exc.strerror or exc}"),
+                      style="yellow")
+        return
+    console.print(plain(f"results written to {path}"))
 
 
 def _print_output(console: Console, output: Any) -> None:
@@ -354,10 +348,10 @@ def _observed(router: Router, opts: RunOptions, console: Console,
 
 
 def run(
-    target: Annotated[str, typer.Argument(help="module:object, file.py:object, or a "
-                                               ".toml/.yaml flow spec.")],
-    inputs: Annotated[list[str] | None, typer.Argument(help="Inputs (several = a batch).")]
-    = None,
+    target: Annotated[str, typer.Argument(
+        metavar="TARGET", help="module:object, file.py:object, or a .toml/.yaml flow spec.")],
+    inputs: Annotated[list[str] | None, typer.Argument(
+        metavar="INPUT", help="Inputs (several = a batch).")] = None,
     *,
     input_file: Annotated[Path | None, typer.Option(
         "--input-file", "-f", help="A file as the input (.jsonl: one input per line).")] = None,
@@ -375,7 +369,9 @@ def run(
     concurrency: Annotated[int, typer.Option(help="Batch items at once.")] = 8,
     run_id: Annotated[str | None, typer.Option(help="Run id (to name or resume a run).")]
     = None,
-    budget_usd: Annotated[float | None, typer.Option(help="Dollar budget for the run.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(
+        callback=_budget_usd_option,
+        help="Dollar budget for the run: a positive number (default: none).")] = None,
     progress: Annotated[bool, typer.Option(
         help="Live progress: each step's state, tokens and cost (a bar for batches).")] = True,
     store: Annotated[str | None, typer.Option(
@@ -399,7 +395,9 @@ def run(
     """Run an agent, a flow or a flow spec on one input or a batch of inputs.
 
     Exit status: 0 done, 1 the run (or a batch item) failed, 2 a usage or config error,
-    3 another process executes that --run-id (it holds the run's lease)."""
+    3 another process executes that --run-id (it holds the run's lease), 130 interrupted
+    (Ctrl-C: a single run prints its steps so far and, journaled, the `shoal resume`
+    command)."""
     from rich.console import Console
 
     console = Console(stderr=False)
@@ -416,11 +414,13 @@ def run(
                           metrics_push=metrics_push, cluster=cluster, lease_s=lease_s)
         summary = run_loop(_main(items, opts, console))
     except ShoalError as exc:
+        if json_out is not None and exit_code(exc) == EXIT_FAILED:  # the run failed
+            write_json(json_out, failure_summary(exc), console)
         raise fail(exc) from None
+    except KeyboardInterrupt:  # the steps and the resume command are printed
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out is not None:
-        json_out.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str),
-                            "utf-8")
-        console.print(plain(f"results written to {json_out}"))
+        write_json(json_out, summary, console)
     failed = summary.get("failed", 0) or summary.get("status") == "failed"
     if failed:
         raise typer.Exit(EXIT_FAILED)
