@@ -119,9 +119,8 @@ def _print_secret(record: KeyRecord, secret: str, verb: str, json_out: bool) -> 
 def _allowed_models(models: str) -> list[str]:
     """``--models`` as a list, each name a model of the catalog or shoal.toml and each glob
     matching one: a key limited to a typo would get 403 on every call (exit 2 instead)."""
-    from fnmatch import fnmatchcase
-
     from shoal.config import Config
+    from shoal.gateway.keys_admin import check_allowed_models
 
     allowed = [m.strip() for m in models.split(",") if m.strip()]
     if not allowed:
@@ -131,18 +130,10 @@ def _allowed_models(models: str) -> list[str]:
     except ConfigError as exc:
         raise fail(ConfigError(f"--models is checked against the config, which does not "
                                f"load: {exc}")) from None
-    names = {*config.models, *(a for m in config.models.values() for a in m.aliases)}
-    for pattern in allowed:
-        if any(c in pattern for c in "*?["):
-            if not any(fnmatchcase(n, pattern) for n in names):
-                raise fail(ConfigError(
-                    f"--models {pattern!r} matches no model of the catalog or shoal.toml; "
-                    "`shoal models` lists them"))
-            continue
-        try:
-            config.model(pattern)
-        except ConfigError as exc:
-            raise fail(ConfigError(f"--models: {exc}")) from None
+    try:  # the one check POST|PATCH /admin/keys makes too
+        check_allowed_models(allowed, config, option="--models")
+    except ConfigError as exc:
+        raise fail(exc) from None
     return allowed
 
 

@@ -23,6 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_type_hints
 from shoal.agents.agent import Agent
 from shoal.errors import ConfigError
 from shoal.flows.context import BoardMessage, StepContext
+from shoal.flows.spec_check import (
+    FLOW_KEYS,
+    STEP_KEYS,
+    as_list,
+    check_after,
+    check_fields,
+    step_fields,
+)
 from shoal.types import Usage
 from shoal.validate import check_timeout
 
@@ -425,44 +433,34 @@ class Flow:
                               "expected [flow] and [steps.NAME]")
         flow_name = name or flow_opts.pop("name", None) or "flow"
         flow_opts.pop("name", None)
-        allowed = {"budget_usd", "budget_tokens", "max_concurrency", "default_model"}
-        if set(flow_opts) - allowed:
-            raise ConfigError(f"unknown [flow] keys {sorted(set(flow_opts) - allowed)}; "
-                              f"allowed: {sorted(allowed)}")
+        check_fields("[flow]", flow_opts, FLOW_KEYS)
         flow = cls(flow_name, **flow_opts)
         steps = spec.get("steps") or {}
         if not isinstance(steps, Mapping) or not steps:
             raise ConfigError("a flow spec needs at least one [steps.NAME] table")
-        pending = dict(steps)
+        pending: dict[str, dict[str, Any]] = {}
+        for step_name, raw in steps.items():
+            if raw is not None and not isinstance(raw, Mapping):
+                raise ConfigError(f"[steps.{step_name}] must be a table of agent settings "
+                                  f"(instructions, model, after, ...), not {raw!r}")
+            pending[str(step_name)] = dict(raw or {})
+            check_fields(f"[steps.{step_name}]", pending[str(step_name)], step_fields())
+        check_after(pending)
         while pending:
             ready = [n for n, raw in pending.items()
-                     if all(d in flow.steps for d in _as_list((raw or {}).get("after")))]
-            if not ready:
-                raise ConfigError(
-                    f"steps {sorted(pending)} depend on unknown steps or on each other (a cycle)"
-                )
+                     if all(d in flow.steps for d in as_list(raw.get("after")))]
             for step_name in ready:
-                _add_spec_step(flow, step_name, dict(pending.pop(step_name) or {}))
+                _add_spec_step(flow, step_name, pending.pop(step_name))
         return flow
 
 
-_STEP_KEYS = {"after", "on_failure", "default", "retries", "timeout_s", "map", "concurrency",
-              "on_item_failure"}
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
 def _add_spec_step(flow: Flow, step_name: str, raw: dict[str, Any]) -> None:
-    step_opts = {k: raw.pop(k) for k in list(raw) if k in _STEP_KEYS}
+    step_opts = {k: raw.pop(k) for k in list(raw) if k in STEP_KEYS}
     try:
         agent: Agent[Any] = Agent(step_name, **raw)
     except TypeError as exc:
         raise ConfigError(f"[steps.{step_name}]: {exc}") from None
-    after = _as_list(step_opts.pop("after", None))
+    after = as_list(step_opts.pop("after", None))
     over = step_opts.pop("map", None)
     if over is not None:
         flow.map(agent, over=over, after=after, **step_opts)

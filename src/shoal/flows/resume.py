@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from shoal.clock import Clock
     from shoal.flows.flow import Flow, FlowResult
     from shoal.flows.progress import RunProgress
+    from shoal.scale.batch_ids import ItemRow
     from shoal.stores.base import Store
     from shoal.stores.records import Lease, RunRecord, StepRecord
 
@@ -197,14 +198,45 @@ async def plan(store: Store | str, run_id: str) -> RunPlan:
     Steps journaled as succeeded replay; every other step of the flow (known from the
     run's ``step_hashes``; map items count under their step) runs again, and the model
     turns journaled inside it replay. A replayed step below one that runs again
-    (``stale_if_changed``) runs again too if its inputs come out different. Raises
+    (``stale_if_changed``) runs again too if its inputs come out different. A batch's
+    steps are its items (``item/N``), and its tokens and cost their sum. Raises
     ``RunNotFound`` or ``CorruptRecord``. ``lease``: the executor holding the run, if any.
     """
+    from shoal.scale.batch_ids import batch_items, is_batch
+
     async with _opened(store) as opened:
         run = await opened.require_run(run_id)
-        records = await opened.get_steps(run_id)
+        if is_batch(run):
+            found = _batch_plan(run, await batch_items(opened, run),
+                                await opened.get_steps(run_id, prefix="item/"))
+        else:
+            found = _plan(run, await opened.get_steps(run_id))
         lease = await opened.get_lease(run_id)
-    return replace(_plan(run, records), lease=lease)
+    return replace(found, lease=lease)
+
+
+def _batch_plan(run: RunRecord, rows: list[ItemRow], records: list[StepRecord]) -> RunPlan:
+    """A batch (:mod:`shoal.scale.batch_ids`): one step per item, ``item/N``, with the
+    item's status, tokens and cost as ``shoal runs --batch`` tells them (an item with
+    no outcome yet: its run's); a resume runs again every item that did not succeed.
+    The run's totals are its items' (a batch record written before the items' outcomes
+    carried their spend holds 0)."""
+    from shoal.scale.batch_ids import item_step_id
+
+    steps = {rec.step_id: rec for rec in records}
+    views = []
+    for r in rows:
+        rec = steps.get(item_step_id(r.index))
+        views.append(StepView(
+            item_step_id(r.index), "not_run" if r.status == "pending" else r.status,
+            rec.attempt if rec else 0, rec.started_at if rec else None,
+            rec.finished_at if rec else None, r.usage.total_tokens, r.cost_usd, None,
+            r.error))
+    replay = [v.step_id for v in views if v.status == "succeeded"]
+    redo = [v.step_id for v in views if v.status != "succeeded"]
+    totals = replace(run, tokens=sum(v.tokens for v in views),
+                     cost_usd=sum(v.cost_usd for v in views))
+    return RunPlan(totals, views, replay, redo)
 
 
 def _plan(run: RunRecord, records: list[StepRecord]) -> RunPlan:

@@ -69,12 +69,7 @@ def refusal(key: VirtualKey, reason: int, wait_s: float | None, *, ask: Ask,
     """The error for a refused admission (``reason`` as in ``key_scripts.ADMIT``)."""
     who = f"virtual key {key.name!r}"
     if reason == 4:
-        where = "in total" if key.period == "total" else f"this {key.period} (UTC)"
-        return KeyBudgetExceeded(
-            f"{who} is out of budget: ${spend:.4f} spent and ${reserved:.4f} reserved by calls "
-            f"in flight {where}, of ${key.budget_usd:.4f}; this call may cost up to "
-            f"${ask.cost_usd:.4f}. Lower max_tokens, wait for the period to end, or ask the "
-            "gateway's admin for a larger budget")
+        return KeyBudgetExceeded(_out_of_budget(key, ask, spend, reserved))
     what = {1: f"{key.max_concurrency} concurrent calls", 2: f"{key.rpm} requests per minute",
             3: f"{key.tpm} tokens per minute"}[reason]
     if wait_s is None:
@@ -82,6 +77,40 @@ def refusal(key: VirtualKey, reason: int, wait_s: float | None, *, ask: Ask,
                           "(prompt + max_tokens): lower max_tokens or shorten the prompt")
     return KeyLimited(f"{who} is at its limit of {what}; retry in {wait_s:.1f}s",
                       retry_after_s=max(wait_s, 0.001))
+
+
+def _out_of_budget(key: VirtualKey, ask: Ask, spend: float, reserved: float) -> str:
+    """Why a call does not fit the key's budget, and only the ways out that can help: a
+    ``total`` budget never resets, so waiting frees nothing but the reservations of the
+    calls in flight."""
+    who, budget = f"virtual key {key.name!r}", key.budget_usd or 0.0
+    admin = "ask the gateway's admin for a larger budget"
+    if ask.cost_usd > budget + _EPS:  # no wait and no spend makes room for it
+        per = "in total" if key.period == "total" else f"a {key.period}"
+        return (f"{who} is out of budget for this call: it alone may cost up to "
+                f"${ask.cost_usd:.4f} (its prompt and max_tokens at the model's price), more "
+                f"than the key's whole budget of ${budget:.4f} {per}. Lower max_tokens or "
+                f"shorten the prompt, or {admin}")
+    where = "in total" if key.period == "total" else f"this {key.period} (UTC)"
+    left = budget - spend - reserved
+    ways = []
+    if left > _EPS:
+        ways.append(f"lower max_tokens (the call's worst case must fit in the ${left:.4f} "
+                    "left)")
+    if reserved > _EPS:
+        ways.append("retry once the calls in flight end (their reservations become what "
+                    "they really cost)")
+    if key.period == "day":
+        ways.append("wait for the day to end (the budget restarts at 00:00 UTC)")
+    elif key.period == "month":
+        ways.append("wait for the month to end (the budget restarts on the 1st, 00:00 UTC)")
+    ways.append(admin)
+    never = (" Its period is total: the spend never resets, so waiting alone does not help."
+             if key.period == "total" else "")
+    ways_text = ways[0] if len(ways) == 1 else ", ".join(ways[:-1]) + ", or " + ways[-1]
+    return (f"{who} is out of budget: ${spend:.4f} spent and ${reserved:.4f} reserved by "
+            f"calls in flight {where}, of ${budget:.4f}; this call may cost up to "
+            f"${ask.cost_usd:.4f}.{never} {ways_text[0].upper()}{ways_text[1:]}")
 
 
 class KeyLimits(ABC):

@@ -111,6 +111,7 @@ class StoreKeys:
         self._cache: dict[str, tuple[float, VirtualKey | KeyRejected]] = {}
         self._grants: dict[str, _Open] = {}
         self._unsaved: list[SpendRecord] = []
+        self.lost_spend = 0  # spend records the store refused even at close
         self._batch: list[SpendRecord] = []
         self._batch_done: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -297,6 +298,7 @@ class StoreKeys:
                     break
                 await asyncio.sleep(0.5)
             if self._unsaved:
+                self.lost_spend = len(self._unsaved)
                 _log.error("virtual keys: %d spend record(s) lost: the store %s refused them",
                            len(self._unsaved), self._store.url)
         await self.limits.aclose()

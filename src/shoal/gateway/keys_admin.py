@@ -14,13 +14,15 @@ Mount on the gateway's aiohttp application with :func:`add_key_admin` (the CLI,
 Every route needs ``Authorization: Bearer <admin key>`` (or ``x-api-key``); without
 ``SHOAL_ADMIN_KEY`` in the gateway's environment they answer 403 and nothing else.
 Errors are ``{"error": {"message", "type", "code"}}``. The new secret appears only in
-the answer to create and rotate.
+the answer to create and rotate. ``models`` is checked as ``shoal keys create --models``
+checks it (:func:`check_allowed_models`): an unknown name, or a glob that matches no
+model, is a 400 with close matches, not a key that gets 403 on every call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -29,7 +31,10 @@ from shoal.gateway.key_store import KeyRecord, KeyStore
 from shoal.gateway.keys import StoreKeys, admin_key, check_admin
 from shoal.gateway.keys_api import KeyRejected
 
-__all__ = ["add_key_admin"]
+if TYPE_CHECKING:
+    from shoal.config import Config
+
+__all__ = ["add_key_admin", "check_allowed_models"]
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 _FIELDS = {"name", "budget_usd", "period", "rpm", "tpm", "concurrency", "models"}
@@ -75,6 +80,28 @@ def _int_or_none(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
+def check_allowed_models(patterns: Sequence[str], config: Config, *,
+                         option: str = "models") -> None:
+    """Each of a key's allowed ``patterns`` must be a model of ``config`` (the catalog and
+    shoal.toml; an alias counts) and each glob must match one: a key limited to a typo
+    would get 403 on every call. A ``ConfigError`` naming ``option`` and the close matches
+    otherwise. ``shoal keys create|update --models`` and ``POST|PATCH /admin/keys`` both
+    check with this."""
+    from fnmatch import fnmatchcase
+
+    names = {*config.models, *(a for m in config.models.values() for a in m.aliases)}
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            if not any(fnmatchcase(n, pattern) for n in names):
+                raise ConfigError(f"{option} {pattern!r} matches no model of the catalog or "
+                                  "shoal.toml; `shoal models` lists them")
+            continue
+        try:
+            config.model(pattern)
+        except ConfigError as exc:
+            raise ConfigError(f"{option}: {exc}") from None
+
+
 def _create_args(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ConfigError("the body must be a JSON object such as "
@@ -99,12 +126,28 @@ def _create_args(body: Any) -> dict[str, Any]:
 
 
 def add_key_admin(app: web.Application, keys: StoreKeys, *, prefix: str = "/admin/keys",
-                  env: Mapping[str, str] | None = None) -> None:
-    """Add the routes above to ``app``; ``env`` (tests) replaces ``os.environ``."""
+                  env: Mapping[str, str] | None = None, config: Config | None = None) -> None:
+    """Add the routes above to ``app``; ``env`` (tests) replaces ``os.environ``. ``config``:
+    the models a key's ``models`` may name (the gateway passes its Router's); None: the
+    catalog and ``$SHOAL_CONFIG`` or ``./shoal.toml``, loaded when first needed."""
+    loaded: list[Config] = [] if config is None else [config]
 
     async def store() -> KeyStore:
         await keys.open()
         return keys.store
+
+    def check_models(models: list[str]) -> None:
+        if not models:
+            return
+        if not loaded:
+            from shoal.config import Config
+
+            try:
+                loaded.append(Config.load())
+            except ConfigError as exc:
+                raise ConfigError(f"models is checked against the gateway's config, which "
+                                  f"does not load: {exc}") from None
+        check_allowed_models(models, loaded[0])
 
     async def find(request: web.Request) -> KeyRecord | web.Response:
         ident = request.match_info["key"]
@@ -124,6 +167,7 @@ def add_key_admin(app: web.Application, keys: StoreKeys, *, prefix: str = "/admi
         except ValueError:
             raise ConfigError("the body is not JSON") from None
         args = _create_args(body)
+        check_models(args["models"])
         record, secret = await (await store()).create(args.pop("name"), **args)
         return web.json_response({**record.as_dict(), "key": secret}, status=201)
 
@@ -150,6 +194,8 @@ def add_key_admin(app: web.Application, keys: StoreKeys, *, prefix: str = "/admi
         args.pop("name")
         changes = {k: v for k, v in args.items()
                    if ("concurrency" if k == "max_concurrency" else k) in body}
+        if "models" in changes:
+            check_models(changes["models"])
         updated = await (await store()).update(record.id, **changes)
         if updated is None:
             return _error(409, "key_revoked", f"the key {record.name!r} is revoked")

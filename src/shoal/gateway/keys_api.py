@@ -124,6 +124,12 @@ class KeyService(Protocol):
         release the concurrency slot; idempotent."""
         ...
 
+    @property
+    def lost_spend(self) -> int:
+        """Spend records the store refused even at close (0 until then): calls answered
+        whose spend is missing from their keys."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -148,6 +154,10 @@ class OpenKeys:
 
     async def settle(self, grant: KeyGrant, *, usage: Usage, cost_usd: float) -> None:
         grant.settled = True
+
+    @property
+    def lost_spend(self) -> int:
+        return 0
 
     async def aclose(self) -> None:
         return None

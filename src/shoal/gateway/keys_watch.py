@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 from shoal.clock import Clock, RealClock
 from shoal.gateway.keys_api import KeyGrant, OpenKeys, VirtualKey
+from shoal.stores import missing_sqlite_file
 from shoal.types import Usage
 
 __all__ = ["WatchedKeys"]
@@ -57,8 +57,7 @@ class WatchedKeys:
             if self._on or self._clock.now() < self._next:
                 return
             self._next = self._clock.now() + self._every_s
-            if self._url.startswith("sqlite:///") and \
-                    not Path(self._url[len("sqlite:///"):]).exists():  # noqa: ASYNC240
+            if missing_sqlite_file(self._url) is not None:  # whatever ?options follow
                 return  # no store yet: no key was created
             if self._keys is None:
                 from shoal.gateway.keys import StoreKeys
@@ -118,6 +117,10 @@ class WatchedKeys:
         if self._on:
             await self._keys.active_keys()
         return True
+
+    @property
+    def lost_spend(self) -> int:
+        return 0 if self._keys is None else int(self._keys.lost_spend)
 
     async def aclose(self) -> None:
         if self._keys is not None:

@@ -4,7 +4,8 @@ own Router; and the graceful stop.
 SIGTERM (or SIGINT): the listening socket closes at once, requests and streams in
 flight get up to ``drain_timeout_s`` to finish, whatever is left is cancelled (its
 upstream call with it), every key grant is settled, then the Router and the key store
-close. No spend record is lost on the way.
+close. No spend record is lost on the way; if the key store refuses them even then,
+the gateway says so and exits 1.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import os
 import signal
 import socket
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aiohttp import web
 
-from shoal.errors import ConfigError
+from shoal.errors import ConfigError, StoreError
 from shoal.gateway.app import build_app
 from shoal.gateway.calls import Gateway
 from shoal.gateway.keys_api import KeyService, OpenKeys
@@ -63,7 +63,7 @@ class GatewayServer:
 
     async def start(self) -> None:
         app = build_app(self.gateway)
-        _mount_key_admin(app, self.gateway.keys)
+        _mount_key_admin(app, self.gateway.keys, self.gateway.router.config)
         runner = web.AppRunner(app, handler_cancellation=True,
                                shutdown_timeout=self.settings.drain_timeout_s,
                                access_log=None)
@@ -95,15 +95,16 @@ class GatewayServer:
         await self.stop()
 
 
-def _mount_key_admin(app: web.Application, keys: KeyService) -> None:
-    """``/admin/keys`` (guarded by ``SHOAL_ADMIN_KEY``) when keys come from a store."""
+def _mount_key_admin(app: web.Application, keys: KeyService, config: Config) -> None:
+    """``/admin/keys`` (guarded by ``SHOAL_ADMIN_KEY``) when keys come from a store; a new
+    key's models are checked against ``config``, the models this gateway serves."""
     if not keys.required:
         return
     from shoal.gateway.keys import StoreKeys
     from shoal.gateway.keys_admin import add_key_admin
 
     if isinstance(keys, StoreKeys):
-        add_key_admin(app, keys)
+        add_key_admin(app, keys, config=config)
 
 
 async def open_keys(config: Config, store: str | None) -> KeyService:
@@ -111,11 +112,10 @@ async def open_keys(config: Config, store: str | None) -> KeyService:
     created (:class:`~shoal.gateway.keys_watch.WatchedKeys`: the gateway then asks every
     caller for a key without a restart)."""
     from shoal.gateway.keys_watch import WatchedKeys
-    from shoal.stores import DEFAULT_URL
+    from shoal.stores import DEFAULT_URL, missing_sqlite_file
 
     url = store or DEFAULT_URL
-    path = Path(url[len("sqlite:///"):])
-    if url.startswith("sqlite:///") and not path.exists():  # noqa: ASYNC240 - once, at start
+    if missing_sqlite_file(url) is not None:  # the file, whatever ?options follow it
         return WatchedKeys(url, redis=config.redis_url)  # no store yet: no key created
     from shoal.gateway.keys import StoreKeys
 
@@ -154,8 +154,13 @@ async def serve(config: Config, settings: GatewaySettings, *, store: str | None 
     say(f"shoal gateway listening on {server.url} (pid {os.getpid()}, {mode})", sys.stdout)
     await stop.wait()
     say(f"shoal gateway draining (up to {settings.drain_timeout_s:g}s)", sys.stderr)
-    await server.stop()
+    await server.stop()  # settles every call, then closes the keys: spend is written
     say("shoal gateway stopped", sys.stderr)
+    if lost := server.gateway.keys.lost_spend:
+        raise StoreError(
+            f"virtual keys: {lost} spend record(s) lost at shutdown: calls this gateway "
+            "answered are missing from their keys' spend (`shoal keys show` undercounts "
+            "them). Check the key store; the gateway's log above has the store's error")
 
 
 def say(line: str, stream: TextIO) -> None:
@@ -177,7 +182,13 @@ def _worker(index: int, config_path: str | None, settings: dict[str, Any],
     gateway_settings = GatewaySettings(**settings)
     config = split_channels(Config.load(config_path), index, gateway_settings.workers)
     configure_access_log(gateway_settings.access_log)  # a spawned process starts bare
-    run_loop(serve(config, gateway_settings, store=store, reuse_port=True))
+    try:
+        run_loop(serve(config, gateway_settings, store=store, reuse_port=True))
+    except StoreError as exc:  # spend lost at shutdown: say so, exit 1 (the parent too)
+        from shoal.secrets import redact
+
+        say(f"error: {redact(str(exc))}", sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _free_port(host: str) -> int:

@@ -52,10 +52,10 @@ class GatewaySettings(BaseModel):
         try:
             return cls(**data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-                for err in exc.errors())
-            raise ConfigError(f"invalid [gateway] settings: {problems}") from None
+            from shoal.config import _validation_message  # shoal.toml's tables' wording
+
+            raise ConfigError(_validation_message("[gateway] settings", exc,
+                                                  cls.model_fields)) from None
 
 
 def is_loopback(host: str) -> bool:

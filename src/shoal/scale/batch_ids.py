@@ -97,6 +97,7 @@ async def mark_item(store: Store, batch_id: str, item: BatchItem) -> None:
         result={"run_id": item.run_id, "name": item.name, "output": to_jsonable(item.output),
                 "usage": to_jsonable(item.usage), "cost_usd": item.cost_usd,
                 "latency_s": item.latency_s, "error_type": item.error_type},
+        tokens=item.usage.total_tokens, cost_usd=item.cost_usd,  # the batch run's totals
         error=item.error, meta={"kind": "item", "index": item.index},
     )
     try:
@@ -111,9 +112,12 @@ async def mark_item(store: Store, batch_id: str, item: BatchItem) -> None:
 
 @dataclass(slots=True)
 class ItemRow:
-    """One item of a batch as the store tells it. ``status``: ``succeeded``, ``failed``,
-    ``running`` (its run exists, no outcome yet: in flight, or its worker died) or
-    ``pending`` (never started)."""
+    """One item of a batch as the store tells it. ``status``: ``succeeded`` or ``failed``
+    (its outcome is recorded); with no outcome yet, its run's: ``running`` (in flight, or
+    its worker died within the lease), ``interrupted`` (its run says running, but its
+    executor is gone or its lease lapsed), ``cancelled`` (stopped by Ctrl-C or a cancelled
+    batch), ``failed`` or ``succeeded`` (the outcome was not recorded); ``pending``: never
+    started."""
 
     index: int
     name: str
@@ -130,8 +134,9 @@ class ItemRow:
 async def batch_items(store: Store, batch: RunRecord, *, look_up_open: bool = True
                       ) -> list[ItemRow]:
     """Every item of ``batch`` in input order. With ``look_up_open``, items with no
-    outcome are told apart (``running`` vs ``pending``) by reading their runs, and a
-    ``running`` item's tokens and cost so far are its run's."""
+    outcome are told apart by reading their runs (see :class:`ItemRow`: ``running``,
+    ``interrupted``, ``cancelled``... or ``pending``), and their tokens and cost so far
+    are their runs'."""
     names = [str(n) for n in batch.meta.get("names", [])]
     rows = [ItemRow(i, name, item_run_id(batch.run_id, i), "pending")
             for i, name in enumerate(names)]
@@ -154,7 +159,30 @@ async def batch_items(store: Store, batch: RunRecord, *, look_up_open: bool = Tr
                 continue
             run = await store.get_run(row.run_id)
             if run is not None:
-                row.status = "running"
+                row.status = await _open_status(store, run, batch)
+                row.error = run.error
                 row.usage = Usage(output_tokens=run.tokens)
                 row.cost_usd = run.cost_usd
     return rows
+
+
+async def _open_status(store: Store, run: RunRecord, batch: RunRecord) -> str:
+    """The status of an item's run that has no recorded outcome: the run's own, and for
+    a run still marked running, ``interrupted`` when nothing executes it any more: its
+    lease lapsed, its holder is a process of this machine that is gone, or it holds no
+    lease while its batch is no longer running (stopped between creating the item's run
+    and taking its lease)."""
+    if run.status != "running":
+        return run.status
+    from shoal.clock import RealClock
+    from shoal.flows.lease import holder_gone
+
+    try:
+        lease = await store.get_lease(run.run_id)
+    except StoreError:  # the listing goes on; the run says running
+        return "running"
+    if lease is None:  # about to take it (the batch runs), or never will (it stopped)
+        return "running" if batch.status == "running" else "interrupted"
+    if not lease.live(RealClock().wall()) or holder_gone(run.run_id, lease.owner):
+        return "interrupted"
+    return "running"
