@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from sim_cli_kit import write_sim_toml
 from typer.testing import CliRunner
 
 from shoal.cli import demo_cmd, run_cmd, runs_cmd
@@ -31,11 +32,8 @@ SHOAL = str(Path(sys.executable).parent / "shoal")
 
 @pytest.fixture
 def sim() -> Iterator[SimProcess]:
-    s = SimProcess()
-    try:
+    with SimProcess() as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -59,31 +57,13 @@ def _invoke(*args: str) -> tuple[int, str]:
     return out.exit_code, " ".join(out.output.split())
 
 
-def _sim_toml(sim: SimProcess, path: Path) -> Path:
-    """Model ``m`` on the simulator (with its key); the catalog's gpt-4o keeps its
-    ``openai`` channel, whose $OPENAI_API_KEY is not set."""
-    path.write_text(textwrap.dedent(f"""
-        [channels.sim]
-        protocol = "openai"
-        base_url = "{sim.url}/v1"
-        api_key = "sk-test-newcomer"
-        provider = "openai"
-
-        [models.m]
-        channels = ["sim"]
-        input = 1.0
-        output = 2.0
-    """))
-    return path
-
-
 # -- shoal demo ------------------------------------------------------------------------
 
 def test_demo_refuses_a_writer_with_no_key_before_any_step_runs(
         sim: SimProcess, tmp_path: Path) -> None:
     # Before: the researcher and analyzer ran (paid for, with keys), then the writer
     # "fell back" to a note, and the demo said succeeded with exit 0.
-    cfg = _sim_toml(sim, tmp_path / "shoal.toml")
+    cfg = write_sim_toml(sim.url, tmp_path / "shoal.toml")
     code, text = _invoke("demo", "tides", "--config", str(cfg), "--no-progress",
                          "--researcher", "m", "--analyzer", "m", "--writer", "gpt-4o")
     assert code == 2, text
@@ -94,7 +74,7 @@ def test_demo_refuses_a_writer_with_no_key_before_any_step_runs(
 
 def test_a_demo_whose_writer_failed_says_failed_and_exits_1(
         sim: SimProcess, tmp_path: Path) -> None:
-    cfg = _sim_toml(sim, tmp_path / "shoal.toml")
+    cfg = write_sim_toml(sim.url, tmp_path / "shoal.toml")
     sim.script(["ok", "ok", "400", "400"])  # researcher, analyzer; the writer refused
     code, text = _invoke("demo", "tides", "--config", str(cfg), "--no-progress",
                          "--json", "demo.json",
@@ -109,7 +89,7 @@ def test_a_demo_whose_writer_failed_says_failed_and_exits_1(
 
 
 def test_a_demo_that_wrote_its_report_succeeds(sim: SimProcess, tmp_path: Path) -> None:
-    cfg = _sim_toml(sim, tmp_path / "shoal.toml")
+    cfg = write_sim_toml(sim.url, tmp_path / "shoal.toml")
     code, text = _invoke("demo", "tides", "--config", str(cfg), "--no-progress",
                          "--researcher", "m", "--analyzer", "m", "--writer", "m")
     assert code == 0, text
@@ -137,7 +117,7 @@ SPEC = textwrap.dedent("""
 
 def test_run_json_holds_a_failed_single_run(sim: SimProcess, tmp_path: Path) -> None:
     # Before: exit 1 and no file at all.
-    cfg = _sim_toml(sim, tmp_path / "shoal.toml")
+    cfg = write_sim_toml(sim.url, tmp_path / "shoal.toml")
     (tmp_path / "report.toml").write_text(SPEC)
     sim.script(["ok", "400"])  # the writer is refused
     code, text = _invoke("run", "report.toml", "tides", "-c", str(cfg), "--no-progress",
@@ -217,7 +197,7 @@ def _interrupt_at(args: list[str], line: str, cwd: Path) -> tuple[int, str, str]
 def test_ctrl_c_on_a_journaled_run_and_resume_prints_the_steps_and_how_to_continue(
         sim: SimProcess, tmp_path: Path) -> None:
     # Before: exit 130 with nothing printed after "step publish: running".
-    cfg = _sim_toml(sim, tmp_path / "shoal.toml")
+    cfg = write_sim_toml(sim.url, tmp_path / "shoal.toml")
     (tmp_path / "slow.py").write_text(SLOW_FLOW)
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     code, out, err = _interrupt_at(
