@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -58,6 +57,7 @@ from shoal.errors import (
     StoreError,
     StoreUnavailable,
 )
+from shoal.flows import journal_records as jr
 from shoal.flows.definition import changes, flow_hash, step_hashes
 from shoal.flows.lease import DEFAULT_LEASE_S, RunLeases
 from shoal.stores.leases import writing_as
@@ -241,11 +241,12 @@ class StoreRecorder:
                 "definition, start a new run_id, or pass allow_changed=True (shoal resume "
                 "--allow-changed) to replay the journaled steps as recorded."
             )
-        if _normal(input) != _normal(run.input):
+        if jr.normal(input) != jr.normal(run.input):
             raise ConfigError(
-                f"run {run.run_id!r} was started on another input ({_preview(run.input)}, now "
-                f"{_preview(input)}); resume it with its own input (shoal.flows.resume.resume "
-                "reads it from the journal), start a new run_id, or pass allow_changed=True"
+                f"run {run.run_id!r} was started on another input ({jr.preview(run.input)}, now "
+                f"{jr.preview(input)}); continue it on its own input (`shoal resume "
+                f"{run.run_id}`, or shoal.flows.resume.resume: both read it from the journal), "
+                "start a new run id, or, in Python, pass allow_changed=True"
             )
 
     async def _load(self, run_id: str) -> dict[str, StepRecord]:
@@ -353,11 +354,11 @@ class StoreRecorder:
         if inputs is not None:
             journal.inputs[step_id] = inputs
         rec = journal.records.get(step_id)
-        if rec is not None and rec.status == "succeeded" and _same(rec, inputs):
-            raw = _result(rec, run_id, ("output", "usage", "cost_usd", "model"))
+        if rec is not None and rec.status == "succeeded" and jr.same(rec, inputs):
+            raw = jr.result(rec, run_id, ("output", "usage", "cost_usd", "model"))
             return RecordedStep(output=raw["output"], usage=Usage(**raw["usage"]),
                                 cost_usd=raw["cost_usd"], model=raw["model"],
-                                inputs=_inputs_of(rec))
+                                inputs=jr.inputs_of(rec))
         await self._ready(journal, run_id)
         running = StepRecord(step_id, "running", attempt=rec.attempt + 1 if rec else 1,
                              started_at=self.clock.wall(),
@@ -385,13 +386,13 @@ class StoreRecorder:
         journal = await self._journal(run_id)
         rec = journal.records.get(turn_id(step_id, turn))
         if rec is None or rec.status != "succeeded" \
-                or not _same(rec, journal.inputs.get(step_id)):
+                or not jr.same(rec, journal.inputs.get(step_id)):
             await self._ready(journal, run_id)  # never pay for a call that cannot be journaled
             return None
         try:
             return response_from_json(rec.result)
         except (KeyError, TypeError) as exc:
-            raise _malformed(run_id, rec.step_id, exc) from exc
+            raise jr.malformed(run_id, rec.step_id, exc) from exc
 
     async def turn_done(
         self, run_id: str, step_id: str, turn: int, response: ChatResponse
@@ -462,41 +463,3 @@ class StoreRecorder:
                 f"run {run_id!r} cannot journal more: an earlier write failed "
                 f"({journal.broken}). Resume the run once the store is back."
             ) from journal.broken
-
-
-def _inputs_of(rec: StepRecord) -> str | None:
-    found = rec.meta.get("inputs")
-    return found if isinstance(found, str) else None
-
-
-def _same(rec: StepRecord, inputs: str | None) -> bool:
-    """Whether a record was computed from ``inputs`` (unknown on either side: yes, as
-    journals written before input hashes were recorded)."""
-    recorded = _inputs_of(rec)
-    return inputs is None or recorded is None or recorded == inputs
-
-
-def _normal(value: Any) -> Any:
-    return json.loads(json.dumps(to_jsonable(value), sort_keys=True))
-
-
-def _preview(value: Any, limit: int = 60) -> str:
-    text = json.dumps(to_jsonable(value), ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _malformed(run_id: str, step_id: str, exc: BaseException) -> CorruptRecord:
-    return CorruptRecord(
-        f"step {step_id!r} of run {run_id!r} is not a journal record shoal can replay "
-        f"({exc!r}); it was not used. Delete the run (shoal delete {run_id}) or start a new "
-        "run_id.",
-        run_id=run_id, step_id=step_id)
-
-
-def _result(rec: StepRecord, run_id: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    raw = rec.result
-    missing = [k for k in keys if not isinstance(raw, dict) or k not in raw]
-    if missing:
-        raise _malformed(run_id, rec.step_id, KeyError(missing))
-    assert isinstance(raw, dict)
-    return raw

@@ -449,8 +449,9 @@ class Store(ABC):
 
     def _not_found(self, run_id: str) -> RunNotFound:
         return RunNotFound(
-            f"no run {run_id!r} in {self.url}: it was never created, or was deleted, pruned "
-            "or expired; create it first (or check the store URL)"
+            f"no run {run_id!r} in {self.url}: it was never created here, or was deleted, "
+            "pruned or expired; check the run id and the store URL (`shoal runs` lists the "
+            "runs a store holds)"
         )
 
     async def _retrying(
