@@ -85,6 +85,13 @@ def test_a_batch_shows_its_items_totals_and_no_phantom_step(
     assert nodes[0]["items"] == ITEMS and nodes[0]["resume"] == "replay"
     assert nodes[0]["tokens"] == report["tokens"]
 
+    # resuming the finished batch runs nothing and says so (it printed the items table
+    # and "resumed on this process")
+    again = _invoke(app, "resume", "b1", "--store", store, "--no-progress")
+    assert again.exit_code == 0, again.output
+    assert f"nothing to redo, all {ITEMS} items succeeded" in " ".join(again.output.split())
+    assert "resumed on" not in again.output
+
 
 def _config(tmp_path: Path, sim: SimProcess) -> Path:
     path = tmp_path / "shoal.toml"
@@ -149,3 +156,24 @@ def test_items_in_flight_when_the_batch_stopped_are_not_running(
     shown = json.loads(_invoke(app, "show", "bx", "--store", store, "--json").stdout)
     assert {s["status"] for s in shown["steps"]} <= expected
     assert len(shown["redo"]) == ITEMS  # a resume runs them all again
+
+
+def test_a_partly_failed_batch_says_a_resume_redoes_it(app: typer.Typer,
+                                                        tmp_path: Path) -> None:
+    """In the HTML report, a batch with a failed item showed "replay" for a resume,
+    because a resume's redo list names items (``item/N``), not the batch's one node."""
+    (tmp_path / "work.py").write_text(
+        "async def shout(text):\n"
+        "    if text == 'bad':\n"
+        "        raise ValueError('this input is refused')\n"
+        "    return text.upper()\n")
+    store = f"sqlite:///{tmp_path / 'batch.db'}"
+    ran = _invoke(app, "batch", f"{tmp_path / 'work.py'}:shout", "ok", "bad",
+                  "--store", store, "--run-id", "b2", "--no-progress")
+    assert ran.exit_code == 1, ran.output  # one item failed
+    html = tmp_path / "b2.html"
+    assert _invoke(app, "show", "b2", "--store", store, "--html", str(html)).exit_code == 0
+    raw = html.read_text().split('id="shoal-data">', 1)[1].split("</script>", 1)[0]
+    nodes = json.loads(raw)["nodes"]
+    assert [n["status"] for n in nodes] == ["failed"]
+    assert nodes[0]["resume"] == "redo"

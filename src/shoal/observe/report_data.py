@@ -332,7 +332,8 @@ def _nodes(p: RunPlan, steps: list[StepView], calls: list[CallView]) -> list[Nod
                 else "interrupted"
         else:
             status = "not_run"
-        resume = "stale" if name in stale else "redo" if name in redo else "replay"
+        again = name in redo or any(i.step_id in redo for i in mine)  # a batch: item/N
+        resume = "stale" if name in stale else "redo" if again else "replay"
         out.append(NodeView(
             name, status, deps, level.get(name, 0), resume, items=len(mine),
             items_failed=sum(1 for i in mine if i.status == "failed"),
