@@ -35,7 +35,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = f"{ROOT / 'examples' / 'batch_folder.py'}:summarizer"
 DOCS = ROOT / "examples" / "docs"
 ITEMS = len(list(DOCS.iterdir()))
-SHOAL = ["-c", "from shoal.cli.main import main; main()"]
+# Ctrl-C handled as in a terminal, even when this test process was started with SIGINT
+# ignored (a background job: CI under nohup), which the child would inherit and keep.
+SHOAL = ["-c", "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "from shoal.cli.main import main; main()"]
 
 
 @pytest.fixture
