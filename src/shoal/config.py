@@ -28,7 +28,7 @@ from shoal.pricing import ModelPrice
 from shoal.secrets import MASK, mask_url, register_secret, register_url_secrets
 from shoal.types import Usage
 
-__all__ = ["ChannelConfig", "Config", "ModelInfo"]
+__all__ = ["ChannelConfig", "Config", "ModelInfo", "validation_message"]
 
 OFFLINE_MODEL = "smollm2-135m"
 CONFIG_ENV = "SHOAL_CONFIG"
@@ -235,8 +235,8 @@ def _catalog_data() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def _validation_message(where: str, exc: ValidationError,
-                        fields: Iterable[str] = ()) -> str:
+def validation_message(where: str, exc: ValidationError,
+                       fields: Iterable[str] = ()) -> str:
     """pydantic's errors as one line; an unknown field (a typo) names the close matches
     among ``fields`` (the table's known fields)."""
     known = [f for f in fields if f != "name"]
@@ -260,7 +260,7 @@ def _alerts_section(raw: Any) -> AlertsConfig | None:
     try:
         return AlertsConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_validation_message("[alerts]", exc, AlertsConfig.model_fields)) from None
+        raise ConfigError(validation_message("[alerts]", exc, AlertsConfig.model_fields)) from None
 
 
 class Config:
@@ -341,7 +341,7 @@ class Config:
             try:
                 channels[name] = ChannelConfig(name=name, **merged)
             except ValidationError as exc:
-                raise ConfigError(_validation_message(
+                raise ConfigError(validation_message(
                     f"[channels.{name}]", exc, ChannelConfig.model_fields)) from None
 
         models: dict[str, ModelInfo] = {}
@@ -360,7 +360,7 @@ class Config:
             try:
                 models[name] = ModelInfo(name=name, **merged_m)
             except ValidationError as exc:
-                raise ConfigError(_validation_message(
+                raise ConfigError(validation_message(
                     f"[models.{name!r}]", exc, ModelInfo.model_fields)) from None
             if not models[name].channels:
                 raise ConfigError(

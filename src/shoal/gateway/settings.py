@@ -52,9 +52,9 @@ class GatewaySettings(BaseModel):
         try:
             return cls(**data)
         except ValidationError as exc:
-            from shoal.config import _validation_message  # shoal.toml's tables' wording
+            from shoal.config import validation_message  # the wording of shoal.toml's tables
 
-            raise ConfigError(_validation_message("[gateway] settings", exc,
+            raise ConfigError(validation_message("[gateway] settings", exc,
                                                   cls.model_fields)) from None
 
 
