@@ -249,3 +249,28 @@ def test_the_documented_resume_of_report_py_works(sim: SimProcess, tmp_path: Pat
     assert "Traceback" not in again.stderr
     assert re.search(r"researcher\s+deepseek-chat\s+replayed", again.stdout)
     assert re.search(r"writer\s+gpt-4o\s+replayed", again.stdout)
+
+
+# -- retries are said while they happen, when no live progress is drawn -----------------
+
+
+def test_no_progress_says_when_a_call_is_being_retried(sim: SimProcess,
+                                                       tmp_path: Path) -> None:
+    """With --no-progress, a provider answering 503 kept the screen silent until the
+    call's deadline (two minutes), then one error (a newcomer's finding). Each retry is
+    now a line on stderr (at most one per channel every 10 s); with live progress on,
+    none is printed."""
+    cfg = write_sim_toml(sim.url, tmp_path / "shoal.toml")
+    (tmp_path / "one.toml").write_text(
+        '[flow]\nname = "one"\n[steps.ask]\nmodel = "m"\ninstructions = "Say hi."\n'
+        "max_tokens = 16\n")
+    sim.script(["503", "ok"])
+    code, text = _invoke("run", str(tmp_path / "one.toml"), "tides", "--config", str(cfg),
+                         "--no-progress")
+    assert code == 0, text
+    assert "step ask: retrying on sim after ProviderUnavailable (attempt 1" in text
+    sim.reset()
+    sim.script(["503", "ok"])
+    code, text = _invoke("run", str(tmp_path / "one.toml"), "tides", "--config", str(cfg))
+    assert code == 0, text
+    assert "retrying" not in text

@@ -10,6 +10,7 @@ table of steps; several run as a batch with a live progress bar.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from shoal.flows.lease import DEFAULT_LEASE_S
 from shoal.stores import shown_url, store_option
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
+    from collections.abc import AsyncIterator
 
     from rich.console import Console
 
@@ -336,15 +337,28 @@ async def _main(items: list[tuple[str, Any]], opts: RunOptions, console: Console
         return await _execute(target, items, client=router, opts=opts, console=console)
 
 
-def _observed(router: Router, opts: RunOptions, console: Console,
-              alerts: AlertsConfig | None) -> AbstractAsyncContextManager[object]:
+@contextlib.asynccontextmanager
+async def _observed(router: Router, opts: RunOptions, console: Console,
+                    alerts: AlertsConfig | None) -> AsyncIterator[object]:
     """Metrics served (--metrics-port) or pushed (--metrics-push), and alerts, around
-    the run."""
+    the run; without live progress, a line on stderr while a call keeps being retried."""
     from shoal.observe.session import observing
 
-    return observing(router, metrics_port=opts.metrics_port, push_url=opts.metrics_push,
-                     job="shoal_run", alerts=alerts,
-                     announce=lambda line: console.print(plain(line)))
+    async with observing(router, metrics_port=opts.metrics_port, push_url=opts.metrics_push,
+                         job="shoal_run", alerts=alerts,
+                         announce=lambda line: console.print(plain(line))) as session:
+        if opts.progress:
+            yield session
+            return
+        from rich.console import Console
+
+        from shoal.cli.notices import RetryNotices
+
+        stop = router.events.subscribe(kinds={"retry": RetryNotices(Console(stderr=True))})
+        try:
+            yield session
+        finally:
+            stop()
 
 
 def run(
