@@ -105,18 +105,26 @@ def check_models(target: Any, config: Config) -> None:
         for model in (agent.model, *agent.fallbacks):
             if model:
                 check_model(config, model, where)
-        named = [m for m in (agent.model, *agent.fallbacks) if m]
-        if named and not any(_reachable(config, m) for m in named):
-            # Else the run starts, is journaled, and fails at this step (exit 1, a
-            # "shoal resume" hint) for what is a configuration mistake.
-            envs = sorted({f"${ch.api_key_env}" for m in named for ch in _lanes(config, m)
-                           if ch.api_key_env})
-            raise ConfigError(
-                f"{where}: no API key for {named[0]!r}"
-                + (" or its fallbacks" if len(named) > 1 or config.model(named[0]).fallbacks
-                   else "")
-                + f": set {' or '.join(envs) or 'api_key in shoal.toml'}, or pick another "
-                "model (-m/--model); with no keys at all, 'smollm2-135m' runs offline")
+        # Else the run starts, is journaled, and fails at this step (exit 1, a "shoal
+        # resume" hint) for what is a configuration mistake.
+        check_reachable(config, [m for m in (agent.model, *agent.fallbacks) if m], where)
+
+
+def check_reachable(config: Config, named: list[str], where: str, *,
+                    instead: str = "or pick another model (-m/--model); with no keys at "
+                                   "all, 'smollm2-135m' runs offline") -> None:
+    """One of the ``named`` models (each with its fallbacks) has a channel with its API
+    key: a ``ConfigError`` naming ``where``, the variables to set and ``instead`` (what
+    else will do) otherwise, before anything runs."""
+    if not named or any(_reachable(config, m) for m in named):
+        return
+    envs = sorted({f"${ch.api_key_env}" for m in named for ch in _lanes(config, m)
+                   if ch.api_key_env})
+    raise ConfigError(
+        f"{where}: no API key for {named[0]!r}"
+        + (" or its fallbacks" if len(named) > 1 or config.model(named[0]).fallbacks
+           else "")
+        + f": set {' or '.join(envs) or 'api_key in shoal.toml'}, {instead}")
 
 
 def _chain(config: Config, model: str) -> list[str]:

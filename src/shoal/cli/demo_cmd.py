@@ -101,21 +101,12 @@ def _check_chosen(cfg: Config, role: str, model: str, instead: str) -> None:
     """``--ROLE MODEL`` must name a model of the configuration that can be reached: it
     or one of its fallbacks has a channel with its API key. A ``ConfigError`` naming the
     option otherwise, before anything runs."""
-    from shoal.cli.common import check_model
-    from shoal.errors import ConfigError
+    from shoal.cli.common import check_model, check_reachable
 
     check_model(cfg, model, f"--{role}")
-    info = cfg.model(model)
-    chain = [info.name, *info.fallbacks]
-    if any(cfg.usable(m) for m in chain):
-        return
-    envs = sorted({f"${ch.api_key_env}" for m in chain for ch in cfg.channels_for(m)
-                   if ch.api_key_env})
-    raise ConfigError(
-        f"--{role} {model}: no API key for {info.name!r}"
-        + (" or its fallbacks" if info.fallbacks else "")
-        + f": set {' or '.join(envs) or 'api_key in shoal.toml'}, pick another model for "
-        f"--{role}, or leave --{role} out (it then runs on {instead}). Nothing was run")
+    check_reachable(cfg, [model], f"--{role} {model}",
+                    instead=f"pick another model for --{role}, or leave --{role} out (it "
+                            f"then runs on {instead}). Nothing was run")
 
 
 async def _run(topic: str, cfg: Config, models: dict[str, str], *, sim: bool,

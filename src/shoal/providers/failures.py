@@ -297,7 +297,7 @@ def error_from_response(
     if 300 <= status < 400:
         # Not followed: aiohttp re-sends every header but Authorization to a new origin
         # (x-api-key, a channel's credential headers). An LLM API never redirects a POST.
-        where_to = headers.get("Location") or headers.get("location") or "nowhere"
+        where_to = _header(headers, "location") or "nowhere"
         return BadRequest(
             f"{provider} answered HTTP {status}, a redirect to {where_to!r}: shoal does not "
             "follow redirects (the API key would go along to another address); set the "

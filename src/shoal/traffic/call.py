@@ -196,8 +196,7 @@ def no_lane_error(call: CallState, now: float) -> ShoalError:
     reopen = [lane.breaker.next_allowed_at(now) for lane in lanes_all]
     reasons = "; ".join(str(lane.breaker.error()) for lane in lanes_all
                         if lane.keyed and not lane.breaker.available(now))
-    failed = call.budget.attempts
-    after = f" after {failed} failed attempt{'' if failed == 1 else 's'}" if failed else ""
+    after = f" after {_attempts(call.budget.attempts)}" if call.budget.attempts else ""
     exc = CircuitOpen(
         f"no channel for {call.request.model!r} can take the call before its deadline"
         f"{after}: {reasons or 'all channels are refused'}"
@@ -224,9 +223,12 @@ def deadline_error(call: CallState, lane: str | None, where: str) -> DeadlineExc
                                 last_error=last)
     said = str(last)
     said = said if len(said) <= 200 else said[:197] + "..."
-    failed = budget.attempts
     return DeadlineExceeded(
-        f"{head}, after {failed} failed attempt{'' if failed == 1 else 's'}, the last "
+        f"{head}, after {_attempts(budget.attempts)}, the last "
         f"{type(last).__name__}: {said}; the provider kept failing: retry later, give "
         "the model another channel to fail over to, or raise deadline_s",
         last_error=last)
+
+
+def _attempts(failed: int) -> str:
+    return f"{failed} failed attempt{'' if failed == 1 else 's'}"
