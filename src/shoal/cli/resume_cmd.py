@@ -127,7 +127,8 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
             where = cluster if cluster is not None else run.meta.get("cluster")
             lease_reaches_items(run.run_id, where, force=force, lease_s=lease_s)
             with lease_options(force=force, lease_s=lease_s):  # each item's journal's
-                return await resume_batch_cli(run, url or default_url(), target=target,
+                return await resume_batch_cli(run, url or default_url(), store,
+                                              target=target,
                                               config=config, sim=sim, cluster=cluster,
                                               progress=progress, console=console)
         meta = dict(run.meta)

@@ -162,20 +162,20 @@ def print_batch(batch_id: str, url: str | None, *, status: str | None, limit: in
         console.print(table)
 
 
-async def resume_batch_cli(record: RunRecord, store: str, *, target: str | None,
+async def resume_batch_cli(record: RunRecord, store: str, opened: Store, *,
+                           target: str | None,
                            config: Path | None, sim: bool | None, cluster: str | None,
                            progress: bool, console: Console) -> dict[str, Any]:
     """``shoal resume BATCH_ID``: the unfinished items run again, here or on the cluster
-    the batch ran on (``--cluster`` overrides; ``--cluster local``: here)."""
+    the batch ran on (``--cluster`` overrides; ``--cluster local``: here). ``opened``:
+    the store at ``store``, open (the caller read ``record`` from it)."""
     from shoal.cli.common import check_models, plain
     from shoal.cli.run_cmd import _override_model, load_target
     from shoal.config import Config
     from shoal.scale.batch_ids import batch_items
-    from shoal.stores import open_store
     from shoal.traffic.router import Router
 
-    async with open_store(store) as opened:
-        rows = await batch_items(opened, record, look_up_open=False)
+    rows = await batch_items(opened, record, look_up_open=False)
     if rows and all(row.status == "succeeded" for row in rows):
         console.print(plain(f"batch {record.run_id}: nothing to redo, all {len(rows)} items "
                             f"succeeded (`shoal runs --batch {record.run_id}` lists them)"))
