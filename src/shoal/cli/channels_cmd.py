@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from shoal.cli.common import Command
+
 if TYPE_CHECKING:
     from shoal.config import ChannelConfig
 
@@ -16,7 +18,7 @@ __all__ = ["channel_rows", "register"]
 
 
 def register(app: typer.Typer) -> None:
-    app.command("channels")(channels)
+    app.command("channels", cls=Command)(channels)
 
 
 def _key_state(ch: ChannelConfig) -> str:

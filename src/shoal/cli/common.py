@@ -19,6 +19,7 @@ import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from shoal.errors import ConfigError, RunBusy, RunNotFound, ShoalError
 
@@ -32,6 +33,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "Command",
     "LeaseOpt",
     "StoreOpt",
     "check_model",
@@ -54,6 +56,25 @@ LeaseOpt = Annotated[float, typer.Option(
     "--lease-s", envvar="SHOAL_LEASE_S", min=0.1,
     help="Seconds the run's lease outlives this process if it is killed (renewed every "
          "lease/3); another machine can take the run over after it. Default 30.")]
+
+class Command(TyperCommand):
+    """Every ``shoal`` command's class (``app.command(..., cls=Command)``): its usage line
+    names each argument as the docs and the error messages do, ``shoal show [OPTIONS]
+    RUN_ID``, ``shoal run [OPTIONS] TARGET [INPUT]...``; Typer (0.29) writes a required
+    argument in braces, ``{run_id}``, which reads as a placeholder left unfilled."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not isinstance(param, TyperArgument):
+                pieces.extend(param.get_usage_pieces(ctx))
+                continue
+            name = param.metavar or (param.name or "").upper()
+            if not param.required:
+                name = f"[{name}]"
+            pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
 
 _DOUBLE_STOP = re.compile(r"(?<![.])\.\.(?=\s|$)")
 

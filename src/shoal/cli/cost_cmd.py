@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shoal.cli.common import fail, plain
+from shoal.cli.common import Command, fail, plain
 from shoal.errors import ConfigError, RunNotFound, ShoalError
 from shoal.types import Usage
 
@@ -39,7 +39,7 @@ _USAGE_KEYS = tuple(f.name for f in fields(Usage))
 
 
 def register(app: typer.Typer) -> None:
-    app.command("cost")(cost)
+    app.command("cost", cls=Command)(cost)
 
 
 # -- reading a run's spend from its journal ------------------------------------------------

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from shoal.cli.common import Command
+
 if TYPE_CHECKING:
     from shoal.errors import ShoalError
 
@@ -15,7 +17,7 @@ __all__ = ["gateway", "register"]
 
 def register(app: typer.Typer) -> None:
     """Add the ``gateway`` command to *app*."""
-    app.command("gateway")(gateway)
+    app.command("gateway", cls=Command)(gateway)
 
 
 def gateway(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shoal.cli.common import fail, plain
+from shoal.cli.common import Command, fail, plain
 from shoal.errors import ConfigError, ShoalError
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="SHOAL_STORE",
     help="Store URL (sqlite:///path.db or postgresql://...). "
          "Default: $SHOAL_STORE or sqlite:///.shoal/runs.db.")]
-KeyArg = Annotated[str, typer.Argument(help="The key's name or id.")]
+KeyArg = Annotated[str, typer.Argument(metavar="KEY", help="The key's name or id.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead.")]
 
 keys_app = typer.Typer(
@@ -137,7 +137,7 @@ def _allowed_models(models: str) -> list[str]:
     return allowed
 
 
-@keys_app.command("create")
+@keys_app.command("create", cls=Command)
 def create(
     name: Annotated[str, typer.Option("--name", help="A unique name, e.g. team-a.")],
     store: StoreOpt = None,
@@ -168,7 +168,7 @@ def create(
     _print_secret(record, secret, "created", json_out)
 
 
-@keys_app.command("list")
+@keys_app.command("list", cls=Command)
 def list_keys(
     store: StoreOpt = None,
     *,
@@ -205,7 +205,7 @@ def list_keys(
     _console().print(table if rows else "no virtual keys in this store")
 
 
-@keys_app.command("show")
+@keys_app.command("show", cls=Command)
 def show(key: KeyArg, store: StoreOpt = None, *, json_out: JsonOpt = False) -> None:
     """Show one key: limits, status and spend (total, today, this month; UTC)."""
 
@@ -257,7 +257,7 @@ _KEEP = object()
 LimitOpt = Annotated[str | None, typer.Option(help="New value; none lifts it.")]
 
 
-@keys_app.command("update")
+@keys_app.command("update", cls=Command)
 def update(
     key: KeyArg,
     store: StoreOpt = None,
@@ -305,7 +305,7 @@ def update(
                      f"{plain(', '.join(record.models) or 'all')}", highlight=False)
 
 
-@keys_app.command("revoke")
+@keys_app.command("revoke", cls=Command)
 def revoke(key: KeyArg, store: StoreOpt = None) -> None:
     """Revoke a key: its secret stops working (within a second on running gateways)."""
 
@@ -318,7 +318,7 @@ def revoke(key: KeyArg, store: StoreOpt = None) -> None:
     _console().print(f"{state} {plain(record.name)} ({record.id})", highlight=False)
 
 
-@keys_app.command("rotate")
+@keys_app.command("rotate", cls=Command)
 def rotate(key: KeyArg, store: StoreOpt = None, *, json_out: JsonOpt = False) -> None:
     """Give a key a new secret (same id, limits and spend); the old secret stops working."""
 

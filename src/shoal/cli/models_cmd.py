@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from shoal.cli.common import Command
+
 if TYPE_CHECKING:
     from shoal.config import Config, ModelInfo
 
@@ -18,7 +20,7 @@ __all__ = ["model_rows", "register"]
 
 
 def register(app: typer.Typer) -> None:
-    app.command("models")(models)
+    app.command("models", cls=Command)(models)
 
 
 def _key(cfg: Config, info: ModelInfo) -> str:

@@ -94,14 +94,16 @@ def resume(
 
     console = Console()
     require_store(store, run_id)
+    stopped: dict[str, Any] = {}  # a store that failed mid-run: what --json adds
     try:
         summary = run_loop(_resume(run_id, store, target=target, config=config, sim=sim,
                                    allow_changed=allow_changed, console=console,
                                    progress=progress, cluster=cluster,
-                                   budget_usd=budget_usd, force=force, lease_s=lease_s))
+                                   budget_usd=budget_usd, force=force, lease_s=lease_s,
+                                   stopped=stopped))
     except ShoalError as exc:
         if json_out is not None and exit_code(exc) == EXIT_FAILED:  # the run failed again
-            write_json(json_out, failure_summary(exc), console)
+            write_json(json_out, {**failure_summary(exc), **stopped}, console)
         raise fail(exc) from None
     except KeyboardInterrupt:  # the steps and the command to continue are printed
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -113,7 +115,8 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
                   sim: bool | None, allow_changed: bool, console: Console,
                   progress: bool = True, cluster: str | None = None,
                   budget_usd: float | None = None, force: bool = False,
-                  lease_s: float = DEFAULT_LEASE_S) -> dict[str, Any]:
+                  lease_s: float = DEFAULT_LEASE_S, stopped: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
     from shoal.agents.guards import Budget
     from shoal.cli.common import check_models
     from shoal.scale.batch_ids import is_batch
@@ -157,7 +160,8 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
             async with Router(cfg) as router:
                 return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
                                        console=console, progress=progress, budget=budget,
-                                       force=force, lease_s=lease_s, url=url)
+                                       force=force, lease_s=lease_s, url=url,
+                                       stopped=stopped)
         from shoal.sim import SimConfig, SimServer, config_for_sim
         from shoal.traffic.router import Router
 
@@ -166,7 +170,8 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
                 Router(config_for_sim(server.url)) as router:
             return await _continue(flow, run_id, store, router, allow_changed=allow_changed,
                                    console=console, progress=progress, budget=budget,
-                                   force=force, lease_s=lease_s, url=url)
+                                   force=force, lease_s=lease_s, url=url,
+                                   stopped=stopped)
 
 
 def _rebuild(spec: str, model: str | None) -> Flow:
@@ -186,12 +191,12 @@ def _rebuild(spec: str, model: str | None) -> Flow:
 async def _continue(flow: Flow, run_id: str, store: Any, client: ModelClient, *,
                     allow_changed: bool, console: Console, progress: bool = True,
                     budget: Budget | None = None, force: bool = False,
-                    lease_s: float = DEFAULT_LEASE_S, url: str | None = None
-                    ) -> dict[str, Any]:
+                    lease_s: float = DEFAULT_LEASE_S, url: str | None = None,
+                    stopped: dict[str, Any] | None = None) -> dict[str, Any]:
     from shoal.agents.recorder import to_jsonable
     from shoal.cli.live import live_progress, print_cache_line
-    from shoal.cli.run_cmd import print_interrupted
-    from shoal.errors import StepFailed
+    from shoal.cli.stopped import print_interrupted, print_store_failed
+    from shoal.errors import RunBusy, StepFailed, StoreError
     from shoal.flows.flow import as_text
     from shoal.flows.progress import RunProgress
     from shoal.flows.resume import resume as resume_run
@@ -207,6 +212,15 @@ async def _continue(flow: Flow, run_id: str, store: Any, client: ModelClient, *,
     except asyncio.CancelledError:  # Ctrl-C: where it stood, and how to go on
         print_interrupted(console, watch, flow=flow.name, run_id=run_id,
                           store=url or default_url())
+        raise
+    except StoreError as exc:
+        if isinstance(exc, RunBusy):
+            raise  # a lease held or lost elsewhere: exit 3, its own advice
+        # The store failed in the middle: what was saved, and how to go on.
+        found = print_store_failed(console, watch, flow=flow.name, run_id=run_id,
+                                   store=url or default_url())
+        if stopped is not None:
+            stopped.update(found)
         raise
     except StepFailed as exc:
         if exc.result is not None:  # what this attempt spent before it failed

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,6 +21,7 @@ import typer
 
 from shoal.cli.common import (
     EXIT_FAILED,
+    Command,
     LeaseOpt,
     check_model,
     check_models,
@@ -29,8 +30,9 @@ from shoal.cli.common import (
     plain,
 )
 from shoal.cli.loop import run as run_loop
+from shoal.cli.stopped import print_interrupted, print_store_failed
 from shoal.cli.targets import load_inputs, load_target
-from shoal.errors import ConfigError, ShoalError, StepFailed
+from shoal.errors import ConfigError, RunBusy, ShoalError, StepFailed, StoreError
 from shoal.flows.lease import DEFAULT_LEASE_S
 from shoal.stores import shown_url, store_option
 
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 
     from shoal.agents.client import ModelClient
     from shoal.flows.flow import FlowResult
-    from shoal.flows.progress import RunProgress
     from shoal.observe.alert_config import AlertsConfig
     from shoal.traffic.router import Router
 
@@ -62,9 +63,10 @@ __all__ = [
 
 def register(app: typer.Typer) -> None:
     """Add the ``run`` command to *app*."""
-    app.command("run")(run)
-    app.command("batch", help="Run TARGET over many inputs (as `shoal run`; with --store "
-                "the batch is journaled, with --cluster it runs on a Dask cluster).")(run)
+    app.command("run", cls=Command)(run)
+    app.command("batch", cls=Command,
+                help="Run TARGET over many inputs (as `shoal run`; with --store the batch "
+                     "is journaled, with --cluster it runs on a Dask cluster).")(run)
 
 
 def positive_budget(value: float | None, *, unset: str = "for no budget") -> float | None:
@@ -113,6 +115,9 @@ class RunOptions:
     metrics_push: str | None = None
     cluster: str | None = None
     lease_s: float = DEFAULT_LEASE_S
+    # Filled when the run stops before its end (a store that failed, Ctrl-C on a batch):
+    # what --json holds then besides the error.
+    stopped: dict[str, Any] = field(default_factory=dict)
 
 
 async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelClient,
@@ -164,6 +169,13 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
             print_interrupted(console, progress, flow=flow.name, run_id=run_id,
                               store=opts.store)
             raise
+        except StoreError as exc:
+            if opts.store is None or run_id is None or isinstance(exc, RunBusy):
+                raise  # a lease held or lost elsewhere: exit 3, its own advice
+            # The store failed in the middle: what was saved, and how to go on.
+            opts.stopped.update(print_store_failed(console, progress, flow=flow.name,
+                                                   run_id=run_id, store=opts.store))
+            raise
         except StepFailed as exc:
             if exc.result is not None:  # what was spent before it failed
                 console.print(exc.result.table())
@@ -210,11 +222,19 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
                 sim=opts.sim, config=opts.config, run_id=run_id,
                 concurrency=opts.concurrency, budget_usd=budget_usd, progress=opts.progress,
                 console=console, meta=journal_meta(opts.target_spec, model=opts.model,
-                                                   sim=opts.sim, config=opts.config))
+                                                   sim=opts.sim, config=opts.config),
+                stopped=opts.stopped)
     else:
         batch = Batch(target, concurrency=opts.concurrency, client=client, run_id=run_id,
                       budget_usd=budget_usd, progress=opts.progress, console=console)
-        result = await batch.run(dict(items))
+        try:
+            result = await batch.run(dict(items))
+        except asyncio.CancelledError:  # Ctrl-C: its items as they stood
+            from shoal.cli.batch_stop import print_batch_interrupted
+
+            opts.stopped.update(await print_batch_interrupted(
+                console, batch, [label for label, _ in items], store=None))
+            raise
     console.print(result.table())
     print_cache_line(console, run_prices(opts.config, sim=opts.sim), spent_of(result))
     return {
@@ -227,28 +247,6 @@ async def _execute(target: Any, items: list[tuple[str, Any]], *, client: ModelCl
         "succeeded": len(result.succeeded), "failed": len(result.failed),
         "cost_usd": result.cost_usd, "usage": to_jsonable(result.usage),
     }
-
-
-def print_interrupted(console: Console, progress: RunProgress, *, flow: str,
-                      run_id: str | None, store: str | None) -> None:
-    """After Ctrl-C: the steps as they stood (a running step shows ``interrupted``) and,
-    for a run journaled in ``store`` (a URL), the ``shoal resume`` command continuing it,
-    as a failed run prints them."""
-    from rich.markup import escape
-
-    for step in progress.steps.values():
-        if step.status == "running":
-            step.status = "interrupted"
-    title = " · ".join([flow, *([f"run {run_id}"] if run_id else []), "interrupted"])
-    console.print(progress.table(escape(title)))
-    if store is not None and run_id is not None:
-        console.print(plain(f"interrupted: journaled as run {run_id} in {shown_url(store)}; "
-                            f"continue with: shoal resume {run_id}{store_option(store)}"),
-                      soft_wrap=True)  # one line: the command copies whole
-    else:
-        console.print(plain("interrupted; the run was not journaled: with --store "
-                            "sqlite:///.shoal/runs.db, `shoal resume` continues a run"),
-                      soft_wrap=True)
 
 
 def _flow_summary(console: Console, res: FlowResult, opts: RunOptions) -> dict[str, Any]:
@@ -408,13 +406,15 @@ def run(
 ) -> None:
     """Run an agent, a flow or a flow spec on one input or a batch of inputs.
 
-    Exit status: 0 done, 1 the run (or a batch item) failed, 2 a usage or config error,
-    3 another process executes that --run-id (it holds the run's lease), 130 interrupted
-    (Ctrl-C: a single run prints its steps so far and, journaled, the `shoal resume`
+    Exit status: 0 done, 1 the run (or a batch item) failed or its store failed (it
+    prints which steps were saved), 2 a usage or config error, 3 another process
+    executes that --run-id (it holds the run's lease), 130 interrupted (Ctrl-C: a single
+    run prints its steps so far, a batch its items, and, journaled, the `shoal resume`
     command)."""
     from rich.console import Console
 
     console = Console(stderr=False)
+    opts: RunOptions | None = None
     try:
         items = load_inputs(list(inputs or []), input_file, input_dir, glob)
         if not items:
@@ -429,9 +429,12 @@ def run(
         summary = run_loop(_main(items, opts, console))
     except ShoalError as exc:
         if json_out is not None and exit_code(exc) == EXIT_FAILED:  # the run failed
-            write_json(json_out, failure_summary(exc), console)
+            stopped = opts.stopped if opts is not None else {}
+            write_json(json_out, {**failure_summary(exc), **stopped}, console)
         raise fail(exc) from None
-    except KeyboardInterrupt:  # the steps and the resume command are printed
+    except KeyboardInterrupt:  # the steps (a batch: its items) and how to go on are printed
+        if json_out is not None and opts is not None and opts.stopped:  # a batch's items
+            write_json(json_out, opts.stopped, console)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out is not None:
         write_json(json_out, summary, console)

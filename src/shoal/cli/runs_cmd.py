@@ -20,6 +20,7 @@ import typer
 
 from shoal.cli.common import (
     EXIT_USAGE,
+    Command,
     StoreOpt,
     default_url,
     fail,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from shoal.flows.resume import RunPlan
-    from shoal.stores.records import Lease
+    from shoal.stores.records import Lease, RunRecord
 
 __all__ = [
     "delete", "journal_meta", "parse_duration", "prune", "register", "resume", "runs", "show",
@@ -48,11 +49,11 @@ _STATUS_COLOURS = {"succeeded": "green", "running": "cyan", "failed": "red",
 
 def register(app: typer.Typer) -> None:
     """Add ``runs``, ``show``, ``resume``, ``delete`` and ``prune`` to *app*."""
-    app.command("runs")(runs)
-    app.command("show")(show)
-    app.command("resume")(resume)
-    app.command("delete")(delete)
-    app.command("prune")(prune)
+    app.command("runs", cls=Command)(runs)
+    app.command("show", cls=Command)(show)
+    app.command("resume", cls=Command)(resume)
+    app.command("delete", cls=Command)(delete)
+    app.command("prune", cls=Command)(prune)
 
 
 def journal_meta(target: str, *, model: str | None = None, sim: bool = False,
@@ -156,34 +157,52 @@ def runs(
     now = _now()
     if json_out:
         console.print_json(json.dumps([
-            {"run_id": r.run_id, "flow": r.flow, "status": r.status, "tokens": r.tokens,
-             "cost_usd": r.cost_usd, "created_at": r.created_at, "updated_at": r.updated_at,
-             "error": r.error} for r in records]))
+            {"run_id": r.run_id, "flow": r.flow, "status": r.status, "tokens": tokens,
+             "cost_usd": cost, "created_at": r.created_at, "updated_at": r.updated_at,
+             "error": r.error} for r, tokens, cost in records]))
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for col, justify in (("run", "left"), ("flow", "left"), ("status", "left"),
                          ("tokens", "right"), ("cost $", "right"), ("age", "right"),
                          ("updated", "right"), ("error", "left")):
         table.add_column(col, justify=justify, no_wrap=col != "error")  # type: ignore[arg-type]
-    for r in records:
-        table.add_row(plain(r.run_id), plain(r.flow), _status(r.status), str(r.tokens),
-                      f"{r.cost_usd:.6f}", _age(now - r.created_at), _age(now - r.updated_at),
-                      plain((r.error or "")[:60]))
+    for r, tokens, cost in records:
+        table.add_row(plain(r.run_id), plain(r.flow), _status(r.status),
+                      "unknown" if tokens is None else str(tokens),
+                      "unknown" if cost is None else f"{cost:.6f}", _age(now - r.created_at),
+                      _age(now - r.updated_at), plain((r.error or "")[:60]))
     console.print(table if records else "no runs in this store")
 
 
-async def _list(url: str | None, status: str | None, limit: int) -> list[Any]:
+async def _list(url: str | None, status: str | None, limit: int
+                ) -> list[tuple[RunRecord, int | None, float | None]]:
+    """The runs with their tokens and cost: the store's totals; for a batch recorded
+    before those were its items' (an older shoal: they hold 0), its items' sum, None
+    (unknown) when an item's spend is gone with its journal."""
+    from shoal.scale.batch_ids import batch_items, has_item_totals, is_batch
     from shoal.stores import open_store
 
     async with open_store(url) as store:
-        return await store.list_runs(limit=limit, status=status)  # type: ignore[arg-type]
+        records = await store.list_runs(limit=limit, status=status)  # type: ignore[arg-type]
+        found: list[tuple[RunRecord, int | None, float | None]] = []
+        for r in records:
+            if not is_batch(r) or has_item_totals(r):
+                found.append((r, r.tokens, r.cost_usd))
+                continue
+            rows = await batch_items(store, r, look_up_open=False)
+            if all(row.spend_known for row in rows):
+                found.append((r, sum(row.usage.total_tokens for row in rows),
+                              sum(row.cost_usd for row in rows)))
+            else:
+                found.append((r, None, None))
+        return found
 
 
 # -- shoal show ------------------------------------------------------------------------
 
 
 def show(
-    run_id: Annotated[str, typer.Argument(help="The run to show.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to show.")],
     store: StoreOpt = None,
     *,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
@@ -215,8 +234,7 @@ def show(
     console.print(f"[b]run {plain(run.run_id)}[/b] · flow {plain(run.flow)} · "
                   f"{_status(run.status)}")
     console.print(f"created {created} ({_age(now - run.created_at)} ago), last write "
-                  f"{_age(now - run.updated_at)} ago · {run.tokens} tokens · "
-                  f"${run.cost_usd:.6f}")
+                  f"{_age(now - run.updated_at)} ago · {_spent(p)}")
     console.print(f"input: {_preview(run.input)}", markup=False, soft_wrap=True)
     if p.target:
         console.print(f"target: {p.target}", markup=False, soft_wrap=True)
@@ -227,6 +245,15 @@ def show(
     console.print(_steps_table(p))
     _cache_footer(console, store or default_url(), run)
     console.print(plain(_resume_line(p)), soft_wrap=True)
+
+
+def _spent(p: RunPlan) -> str:
+    if p.unknown_spend:  # a false total would be worse than none
+        many = len(p.unknown_spend) > 1
+        gone = ", ".join(p.unknown_spend[:3]) + (", ..." if len(p.unknown_spend) > 3 else "")
+        return (f"tokens and cost unknown (item{'s' if many else ''} {plain(gone)}: "
+                f"{'their journals are' if many else 'its journal is'} gone)")
+    return f"{p.run.tokens} tokens · ${p.run.cost_usd:.6f}"
 
 
 def _lease_line(lease: Lease, now: float) -> str:
@@ -294,8 +321,10 @@ def _steps_table(p: RunPlan) -> Table:
     for v in p.steps:
         start = "-" if v.started_at is None else f"+{v.started_at - origin:.1f}s"
         took = "-" if v.duration_s is None else f"{v.duration_s:.2f}s"
+        tokens, cost = ((str(v.tokens), f"{v.cost_usd:.6f}") if v.spend_known
+                        else ("unknown", "unknown"))
         table.add_row(plain(v.step_id), _status(v.status), str(v.attempt), start, took,
-                      str(v.turns), str(v.tokens), f"{v.cost_usd:.6f}", plain(v.model or "-"),
+                      str(v.turns), tokens, cost, plain(v.model or "-"),
                       plain((v.error or "")[:80]))
     return table
 
@@ -315,11 +344,14 @@ def _plan_json(p: RunPlan) -> dict[str, Any]:
     run = p.run
     return {
         "run_id": run.run_id, "flow": run.flow, "status": run.status, "input": run.input,
-        "created_at": run.created_at, "updated_at": run.updated_at, "tokens": run.tokens,
-        "cost_usd": run.cost_usd, "error": run.error, "meta": dict(run.meta),
+        "created_at": run.created_at, "updated_at": run.updated_at,
+        "tokens": None if p.unknown_spend else run.tokens,
+        "cost_usd": None if p.unknown_spend else run.cost_usd,
+        "unknown_spend": p.unknown_spend, "error": run.error, "meta": dict(run.meta),
         "steps": [{"step": v.step_id, "status": v.status, "attempt": v.attempt,
                    "started_at": v.started_at, "finished_at": v.finished_at,
-                   "tokens": v.tokens, "cost_usd": v.cost_usd, "model": v.model,
+                   "tokens": v.tokens if v.spend_known else None,
+                   "cost_usd": v.cost_usd if v.spend_known else None, "model": v.model,
                    "turns": v.turns, "error": v.error} for v in p.steps],
         "replay": p.replay, "redo": p.redo, "turns_to_replay": p.turns_to_replay,
         "stale_if_changed": p.stale_if_changed,
@@ -332,7 +364,8 @@ def _plan_json(p: RunPlan) -> dict[str, Any]:
 
 
 def delete(
-    run_ids: Annotated[list[str], typer.Argument(help="The run(s) to delete.")],
+    run_ids: Annotated[list[str], typer.Argument(
+        metavar="RUN_ID", help="The run(s) to delete.")],
     store: StoreOpt = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Delete a run even while an executor holds its lease (runs it).")

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from shoal.cli.common import Command
 from shoal.cli.loop import run as run_loop
 
 __all__ = ["register", "serve"]
@@ -23,7 +24,7 @@ _PROFILE_FLAGS = ("ttft_s", "tokens_per_s", "output_tokens", "context_window", "
 
 def register(app: typer.Typer) -> None:
     """Add the ``sim`` command to *app*."""
-    app.command("sim")(sim)
+    app.command("sim", cls=Command)(sim)
 
 
 def sim(

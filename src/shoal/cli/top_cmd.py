@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from shoal.cli.common import Command
 from shoal.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ _BREAKER = {0.0: "closed", 1.0: "half-open", 2.0: "OPEN"}
 
 def register(app: typer.Typer) -> None:
     """Add the ``top`` command to *app*."""
-    app.command("top")(top)
+    app.command("top", cls=Command)(top)
 
 
 @dataclass

@@ -147,6 +147,9 @@ class Batch:
         self.progress = progress
         self.console = console
         self.description = description or getattr(target, "name", None) or "batch"
+        # The items of the latest run that have finished, by index, as they finish: what
+        # a run that was cancelled (Ctrl-C) got done, for its caller to tell.
+        self.outcomes: dict[int, BatchItem] = {}
 
     async def run(self, inputs: Iterable[Any] | Mapping[str, Any], *,
                   executor: DaskExecutor | LocalExecutor | None = None) -> BatchResult:
@@ -179,13 +182,14 @@ class Batch:
         results: list[BatchItem | None] = [None] * len(items)
         feed: Iterator[tuple[int, Any]] = iter(enumerate(items))
         started = self.clock.now()
+        self.outcomes = {}
 
         async def worker() -> None:
             for index, value in feed:
                 state.started()
                 item = await self._one(index, value, f"{run_id}-{index}", client, budget)
                 item.name = names[index]
-                results[index] = item
+                results[index] = self.outcomes[index] = item
                 state.finished(item)
 
         try:

@@ -203,6 +203,10 @@ class StoreRecorder:
             await self.store.create_run(record)
         except RunExists:
             return await self.store.require_run(record.run_id)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: it may be there, "running"
+                await self._never_ran(record.run_id, exc)
+            raise
         return None
 
     async def _execute(self, run_id: str, existing: RunRecord | None, *, agent: bool) -> None:
@@ -211,17 +215,38 @@ class StoreRecorder:
         (another executor may have written it until a moment ago, even a run this one
         just created) and mark an existing run running."""
         batch = (self.meta if existing is None else existing.meta).get("batch")
-        await self.leases.take(run_id, batch=batch if isinstance(batch, str) else None,
-                               agent=agent)
+        try:
+            await self.leases.take(run_id, batch=batch if isinstance(batch, str) else None,
+                                   agent=agent)
+        except RunBusy:
+            raise  # another executor's run: not ours to mark
+        except BaseException as exc:
+            if existing is None:  # created a moment ago, "running": nothing else ends it
+                await self._never_ran(run_id, exc)
+            raise
         try:
             self._cache(run_id, _RunJournal(await self._load(run_id)))
             if existing is not None:
                 with writing_as(self.leases.owner):
                     await self.store.update_run(run_id, status="running")
-        except BaseException:
+        except BaseException as exc:
             self._runs.pop(run_id, None)
+            if existing is None or not isinstance(exc, Exception):  # may say "running"
+                await self._never_ran(run_id, exc)
             await self.leases.release(run_id)
             raise
+
+    async def _never_ran(self, run_id: str, exc: BaseException) -> None:
+        """The run stopped before it began (cancelled while it took its lease, or read
+        its journal): its record says so instead of ``running`` for ever. Fenced, so a
+        run another executor holds by now is left alone; a store error is not raised
+        over ``exc``."""
+        cancelled = not isinstance(exc, Exception)
+        error = ("cancelled before it began" if cancelled
+                 else f"{type(exc).__name__} before it began: {exc}")
+        with contextlib.suppress(StoreError), writing_as(self.leases.owner):
+            await self.store.update_run(run_id, status="cancelled" if cancelled else "failed",
+                                        error=error)
 
     def _check(self, run: RunRecord, flow: str, definition: str, hashes: dict[str, str],
                input: Any) -> None:

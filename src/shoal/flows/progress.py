@@ -6,7 +6,9 @@
 
 :meth:`RunProgress.watch` wraps any :class:`~shoal.agents.recorder.RunRecorder` (the
 journal included) and notes what passes through it: a step starting, each model turn
-it finishes, the step finishing or replaying from the journal. ``on_change`` is called
+it finishes, the step finishing or replaying from the journal, and a journal write that
+failed (the step's status becomes ``not saved``: it finished, or paid for a model turn,
+but the store did not take it). ``on_change`` is called
 after every change (``shoal run`` and ``shoal demo`` draw a live table from it, or print
 one line per finished step when stdout is not a terminal). Failures reach the recorder
 only as the run's end, so a step still ``running`` then is reported by the run's result.
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal.clock import Clock, RealClock
+from shoal.errors import StoreError
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -35,7 +38,7 @@ class StepProgress:
     """One step as the progress view shows it (map items count under their step)."""
 
     name: str
-    status: str = "waiting"  # waiting, running, succeeded, replayed
+    status: str = "waiting"  # waiting, running, succeeded, replayed, not saved
     turns: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
@@ -119,6 +122,19 @@ class RunProgress:
         step.finished_at = now
         self._changed(step)
 
+    def unsaved(self, step_id: str, response: ChatResponse | None = None) -> None:
+        """The journal could not take what ``step_id`` did: its result, or (``response``)
+        a model turn it paid for. The step is ``not saved``: a resume runs it again."""
+        step = self._step(step_id)
+        if response is not None:
+            step.turns += 1
+            step.tokens += response.usage.total_tokens
+            step.cost_usd += response.cost_usd
+            step.model = response.model or step.model
+        step.status = "not saved"
+        step.finished_at = step.finished_at or self.clock.now()
+        self._changed(step)
+
     def table(self, title: str | None = None) -> Table:
         """A rich table of the steps so far: step, status, turns, tokens, cost, time."""
         from rich import box
@@ -126,7 +142,8 @@ class RunProgress:
         from rich.table import Table
 
         colours = {"running": "cyan", "succeeded": "green", "replayed": "blue",
-                   "waiting": "dim"}
+                   "waiting": "dim", "not run": "dim", "not saved": "red",
+                   "interrupted": "yellow"}
         table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
         for col in ("step", "status", "model", "turns", "tokens", "cost $", "time"):
             table.add_column(col, justify="left" if col in ("step", "status", "model")
@@ -176,7 +193,11 @@ class _Watching:
         return found
 
     async def step_done(self, run_id: str, step_id: str, step: RecordedStep) -> None:
-        await self._inner.step_done(run_id, step_id, step)
+        try:
+            await self._inner.step_done(run_id, step_id, step)
+        except StoreError:
+            self._progress.unsaved(step_id)
+            raise
         self._progress.finished(step_id, step, replayed=False)
 
     async def replay_turn(self, run_id: str, step_id: str, turn: int) -> ChatResponse | None:
@@ -189,7 +210,11 @@ class _Watching:
     async def turn_done(
         self, run_id: str, step_id: str, turn: int, response: ChatResponse
     ) -> None:
-        await self._inner.turn_done(run_id, step_id, turn, response)
+        try:
+            await self._inner.turn_done(run_id, step_id, turn, response)
+        except StoreError:  # paid for, not journaled
+            self._progress.unsaved(step_id, response)
+            raise
         self._progress.started(step_id)
         self._progress.turn(step_id, response)
 

@@ -164,6 +164,7 @@ class StepView:
     model: str | None = None
     error: str | None = None
     turns: int = 0  # model turns journaled (replayed by a resume even if the step re-runs)
+    spend_known: bool = True  # a batch item whose tokens and cost are gone: False
 
     @property
     def duration_s(self) -> float | None:
@@ -185,6 +186,10 @@ class RunPlan:
     stale_if_changed: list[str] = field(default_factory=list)
     # who executes the run, or last did (a lease past its expiry binds no one): None: free
     lease: Lease | None = None
+    # a batch's items whose tokens and cost cannot be known (their outcomes, recorded by
+    # an older shoal, lack them, and their own runs are gone): the run's totals are
+    # unknown then, not the sum of the others
+    unknown_spend: list[str] = field(default_factory=list)
 
     @property
     def target(self) -> str | None:
@@ -220,7 +225,7 @@ def _batch_plan(run: RunRecord, rows: list[ItemRow], records: list[StepRecord]) 
     item's status, tokens and cost as ``shoal runs --batch`` tells them (an item with
     no outcome yet: its run's); a resume runs again every item that did not succeed.
     The run's totals are its items' (a batch record written before the items' outcomes
-    carried their spend holds 0)."""
+    carried their spend holds 0); ``unknown_spend`` names the items whose spend is gone."""
     from shoal.scale.batch_ids import item_step_id
 
     steps = {rec.step_id: rec for rec in records}
@@ -231,12 +236,13 @@ def _batch_plan(run: RunRecord, rows: list[ItemRow], records: list[StepRecord]) 
             item_step_id(r.index), "not_run" if r.status == "pending" else r.status,
             rec.attempt if rec else 0, rec.started_at if rec else None,
             rec.finished_at if rec else None, r.usage.total_tokens, r.cost_usd, None,
-            r.error))
+            r.error, spend_known=r.spend_known))
     replay = [v.step_id for v in views if v.status == "succeeded"]
     redo = [v.step_id for v in views if v.status != "succeeded"]
     totals = replace(run, tokens=sum(v.tokens for v in views),
                      cost_usd=sum(v.cost_usd for v in views))
-    return RunPlan(totals, views, replay, redo)
+    return RunPlan(totals, views, replay, redo,
+                   unknown_spend=[r.run_id for r in rows if not r.spend_known])
 
 
 def _plan(run: RunRecord, records: list[StepRecord]) -> RunPlan:

@@ -36,6 +36,7 @@ __all__ = [
     "BATCH_FLOW",
     "ItemRow",
     "batch_items",
+    "has_item_totals",
     "is_batch",
     "item_run_id",
     "item_step_id",
@@ -69,9 +70,11 @@ async def open_batch(store: Store, batch_id: str, names: Sequence[str], inputs: 
 
     existing = await store.get_run(batch_id)
     if existing is None:
+        # "item_totals": the record's tokens and cost are its items' (each outcome
+        # carries its spend); a batch recorded without it is summed from its items.
         record = RunRecord(batch_id, flow=BATCH_FLOW, input=to_jsonable(list(inputs)),
                            meta={**meta, "kind": "batch", "names": list(names),
-                                 "items": len(inputs)})
+                                 "items": len(inputs), "item_totals": True})
         return await store.create_run(record)
     if not is_batch(existing):
         raise ConfigError(
@@ -129,6 +132,15 @@ class ItemRow:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     latency_s: float = 0.0
+    # False when its tokens and cost cannot be known: its outcome was recorded without
+    # them (an older shoal) and its own run, which has them, is gone (deleted, pruned)
+    spend_known: bool = True
+
+
+def has_item_totals(batch: RunRecord) -> bool:
+    """Whether the batch run's own tokens and cost are its items' (recorded so since
+    outcomes carry their spend); else they are summed from :func:`batch_items`."""
+    return batch.meta.get("item_totals") is True
 
 
 async def batch_items(store: Store, batch: RunRecord, *, look_up_open: bool = True
@@ -136,7 +148,8 @@ async def batch_items(store: Store, batch: RunRecord, *, look_up_open: bool = Tr
     """Every item of ``batch`` in input order. With ``look_up_open``, items with no
     outcome are told apart by reading their runs (see :class:`ItemRow`: ``running``,
     ``interrupted``, ``cancelled``... or ``pending``), and their tokens and cost so far
-    are their runs'."""
+    are their runs'. An outcome recorded without its tokens and cost (by an older shoal)
+    takes its run's; with that run gone, the item's ``spend_known`` is False."""
     names = [str(n) for n in batch.meta.get("names", [])]
     rows = [ItemRow(i, name, item_run_id(batch.run_id, i), "pending")
             for i, name in enumerate(names)]
@@ -150,9 +163,15 @@ async def batch_items(store: Store, batch: RunRecord, *, look_up_open: bool = Tr
         row.output = raw.get("output")
         row.error = step.error
         row.error_type = raw.get("error_type")
-        row.usage = Usage(**raw["usage"]) if isinstance(raw.get("usage"), dict) else Usage()
-        row.cost_usd = float(raw.get("cost_usd") or 0.0)
         row.latency_s = float(raw.get("latency_s") or 0.0)
+        if isinstance(raw.get("usage"), dict):
+            row.usage = Usage(**raw["usage"])
+            row.cost_usd = float(raw.get("cost_usd") or 0.0)
+        else:  # an outcome recorded without its spend (an older shoal): its run's
+            run = await store.get_run(row.run_id)
+            row.spend_known = run is not None
+            if run is not None:  # the journal's totals (not split by kind)
+                row.usage, row.cost_usd = Usage(output_tokens=run.tokens), run.cost_usd
     if look_up_open:
         for row in rows:
             if row.status != "pending":

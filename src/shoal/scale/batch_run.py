@@ -82,11 +82,13 @@ async def _execute(executor: ChunkExecutor, batch: Batch, batch_id: str, *,
 
     started = batch.clock.now()
     results: dict[int, BatchItem] = {i.index: i for i in finished}
+    batch.outcomes = dict(results)  # and each item as it finishes (Batch.outcomes)
     state = _Progress(len(inputs), batch.clock, batch.progress, batch.console,
                       batch.description)
     counted: set[int] = set()
 
     def item_done(item: BatchItem) -> None:
+        batch.outcomes.setdefault(item.index, item)  # a cluster's: status and spend only
         if item.index not in counted:  # an item announced, then in its chunk's results
             counted.add(item.index)
             state.started()
@@ -98,7 +100,7 @@ async def _execute(executor: ChunkExecutor, batch: Batch, batch_id: str, *,
     def done(job: ChunkJob, items: list[BatchItem]) -> None:
         for item in items:
             item.input = inputs[item.index]
-            results[item.index] = item
+            results[item.index] = batch.outcomes[item.index] = item
             item_done(item)
 
     with state:

@@ -5,6 +5,7 @@ these."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,10 +38,12 @@ def _executor(cluster: str | None, store: str, *, config: Path | str | None,
 async def run_batch_cli(target: Any, items: list[tuple[str, Any]], *, client: ModelClient,
                         store: str, cluster: str | None, sim: bool, meta: dict[str, Any],
                         config: Path | None, run_id: str | None, concurrency: int,
-                        budget_usd: float | None, progress: bool, console: Console
-                        ) -> BatchResult:
+                        budget_usd: float | None, progress: bool, console: Console,
+                        stopped: dict[str, Any] | None = None) -> BatchResult:
     """A journaled batch, here (``cluster`` unset) or on a Dask cluster: the batch and
-    each item are runs in ``store``."""
+    each item are runs in ``store``. Stopped with Ctrl-C, it prints its items as they
+    stood and the command that continues it (``stopped``: filled with the ``--json``
+    document of that)."""
     from shoal.agents.runner import new_run_id
     from shoal.cli.common import plain
     from shoal.flows.batch import Batch
@@ -59,7 +62,16 @@ async def run_batch_cli(target: Any, items: list[tuple[str, Any]], *, client: Mo
                   progress=progress, console=console)
     console.print(plain(f"batch {batch_id} ({len(items)} items) on "
                         f"{cluster or 'this process'}, journaled in {shown_url(store)}"))
-    result = await executor.run(batch, dict(items), meta=meta)
+    try:
+        result = await executor.run(batch, dict(items), meta=meta)
+    except asyncio.CancelledError:  # Ctrl-C: where it stood, and how to go on
+        from shoal.cli.batch_stop import print_batch_interrupted
+
+        doc = await print_batch_interrupted(console, batch, [label for label, _ in items],
+                                            store=store)
+        if stopped is not None:
+            stopped.update(doc)
+        raise
     flag = store_option(store)
     console.print(plain(f"shoal runs --batch {batch_id}{flag} lists its items; "
                         f"shoal resume {batch_id}{flag} runs the unfinished ones again"))
@@ -107,26 +119,30 @@ async def batch_report(store: Store, record: RunRecord, *, status: str | None = 
         counts[r.status] = counts.get(r.status, 0) + 1
     shown = [r for r in rows if status is None or r.status == status]
     shown.sort(key=lambda r: (r.status == "succeeded", r.index))
+    known = all(r.spend_known for r in rows)  # else unknown, not a false sum
     data = {
         "batch_id": record.run_id, "status": record.status, "items": len(rows),
-        "counts": counts, "tokens": sum(r.usage.total_tokens for r in rows),
-        "cost_usd": sum(r.cost_usd for r in rows),
+        "counts": counts, "tokens": sum(r.usage.total_tokens for r in rows) if known else None,
+        "cost_usd": sum(r.cost_usd for r in rows) if known else None,
         "cluster": record.meta.get("cluster"),
         "failures": [{"index": r.index, "name": r.name, "run_id": r.run_id,
                       "error": r.error} for r in rows if r.status == "failed"],
         "rows": [{"index": r.index, "name": r.name, "run_id": r.run_id, "status": r.status,
-                  "tokens": r.usage.total_tokens, "cost_usd": r.cost_usd, "error": r.error}
+                  "tokens": r.usage.total_tokens if r.spend_known else None,
+                  "cost_usd": r.cost_usd if r.spend_known else None, "error": r.error}
                  for r in shown[:limit]],
     }
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    spent = (f"{data['tokens']} tokens · ${data['cost_usd']:.6f}" if known else
+             "tokens and cost unknown: an item's outcome and journal lack them")
     table = Table(title=f"batch {escape(record.run_id)}: {summary}", box=box.SIMPLE_HEAD,
-                  pad_edge=False, caption=f"{data['tokens']} tokens · "
-                                          f"${data['cost_usd']:.6f}")
+                  pad_edge=False, caption=spent)
     for col in ("item", "run", "status", "tokens", "cost $", "error"):
         table.add_column(col, justify="right" if col in ("tokens", "cost $") else "left")
     for r in shown[:limit]:
         table.add_row(escape(r.name), escape(r.run_id), _status_cell(r.status),
-                      str(r.usage.total_tokens), f"{r.cost_usd:.6f}",
+                      str(r.usage.total_tokens) if r.spend_known else "unknown",
+                      f"{r.cost_usd:.6f}" if r.spend_known else "unknown",
                       escape((r.error or "")[:60]))
     return data, table
 

@@ -186,7 +186,12 @@ async def run_chunk(job: ChunkJob, client: ModelClient | None = None,
             _announce(job.batch_id, item)
         return portable(item)
 
-    return list(await asyncio.gather(*(one(i, n, v) for i, n, v in job.items)))
+    # A task group, not gather: cancelled (Ctrl-C), it waits until every item has ended
+    # and recorded its end; gather returned at the first cancelled item, and the store
+    # was closed under the others' last writes (their runs left "running").
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(one(i, n, v)) for i, n, v in job.items]
+    return [task.result() for task in tasks]
 
 
 def progress_topic(batch_id: str) -> str:

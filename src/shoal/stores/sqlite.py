@@ -6,6 +6,11 @@ aiosqlite's hop per statement, and no dependency: see docs/stores.md). WAL mode
 lets other processes read while we write. ``synchronous=FULL`` by default: a
 committed step survives power loss, for ~0.25 ms of fsync per write here —
 nothing next to the model call that produced the step.
+
+A write checks that the file is still the one the store opened: SQLite keeps writing to
+a file that was removed or replaced while it is open (its directory deleted, a backup
+restored over it), so without the check a run would go on "journaling" into a file that
+is gone. Such a write is refused (rolled back) with a :class:`~shoal.errors.StoreError`.
 """
 
 # SQL text is built only from module constants and a validated, quoted schema name;
@@ -14,6 +19,7 @@ nothing next to the model call that produced the step.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +84,10 @@ _PRUNE_BATCH = 500
 _TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "disk is full")
 
 
+class DatabaseFileGone(Exception):
+    """The store's file was removed or replaced since the store opened it."""
+
+
 class SQLiteStore(Store):
     """Runs in one SQLite file. ``path=":memory:"`` gives a private in-memory store (tests)."""
 
@@ -98,6 +108,7 @@ class SQLiteStore(Store):
         self._target = _check_target(schema_version)
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._file: tuple[str, int, int] | None = None  # (absolute path, device, inode)
 
     @property
     def url(self) -> str:
@@ -118,6 +129,7 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 out = fn(conn)
+                self._same_file()
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -126,6 +138,23 @@ class SQLiteStore(Store):
             return out
 
         return await self._run(tx)
+
+    def _same_file(self) -> None:
+        """Raise :class:`DatabaseFileGone` when the file at the store's path is not the
+        one its connection has open (removed, moved, or replaced)."""
+        if self._file is None:
+            return
+        path, device, inode = self._file
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (device, inode):
+            raise DatabaseFileGone(
+                f"the database file {path} was {'removed' if now is None else 'replaced'} "
+                "while the store had it open; this write was NOT saved (SQLite would have "
+                "written it to the old file), nor will any after it. Restore the file, or "
+                "point --store at the store's new place")
 
     def _is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and any(
@@ -154,6 +183,9 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
+            if self.path != ":memory:":
+                found = os.stat(self.path)
+                self._file = (os.path.abspath(self.path), found.st_dev, found.st_ino)
         except BaseException:
             conn.close()
             raise
