@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shoal.errors import ProviderUnavailable
 from shoal.providers.sse import JSON_BODY, LineSplitter, iter_sse
 
 
@@ -61,7 +62,9 @@ def test_a_json_body_is_delivered_whole() -> None:
     want = [(JSON_BODY, '\n\n  {"id": 1, "x": 2}')]
     assert events([b"\n\n  ", b'{"id": 1,', b' "x": 2}']) == want
     assert events([b"data: not json"], whole_json=True) == [(JSON_BODY, "data: not json")]
-    assert events([]) == []
+    # An empty body is no answer (a load balancer's empty 200), not a stream of no events.
+    with pytest.raises(ProviderUnavailable, match="empty body"):
+        events([])
 
 
 async def _pieces(*parts: bytes) -> AsyncIterator[bytes]:

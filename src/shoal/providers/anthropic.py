@@ -298,13 +298,14 @@ class AnthropicProvider(HttpProvider):
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
-                if status != 200:
+                if not 200 <= status < 300:
                     text = (await resp.read()).decode("utf-8", "replace")
                     raise self._fail(status, text, resp.headers)
-                whole_json = "json" in resp.headers.get("Content-Type", "")
+                kind = resp.headers.get("Content-Type", "")
                 sse_events = cast(AsyncGenerator[tuple[str, str], None],  # it is one
-                                  iter_sse(resp.content.iter_any(), whole_json=whole_json,
-                                           provider=self.name))
+                                  iter_sse(resp.content.iter_any(), whole_json="json" in kind,
+                                           provider=self.name, content_type=kind,
+                                           status=status))
                 async with contextlib.aclosing(sse_events) as sse:
                     async for event, data in sse:
                         turn.began()  # an answer: the prefix is cached, waiters may go
@@ -312,8 +313,8 @@ class AnthropicProvider(HttpProvider):
                         if event in ("message_stop", "error"):
                             break
         except transport_errors() as exc:
-            err = error_from_transport(exc, provider=self.name, url=self._url)
-            if status != 200:
+            err = error_from_transport(exc, provider=self.name, url=self._url, status=status)
+            if not 200 <= status < 300:
                 raise err from exc
             raise cut_error(err, events, provider=self.name, schema_tool=schema_tool,
                             max_tokens=max_tokens) from exc

@@ -137,8 +137,8 @@ def cut_error(err: ProviderError, events: list[tuple[str, str]], *, provider: st
     what was billed (:func:`billed_so_far`)."""
     if isinstance(err, ProviderUnavailable):
         err = MalformedResponse(
-            f"{provider} answered 200 and its stream was cut before the end ({err})",
-            status=200, provider=provider)
+            f"{err.message}: a broken answer the provider made and billed, retried",
+            status=err.status or 200, provider=provider)
     if err.usage is None:
         err.usage = billed_so_far(cut_state(events, schema_tool), max_tokens)
     return err

@@ -1,14 +1,14 @@
 """Map every provider failure, once, into :mod:`shoal.errors`.
 
 One function for HTTP error responses (every envelope shape of PROVIDERS.md §6.7),
-one for error payloads inside a 200 stream, one for transport exceptions; the
-Retry-After parser (``retry-after-ms``, seconds, HTTP-date) is re-exported from
-:mod:`shoal.providers.retry_after`.
+one for error payloads inside a 200 stream, one for a 2xx body that is no answer (empty,
+or a proxy's page); the transport exceptions' mapping (:mod:`shoal.providers.transport`)
+and the Retry-After parser (``retry-after-ms``, seconds, HTTP-date,
+:mod:`shoal.providers.retry_after`) are re-exported from here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -19,7 +19,6 @@ from shoal.errors import (
     AuthError,
     BadRequest,
     ContextOverflow,
-    MalformedResponse,
     Overloaded,
     ProviderError,
     ProviderTimeout,
@@ -31,6 +30,7 @@ from shoal.errors import (
 )
 from shoal.providers.retry_after import header as _header
 from shoal.providers.retry_after import parse_retry_after
+from shoal.providers.transport import error_from_transport, transport_errors
 
 if TYPE_CHECKING:
     from shoal.types import Usage
@@ -42,6 +42,7 @@ __all__ = [
     "error_from_transport",
     "interrupted",
     "is_error_body",
+    "not_an_answer",
     "parse_retry_after",
     "transport_errors",
 ]
@@ -257,6 +258,44 @@ def _readable(body_text: str) -> str:
     return " ".join(text.split())[:200]
 
 
+# Media types that claim the protocol: a body of one of these that does not parse is a
+# broken answer (billed); a page of any other type is no answer at all.
+_PROTOCOL_TYPES = ("json", "event-stream")
+
+
+def not_an_answer(provider: str, status: int, content_type: str | None, text: str, *,
+                  stream: bool = False) -> ProviderError | None:
+    """The error for a 2xx body that no model made, or None when the body claims to be
+    an answer (its type names JSON or an event stream, or it has none and looks like no
+    page): then a body that does not parse is the caller's ``MalformedResponse``, a
+    broken answer the provider billed.
+
+    An empty body (a 204, a load balancer's empty 200) and a page of another type (a
+    proxy's or firewall's ``text/html`` or ``text/plain``: "Access denied", Envoy's
+    "upstream connect error") are a ``ProviderUnavailable`` keeping ``status``: retried
+    like a server error, and never charged as waste, since no model answered."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    who = provider or "the provider"
+    if not text.strip():
+        return ProviderUnavailable(
+            f"{who} answered HTTP {status} with an empty body: no answer came, so "
+            "nothing is charged for it; retried like a server error. If it keeps "
+            "happening, something between shoal and the provider (a proxy or load "
+            "balancer) is answering in its place",
+            status=status, provider=provider, code="empty_body")
+    looks_like_page = text.lstrip()[:1] == "<"
+    if any(kind in media for kind in _PROTOCOL_TYPES) or not (media or looks_like_page):
+        return None
+    expected = "an event stream" if stream else "a JSON answer"
+    return ProviderUnavailable(
+        f"{who} answered HTTP {status} with a {media or 'HTML'} page, not {expected}: "
+        f"{_readable(text)!r}. Something between shoal and the provider answered in its "
+        "place (a proxy, a firewall, a captive portal, or a base_url that is not the "
+        "API), so no model made it and nothing is charged; retried like a server error. "
+        "If it persists, check the channel's base_url and the network path",
+        status=status, provider=provider, body=text, code="not_an_answer")
+
+
 def is_error_body(body: Any) -> bool:
     """True when a decoded JSON body is an error envelope (PROVIDERS.md §6.7), not an
     answer: ``{error: …}`` (truthy), ``{type: "error"}``, a Gemini array of those, or
@@ -400,74 +439,4 @@ def interrupted(cause: ProviderError, *, provider: str, partial_output: str) -> 
         f"{cause.message}",
         status=200, provider=provider, body=cause.body, code=cause.code,
         retry_after=cause.retry_after, usage=cause.usage, partial_output=partial_output,
-    )
-
-
-def transport_errors() -> tuple[type[BaseException], ...]:
-    """Every exception the HTTP client may raise while sending or reading; each is mapped
-    by :func:`error_from_transport`, so none escapes an adapter."""
-    import aiohttp
-    from aiohttp.http_exceptions import HttpProcessingError
-
-    return (aiohttp.ClientError, HttpProcessingError, TimeoutError, OSError)
-
-
-def error_from_transport(exc: BaseException, *, provider: str, url: str,
-                         in_stream: bool = False) -> ProviderError:
-    """A transport failure (aiohttp or asyncio exception) as a shoal error.
-
-    ============================================  ==========================================
-    aiohttp / asyncio exception                   shoal error
-    ============================================  ==========================================
-    ``ConnectionTimeoutError``                    ProviderTimeout ``connect_timeout``
-    ``SocketTimeoutError``, ``TimeoutError``      ProviderTimeout ``read_timeout``
-    ``ClientPayloadError``,                       StreamInterrupted in a stream, else
-    ``ServerDisconnectedError``, reset            ProviderUnavailable (body cut; the
-                                                  adapter makes a 200's cut body a
-                                                  MalformedResponse: a billed answer)
-    ``HttpProcessingError`` (``LineTooLong``,     MalformedResponse (not valid HTTP)
-    bad status line), ``ContentTypeError``,
-    other ``ClientResponseError``
-    ``InvalidURL``                                BadRequest ``invalid_url`` (fix base_url)
-    ``ClientConnectorError``                      ProviderUnavailable ``connect_error``
-    any other ``ClientError`` / ``OSError``       ProviderUnavailable
-    ============================================  ==========================================
-    """
-    import aiohttp
-    from aiohttp.http_exceptions import HttpProcessingError
-
-    where = f"{provider} ({url})"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ProviderTimeout(
-            f"timed out connecting to {where} or waiting for a pooled connection; "
-            "raise connect_timeout/pool_timeout or pool_size", provider=provider,
-            code="connect_timeout",
-        )
-    if isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError | TimeoutError):
-        return ProviderTimeout(
-            f"read timeout from {where}: no data within read_timeout", provider=provider,
-            code="read_timeout",
-        )
-    cut = aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | ConnectionResetError
-    if in_stream and isinstance(exc, cut):
-        return StreamInterrupted(
-            f"stream from {where} was cut before its end marker ({type(exc).__name__})",
-            provider=provider,
-        )
-    if isinstance(exc, HttpProcessingError | aiohttp.ClientResponseError):
-        return MalformedResponse(
-            f"{where} sent a response that is not valid HTTP ({type(exc).__name__}: "
-            f"{str(exc)[:200]})", provider=provider,
-        )
-    if isinstance(exc, aiohttp.InvalidURL):
-        return BadRequest(
-            f"invalid URL for {provider}: {url!r}. Fix the channel's base_url",
-            provider=provider, code="invalid_url",
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return ProviderUnavailable(
-            f"cannot connect to {where}: {exc.os_error}", provider=provider, code="connect_error"
-        )
-    return ProviderUnavailable(
-        f"connection to {where} failed: {type(exc).__name__}: {exc}", provider=provider
     )

@@ -25,6 +25,7 @@ from shoal.providers.failures import (
     error_from_response,
     error_from_transport,
     interrupted,
+    not_an_answer,
     transport_errors,
 )
 from shoal.types import (
@@ -54,6 +55,12 @@ USER_AGENT = f"shoal/{__version__}"
 # With one, every round at a known cap waited for a decode and booking before the next
 # body went out (measured, docs/DECISIONS.md: makespan ÷ bound +0.003 against 2's).
 HANDOFF_YIELDS = 2
+
+
+# The longest response header line taken. aiohttp's default (8,190 bytes) refused an
+# answer with one long header (a proxy's cookie or policy header) as "not valid HTTP",
+# where the official SDKs (httpx over h11: 100 KB for all the headers) read it.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 async def hand_off(received: Callable[[], object] | None) -> None:
@@ -106,7 +113,9 @@ class HttpPool:
         )
         # Adapters send their own User-Agent, so aiohttp has no auto header to add
         # (skip_auto_headers took a slower path: measured +5 µs per call).
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout,
+            max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES)
         self._loop = loop
         return self._session
 
@@ -258,20 +267,21 @@ class HttpProvider(Provider):
                                                    headers=headers, allow_redirects=False)
             try:
                 status = resp.status
+                answer_headers = resp.headers
                 raw = await resp.read()
-                if status != 200:
-                    raise self._fail(status, raw.decode("utf-8", "replace"), resp.headers)
+                if not 200 <= status < 300:  # any 2xx is an answer, as the SDKs read it
+                    raise self._fail(status, raw.decode("utf-8", "replace"), answer_headers)
             finally:
                 resp.release()
             turn.began()  # an answer: the prefix is cached, the gate's waiters may go
         except transport_errors() as exc:
-            err = error_from_transport(exc, provider=self.name, url=self._url)
-            if status == 200 and isinstance(err, ProviderUnavailable):
+            err = error_from_transport(exc, provider=self.name, url=self._url, status=status)
+            if 200 <= status < 300 and isinstance(err, ProviderUnavailable):
                 # The answer itself, cut on its way: the provider made (and billed) it, so
                 # it is a broken answer (charged as waste, retried), not a server error.
                 raise MalformedResponse(
-                    f"{self.name} answered 200 and its body was cut before the end ({err})",
-                    status=200, provider=self.name) from exc
+                    f"{err.message}: a broken answer the provider made and billed, retried",
+                    status=status, provider=self.name) from exc
             raise err from exc
         finally:
             turn.end(ok=False)
@@ -281,10 +291,22 @@ class HttpProvider(Provider):
         try:
             return prepared, fastjson.loads(raw), raw
         except ValueError:
-            raise MalformedResponse(
-                f"{self.name} returned a body that is not JSON", status=200,
-                provider=self.name, body=raw.decode("utf-8", "replace"),
-            ) from None
+            raise self._not_json(status, answer_headers, raw) from None
+
+    def _not_json(self, status: int, headers: Mapping[str, str], raw: bytes
+                  ) -> ProviderError:
+        """The error for a 2xx answer to ``complete`` whose body does not parse: no answer
+        (empty, or a proxy's page of a type that is not JSON: nothing billed), else a
+        broken one (``MalformedResponse``, charged as waste)."""
+        text = raw.decode("utf-8", "replace")
+        kind = headers.get("Content-Type")
+        err = not_an_answer(self.name, status, kind, text)
+        if err is not None:
+            return err
+        return MalformedResponse(
+            f"{self.name} answered HTTP {status} ({kind or 'no Content-Type'}) with a body "
+            "that is not JSON: a broken answer, retried", status=status,
+            provider=self.name, body=text)
 
     async def _sse(self, request: ChatRequest, payload: dict[str, Any]
                    ) -> AsyncGenerator[tuple[str, str], None]:
@@ -298,21 +320,26 @@ class HttpProvider(Provider):
         from shoal.providers.sse import iter_sse
 
         data = fastjson.dumps(payload)
+        status = 0
         try:
             async with self._pool.session().post(
                 self._url, data=data, headers=self._headers_for(request, stream=True),
                 allow_redirects=False,
             ) as resp:
-                if resp.status != 200:
+                status = resp.status
+                if not 200 <= status < 300:
                     text = (await resp.read()).decode("utf-8", "replace")
-                    raise self._fail(resp.status, text, resp.headers)
-                whole_json = "json" in resp.headers.get("Content-Type", "")
-                async for item in iter_sse(resp.content.iter_any(), whole_json=whole_json,
-                                           provider=self.name):
+                    raise self._fail(status, text, resp.headers)
+                kind = resp.headers.get("Content-Type", "")
+                async for item in iter_sse(resp.content.iter_any(), whole_json="json" in kind,
+                                           provider=self.name, content_type=kind,
+                                           status=status):
                     yield item
         except transport_errors() as exc:
-            raise error_from_transport(exc, provider=self.name, url=self._url,
-                                       in_stream=True) from exc
+            # Before the answer's status: a connection failure, as for ``complete``; after
+            # a 2xx, the stream was cut (a StreamInterrupted keeping that status).
+            raise error_from_transport(exc, provider=self.name, url=self._url, status=status,
+                                       in_stream=200 <= status < 300) from exc
 
 
 def _multidict(headers: Mapping[str, str]) -> Mapping[str, str]:

@@ -9,6 +9,8 @@ chunks, so an event of any size parses (no client library line limit applies).
 A body whose first non-blank byte is ``{`` or ``[`` is not a stream but a whole JSON
 document (a proxy that ignored ``stream: true``, or an error envelope): it is
 delivered once as ``(JSON_BODY, text)`` for the adapter to parse as a non-stream answer.
+An empty body, or a page that is neither (a proxy's ``text/html``), is no answer and
+raises (:func:`shoal.providers.failures.not_an_answer`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 
 from shoal.errors import MalformedResponse
+from shoal.providers.failures import not_an_answer
 
 __all__ = ["JSON_BODY", "MAX_EVENT_BYTES", "LineSplitter", "iter_sse"]
 
@@ -131,15 +134,21 @@ class _Events:
 
 async def iter_sse(chunks: AsyncIterable[bytes], *, whole_json: bool = False,
                    limit: int = MAX_EVENT_BYTES, provider: str = "",
+                   content_type: str = "", status: int = 200,
                    ) -> AsyncIterator[tuple[str, str]]:
     """Yield ``(event_name, data)`` pairs; ``event_name`` is "" when the event had none.
 
     ``whole_json`` (the response said ``Content-Type: …json``) or a body that starts with
     ``{``/``[`` yields one ``(JSON_BODY, text)`` instead. A line or JSON body over
-    ``limit`` bytes raises ``MalformedResponse``; so does a body with content and not one
-    SSE line in it (a proxy's text or HTML error page answered with 200), its first
-    500 bytes kept as the error's ``body``. One leading byte order mark is ignored.
+    ``limit`` bytes raises ``MalformedResponse``. A body with content and not one SSE
+    line in it raises too, its first 500 bytes kept as the error's ``body``: a page of
+    a type that is neither an event stream nor JSON (``content_type``: a proxy's
+    ``text/plain`` or HTML page answered with 200) is no answer, a ``ProviderUnavailable``
+    (:func:`~shoal.providers.failures.not_an_answer`: nothing billed); one that claims
+    to be a stream is a ``MalformedResponse``. An empty body is no answer either. One
+    leading byte order mark is ignored. ``status``: the answer's, kept on those errors.
     """
+    who = provider or "the provider"
     it = aiter(chunks)
     head: list[bytes] = []
     first = b""
@@ -157,7 +166,11 @@ async def iter_sse(chunks: AsyncIterable[bytes], *, whole_json: bool = False,
             size += len(chunk)
             if size > limit:
                 raise _too_large("a JSON body", limit)
-        yield JSON_BODY, b"".join(head).decode("utf-8", "replace")
+        text = b"".join(head).decode("utf-8", "replace")
+        empty = not_an_answer(provider, status, content_type, text) if not first else None
+        if empty is not None:
+            raise empty
+        yield JSON_BODY, text
         return
     lines = LineSplitter(limit)
     events = _Events()
@@ -172,9 +185,12 @@ async def iter_sse(chunks: AsyncIterable[bytes], *, whole_json: bool = False,
             yield item
     for item in events.feed([*lines.close(), b""]):  # an unterminated last event counts
         yield item
-    if not events.fields and first:
-        text = preview.decode("utf-8", "replace").strip()
+    if not events.fields:
+        text = preview.decode("utf-8", "replace").strip() if first else ""
+        page = not_an_answer(provider, status, content_type, text, stream=True)
+        if page is not None:
+            raise page
         raise MalformedResponse(
-            f"{provider or 'the provider'} answered a stream request with a body that is "
-            f"not an event stream (a proxy's error page?): {text[:200]!r}",
-            status=200, provider=provider, body=text)
+            f"{who} answered a stream request with a body that is not an event stream "
+            f"({content_type or 'no Content-Type'}): {text[:200]!r}; a broken answer, "
+            "retried", status=status, provider=provider, body=text)
