@@ -7,6 +7,7 @@ unfinished ones again; what ``--json`` holds then. A single run: :mod:`shoal.cli
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shoal.cli.common import plain
@@ -25,11 +26,15 @@ __all__ = ["print_batch_interrupted"]
 
 
 async def print_batch_interrupted(console: Console, batch: Batch, labels: list[str], *,
-                                  store: str | None) -> dict[str, Any]:
+                                  store: str | None,
+                                  stale: Mapping[int, ItemRow] | None = None
+                                  ) -> dict[str, Any]:
     """Print the items of ``batch`` (named ``labels``, in input order) after Ctrl-C, and
     return the ``--json`` document of it (``"status": "interrupted"``). An item's outcome
     is what this process saw finish (:attr:`Batch.outcomes`), else, for a batch journaled
-    in ``store``, the outcome its worker recorded there."""
+    in ``store``, the outcome its worker recorded there. ``stale``: outcomes recorded
+    before this run for items it runs again (a resume's): such an item is
+    ``interrupted`` until a new outcome replaces that one."""
     from shoal.agents.recorder import to_jsonable
     from shoal.scale.batch_ids import item_run_id
 
@@ -37,6 +42,8 @@ async def print_batch_interrupted(console: Console, batch: Batch, labels: list[s
     items: list[dict[str, Any]] = []
     for index, label in enumerate(labels):
         item, row = batch.outcomes.get(index), recorded.get(index)
+        if row is not None and stale is not None and stale.get(index) == row:
+            row = None  # an earlier run's outcome: this one did not finish the item
         run_id = item_run_id(batch.run_id, index) if store and batch.run_id else ""
         doc: dict[str, Any] = {"input": label, "status": "interrupted", "output": None,
                                "error": None, "cost_usd": 0.0, "usage": None,

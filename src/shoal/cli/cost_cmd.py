@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from shoal.config import Config
     from shoal.pricing import ModelPrice
     from shoal.stores.base import Store
-    from shoal.stores.records import StepRecord
+    from shoal.stores.records import RunRecord, StepRecord
 
 __all__ = ["RunSpend", "load_spend", "register", "run_spend", "usage_from_json", "volume_rows"]
 
@@ -54,6 +54,14 @@ class RunSpend:
     recorded_usd: float  # the runs' cost as billed when they ran
     by_model: dict[str, Usage] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # the (first) run's: config, sim
+    # A batch with a record of its own (shoal.scale.batch_ids): its id and item count.
+    batch_id: str | None = None
+    items: int = 0
+    # Its items that ran but whose journals are gone (deleted, pruned): their tokens by
+    # model are not in ``by_model``; their cost is in ``recorded_usd`` when their
+    # outcomes carry it, else ``cost_known`` is False and ``recorded_usd`` is a floor.
+    unknown: list[str] = field(default_factory=list)
+    cost_known: bool = True
 
     @property
     def usage(self) -> Usage:
@@ -93,9 +101,14 @@ def _steps_spend(records: list[StepRecord], into: dict[str, Usage]) -> None:
 
 async def run_spend(store: Store, run_id: str) -> RunSpend:
     """The spend of run ``run_id``, or of the batch whose items ran as ``run_id-0``,
-    ``run_id-1``, …; :class:`RunNotFound` if neither is in ``store``."""
+    ``run_id-1``, …; :class:`RunNotFound` if neither is in ``store``. A batch with its
+    own record is its items' journals, and names the items whose journals are gone."""
+    from shoal.scale.batch_ids import is_batch
+
     run = await store.get_run(run_id)
-    if run is not None and run.meta.get("kind") == "batch":  # a batch record: its items
+    if run is not None and is_batch(run):  # a batch record: its items
+        return await _batch_spend(store, run)
+    if run is not None and run.meta.get("kind") == "batch":  # not one shoal recorded
         run = None
     runs = [run] if run is not None else [
         r for r in await store.list_runs(limit=1_000_000)
@@ -107,6 +120,31 @@ async def run_spend(store: Store, run_id: str) -> RunSpend:
                      meta=dict(runs[0].meta))
     for r in runs:
         _steps_spend(await store.get_steps(r.run_id), spend.by_model)
+    return spend
+
+
+async def _batch_spend(store: Store, batch: RunRecord) -> RunSpend:
+    """A batch's items' journals; an item that ran (its outcome is recorded) but whose
+    journal is gone counts with the cost its outcome recorded, or as unknown when that
+    outcome (an older shoal's) lacks it."""
+    from shoal.scale.batch_ids import batch_items
+
+    rows = await batch_items(store, batch, look_up_open=False)
+    runs: list[RunRecord] = []
+    spend = RunSpend([], batch.flow, 0.0, batch_id=batch.run_id, items=len(rows))
+    for row in rows:
+        run = await store.get_run(row.run_id)
+        if run is not None:
+            runs.append(run)
+            _steps_spend(await store.get_steps(run.run_id), spend.by_model)
+        elif row.status != "pending":  # it ran; its journal is gone
+            spend.unknown.append(row.run_id)
+            spend.cost_known = spend.cost_known and row.spend_known
+            spend.recorded_usd += row.cost_usd if row.spend_known else 0.0
+    spend.run_ids = [r.run_id for r in runs]
+    spend.recorded_usd += sum(r.cost_usd for r in runs)
+    spend.flow = runs[0].flow if runs else batch.flow
+    spend.meta = dict(runs[0].meta if runs else batch.meta)
     return spend
 
 
@@ -324,11 +362,18 @@ def _print_run(cfg: Config, spend: RunSpend, *, models: list[str], runs_per_day:
     rows = _run_rows(cfg, spend, models, runs_per_day, cache_hit_rate)
     u = spend.usage
     unknown = sorted(m for m in spend.by_model if m not in cfg.models)
-    what = f"run {spend.run_ids[0]}" if len(spend.run_ids) == 1 else \
-        f"batch of {len(spend.run_ids)} runs"
+    if spend.batch_id is not None:
+        what = f"batch {spend.batch_id} ({spend.items} items, flow {spend.flow})"
+    else:
+        what = (f"run {spend.run_ids[0]}" if len(spend.run_ids) == 1 else
+                f"batch of {len(spend.run_ids)} runs") + f" (flow {spend.flow})"
     if json_out:
         print(json.dumps({
-            "run_ids": spend.run_ids, "flow": spend.flow, "recorded_usd": spend.recorded_usd,
+            "run_ids": spend.run_ids, "flow": spend.flow,
+            # unknown when an item's cost went with its journal: not the others' sum
+            "recorded_usd": spend.recorded_usd if spend.cost_known else None,
+            **({} if spend.cost_known else {"recorded_usd_at_least": spend.recorded_usd}),
+            "unknown_spend": spend.unknown,
             "usage": {k: getattr(u, k) for k in _USAGE_KEYS},
             "by_model": {m: {k: getattr(x, k) for k in _USAGE_KEYS}
                          for m, x in spend.by_model.items()},
@@ -336,11 +381,15 @@ def _print_run(cfg: Config, spend: RunSpend, *, models: list[str], runs_per_day:
             "unpriced_models": unknown, "models": rows}, indent=2))
         return
     console = _console()
+    cost_floor = "" if spend.cost_known else "at least "
+    floor = "at least " if spend.unknown else ""  # the projections: the items known
     console.print(
-        f"{plain(what)} (flow {plain(spend.flow)}) cost ${spend.recorded_usd:.6f}: "
-        f"{u.input_tokens:,} input tokens ({u.cached_input_tokens:,} read from cache, "
+        f"{plain(what)} cost {cost_floor}${spend.recorded_usd:.6f}: "
+        f"{floor}{u.input_tokens:,} input tokens ({u.cached_input_tokens:,} read from cache, "
         f"{u.cache_write_tokens:,} written to it), {u.output_tokens:,} output tokens",
         highlight=False, soft_wrap=True)
+    if spend.unknown:
+        console.print(plain(_unknown_line(spend)), highlight=False, soft_wrap=True)
     if unknown:
         console.print(f"not in the catalog, left out: {plain(', '.join(unknown))}",
                       highlight=False, soft_wrap=True)
@@ -348,10 +397,29 @@ def _print_run(cfg: Config, spend: RunSpend, *, models: list[str], runs_per_day:
         console.print("nothing to price: give --models to price its tokens on catalog models",
                       highlight=False)
         return
+    single = len(spend.run_ids) == 1 and spend.batch_id is None
     for r in rows:
         console.print(
-            f"this {'run' if len(spend.run_ids) == 1 else 'batch'} cost "
-            f"{_dollars(spend.recorded_usd)}; at {_count(runs_per_day)}/day that is "
-            f"{_dollars(r['uncached_monthly_usd'])}/month on {plain(r['model'])}, "
+            f"this {'run' if single else 'batch'} cost {cost_floor}"
+            f"{_dollars(spend.recorded_usd)}; at {_count(runs_per_day)}/day that is {floor}"
+            f"{_dollars(r['uncached_monthly_usd'])}/month on {plain(r['model'])}, {floor}"
             f"{_dollars(r['monthly_usd'])} with caching", highlight=False, soft_wrap=True)
-    console.print(_table(f"{what} × {_count(runs_per_day)}/day", rows, per="run", caching=True))
+    title = f"{what} × {_count(runs_per_day)}/day" + (" (at least)" if floor else "")
+    console.print(_table(title, rows, per="run", caching=True))
+
+
+def _unknown_line(spend: RunSpend) -> str:
+    """Which items of a batch are missing from its figures, and how that bounds them."""
+    many = len(spend.unknown) > 1
+    names = ", ".join(spend.unknown[:5]) + (", …" if len(spend.unknown) > 5 else "")
+    whose = f"{len(spend.unknown)} {'items' if many else 'item'}" + ("'" if many else "'s")
+    if not spend.cost_known:
+        return (f"{whose} spend unknown ({names}: "
+                f"{'their outcomes were' if many else 'its outcome was'} recorded without it "
+                f"and {'their journals are' if many else 'its journal is'} gone): the figures "
+                "below are the other items', a floor")
+    return (f"{whose} tokens by model unknown ({names}: "
+            f"{'their journals are' if many else 'its journal is'} gone; "
+            f"{'their cost is' if many else 'its cost is'} counted from "
+            f"{'their recorded outcomes' if many else 'its recorded outcome'}): the "
+            "projections below count the other items' tokens, a floor")

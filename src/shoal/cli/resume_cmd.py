@@ -85,27 +85,33 @@ def resume(
     Exit status 1 if the run fails again, 2 for a usage or config error (an unknown run,
     a changed flow, an unknown model), 3 while another process executes the run (it
     holds the run's lease; --force takes it over), 130 interrupted (Ctrl-C: the steps
-    so far and the command to continue are printed). A batch waits for an item another
-    process executes; --force takes every item over (items run here: --cluster local)."""
+    so far, a batch its items, and the command to continue are printed). A batch waits
+    for an item another process executes; --force takes every item over (items run
+    here: --cluster local)."""
     from rich.console import Console
 
     from shoal.cli.loop import run as run_loop
     from shoal.cli.run_cmd import EXIT_INTERRUPTED, failure_summary, write_json
+    from shoal.cli.store_notes import store_notes
 
     console = Console()
     require_store(store, run_id)
-    stopped: dict[str, Any] = {}  # a store that failed mid-run: what --json adds
+    # A store that failed mid-run: what --json adds; a batch stopped by Ctrl-C: --json.
+    stopped: dict[str, Any] = {}
     try:
-        summary = run_loop(_resume(run_id, store, target=target, config=config, sim=sim,
-                                   allow_changed=allow_changed, console=console,
-                                   progress=progress, cluster=cluster,
-                                   budget_usd=budget_usd, force=force, lease_s=lease_s,
-                                   stopped=stopped))
+        with store_notes():  # a failed store's lease and outcome warnings: after it all
+            summary = run_loop(_resume(run_id, store, target=target, config=config,
+                                       sim=sim, allow_changed=allow_changed,
+                                       console=console, progress=progress,
+                                       cluster=cluster, budget_usd=budget_usd,
+                                       force=force, lease_s=lease_s, stopped=stopped))
     except ShoalError as exc:
         if json_out is not None and exit_code(exc) == EXIT_FAILED:  # the run failed again
             write_json(json_out, {**failure_summary(exc), **stopped}, console)
         raise fail(exc) from None
-    except KeyboardInterrupt:  # the steps and the command to continue are printed
+    except KeyboardInterrupt:  # the steps (a batch: its items) and how to go on are printed
+        if json_out is not None and stopped:  # a batch's items
+            write_json(json_out, stopped, console)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out is not None:
         write_json(json_out, summary, console)
@@ -133,7 +139,8 @@ async def _resume(run_id: str, url: str | None, *, target: str | None, config: P
                 return await resume_batch_cli(run, url or default_url(), store,
                                               target=target,
                                               config=config, sim=sim, cluster=cluster,
-                                              progress=progress, console=console)
+                                              progress=progress, console=console,
+                                              stopped=stopped)
         meta = dict(run.meta)
         spec = target or meta.get("target")
         if not isinstance(spec, str):

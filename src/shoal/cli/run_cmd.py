@@ -31,6 +31,7 @@ from shoal.cli.common import (
 )
 from shoal.cli.loop import run as run_loop
 from shoal.cli.stopped import print_interrupted, print_store_failed
+from shoal.cli.store_notes import store_notes
 from shoal.cli.targets import load_inputs, load_target
 from shoal.errors import ConfigError, RunBusy, ShoalError, StepFailed, StoreError
 from shoal.flows.lease import DEFAULT_LEASE_S
@@ -426,7 +427,8 @@ def run(
                           concurrency=concurrency, run_id=run_id, budget_usd=budget_usd,
                           progress=progress, store=store, metrics_port=metrics_port,
                           metrics_push=metrics_push, cluster=cluster, lease_s=lease_s)
-        summary = run_loop(_main(items, opts, console))
+        with store_notes():  # a failed store's lease and outcome warnings: after it all
+            summary = run_loop(_main(items, opts, console))
     except ShoalError as exc:
         if json_out is not None and exit_code(exc) == EXIT_FAILED:  # the run failed
             stopped = opts.stopped if opts is not None else {}

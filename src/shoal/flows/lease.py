@@ -260,8 +260,10 @@ class RunLeases:
         try:
             await self.store.release_lease(run_id, self.owner)
         except StoreError as exc:
+            # ``store_note``: what the CLI tells once after its own output (cli/store_notes.py)
             _log.warning("run %r: could not release its lease (%s); it lapses within %gs",
-                         run_id, exc, self.lease_s)
+                         run_id, exc, self.lease_s,
+                         extra={"store_note": ("lease", run_id, self.lease_s)})
 
     async def _renew(self, run_id: str, held: _Held) -> None:
         sent = self.clock.now()

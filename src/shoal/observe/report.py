@@ -141,20 +141,24 @@ def _header(data: ReportData) -> str:
     retry = sum(c.retry_s for c in data.calls)
     missing = data.prices_missing
     saved_note = f" (no price for {', '.join(missing)})" if missing else ""
+    # Some items' spend is gone: the run's totals are the others', a floor, not the sum.
+    floor = "at least " if data.plan.unknown_spend else ""
     kpis = [
         ("status", _badge(run.status)),
         ("steps", f"{done}/{len(data.steps)} done" + (f", {failed} failed" if failed else "")),
         ("model calls", str(len(data.calls))),
-        ("tokens", f"{run.tokens:,}"),
-        ("cost", _e(_usd(run.cost_usd))),
+        ("tokens", f"{floor}{run.tokens:,}"),
+        ("cost", _e(floor + _usd(run.cost_usd))),
         ("cached tokens", f"{data.cached_tokens:,}"),
         ("saved by caching", _e(_usd(data.saved_usd)) + _e(saved_note)),
         ("span", _e(_secs(data.end - data.origin))),
         ("limiter wait", _e(_secs(queue))),
         ("retries & backoff", _e(_secs(retry))),
     ]
-    boxes = "".join(f'<div class="kpi" data-kpi="{_e(k)}"><span>{_e(k)}</span><b>{v}</b></div>'
-                    for k, v in kpis)
+    partial = {"tokens", "cost"} if floor else set()
+    boxes = "".join(f'<div class="kpi" data-kpi="{_e(k)}"'
+                    + (' data-spend="partial"' if k in partial else "")
+                    + f"><span>{_e(k)}</span><b>{v}</b></div>" for k, v in kpis)
     lines = [
         f"<header><h1>run <code>{_e(run.run_id)}</code> · flow <code>{_e(run.flow)}</code> "
         f"{_badge(run.status)}</h1>",
@@ -166,8 +170,34 @@ def _header(data: ReportData) -> str:
     ]
     if data.plan.target:
         lines.append(f'<div class="muted">target: <code>{_e(data.plan.target)}</code></div>')
-    lines.append(f'<div class="summary">{boxes}</div></header>')
+    lines.append(f'<div class="summary">{boxes}</div>')
+    if floor:
+        lines.append(_unknown_spend_note(data))
+    lines.append("</header>")
     return "\n".join(lines)
+
+
+def _whose(many: bool) -> str:
+    return "items'" if many else "item's"
+
+
+_NAMED = 10  # items named in the note on unknown spend; the rest counted
+
+
+def _unknown_spend_note(data: ReportData) -> str:
+    """Under the totals of a batch some of whose items' tokens and cost are gone (recorded
+    by an older shoal, their journals deleted since): the totals are a floor."""
+    gone = data.plan.unknown_spend
+    run = data.plan.run
+    many = len(gone) > 1
+    names = ", ".join(f"<code>{_e(g)}</code>" for g in gone[:_NAMED])
+    more = f" and {len(gone) - _NAMED} more" if len(gone) > _NAMED else ""
+    return (f'<p class="muted" id="spend-unknown" data-items="{len(gone)}">tokens and '
+            f"cost: at least {run.tokens:,} tokens, at least {_e(_usd(run.cost_usd))}; "
+            f"{len(gone)} {_whose(many)} spend unknown: "
+            f"{'their outcomes were' if many else 'its outcome was'} recorded without it "
+            f"and {'their journals are' if many else 'its journal is'} gone ({names}"
+            f"{more}).</p>")
 
 
 def _legend(items: list[tuple[str, str]]) -> str:
@@ -306,8 +336,10 @@ def _steps_section(data: ReportData) -> str:
             f'<tr data-step="{_e(v.step_id)}" data-status="{_e(v.status)}">'
             f"<td>{_e(v.step_id)}</td><td>{_badge(v.status)}</td><td class=n>{v.attempt}</td>"
             f"<td class=n>{_e(start)}</td><td class=n>{_e(_secs(v.duration_s))}</td>"
-            f"<td class=n>{v.turns}</td><td class=n>{v.tokens:,}</td>"
-            f"<td class=n>{_usd(v.cost_usd)}</td><td>{_e(v.model or '-')}</td></tr>")
+            f"<td class=n>{v.turns}</td>"
+            + (f"<td class=n>{v.tokens:,}</td><td class=n>{_usd(v.cost_usd)}</td>"
+               if v.spend_known else "<td class=n>unknown</td><td class=n>unknown</td>")
+            + f"<td>{_e(v.model or '-')}</td></tr>")
     opened = " open" if len(rows) <= _OPEN_STEPS else ""
     return (
         f'<section id="steps"><h2>Steps</h2><details{opened}><summary>{len(rows)} step '
@@ -336,11 +368,14 @@ def _payload(data: ReportData) -> dict[str, Any]:
         "nodes": [{"name": n.name, "status": n.status, "after": list(n.after),
                    "layer": n.layer, "resume": n.resume, "items": n.items,
                    "items_failed": n.items_failed, "tokens": n.tokens,
-                   "cost": _usd_num(n.cost_usd), "model": n.model, "error": n.error}
+                   "cost": _usd_num(n.cost_usd), "model": n.model, "error": n.error,
+                   "spend_unknown": n.spend_unknown}
                   for n in data.nodes],
+        # a step's tokens and cost: null when unknown (StepView.spend_known)
         "steps": {"keys": _STEP_KEYS, "rows": [
-            [v.step_id, v.status, t(v.started_at), t(v.finished_at), v.attempt, v.tokens,
-             _usd_num(v.cost_usd)] for v in data.steps]},
+            [v.step_id, v.status, t(v.started_at), t(v.finished_at), v.attempt,
+             v.tokens if v.spend_known else None,
+             _usd_num(v.cost_usd) if v.spend_known else None] for v in data.steps]},
         "calls": {"keys": _CALL_KEYS, "rows": [
             [c.step, c.turn, c.model, c.served_model if c.served_model != c.model else "",
              c.channel, t(c.started_at), t(c.finished_at), round(c.queue_s, 4),

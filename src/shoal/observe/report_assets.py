@@ -111,6 +111,13 @@ JS = r"""
     return (s / 60).toFixed(1) + " min";
   }
   function usd(x) { return "$" + (x || 0).toFixed(6); }
+  // a step's or node's tokens and cost: null when unknown; a partial sum is "at least"
+  function spent(tokens, cost, unknown) {
+    if (tokens === null || tokens === undefined) { return "tokens and cost unknown"; }
+    var floor = unknown ? "at least " : "";
+    return floor + tokens + " tok \u00b7 " + floor + usd(cost)
+      + (unknown ? " (" + unknown + " item(s)' spend unknown)" : "");
+  }
   function clip(s, n) { return s.length > n ? s.slice(0, n - 1) + "\u2026" : s; }
 
   // -- the graph: columns by topological layer, rows ordered by their parents' rows ----
@@ -167,10 +174,10 @@ JS = r"""
       el("rect", { width: W, height: H, rx: 6, fill: COLOURS[n.status] || "#888" }, g);
       text(g, { x: 10, y: 16, "font-weight": 600 }, clip(n.name, 24));
       var sub = n.status.replace("_", " ") + (n.items ? " \u00b7 " + n.items + " items" : "")
-        + (n.tokens ? " \u00b7 " + n.tokens + " tok" : "");
+        + (n.tokens ? " \u00b7 " + (n.spend_unknown ? "\u2265" : "") + n.tokens + " tok" : "");
       text(g, { x: 10, y: 31, "font-size": 11 }, clip(sub, 27));
       title(g, n.name + "\n" + n.status + (n.model ? "\nmodel: " + n.model : "")
-        + "\ntokens: " + n.tokens + " \u00b7 " + usd(n.cost)
+        + "\ntokens: " + spent(n.tokens, n.cost, n.spend_unknown)
         + (n.items ? "\nitems: " + n.items + " (" + n.items_failed + " failed)" : "")
         + "\nresume: " + n.resume + (n.error ? "\n" + clip(n.error, 400) : ""));
       g.addEventListener("click", function () { highlight(n.name); });
@@ -238,7 +245,7 @@ JS = r"""
           width: Math.max(2, X(end) - X(start)), fill: COLOURS[r.status] || "#888" }, g);
         title(bar, r.id + " \u00b7 " + r.status + " \u00b7 " + secs(end - start)
           + (r.attempt > 1 ? " \u00b7 attempt " + r.attempt : "")
-          + " \u00b7 " + r.tokens + " tok \u00b7 " + usd(r.cost));
+          + " \u00b7 " + spent(r.tokens, r.cost, 0));
         bars++;
       }
       r.calls.forEach(function (c) {

@@ -98,6 +98,10 @@ class NodeView:
     cost_usd: float = 0.0
     model: str | None = None
     error: str | None = None
+    # how many of its items (or itself) have no known tokens and cost (a batch recorded
+    # by an older shoal whose item journals are gone): ``tokens`` and ``cost_usd`` are
+    # then a partial sum, at least that much
+    spend_unknown: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +345,8 @@ def _nodes(p: RunPlan, steps: list[StepView], calls: list[CallView]) -> list[Nod
             cost_usd=view.cost_usd if view else sum(i.cost_usd for i in mine),
             model=view.model if view else None,
             error=_clean(view.error) if view and view.error else None,
+            spend_unknown=(0 if view.spend_known else 1) if view
+            else sum(1 for i in mine if not i.spend_known),
         ))
     return out
 

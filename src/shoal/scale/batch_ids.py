@@ -110,7 +110,8 @@ async def mark_item(store: Store, batch_id: str, item: BatchItem) -> None:
             await store.put_step(batch_id, step)
     except StoreError as exc:
         _log.warning("batch %s: item %d finished but its outcome was not recorded (%s); "
-                     "a resume replays it from its journal", batch_id, item.index, exc)
+                     "a resume replays it from its journal", batch_id, item.index, exc,
+                     extra={"store_note": ("outcome", batch_id, item.index)})
 
 
 @dataclass(slots=True)

@@ -188,11 +188,16 @@ async def _finish(store: Store, batch_id: str, result: BatchResult) -> BatchResu
 
 async def resume_batch(batch_id: str, target: Target, executor: ChunkExecutor, *,
                        progress: bool = False, console: Any = None,
-                       meta: Mapping[str, Any] | None = None) -> BatchResult:
+                       meta: Mapping[str, Any] | None = None,
+                       on_batch: Callable[[Batch], None] | None = None) -> BatchResult:
     """Continue batch ``batch_id``: items with a ``succeeded`` outcome are taken from the
     store as they are; every other item (failed, in flight when a worker or the client
     died, never started) runs again on ``executor`` (its finished steps and turns replay
-    from its journal). The inputs are the batch's own, read from the store."""
+    from its journal). The inputs are the batch's own, read from the store.
+
+    ``on_batch``: called with the :class:`~shoal.flows.batch.Batch` before its items run,
+    so a caller stopped half-way (Ctrl-C) can tell its items as they stood
+    (:attr:`Batch.outcomes`)."""
     from shoal.flows.batch import Batch
     from shoal.stores import open_store
 
@@ -210,6 +215,8 @@ async def resume_batch(batch_id: str, target: Target, executor: ChunkExecutor, *
         todo = [r.index for r in rows if r.status != "succeeded"]
         batch = Batch(target, run_id=batch_id, progress=progress, console=console,
                       description=str(record.meta.get("description") or batch_id))
+        if on_batch is not None:
+            on_batch(batch)
         item_meta = {k: v for k, v in record.meta.items()
                      if k not in ("kind", "names", "items", "description", "cluster")}
         item_meta.update(meta or {})

@@ -6,11 +6,12 @@ these."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ConfigError
-from shoal.scale.batch_ids import batch_items
+from shoal.scale.batch_ids import ItemRow, batch_items
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -181,14 +182,16 @@ def print_batch(batch_id: str, url: str | None, *, status: str | None, limit: in
 async def resume_batch_cli(record: RunRecord, store: str, opened: Store, *,
                            target: str | None,
                            config: Path | None, sim: bool | None, cluster: str | None,
-                           progress: bool, console: Console) -> dict[str, Any]:
+                           progress: bool, console: Console,
+                           stopped: dict[str, Any] | None = None) -> dict[str, Any]:
     """``shoal resume BATCH_ID``: the unfinished items run again, here or on the cluster
     the batch ran on (``--cluster`` overrides; ``--cluster local``: here). ``opened``:
-    the store at ``store``, open (the caller read ``record`` from it)."""
+    the store at ``store``, open (the caller read ``record`` from it). Stopped with
+    Ctrl-C, it prints its items as they stood and the command that continues it
+    (``stopped``: filled with the ``--json`` document of that), as ``shoal batch`` does."""
     from shoal.cli.common import check_models, plain
     from shoal.cli.run_cmd import _override_model, load_target
     from shoal.config import Config
-    from shoal.scale.batch_ids import batch_items
     from shoal.traffic.router import Router
 
     rows = await batch_items(opened, record, look_up_open=False)
@@ -213,26 +216,58 @@ async def resume_batch_cli(record: RunRecord, store: str, opened: Store, *,
         built = _override_model(built, meta["model"])
     if where and use_sim:
         raise ConfigError("this batch ran with --sim: resume it here (--cluster local)")
+    resume = _Resume(record, built, store, where, config, progress, console, rows, stopped)
     if use_sim:
         from shoal.sim import SimConfig, SimServer, config_for_sim
 
         async with SimServer(SimConfig()) as server, \
                 Router(config_for_sim(server.url)) as router:
-            return await _resume(record, built, store, where, config, router, progress,
-                                 console)
+            return await _resume(resume, router)
     cfg = Config.load(config)
     check_models(built, cfg)
     async with Router(cfg) as router:
-        return await _resume(record, built, store, where, config, router, progress, console)
+        return await _resume(resume, router)
 
 
-async def _resume(record: RunRecord, target: Any, store: str, where: str | None,  # noqa: PLR0917
-                  config: Path | None, router: ModelClient, progress: bool, console: Console
-                  ) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Resume:
+    """What ``shoal resume BATCH_ID`` resumes, and how. ``before``: the items as the
+    store held them when it began (an outcome of an item it runs again, recorded by an
+    earlier run, is not this resume's)."""
+
+    record: RunRecord
+    target: Any
+    store: str
+    where: str | None
+    config: Path | None
+    progress: bool
+    console: Console
+    before: list[ItemRow]
+    stopped: dict[str, Any] | None
+
+
+async def _resume(r: _Resume, router: ModelClient) -> dict[str, Any]:
     from shoal.cli.common import plain
+    from shoal.flows.batch import Batch
+    from shoal.scale.batch_run import resume_batch
 
-    executor = _executor(where, store, config=config, client=router, concurrency=8)
-    result = await executor.resume(record.run_id, target, progress=progress, console=console)
+    record, console, where = r.record, r.console, r.where
+    executor = _executor(where, r.store, config=r.config, client=router, concurrency=8)
+    started: list[Batch] = []
+    try:
+        result = await resume_batch(record.run_id, r.target, executor, progress=r.progress,
+                                    console=console, on_batch=started.append)
+    except asyncio.CancelledError:  # Ctrl-C: its items as they stood, and how to go on
+        from shoal.cli.batch_stop import print_batch_interrupted
+
+        batch = started[0] if started else Batch(r.target, run_id=record.run_id)
+        labels = [str(n) for n in record.meta.get("names", [])]
+        doc = await print_batch_interrupted(
+            console, batch, labels, store=r.store,
+            stale={row.index: row for row in r.before if row.status != "succeeded"})
+        if r.stopped is not None:
+            r.stopped.update(doc)
+        raise
     console.print(result.table(title=f"batch {record.run_id}"))
     console.print(plain(f"resumed on {where or 'this process'}"))
     return {"batch_id": record.run_id, "succeeded": len(result.succeeded),
