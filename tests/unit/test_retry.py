@@ -121,9 +121,14 @@ def test_retry_after_comes_first_and_is_capped() -> None:
     assert budget.next_delay(ProviderUnavailable("503")) == 4.0
 
 
-def test_zero_retry_after_means_retry_now() -> None:
+def test_zero_retry_after_backs_off_as_the_sdks_do() -> None:
+    """A server under load saying "Retry-After: 0" (or a date already past) would get
+    every attempt within milliseconds; the official SDKs back off then, and so does
+    shoal (a positive Retry-After is still honoured as given)."""
     budget = deterministic().budget(VirtualClock())
-    assert budget.next_delay(RateLimited("429", retry_after=0.0)) == 0.0
+    assert budget.next_delay(RateLimited("429", retry_after=0.0)) == 1.0
+    assert budget.next_delay(RateLimited("429", retry_after=0.0)) == 2.0
+    assert budget.next_delay(RateLimited("429", retry_after=0.25)) == 0.25
 
 
 async def test_deadline_bounds_the_delay() -> None:

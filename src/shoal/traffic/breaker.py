@@ -67,6 +67,12 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value!r}")
 
 
+# A time told by next_allowed_at is admitted by allow() at that time, though a caller's
+# clock reads it through float arithmetic (``now + (at - now)`` can land one ulp short):
+# found by hypothesis, a waiter woken at the lost-probe deadline refused again.
+_SLACK_S = 1e-9
+
+
 class CircuitBreaker:
     """One channel's health. ``allow()`` before a call; report its outcome after.
 
@@ -154,7 +160,7 @@ class CircuitBreaker:
         return self._state
 
     def _cooled(self, now: float) -> bool:
-        return self.retry_at is None or now >= self.retry_at
+        return self.retry_at is None or now >= self.retry_at - _SLACK_S
 
     def _transition(self, to: BreakerState) -> None:
         before = self._state
@@ -222,7 +228,7 @@ class CircuitBreaker:
                 return False
             self._transition(BreakerState.HALF_OPEN)
         if self._probes >= self.half_open_max:
-            if now - self._probe_at < self.probe_timeout_s:
+            if now < self._probe_at + self.probe_timeout_s - _SLACK_S:
                 return False
             self._probes = 0  # the earlier probes never reported: presume them lost
             self._slots_since = now

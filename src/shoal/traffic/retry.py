@@ -8,7 +8,8 @@ budget to every channel and fallback it tries, so attempts never multiply.
 Delay rule for a retryable error, in order:
 
 1. the provider's Retry-After (``ProviderError.retry_after``, already in seconds),
-   capped at ``max_retry_after_s``; one that ends past the deadline means give up;
+   capped at ``max_retry_after_s``; one that ends past the deadline means give up; a
+   Retry-After of 0 (or a date already past) counts as none, as in the official SDKs;
 2. otherwise exponential backoff with full jitter:
    ``uniform(0, min(cap, base × multiplier^k))`` where k is the number of retries
    already taken, while that ceiling fits in half the time left; past it, one last
@@ -231,7 +232,10 @@ class RetryBudget:
 
     def _delay_for(self, error: BaseException) -> float | None:
         retry_after = error.retry_after if isinstance(error, ProviderError) else None
-        if retry_after is not None and retry_after >= 0:
+        # "Retry-After: 0" (or a date already past) is no wait to honour: backing off, as
+        # the official SDKs do, keeps a server that says 0 under load from taking every
+        # attempt within milliseconds.
+        if retry_after is not None and retry_after > 0:
             return min(retry_after, self.policy.max_retry_after_s)
         return self._backoff()
 
