@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-CLIENTS = ("aiohttp", "pyreqwest")
+CLIENTS = ("aiohttp", "shoal", "pyreqwest")
 READ_TIMEOUT_S = 1.0
 
 
@@ -92,6 +92,20 @@ async def _client(name: str) -> tuple[Post, Callable[[], Awaitable[None]]]:
                 return resp.status, dict(resp.headers), await resp.read()
 
         return post_aiohttp, session.close
+    if name == "shoal":
+        from shoal.providers.http1 import Http1Pool
+
+        pool = Http1Pool(limit=10, connect_timeout=5.0, read_timeout=READ_TIMEOUT_S,
+                         pool_timeout=5.0)
+
+        async def post_shoal(url: str) -> tuple[int, dict[str, str], bytes]:
+            resp = await pool.post(url, data=b"{}", headers={})
+            try:
+                return resp.status, dict(resp.headers), await resp.read()
+            finally:
+                resp.release()
+
+        return post_shoal, pool.aclose
     if name == "pyreqwest":
         from pyreqwest.client import ClientBuilder
 

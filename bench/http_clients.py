@@ -12,7 +12,8 @@ and both as a ratio to raw aiohttp.
 
     python bench/http_clients.py --loop uvloop   # the loop shoal's commands run
 
-Clients: raw aiohttp (one ClientSession, TCPConnector(limit=100)); aiosonic (pure
+Clients: raw aiohttp (one ClientSession, TCPConnector(limit=100)); shoal's own
+(``shoal.providers.http1``, what the provider adapters post through); aiosonic (pure
 Python, pool of 100); pyreqwest (Rust's reqwest/hyper on its own tokio runtime: its
 threads' CPU counts, ``process_time`` covers every thread); curl_cffi (libcurl's multi
 interface); httpx 0.28 AsyncClient; httpx2 AsyncClient (the transport of the official
@@ -69,7 +70,7 @@ RESPONSE_BODY: dict[str, Any] = {
     },
     "system_fingerprint": "fp_bench",
 }
-CLIENTS = ("aiohttp", "aiosonic", "pyreqwest", "curl_cffi", "httpx", "httpx2", "openai")
+CLIENTS = ("aiohttp", "shoal", "aiosonic", "pyreqwest", "curl_cffi", "httpx", "httpx2", "openai")
 Poster = Callable[[], Awaitable[None]]
 
 
@@ -146,6 +147,26 @@ async def run_client(name: str, url: str, calls: int, concurrency: int, warmup: 
                     json.loads(await resp.read())
 
             return await _drive(post_aiohttp, calls, concurrency, warmup)
+
+    if name == "shoal":  # shoal.providers.http1: the client the adapters use
+        from shoal.providers.http1 import Http1Pool
+
+        pool = Http1Pool(limit=100, connect_timeout=10.0, read_timeout=60.0,
+                         pool_timeout=30.0)
+
+        async def post_shoal() -> None:
+            resp = await pool.post(url, data=body, headers=headers)
+            try:
+                if resp.status != 200:
+                    raise RuntimeError(f"status {resp.status}")
+                json.loads(await resp.read())
+            finally:
+                resp.release()
+
+        try:
+            return await _drive(post_shoal, calls, concurrency, warmup)
+        finally:
+            await pool.aclose()
 
     if name == "aiosonic":
         import aiosonic

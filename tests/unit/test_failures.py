@@ -29,6 +29,7 @@ from shoal.providers.failures import (
     interrupted,
     is_error_body,
     parse_retry_after,
+    transport_errors,
 )
 from shoal.types import Usage
 
@@ -264,26 +265,36 @@ def test_error_envelopes_are_told_from_answers() -> None:
 
 
 def test_every_transport_exception_is_mapped() -> None:
-    import aiohttp
-    from aiohttp.http_exceptions import BadStatusLine, LineTooLong
+    from shoal.providers import http1
 
     url = "http://x"
     cases: list[tuple[BaseException, bool, type]] = [
-        (LineTooLong(b"x" * 10, 8190), True, MalformedResponse),
-        (BadStatusLine("garbage"), False, MalformedResponse),
-        (aiohttp.ClientPayloadError("cut"), True, StreamInterrupted),
-        (aiohttp.ClientPayloadError("cut"), False, ProviderUnavailable),
-        (aiohttp.ServerDisconnectedError(), True, StreamInterrupted),
-        (aiohttp.ServerDisconnectedError(), False, ProviderUnavailable),
+        (http1.BadHTTP("headers too large"), True, MalformedResponse),
+        (http1.BadHTTP("garbage"), False, MalformedResponse),
+        (http1.BadEncoding("bad gzip", "gzip"), False, MalformedResponse),
+        (http1.BodyCut("cut"), True, StreamInterrupted),
+        (http1.BodyCut("cut"), False, ProviderUnavailable),
+        (http1.ServerDisconnected("gone"), True, StreamInterrupted),
+        (http1.ServerDisconnected("gone"), False, ProviderUnavailable),
         (ConnectionResetError(), True, StreamInterrupted),
-        (aiohttp.SocketTimeoutError(), True, ProviderTimeout),
+        (http1.ReadTimeout("silent"), True, ProviderTimeout),
+        (http1.ConnectTimeout("no connection"), False, ProviderTimeout),
+        (http1.PoolTimeout("busy"), False, ProviderTimeout),
         (TimeoutError(), False, ProviderTimeout),
-        (aiohttp.InvalidURL("nope"), False, BadRequest),
+        (http1.InvalidURL("nope"), False, BadRequest),
+        (http1.InvalidHeader("line break"), False, BadRequest),
+        (http1.ConnectFailed("refused", ConnectionRefusedError()), False, ProviderUnavailable),
         (OSError("net down"), False, ProviderUnavailable),
     ]
+    errors = transport_errors()
     for exc, in_stream, cls in cases:
+        assert isinstance(exc, errors), exc  # none escapes an adapter
         e = error_from_transport(exc, provider="p", url=url, in_stream=in_stream)
         assert type(e) is cls, (exc, in_stream, e)
+    timeout = error_from_transport(http1.ConnectTimeout("x"), provider="p", url=url)
+    assert isinstance(timeout, ProviderTimeout) and timeout.code == "connect_timeout"
+    read = error_from_transport(http1.ReadTimeout("x"), provider="p", url=url)
+    assert isinstance(read, ProviderTimeout) and read.code == "read_timeout"
 
 
 def test_provider_error_usage_and_partial_output_pickle() -> None:

@@ -293,7 +293,7 @@ class AnthropicProvider(HttpProvider):
         status = 0
         try:
             async with self._pool.session().post(
-                self._url, data=prepared.data,
+                self._url, data=prepared.data or fastjson.dumps(prepared.payload),
                 headers=self._headers_for(prepared.request, stream=True),
                 allow_redirects=False,
             ) as resp:

@@ -1,12 +1,13 @@
-"""One pooled aiohttp session per channel, created inside the running loop.
+"""One pool of keep-alive connections per channel (shoal's HTTP/1.1 client,
+:mod:`shoal.providers.http1`), created inside the running loop, and what both wire
+adapters share around it.
 
-aiohttp was chosen by measurement (docs/DECISIONS.md: ~240 µs of client CPU per
-call vs ~3,200 µs for httpx 0.28). Its timeouts map to shoal's as:
-``pool_timeout`` → waiting for a free pooled connection (aiohttp ``connect``,
-which also covers connecting), ``connect_timeout`` → TCP/TLS connect
-(``sock_connect``), ``read_timeout`` → silence between bytes while reading
-(``sock_read``). aiohttp has no separate write timeout; request bodies are small
-and land in the kernel's send buffer, so a stuck peer shows up as a read timeout.
+The client was chosen by measurement (docs/DECISIONS.md, "Hot-path HTTP client": a
+quarter of aiohttp's instructions a call). The channel's timeouts: ``pool_timeout`` →
+waiting for a free pooled connection, ``connect_timeout`` → TCP/TLS connect,
+``read_timeout`` → silence while reading (no byte for that long, from the request on).
+There is no separate write timeout; request bodies are small and land in the kernel's
+send buffer, so a stuck peer shows up as a read timeout.
 """
 
 from __future__ import annotations
@@ -41,9 +42,8 @@ from shoal.types import (
 )
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from shoal.config import ChannelConfig
+    from shoal.providers.http1 import Http1Pool
 
 __all__ = ["USER_AGENT", "HttpPool", "HttpProvider", "answer_events", "hand_off"]
 
@@ -57,12 +57,6 @@ USER_AGENT = f"shoal/{__version__}"
 HANDOFF_YIELDS = 2
 
 
-# The longest response header line taken. aiohttp's default (8,190 bytes) refused an
-# answer with one long header (a proxy's cookie or policy header) as "not valid HTTP",
-# where the official SDKs (httpx over h11: 100 KB for all the headers) read it.
-MAX_HEADER_BYTES = 64 * 1024
-
-
 async def hand_off(received: Callable[[], object] | None) -> None:
     """The answer is read: call ``received()``; when it says a queued call took the slot,
     yield :data:`HANDOFF_YIELDS` times so that call's request is on the wire before this
@@ -74,7 +68,8 @@ async def hand_off(received: Callable[[], object] | None) -> None:
 
 
 class HttpPool:
-    """Lazily-created ``aiohttp.ClientSession`` with the channel's limits."""
+    """The channel's :class:`~shoal.providers.http1.Http1Pool`, made on first use inside
+    the running loop (a Router used from a second loop gets a second pool)."""
 
     def __init__(
         self,
@@ -88,42 +83,27 @@ class HttpPool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.pool_timeout = pool_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: Http1Pool | None = None
         self._closed = False
 
-    def session(self) -> aiohttp.ClientSession:
+    def session(self) -> Http1Pool:
         session = self._session
-        if session is not None and self._loop is asyncio.get_running_loop():
+        if session is not None and session.loop is asyncio.get_running_loop():
             return session
         if self._closed:
             raise RuntimeError("HttpPool is closed")
-        import aiohttp
+        from shoal.providers.http1 import Http1Pool
 
-        loop = asyncio.get_running_loop()
-        connector = aiohttp.TCPConnector(
-            limit=self.pool_size, limit_per_host=self.pool_size, ttl_dns_cache=300,
-            enable_cleanup_closed=False,
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self.pool_timeout + self.connect_timeout,
-            sock_connect=self.connect_timeout,
-            sock_read=self.read_timeout,
-        )
-        # Adapters send their own User-Agent, so aiohttp has no auto header to add
-        # (skip_auto_headers took a slower path: measured +5 µs per call).
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout,
-            max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES)
-        self._loop = loop
+        self._session = Http1Pool(limit=self.pool_size, connect_timeout=self.connect_timeout,
+                                  read_timeout=self.read_timeout,
+                                  pool_timeout=self.pool_timeout)
         return self._session
 
     async def aclose(self) -> None:
         self._closed = True
         session, self._session = self._session, None
         if session is not None and not session.closed:
-            await session.close()
+            await session.aclose()
 
 
 class HttpProvider(Provider):
@@ -159,7 +139,6 @@ class HttpProvider(Provider):
             **(headers or {}),
         }
         self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
-        self._post_headers: Mapping[str, str] | None = None  # _headers as aiohttp keeps them
         self._key_env = key_env
         self._pool = pool or HttpPool()
         self._clock: Clock = clock or RealClock()
@@ -248,29 +227,26 @@ class HttpProvider(Provider):
         (:data:`HANDOFF_YIELDS`) so that call's request is on the wire before this one
         decodes and books its answer. Only then: a yield costs a loop iteration, ~15 µs
         of CPU at 50 concurrent calls."""
-        if prepared.payload is None or prepared.data is None:  # not made by our prepare()
+        data = prepared.data
+        if prepared.payload is None or data is None:  # not made by our prepare()
             prepared = self.prepare(prepared.request, model=prepared.model)
+            data = prepared.data or fastjson.dumps(prepared.payload)
         gate = prepared.gate
         turn = NO_TURN if gate is None else await enter_gate(self, self._clock, gate)
         status = 0
-        headers = self._post_headers
-        if headers is None:
-            headers = self._post_headers = _multidict(self._headers)
+        headers = self._headers
         if prepared.request.metadata.get("tag") is not None:
             headers = self._headers_for(prepared.request, stream=False)
         try:
             # Awaited and released here rather than ``async with``: the same release,
-            # without the context managers' coroutines per call; and the headers as the
-            # multidict aiohttp copies them into, not a dict converted per call (both
-            # together: 12,600 fewer instructions per POST, of ~357,000, by callgrind).
-            resp = await self._pool.session().post(self._url, data=prepared.data,
-                                                   headers=headers, allow_redirects=False)
+            # without the context managers' coroutines per call.
+            resp = await self._pool.session().post(self._url, data=data, headers=headers,
+                                                   allow_redirects=False)
             try:
                 status = resp.status
-                answer_headers = resp.headers
                 raw = await resp.read()
                 if not 200 <= status < 300:  # any 2xx is an answer, as the SDKs read it
-                    raise self._fail(status, raw.decode("utf-8", "replace"), answer_headers)
+                    raise self._fail(status, raw.decode("utf-8", "replace"), resp.headers)
             finally:
                 resp.release()
             turn.began()  # an answer: the prefix is cached, the gate's waiters may go
@@ -291,7 +267,7 @@ class HttpProvider(Provider):
         try:
             return prepared, fastjson.loads(raw), raw
         except ValueError:
-            raise self._not_json(status, answer_headers, raw) from None
+            raise self._not_json(status, resp.headers, raw) from None
 
     def _not_json(self, status: int, headers: Mapping[str, str], raw: bytes
                   ) -> ProviderError:
@@ -340,14 +316,6 @@ class HttpProvider(Provider):
             # a 2xx, the stream was cut (a StreamInterrupted keeping that status).
             raise error_from_transport(exc, provider=self.name, url=self._url, status=status,
                                        in_stream=200 <= status < 300) from exc
-
-
-def _multidict(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """``headers`` as a read-only ``CIMultiDictProxy``: what aiohttp's session turns a
-    request's headers into, so passed as one it skips that conversion."""
-    from multidict import CIMultiDict, CIMultiDictProxy
-
-    return CIMultiDictProxy(CIMultiDict(headers))
 
 
 def answer_events(response: ChatResponse) -> list[StreamEvent]:
