@@ -313,6 +313,7 @@ class _Conn(asyncio.Protocol):
         self.response: Response | None = None
         self.head: asyncio.Future[None] | None = None  # set once the headers arrived
         self.lost = False
+        self.counted = False  # holds one of the pool's ``limit`` (set once connected)
         self.reusable = False
         self.idle_since = 0.0
         self._pairs: list[tuple[bytes, bytes]] = []
@@ -336,6 +337,8 @@ class _Conn(asyncio.Protocol):
         self._last = self._loop.time()
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._error(BadHTTP("the server switched protocols (HTTP 101) on a plain POST"))
         except httptools.HttpParserError as exc:
             cause = exc.__context__  # a callback's own error (too many header bytes)
             self._error(cause if isinstance(cause, BadHTTP)
@@ -364,6 +367,12 @@ class _Conn(asyncio.Protocol):
         self._stop_timer()
 
     # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        response = self.response
+        if response is None or response._done:
+            raise BadHTTP("the server sent an answer nobody asked for (a second answer "
+                          "after the first, on a connection that is not pipelined)")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._pairs.append((name, value))
@@ -413,6 +422,7 @@ class _Conn(asyncio.Protocol):
             return
         self.reusable = self.parser.should_keep_alive()
         self._framed = False
+        self._pairs, self._header_bytes, self._encoding = [], 0, None  # a chunked trailer's
         if response._error is None:
             response._finish()
         else:
@@ -601,15 +611,18 @@ class Http1Pool:
             if not conn.lost and now - conn.idle_since < KEEP_IDLE_S:
                 return conn
             conn.abort()  # too old to trust: the server may be closing it right now
-        while self._open >= self.limit:
+        while self._open >= self.limit and not self._evict_idle():
             waiter: asyncio.Future[_Conn | None] = self.loop.create_future()
             self._waiters.append(waiter)
             try:
                 async with asyncio.timeout(self.pool_timeout):
                     handed = await waiter
             except TimeoutError:
-                raise PoolTimeout(f"all {self.limit} pooled connections stayed busy for "
-                                  f"pool_timeout ({self.pool_timeout:g}s)") from None
+                if not (waiter.done() and not waiter.cancelled()
+                        and waiter.exception() is None):
+                    raise PoolTimeout(f"all {self.limit} pooled connections stayed busy for "
+                                      f"pool_timeout ({self.pool_timeout:g}s)") from None
+                handed = waiter.result()  # handed over as the timeout fired: take it
             except BaseException:
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     got = waiter.result()
@@ -619,13 +632,13 @@ class Http1Pool:
                         self._wake_one()
                 raise
             finally:
-                if not waiter.done():
+                if waiter in self._waiters:
                     self._waiters.remove(waiter)
             if handed is not None and handed.key == target.key and not handed.lost:
                 return handed
             if handed is not None:
                 handed.abort()
-        self._open += 1
+        self._open += 1  # reserved for this connection (``_connect`` hands it over)
         try:
             return await self._connect(target)
         except BaseException:
@@ -650,6 +663,9 @@ class Http1Pool:
                                  f"({self.connect_timeout:g}s)") from None
         except OSError as exc:
             raise ConnectFailed(f"{host}:{port}: {exc}", exc) from None
+        if conn.lost:  # closed before it could be used: the caller's reservation is undone
+            raise ServerDisconnected(f"{host}:{port} closed the connection at once")
+        conn.counted = True  # from here its connection_lost gives the slot back
         return conn
 
     def _release(self, conn: _Conn, reusable: bool) -> None:
@@ -665,8 +681,27 @@ class Http1Pool:
         if not conn.lost:
             conn.abort()  # its connection_lost lowers the count
 
+    def _evict_idle(self) -> bool:
+        """The pool is full: close the longest-idle connection (to any host) to make room;
+        False when none is idle. A pool shared by several hosts is not starved by the
+        idle connections of one."""
+        oldest: _Conn | None = None
+        for conns in self._idle.values():
+            if conns and (oldest is None or conns[0].idle_since < oldest.idle_since):
+                oldest = conns[0]
+        if oldest is None:
+            return False
+        self._idle[oldest.key].remove(oldest)
+        if oldest.counted:
+            oldest.counted = False
+            self._open -= 1
+        oldest.abort()
+        return True
+
     def _lost(self, conn: _Conn) -> None:
-        self._open -= 1
+        if conn.counted:  # a connection made while its caller was cancelled never was
+            conn.counted = False
+            self._open -= 1
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
