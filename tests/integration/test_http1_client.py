@@ -337,3 +337,31 @@ async def test_a_query_and_unsafe_path_characters_go_out_encoded() -> None:
         await p.aclose()
     assert server.heads[0].startswith(
         b"POST /openai/deployments/gpt%204o/chat?api-version=2024-10-21 HTTP/1.1\r\n")
+
+
+async def test_an_answer_is_freed_when_released_not_left_to_the_collector() -> None:
+    """No reference cycle through a Response (it once held itself as ``content``): every
+    answer of a busy gateway became cyclic garbage, found only by the collector."""
+    import gc
+
+    from shoal.providers.http1 import Response
+
+    async with serve(keep_alive(ok())) as server:
+        p = pool()
+        await post(p, server)  # the connection made, the pool warm
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(3):
+                assert await post(p, server) == (200, b'{"ok":true}')
+                resp = await p.post(f"http://127.0.0.1:{server.port}/s", data=b"{}",
+                                    headers=HEADERS)
+                chunks = [chunk async for chunk in resp.content.iter_any()]
+                resp.release()
+                del resp
+                assert b"".join(chunks) == b'{"ok":true}'
+            left = [o for o in gc.get_objects() if type(o) is Response]
+        finally:
+            gc.enable()
+        assert left == []
+        await p.aclose()

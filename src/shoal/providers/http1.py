@@ -184,7 +184,7 @@ class Response:
     connection back to the pool when the body was read to its end, else closes it."""
 
     __slots__ = ("_chunks", "_conn", "_decoder", "_done", "_error", "_headers", "_pairs",
-                 "_waiter", "content", "status")
+                 "_waiter", "status")
 
     def __init__(self, conn: _Conn) -> None:
         self._conn: _Conn | None = conn
@@ -196,7 +196,12 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: _Decoder | None = None
-        self.content = self  # aiohttp's spelling: resp.content.iter_any()
+
+    @property
+    def content(self) -> Response:
+        """aiohttp's spelling, ``resp.content.iter_any()`` (a property, not an attribute
+        holding ``self``: that cycle left every answer to the garbage collector)."""
+        return self
 
     @property
     def headers(self) -> Headers:
