@@ -50,10 +50,11 @@ __all__ = ["USER_AGENT", "HttpPool", "HttpProvider", "answer_events", "hand_off"
 USER_AGENT = f"shoal/{__version__}"
 
 # Loop iterations a call that handed its slot to a queued call yields before it decodes
-# and books its answer: one for the queued call to send its headers, one for the task
-# aiohttp starts to write the body (on Python < 3.12 that task is not started eagerly).
-# With one, every round at a known cap waited for a decode and booking before the next
-# body went out (measured, docs/DECISIONS.md: makespan ÷ bound +0.003 against 2's).
+# and books its answer, so the queued call's request is on the wire first. Over aiohttp
+# it took two (the headers, then a task aiohttp started to write the body; with one,
+# makespan ÷ bound +0.003 at a known cap). shoal's client writes the whole request in
+# the caller's step, so one would do: measured, 1.031–1.034 against 2's 1.034–1.038
+# (`traffic_bench.py --only known`, 2026-11-28, within noise), so it stays at 2.
 HANDOFF_YIELDS = 2
 
 
