@@ -30,9 +30,13 @@ from typing import Any
 
 import pytest
 import typer
-from sim_cli_kit import clean_env, invoke, run_and_runs_cli, shoal_argv
-
-from shoal.stores import RunRecord, StepRecord, open_store
+from sim_cli_kit import (
+    clean_env,
+    invoke,
+    journal_as_before_totals,
+    run_and_runs_cli,
+    shoal_argv,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARIZER = f"{ROOT / 'examples' / 'batch_folder.py'}:summarizer"
@@ -216,29 +220,6 @@ def test_an_item_cancelled_while_taking_its_lease_is_not_left_running(
 # -- old batches: their tokens and cost ---------------------------------------------------
 
 
-async def _as_journaled_before_totals(url: str, batch_id: str, *, spend: bool) -> None:
-    """Record the batch again as an older shoal did: its record without ``item_totals``,
-    its items' outcomes without tokens or cost (so the batch run's totals stay 0) and,
-    unless ``spend``, none in their results either. The items' own runs stay as they
-    are."""
-    async with open_store(url) as store:
-        record = await store.require_run(batch_id)
-        outcomes = await store.get_steps(batch_id, prefix="item/")
-        assert await store.delete_run(batch_id)
-        await store.create_run(RunRecord(
-            batch_id, flow=record.flow, input=record.input,
-            meta={k: v for k, v in record.meta.items() if k != "item_totals"}))
-        for step in outcomes:
-            result = dict(step.result)
-            if not spend:
-                result.pop("usage")
-                result.pop("cost_usd")
-            await store.complete_step(batch_id, StepRecord(
-                step.step_id, "succeeded", result=result, attempt=step.attempt,
-                started_at=step.started_at, finished_at=step.finished_at, meta=step.meta))
-        await store.update_run(batch_id, status=record.status)
-
-
 @pytest.mark.parametrize("spend", [True, False], ids=["outcomes-with-usage", "bare-outcomes"])
 def test_an_old_batch_shows_its_items_totals(app: typer.Typer, tmp_path: Path,
                                              spend: bool) -> None:
@@ -249,7 +230,7 @@ def test_an_old_batch_shows_its_items_totals(app: typer.Typer, tmp_path: Path,
     fresh = json.loads(invoke(app, "runs", "--batch", "old", "--store", store,
                               "--json").stdout)
     assert fresh["tokens"] > 0
-    asyncio.run(_as_journaled_before_totals(store, "old", spend=spend))
+    asyncio.run(journal_as_before_totals(store, "old", spend=spend))
 
     listed = json.loads(invoke(app, "runs", "--store", store, "--json").stdout)
     batch = next(r for r in listed if r["run_id"] == "old")
@@ -277,7 +258,7 @@ def test_an_old_batch_whose_item_journal_is_gone_says_unknown(app: typer.Typer,
     done = invoke(app, "batch", SUMMARIZER, "-d", str(DOCS), "--sim", "--store", store,
                   "--run-id", "old", "--no-progress")
     assert done.exit_code == 0, done.output
-    asyncio.run(_as_journaled_before_totals(store, "old", spend=False))
+    asyncio.run(journal_as_before_totals(store, "old", spend=False))
     assert invoke(app, "delete", "old-0", "--store", store).exit_code == 0
 
     listed = json.loads(invoke(app, "runs", "--store", store, "--json").stdout)

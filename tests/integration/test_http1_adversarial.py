@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import pytest
+from scripted_http import Recorded, read_request
 
 from shoal.providers.http1 import (
     BadHTTP,
@@ -30,32 +31,16 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Await
 HEADERS = {"Content-Type": "application/json"}
 
 
-class Server:
+class Server(Recorded):
     """Counts connections (total, live, most live at once) and keeps each request."""
 
     def __init__(self) -> None:
-        self.connections = self.live = self.max_live = 0
-        self.heads: list[bytes] = []
-        self.bodies: list[bytes] = []
+        super().__init__()
+        self.live = self.max_live = 0
         self.writers: list[asyncio.StreamWriter] = []
-        self.port = 0
 
     def url(self, path: str = "/v1/x") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-
-async def read_request(reader: asyncio.StreamReader, server: Server) -> bool:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return False
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    server.heads.append(head)
-    server.bodies.append(await reader.readexactly(length))
-    return True
 
 
 def ok(body: bytes = b'{"ok":true}', extra: bytes = b"") -> bytes:

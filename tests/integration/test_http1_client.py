@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+from scripted_http import Recorded, read_request
 
 from shoal.providers.http1 import (
     BadEncoding,
@@ -29,30 +30,8 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Await
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test-0123456789"}
 
 
-class Server:
+class Server(Recorded):
     """Counts connections and requests; each request's head is kept."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.heads: list[bytes] = []
-        self.bodies: list[bytes] = []
-        self.closed = asyncio.Event()  # a connection saw EOF from the client
-        self.port = 0
-
-
-async def read_request(reader: asyncio.StreamReader, server: Server) -> bool:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        server.closed.set()
-        return False
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    server.heads.append(head)
-    server.bodies.append(await reader.readexactly(length))
-    return True
 
 
 def ok(body: bytes = b'{"ok":true}', extra: bytes = b"") -> bytes:
