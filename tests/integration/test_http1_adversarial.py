@@ -470,7 +470,7 @@ async def test_async_with_releases_when_the_body_raises() -> None:
 
 
 def self_signed(tmp: Path) -> ssl.SSLContext:
-    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography import x509  # the dev extra's
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
