@@ -310,34 +310,42 @@ def test_a_changed_flow_is_refused_before_any_call_then_allowed_on_request(
 
 
 def test_two_processes_resuming_one_run_at_once_end_consistent(
-    sim: Sim, reference: dict[str, Any], tmp_path: Path,
+    reference: dict[str, Any], tmp_path: Path,
 ) -> None:
     """durable.md: one executor drives a run at a time (the run lease). Two processes
     resuming it at once: one runs its unfinished steps, the other is refused with
     RunBusy before any request (the child lets it escape: exit 1); every unfinished
     turn is asked once, the result is the reference's, and a third resume asks the
-    model nothing."""
-    sim.reset()
-    run = Run(sim, f"sqlite:///{tmp_path / 'runs.db'}", tmp_path)
-    run.killed("--kill-after-record", "research/1")
-    sim.reset()
-    procs = [run.start(resume=True) for _ in range(2)]
-    errs: list[str] = []
+    model nothing.
+
+    The simulator answers each request after 0.4 s, so the resume that takes the run is
+    still executing it when the other starts, however fast the call path is (with an
+    instant simulator, one resume could finish before the other process had started,
+    and both exited 0)."""
+    slow = Sim("--seed", "11", "--latency", "0.4")
     try:
-        for proc in procs:
-            _, err = proc.communicate(timeout=30)
-            errs.append(err)
+        run = Run(slow, f"sqlite:///{tmp_path / 'runs.db'}", tmp_path)
+        run.killed("--kill-after-record", "research/1")
+        slow.reset()
+        procs = [run.start(resume=True) for _ in range(2)]
+        errs: list[str] = []
+        try:
+            for proc in procs:
+                _, err = proc.communicate(timeout=60)
+                errs.append(err)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        codes = sorted(proc.returncode for proc in procs)
+        assert codes == [0, 1], errs
+        assert "RunBusy" in errs[[proc.returncode for proc in procs].index(1)]
+        both = slow.tag_counts()
+        assert max(both.values()) == 1  # each unfinished turn asked once, by one process
+        slow.reset()
+        final = run.finish()
+        assert sum(slow.tag_counts().values()) == 0
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    codes = sorted(proc.returncode for proc in procs)
-    assert codes == [0, 1], errs
-    assert "RunBusy" in errs[[proc.returncode for proc in procs].index(1)]
-    both = sim.tag_counts()
-    assert max(both.values()) == 1  # each unfinished turn asked once, by one process
-    sim.reset()
-    final = run.finish()
+        slow.stop()
     same_result(final, reference)
-    assert sum(sim.tag_counts().values()) == 0
     print(f"two resumes at once: {sum(both.values())} requests, one process refused")
