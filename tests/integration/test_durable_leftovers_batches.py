@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import sqlite3
 import subprocess
 import textwrap
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import typer
 from sim_cli_kit import (
     clean_env,
+    ctrl_c,
     invoke,
+    item_outcomes,
     journal_as_before_totals,
     run_and_runs_cli,
     shoal_argv,
@@ -76,46 +74,6 @@ def app() -> typer.Typer:
     return run_and_runs_cli()
 
 
-def _until(done: Any, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
-        time.sleep(0.05)
-
-
-def _outcomes(db: Path, batch_id: str) -> int:
-    """How many items of the batch have their outcome recorded in the store."""
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as conn:
-        try:
-            (n,) = conn.execute("SELECT count(*) FROM steps WHERE run_id = ? AND step_id "
-                                "LIKE 'item/%'", (batch_id,)).fetchone()
-        except sqlite3.OperationalError:  # the tables are not there yet
-            return 0
-    return int(n)
-
-
-def _ctrl_c(args: list[str], cwd: Path, ready: Any) -> tuple[int, str, str]:
-    """Run ``shoal ARGS``, send SIGINT once ``ready()``, return its status and output."""
-    proc = subprocess.Popen(shoal_argv(*args), cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=clean_env(LEFTOVER_MARK=str(cwd)))
-    try:
-        _until(lambda: ready() or proc.poll() is not None, "batch in flight")
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return proc.returncode, out, err
-
-
-# -- Ctrl-C on `shoal batch` -------------------------------------------------------------
-
-
 @pytest.mark.parametrize("journaled", [True, False], ids=["journaled", "not-journaled"])
 def test_ctrl_c_on_a_batch_prints_its_items_and_writes_the_json(
         tmp_path: Path, journaled: bool) -> None:
@@ -125,10 +83,10 @@ def test_ctrl_c_on_a_batch_prints_its_items_and_writes_the_json(
     args = ["batch", "work.py:work", *INPUTS, "--json", "out.json", "--no-progress"]
     if journaled:  # the three quick outcomes are in the store: Ctrl-C then
         args += ["--store", store, "--run-id", "bi"]
-        ready = lambda: _outcomes(db, "bi") == 3  # noqa: E731
+        ready = lambda: len(item_outcomes(db, "bi")) == 3  # noqa: E731
     else:  # the slow items started once the quick ones had finished
         ready = lambda: all((tmp_path / s).exists() for s in ("slow1", "slow2"))  # noqa: E731
-    code, out, err = _ctrl_c(args, tmp_path, ready)
+    code, out, err = ctrl_c(args, tmp_path, ready, env=clean_env(LEFTOVER_MARK=str(tmp_path)))
     text = " ".join(out.split())
     assert code == 130, (out, err)
     assert "Traceback" not in err, err
